@@ -1,0 +1,85 @@
+//! Drops root and locks `medgemmad` in: the only crate of the appliance that
+//! talks to the kernel's sandboxing interfaces, and so the only one with
+//! `unsafe` (each block wraps one call and says why it is sound).
+//!
+//! It owns: closing inherited file descriptors, clearing the environment,
+//! dropping user/group/capabilities, `no_new_privs`/dumpable/core limits,
+//! the Landlock ruleset, the seccomp filters and the report of the state the
+//! kernel really enforces ([`SandboxState`]). It must never decide *what* is
+//! allowed: the paths come from the daemon's configuration
+//! ([`LandlockPolicy`]) and the syscalls from the per-role tables in
+//! [`seccomp`], which are data reviewed on their own.
+//!
+//! # Order of startup
+//!
+//! Landlock (ABI 7 has no "all threads" flag), `no_new_privs`, `capset` and
+//! the environment are per thread or not thread safe, so every step up to
+//! and including Landlock must run while the process has exactly one thread:
+//! each of those functions checks `/proc/self/status` and fails with
+//! [`SandboxError::NotSingleThreaded`] otherwise. The daemon's `main` reads
+//! as the list in `shared/spec/sandbox.md`:
+//!
+//! ```no_run
+//! use medgemma_sandbox as sandbox;
+//! # fn main() -> Result<(), sandbox::SandboxError> {
+//! // 1. Keep only stdio and the sockets systemd handed over; clear the env.
+//! let listeners = sandbox::listen_fds()?;
+//! let keep: Vec<_> = listeners.iter().map(|l| l.fd).collect();
+//! sandbox::clean_process(&keep, &["RUST_LOG"])?;
+//! // 2. Parse the configuration; resolve the service user while /etc is readable.
+//! let user = sandbox::resolve_user("medgemma")?;
+//! // 3. Open what the daemon needs: model files, audit log, keys, sockets.
+//! // 4. Drop root: bounding/ambient sets, groups, gid, uid; verified.
+//! sandbox::drop_privileges(&user)?;
+//! // 5. no_new_privs, not dumpable, RLIMIT_CORE = 1.
+//! sandbox::harden_process()?;
+//! // 6. Landlock, from the configuration's paths.
+//! let policy = sandbox::LandlockPolicy {
+//!     read_only: vec!["/usr/share/medgemma/model".into()],
+//!     read_write: vec!["/var/lib/medgemma".into(), "/var/cache/medgemma".into()],
+//!     devices: vec!["/dev/nvidiactl".into(), "/dev/nvidia0".into(), "/dev/nvidia-uvm".into()],
+//!     proc_write_comm: true,
+//! };
+//! sandbox::apply_landlock(&policy)?;
+//! // 7. seccomp for the whole process (TSYNC), then threads only narrow it.
+//! let mode = sandbox::SeccompMode::Enforce;
+//! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide(), mode)?;
+//! // 8. Engine thread first (it narrows itself to Role::Engine), then the
+//! //    main thread narrows to Role::Http and builds tokio with
+//! //    `on_thread_start(sandbox::thread_start_hook(Role::Http, mode))`.
+//! # Ok(()) }
+//! ```
+//!
+//! # Seccomp roles
+//!
+//! Filters are per thread, inherited by the threads a thread creates, and can
+//! only be added, never removed: a stack of filters allows the intersection.
+//! So [`apply_seccomp`] installs, process-wide with TSYNC, the *union* of
+//! every role (base ∪ engine ∪ HTTP) plus the kill filter and the `clone3`
+//! filter; then each thread narrows itself with [`narrow_current_thread`]
+//! (no TSYNC) to `base ∪ its role`. See [`seccomp`] for the tables.
+//!
+//! # Insecure mode
+//!
+//! There is no silent off switch: a development run without a sandbox calls
+//! [`declare_insecure_no_sandbox`], and every [`SandboxState`] then says
+//! `insecure_no_sandbox: true`.
+
+pub mod error;
+pub mod landlock;
+pub mod privileges;
+pub mod process;
+pub mod seccomp;
+pub mod state;
+
+pub use error::SandboxError;
+pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_landlock};
+pub use privileges::{
+    DropReport, HardenReport, ResolvedUser, drop_privileges, harden_process, resolve_user,
+};
+pub use process::{CleanReport, ListenFd, clean_process, listen_fds};
+pub use seccomp::{
+    Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, narrow_current_thread,
+    thread_start_hook,
+};
+pub use state::{CoreLimit, SandboxState, declare_insecure_no_sandbox};

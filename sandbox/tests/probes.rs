@@ -1,0 +1,606 @@
+//! The sandbox against the real kernel: each test runs `sandbox-probe` (the
+//! daemon's startup sequence, then one forbidden thing) as root and checks
+//! the exact denial, from inside (the errno the probe reports) and from
+//! outside (`/proc/PID`, the exit signal). Control runs with a layer switched
+//! off (`--no-landlock`, `--no-seccomp`) show which layer made the denial.
+//!
+//! Needs root, Landlock ABI >= 6 and a `nobody` user; otherwise each test
+//! prints why it is skipped (straight to stderr, past the test harness's
+//! capture) and returns.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use medgemma_sandbox::SandboxState;
+use serde_json::Value;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
+const EPERM: i64 = libc::EPERM as i64;
+const EACCES: i64 = libc::EACCES as i64;
+const ENOSYS: i64 = libc::ENOSYS as i64;
+const ENOTTY: i64 = libc::ENOTTY as i64;
+const SIGSYS: i32 = libc::SIGSYS;
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not running as root (the probe must drop root itself)".into());
+    }
+    match medgemma_sandbox::landlock::kernel_abi() {
+        Ok(abi) if abi >= medgemma_sandbox::REQUIRED_LANDLOCK_ABI => {}
+        Ok(abi) => return Some(format!("the kernel's Landlock ABI is {abi}, below 6")),
+        Err(e) => return Some(format!("no Landlock: {e}")),
+    }
+    if nobody().is_none() {
+        return Some("no `nobody` user".into());
+    }
+    None
+}
+
+/// Returns early from the test with a visible message when it cannot run.
+macro_rules! require_root_and_landlock {
+    ($name:literal) => {
+        if let Some(why) = skip_reason() {
+            // Written to the stderr handle, not through eprintln!, so the
+            // harness does not swallow it.
+            let _ = writeln!(std::io::stderr(), "SKIPPED {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+fn nobody() -> Option<(u32, u32)> {
+    let u = nix::unistd::User::from_name("nobody").ok()??;
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Temporary directories the probe's policy names (state rw, model ro) and
+/// one it does not (other). All world-writable, so only Landlock can deny.
+struct Fixture {
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "medgemma-sandbox-{}-{}-{test}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["", "state", "model", "other"] {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        for file in ["model/weights", "other/file"] {
+            let f = root.join(file);
+            std::fs::write(&f, b"data\n").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        Self { root }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn command(&self, probe: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(PROBE);
+        cmd.arg(probe)
+            .arg("--state")
+            .arg(self.state())
+            .arg("--model")
+            .arg(self.root.join("model"))
+            .arg("--other")
+            .arg(self.root.join("other"))
+            .args(extra)
+            .current_dir(self.state())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, probe: &str, extra: &[&str]) -> Output {
+        self.command(probe, extra).output().unwrap()
+    }
+
+    /// Runs a probe that must finish normally and returns its results.
+    fn results(&self, probe: &str, extra: &[&str]) -> Value {
+        let out = self.run(probe, extra);
+        assert!(
+            out.status.success(),
+            "probe {probe} {extra:?} failed: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json(&out.stdout)["results"].clone()
+    }
+
+    /// Runs a probe that must be killed by `signal` after announcing the call.
+    fn killed_by(&self, probe: &str, extra: &[&str], signal: i32) -> Output {
+        let out = self.run(probe, extra);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("\"about_to\""),
+            "probe {probe} did not reach the call: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(signal),
+            "probe {probe} {extra:?}: {:?}, stdout: {stdout}",
+            out.status
+        );
+        out
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn last_json(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A `sleep` running as `nobody`, outside any sandbox: same uid as the probe.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn new() -> Self {
+        let (uid, gid) = nobody().unwrap();
+        Self(
+            Command::new("sleep")
+                .arg("30")
+                .uid(uid)
+                .gid(gid)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_field(path: &Path, name: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {}", path.display()))
+}
+
+#[test]
+fn hold_state_seen_from_outside_is_fully_locked_down() {
+    require_root_and_landlock!("hold_state_seen_from_outside_is_fully_locked_down");
+    let fx = Fixture::new("hold");
+    let mut child = fx
+        .command("hold", &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let inside = serde_json::from_str::<Value>(&line).unwrap()["results"].clone();
+
+    let outside = SandboxState::of_pid(pid);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"));
+    let owner = |file: &str| {
+        std::fs::metadata(format!("/proc/{pid}/{file}"))
+            .map(|m| (m.uid(), m.gid()))
+            .ok()
+    };
+    let proc_owners = [owner("status"), owner("environ"), owner("mem")];
+    let mut thread_filters = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = task.unwrap().path().join("status");
+        thread_filters.push((
+            status_field(&status, "Name"),
+            status_field(&status, "Seccomp_filters"),
+        ));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (uid, gid) = nobody().unwrap();
+    let s = outside.unwrap();
+    assert!(s.no_new_privs, "NoNewPrivs: {s:?}");
+    assert_eq!(s.seccomp_mode, 2);
+    assert!(
+        s.seccomp_filters >= 3,
+        "Seccomp_filters {}",
+        s.seccomp_filters
+    );
+    assert_eq!(
+        [
+            s.cap_inheritable,
+            s.cap_permitted,
+            s.cap_effective,
+            s.cap_bounding,
+            s.cap_ambient
+        ],
+        [0; 5]
+    );
+    assert_eq!(s.uid, [uid; 4]);
+    assert_eq!(s.gid, [gid; 4]);
+    assert!(s.groups.is_empty(), "Groups: {:?}", s.groups);
+    assert!(
+        s.core_limit.soft.is_some_and(|v| v <= 1),
+        "{:?}",
+        s.core_limit
+    );
+    assert!(
+        s.core_limit.hard.is_some_and(|v| v <= 1),
+        "{:?}",
+        s.core_limit
+    );
+    let limits = limits.unwrap();
+    assert!(
+        limits.lines().any(|l| l.starts_with("Max core file size")
+            && l.split_whitespace().nth(4) == Some("1")
+            && l.split_whitespace().nth(5) == Some("1")),
+        "{limits}"
+    );
+    // Not dumpable: the kernel hands the files under /proc/PID to root
+    // although the process runs as nobody (task_dump_owner() in
+    // fs/proc/base.c; the directory itself keeps the euid).
+    assert_eq!(proc_owners, [Some((0, 0)); 3]);
+    // Only SandboxState::problems() of the outside view: everything visible.
+    assert_eq!(s.problems(), Vec::<String>::new());
+
+    // Inside view: same, plus what only the process knows.
+    assert_eq!(inside["state"]["dumpable"], false);
+    assert_eq!(inside["state"]["landlock"]["fully_enforced"], true);
+    assert!(inside["state"]["landlock"]["kernel_abi"].as_i64().unwrap() >= 6);
+    assert_eq!(inside["state"]["seccomp"]["mode"], "enforce");
+    assert_eq!(inside["state"]["insecure_no_sandbox"], false);
+    assert_eq!(inside["problems"], serde_json::json!([]));
+
+    // Each role narrowed its thread: one more filter than the process-wide three.
+    let filters_of = |name: &str| {
+        thread_filters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+    };
+    assert_eq!(
+        filters_of("engine").as_deref(),
+        Some("4"),
+        "{thread_filters:?}"
+    );
+    assert_eq!(
+        filters_of("http").as_deref(),
+        Some("4"),
+        "{thread_filters:?}"
+    );
+    assert_eq!(
+        filters_of("sandbox-probe").as_deref(),
+        Some("3"),
+        "{thread_filters:?}"
+    );
+}
+
+#[test]
+fn files_outside_the_policy_are_eacces() {
+    require_root_and_landlock!("files_outside_the_policy_are_eacces");
+    let fx = Fixture::new("fs");
+    let root_file = PathBuf::from(format!(
+        "/root/.medgemma-sandbox-probe-{}",
+        std::process::id()
+    ));
+    std::fs::write(&root_file, b"secret\n").unwrap();
+    std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = fx.results("fs", &["--root-file", root_file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&root_file);
+
+    for denied in [
+        "etc_shadow",
+        "root_file",
+        "other_read",
+        "other_write",
+        "other_list",
+        "model_write",
+        "model_create",
+        "dev_zero",
+        "bin_true",
+        "proc_1_status",
+    ] {
+        assert_eq!(r[denied], EACCES, "{denied}: {r}");
+    }
+    for allowed in [
+        "model_read",
+        "model_list",
+        "state_write",
+        "state_read",
+        "state_mkdir",
+        "state_rename",
+        "state_remove",
+        "state_rmdir",
+        "dev_null_rw",
+        "proc_self_status",
+        "proc_thread_comm_write",
+        "proc_thread_comm_write_trunc",
+    ] {
+        assert_eq!(r[allowed], 0, "{allowed}: {r}");
+    }
+    // Not dumpable: /proc/PID/comm is root's; only the per-thread comm is
+    // writable by the thread group (what the NVIDIA driver uses).
+    assert_eq!(r["proc_pid_comm_write"], EACCES, "{r}");
+}
+
+#[test]
+fn files_control_without_landlock_shows_landlock_made_the_denials() {
+    require_root_and_landlock!("files_control_without_landlock_shows_landlock_made_the_denials");
+    let fx = Fixture::new("fs-control");
+    let r = fx.results("fs", &["--no-landlock"]);
+    for now_allowed in [
+        "other_read",
+        "other_write",
+        "other_list",
+        "model_write",
+        "dev_zero",
+        "bin_true",
+    ] {
+        assert_eq!(r[now_allowed], 0, "{now_allowed}: {r}");
+    }
+    // DAC still refuses nobody these, with or without Landlock.
+    assert_eq!(r["etc_shadow"], EACCES, "{r}");
+}
+
+#[test]
+fn socket_is_eperm_for_every_family() {
+    require_root_and_landlock!("socket_is_eperm_for_every_family");
+    let fx = Fixture::new("socket");
+    let r = fx.results("net", &["--port", "1"]);
+    for family in [
+        "socket_inet",
+        "socket_inet6",
+        "socket_netlink",
+        "socket_packet",
+        "socket_unix",
+        "socket_udp",
+    ] {
+        assert_eq!(r[family], EPERM, "{family}: {r}");
+    }
+    // tokio's signal driver needs an unnamed AF_UNIX pair; nothing else.
+    assert_eq!(r["socketpair_unix"], 0, "{r}");
+    assert_eq!(r["socketpair_inet"], EPERM, "{r}");
+}
+
+#[test]
+fn tcp_and_abstract_unix_are_denied_by_each_layer() {
+    require_root_and_landlock!("tcp_and_abstract_unix_are_denied_by_each_layer");
+    let fx = Fixture::new("net");
+    // Listeners outside the sandbox, so the calls would otherwise succeed.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port().to_string();
+    let name = format!("medgemma-sandbox-test-{}", std::process::id());
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name.as_bytes(),
+        )
+        .unwrap();
+    let unix = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let args = ["--port", port.as_str(), "--abstract", name.as_str()];
+    let with = |extra: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(extra);
+        fx.results("net", &all)
+    };
+
+    // Full sandbox: seccomp answers first (connect/bind are in no allow-list).
+    let full = with(&[]);
+    assert_eq!(full["tcp_connect"], EPERM, "{full}");
+    assert_eq!(full["tcp_bind"], EPERM, "{full}");
+    assert_eq!(full["abstract_connect"], EPERM, "{full}");
+
+    // Landlock alone: TCP bind/connect handled with no port rule -> EACCES;
+    // the abstract-unix scope -> EPERM.
+    let landlock = with(&["--no-seccomp"]);
+    assert_eq!(landlock["tcp_connect"], EACCES, "{landlock}");
+    assert_eq!(landlock["tcp_bind"], EACCES, "{landlock}");
+    assert_eq!(landlock["abstract_connect"], EPERM, "{landlock}");
+
+    // Neither layer: the same calls succeed, so the denials above are real.
+    let open = with(&["--no-seccomp", "--no-landlock"]);
+    assert_eq!(open["tcp_connect"], 0, "{open}");
+    assert_eq!(open["tcp_bind"], 0, "{open}");
+    assert_eq!(open["abstract_connect"], 0, "{open}");
+    drop((tcp, unix));
+}
+
+#[test]
+fn signals_to_a_same_uid_process_outside_are_eperm() {
+    require_root_and_landlock!("signals_to_a_same_uid_process_outside_are_eperm");
+    let fx = Fixture::new("signal");
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+
+    let full = fx.results("signal", &["--pid", &pid]);
+    // tgkill passes seccomp (abort needs it): Landlock's signal scope refuses.
+    assert_eq!(full["tgkill_outside"], EPERM, "{full}");
+    assert_eq!(full["kill_outside"], EPERM, "{full}");
+    assert_eq!(full["kill_init"], EPERM, "{full}");
+    assert_eq!(full["tgkill_self"], 0, "{full}");
+
+    // Control: without Landlock the same uid may signal the sleeper.
+    let control = fx.results("signal", &["--pid", &pid, "--no-landlock"]);
+    assert_eq!(control["tgkill_outside"], 0, "{control}");
+}
+
+#[test]
+fn ptrace_kills_the_process_with_sigsys() {
+    require_root_and_landlock!("ptrace_kills_the_process_with_sigsys");
+    Fixture::new("ptrace").killed_by("ptrace", &[], SIGSYS);
+}
+
+#[test]
+fn execve_kills_the_process_with_sigsys() {
+    require_root_and_landlock!("execve_kills_the_process_with_sigsys");
+    Fixture::new("execve").killed_by("execve", &[], SIGSYS);
+}
+
+#[test]
+fn unshare_user_namespace_kills_the_process_with_sigsys() {
+    require_root_and_landlock!("unshare_user_namespace_kills_the_process_with_sigsys");
+    Fixture::new("unshare").killed_by("unshare", &[], SIGSYS);
+}
+
+#[test]
+fn setuid_root_is_eperm() {
+    require_root_and_landlock!("setuid_root_is_eperm");
+    let r = Fixture::new("setuid").results("setuid", &[]);
+    assert_eq!(r["setuid0"], EPERM, "{r}");
+}
+
+#[test]
+fn threads_start_after_idle_and_roles_narrow() {
+    require_root_and_landlock!("threads_start_after_idle_and_roles_narrow");
+    let r = Fixture::new("threads").results("threads", &[]);
+    assert_eq!(r["spawn"], 0, "{r}");
+    assert_eq!(r["spawn_after_idle"], 0, "{r}");
+    // clone3 -> ENOSYS so glibc falls back to clone; clone without
+    // CLONE_THREAD (fork) is refused.
+    assert_eq!(r["clone3"], ENOSYS, "{r}");
+    assert_eq!(r["fork"], EPERM, "{r}");
+
+    let engine = &r["engine"];
+    assert_eq!(engine["narrowed"], 0, "{r}");
+    assert_eq!(engine["seccomp_filters"], 4, "{r}");
+    assert_eq!(engine["spawn_after_idle"], 0, "{r}");
+    assert_eq!(engine["mmap_exec"], 0, "{r}");
+    // Reached the kernel (stdin is /dev/null, not a tty).
+    assert_eq!(engine["ioctl_tiocgwinsz"], ENOTTY, "{r}");
+
+    let http = &r["http"];
+    assert_eq!(http["narrowed"], 0, "{r}");
+    assert_eq!(http["seccomp_filters"], 4, "{r}");
+    assert_eq!(http["spawn_after_idle"], 0, "{r}");
+    assert_eq!(http["mmap_exec"], EPERM, "{r}");
+    assert_eq!(http["ioctl_tiocgwinsz"], EPERM, "{r}");
+
+    // thread_start_hook (for tokio's on_thread_start) narrows the same way.
+    let hooked = &r["hooked"];
+    assert_eq!(hooked["seccomp_filters"], 4, "{r}");
+    assert_eq!(hooked["mmap_exec"], EPERM, "{r}");
+    assert_eq!(hooked["spawn"], 0, "{r}");
+}
+
+#[test]
+fn abort_leaves_no_core_file() {
+    require_root_and_landlock!("abort_leaves_no_core_file");
+    let fx = Fixture::new("abort");
+    let out = fx.killed_by("abort", &[], libc::SIGABRT);
+    assert!(!out.status.core_dumped(), "{:?}", out.status);
+    let cores: Vec<_> = std::fs::read_dir(fx.state())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "core files: {cores:?}");
+}
+
+#[test]
+fn abort_control_without_drop_and_hardening_dumps_core() {
+    require_root_and_landlock!("abort_control_without_drop_and_hardening_dumps_core");
+    // Only meaningful where a core would land in the working directory.
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE).unwrap();
+    if pattern.trim() != "core" || hard < 1 << 20 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED abort_control_without_drop_and_hardening_dumps_core: core_pattern is \
+             {:?} and the hard core limit {hard}; the control needs \"core\" and a large limit",
+            pattern.trim()
+        );
+        return;
+    }
+    let fx = Fixture::new("abort-control");
+    let out = fx.killed_by("abort", &["--no-drop", "--no-harden"], libc::SIGABRT);
+    assert!(out.status.core_dumped(), "{:?}", out.status);
+}
+
+#[test]
+fn seccomp_log_mode_logs_instead_of_denying_but_still_kills() {
+    require_root_and_landlock!("seccomp_log_mode_logs_instead_of_denying_but_still_kills");
+    let fx = Fixture::new("log");
+    let r = fx.results("log", &["--seccomp-log"]);
+    // socket() is in no allow-list: logged, not denied.
+    assert_eq!(r["socket_inet"], 0, "{r}");
+    assert_eq!(r["spawn"], 0, "{r}");
+    assert_eq!(r["state"]["seccomp_mode"], 2, "{r}");
+    assert!(r["state"]["seccomp_filters"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(r["state"]["seccomp"]["mode"], "log", "{r}");
+    // Never an off switch: the kill list still kills.
+    fx.killed_by("execve", &["--seccomp-log"], SIGSYS);
+}
+
+#[test]
+fn inherited_fds_are_closed_and_env_cleared_but_systemd_sockets_kept() {
+    require_root_and_landlock!("inherited_fds_are_closed_and_env_cleared_but_systemd_sockets_kept");
+    let fx = Fixture::new("fds");
+    // LISTEN_PID must be the probe's pid: the shell exports its own and execs.
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=api; \
+             exec \"$0\" fds --state \"$1\" 3</dev/null 9</etc/hostname",
+        )
+        .arg(PROBE)
+        .arg(fx.state())
+        .env("MEDGEMMA_KEEP", "yes")
+        .env("SECRET_TOKEN", "hunter2")
+        .current_dir(fx.state())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = last_json(&out.stdout)["results"].clone();
+    let fds: Vec<i64> = r["open_fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    assert!(fds.contains(&3), "systemd socket closed: {r}");
+    assert!(!fds.contains(&9), "inherited fd 9 left open: {r}");
+    assert_eq!(
+        r["setup"]["listen_fds"],
+        serde_json::json!([{ "fd": 3, "name": "api" }]),
+        "{r}"
+    );
+    assert!(
+        r["setup"]["cleaned"]["closed_fds"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(9)),
+        "{r}"
+    );
+    assert_eq!(
+        r["env"],
+        serde_json::json!({ "MEDGEMMA_KEEP": "yes" }),
+        "{r}"
+    );
+}
