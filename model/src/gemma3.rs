@@ -1,0 +1,353 @@
+//! The Gemma 3 text decoder in Burn (`../shared/spec/model.md` §2).
+//!
+//! Mirrors Hugging Face `transformers` `models/gemma3/modeling_gemma3.py`
+//! (`Gemma3TextModel`): every block below names the reference module it
+//! follows. Owns: the forward pass over a token chunk with a [`KvCache`].
+//! Must never: read files (weights arrive through [`WeightSource`]) or see
+//! text (it works on token ids only).
+
+use burn::tensor::activation::{gelu_approximate, softmax};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::config::{Gemma3Config, LayerType, Rope};
+use crate::kv_cache::{KvCache, LayerCache};
+use crate::weights::{WeightSource, WeightsError};
+
+/// `Gemma3RMSNorm`: `x / sqrt(mean(x²) + eps) · (1 + w)`, computed in f32 (spec §2.2).
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    /// `1 + w`, precomputed in f32.
+    scale: Tensor<1>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(src: &mut WeightSource, name: &str, n: usize, eps: f64, device: &Device) -> Result<Self, WeightsError> {
+        let w = Tensor::<1>::from_data(src.load(name, &[n], DType::F32, true)?, (device, DType::F32));
+        Ok(Self { scale: w + 1.0, eps })
+    }
+
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let y = x * (ms + self.eps).sqrt().recip();
+        let y = y * self.scale.clone().unsqueeze::<D>();
+        y.cast(dtype)
+    }
+}
+
+/// Precomputed cos/sin over positions for one RoPE variant (spec §2.5).
+#[derive(Debug, Clone)]
+struct RotaryTable {
+    /// `inv_freq_i / factor` for i in 0..head_dim/2, f64 on the host.
+    inv_freq: Vec<f64>,
+}
+
+impl RotaryTable {
+    fn new(rope: Rope, head_dim: usize) -> Self {
+        let half = head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                let exponent = (2 * i) as f64 / head_dim as f64;
+                // transformers computes inv_freq in f32: match its rounding.
+                let f = (1.0 / rope.theta.powf(exponent)) as f32;
+                f as f64 / rope.linear_factor
+            })
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// cos and sin tables `[T, head_dim]` for positions `start..start+t`, in `dtype`.
+    fn tables(&self, start: usize, t: usize, dtype: DType, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let half = self.inv_freq.len();
+        let dim = half * 2;
+        let mut cos = Vec::with_capacity(t * dim);
+        let mut sin = Vec::with_capacity(t * dim);
+        for p in start..start + t {
+            // Angles in f32 as the reference does (position · inv_freq in f32).
+            let row: Vec<f32> = self.inv_freq.iter().map(|f| (p as f32) * (*f as f32)).collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| a.cos()));
+                sin.extend(row.iter().map(|a| a.sin()));
+            }
+        }
+        let mk = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype);
+        (mk(cos), mk(sin))
+    }
+}
+
+/// Half-split rotation: `[x1, x2] → [x1·cos − x2·sin, x2·cos + x1·sin]` on `[B, H, T, D]`.
+fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let cos = cos.clone().unsqueeze::<4>();
+    let sin = sin.clone().unsqueeze::<4>();
+    x * cos + rotated * sin
+}
+
+/// A linear layer stored as the checkpoint stores it, `[out, in]` (used transposed).
+#[derive(Debug, Clone)]
+struct Linear {
+    weight_t: Tensor<2>,
+}
+
+impl Linear {
+    fn load(src: &mut WeightSource, name: &str, out: usize, inp: usize, dtype: DType, device: &Device) -> Result<Self, WeightsError> {
+        let w = Tensor::<2>::from_data(src.load(name, &[out, inp], dtype, false)?, (device, dtype));
+        Ok(Self { weight_t: w.transpose() })
+    }
+
+    /// `x · Wᵀ` for `x: [N, in]`.
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight_t.clone())
+    }
+}
+
+/// `Gemma3Attention`.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+}
+
+/// `Gemma3MLP` (GeGLU with tanh GELU).
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// `Gemma3DecoderLayer`: pre- and post-norm around both sub-blocks.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    kind: LayerType,
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: RmsNorm,
+    mlp: Mlp,
+    post_feedforward_layernorm: RmsNorm,
+}
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation: skips the LM head for the prompt).
+    Last,
+    /// Every position (tests).
+    All,
+}
+
+/// The Gemma 3 text decoder with tied LM head.
+#[derive(Debug, Clone)]
+pub struct Gemma3 {
+    cfg: Gemma3Config,
+    device: Device,
+    dtype: DType,
+    /// `[V, d]`, also the LM head.
+    embed_tokens: Tensor<2>,
+    /// √d rounded to the compute dtype (spec §2.1).
+    embed_scale: f32,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rope_global: RotaryTable,
+    rope_local: RotaryTable,
+}
+
+impl Gemma3 {
+    /// Loads every decoder tensor from `src` onto `device` in `dtype` (F32 or BF16).
+    pub fn load(cfg: &Gemma3Config, src: &mut WeightSource, device: &Device, dtype: DType) -> Result<Self, WeightsError> {
+        let d = cfg.hidden_size;
+        let (h, kv, hd, f) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
+        let eps = cfg.rms_norm_eps;
+        let embed_tokens = Tensor::<2>::from_data(src.load("embed_tokens.weight", &[cfg.vocab_size, d], dtype, false)?, (device, dtype));
+        let mut layers = Vec::with_capacity(cfg.num_layers());
+        for (i, kind) in cfg.layer_types.iter().enumerate() {
+            let p = |n: &str| format!("layers.{i}.{n}.weight");
+            let norm = |src: &mut WeightSource, n: &str, width: usize| RmsNorm::load(src, &p(n), width, eps, device);
+            let lin = |src: &mut WeightSource, n: &str, o: usize, i: usize| Linear::load(src, &p(n), o, i, dtype, device);
+            layers.push(DecoderLayer {
+                kind: *kind,
+                input_layernorm: norm(src, "input_layernorm", d)?,
+                self_attn: Attention {
+                    q_proj: lin(src, "self_attn.q_proj", h * hd, d)?,
+                    k_proj: lin(src, "self_attn.k_proj", kv * hd, d)?,
+                    v_proj: lin(src, "self_attn.v_proj", kv * hd, d)?,
+                    o_proj: lin(src, "self_attn.o_proj", d, h * hd)?,
+                    q_norm: norm(src, "self_attn.q_norm", hd)?,
+                    k_norm: norm(src, "self_attn.k_norm", hd)?,
+                },
+                post_attention_layernorm: norm(src, "post_attention_layernorm", d)?,
+                pre_feedforward_layernorm: norm(src, "pre_feedforward_layernorm", d)?,
+                mlp: Mlp {
+                    gate_proj: lin(src, "mlp.gate_proj", f, d)?,
+                    up_proj: lin(src, "mlp.up_proj", f, d)?,
+                    down_proj: lin(src, "mlp.down_proj", d, f)?,
+                },
+                post_feedforward_layernorm: norm(src, "post_feedforward_layernorm", d)?,
+            });
+        }
+        let norm = RmsNorm::load(src, "norm.weight", d, eps, device)?;
+        src.finish()?;
+        let scale = (d as f32).sqrt();
+        let embed_scale = match dtype {
+            DType::BF16 => half::bf16::from_f32(scale).to_f32(),
+            _ => scale,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            device: device.clone(),
+            dtype,
+            embed_tokens,
+            embed_scale,
+            layers,
+            norm,
+            rope_global: RotaryTable::new(cfg.rope_global, hd),
+            rope_local: RotaryTable::new(cfg.rope_local, hd),
+        })
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &Gemma3Config {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A fresh, empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.cfg)
+    }
+
+    /// Runs `ids` (continuing at `cache.len()`) and returns logits `[T or 1, V]` in f32.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, which: Logits) -> Tensor<2> {
+        let t = ids.len();
+        let start = cache.len();
+        let d = self.cfg.hidden_size;
+        let ids_i: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [t]), &self.device);
+        // Gemma3TextScaledWordEmbedding: lookup, then × √d in the compute dtype.
+        let mut x = self.embed_tokens.clone().select(0, idx).mul_scalar(self.embed_scale).reshape([1, t, d]);
+
+        let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
+        let (cos_l, sin_l) = self.rope_local.tables(start, t, self.dtype, &self.device);
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (cos, sin) = match layer.kind {
+                LayerType::Global => (&cos_g, &sin_g),
+                LayerType::Local => (&cos_l, &sin_l),
+            };
+            x = self.layer_forward(layer, x, cos, sin, lc, start);
+        }
+        cache.advance(t);
+
+        let x = match which {
+            Logits::Last => x.slice([0..1, t - 1..t, 0..d]).reshape([1, d]),
+            Logits::All => x.reshape([t, d]),
+        };
+        let h = self.norm.forward(x);
+        // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
+        h.matmul(self.embed_tokens.clone().transpose()).cast(DType::F32)
+    }
+
+    fn layer_forward(&self, layer: &DecoderLayer, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut LayerCache, start: usize) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let residual = x.clone();
+        let a = layer.input_layernorm.forward(x);
+        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, start);
+        let a = layer.post_attention_layernorm.forward(a.reshape([b, t, d]));
+        let x = residual + a;
+
+        let residual = x.clone();
+        let m = layer.pre_feedforward_layernorm.forward(x).reshape([b * t, d]);
+        let gate = gelu_approximate(layer.mlp.gate_proj.forward(m.clone()));
+        let m = layer.mlp.down_proj.forward(gate * layer.mlp.up_proj.forward(m));
+        let m = layer.post_feedforward_layernorm.forward(m.reshape([b, t, d]));
+        residual + m
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, layer: &DecoderLayer, a: Tensor<2>, b: usize, t: usize, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut LayerCache, start: usize) -> Tensor<2> {
+        let cfg = &self.cfg;
+        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let rep = h / kv;
+        let attn = &layer.self_attn;
+        let q = attn.q_proj.forward(a.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
+        let k = attn.k_proj.forward(a.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let v = attn.v_proj.forward(a).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        // q/k norms per head, before RoPE; no norm on v.
+        let q = apply_rope(attn.q_norm.forward(q), cos, sin);
+        let k = apply_rope(attn.k_norm.forward(k), cos, sin);
+
+        // Keys visible to this chunk: cached ones, then the new ones.
+        let (keys, values, key_start) = cache.append(k, v);
+        let s = keys.dims()[2];
+
+        // GQA without copying K/V: query heads 2j, 2j+1 share KV head j, so fold
+        // the `rep` query heads of each KV head into the row axis.
+        let q = q.reshape([b, kv, rep * t, hd]);
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32);
+        let scores = match mask(layer.kind, cfg.sliding_window, start, t, key_start, s, rep) {
+            Some(m) => scores + Tensor::<4>::from_data(TensorData::new(m, [1, 1, rep * t, s]), (&self.device, DType::F32)),
+            None => scores,
+        };
+        let probs = softmax(scores, 3).cast(self.dtype);
+        let out = probs.matmul(values); // [b, kv, rep*t, hd]
+        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd]);
+        if let LayerType::Local = layer.kind {
+            cache.trim_to_window(cfg.sliding_window);
+        }
+        attn.o_proj.forward(out)
+    }
+}
+
+/// Additive mask `[rep·T, S]` (0 or −∞), or `None` when every key is visible.
+///
+/// Query `i` (absolute `start + r`) sees key `j` (absolute `key_start + c`)
+/// iff `j ≤ i` and, on local layers, `j > i − W` (spec §2.6).
+fn mask(kind: LayerType, window: usize, start: usize, t: usize, key_start: usize, s: usize, rep: usize) -> Option<Vec<f32>> {
+    let visible = |i: usize, j: usize| j <= i && (kind == LayerType::Global || j + window > i);
+    let all = (0..t).all(|r| (0..s).all(|c| visible(start + r, key_start + c)));
+    if all {
+        return None;
+    }
+    let mut m = Vec::with_capacity(rep * t * s);
+    for _ in 0..rep {
+        for r in 0..t {
+            m.extend((0..s).map(|c| if visible(start + r, key_start + c) { 0.0 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_bound_is_exclusive_of_i_minus_w() {
+        // W = 3: query 5 sees keys 3, 4, 5 and not 2.
+        let m = mask(LayerType::Local, 3, 5, 1, 0, 6, 1).unwrap();
+        let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
+        assert_eq!(seen, vec![false, false, false, true, true, true]);
+        // Global layers see everything up to i.
+        assert!(mask(LayerType::Global, 3, 5, 1, 0, 6, 1).is_none());
+    }
+}

@@ -1,0 +1,151 @@
+//! Resolving a model path into a ready model: a Hugging Face directory
+//! (config.json + safetensors [+ tokenizer.json]) or a single `.gguf` file
+//! (config, weights and tokenizer in one).
+//!
+//! Owns: which files make up a model. Must never: open anything but the
+//! given path and the files inside a given directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::tensor::{DType, Device};
+
+use crate::config::{ConfigError, Gemma3Config};
+use crate::gemma3::Gemma3;
+use crate::generate::GenerateOptions;
+use crate::gguf::{GgufError, GgufFile};
+use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::{GemmaTokenizer, TokenizerError};
+use crate::weights::{WeightSource, WeightsError};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The path is neither a directory nor a `.gguf` file.
+    #[error("model path {path} is neither a model directory nor a .gguf file; give the folder holding config.json or the .gguf file")]
+    NotAModel {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Weights problem.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// GGUF problem.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// Tokenizer problem.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// A loaded model with its tokenizer (absent for a directory without one).
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The decoder.
+    pub model: Gemma3,
+    /// The tokenizer, when the model came with one or one was given.
+    pub tokenizer: Option<GemmaTokenizer>,
+    /// What was loaded, for status displays.
+    pub description: ModelDescription,
+    /// Wall time of the whole load.
+    pub load_time: Duration,
+}
+
+/// Facts about a loaded model that are safe to show and log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelDescription {
+    /// The path given.
+    pub path: PathBuf,
+    /// "safetensors" or "gguf".
+    pub format: &'static str,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Residual width.
+    pub hidden_size: usize,
+    /// Parameters of the text decoder.
+    pub parameters: u64,
+}
+
+impl LoadedModel {
+    /// Generation options with the model's stop ids and the tokenizer's vocabulary.
+    pub fn default_options(&self, max_new_tokens: usize, sampling: SamplingParams) -> GenerateOptions {
+        let cfg = self.model.config();
+        let mut suppressed = Vec::new();
+        let mut valid_vocab = cfg.vocab_size;
+        if let Some(tok) = &self.tokenizer {
+            valid_vocab = tok.vocab_size().min(cfg.vocab_size);
+            let s = tok.special();
+            // Google's sampler forbids image tokens (spec §2.8).
+            suppressed.extend([s.start_of_image, s.end_of_image, s.image_soft].into_iter().flatten());
+        }
+        GenerateOptions {
+            max_new_tokens,
+            sampling,
+            stop_ids: cfg.eos_token_ids.clone(),
+            ignore_eos: false,
+            context_limit: cfg.max_position_embeddings,
+            valid_vocab,
+            suppressed,
+        }
+    }
+}
+
+/// Loads the model at `path` onto `device` in `dtype`; `tokenizer` overrides
+/// the tokenizer found with the model.
+pub fn load_model(path: &Path, tokenizer: Option<&Path>, device: &Device, dtype: DType) -> Result<LoadedModel, LoadError> {
+    let t0 = Instant::now();
+    let explicit_tok = tokenizer.map(GemmaTokenizer::from_file).transpose()?;
+    let (model, found_tok, format) = if path.is_dir() {
+        let cfg = Gemma3Config::from_file(&path.join("config.json"))?;
+        let mut src = WeightSource::open_safetensors_dir(path)?;
+        let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
+        let tok_path = path.join("tokenizer.json");
+        let tok = if explicit_tok.is_none() && tok_path.is_file() {
+            Some(GemmaTokenizer::from_file(&tok_path)?)
+        } else {
+            None
+        };
+        (model, tok, "safetensors")
+    } else if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let file = GgufFile::open(path)?;
+        let cfg = Gemma3Config::from_gguf(&file, path)?;
+        let tok = if explicit_tok.is_none() {
+            let (t, info) = tokenizer_from_gguf(&file)?;
+            Some(GemmaTokenizer::from_tokenizers(t, info.add_bos)?)
+        } else {
+            None
+        };
+        let mut src = WeightSource::from_gguf(path, file);
+        let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
+        (model, tok, "gguf")
+    } else {
+        return Err(LoadError::NotAModel { path: path.to_owned() });
+    };
+    let cfg = model.config();
+    let description = ModelDescription {
+        path: path.to_owned(),
+        format,
+        layers: cfg.num_layers(),
+        hidden_size: cfg.hidden_size,
+        parameters: parameter_count(cfg),
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer: explicit_tok.or(found_tok),
+        description,
+        load_time: t0.elapsed(),
+    })
+}
+
+/// Text-decoder parameters implied by the configuration (spec §1: 3 880 263 168 for the 4B).
+pub fn parameter_count(cfg: &Gemma3Config) -> u64 {
+    let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (h, kv, hd) = (cfg.num_attention_heads as u64, cfg.num_key_value_heads as u64, cfg.head_dim as u64);
+    let attn = d * h * hd * 2 + d * kv * hd * 2 + 2 * hd;
+    let per_layer = attn + 3 * d * f + 4 * d;
+    cfg.vocab_size as u64 * d + cfg.num_layers() as u64 * per_layer + d
+}
