@@ -17,7 +17,9 @@ use crate::gguf::GgufFile;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read model configuration {path}: {source}; check that the file exists and is readable")]
+    #[error(
+        "cannot read model configuration {path}: {source}; check that the file exists and is readable"
+    )]
     Read {
         /// File that failed.
         path: PathBuf,
@@ -25,7 +27,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not JSON.
-    #[error("model configuration {path} is not valid JSON ({source}); copy the checkpoint's config.json again")]
+    #[error(
+        "model configuration {path} is not valid JSON ({source}); copy the checkpoint's config.json again"
+    )]
     Json {
         /// File that failed.
         path: PathBuf,
@@ -33,7 +37,9 @@ pub enum ConfigError {
         source: serde_json::Error,
     },
     /// A required key is absent.
-    #[error("model configuration {origin} lacks the required key `{key}`; is this a Gemma 3 checkpoint?")]
+    #[error(
+        "model configuration {origin} lacks the required key `{key}`; is this a Gemma 3 checkpoint?"
+    )]
     Missing {
         /// File (or GGUF) the key was looked up in.
         origin: String,
@@ -51,7 +57,9 @@ pub enum ConfigError {
         why: String,
     },
     /// The checkpoint is not a Gemma 3 model.
-    #[error("model configuration {origin} describes a `{model_type}` model; only Gemma 3 (MedGemma) checkpoints are supported")]
+    #[error(
+        "model configuration {origin} describes a `{model_type}` model; only Gemma 3 (MedGemma) checkpoints are supported"
+    )]
     NotGemma3 {
         /// File (or GGUF) the key came from.
         origin: String,
@@ -138,7 +146,9 @@ impl Gemma3Config {
 
     /// Parses a `config.json` already in memory; `origin` names it in errors.
     pub fn from_json(value: &Value, origin: &str) -> Result<Self, ConfigError> {
-        let top = value.as_object().ok_or_else(|| invalid(origin, "(root)", "is not a JSON object"))?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| invalid(origin, "(root)", "is not a JSON object"))?;
         // MedGemma ships the multimodal form: the decoder's keys live in `text_config`,
         // while token ids may sit at the top level.
         let text = match top.get("text_config") {
@@ -209,7 +219,11 @@ impl Gemma3Config {
                     key,
                 })
         };
-        let get_f = |key: &str| g.get(&format!("gemma3.{key}")).and_then(|v| v.as_f32()).map(f64::from);
+        let get_f = |key: &str| {
+            g.get(&format!("gemma3.{key}"))
+                .and_then(|v| v.as_f32())
+                .map(f64::from)
+        };
 
         let num_layers = get_u("block_count")?;
         let hidden_size = get_u("embedding_length")?;
@@ -227,7 +241,13 @@ impl Gemma3Config {
         };
         let pattern = 6;
         let layer_types = (0..num_layers)
-            .map(|i| if (i + 1) % pattern == 0 { LayerType::Global } else { LayerType::Local })
+            .map(|i| {
+                if (i + 1) % pattern == 0 {
+                    LayerType::Global
+                } else {
+                    LayerType::Local
+                }
+            })
             .collect();
         let factor = match g.get("gemma3.rope.scaling.type").and_then(|v| v.as_str()) {
             None | Some("none") => 1.0,
@@ -240,7 +260,12 @@ impl Gemma3Config {
                 ));
             }
         };
-        let u32_meta = |k: &str, d: u32| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32).unwrap_or(d);
+        let u32_meta = |k: &str, d: u32| {
+            g.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+                .unwrap_or(d)
+        };
         let eos = u32_meta("tokenizer.ggml.eos_token_id", 1);
         // <end_of_turn> ends a chat turn; GGUF names only one eos, so add the other.
         let mut eos_token_ids = vec![eos];
@@ -249,7 +274,11 @@ impl Gemma3Config {
                 eos_token_ids.push(extra);
             }
         }
-        let query_pre_attn_scalar = if num_layers == 62 { (hidden_size / heads) as f64 } else { head_dim as f64 };
+        let query_pre_attn_scalar = if num_layers == 62 {
+            (hidden_size / heads) as f64
+        } else {
+            head_dim as f64
+        };
         let cfg = Self {
             vocab_size,
             hidden_size,
@@ -295,15 +324,22 @@ impl Gemma3Config {
                 return Err(invalid(origin, key, "must be greater than zero"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(invalid(
                 origin,
                 "num_key_value_heads",
                 "must divide num_attention_heads",
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(invalid(origin, "head_dim", "must be even for rotary embeddings"));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                origin,
+                "head_dim",
+                "must be even for rotary embeddings",
+            ));
         }
         if self.query_pre_attn_scalar <= 0.0 {
             return Err(invalid(origin, "query_pre_attn_scalar", "must be positive"));
@@ -354,7 +390,9 @@ impl Keys<'_> {
     }
 
     fn check_activation(&self) -> Result<(), ConfigError> {
-        let act = self.get("hidden_activation").or_else(|| self.get("hidden_act"));
+        let act = self
+            .get("hidden_activation")
+            .or_else(|| self.get("hidden_act"));
         match act.and_then(Value::as_str) {
             None | Some("gelu_pytorch_tanh" | "gelu_tanh") => Ok(()),
             Some(other) => Err(invalid(
@@ -405,13 +443,19 @@ impl Keys<'_> {
     }
 
     fn eos_ids(&self) -> Result<Vec<u32>, ConfigError> {
-        let mut ids = match self.top.get("eos_token_id").or_else(|| self.text.get("eos_token_id")) {
+        let mut ids = match self
+            .top
+            .get("eos_token_id")
+            .or_else(|| self.text.get("eos_token_id"))
+        {
             None | Some(Value::Null) => vec![1],
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| invalid(self.origin, "eos_token_id", "is not a list of token ids"))?,
+                .ok_or_else(|| {
+                    invalid(self.origin, "eos_token_id", "is not a list of token ids")
+                })?,
             Some(v) => vec![
                 v.as_u64()
                     .and_then(|n| u32::try_from(n).ok())
@@ -453,16 +497,27 @@ impl Keys<'_> {
                 })
                 .collect();
         }
-        let pattern = match self.get("sliding_window_pattern").or_else(|| self.get("_sliding_window_pattern")) {
+        let pattern = match self
+            .get("sliding_window_pattern")
+            .or_else(|| self.get("_sliding_window_pattern"))
+        {
             None => 6,
-            Some(v) => v
-                .as_u64()
-                .filter(|&p| p > 0)
-                .ok_or_else(|| invalid(self.origin, "sliding_window_pattern", "is not a positive integer"))?
-                as usize,
+            Some(v) => v.as_u64().filter(|&p| p > 0).ok_or_else(|| {
+                invalid(
+                    self.origin,
+                    "sliding_window_pattern",
+                    "is not a positive integer",
+                )
+            })? as usize,
         };
         Ok((0..n)
-            .map(|i| if (i + 1) % pattern == 0 { LayerType::Global } else { LayerType::Local })
+            .map(|i| {
+                if (i + 1) % pattern == 0 {
+                    LayerType::Global
+                } else {
+                    LayerType::Local
+                }
+            })
             .collect())
     }
 
@@ -475,18 +530,30 @@ impl Keys<'_> {
             if obj.contains_key("full_attention") || obj.contains_key("sliding_attention") {
                 let global = match obj.get("full_attention") {
                     Some(p) => self.rope_entry(p, "rope_parameters.full_attention", 1e6)?,
-                    None => Rope { theta: 1e6, linear_factor: 1.0 },
+                    None => Rope {
+                        theta: 1e6,
+                        linear_factor: 1.0,
+                    },
                 };
                 let local = match obj.get("sliding_attention") {
                     Some(p) => self.rope_entry(p, "rope_parameters.sliding_attention", 1e4)?,
-                    None => Rope { theta: 1e4, linear_factor: 1.0 },
+                    None => Rope {
+                        theta: 1e4,
+                        linear_factor: 1.0,
+                    },
                 };
                 return Ok((global, local));
             }
             // A flat rope_parameters applies to the global layers.
             let global = self.rope_entry(params, "rope_parameters", 1e6)?;
             let local_theta = self.f64_or("rope_local_base_freq", 1e4)?;
-            return Ok((global, Rope { theta: local_theta, linear_factor: 1.0 }));
+            return Ok((
+                global,
+                Rope {
+                    theta: local_theta,
+                    linear_factor: 1.0,
+                },
+            ));
         }
         let theta = self.f64_or("rope_theta", 1e6)?;
         let factor = match self.get("rope_scaling") {
@@ -495,8 +562,14 @@ impl Keys<'_> {
         };
         let local_theta = self.f64_or("rope_local_base_freq", 1e4)?;
         Ok((
-            Rope { theta, linear_factor: factor },
-            Rope { theta: local_theta, linear_factor: 1.0 },
+            Rope {
+                theta,
+                linear_factor: factor,
+            },
+            Rope {
+                theta: local_theta,
+                linear_factor: 1.0,
+            },
         ))
     }
 
@@ -521,16 +594,23 @@ impl Keys<'_> {
                 .get("factor")
                 .and_then(Value::as_f64)
                 .filter(|f| *f > 0.0)
-                .ok_or_else(|| invalid(self.origin, key, "linear scaling needs a positive `factor`"))?,
+                .ok_or_else(|| {
+                    invalid(self.origin, key, "linear scaling needs a positive `factor`")
+                })?,
             other => {
                 return Err(invalid(
                     self.origin,
                     key,
-                    &format!("rope type `{other}` is not supported (Gemma 3 uses linear or default)"),
+                    &format!(
+                        "rope type `{other}` is not supported (Gemma 3 uses linear or default)"
+                    ),
                 ));
             }
         };
-        Ok(Rope { theta, linear_factor })
+        Ok(Rope {
+            theta,
+            linear_factor,
+        })
     }
 }
 
@@ -569,8 +649,20 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(globals, vec![5, 11, 17, 23, 29]);
-        assert_eq!(c.rope_global, Rope { theta: 1e6, linear_factor: 8.0 });
-        assert_eq!(c.rope_local, Rope { theta: 1e4, linear_factor: 1.0 });
+        assert_eq!(
+            c.rope_global,
+            Rope {
+                theta: 1e6,
+                linear_factor: 8.0
+            }
+        );
+        assert_eq!(
+            c.rope_local,
+            Rope {
+                theta: 1e4,
+                linear_factor: 1.0
+            }
+        );
         assert_eq!(c.eos_token_ids, vec![1, 106]);
     }
 
@@ -586,7 +678,10 @@ mod tests {
             }
         });
         let c = Gemma3Config::from_json(&v, "t").unwrap();
-        assert_eq!(c.layer_types, vec![LayerType::Local, LayerType::Global, LayerType::Local]);
+        assert_eq!(
+            c.layer_types,
+            vec![LayerType::Local, LayerType::Global, LayerType::Local]
+        );
         assert_eq!(c.rope_global.linear_factor, 4.0);
         assert_eq!(c.rope_local.theta, 1e4);
     }
@@ -594,18 +689,26 @@ mod tests {
     #[test]
     fn missing_and_bad_keys_name_the_key() {
         let v = json!({"model_type": "gemma3_text", "hidden_size": 48});
-        let e = Gemma3Config::from_json(&v, "cfg.json").unwrap_err().to_string();
+        let e = Gemma3Config::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_hidden_layers"), "{e}");
         let v = json!({"model_type": "llama", "hidden_size": 48});
-        let e = Gemma3Config::from_json(&v, "cfg.json").unwrap_err().to_string();
+        let e = Gemma3Config::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("llama"), "{e}");
         let mut v = medgemma_like();
         v["text_config"]["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0});
-        let e = Gemma3Config::from_json(&v, "cfg.json").unwrap_err().to_string();
+        let e = Gemma3Config::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("yarn"), "{e}");
         let mut v = medgemma_like();
         v["text_config"]["layer_types"] = json!(["full_attention"]);
-        let e = Gemma3Config::from_json(&v, "cfg.json").unwrap_err().to_string();
+        let e = Gemma3Config::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("layer_types"), "{e}");
     }
 }

@@ -22,9 +22,21 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(src: &mut WeightSource, name: &str, n: usize, eps: f64, device: &Device) -> Result<Self, WeightsError> {
-        let w = Tensor::<1>::from_data(src.load(name, &[n], DType::F32, true)?, (device, DType::F32));
-        Ok(Self { scale: w + 1.0, eps })
+    fn load(
+        src: &mut WeightSource,
+        name: &str,
+        n: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        let w = Tensor::<1>::from_data(
+            src.load(name, &[n], DType::F32, true)?,
+            (device, DType::F32),
+        );
+        Ok(Self {
+            scale: w + 1.0,
+            eps,
+        })
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -59,20 +71,32 @@ impl RotaryTable {
     }
 
     /// cos and sin tables `[T, head_dim]` for positions `start..start+t`, in `dtype`.
-    fn tables(&self, start: usize, t: usize, dtype: DType, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    fn tables(
+        &self,
+        start: usize,
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
         let half = self.inv_freq.len();
         let dim = half * 2;
         let mut cos = Vec::with_capacity(t * dim);
         let mut sin = Vec::with_capacity(t * dim);
         for p in start..start + t {
             // Angles in f32 as the reference does (position · inv_freq in f32).
-            let row: Vec<f32> = self.inv_freq.iter().map(|f| (p as f32) * (*f as f32)).collect();
+            let row: Vec<f32> = self
+                .inv_freq
+                .iter()
+                .map(|f| (p as f32) * (*f as f32))
+                .collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| a.cos()));
                 sin.extend(row.iter().map(|a| a.sin()));
             }
         }
-        let mk = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype);
+        let mk = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype)
+        };
         (mk(cos), mk(sin))
     }
 }
@@ -96,9 +120,18 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(src: &mut WeightSource, name: &str, out: usize, inp: usize, dtype: DType, device: &Device) -> Result<Self, WeightsError> {
+    fn load(
+        src: &mut WeightSource,
+        name: &str,
+        out: usize,
+        inp: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
         let w = Tensor::<2>::from_data(src.load(name, &[out, inp], dtype, false)?, (device, dtype));
-        Ok(Self { weight_t: w.transpose() })
+        Ok(Self {
+            weight_t: w.transpose(),
+        })
     }
 
     /// `x · Wᵀ` for `x: [N, in]`.
@@ -165,16 +198,33 @@ pub struct Gemma3 {
 
 impl Gemma3 {
     /// Loads every decoder tensor from `src` onto `device` in `dtype` (F32 or BF16).
-    pub fn load(cfg: &Gemma3Config, src: &mut WeightSource, device: &Device, dtype: DType) -> Result<Self, WeightsError> {
+    pub fn load(
+        cfg: &Gemma3Config,
+        src: &mut WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, WeightsError> {
         let d = cfg.hidden_size;
-        let (h, kv, hd, f) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
+        let (h, kv, hd, f) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = Tensor::<2>::from_data(src.load("embed_tokens.weight", &[cfg.vocab_size, d], dtype, false)?, (device, dtype));
+        let embed_tokens = Tensor::<2>::from_data(
+            src.load("embed_tokens.weight", &[cfg.vocab_size, d], dtype, false)?,
+            (device, dtype),
+        );
         let mut layers = Vec::with_capacity(cfg.num_layers());
         for (i, kind) in cfg.layer_types.iter().enumerate() {
             let p = |n: &str| format!("layers.{i}.{n}.weight");
-            let norm = |src: &mut WeightSource, n: &str, width: usize| RmsNorm::load(src, &p(n), width, eps, device);
-            let lin = |src: &mut WeightSource, n: &str, o: usize, i: usize| Linear::load(src, &p(n), o, i, dtype, device);
+            let norm = |src: &mut WeightSource, n: &str, width: usize| {
+                RmsNorm::load(src, &p(n), width, eps, device)
+            };
+            let lin = |src: &mut WeightSource, n: &str, o: usize, i: usize| {
+                Linear::load(src, &p(n), o, i, dtype, device)
+            };
             layers.push(DecoderLayer {
                 kind: *kind,
                 input_layernorm: norm(src, "input_layernorm", d)?,
@@ -244,7 +294,12 @@ impl Gemma3 {
         let ids_i: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [t]), &self.device);
         // Gemma3TextScaledWordEmbedding: lookup, then × √d in the compute dtype.
-        let mut x = self.embed_tokens.clone().select(0, idx).mul_scalar(self.embed_scale).reshape([1, t, d]);
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, idx)
+            .mul_scalar(self.embed_scale)
+            .reshape([1, t, d]);
 
         let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
         let (cos_l, sin_l) = self.rope_local.tables(start, t, self.dtype, &self.device);
@@ -263,10 +318,19 @@ impl Gemma3 {
         };
         let h = self.norm.forward(x);
         // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
-        h.matmul(self.embed_tokens.clone().transpose()).cast(DType::F32)
+        h.matmul(self.embed_tokens.clone().transpose())
+            .cast(DType::F32)
     }
 
-    fn layer_forward(&self, layer: &DecoderLayer, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut LayerCache, start: usize) -> Tensor<3> {
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
@@ -275,22 +339,56 @@ impl Gemma3 {
         let x = residual + a;
 
         let residual = x.clone();
-        let m = layer.pre_feedforward_layernorm.forward(x).reshape([b * t, d]);
+        let m = layer
+            .pre_feedforward_layernorm
+            .forward(x)
+            .reshape([b * t, d]);
         let gate = gelu_approximate(layer.mlp.gate_proj.forward(m.clone()));
-        let m = layer.mlp.down_proj.forward(gate * layer.mlp.up_proj.forward(m));
-        let m = layer.post_feedforward_layernorm.forward(m.reshape([b, t, d]));
+        let m = layer
+            .mlp
+            .down_proj
+            .forward(gate * layer.mlp.up_proj.forward(m));
+        let m = layer
+            .post_feedforward_layernorm
+            .forward(m.reshape([b, t, d]));
         residual + m
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, layer: &DecoderLayer, a: Tensor<2>, b: usize, t: usize, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut LayerCache, start: usize) -> Tensor<2> {
+    fn attention(
+        &self,
+        layer: &DecoderLayer,
+        a: Tensor<2>,
+        b: usize,
+        t: usize,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Tensor<2> {
         let cfg = &self.cfg;
-        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, kv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let rep = h / kv;
         let attn = &layer.self_attn;
-        let q = attn.q_proj.forward(a.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
-        let k = attn.k_proj.forward(a.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
-        let v = attn.v_proj.forward(a).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let q = attn
+            .q_proj
+            .forward(a.clone())
+            .reshape([b, t, h, hd])
+            .swap_dims(1, 2);
+        let k = attn
+            .k_proj
+            .forward(a.clone())
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
+        let v = attn
+            .v_proj
+            .forward(a)
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
         // q/k norms per head, before RoPE; no norm on v.
         let q = apply_rope(attn.q_norm.forward(q), cos, sin);
         let k = apply_rope(attn.k_norm.forward(k), cos, sin);
@@ -303,14 +401,26 @@ impl Gemma3 {
         // the `rep` query heads of each KV head into the row axis.
         let q = q.reshape([b, kv, rep * t, hd]);
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
-        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32);
+        let scores = q
+            .matmul(keys.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .cast(DType::F32);
         let scores = match mask(layer.kind, cfg.sliding_window, start, t, key_start, s, rep) {
-            Some(m) => scores + Tensor::<4>::from_data(TensorData::new(m, [1, 1, rep * t, s]), (&self.device, DType::F32)),
+            Some(m) => {
+                scores
+                    + Tensor::<4>::from_data(
+                        TensorData::new(m, [1, 1, rep * t, s]),
+                        (&self.device, DType::F32),
+                    )
+            }
             None => scores,
         };
         let probs = softmax(scores, 3).cast(self.dtype);
         let out = probs.matmul(values); // [b, kv, rep*t, hd]
-        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd]);
+        let out = out
+            .reshape([b, h, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b * t, h * hd]);
         if let LayerType::Local = layer.kind {
             cache.trim_to_window(cfg.sliding_window);
         }
@@ -322,7 +432,15 @@ impl Gemma3 {
 ///
 /// Query `i` (absolute `start + r`) sees key `j` (absolute `key_start + c`)
 /// iff `j ≤ i` and, on local layers, `j > i − W` (spec §2.6).
-fn mask(kind: LayerType, window: usize, start: usize, t: usize, key_start: usize, s: usize, rep: usize) -> Option<Vec<f32>> {
+fn mask(
+    kind: LayerType,
+    window: usize,
+    start: usize,
+    t: usize,
+    key_start: usize,
+    s: usize,
+    rep: usize,
+) -> Option<Vec<f32>> {
     let visible = |i: usize, j: usize| j <= i && (kind == LayerType::Global || j + window > i);
     let all = (0..t).all(|r| (0..s).all(|c| visible(start + r, key_start + c)));
     if all {
@@ -331,7 +449,13 @@ fn mask(kind: LayerType, window: usize, start: usize, t: usize, key_start: usize
     let mut m = Vec::with_capacity(rep * t * s);
     for _ in 0..rep {
         for r in 0..t {
-            m.extend((0..s).map(|c| if visible(start + r, key_start + c) { 0.0 } else { f32::NEG_INFINITY }));
+            m.extend((0..s).map(|c| {
+                if visible(start + r, key_start + c) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
     }
     Some(m)

@@ -14,7 +14,9 @@ use crate::sampling::{Sampler, SamplingParams};
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// The prompt does not leave room for one generated token.
-    #[error("the prompt has {prompt_tokens} tokens but the context holds {context} (with {cached} already used); shorten it or start a new conversation")]
+    #[error(
+        "the prompt has {prompt_tokens} tokens but the context holds {context} (with {cached} already used); shorten it or start a new conversation"
+    )]
     PromptTooLong {
         /// Tokens in the prompt.
         prompt_tokens: usize,
@@ -27,7 +29,9 @@ pub enum GenerateError {
     #[error("the prompt is empty; a Gemma prompt starts with at least <bos>")]
     EmptyPrompt,
     /// The backend returned logits in a form we cannot read.
-    #[error("the compute backend returned unreadable logits ({why}); this is a bug, please report it")]
+    #[error(
+        "the compute backend returned unreadable logits ({why}); this is a bug, please report it"
+    )]
     Readback {
         /// What failed.
         why: String,
@@ -132,7 +136,9 @@ pub fn generate(
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
         return Err(GenerateError::BadToken { id, vocab });
     }
-    let context = opts.context_limit.min(model.config().max_position_embeddings);
+    let context = opts
+        .context_limit
+        .min(model.config().max_position_embeddings);
     if cache.len() + prompt.len() >= context {
         return Err(GenerateError::PromptTooLong {
             prompt_tokens: prompt.len(),
@@ -140,7 +146,11 @@ pub fn generate(
             context,
         });
     }
-    let mut sampler = Sampler::new(opts.sampling.clone(), opts.valid_vocab.min(vocab), opts.suppressed.clone());
+    let mut sampler = Sampler::new(
+        opts.sampling.clone(),
+        opts.valid_vocab.min(vocab),
+        opts.suppressed.clone(),
+    );
     let t0 = Instant::now();
     let mut tokens = Vec::new();
     let mut prefill = Duration::ZERO;
@@ -156,10 +166,13 @@ pub fn generate(
             break FinishReason::ContextFull;
         }
         let logits = model.forward(&input, cache, Logits::Last);
-        let mut row = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| GenerateError::Readback { why: format!("{e:?}") })?;
+        let mut row =
+            logits
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| GenerateError::Readback {
+                    why: format!("{e:?}"),
+                })?;
         let next = sampler.sample(&mut row);
         if tokens.is_empty() {
             prefill = t0.elapsed();

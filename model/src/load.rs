@@ -23,7 +23,9 @@ use crate::weights::{WeightSource, WeightsError};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The path is neither a directory nor a `.gguf` file.
-    #[error("model path {path} is neither a model directory nor a .gguf file; give the folder holding config.json or the .gguf file")]
+    #[error(
+        "model path {path} is neither a model directory nor a .gguf file; give the folder holding config.json or the .gguf file"
+    )]
     NotAModel {
         /// The path.
         path: PathBuf,
@@ -72,7 +74,11 @@ pub struct ModelDescription {
 
 impl LoadedModel {
     /// Generation options with the model's stop ids and the tokenizer's vocabulary.
-    pub fn default_options(&self, max_new_tokens: usize, sampling: SamplingParams) -> GenerateOptions {
+    pub fn default_options(
+        &self,
+        max_new_tokens: usize,
+        sampling: SamplingParams,
+    ) -> GenerateOptions {
         let cfg = self.model.config();
         let mut suppressed = Vec::new();
         let mut valid_vocab = cfg.vocab_size;
@@ -80,7 +86,11 @@ impl LoadedModel {
             valid_vocab = tok.vocab_size().min(cfg.vocab_size);
             let s = tok.special();
             // Google's sampler forbids image tokens (spec §2.8).
-            suppressed.extend([s.start_of_image, s.end_of_image, s.image_soft].into_iter().flatten());
+            suppressed.extend(
+                [s.start_of_image, s.end_of_image, s.image_soft]
+                    .into_iter()
+                    .flatten(),
+            );
         }
         GenerateOptions {
             max_new_tokens,
@@ -96,7 +106,12 @@ impl LoadedModel {
 
 /// Loads the model at `path` onto `device` in `dtype`; `tokenizer` overrides
 /// the tokenizer found with the model.
-pub fn load_model(path: &Path, tokenizer: Option<&Path>, device: &Device, dtype: DType) -> Result<LoadedModel, LoadError> {
+pub fn load_model(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
     let explicit_tok = tokenizer.map(GemmaTokenizer::from_file).transpose()?;
     let (model, found_tok, format) = if path.is_dir() {
@@ -110,7 +125,11 @@ pub fn load_model(path: &Path, tokenizer: Option<&Path>, device: &Device, dtype:
             None
         };
         (model, tok, "safetensors")
-    } else if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    } else if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         let file = GgufFile::open(path)?;
         let cfg = Gemma3Config::from_gguf(&file, path)?;
         let tok = if explicit_tok.is_none() {
@@ -123,7 +142,9 @@ pub fn load_model(path: &Path, tokenizer: Option<&Path>, device: &Device, dtype:
         let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
         (model, tok, "gguf")
     } else {
-        return Err(LoadError::NotAModel { path: path.to_owned() });
+        return Err(LoadError::NotAModel {
+            path: path.to_owned(),
+        });
     };
     let cfg = model.config();
     let description = ModelDescription {
@@ -144,7 +165,11 @@ pub fn load_model(path: &Path, tokenizer: Option<&Path>, device: &Device, dtype:
 /// Text-decoder parameters implied by the configuration (spec §1: 3 880 263 168 for the 4B).
 pub fn parameter_count(cfg: &Gemma3Config) -> u64 {
     let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
-    let (h, kv, hd) = (cfg.num_attention_heads as u64, cfg.num_key_value_heads as u64, cfg.head_dim as u64);
+    let (h, kv, hd) = (
+        cfg.num_attention_heads as u64,
+        cfg.num_key_value_heads as u64,
+        cfg.head_dim as u64,
+    );
     let attn = d * h * hd * 2 + d * kv * hd * 2 + 2 * hd;
     let per_layer = attn + 3 * d * f + 4 * d;
     cfg.vocab_size as u64 * d + cfg.num_layers() as u64 * per_layer + d

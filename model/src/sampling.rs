@@ -141,7 +141,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p, 50, vec![]);
-            (0..64).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         let a = run(p.clone());
         assert_eq!(a, run(p));
@@ -161,7 +163,7 @@ mod tests {
         };
         let mut s = Sampler::new(p, 5, vec![]);
         for _ in 0..20 {
-            assert_eq!(s.sample(&mut vec![0.1, 0.2, 3.0, 0.3, 0.0]), 2);
+            assert_eq!(s.sample(&mut [0.1, 0.2, 3.0, 0.3, 0.0]), 2);
         }
     }
 }

@@ -31,7 +31,9 @@ pub enum WeightsError {
         source: std::io::Error,
     },
     /// The safetensors header is invalid.
-    #[error("model file {path} is not a valid safetensors file ({why}); copy it again from the original release")]
+    #[error(
+        "model file {path} is not a valid safetensors file ({why}); copy it again from the original release"
+    )]
     BadSafetensors {
         /// The file.
         path: PathBuf,
@@ -47,7 +49,9 @@ pub enum WeightsError {
         why: String,
     },
     /// A tensor's bytes lie beyond the end of the file.
-    #[error("model file {path} is truncated: tensor `{tensor}` lies beyond its end; the copy is incomplete, copy it again")]
+    #[error(
+        "model file {path} is truncated: tensor `{tensor}` lies beyond its end; the copy is incomplete, copy it again"
+    )]
     Truncated {
         /// The file.
         path: PathBuf,
@@ -55,7 +59,9 @@ pub enum WeightsError {
         tensor: String,
     },
     /// A required tensor is absent.
-    #[error("model {path} lacks tensor `{tensor}`; the checkpoint is incomplete or not a Gemma 3 model")]
+    #[error(
+        "model {path} lacks tensor `{tensor}`; the checkpoint is incomplete or not a Gemma 3 model"
+    )]
     Missing {
         /// The model path.
         path: PathBuf,
@@ -63,7 +69,9 @@ pub enum WeightsError {
         tensor: String,
     },
     /// A tensor has the wrong shape for the configuration.
-    #[error("tensor `{tensor}` in {path} has shape {found:?} but the configuration needs {expected:?}; config.json and weights do not belong together")]
+    #[error(
+        "tensor `{tensor}` in {path} has shape {found:?} but the configuration needs {expected:?}; config.json and weights do not belong together"
+    )]
     Shape {
         /// The file.
         path: PathBuf,
@@ -75,7 +83,9 @@ pub enum WeightsError {
         expected: Vec<usize>,
     },
     /// A tensor is stored in a dtype we cannot use.
-    #[error("tensor `{tensor}` in {path} is stored as {dtype}, which is not supported (use bf16, f16 or f32)")]
+    #[error(
+        "tensor `{tensor}` in {path} is stored as {dtype}, which is not supported (use bf16, f16 or f32)"
+    )]
     Dtype {
         /// The file.
         path: PathBuf,
@@ -85,7 +95,9 @@ pub enum WeightsError {
         dtype: String,
     },
     /// Tensors that belong to no known part of the model.
-    #[error("model {path} holds unexpected tensors (first: `{first}`, {count} in all); it is not a Gemma 3 checkpoint this engine understands")]
+    #[error(
+        "model {path} holds unexpected tensors (first: `{first}`, {count} in all); it is not a Gemma 3 checkpoint this engine understands"
+    )]
     Unexpected {
         /// The model path.
         path: PathBuf,
@@ -95,7 +107,9 @@ pub enum WeightsError {
         count: usize,
     },
     /// The directory holds no weights.
-    #[error("no weights found in {path}: expected model.safetensors, model.safetensors.index.json or a .gguf file")]
+    #[error(
+        "no weights found in {path}: expected model.safetensors, model.safetensors.index.json or a .gguf file"
+    )]
     NoWeights {
         /// The directory.
         path: PathBuf,
@@ -183,10 +197,11 @@ impl WeightSource {
                 path: index.clone(),
                 source,
             })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightsError::BadIndex {
-                path: index.clone(),
-                why: e.to_string(),
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| WeightsError::BadIndex {
+                    path: index.clone(),
+                    why: e.to_string(),
+                })?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -213,7 +228,9 @@ impl WeightSource {
         } else if dir.join("model.safetensors").is_file() {
             vec![dir.join("model.safetensors")]
         } else {
-            return Err(WeightsError::NoWeights { path: dir.to_owned() });
+            return Err(WeightsError::NoWeights {
+                path: dir.to_owned(),
+            });
         };
         Self::open_safetensors_files(dir, &files)
     }
@@ -225,10 +242,11 @@ impl WeightSource {
         let mut unexpected = Vec::new();
         for (i, path) in files.iter().enumerate() {
             let map = map_file(path)?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| WeightsError::BadSafetensors {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| WeightsError::BadSafetensors {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
             let data_start = 8 + header_len;
             for (disk_name, info) in meta.tensors() {
                 if VISION_PREFIXES.iter().any(|p| disk_name.starts_with(p)) {
@@ -265,7 +283,10 @@ impl WeightSource {
                     },
                 );
             }
-            shards.push(Shard { path: path.clone(), map });
+            shards.push(Shard {
+                path: path.clone(),
+                map,
+            });
         }
         if let Some(first) = unexpected.first() {
             return Err(WeightsError::Unexpected {
@@ -303,7 +324,13 @@ impl WeightSource {
     ///
     /// `norm` marks a Gemma RMSNorm weight: llama.cpp stores those with the `+1`
     /// already added, so GGUF values are shifted back to the Hugging Face form.
-    pub fn load(&mut self, name: &str, expected: &[usize], dtype: DType, norm: bool) -> Result<TensorData, WeightsError> {
+    pub fn load(
+        &mut self,
+        name: &str,
+        expected: &[usize],
+        dtype: DType,
+        norm: bool,
+    ) -> Result<TensorData, WeightsError> {
         match self {
             Self::Safetensors {
                 root,
@@ -340,7 +367,11 @@ impl WeightSource {
                 if bytes.len() != n * elem {
                     return Err(WeightsError::BadSafetensors {
                         path: shard.path.clone(),
-                        why: format!("tensor `{}` has {} bytes for {n} elements", entry.disk_name, bytes.len()),
+                        why: format!(
+                            "tensor `{}` has {} bytes for {n} elements",
+                            entry.disk_name,
+                            bytes.len()
+                        ),
                     });
                 }
                 let data = convert(bytes, entry.dtype, expected, dtype);
@@ -352,10 +383,12 @@ impl WeightSource {
                     path: path.clone(),
                     tensor: name.to_owned(),
                 })?;
-                let info = file.tensor(&gguf_name).ok_or_else(|| WeightsError::Missing {
-                    path: path.clone(),
-                    tensor: gguf_name.clone(),
-                })?;
+                let info = file
+                    .tensor(&gguf_name)
+                    .ok_or_else(|| WeightsError::Missing {
+                        path: path.clone(),
+                        tensor: gguf_name.clone(),
+                    })?;
                 let shape = info.shape();
                 if shape != expected {
                     return Err(WeightsError::Shape {
@@ -378,12 +411,25 @@ impl WeightSource {
     /// Fails if the source holds decoder tensors nobody asked for.
     pub fn finish(&self) -> Result<(), WeightsError> {
         let (path, leftover): (PathBuf, Vec<String>) = match self {
-            Self::Safetensors { root, entries, taken, .. } => (
+            Self::Safetensors {
+                root,
+                entries,
+                taken,
+                ..
+            } => (
                 root.clone(),
-                entries.keys().filter(|k| !taken.contains(*k)).cloned().collect(),
+                entries
+                    .keys()
+                    .filter(|k| !taken.contains(*k))
+                    .cloned()
+                    .collect(),
             ),
             Self::Gguf { path, file, taken } => {
-                let wanted: BTreeMap<String, ()> = taken.iter().filter_map(|n| gguf_name(n)).map(|n| (n, ())).collect();
+                let wanted: BTreeMap<String, ()> = taken
+                    .iter()
+                    .filter_map(|n| gguf_name(n))
+                    .map(|n| (n, ()))
+                    .collect();
                 (
                     path.clone(),
                     file.tensors()
@@ -439,22 +485,44 @@ fn gguf_name(canonical: &str) -> Option<String> {
 
 fn from_f32(values: Vec<f32>, shape: &[usize], dtype: DType) -> TensorData {
     match dtype {
-        DType::BF16 => TensorData::new(values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(), shape.to_vec()),
+        DType::BF16 => TensorData::new(
+            values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(),
+            shape.to_vec(),
+        ),
         _ => TensorData::new(values, shape.to_vec()),
     }
 }
 
 /// Little-endian on-disk bytes of `src` dtype → host data of `dst` dtype.
 fn convert(bytes: &[u8], src: StDtype, shape: &[usize], dst: DType) -> TensorData {
-    let u16s = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let u16s = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
     match (src, dst) {
-        (StDtype::BF16, DType::BF16) => TensorData::new(u16s().map(bf16::from_bits).collect::<Vec<_>>(), shape.to_vec()),
-        (StDtype::BF16, _) => TensorData::new(u16s().map(|b| bf16::from_bits(b).to_f32()).collect::<Vec<_>>(), shape.to_vec()),
-        (StDtype::F16, DType::BF16) => TensorData::new(
-            u16s().map(|b| bf16::from_f32(f16::from_bits(b).to_f32())).collect::<Vec<_>>(),
+        (StDtype::BF16, DType::BF16) => TensorData::new(
+            u16s().map(bf16::from_bits).collect::<Vec<_>>(),
             shape.to_vec(),
         ),
-        (StDtype::F16, _) => TensorData::new(u16s().map(|b| f16::from_bits(b).to_f32()).collect::<Vec<_>>(), shape.to_vec()),
+        (StDtype::BF16, _) => TensorData::new(
+            u16s()
+                .map(|b| bf16::from_bits(b).to_f32())
+                .collect::<Vec<_>>(),
+            shape.to_vec(),
+        ),
+        (StDtype::F16, DType::BF16) => TensorData::new(
+            u16s()
+                .map(|b| bf16::from_f32(f16::from_bits(b).to_f32()))
+                .collect::<Vec<_>>(),
+            shape.to_vec(),
+        ),
+        (StDtype::F16, _) => TensorData::new(
+            u16s()
+                .map(|b| f16::from_bits(b).to_f32())
+                .collect::<Vec<_>>(),
+            shape.to_vec(),
+        ),
         (_, dst) => {
             let f32s: Vec<f32> = bytes
                 .chunks_exact(4)
@@ -471,16 +539,25 @@ mod tests {
 
     #[test]
     fn gguf_names_cover_every_layer_tensor() {
-        assert_eq!(gguf_name("layers.3.mlp.down_proj.weight").as_deref(), Some("blk.3.ffn_down.weight"));
-        assert_eq!(gguf_name("embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+        assert_eq!(
+            gguf_name("layers.3.mlp.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
         assert_eq!(gguf_name("layers.3.unknown.weight"), None);
     }
 
     #[test]
     fn bf16_bytes_convert_exactly() {
         let vals = [1.0f32, -2.5, 3.140625];
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
         let d = convert(&bytes, StDtype::BF16, &[3], DType::F32);
-        assert_eq!(d.to_vec::<f32>().unwrap(), vals.to_vec());
+        assert_eq!(d.try_to_vec::<f32>().unwrap(), vals.to_vec());
     }
 }

@@ -5,8 +5,8 @@
 //! `scripts/fixtures/ref_270m.py`). The tokenizer is the GGUF's own.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 
 use medgemma_model::backend::{cpu_device, cpu_dtype};
 use medgemma_model::gemma3::Logits;
@@ -18,7 +18,9 @@ use serde_json::Value;
 fn assets() -> PathBuf {
     let dir = std::env::var_os("MEDGEMMA_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/medgemma-assets"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/medgemma-assets")
+        });
     let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
     assert!(
         gguf.is_file(),
@@ -30,32 +32,56 @@ fn assets() -> PathBuf {
 
 fn model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
-    M.get_or_init(|| load_model(&assets(), None, &cpu_device(), cpu_dtype()).expect("the 270M GGUF loads"))
+    M.get_or_init(|| {
+        load_model(&assets(), None, &cpu_device(), cpu_dtype()).expect("the 270M GGUF loads")
+    })
 }
 
 fn reference() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gemma3_270m_reference.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/gemma3_270m_reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn greedy_continuations_match_transformers_on_every_prompt() {
     let m = model();
-    let tok = m.tokenizer.as_ref().expect("the GGUF carries its tokenizer");
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .expect("the GGUF carries its tokenizer");
     let reference = reference();
     for p in reference["prompts"].as_array().unwrap() {
         let text = p["prompt"].as_str().unwrap();
         let prompt = tok.encode_raw(text).unwrap();
-        assert_eq!(prompt, u32s(&p["prompt_ids"]), "prompt ids differ for prompt {text:?}");
+        assert_eq!(
+            prompt,
+            u32s(&p["prompt_ids"]),
+            "prompt ids differ for prompt {text:?}"
+        );
         let want = u32s(&p["greedy_ids"]);
         let mut opts = m.default_options(want.len(), SamplingParams::default());
         opts.ignore_eos = true;
         let mut cache = m.model.new_cache();
-        let out = generate(&m.model, &mut cache, &prompt, &opts, &AtomicBool::new(false), |_| Flow::Continue).unwrap();
+        let out = generate(
+            &m.model,
+            &mut cache,
+            &prompt,
+            &opts,
+            &AtomicBool::new(false),
+            |_| Flow::Continue,
+        )
+        .unwrap();
         let got_text = tok.decode(&out.tokens).unwrap();
         eprintln!("{text:?} → {got_text:?}");
         assert_eq!(out.tokens, want, "greedy ids differ for prompt {text:?}");
@@ -80,7 +106,10 @@ fn last_position_top5_matches_transformers() {
         let want_ids = u32s(&p["last_top5"]["ids"]);
         let got_ids: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
         assert_eq!(got_ids, want_ids);
-        for (id, v) in want_ids.iter().zip(p["last_top5"]["values"].as_array().unwrap()) {
+        for (id, v) in want_ids
+            .iter()
+            .zip(p["last_top5"]["values"].as_array().unwrap())
+        {
             let d = (logits[*id as usize] - v.as_f64().unwrap() as f32).abs();
             // Both dequantize to f32; only summation order differs.
             assert!(d < 2e-3, "logit of {id} differs by {d}");
@@ -92,9 +121,19 @@ fn last_position_top5_matches_transformers() {
 fn plausibility_diabetic_nephropathy() {
     let m = model();
     let tok = m.tokenizer.as_ref().unwrap();
-    let prompt = tok.encode_raw("Diabetic nephropathy is a complication of").unwrap();
+    let prompt = tok
+        .encode_raw("Diabetic nephropathy is a complication of")
+        .unwrap();
     let mut opts = m.default_options(3, SamplingParams::default());
     opts.ignore_eos = true;
-    let out = generate(&m.model, &mut m.model.new_cache(), &prompt, &opts, &AtomicBool::new(false), |_| Flow::Continue).unwrap();
+    let out = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &prompt,
+        &opts,
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap();
     assert_eq!(tok.decode(&out.tokens).unwrap(), " diabetes mellitus.");
 }

@@ -30,7 +30,9 @@ const BF16_WEIGHTS_TOL: f32 = 1e-4;
 const BF16_COMPUTE_TOL: f32 = 0.15;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn expected(name: &str) -> Value {
@@ -40,20 +42,32 @@ fn expected(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn load(name: &str, dtype: DType) -> LoadedModel {
-    load_model(&fixture(name), None, &cpu_device(), dtype).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    load_model(&fixture(name), None, &cpu_device(), dtype)
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "logit vector lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn opts(m: &LoadedModel, n: usize) -> GenerateOptions {
@@ -76,7 +90,11 @@ fn check_fixture(name: &str, tol: f32) {
     let row = |i: usize| &all[i * v..(i + 1) * v];
 
     let got_argmax: Vec<u32> = (0..t).map(|i| argmax(row(i))).collect();
-    assert_eq!(got_argmax, ids(&exp["argmax"]), "{name}: per-position argmax differs");
+    assert_eq!(
+        got_argmax,
+        ids(&exp["argmax"]),
+        "{name}: per-position argmax differs"
+    );
 
     let last = row(t - 1);
     let d = max_abs_diff(last, &floats(&exp["last_logits"]));
@@ -87,14 +105,25 @@ fn check_fixture(name: &str, tol: f32) {
         for (pos, want) in rows {
             let p: usize = pos.parse().unwrap();
             let d = max_abs_diff(row(p), &floats(want));
-            assert!(d <= tol, "{name}: logits at position {p} differ by {d} > {tol}");
+            assert!(
+                d <= tol,
+                "{name}: logits at position {p} differ by {d} > {tol}"
+            );
         }
     }
 
     // Greedy continuation with the KV cache, token by token.
     let want = ids(&exp["greedy"]);
     let mut cache = m.model.new_cache();
-    let out = generate(&m.model, &mut cache, &prompt, &opts(&m, want.len()), &AtomicBool::new(false), |_| Flow::Continue).unwrap();
+    let out = generate(
+        &m.model,
+        &mut cache,
+        &prompt,
+        &opts(&m, want.len()),
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap();
     assert_eq!(out.tokens, want, "{name}: greedy continuation differs");
 }
 
@@ -128,12 +157,20 @@ fn bf16_compute_matches_torch_bf16_within_tolerance() {
         let m = load(name, DType::BF16);
         let prompt = ids(&exp["prompt_ids"]);
         let mut cache = m.model.new_cache();
-        let got: Vec<f32> = m.model.forward(&prompt, &mut cache, Logits::Last).into_data().try_into_vec().unwrap();
+        let got: Vec<f32> = m
+            .model
+            .forward(&prompt, &mut cache, Logits::Last)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         let want = floats(&exp["last_logits_bf16_compute"]);
         let d = max_abs_diff(&got, &want);
         let spread = want.iter().fold(0.0f32, |a, b| a.max(b.abs()));
         eprintln!("{name}: bf16 compute max |Δlogit| = {d:.3e} (logits up to {spread:.2})");
-        assert!(d <= BF16_COMPUTE_TOL, "{name}: bf16 logits differ by {d} > {BF16_COMPUTE_TOL}");
+        assert!(
+            d <= BF16_COMPUTE_TOL,
+            "{name}: bf16 logits differ by {d} > {BF16_COMPUTE_TOL}"
+        );
         assert_eq!(argmax(&got), argmax(&want), "{name}: bf16 argmax differs");
     }
 }
@@ -147,17 +184,38 @@ fn cached_and_uncached_decoding_agree() {
     let m = load("tiny_a", DType::F32);
     let mut seq = ids(&exp["prompt_ids"]);
     let mut cache = m.model.new_cache();
-    let cached = generate(&m.model, &mut cache, &seq, &opts(&m, 12), &AtomicBool::new(false), |_| Flow::Continue).unwrap();
+    let cached = generate(
+        &m.model,
+        &mut cache,
+        &seq,
+        &opts(&m, 12),
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap();
     let window = m.model.config().sliding_window;
-    for (i, (n, kind)) in cache.cached_per_layer().iter().zip(&m.model.config().layer_types).enumerate() {
+    for (i, (n, kind)) in cache
+        .cached_per_layer()
+        .iter()
+        .zip(&m.model.config().layer_types)
+        .enumerate()
+    {
         if *kind == medgemma_model::config::LayerType::Local {
-            assert!(*n < window, "local layer {i} holds {n} keys, window {window}");
+            assert!(
+                *n < window,
+                "local layer {i} holds {n} keys, window {window}"
+            );
         }
     }
     let mut uncached = Vec::new();
     for _ in 0..12 {
         let mut fresh = m.model.new_cache();
-        let l: Vec<f32> = m.model.forward(&seq, &mut fresh, Logits::Last).into_data().try_into_vec().unwrap();
+        let l: Vec<f32> = m
+            .model
+            .forward(&seq, &mut fresh, Logits::Last)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         let next = argmax(&l);
         uncached.push(next);
         seq.push(next);
@@ -172,11 +230,21 @@ fn chunked_prefill_equals_single_pass() {
     let m = load("tiny_b", DType::F32);
     let prompt = ids(&exp["prompt_ids"]);
     let mut c1 = m.model.new_cache();
-    let one: Vec<f32> = m.model.forward(&prompt, &mut c1, Logits::Last).into_data().try_into_vec().unwrap();
+    let one: Vec<f32> = m
+        .model
+        .forward(&prompt, &mut c1, Logits::Last)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
     let mut c2 = m.model.new_cache();
     let split = prompt.len() / 3;
     let _ = m.model.forward(&prompt[..split], &mut c2, Logits::Last);
-    let two: Vec<f32> = m.model.forward(&prompt[split..], &mut c2, Logits::Last).into_data().try_into_vec().unwrap();
+    let two: Vec<f32> = m
+        .model
+        .forward(&prompt[split..], &mut c2, Logits::Last)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
     let d = max_abs_diff(&one, &two);
     assert!(d <= F32_TOL, "chunked prefill differs by {d}");
 }
@@ -187,7 +255,15 @@ fn prompt_longer_than_context_is_a_clear_error() {
     let mut o = opts(&m, 4);
     o.context_limit = 8;
     let mut cache = m.model.new_cache();
-    let err = generate(&m.model, &mut cache, &[2; 9], &o, &AtomicBool::new(false), |_| Flow::Continue).unwrap_err();
+    let err = generate(
+        &m.model,
+        &mut cache,
+        &[2; 9],
+        &o,
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("9 tokens") && msg.contains("holds 8"), "{msg}");
 }
@@ -198,14 +274,32 @@ fn cancellation_stops_generation() {
     let cancel = AtomicBool::new(false);
     let mut cache = m.model.new_cache();
     let mut n = 0;
-    let out = generate(&m.model, &mut cache, &[2, 5, 6, 7], &opts(&m, 50), &cancel, |_| {
-        n += 1;
-        if n == 3 { Flow::Stop } else { Flow::Continue }
-    })
+    let out = generate(
+        &m.model,
+        &mut cache,
+        &[2, 5, 6, 7],
+        &opts(&m, 50),
+        &cancel,
+        |_| {
+            n += 1;
+            if n == 3 { Flow::Stop } else { Flow::Continue }
+        },
+    )
     .unwrap();
     assert_eq!(out.tokens.len(), 3);
-    assert_eq!(out.finish, medgemma_model::generate::FinishReason::Cancelled);
+    assert_eq!(
+        out.finish,
+        medgemma_model::generate::FinishReason::Cancelled
+    );
     cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-    let out = generate(&m.model, &mut m.model.new_cache(), &[2, 5], &opts(&m, 50), &cancel, |_| Flow::Continue).unwrap();
+    let out = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &[2, 5],
+        &opts(&m, 50),
+        &cancel,
+        |_| Flow::Continue,
+    )
+    .unwrap();
     assert!(out.tokens.is_empty());
 }
