@@ -31,4 +31,14 @@ fn main() {
             println!("1x{k} @ {k}x{n} {name}: {:.3} ms ({gbs:.1} GB/s)", s * 1e3);
         }
     }
+    // The LM head the other way round: E [V, d] · hᵀ [d, 1] (tall-skinny).
+    let e = Tensor::<2>::random([262_144, 640], Distribution::Default, &dev);
+    let h = Tensor::<2>::random([640, 1], Distribution::Default, &dev);
+    let _ = e.clone().matmul(h.clone()).into_data();
+    let t = Instant::now();
+    for _ in 0..10 {
+        let _ = e.clone().matmul(h.clone()).into_data();
+    }
+    let s = t.elapsed().as_secs_f64() / 10.0;
+    println!("262144x640 @ 640x1: {:.3} ms ({:.1} GB/s)", s * 1e3, (262_144 * 640 * 4) as f64 / s / 1e9);
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, TensorData};
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::{Dtype as StDtype, SafeTensors};
+use safetensors::{Dtype as StDtype, SafeTensorError, SafeTensors};
 
 use crate::gguf::{GgufError, GgufFile};
 
@@ -242,11 +242,22 @@ impl WeightSource {
         let mut unexpected = Vec::new();
         for (i, path) in files.iter().enumerate() {
             let map = map_file(path)?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| WeightsError::BadSafetensors {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+                // The parser reports a cut-short copy only as "incomplete
+                // metadata"; name the first tensor whose bytes are missing.
+                match (&e, cut_off_tensor(&map)) {
+                    (SafeTensorError::MetadataIncompleteBuffer, Some(tensor)) => {
+                        WeightsError::Truncated {
+                            path: path.clone(),
+                            tensor,
+                        }
+                    }
+                    _ => WeightsError::BadSafetensors {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    },
+                }
+            })?;
             let data_start = 8 + header_len;
             for (disk_name, info) in meta.tensors() {
                 if VISION_PREFIXES.iter().any(|p| disk_name.starts_with(p)) {
@@ -452,6 +463,27 @@ impl WeightSource {
             }),
         }
     }
+}
+
+/// In a safetensors file whose header is valid but whose data section is too
+/// short, the tensor (lowest offset first) whose bytes run past the end.
+fn cut_off_tensor(map: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(map.get(..8)?.try_into().ok()?)).ok()?;
+    let end = n.checked_add(8)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(map.get(8..end)?).ok()?;
+    let available = map.len() - end;
+    header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(name, info)| {
+            let offsets = info.get("data_offsets")?.as_array()?;
+            let start = offsets.first()?.as_u64()?;
+            let stop = offsets.get(1)?.as_u64()?;
+            (stop > available as u64).then(|| (start, name.clone()))
+        })
+        .min()
+        .map(|(_, name)| name)
 }
 
 /// Canonical (Hugging Face) name → llama.cpp GGUF name.
