@@ -40,5 +40,26 @@ fn main() {
         let _ = e.clone().matmul(h.clone()).into_data();
     }
     let s = t.elapsed().as_secs_f64() / 10.0;
-    println!("262144x640 @ 640x1: {:.3} ms ({:.1} GB/s)", s * 1e3, (262_144 * 640 * 4) as f64 / s / 1e9);
+    println!(
+        "262144x640 @ 640x1: {:.3} ms ({:.1} GB/s)",
+        s * 1e3,
+        (262_144 * 640 * 4) as f64 / s / 1e9
+    );
+    // Batched: the vocabulary split into blocks that run in parallel.
+    for nb in [2usize, 8, 32] {
+        let eb = e.clone().reshape([nb, 262_144 / nb, 640]);
+        let hb = h.clone().reshape([1, 640, 1]);
+        let _ = eb.clone().matmul(hb.clone()).into_data();
+        let t = Instant::now();
+        for _ in 0..10 {
+            let _ = eb.clone().matmul(hb.clone()).into_data();
+        }
+        let s = t.elapsed().as_secs_f64() / 10.0;
+        println!(
+            "[{nb}, {}, 640] @ [1, 640, 1]: {:.3} ms ({:.1} GB/s)",
+            262_144 / nb,
+            s * 1e3,
+            (262_144 * 640 * 4) as f64 / s / 1e9
+        );
+    }
 }

@@ -1,0 +1,54 @@
+//! `medgemmad`: the MedGemma appliance daemon.
+//!
+//! Subcommands: `generate` (admins and tests: one prompt through the engine,
+//! no server). The serving daemon arrives with its own issue.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench_cmd;
+mod config;
+mod engine;
+mod generate_cmd;
+mod serve_cmd;
+mod server;
+
+/// The MedGemma appliance daemon.
+#[derive(Debug, Parser)]
+#[command(name = "medgemmad", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one prompt through the model and print the answer (no server, no network).
+    Generate(generate_cmd::GenerateArgs),
+    /// Measure load time, prefill and decode speed and peak memory (prints numbers).
+    Bench(bench_cmd::BenchArgs),
+    /// Serve the web UI and the API on a Unix socket (the daemon).
+    Serve(serve_cmd::ServeArgs),
+    /// Development only: forward a loopback TCP port to the UI socket.
+    Forward(server::forward::ForwardArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), (String, u8)> = match cli.command {
+        Command::Generate(args) => {
+            generate_cmd::run(args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
+        Command::Bench(args) => bench_cmd::run(args).map_err(|e| (e.to_string(), 2)),
+        Command::Serve(args) => serve_cmd::run(args).map_err(|e| (e.to_string(), e.exit_code())),
+        Command::Forward(args) => server::forward::run(args).map_err(|e| (e.to_string(), 1)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((msg, code)) => {
+            eprintln!("medgemmad: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

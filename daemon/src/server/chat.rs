@@ -1,0 +1,328 @@
+//! The web UI's chat API: `POST /api/chat` (a streamed turn),
+//! `POST /api/chat/cancel` and `DELETE /api/conversations/{id}`.
+//!
+//! `POST /api/chat` takes `{"conversation_id": string|null, "message":
+//! string, "max_new_tokens"?: int, "temperature"?: number, "thinking"?:
+//! bool}` and answers `text/event-stream` with, in this order:
+//! `event: conversation` `{"conversation_id"}`; any number of
+//! `event: reasoning` / `event: answer` `{"delta"}`; then `event: done`
+//! with the counts, or `event: error` `{"code", "message"}` (e.g.
+//! `context_full`, checked before generating). Errors found before the
+//! stream starts (bad body, unknown conversation, full queue) are plain JSON
+//! errors with their HTTP status.
+//!
+//! Owns: turning a request into a [`ChatRequest`] and the stream back into
+//! events and history. Must never: log message text, or keep a turn's text
+//! anywhere but the conversation store.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use medgemma_model::chat::Message;
+use medgemma_model::sampling::SamplingParams;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::conversations::{ConversationError, Conversations, is_id, short};
+use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
+use super::worker::{SubmitError, WorkerMsg};
+use super::{AppState, log};
+use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+
+/// Google's documented switch for MedGemma's thinking mode (spec model.md §7):
+/// a prefix of the system prompt.
+pub const THINKING_INSTRUCTION: &str = "SYSTEM INSTRUCTION: think silently if needed.";
+
+/// Highest temperature accepted (beyond it text is noise).
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
+/// Seconds a client is told to wait after a 503 for a full queue.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Frames buffered towards a slow client before the stream waits for it.
+const STREAM_BUFFER: usize = 64;
+
+/// The `POST /api/chat` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatBody {
+    conversation_id: Option<String>,
+    message: String,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    thinking: Option<bool>,
+}
+
+/// The `POST /api/chat/cancel` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    conversation_id: String,
+}
+
+/// The generation limits of a request, checked against the configuration.
+pub fn check_limits(
+    state: &AppState,
+    max_new_tokens: Option<usize>,
+    temperature: Option<f32>,
+) -> Result<(usize, f32), ApiError> {
+    let cap = state.settings.engine.max_new_tokens;
+    let max_new_tokens = max_new_tokens.unwrap_or(cap);
+    if max_new_tokens == 0 || max_new_tokens > cap {
+        return Err(ApiError::bad_request(format!(
+            "max_new_tokens must be between 1 and {cap} on this appliance."
+        )));
+    }
+    let temperature = temperature.unwrap_or(0.0);
+    if !temperature.is_finite() || !(0.0..=MAX_TEMPERATURE).contains(&temperature) {
+        return Err(ApiError::bad_request(format!(
+            "temperature must be between 0 and {MAX_TEMPERATURE} (0 answers deterministically)."
+        )));
+    }
+    Ok((max_new_tokens, temperature))
+}
+
+/// Sampling for a temperature: greedy at 0 (as Google's examples decode),
+/// Gemma's top-k/top-p otherwise, with a fresh seed.
+pub fn sampling(temperature: f32) -> SamplingParams {
+    let mut seed = [0u8; 8];
+    // A failed random source only makes the seed predictable, not unsafe.
+    let _ = getrandom::fill(&mut seed);
+    SamplingParams {
+        temperature,
+        seed: u64::from_le_bytes(seed),
+        ..SamplingParams::default()
+    }
+}
+
+/// The system message: the configured prompt, with the thinking switch in front when asked.
+pub fn system_message(configured: Option<&str>, thinking: bool) -> Option<Message> {
+    match (configured, thinking) {
+        (Some(text), true) => Some(Message::system(format!("{THINKING_INSTRUCTION} {text}"))),
+        (Some(text), false) => Some(Message::system(text)),
+        (None, true) => Some(Message::system(THINKING_INSTRUCTION)),
+        (None, false) => None,
+    }
+}
+
+/// Maps a refused submission to its HTTP error.
+pub fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull => ApiError::unavailable(
+            "queue_full",
+            "The model is busy answering other questions; try again in a few seconds.",
+            RETRY_AFTER_SECS,
+        ),
+        SubmitError::Stopped => ApiError::unavailable(
+            "shutting_down",
+            "The service is restarting; try again in a minute.",
+            RETRY_AFTER_SECS * 6,
+        ),
+    }
+}
+
+fn conversation_error(e: ConversationError) -> ApiError {
+    let status = match e {
+        ConversationError::NotFound => StatusCode::NOT_FOUND,
+        ConversationError::Busy => StatusCode::CONFLICT,
+        ConversationError::TooMany | ConversationError::Random => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut err = ApiError::new(status, e.code(), e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        err.retry_after = Some(RETRY_AFTER_SECS * 12);
+    }
+    err
+}
+
+/// `POST /api/chat`.
+pub async fn chat(
+    state: Arc<AppState>,
+    req: hyper::Request<hyper::body::Incoming>,
+    client: Option<String>,
+) -> Result<Response<Body>, ApiError> {
+    let body: ChatBody = super::http::read_json(req).await?;
+    if body.message.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "The message is empty; type a question.",
+        ));
+    }
+    let (max_new_tokens, temperature) =
+        check_limits(&state, body.max_new_tokens, body.temperature)?;
+    if body.conversation_id.as_deref().is_some_and(|id| !is_id(id)) {
+        return Err(conversation_error(ConversationError::NotFound));
+    }
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let admitted = state
+        .conversations
+        .begin_turn(
+            body.conversation_id.as_deref(),
+            client.as_deref(),
+            Arc::clone(&cancel),
+        )
+        .map_err(conversation_error)?;
+    let user = Message::user(body.message);
+    let mut messages: Vec<Message> = system_message(
+        state.settings.system_prompt.as_deref(),
+        body.thinking.unwrap_or(false),
+    )
+    .into_iter()
+    .collect();
+    messages.extend(admitted.history);
+    messages.push(user.clone());
+
+    let request = ChatRequest {
+        messages,
+        max_new_tokens,
+        sampling: sampling(temperature),
+        cancel: Arc::clone(&cancel),
+    };
+    let worker_rx = match state.engine.submit(request) {
+        Ok(rx) => rx,
+        Err(e) => {
+            // The client never learns this conversation's id: forget it.
+            state
+                .conversations
+                .abort_turn(&admitted.id, admitted.created);
+            return Err(submit_error(e));
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let turn = Turn {
+        store: Arc::clone(&state.conversations),
+        id: admitted.id,
+        user: Some(user),
+    };
+    tokio::spawn(pump(turn, worker_rx, tx));
+    Ok(event_stream(ChannelBody::new(rx, cancel)))
+}
+
+/// A running turn; dropped without [`Turn::finish`] it ends without an answer.
+struct Turn {
+    store: Arc<Conversations>,
+    id: String,
+    user: Option<Message>,
+}
+
+impl Turn {
+    fn finish(&mut self, answer: String) {
+        if let Some(user) = self.user.take() {
+            self.store.finish_turn(&self.id, user, answer);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.user.is_some() {
+            self.store.abort_turn(&self.id, false);
+        }
+    }
+}
+
+/// Moves the engine's messages into SSE frames. Keeps draining after the
+/// client left so the (cancelled) turn still reaches the history.
+async fn pump(
+    mut turn: Turn,
+    mut worker: mpsc::UnboundedReceiver<WorkerMsg>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    // A send fails only when the client left; the engine sees the cancel flag.
+    let conversation = serde_json::json!({ "conversation_id": turn.id });
+    let _ = tx.send(sse_event("conversation", &conversation)).await;
+    let mut queued_for = Duration::ZERO;
+    while let Some(msg) = worker.recv().await {
+        let frame = match msg {
+            WorkerMsg::Started { queued_for: q } => {
+                queued_for = q;
+                continue;
+            }
+            WorkerMsg::Event(ChatEvent::Reasoning(delta)) => {
+                sse_event("reasoning", &serde_json::json!({ "delta": delta }))
+            }
+            WorkerMsg::Event(ChatEvent::Answer(delta)) => {
+                sse_event("answer", &serde_json::json!({ "delta": delta }))
+            }
+            WorkerMsg::Done(summary) => {
+                log::turn(short(&turn.id), &summary, queued_for);
+                let done = done_event(&summary, queued_for);
+                turn.finish(summary.answer);
+                let _ = tx.send(sse_event("done", &done)).await;
+                return;
+            }
+            WorkerMsg::Failed(e) => {
+                log::turn_failed(short(&turn.id), e.code());
+                let err = serde_json::json!({ "code": e.code(), "message": e.to_string() });
+                let _ = tx.send(sse_event("error", &err)).await;
+                return;
+            }
+        };
+        let _ = tx.send(frame).await;
+    }
+    // The engine dropped the job without an answer: it was cancelled while
+    // queued (the client is gone) or the engine stopped.
+    let err = serde_json::json!({
+        "code": "engine_stopped",
+        "message": "The model stopped before answering; send the message again.",
+    });
+    let _ = tx.send(sse_event("error", &err)).await;
+}
+
+/// The `done` event's data.
+fn done_event(s: &ChatSummary, queued_for: Duration) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "tokens_per_s": (s.decode_tokens_per_s * 10.0).round() / 10.0,
+        "time_to_first_token_ms": (queued_for + s.time_to_first_token).as_millis() as u64,
+        "context_used": s.context_used,
+        "context_limit": s.context_limit,
+        "finish_reason": s.finish,
+        "thinking_unterminated": s.thinking_unterminated,
+    })
+}
+
+/// `POST /api/chat/cancel`: stops the running turn of a conversation.
+pub async fn cancel(
+    state: Arc<AppState>,
+    req: hyper::Request<hyper::body::Incoming>,
+    client: Option<String>,
+) -> Result<Response<Body>, ApiError> {
+    let body: CancelBody = super::http::read_json(req).await?;
+    if !is_id(&body.conversation_id) {
+        return Err(conversation_error(ConversationError::NotFound));
+    }
+    let cancelled = state
+        .conversations
+        .cancel(&body.conversation_id, client.as_deref())
+        .map_err(conversation_error)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "cancelled": cancelled }),
+    ))
+}
+
+/// `DELETE /api/conversations/{id}`: stops any running turn and forgets the conversation.
+pub fn delete(
+    state: &AppState,
+    id: &str,
+    client: Option<String>,
+) -> Result<Response<Body>, ApiError> {
+    if !is_id(id) {
+        return Err(conversation_error(ConversationError::NotFound));
+    }
+    state
+        .conversations
+        .delete(id, client.as_deref())
+        .map_err(conversation_error)?;
+    let mut resp = Response::new(super::http::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}

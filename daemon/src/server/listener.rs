@@ -1,0 +1,208 @@
+//! Obtaining the UI socket: the one systemd passed (socket activation,
+//! `sd_listen_fds(3)`: `LISTEN_PID` is this process and `LISTEN_FDS` ≥ 1, the
+//! socket is descriptor 3), or one bound at `server.ui_socket`.
+//!
+//! Binding refuses to replace anything but a stale socket (one nobody
+//! answers on), so a second daemon cannot steal a running one's socket. The
+//! socket file is made `0660`; its directory (systemd's `RuntimeDirectory=`
+//! or the development script's private runtime folder) decides who can reach
+//! it.
+//!
+//! Owns: the UI socket's file. Must never: open a network socket.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// `SD_LISTEN_FDS_START` in `sd-daemon.h`.
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// Why the UI socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A daemon already answers on the path.
+    #[error(
+        "another process is already serving on {path}; stop it first or choose another server.ui_socket"
+    )]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is at the path.
+    #[error("{path} exists and is not a socket; remove it or choose another server.ui_socket")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The socket-activation variables are malformed.
+    #[error(
+        "socket activation: {var}={value:?} is not a number; start the daemon from its .socket unit or unset LISTEN_PID and LISTEN_FDS"
+    )]
+    Activation {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Descriptor 3 is not a listening Unix socket.
+    #[error(
+        "socket activation: descriptor 3 is not a Unix stream socket ({0}); check ListenStream= in the .socket unit"
+    )]
+    NotUnix(std::io::Error),
+}
+
+/// The UI socket and where it came from.
+#[derive(Debug)]
+pub struct UiListener {
+    /// The listening socket (blocking mode; the caller converts it for tokio).
+    pub listener: UnixListener,
+    /// The file to remove on exit; `None` when systemd owns the socket.
+    pub bound_path: Option<PathBuf>,
+}
+
+/// Takes the socket systemd passed, or binds `path`.
+pub fn open(path: &Path) -> Result<UiListener, ListenerError> {
+    if activation_fds(
+        std::process::id(),
+        std::env::var("LISTEN_PID").ok(),
+        std::env::var("LISTEN_FDS").ok(),
+    )? > 0
+    {
+        let listener = adopt_activation_socket();
+        listener.local_addr().map_err(ListenerError::NotUnix)?;
+        return Ok(UiListener {
+            listener,
+            bound_path: None,
+        });
+    }
+    bind(path)
+}
+
+/// How many sockets systemd passed to process `pid` (0 when none, or when
+/// the variables are meant for another process).
+pub fn activation_fds(
+    pid: u32,
+    listen_pid: Option<String>,
+    listen_fds: Option<String>,
+) -> Result<usize, ListenerError> {
+    let (Some(listen_pid), Some(listen_fds)) = (listen_pid, listen_fds) else {
+        return Ok(0);
+    };
+    let for_pid: u32 = listen_pid
+        .trim()
+        .parse()
+        .map_err(|_| ListenerError::Activation {
+            var: "LISTEN_PID",
+            value: listen_pid.clone(),
+        })?;
+    if for_pid != pid {
+        return Ok(0);
+    }
+    listen_fds
+        .trim()
+        .parse()
+        .map_err(|_| ListenerError::Activation {
+            var: "LISTEN_FDS",
+            value: listen_fds.clone(),
+        })
+}
+
+/// Takes ownership of descriptor 3.
+// The daemon's only `unsafe` (everything else is `#![forbid]`-clean): std
+// has no safe way to adopt an inherited descriptor. TODO(lead): move this into
+// medgemma-sandbox next to `listen_fds()` (e.g. returning `OwnedFd`) so the
+// daemon crate can be `#![forbid(unsafe_code)]`.
+#[allow(unsafe_code)]
+fn adopt_activation_socket() -> UnixListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `activation_fds` confirmed LISTEN_PID is this process, and
+    // systemd guarantees descriptors from SD_LISTEN_FDS_START are open and
+    // ours; nothing else in the daemon uses descriptor 3, and this function
+    // is called once, so the listener becomes its only owner.
+    unsafe { UnixListener::from_raw_fd(SD_LISTEN_FDS_START) }
+}
+
+fn bind(path: &Path) -> Result<UiListener, ListenerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ListenerError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(ListenerError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            // Nobody answers: a stale socket from a previous run.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|source| ListenerError::Bind {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(ListenerError::Bind {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        },
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ListenerError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        ListenerError::Bind {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(UiListener {
+        listener,
+        bound_path: Some(path.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_variables() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(activation_fds(42, None, None).unwrap(), 0);
+        assert_eq!(activation_fds(42, s("42"), s("1")).unwrap(), 1);
+        assert_eq!(
+            activation_fds(42, s("7"), s("1")).unwrap(),
+            0,
+            "meant for another process"
+        );
+        assert!(activation_fds(42, s("42"), s("x")).is_err());
+    }
+
+    #[test]
+    fn a_live_socket_is_not_replaced_but_a_stale_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ui.sock");
+        let first = bind(&path).unwrap();
+        assert!(matches!(bind(&path), Err(ListenerError::InUse { .. })));
+        drop(first);
+        bind(&path).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(bind(&file), Err(ListenerError::NotASocket { .. })));
+    }
+}

@@ -1,0 +1,363 @@
+//! The HTTP server of `medgemmad serve`: HTTP/1.1 (hyper) on a Unix socket,
+//! shaped like mini-redis.
+//!
+//! [`run`] takes an already-bound listener (from systemd socket activation or
+//! from [`listener::open`]), an [`EngineHandle`] to the engine thread and the
+//! validated settings, and serves until `shutdown` resolves. A semaphore caps
+//! open connections ([`MAX_CONNECTIONS`]); on shutdown a broadcast tells every
+//! connection to finish its response and close, running turns are cancelled,
+//! and `run` returns once every handler has dropped its "done" sender (or
+//! after [`SHUTDOWN_GRACE`]).
+//!
+//! Routes (see each module):
+//!
+//! | method | path | module |
+//! |---|---|---|
+//! | GET, HEAD | `/`, UI assets | [`assets`] |
+//! | GET | `/api/status` | [`status`] |
+//! | POST | `/api/chat`, `/api/chat/cancel` | [`chat`] |
+//! | DELETE | `/api/conversations/{id}` | [`chat`] |
+//! | GET | `/v1/models` | [`openai`] |
+//! | POST | `/v1/chat/completions` | [`openai`] |
+//!
+//! Every request first passes the Host allow-list, and every state-changing
+//! one the Origin check ([`security`]); every response carries the security
+//! headers. The server speaks no TLS and opens no network socket: the browser
+//! reaches it through a loopback proxy.
+//!
+//! Owns: connections, routing, timeouts and limits. Must never: log request
+//! paths that are not routes, bodies, or answers.
+
+pub mod assets;
+mod chat;
+pub mod conversations;
+pub mod forward;
+pub mod http;
+pub mod listener;
+mod log;
+mod openai;
+#[cfg(feature = "test-engine")]
+pub mod scripted;
+mod security;
+mod status;
+pub mod worker;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::config::Settings;
+use conversations::Conversations;
+use http::{ApiError, Body};
+use security::HostPolicy;
+pub use worker::EngineHandle;
+
+/// Connections served at once. A browser opens about six per host and the
+/// appliance has a handful of users; beyond this, new connections wait in
+/// the socket's backlog until one closes (the bound protects memory and file
+/// descriptors, not throughput: the engine queue limits work).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a client has to send a request's headers. hyper starts this timer
+/// whenever it waits for a request head, so it is also the keep-alive idle
+/// timeout: an idle connection closes after this long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Time given to open connections to finish after the shutdown signal
+/// (running turns are cancelled first, so streams end within a token or two).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often idle conversations are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Why the server stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// `accept` failed with an error that retrying cannot fix.
+    #[error("the UI socket stopped accepting connections: {0}")]
+    Accept(std::io::Error),
+}
+
+/// What [`run`] needs besides the listener and the engine.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The validated configuration.
+    pub settings: Arc<Settings>,
+    /// The sandbox state as the process really has it (shown by `/api/status`).
+    pub sandbox: serde_json::Value,
+}
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub settings: Arc<Settings>,
+    /// The engine thread.
+    pub engine: EngineHandle,
+    /// Conversations in memory.
+    pub conversations: Arc<Conversations>,
+    /// The sandbox state for `/api/status`.
+    pub sandbox: serde_json::Value,
+    /// When serving began.
+    pub started: Instant,
+    /// The same, as Unix seconds.
+    pub started_unix: u64,
+    hosts: HostPolicy,
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    listener: UnixListener,
+    engine: EngineHandle,
+    config: ServerConfig,
+    shutdown: impl Future,
+) -> Result<(), ServerError> {
+    let settings = config.settings;
+    let state = Arc::new(AppState {
+        hosts: HostPolicy::new(settings.server.listen_port, &settings.server.allowed_hosts),
+        conversations: Arc::new(Conversations::new(settings.session_idle_timeout())),
+        engine,
+        sandbox: config.sandbox,
+        started: Instant::now(),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        settings,
+    });
+    let (notify_shutdown, _) = broadcast::channel(1);
+    let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
+    let mut server = Listener {
+        listener,
+        state: Arc::clone(&state),
+        limit_connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        notify_shutdown,
+        shutdown_complete_tx,
+        next_conn: AtomicU64::new(1),
+    };
+    tokio::spawn(sweep_conversations(
+        Arc::clone(&state.conversations),
+        server.notify_shutdown.subscribe(),
+    ));
+
+    let result = tokio::select! {
+        res = server.accept_loop() => res,
+        _ = shutdown => {
+            log::event(format_args!("shutting down: cancelling running turns, closing connections"));
+            Ok(())
+        }
+    };
+
+    // Stop generating, tell every connection, then wait for them all.
+    state.conversations.cancel_all();
+    let Listener {
+        notify_shutdown,
+        shutdown_complete_tx,
+        ..
+    } = server;
+    drop(notify_shutdown);
+    drop(shutdown_complete_tx);
+    if tokio::time::timeout(SHUTDOWN_GRACE, shutdown_complete_rx.recv())
+        .await
+        .is_err()
+    {
+        log::event(format_args!(
+            "shutdown: connections still open after {SHUTDOWN_GRACE:?}; closing them"
+        ));
+    }
+    result
+}
+
+/// The accept loop's state (mini-redis `Listener`).
+struct Listener {
+    listener: UnixListener,
+    state: Arc<AppState>,
+    limit_connections: Arc<Semaphore>,
+    /// Dropped to tell every connection to shut down.
+    notify_shutdown: broadcast::Sender<()>,
+    /// Cloned into every connection; `recv` on the other end returns `None`
+    /// once all are dropped, i.e. all handlers are done.
+    shutdown_complete_tx: mpsc::Sender<()>,
+    next_conn: AtomicU64,
+}
+
+impl Listener {
+    async fn accept_loop(&mut self) -> Result<(), ServerError> {
+        loop {
+            // Wait for a free slot before accepting: excess clients wait in the backlog.
+            let Ok(permit) = Arc::clone(&self.limit_connections).acquire_owned().await else {
+                return Ok(()); // the semaphore is never closed
+            };
+            let stream = self.accept().await?;
+            let conn = Connection {
+                id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+                state: Arc::clone(&self.state),
+                shutdown: self.notify_shutdown.subscribe(),
+                _done: self.shutdown_complete_tx.clone(),
+            };
+            tokio::spawn(async move {
+                conn.serve(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Accepts one connection, backing off on errors that pass (out of file
+    /// descriptors or memory, aborted handshakes).
+    async fn accept(&mut self) -> Result<UnixStream, ServerError> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) if is_transient(&e) => {
+                    log::event(format_args!("accept failed ({e}); retrying in {backoff:?}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(ServerError::Accept(e)),
+            }
+        }
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory)
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM (errno(3)).
+        || matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// One client connection.
+struct Connection {
+    id: u64,
+    state: Arc<AppState>,
+    shutdown: broadcast::Receiver<()>,
+    _done: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: UnixStream) {
+        let state = Arc::clone(&self.state);
+        let id = self.id;
+        let service = service_fn(move |req| handle(Arc::clone(&state), id, req));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = self.shutdown.recv() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Forgets idle conversations until shutdown.
+async fn sweep_conversations(store: Arc<Conversations>, mut shutdown: broadcast::Receiver<()>) {
+    let every = SWEEP_INTERVAL.min(store.idle_timeout());
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = store.sweep();
+                if n > 0 {
+                    log::event(format_args!("forgot {n} idle conversation(s)"));
+                }
+            }
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// One request: checks, route, security headers, one log line.
+async fn handle(
+    state: Arc<AppState>,
+    conn: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let (route, result) = route(state, req).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    security::apply_headers(resp.headers_mut());
+    log::request(conn, &method, route, resp.status(), start.elapsed());
+    Ok(resp)
+}
+
+const CONVERSATIONS_PREFIX: &str = "/api/conversations/";
+
+/// Dispatches a request; returns the route's name for the log.
+async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> (&'static str, Result<Response<Body>, ApiError>) {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let asset = assets::find(&path);
+    let name = match path.as_str() {
+        "/api/status" => "/api/status",
+        "/api/chat" => "/api/chat",
+        "/api/chat/cancel" => "/api/chat/cancel",
+        "/v1/models" => "/v1/models",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        p if p.starts_with(CONVERSATIONS_PREFIX) => "/api/conversations/{id}",
+        _ => asset.map_or("(unknown path)", |a| a.path),
+    };
+
+    let host = match security::check_host(&req, &state.hosts) {
+        Ok(h) => h,
+        Err(e) => return (name, Err(e)),
+    };
+    if security::is_state_changing(&method)
+        && let Err(e) = security::check_origin(req.headers(), &host)
+    {
+        return (name, Err(e));
+    }
+    let client = security::client_id(req.headers());
+
+    let result = match (name, &method) {
+        ("/api/status", &Method::GET) => Ok(status::status(&state)),
+        ("/api/chat", &Method::POST) => chat::chat(state, req, client).await,
+        ("/api/chat/cancel", &Method::POST) => chat::cancel(state, req, client).await,
+        ("/api/conversations/{id}", &Method::DELETE) => {
+            chat::delete(&state, &path[CONVERSATIONS_PREFIX.len()..], client)
+        }
+        ("/v1/models", &Method::GET) => Ok(openai::models(&state)),
+        ("/v1/chat/completions", &Method::POST) => openai::completions(state, req).await,
+        ("/api/status" | "/v1/models", _) => Err(ApiError::method_not_allowed("GET")),
+        ("/api/chat" | "/api/chat/cancel" | "/v1/chat/completions", _) => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        ("/api/conversations/{id}", _) => Err(ApiError::method_not_allowed("DELETE")),
+        _ => match asset {
+            Some(a) if method == Method::GET || method == Method::HEAD => {
+                let mut resp = assets::respond(a, req.headers(), method == Method::HEAD);
+                if a.path == "/index.html" {
+                    security::ensure_client_cookie(req.headers(), resp.headers_mut());
+                }
+                Ok(resp)
+            }
+            Some(_) => Err(ApiError::method_not_allowed("GET, HEAD")),
+            None => Err(ApiError::not_found()),
+        },
+    };
+    (name, result)
+}

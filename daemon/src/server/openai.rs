@@ -1,0 +1,399 @@
+//! The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`
+//! (streamed and not), enough for the official `openai` Python client.
+//!
+//! Stateless: the client sends the whole conversation each time. Reasoning
+//! (MedGemma's thinking trace) is returned apart from the answer as
+//! `reasoning_content` in `message` / `delta`, as several OpenAI-compatible
+//! servers do. The request's `model` is not checked: this server has one
+//! model, listed by `/v1/models`. Unknown request fields are ignored (the
+//! client sends many); images, tools and `n > 1` are refused with a 400.
+//!
+//! The handler waits until the engine has accepted the prompt (it fits the
+//! context) before answering, so `context_full` and malformed conversations
+//! are HTTP errors, not broken streams.
+//!
+//! Owns: the OpenAI wire format. Must never: log message text.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use medgemma_model::chat::Message;
+use medgemma_model::generate::FinishReason;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::chat::{check_limits, sampling, submit_error};
+use super::conversations::random_id;
+use super::http::{
+    ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, read_json, sse_data,
+};
+use super::worker::{TurnError, WorkerMsg};
+use super::{AppState, log};
+use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+
+/// Frames buffered towards a slow client.
+const STREAM_BUFFER: usize = 64;
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    n: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// The model id clients see: the label in lower case, words joined by '-'.
+pub fn model_id(label: &str) -> String {
+    let mut id = String::new();
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            id.push(c.to_ascii_lowercase());
+        } else if !id.ends_with('-') && !id.is_empty() {
+            id.push('-');
+        }
+    }
+    let id = id.trim_end_matches('-');
+    if id.is_empty() {
+        "medgemma".to_owned()
+    } else {
+        id.to_owned()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `GET /v1/models`.
+pub fn models(state: &AppState) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "object": "list",
+            "data": [{
+                "id": model_id(&state.settings.model.label),
+                "object": "model",
+                "created": state.started_unix,
+                "owned_by": "medgemmad",
+            }],
+        }),
+    )
+}
+
+fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Vec<Message>, ApiError> {
+    let mut out: Vec<Message> = Vec::with_capacity(input.len() + 1);
+    for (i, m) in input.into_iter().enumerate() {
+        let text = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    if p.kind != "text" {
+                        return Err(ApiError::bad_request(format!(
+                            "Message {i} has a content part of a type this server does not accept; send text parts only (images are not supported yet)."
+                        )));
+                    }
+                    text.push_str(p.text.as_deref().unwrap_or(""));
+                }
+                text
+            }
+        };
+        let msg = match m.role.as_str() {
+            "system" | "developer" => Message::system(text),
+            "user" => Message::user(text),
+            "assistant" => Message::assistant(text),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "Message {i} has a role this server does not accept; use system, user or assistant (tools are not supported)."
+                )));
+            }
+        };
+        out.push(msg);
+    }
+    // The configured system prompt comes first; a client's system message follows it.
+    if let Some(sys) = system {
+        match out.first_mut() {
+            Some(first) if first.role == medgemma_model::chat::Role::System => {
+                first.content = format!("{sys}\n\n{}", first.content);
+            }
+            _ => out.insert(0, Message::system(sys)),
+        }
+    }
+    Ok(out)
+}
+
+fn turn_error(e: &TurnError) -> ApiError {
+    let status = match e {
+        TurnError::ContextFull { .. } | TurnError::Invalid(_) => StatusCode::BAD_REQUEST,
+        TurnError::Engine(_) | TurnError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+    }
+}
+
+fn usage(s: &ChatSummary) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "total_tokens": s.prompt_tokens + s.completion_tokens,
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn completions(
+    state: Arc<AppState>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body: CompletionRequest = read_json(req).await?;
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request(
+            "n must be 1: this server returns one choice.",
+        ));
+    }
+    if body.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages is empty; send at least one user message.",
+        ));
+    }
+    let (max_new_tokens, temperature) = check_limits(
+        &state,
+        body.max_completion_tokens.or(body.max_tokens),
+        body.temperature,
+    )?;
+    let mut params = sampling(temperature);
+    if let Some(p) = body.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::bad_request(
+                "top_p must be above 0 and at most 1.",
+            ));
+        }
+        params.top_p = p;
+    }
+    if let Some(seed) = body.seed {
+        params.seed = seed;
+    }
+    let messages = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = CancelOnDrop::new(Arc::clone(&cancel));
+    let request = ChatRequest {
+        messages,
+        max_new_tokens,
+        sampling: params,
+        cancel,
+    };
+    let mut worker = state.engine.submit(request).map_err(submit_error)?;
+
+    // Wait for the engine to accept the prompt (or refuse it).
+    let queued_for = match worker.recv().await {
+        Some(WorkerMsg::Started { queued_for }) => queued_for,
+        Some(WorkerMsg::Failed(e)) => {
+            log::turn_failed("openai", e.code());
+            return Err(turn_error(&e));
+        }
+        Some(_) | None => {
+            return Err(ApiError::unavailable(
+                "engine_stopped",
+                "The model stopped before answering; send the request again.",
+                5,
+            ));
+        }
+    };
+    let meta = Meta {
+        id: format!("chatcmpl-{}", random_id().unwrap_or_default()),
+        created: unix_now(),
+        model: model_id(&state.settings.model.label),
+    };
+    if body.stream {
+        let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(stream(meta, worker, tx, include_usage, queued_for));
+        Ok(event_stream(ChannelBody::new(rx, guard.disarm())))
+    } else {
+        let (mut reasoning, mut answer) = (String::new(), String::new());
+        while let Some(msg) = worker.recv().await {
+            match msg {
+                WorkerMsg::Started { .. } => {}
+                WorkerMsg::Event(ChatEvent::Reasoning(d)) => reasoning.push_str(&d),
+                WorkerMsg::Event(ChatEvent::Answer(d)) => answer.push_str(&d),
+                WorkerMsg::Done(s) => {
+                    log::turn("openai", &s, queued_for);
+                    let mut message =
+                        serde_json::json!({ "role": "assistant", "content": s.answer });
+                    if let Some(r) = &s.reasoning {
+                        message["reasoning_content"] = serde_json::Value::String(r.clone());
+                    }
+                    return Ok(json(
+                        StatusCode::OK,
+                        &serde_json::json!({
+                            "id": meta.id,
+                            "object": "chat.completion",
+                            "created": meta.created,
+                            "model": meta.model,
+                            "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(s.finish) }],
+                            "usage": usage(&s),
+                        }),
+                    ));
+                }
+                WorkerMsg::Failed(e) => {
+                    log::turn_failed("openai", e.code());
+                    return Err(turn_error(&e));
+                }
+            }
+        }
+        drop(guard);
+        Err(ApiError::unavailable(
+            "engine_stopped",
+            "The model stopped before answering; send the request again.",
+            5,
+        ))
+    }
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> Bytes {
+        let chunk = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        });
+        sse_data(&chunk.to_string())
+    }
+}
+
+async fn stream(
+    meta: Meta,
+    mut worker: mpsc::UnboundedReceiver<WorkerMsg>,
+    tx: mpsc::Sender<Bytes>,
+    include_usage: bool,
+    queued_for: Duration,
+) {
+    let _ = tx
+        .send(meta.chunk(
+            serde_json::json!({ "role": "assistant", "content": "" }),
+            None,
+        ))
+        .await;
+    while let Some(msg) = worker.recv().await {
+        match msg {
+            WorkerMsg::Started { .. } => {}
+            WorkerMsg::Event(ChatEvent::Reasoning(d)) => {
+                let _ = tx
+                    .send(meta.chunk(serde_json::json!({ "reasoning_content": d }), None))
+                    .await;
+            }
+            WorkerMsg::Event(ChatEvent::Answer(d)) => {
+                let _ = tx
+                    .send(meta.chunk(serde_json::json!({ "content": d }), None))
+                    .await;
+            }
+            WorkerMsg::Done(s) => {
+                log::turn("openai", &s, queued_for);
+                let _ = tx
+                    .send(meta.chunk(serde_json::json!({}), Some(finish_reason(s.finish))))
+                    .await;
+                if include_usage {
+                    let chunk = serde_json::json!({
+                        "id": meta.id,
+                        "object": "chat.completion.chunk",
+                        "created": meta.created,
+                        "model": meta.model,
+                        "choices": [],
+                        "usage": usage(&s),
+                    });
+                    let _ = tx.send(sse_data(&chunk.to_string())).await;
+                }
+                break;
+            }
+            WorkerMsg::Failed(e) => {
+                log::turn_failed("openai", e.code());
+                let _ = tx.send(sse_data(&turn_error(&e).body().to_string())).await;
+                break;
+            }
+        }
+    }
+    let _ = tx.send(sse_data("[DONE]")).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_slugs() {
+        assert_eq!(model_id("MedGemma 1.5 4B"), "medgemma-1.5-4b");
+        assert_eq!(model_id("Gemma 3 270M (demo)"), "gemma-3-270m-demo");
+        assert_eq!(model_id("***"), "medgemma");
+    }
+
+    #[test]
+    fn configured_system_prompt_comes_first() {
+        let input = vec![InMessage {
+            role: "user".into(),
+            content: Some(Content::Text("hi".into())),
+        }];
+        let m = to_messages(Some("Be careful."), input).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].content, "Be careful.");
+    }
+}

@@ -1,0 +1,141 @@
+//! End-to-end with the real model: `medgemmad serve` on the real Gemma 3
+//! 270M GGUF (from `scripts/fetch-assets.sh`) and the real tokenizer, on the
+//! CPU. Asserts the protocol whatever the base model says: event order,
+//! multi-turn context, cancel on disconnect, context_full, the OpenAI API.
+//! Skips with a message when the assets are absent (fails if MEDGEMMA_ASSETS
+//! is set and they are missing).
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e_support::*;
+use http_body_util::Full;
+use hyper::StatusCode;
+use serde_json::json;
+
+/// Loading the 270M model takes seconds; a cold CI machine gets more.
+const READY: Duration = Duration::from_secs(300);
+
+fn real_daemon() -> Option<Daemon> {
+    let (gguf, tokenizer) = real_model()?;
+    Some(Daemon::start(
+        &Setup {
+            backend: "cpu",
+            model_path: Some(gguf),
+            tokenizer_path: Some(tokenizer),
+            label: "Gemma 3 270M (demo)",
+            demo: true,
+            context_length: 256,
+            queue_length: 4,
+            max_new_tokens: 64,
+            ..Setup::default()
+        },
+        READY,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_model_chat_order_multi_turn_cancel_and_context_full() {
+    let Some(d) = real_daemon() else { return };
+
+    // 1. Event order (whatever the model says).
+    let t0 = Instant::now();
+    let first = chat(&d.socket, json!({"conversation_id": null, "message": "What is the capital of France?", "max_new_tokens": 12})).await;
+    let d1 = done(&first);
+    eprintln!("turn 1: {d1} in {:?}", t0.elapsed());
+    assert!(d1["completion_tokens"].as_u64().unwrap() >= 1);
+    assert_eq!(d1["context_limit"], 256);
+    let id = first[0].json()["conversation_id"].clone();
+
+    // 2. Multi-turn: the second prompt holds the first turn and its answer.
+    let answer_deltas = first.iter().filter(|e| e.name == "answer").count() as u64;
+    let second = chat(
+        &d.socket,
+        json!({"conversation_id": id, "message": "And of Italy?", "max_new_tokens": 8}),
+    )
+    .await;
+    let d2 = done(&second);
+    let (p1, p2) = (
+        d1["prompt_tokens"].as_u64().unwrap(),
+        d2["prompt_tokens"].as_u64().unwrap(),
+    );
+    assert!(
+        p2 > p1 + answer_deltas,
+        "turn 2 prompt {p2} vs turn 1 prompt {p1} + answer {answer_deltas}"
+    );
+
+    // 3. Closing the connection mid-answer cancels: the engine is free for the next request.
+    let resp = send(&d.socket, post_json("/api/chat", &json!({"conversation_id": null, "message": "Count from one to one hundred.", "max_new_tokens": 64}))).await;
+    let mut sse = Sse::new(resp);
+    sse.next().await.unwrap(); // conversation
+    let first = sse.next().await.unwrap();
+    let generating = first.name == "reasoning" || first.name == "answer";
+    drop(sse); // the browser's stop button aborts the fetch
+    let t0 = Instant::now();
+    let quick = chat(
+        &d.socket,
+        json!({"conversation_id": null, "message": "Hi", "max_new_tokens": 2}),
+    )
+    .await;
+    done(&quick);
+    eprintln!(
+        "after dropping a 64-token request mid-answer, a 2-token request took {:?}",
+        t0.elapsed()
+    );
+    if generating {
+        let log = d.log();
+        let cancelled = log
+            .lines()
+            .find(|l| l.contains("finish=Cancelled"))
+            .unwrap_or_else(|| panic!("no cancelled turn:\n{log}"));
+        let n: u64 = cancelled
+            .split("completion_tokens=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n < 64, "stopped early: {cancelled}");
+    }
+
+    // 4. A message that cannot fit is refused before generating.
+    let long = "patient history ".repeat(200);
+    let events = chat(&d.socket, json!({"conversation_id": null, "message": long})).await;
+    assert_eq!(events.len(), 2, "conversation then error");
+    assert_eq!(events[1].name, "error");
+    assert_eq!(events[1].json()["code"], "context_full");
+
+    // 5. OpenAI API: non-stream, stream, and a malformed conversation as a 400.
+    let oai = |body: serde_json::Value| {
+        request("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let (code, v) = json_of(send(&d.socket, oai(json!({"model": "gemma-3-270m-demo", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}))).await).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 3);
+    let events = Sse::new(send(&d.socket, oai(json!({"stream": true, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}))).await).collect().await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let bad = oai(
+        json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+    );
+    assert_eq!(
+        error_code(send(&d.socket, bad).await, StatusCode::BAD_REQUEST).await,
+        "invalid_conversation"
+    );
+
+    // 6. Status shows the real model, its file name only.
+    let (_, s) = json_of(send(&d.socket, get("/api/status")).await).await;
+    assert_eq!(s["model"]["file"], "gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(s["model"]["format"], "gguf");
+    assert_eq!(s["backend"]["kind"], "cpu");
+    assert!(
+        !s.to_string().contains("/medgemma-assets/"),
+        "no full paths: {s}"
+    );
+}

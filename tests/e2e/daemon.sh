@@ -1,0 +1,86 @@
+# Sourced by tests/e2e/run.sh and scripts/load-test.sh: builds medgemmad (or
+# uses $MEDGEMMAD), starts `medgemmad serve` with the real Gemma 3 270M demo
+# model on a private Unix socket and `medgemmad forward` on a free loopback
+# port, and stops both on exit.
+#
+# After `e2e_start [queue_length] [max_new_tokens]`:
+#   E2E_PORT   the loopback port    E2E_URL   http://127.0.0.1:$E2E_PORT
+#   E2E_DIR    the private folder (config, socket, daemon.log)
+
+e2e_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+e2e_build() {
+  if [ -n "${MEDGEMMAD:-}" ]; then
+    E2E_BIN="$MEDGEMMAD"
+    return
+  fi
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
+  (cd "$e2e_root" && cargo build --locked -p medgemmad >&2)
+  E2E_BIN="$CARGO_TARGET_DIR/debug/medgemmad"
+}
+
+e2e_free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+e2e_pids=()
+e2e_stop() {
+  for pid in "${e2e_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${e2e_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  e2e_pids=()
+  [ -n "${E2E_DIR:-}" ] && rm -rf "$E2E_DIR"
+}
+
+e2e_start() {
+  local queue="${1:-4}" max_new="${2:-64}"
+  local assets
+  assets="${MEDGEMMA_ASSETS:-$("$e2e_root/scripts/fetch-assets.sh" | tail -n 1)}"
+  e2e_build
+  E2E_DIR="$(mktemp -d "${TMPDIR:-/tmp}/medgemmad-e2e.XXXXXX")"
+  chmod 700 "$E2E_DIR"
+  mkdir -p "$E2E_DIR/audit"
+  E2E_PORT="$(e2e_free_port)"
+  E2E_URL="http://127.0.0.1:$E2E_PORT"
+  cat > "$E2E_DIR/medgemmad.toml" <<TOML
+[model]
+path = "$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf"
+tokenizer_path = "$assets/tokenizer/tokenizer.json"
+label = "Gemma 3 270M"
+demo = true
+
+[engine]
+backend = "cpu"
+context_length = 2048
+queue_length = $queue
+max_new_tokens = $max_new
+
+[server]
+ui_socket = "$E2E_DIR/ui.sock"
+listen_port = $E2E_PORT
+
+[audit]
+dir = "$E2E_DIR/audit"
+TOML
+  trap e2e_stop EXIT
+  "$E2E_BIN" serve --config "$E2E_DIR/medgemmad.toml" 2> "$E2E_DIR/daemon.log" &
+  e2e_pids+=($!)
+  local i
+  for i in $(seq 1 3000); do
+    grep -q "medgemmad: ready:" "$E2E_DIR/daemon.log" && break
+    if ! kill -0 "${e2e_pids[0]}" 2>/dev/null; then
+      cat "$E2E_DIR/daemon.log" >&2
+      echo "e2e: medgemmad exited before it was ready" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  grep -q "medgemmad: ready:" "$E2E_DIR/daemon.log" || { cat "$E2E_DIR/daemon.log" >&2; echo "e2e: medgemmad not ready after 300 s" >&2; return 1; }
+  "$E2E_BIN" forward --listen "127.0.0.1:$E2E_PORT" --to "$E2E_DIR/ui.sock" 2>> "$E2E_DIR/daemon.log" &
+  e2e_pids+=($!)
+  for i in $(seq 1 100); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $E2E_PORT), 1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "e2e: the forwarder did not open 127.0.0.1:$E2E_PORT" >&2
+  return 1
+}
