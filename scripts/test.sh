@@ -23,5 +23,23 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test (workspace)"
 cargo test --workspace --locked 2>&1
+
+# The daemon's HTTP tests with the scripted test double (a debug-only feature)
+# for deterministic reasoning/answer streams; the real-model e2e runs above.
+step "cargo test -p medgemmad --features test-engine"
+cargo test -p medgemmad --features test-engine --locked 2>&1
+
+export MEDGEMMAD="$CARGO_TARGET_DIR/debug/medgemmad"
+
+step "e2e: official openai client through the loopback forwarder"
+tests/e2e/run.sh
+
+step "browser: headless Chromium against the mock server (scripted answers, XSS)"
+tests/browser/run.sh
+
+step "browser: headless Chromium against the real daemon"
+tests/browser/run-daemon.sh
+
+step "done"
