@@ -22,6 +22,7 @@ cargo fmt --all --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p medgemmad --all-targets --features test-engine --locked -- -D warnings
 
 step "cargo test (workspace)"
 cargo test --workspace --locked 2>&1
@@ -41,5 +42,3 @@ tests/browser/run.sh
 
 step "browser: headless Chromium against the real daemon"
 tests/browser/run-daemon.sh
-
-step "done"
