@@ -359,8 +359,7 @@ impl Gemma3 {
         };
         let h = self.norm.forward(x);
         // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
-        h.matmul(self.embed_tokens.clone().transpose())
-            .cast(DType::F32)
+        row_blocked_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
     }
 
     fn layer_forward(
