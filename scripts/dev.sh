@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 port="${PORT:-6006}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
 
+scripts/setup-system.sh
 assets="$(scripts/fetch-assets.sh | tail -n 1)"
 if [ $# -ge 1 ]; then
   model="$(realpath "$1")"
@@ -72,7 +73,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin" serve --config "$run/medgemmad.toml" &
+# As root the daemon would drop to the `medgemma` service user, which a
+# development machine may lack: run it unsandboxed there (loudly). As any
+# other user it runs sandboxed (Landlock and seccomp, no drop).
+sandbox_args=()
+[ "$(id -u)" = 0 ] && sandbox_args=(--insecure-no-sandbox)
+"$bin" serve --config "$run/medgemmad.toml" "${sandbox_args[@]}" &
 pids+=($!)
 # The socket appears once the daemon binds it; it serves once the model is loaded.
 for _ in $(seq 1 600); do
