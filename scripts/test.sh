@@ -22,15 +22,15 @@ cargo fmt --all --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy -p medgemmad --all-targets --features test-engine --locked -- -D warnings
+# Same package set as the tests: `-p medgemmad` alone would unify dependency
+# features differently and rebuild Burn from scratch.
+cargo clippy --workspace --all-targets --features medgemmad/test-engine --locked -- -D warnings
 
+# One test run for the whole workspace. `test-engine` (debug builds only)
+# adds the scripted test double that the daemon's HTTP tests use for
+# deterministic reasoning/answer streams; the real-model e2e tests run too.
 step "cargo test (workspace)"
-cargo test --workspace --locked 2>&1
-
-# The daemon's HTTP tests with the scripted test double (a debug-only feature)
-# for deterministic reasoning/answer streams; the real-model e2e runs above.
-step "cargo test -p medgemmad --features test-engine"
-cargo test -p medgemmad --features test-engine --locked 2>&1
+cargo test --workspace --features medgemmad/test-engine --locked 2>&1
 
 export MEDGEMMAD="$CARGO_TARGET_DIR/debug/medgemmad"
 
