@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -413,13 +412,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the file is opened read-only and this process never writes to
-        // it while mapped. Another process truncating or rewriting the model
-        // file under a running engine is outside what we defend against (the
-        // model directory is read-only to the daemon); the map is read only
-        // through bounds-checked slices.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = crate::mmap::map_readonly(path).map_err(io)?;
         let header = Parser::new(path, &map).parse()?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod load;
+mod mmap;
 pub mod quant;
 pub mod sampling;
 pub mod thinking;

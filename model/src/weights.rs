@@ -9,7 +9,6 @@
 //! Must never: open any path but the files of the model it is given.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
@@ -174,14 +173,7 @@ const VISION_PREFIXES: [&str; 4] = [
 ];
 
 fn map_file(path: &Path) -> Result<Mmap, WeightsError> {
-    let file = File::open(path).map_err(|source| WeightsError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    // SAFETY: the file is opened read-only and this process never writes to
-    // it; the appliance pins model files by SHA-256 and keeps them read-only,
-    // so no other writer is expected while the map lives.
-    unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io {
+    crate::mmap::map_readonly(path).map_err(|source| WeightsError::Io {
         path: path.to_owned(),
         source,
     })
