@@ -71,6 +71,9 @@ pub struct Config {
     pub server: ServerSection,
     /// The audit log.
     pub audit: AuditSection,
+    /// The kernel sandbox (`medgemma-sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxSection,
 }
 
 /// `[model]`.
@@ -90,6 +93,10 @@ pub struct ModelSection {
     /// A UTF-8 text file whose content becomes the system message of every conversation.
     #[serde(default)]
     pub system_prompt_file: Option<PathBuf>,
+    /// The SHA-256 pins of the model files, written by `medgemmactl setup`;
+    /// its digest is the model fingerprint in the audit log.
+    #[serde(default)]
+    pub pins_file: Option<PathBuf>,
 }
 
 /// `[engine]`.
@@ -131,9 +138,13 @@ impl Default for EngineSection {
 pub struct ServerSection {
     /// The Unix socket the web UI and API are served on (unless systemd passes one).
     pub ui_socket: PathBuf,
-    /// The admin socket (reserved: medgemmactl arrives later; validated, not opened).
+    /// The admin socket for `medgemmactl status` (mode 0660; peers are
+    /// authorized by SO_PEERCRED: root or `admin_group`). Not opened when absent.
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
+    /// The group (name or numeric gid) allowed on the admin socket besides root.
+    #[serde(default)]
+    pub admin_group: Option<String>,
     /// The loopback port the browser uses (the `Host` header must carry it).
     #[serde(default = "default_listen_port")]
     pub listen_port: u16,
@@ -152,6 +163,57 @@ pub struct ServerSection {
 pub struct AuditSection {
     /// Directory of the tamper-evident audit log (must exist).
     pub dir: PathBuf,
+    /// The evolving chain key (made by `medgemmactl setup`); the daemon
+    /// refuses to start without it. Keep it in its own directory (mode 0700).
+    #[serde(default = "default_audit_key_file")]
+    pub key_file: PathBuf,
+    /// The content key: HMACs of questions and answers are keyed with it.
+    #[serde(default = "default_content_key_file")]
+    pub content_key_file: PathBuf,
+    /// The Ed25519 export signing key (PKCS#8). Read only by
+    /// `medgemmactl audit export`; the daemon never opens it.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted here so one file configures both programs
+    pub signing_key_file: Option<PathBuf>,
+}
+
+fn default_audit_key_file() -> PathBuf {
+    PathBuf::from("/var/lib/medgemma/audit-key/current")
+}
+fn default_content_key_file() -> PathBuf {
+    PathBuf::from("/var/lib/medgemma/audit-key/content")
+}
+
+/// `[sandbox]`: who the daemon runs as and what else it may write. The rest
+/// of the sandbox (Landlock paths, seccomp roles) is derived from the other
+/// sections, so it cannot drift from them (`serve_cmd::landlock_policy`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// The unprivileged user the daemon drops to when started as root.
+    #[serde(default = "default_sandbox_user")]
+    pub user: String,
+    /// A writable state directory (read-write under Landlock). Optional.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// A writable cache directory (read-write under Landlock; the CUDA
+    /// backend puts its JIT and autotune caches here). Optional.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            user: default_sandbox_user(),
+            state_dir: None,
+            cache_dir: None,
+        }
+    }
+}
+
+fn default_sandbox_user() -> String {
+    "medgemma".to_owned()
 }
 
 /// The `engine.backend` values.
@@ -235,6 +297,8 @@ pub struct Settings {
     pub server: ServerSection,
     /// `[audit]`, validated.
     pub audit: AuditSection,
+    /// `[sandbox]`, validated.
+    pub sandbox: SandboxSection,
     /// The backend that will run.
     pub backend: BackendDecision,
     /// The system prompt text, if a file was configured.
@@ -274,6 +338,7 @@ impl Config {
             engine,
             mut server,
             audit,
+            sandbox,
         } = self;
         let backend = resolve_backend(engine.backend)?;
 
@@ -395,6 +460,49 @@ impl Config {
                 ),
             ));
         }
+        for (key, path) in [
+            ("audit.key_file", &audit.key_file),
+            ("audit.content_key_file", &audit.content_key_file),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
+
+        // [sandbox]
+        let user = sandbox.user.trim();
+        if user.is_empty()
+            || user == "root"
+            || !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::invalid(
+                "sandbox.user",
+                format!(
+                    "{user:?} is not an unprivileged user name; name the service user, e.g. \"medgemma\""
+                ),
+            ));
+        }
+        for (key, dir) in [
+            ("sandbox.state_dir", &sandbox.state_dir),
+            ("sandbox.cache_dir", &sandbox.cache_dir),
+        ] {
+            if let Some(dir) = dir
+                && (!dir.is_absolute() || !dir.is_dir())
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{} must be an existing directory given as an absolute path",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
 
         Ok(Settings {
             source: source.to_owned(),
@@ -405,6 +513,10 @@ impl Config {
             engine,
             server,
             audit,
+            sandbox: SandboxSection {
+                user: user.to_owned(),
+                ..sandbox
+            },
             backend,
             system_prompt,
         })
@@ -621,6 +733,7 @@ mod tests {
         assert_eq!(c.engine.max_new_tokens, d.max_new_tokens);
         assert_eq!(c.server.listen_port, default_listen_port());
         assert_eq!(c.server.session_idle_timeout_secs, default_idle_timeout());
+        assert_eq!(c.sandbox.user, default_sandbox_user());
     }
 
     #[test]

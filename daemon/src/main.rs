@@ -2,21 +2,28 @@
 //!
 //! Subcommands: `generate` (admins and tests: one prompt through the engine,
 //! no server). The serving daemon arrives with its own issue.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit_log;
 mod bench_cmd;
 mod config;
 mod engine;
 mod generate_cmd;
+mod lockdown;
 mod serve_cmd;
 mod server;
 
+/// `--version` with the compiled-in backends (scripts/gpu-sandbox-check.sh
+/// reads it). The CUDA build adds "cuda" here.
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\nbackends: cpu");
+
 /// The MedGemma appliance daemon.
 #[derive(Debug, Parser)]
-#[command(name = "medgemmad", version, about)]
+#[command(name = "medgemmad", version, long_version = LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,21 +1,46 @@
 //! `medgemmad serve --config FILE`: the serving daemon.
 //!
-//! Startup is one ordered list (ARCHITECTURE.md "Daemon startup order"; the
-//! sandbox steps join it when `medgemma-sandbox` is wired in):
+//! Startup is one ordered list, read top to bottom in [`run`]
+//! (ARCHITECTURE.md "Daemon startup order", shared/spec/sandbox.md); every
+//! step up to seccomp runs while the process has a single thread:
 //!
-//! 1. Read and validate the configuration: any bad key stops here (exit 2).
-//! 2. Open the UI socket: the one systemd passed, or bind `server.ui_socket` (exit 4).
-//! 3. Start the engine thread and wait for its "ready" handshake; it loads the
-//!    model and reports progress. A load failure ends the process (exit 3).
-//! 4. Build the async runtime and serve until SIGTERM or SIGINT, then shut
-//!    down gracefully and remove the socket file this process created.
+//! 1. Clean the process: take the sockets systemd passed (`LISTEN_FDS`),
+//!    close every other inherited descriptor, clear the environment to
+//!    [`lockdown::ENV_ALLOW`] (exit 6 on failure).
+//! 2. Read and validate the configuration: any bad key stops here (exit 2);
+//!    resolve the service user (`sandbox.user`) while `/etc/passwd` is readable.
+//! 3. Open what the daemon needs: the audit log (exit 5), the model files
+//!    (checked; the engine loads later from the same paths, which Landlock
+//!    allows read-only; exit 3), the UI socket (the one systemd passed, or
+//!    bind `server.ui_socket`) and the admin socket (exit 4), the sd_notify
+//!    socket (connected now: `socket(2)` is denied later).
+//! 4. Drop root to the service user (when started as root; otherwise stay
+//!    and say so). 5. `no_new_privs`, not dumpable, core dumps off.
+//!    6. Landlock derived from the configuration, fully enforced at the
+//!    required ABI or no start. 7. seccomp on every thread (exit 6).
+//! 8. Only then threads: the engine thread (narrows itself to the engine
+//!    role, loads the model, reports "ready"; exit 3 on failure), then main
+//!    narrows to the HTTP role and builds the async runtime, whose threads
+//!    narrow themselves at start; serve until SIGTERM or SIGINT, then shut
+//!    down gracefully and remove the socket files this process created.
+//!
+//! `--insecure-no-sandbox` skips steps 4 to 7 and says so loudly (stderr at
+//! startup and every 10 minutes, `insecure_no_sandbox: true` in
+//! `/api/status`, red in the UI); `--seccomp-log` logs instead of denying
+//! (diagnostics; never a silent "off": the status says `enforced: false`).
+//!
+//! The audit log is opened right after the configuration (a missing key
+//! file stops the daemon: run `medgemmactl setup`), records `startup`,
+//! `model_load` and, on the way out, `shutdown`; the admin socket
+//! (`server.admin_socket`) is bound with the UI socket.
 //!
 //! Exit codes: 0 clean shutdown, 1 server failure, 2 configuration, 3 model
-//! load, 4 socket.
+//! load, 4 socket, 5 audit log, 6 sandbox.
 //!
 //! Owns: the order of startup and shutdown. Must never: serve before the
 //! model is ready, or report a sandbox state the process does not have.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +48,13 @@ use std::time::Instant;
 use clap::Args;
 use medgemma_model::backend;
 use medgemma_model::load::{self, LoadError};
+use medgemma_sandbox::{self as sandbox, SandboxError, SeccompMode};
 
-use crate::config::{Config, ConfigError, ResolvedBackend, Settings};
+use crate::audit_log::{self, AuditOpenError, Auditor};
+use crate::config::{BackendDecision, Config, ConfigError, ResolvedBackend, Settings};
 use crate::engine::{Engine, EngineError, ModelEngine};
+use crate::lockdown;
+use crate::server::admin::{self, AdminError};
 use crate::server::listener::{self, ListenerError};
 use crate::server::worker::{self, WorkerError};
 use crate::server::{self, ServerConfig, ServerError};
@@ -36,6 +65,14 @@ pub struct ServeArgs {
     /// The configuration file (see packaging/medgemmad.example.toml).
     #[arg(long)]
     config: PathBuf,
+    /// Development only: run WITHOUT the kernel sandbox (no privilege drop,
+    /// Landlock or seccomp). Loud: warned on stderr and shown in red in the UI.
+    #[arg(long, conflicts_with = "seccomp_log")]
+    insecure_no_sandbox: bool,
+    /// Diagnostics: seccomp logs calls outside the allow-lists (kernel log,
+    /// `type=1326`) instead of denying them; the hostile calls still kill.
+    #[arg(long)]
+    seccomp_log: bool,
 }
 
 /// Why serving failed.
@@ -56,6 +93,24 @@ pub enum ServeError {
     /// The server stopped on its own.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The sandbox could not be applied in full: the daemon never serves
+    /// under a partial sandbox.
+    #[error("cannot apply the sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    /// A model file cannot be opened.
+    #[error("cannot open the model file {path}: {source}")]
+    ModelFile {
+        /// The configured path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit log cannot be opened or written.
+    #[error(transparent)]
+    Audit(#[from] AuditOpenError),
+    /// The admin socket cannot be opened.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 impl ServeError {
@@ -63,8 +118,10 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 2,
-            Self::Load(_) => 3,
-            Self::Listener(_) => 4,
+            Self::Load(_) | Self::ModelFile { .. } => 3,
+            Self::Sandbox(_) => 6,
+            Self::Listener(_) | Self::Admin(_) => 4,
+            Self::Audit(_) => 5,
             Self::Runtime(_) | Self::Server(_) => 1,
         }
     }
@@ -77,20 +134,30 @@ enum LoadFailure {
     Load(#[from] LoadError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-}
-
-/// What `/api/status` says about the sandbox until `medgemma-sandbox` is
-/// applied at startup and its `SandboxState` replaces this.
-fn sandbox_state() -> serde_json::Value {
-    serde_json::json!({ "enforced": false, "reason": "sandbox not yet applied" })
+    #[error("cannot narrow the engine thread's sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Runs the daemon.
 pub fn run(args: ServeArgs) -> Result<(), ServeError> {
-    // 1. Configuration.
+    // 1. Clean fds and environment, keeping systemd's sockets and protocol.
+    let mut activated = sandbox::take_listen_fds()?;
+    let keep: Vec<_> = activated.iter().map(|l| l.fd.as_raw_fd()).collect();
+    sandbox::clean_process(&keep, lockdown::ENV_ALLOW)?;
+    let mode = if args.insecure_no_sandbox {
+        sandbox::declare_insecure_no_sandbox();
+        say(format_args!("{}", lockdown::INSECURE_WARNING));
+        None
+    } else if args.seccomp_log {
+        Some(SeccompMode::Log)
+    } else {
+        Some(SeccompMode::Enforce)
+    };
+
+    // 2. Configuration; the service user while /etc/passwd is readable.
     let settings = Arc::new(Config::load(&args.config)?.resolve(&args.config)?);
     say(format_args!(
-        "configuration {} is valid: model \"{}\"{}, backend {:?} ({}); audit directory {} (the audit log is not written yet)",
+        "configuration {} is valid: model \"{}\"{}, backend {:?} ({}); audit directory {}",
         settings.source.display(),
         settings.model.label,
         if settings.model.demo { " (demo)" } else { "" },
@@ -98,20 +165,125 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         settings.backend.reason,
         settings.audit.dir.display(),
     ));
+    let user = match mode {
+        Some(_) => lockdown::service_user(&settings)?,
+        None => None,
+    };
 
-    // 2. The UI socket.
-    let ui = listener::open(&settings.server.ui_socket)?;
-    let result = serve(&settings, ui.listener);
+    // 3. Open what is needed: the audit log (before the sandbox closes the
+    //    file system), ...
+    let fingerprint =
+        audit_log::model_fingerprint(settings.model.pins_file.as_deref(), &settings.model.label);
+    let auditor = Arc::new(Auditor::open(&settings.audit, fingerprint)?);
+    say(format_args!(
+        "audit log {} open: next record {}",
+        settings.audit.dir.display(),
+        auditor.head().next_seq
+    ));
+
+    //    ... the model files (checked), the UI and admin sockets, and the
+    //    sd_notify socket (connected now: socket(2) is denied from step 7).
+    check_model_files(&settings)?;
+    let ui = listener::open(
+        &settings.server.ui_socket,
+        (!activated.is_empty()).then(|| activated.remove(0).fd),
+    )?;
+    if let (Some(path), Some(user)) = (&ui.bound_path, &user) {
+        // The service user removes it on exit; its group may connect (0660).
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
+            ListenerError::Bind {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    let admin = match &settings.server.admin_socket {
+        Some(path) => Some(Arc::new(admin::bind(
+            path,
+            settings.server.admin_group.as_deref(),
+        )?)),
+        None => None,
+    };
+    let (notifier, notify_problem) = lockdown::Notifier::connect();
+    if let Some(problem) = notify_problem {
+        say(format_args!("{problem}"));
+    }
+
+    // 4.-7. Drop root, harden, Landlock, seccomp on every thread.
+    if let Some(mode) = mode {
+        let policy = lockdown::landlock_policy(&settings);
+        for line in lockdown::lock_down(user.as_ref(), &policy, mode)? {
+            say(format_args!("sandbox: {line}"));
+        }
+    }
+
+    // 8. Only now threads: the engine, the runtime; serve.
+    let result = serve(
+        &settings,
+        ui.listener,
+        &auditor,
+        admin.clone(),
+        mode,
+        &notifier,
+    );
+    let reason = match &result {
+        Ok(()) => medgemma_audit::ShutdownReason::Signal,
+        Err(_) => medgemma_audit::ShutdownReason::Error,
+    };
+    if let Err(e) = auditor.shutdown(reason) {
+        say(format_args!("audit: cannot record the shutdown: {e}"));
+    }
+    if let Some(a) = &admin {
+        let _ = std::fs::remove_file(&a.path);
+    }
     if let Some(path) = &ui.bound_path {
         let _ = std::fs::remove_file(path);
     }
     result
 }
 
-fn serve(settings: &Arc<Settings>, ui: std::os::unix::net::UnixListener) -> Result<(), ServeError> {
-    // 3. The engine thread, ready before anything is served.
-    let loader = loader(settings);
-    let engine = worker::start(loader, settings.engine.queue_length).map_err(ServeError::Load)?;
+/// Opens the model, tokenizer and system prompt files once, so that a
+/// missing or unreadable file is reported before the sandbox closes in; the
+/// engine opens them again by path (Landlock allows them read-only).
+fn check_model_files(settings: &Settings) -> Result<(), ServeError> {
+    if settings.backend.backend == ResolvedBackend::Scripted {
+        return Ok(());
+    }
+    let model = &settings.model;
+    let files = std::iter::once(&model.path)
+        .chain(&model.tokenizer_path)
+        .chain(&model.system_prompt_file);
+    for path in files {
+        let opened = if path.is_dir() {
+            std::fs::read_dir(path).map(drop)
+        } else {
+            std::fs::File::open(path).map(drop)
+        };
+        opened.map_err(|source| ServeError::ModelFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn serve(
+    settings: &Arc<Settings>,
+    ui: std::os::unix::net::UnixListener,
+    auditor: &Arc<Auditor>,
+    admin: Option<Arc<admin::AdminSocket>>,
+    mode: Option<SeccompMode>,
+    notifier: &lockdown::Notifier,
+) -> Result<(), ServeError> {
+    // 8a. The engine thread (it narrows itself to the engine role before
+    //     loading), ready before anything is served.
+    let loader = loader(settings, mode);
+    let t0 = Instant::now();
+    let started = worker::start(loader, settings.engine.queue_length);
+    auditor
+        .model_load(t0.elapsed(), started.is_ok())
+        .map_err(|e| ServeError::Audit(e.into()))?;
+    let engine = started.map_err(ServeError::Load)?;
     let info = engine.info();
     say(format_args!(
         "ready: {} parameters ({}), context {} tokens, backend {}; serving on {}",
@@ -122,23 +294,44 @@ fn serve(settings: &Arc<Settings>, ui: std::os::unix::net::UnixListener) -> Resu
         settings.server.ui_socket.display()
     ));
 
-    // 4. Serve until a signal.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // 8b. Main narrows itself to the HTTP role, and so does every runtime
+    // thread at its start (workers and blocking pool); serve until a signal.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
         .worker_threads(2)
         .thread_name("medgemmad-http")
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
+        .enable_all();
+    if let Some(mode) = mode {
+        builder.on_thread_start(lockdown::narrow_http(mode)?);
+    }
+    let runtime = builder.build().map_err(ServeError::Runtime)?;
+    let sandboxed = lockdown::status_json();
+    say(format_args!(
+        "sandbox enforced: {}; problems: {}",
+        sandboxed["enforced"], sandboxed["problems"]
+    ));
     let config = ServerConfig {
         settings: Arc::clone(settings),
-        sandbox: sandbox_state(),
+        sandbox: lockdown::status_json,
+        audit: Arc::clone(auditor),
+        admin,
     };
     runtime.block_on(async move {
         ui.set_nonblocking(true).map_err(ServeError::Runtime)?;
         let listener = tokio::net::UnixListener::from_std(ui).map_err(ServeError::Runtime)?;
-        notify_systemd("READY=1\nSTATUS=serving");
+        if mode.is_none() {
+            tokio::spawn(async {
+                let mut every = tokio::time::interval(lockdown::INSECURE_WARNING_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    say(format_args!("{}", lockdown::INSECURE_WARNING));
+                }
+            });
+        }
+        notify_systemd(notifier, "READY=1\nSTATUS=serving");
         server::run(listener, engine, config, shutdown_signal()).await?;
-        notify_systemd("STOPPING=1");
+        notify_systemd(notifier, "STOPPING=1");
         Ok::<(), ServeError>(())
     })?;
     // The engine thread ends with its last handle; it may still be finishing a
@@ -151,21 +344,36 @@ fn serve(settings: &Arc<Settings>, ui: std::os::unix::net::UnixListener) -> Resu
 /// The engine for the configured backend, built on the engine thread.
 fn loader(
     settings: &Settings,
+    mode: Option<SeccompMode>,
 ) -> impl FnOnce() -> Result<Box<dyn Engine>, LoadFailure> + Send + 'static {
     let path = settings.model.path.clone();
     let tokenizer = settings.model.tokenizer_path.clone();
     let context = settings.engine.context_length;
     let decision = settings.backend.clone();
-    move || match decision.backend {
+    move || {
+        // First thing on the engine thread, before the backend starts its
+        // own threads (they inherit the engine role).
+        if let Some(mode) = mode {
+            lockdown::narrow_engine_thread(mode)?;
+        }
+        load_engine(&path, tokenizer.as_deref(), context, decision)
+    }
+}
+
+/// Loads the configured backend's engine (on the engine thread).
+fn load_engine(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    context: usize,
+    decision: BackendDecision,
+) -> Result<Box<dyn Engine>, LoadFailure> {
+    match decision.backend {
         ResolvedBackend::Cpu => {
-            say(format_args!(
-                "loading model {} on the CPU",
-                file_name(&path)
-            ));
+            say(format_args!("loading model {} on the CPU", file_name(path)));
             let t0 = Instant::now();
             let loaded = load::load_model(
-                &path,
-                tokenizer.as_deref(),
+                path,
+                tokenizer,
                 &backend::cpu_device(),
                 backend::cpu_dtype(),
             )?;
@@ -212,21 +420,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Tells systemd (`Type=notify`) about readiness, as `sd_notify(3)` does:
-/// a datagram to `$NOTIFY_SOCKET` (a path, or an abstract name after '@').
-fn notify_systemd(state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let target = target.to_string_lossy().into_owned();
-    let addr = match target.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&target),
-    };
-    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
-    if let Err(e) = sent {
+/// Tells systemd (`Type=notify`) about readiness, as `sd_notify(3)` does,
+/// on the socket connected before the sandbox (`socket(2)` is denied now).
+fn notify_systemd(notifier: &lockdown::Notifier, state: &str) {
+    if let Err(e) = notifier.notify(state) {
         say(format_args!("cannot notify systemd ({e}); continuing"));
     }
 }

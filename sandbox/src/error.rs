@@ -61,6 +61,13 @@ pub enum SandboxError {
         value: String,
     },
 
+    /// [`crate::take_listen_fds`] was called a second time.
+    #[error(
+        "the sockets passed by systemd were already taken by an earlier call: \
+         take_listen_fds must be called once, at the start of main"
+    )]
+    ListenFdsTaken,
+
     /// `close` or `fcntl` on an inherited descriptor failed.
     #[error(
         "{call} on inherited file descriptor {fd} failed ({errno}): the process cannot be cleaned"

@@ -20,11 +20,13 @@
 //! as the list in `shared/spec/sandbox.md`:
 //!
 //! ```no_run
+//! use std::os::fd::AsRawFd;
 //! use medgemma_sandbox as sandbox;
 //! # fn main() -> Result<(), sandbox::SandboxError> {
-//! // 1. Keep only stdio and the sockets systemd handed over; clear the env.
-//! let listeners = sandbox::listen_fds()?;
-//! let keep: Vec<_> = listeners.iter().map(|l| l.fd).collect();
+//! // 1. Keep only stdio and the sockets systemd handed over (owned, so the
+//! //    daemon needs no `unsafe`: `UnixListener::from(l.fd)`); clear the env.
+//! let listeners = sandbox::take_listen_fds()?;
+//! let keep: Vec<_> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
 //! sandbox::clean_process(&keep, &["RUST_LOG"])?;
 //! // 2. Parse the configuration; resolve the service user while /etc is readable.
 //! let user = sandbox::resolve_user("medgemma")?;
@@ -77,7 +79,9 @@ pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_
 pub use privileges::{
     DropReport, HardenReport, ResolvedUser, drop_privileges, harden_process, resolve_user,
 };
-pub use process::{CleanReport, ListenFd, clean_process, listen_fds};
+pub use process::{
+    CleanReport, ListenFd, ListenSocket, clean_process, listen_fds, take_listen_fds,
+};
 pub use seccomp::{
     Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, narrow_current_thread,
     thread_start_hook,

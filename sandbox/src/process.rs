@@ -8,8 +8,9 @@
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -81,6 +82,45 @@ pub fn listen_fds() -> Result<Vec<ListenFd>, SandboxError> {
         })?;
     }
     Ok(fds)
+}
+
+/// One socket passed by systemd, now owned: dropping it closes the descriptor.
+/// Convert it with `UnixListener::from(socket.fd)` (std's safe `From<OwnedFd>`).
+#[derive(Debug)]
+pub struct ListenSocket {
+    /// The descriptor, owned by this value alone.
+    pub fd: OwnedFd,
+    /// Its `FileDescriptorName=`, if systemd sent names.
+    pub name: Option<String>,
+}
+
+/// Set by the first [`take_listen_fds`]: the descriptors have an owner.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Like [`listen_fds`], but takes ownership of the descriptors, so the
+/// daemon needs no `unsafe` to adopt them. Succeeds once per process; a
+/// second call fails with [`SandboxError::ListenFdsTaken`], because two
+/// owners of one descriptor would each close it.
+///
+/// Call it first in `main` and keep the returned descriptors in
+/// [`clean_process`]'s `keep_fds` (it closes every other inherited one).
+pub fn take_listen_fds() -> Result<Vec<ListenSocket>, SandboxError> {
+    if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(SandboxError::ListenFdsTaken);
+    }
+    let fds = listen_fds()?;
+    Ok(fds
+        .into_iter()
+        .map(|listen| ListenSocket {
+            // SAFETY: listen_fds() confirmed LISTEN_PID is this process and
+            // set FD_CLOEXEC on the descriptor, which fails on a closed one,
+            // so it is open; systemd hands it to this process alone, and the
+            // LISTEN_FDS_TAKEN flag above makes this the only place that ever
+            // takes ownership of it, so the OwnedFd is its sole owner.
+            fd: unsafe { OwnedFd::from_raw_fd(listen.fd) },
+            name: listen.name,
+        })
+        .collect())
 }
 
 /// The pure part of [`listen_fds`]: parses the three variables for `pid`.
@@ -239,6 +279,19 @@ mod tests {
 
     fn os(s: &str) -> Option<&OsStr> {
         Some(OsStr::new(s))
+    }
+
+    #[test]
+    fn listen_fds_are_taken_once() {
+        // The test harness has no LISTEN_PID: nothing to adopt, but the
+        // second call is refused all the same (two owners would double-close).
+        if std::env::var_os("LISTEN_PID").is_none() {
+            assert!(take_listen_fds().unwrap().is_empty());
+            assert!(matches!(
+                take_listen_fds(),
+                Err(SandboxError::ListenFdsTaken)
+            ));
+        }
     }
 
     #[test]

@@ -62,7 +62,11 @@ listen_port = $E2E_PORT
 dir = "$E2E_DIR/audit"
 TOML
   trap e2e_stop EXIT
-  "$E2E_BIN" serve --config "$E2E_DIR/medgemmad.toml" 2> "$E2E_DIR/daemon.log" &
+  # As root the daemon would drop to the `medgemma` user; these tests test
+  # HTTP, daemon/tests/e2e_sandbox.rs tests the sandbox.
+  local sandbox_args=()
+  [ "$(id -u)" = 0 ] && sandbox_args=(--insecure-no-sandbox)
+  "$E2E_BIN" serve --config "$E2E_DIR/medgemmad.toml" "${sandbox_args[@]}" 2> "$E2E_DIR/daemon.log" &
   e2e_pids+=($!)
   local i
   for i in $(seq 1 3000); do

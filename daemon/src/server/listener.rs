@@ -11,12 +11,10 @@
 //! Owns: the UI socket's file. Must never: open a network socket.
 
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-
-/// `SD_LISTEN_FDS_START` in `sd-daemon.h`.
-const SD_LISTEN_FDS_START: i32 = 3;
 
 /// Why the UI socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +41,6 @@ pub enum ListenerError {
         /// The path.
         path: PathBuf,
     },
-    /// The socket-activation variables are malformed.
-    #[error(
-        "socket activation: {var}={value:?} is not a number; start the daemon from its .socket unit or unset LISTEN_PID and LISTEN_FDS"
-    )]
-    Activation {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-    },
     /// Descriptor 3 is not a listening Unix socket.
     #[error(
         "socket activation: descriptor 3 is not a Unix stream socket ({0}); check ListenStream= in the .socket unit"
@@ -69,15 +57,12 @@ pub struct UiListener {
     pub bound_path: Option<PathBuf>,
 }
 
-/// Takes the socket systemd passed, or binds `path`.
-pub fn open(path: &Path) -> Result<UiListener, ListenerError> {
-    if activation_fds(
-        std::process::id(),
-        std::env::var("LISTEN_PID").ok(),
-        std::env::var("LISTEN_FDS").ok(),
-    )? > 0
-    {
-        let listener = adopt_activation_socket();
+/// Takes the socket systemd passed (already adopted by
+/// `medgemma_sandbox::take_listen_fds`, which owns the only `unsafe` of
+/// socket activation), or binds `path`.
+pub fn open(path: &Path, activated: Option<OwnedFd>) -> Result<UiListener, ListenerError> {
+    if let Some(fd) = activated {
+        let listener = UnixListener::from(fd);
         listener.local_addr().map_err(ListenerError::NotUnix)?;
         return Ok(UiListener {
             listener,
@@ -85,50 +70,6 @@ pub fn open(path: &Path) -> Result<UiListener, ListenerError> {
         });
     }
     bind(path)
-}
-
-/// How many sockets systemd passed to process `pid` (0 when none, or when
-/// the variables are meant for another process).
-pub fn activation_fds(
-    pid: u32,
-    listen_pid: Option<String>,
-    listen_fds: Option<String>,
-) -> Result<usize, ListenerError> {
-    let (Some(listen_pid), Some(listen_fds)) = (listen_pid, listen_fds) else {
-        return Ok(0);
-    };
-    let for_pid: u32 = listen_pid
-        .trim()
-        .parse()
-        .map_err(|_| ListenerError::Activation {
-            var: "LISTEN_PID",
-            value: listen_pid.clone(),
-        })?;
-    if for_pid != pid {
-        return Ok(0);
-    }
-    listen_fds
-        .trim()
-        .parse()
-        .map_err(|_| ListenerError::Activation {
-            var: "LISTEN_FDS",
-            value: listen_fds.clone(),
-        })
-}
-
-/// Takes ownership of descriptor 3.
-// The daemon's only `unsafe` (everything else is `#![forbid]`-clean): std
-// has no safe way to adopt an inherited descriptor. TODO(lead): move this into
-// medgemma-sandbox next to `listen_fds()` (e.g. returning `OwnedFd`) so the
-// daemon crate can be `#![forbid(unsafe_code)]`.
-#[allow(unsafe_code)]
-fn adopt_activation_socket() -> UnixListener {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `activation_fds` confirmed LISTEN_PID is this process, and
-    // systemd guarantees descriptors from SD_LISTEN_FDS_START are open and
-    // ours; nothing else in the daemon uses descriptor 3, and this function
-    // is called once, so the listener becomes its only owner.
-    unsafe { UnixListener::from_raw_fd(SD_LISTEN_FDS_START) }
 }
 
 fn bind(path: &Path) -> Result<UiListener, ListenerError> {
@@ -179,19 +120,6 @@ fn bind(path: &Path) -> Result<UiListener, ListenerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn activation_variables() {
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(activation_fds(42, None, None).unwrap(), 0);
-        assert_eq!(activation_fds(42, s("42"), s("1")).unwrap(), 1);
-        assert_eq!(
-            activation_fds(42, s("7"), s("1")).unwrap(),
-            0,
-            "meant for another process"
-        );
-        assert!(activation_fds(42, s("42"), s("x")).is_err());
-    }
 
     #[test]
     fn a_live_socket_is_not_replaced_but_a_stale_one_is() {

@@ -1,8 +1,8 @@
 //! `GET /api/status`: what this process really is and does, for the UI's
 //! status panel and for administrators.
 //!
-//! The sandbox state is passed in by `main` as it was read back from the
-//! kernel (never a hopeful "on"); the model path is reduced to its file name.
+//! The sandbox state is read back from the kernel at each request (never a
+//! hopeful "on"); the model path is reduced to its file name.
 //!
 //! Owns: the status document. Must never: include conversation content or ids.
 
@@ -80,7 +80,7 @@ pub fn status(state: &AppState) -> Response<Body> {
             "count": state.conversations.len(),
             "idle_timeout_s": state.conversations.idle_timeout().as_secs(),
         },
-        "sandbox": state.sandbox,
+        "sandbox": (state.sandbox)(),
     });
     json(StatusCode::OK, &doc)
 }

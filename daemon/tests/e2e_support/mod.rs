@@ -93,6 +93,17 @@ pub fn write_config(dir: &Path, setup: &Setup) -> PathBuf {
     };
     let audit = dir.join("audit");
     std::fs::create_dir_all(&audit).unwrap();
+    // What `medgemmactl setup` makes: the chain key (initial key kept for
+    // verification in `initial-key.txt`) and the content key.
+    let keys = dir.join("audit-key");
+    let key_file = keys.join("current");
+    let content_key = keys.join("content");
+    if !key_file.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        let initial = medgemma_audit::create_key(&key_file).unwrap();
+        std::fs::write(dir.join("initial-key.txt"), initial.display()).unwrap();
+        medgemma_audit::create_content_key(&content_key).unwrap();
+    }
     let tokenizer = setup
         .tokenizer_path
         .as_ref()
@@ -118,6 +129,8 @@ session_idle_timeout_secs = {idle}
 
 [audit]
 dir = {audit:?}
+key_file = {key_file:?}
+content_key_file = {content_key:?}
 "#,
         model = model.display().to_string(),
         label = setup.label,
@@ -130,6 +143,8 @@ dir = {audit:?}
         sock = dir.join("ui.sock").display().to_string(),
         idle = setup.idle_timeout_secs,
         audit = audit.display().to_string(),
+        key_file = key_file.display().to_string(),
+        content_key = content_key.display().to_string(),
     );
     let path = dir.join("medgemmad.toml");
     std::fs::write(&path, text).unwrap();
@@ -144,10 +159,16 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
 }
 
-fn spawn_logged(config: &Path) -> (Child, Arc<Mutex<String>>) {
+/// What the HTTP-level tests pass: they test the server, not the sandbox
+/// (`e2e_sandbox.rs` starts the daemon sandboxed, as root dropping to an
+/// unprivileged user), and their temporary directories are root's.
+pub const UNSANDBOXED: &[&str] = &["--insecure-no-sandbox"];
+
+fn spawn_logged(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -175,7 +196,19 @@ impl Daemon {
             .tempdir()
             .unwrap();
         let config = write_config(dir.path(), setup);
-        let (child, log) = spawn_logged(&config);
+        Self::start_with(dir, &config, UNSANDBOXED, timeout)
+    }
+
+    /// Starts the daemon on an existing configuration in `dir` (whose
+    /// `ui.sock` it serves) with extra `serve` arguments, and waits (up to
+    /// `timeout`) until it says it is ready.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Daemon {
+        let (child, log) = spawn_logged(config, args);
         let mut d = Daemon {
             child,
             socket: dir.path().join("ui.sock"),
@@ -251,7 +284,7 @@ pub fn run_to_exit(
         (None, Some(setup)) => write_config(dir.path(), setup),
         (None, None) => panic!("give a config"),
     };
-    let (mut child, log) = spawn_logged(&config);
+    let (mut child, log) = spawn_logged(&config, UNSANDBOXED);
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

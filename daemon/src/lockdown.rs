@@ -1,0 +1,411 @@
+//! The daemon's use of `medgemma-sandbox`: which environment survives, which
+//! paths Landlock allows (derived from the configuration, so they cannot
+//! drift from it), the sd_notify socket connected before seccomp, and the
+//! sandbox state `/api/status` reports.
+//!
+//! The policies are built with the very functions and tables that
+//! `sandbox/tests/probes.rs` exercises against the real kernel: the
+//! seccomp allow-lists are `SeccompPolicy::process_wide()` and
+//! `SeccompPolicy::for_role(..)` (the tables in `sandbox/src/seccomp.rs`,
+//! there is no second copy here), installed with `apply_seccomp`,
+//! `narrow_current_thread` and `thread_start_hook`; Landlock goes through
+//! `apply_landlock` with the same rights; only the *paths* come from here.
+//!
+//! Owns: the mapping from configuration to sandbox policy. Must never: apply
+//! a half sandbox silently (every failure is an error the daemon exits on),
+//! or report a state the kernel does not enforce.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medgemma_sandbox::{
+    self as sandbox, LandlockPolicy, ResolvedUser, Role, SandboxError, SandboxState, SeccompMode,
+    SeccompPolicy,
+};
+
+use crate::config::{BackendChoice, Settings};
+
+/// Environment variables that survive `clean_process`: systemd's
+/// notification and watchdog protocol, and Rust's backtrace switch. Every
+/// other variable (and `LISTEN_*`, once the sockets are taken) is removed.
+pub const ENV_ALLOW: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "RUST_BACKTRACE",
+];
+
+/// How often the insecure mode repeats its warning on stderr.
+pub const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// The warning printed at startup and every [`INSECURE_WARNING_EVERY`] in
+/// `--insecure-no-sandbox` mode.
+pub const INSECURE_WARNING: &str = "WARNING: --insecure-no-sandbox: running WITHOUT the kernel \
+     sandbox (no privilege drop, no Landlock, no seccomp); for development only, never with \
+     patient data";
+
+/// The Landlock policy of this configuration: what the daemon may touch
+/// once sandboxed. Read-only: the model (file or directory), the tokenizer
+/// and the system prompt. Read-write: the audit directory, the directories of
+/// the UI and admin sockets (the daemon removes its socket files on exit),
+/// the audit key directory, `sandbox.state_dir` and `sandbox.cache_dir`.
+/// With the CUDA backend, [`cuda_paths`] adds the GPU's device nodes and
+/// driver files. Everything else is denied (`EACCES`), including `Execute`
+/// everywhere.
+pub fn landlock_policy(settings: &Settings) -> LandlockPolicy {
+    let mut read_only = vec![settings.model.path.clone()];
+    read_only.extend(settings.model.tokenizer_path.iter().cloned());
+    read_only.extend(settings.model.system_prompt_file.iter().cloned());
+
+    let mut read_write = vec![settings.audit.dir.clone()];
+    let sockets = std::iter::once(&settings.server.ui_socket)
+        .chain(settings.server.admin_socket.as_ref())
+        .filter_map(|s| s.parent().map(Path::to_path_buf));
+    read_write.extend(sockets);
+    // The chain key evolves (rewritten in place); the audit module refuses to
+    // start without it, so a missing directory here is reported there.
+    read_write.extend(
+        settings
+            .audit
+            .key_file
+            .parent()
+            .filter(|d| d.is_dir())
+            .map(Path::to_path_buf),
+    );
+    if settings.audit.content_key_file.is_file() {
+        read_only.push(settings.audit.content_key_file.clone());
+    }
+    read_write.extend(settings.sandbox.state_dir.iter().cloned());
+    read_write.extend(settings.sandbox.cache_dir.iter().cloned());
+
+    let mut policy = LandlockPolicy {
+        read_only,
+        read_write,
+        devices: Vec::new(),
+        proc_write_comm: false,
+    };
+    if uses_cuda(settings) {
+        let cuda = cuda_paths();
+        policy.read_only.extend(cuda.read_only);
+        policy.devices.extend(cuda.devices);
+        policy.proc_write_comm = true;
+    }
+    dedup(&mut policy.read_only);
+    dedup(&mut policy.read_write);
+    policy
+}
+
+fn dedup(paths: &mut Vec<PathBuf>) {
+    let mut seen = std::collections::BTreeSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+}
+
+/// Whether the CUDA engine will run. This build has no CUDA backend (config
+/// refuses `backend = "cuda"`), so it is only ever the configured choice;
+/// when the CUDA build lands, this becomes the resolved backend (`auto` may
+/// pick CUDA too).
+fn uses_cuda(settings: &Settings) -> bool {
+    settings.engine.backend == BackendChoice::Cuda
+}
+
+/// What the CUDA driver needs beyond the CPU engine (shared/spec/sandbox.md,
+/// "What CUDA needs inside the sandbox"). Only paths that exist on this
+/// machine are listed (`apply_landlock` refuses a missing path, and e.g.
+/// `/dev/nvidia-caps` only exists with MIG). The list is confirmed on a GPU
+/// machine with `scripts/gpu-sandbox-check.sh`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CudaPaths {
+    /// Driver state in `/proc` and `/sys`, driver libraries, NVRTC, headers.
+    pub read_only: Vec<PathBuf>,
+    /// Device nodes: read, write and device ioctls (Landlock ABI 5).
+    pub devices: Vec<PathBuf>,
+}
+
+/// The CUDA path list (see [`CudaPaths`]). Besides these, the engine gets
+/// write access to `/proc` (drivers >= 570 write
+/// `/proc/<pid>/task/<tid>/comm` in `cuInit`; error 304 if denied), and its
+/// JIT (`CUDA_CACHE_PATH`) and cubecl autotune caches belong under
+/// `sandbox.cache_dir`, which is read-write.
+pub fn cuda_paths() -> CudaPaths {
+    let mut devices: Vec<PathBuf> = [
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+        // Drivers >= 570 open it at init.
+        "/dev/nvidia-uvm-tools",
+        // MIG only.
+        "/dev/nvidia-caps",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    // /dev/nvidia0, /dev/nvidia1, ...
+    if let Ok(dir) = std::fs::read_dir("/dev") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name
+                .strip_prefix("nvidia")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                devices.push(entry.path());
+            }
+        }
+    }
+    let mut read_only: Vec<PathBuf> = [
+        "/proc/driver/nvidia",
+        "/sys/bus/pci",
+        // /sys/bus/pci/devices/* are symlinks into /sys/devices/pci*, and
+        // Landlock checks the resolved path.
+        "/sys/devices",
+        "/sys/module/nvidia",
+        "/sys/devices/system/node",
+        // CUDA headers that burn-cuda's runtime compiler (NVRTC) includes.
+        "/usr/local/cuda/include",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    // Driver libraries and NVRTC, wherever the distribution puts them.
+    const LIBS: &[&str] = &[
+        "libcuda.so",
+        "libnvidia-ptxjitcompiler.so",
+        "libnvidia-ml.so",
+        "libnvrtc",
+    ];
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if LIBS.iter().any(|l| name.starts_with(l)) {
+                read_only.push(entry.path());
+            }
+        }
+    }
+    devices.retain(|p| p.exists());
+    read_only.retain(|p| p.exists());
+    devices.sort();
+    read_only.sort();
+    CudaPaths { read_only, devices }
+}
+
+/// Resolves the service user while `/etc/passwd` is readable, when the
+/// daemon runs as root (it drops to that user later). `None` when it was
+/// started as another user: it then stays who it is.
+pub fn service_user(settings: &Settings) -> Result<Option<ResolvedUser>, SandboxError> {
+    if SandboxState::current()?.uid[1] != 0 {
+        return Ok(None);
+    }
+    sandbox::resolve_user(&settings.sandbox.user).map(Some)
+}
+
+/// Steps 4 to 7 of the startup: drop to `user` (when started as root),
+/// `no_new_privs`, not dumpable, no core dumps, Landlock from `policy`
+/// (refusing anything but full enforcement at the required ABI), then the
+/// process-wide seccomp filters. Must run while the process has one thread.
+/// Returns lines for the startup log.
+pub fn lock_down(
+    user: Option<&ResolvedUser>,
+    policy: &LandlockPolicy,
+    mode: SeccompMode,
+) -> Result<Vec<String>, SandboxError> {
+    let mut log = Vec::new();
+    match user {
+        Some(user) => {
+            sandbox::drop_privileges(user)?;
+            log.push(format!(
+                "dropped root to user {:?} (uid {}, gid {}, no groups, no capabilities)",
+                user.name, user.uid, user.gid
+            ));
+        }
+        None => {
+            let s = SandboxState::current()?;
+            log.push(format!(
+                "not started as root: staying uid {} gid {} (sandbox.user is not used)",
+                s.uid[1], s.gid[1]
+            ));
+        }
+    }
+    let hardened = sandbox::harden_process()?;
+    log.push(format!(
+        "no_new_privs set, not dumpable, core dumps off (RLIMIT_CORE 1; core_pattern {:?})",
+        hardened.core_pattern.unwrap_or_default()
+    ));
+    let landlock = sandbox::apply_landlock(policy)?;
+    if !landlock.fully_enforced || landlock.kernel_abi < sandbox::REQUIRED_LANDLOCK_ABI {
+        // apply_landlock already refuses this; checked again because serving
+        // under a partial ruleset is the one thing this must never do.
+        return Err(SandboxError::LandlockNotEnforced {
+            status: "below the required ABI or not fully enforced",
+        });
+    }
+    log.push(format!(
+        "Landlock fully enforced (kernel ABI {}, required {}): {} rules",
+        landlock.kernel_abi,
+        landlock.required_abi,
+        landlock.rules.len()
+    ));
+    let seccomp = sandbox::apply_seccomp(&SeccompPolicy::process_wide(), mode)?;
+    log.push(format!(
+        "seccomp: {} filters on every thread ({} syscalls allowed, {} kill the process), mode {:?}",
+        seccomp.filters_installed, seccomp.allowed_syscalls, seccomp.kill_list_len, seccomp.mode
+    ));
+    if mode == SeccompMode::Log {
+        log.push(
+            "WARNING: --seccomp-log: calls outside the allow-lists are LOGGED, NOT DENIED \
+             (kernel log type=1326); diagnostics only"
+                .to_owned(),
+        );
+    }
+    Ok(log)
+}
+
+/// Narrows the calling thread (the engine thread, first thing) to
+/// [`Role::Engine`]; the CPU backend's and the GPU driver's threads it
+/// creates inherit that.
+pub fn narrow_engine_thread(mode: SeccompMode) -> Result<(), SandboxError> {
+    sandbox::narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode)
+}
+
+/// Narrows the calling thread (main, after the engine thread started) to
+/// [`Role::Http`] and returns the `on_thread_start` hook that narrows every
+/// tokio worker and blocking-pool thread the same way.
+pub fn narrow_http(mode: SeccompMode) -> Result<impl Fn() + Send + Sync + 'static, SandboxError> {
+    sandbox::narrow_current_thread(&SeccompPolicy::for_role(Role::Http), mode)?;
+    sandbox::thread_start_hook(Role::Http, mode)
+}
+
+/// The sandbox as `/api/status` shows it, read from the kernel at the time
+/// of the call: [`SandboxState::current`] serialized, plus `enforced` (true
+/// only when nothing falls short of the full lockdown: not insecure, seccomp
+/// enforcing, Landlock fully enforced, no capability, no root id) and
+/// `problems` (sentences). Landlock's rules are reduced to their number:
+/// the status page never shows full paths.
+pub fn status_json() -> serde_json::Value {
+    match SandboxState::current() {
+        Ok(state) => {
+            let mut problems = state.problems();
+            if state.landlock.is_none() && !state.insecure_no_sandbox {
+                problems.push("Landlock was not applied".to_owned());
+            }
+            if state.seccomp.is_none() && !state.insecure_no_sandbox {
+                problems.push("seccomp was not applied".to_owned());
+            }
+            let mut v = serde_json::to_value(&state).unwrap_or_default();
+            if let Some(rules) = v.pointer_mut("/landlock/rules") {
+                let n = rules.as_array().map_or(0, Vec::len);
+                *rules = n.into();
+            }
+            v["enforced"] = problems.is_empty().into();
+            v["problems"] = problems.into();
+            v
+        }
+        Err(e) => serde_json::json!({
+            "enforced": false,
+            "insecure_no_sandbox": false,
+            "problems": [format!("the sandbox state cannot be read: {e}")],
+        }),
+    }
+}
+
+/// The sd_notify socket, connected before seccomp (which refuses
+/// `socket(2)` afterwards): a datagram socket connected to
+/// `$NOTIFY_SOCKET` (a path, or an abstract name after '@').
+#[derive(Debug)]
+pub struct Notifier(Option<UnixDatagram>);
+
+impl Notifier {
+    /// Connects to `$NOTIFY_SOCKET`; without it (no systemd) notifications
+    /// are dropped. A connection failure is reported and not fatal.
+    pub fn connect() -> (Self, Option<String>) {
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return (Self(None), None);
+        };
+        let target = target.to_string_lossy().into_owned();
+        let addr = match target.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None => SocketAddr::from_pathname(&target),
+        };
+        let socket = addr.and_then(|addr| {
+            let s = UnixDatagram::unbound()?;
+            s.connect_addr(&addr)?;
+            Ok(s)
+        });
+        match socket {
+            Ok(s) => (Self(Some(s)), None),
+            Err(e) => (
+                Self(None),
+                Some(format!(
+                    "cannot connect to NOTIFY_SOCKET {target} ({e}); systemd will not be notified"
+                )),
+            ),
+        }
+    }
+
+    /// Sends `state` (`READY=1`, `STOPPING=1`, ...), as `sd_notify(3)` does.
+    pub fn notify(&self, state: &str) -> Result<(), std::io::Error> {
+        match &self.0 {
+            Some(s) => s.send(state.as_bytes()).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list_keeps_systemd_protocol_only() {
+        assert!(ENV_ALLOW.contains(&"NOTIFY_SOCKET"));
+        assert!(ENV_ALLOW.contains(&"WATCHDOG_USEC"));
+        assert!(!ENV_ALLOW.iter().any(|v| v.starts_with("LISTEN_")));
+    }
+
+    fn settings(dir: &Path, backend: &str) -> Settings {
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let text = format!(
+            "[model]\npath = {model:?}\nlabel = \"Demo\"\ndemo = true\n\n[engine]\nbackend = \"{backend}\"\n\n\
+             [server]\nui_socket = {sock:?}\n\n[audit]\ndir = {dir:?}\n\n[sandbox]\nuser = \"nobody\"\ncache_dir = {dir:?}\n",
+            sock = dir.join("run/ui.sock"),
+        );
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let path = dir.join("c.toml");
+        crate::config::Config::parse(&text, &path)
+            .unwrap()
+            .resolve(&path)
+            .unwrap()
+    }
+
+    #[test]
+    fn policy_is_derived_from_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), "cpu");
+        let p = landlock_policy(&s);
+        assert_eq!(p.read_only, vec![dir.path().join("m.gguf")]);
+        // Audit dir and cache dir are the same here: listed once.
+        assert_eq!(
+            p.read_write,
+            vec![dir.path().to_path_buf(), dir.path().join("run")]
+        );
+        assert!(p.devices.is_empty(), "no GPU paths for the CPU backend");
+        assert!(!p.proc_write_comm);
+    }
+
+    #[test]
+    fn cuda_paths_exist_when_listed() {
+        let c = cuda_paths();
+        assert!(c.devices.iter().chain(&c.read_only).all(|p| p.exists()));
+    }
+}

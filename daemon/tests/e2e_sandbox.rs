@@ -1,0 +1,452 @@
+//! The REAL daemon under the REAL sandbox: `medgemmad serve` started as
+//! root with the Gemma 3 270M GGUF and `sandbox.user = "nobody"` drops to
+//! that user, and everything is checked from outside (`/proc/PID`), then
+//! through the daemon itself (a chat answered while sandboxed, and
+//! `/api/status`). The forbidden things from inside (EACCES outside the
+//! Landlock paths, EPERM for `socket`, SIGSYS for `execve`, ...) are tested
+//! by `sandbox/tests/probes.rs` with the same crate functions and tables the
+//! daemon uses (`daemon/src/lockdown.rs` builds no second copy).
+//!
+//! Needs root (CI runs as root); otherwise each test prints `SKIPPED ...`
+//! and returns. Needs the assets of `scripts/fetch-assets.sh` (in
+//! `MEDGEMMA_ASSETS`, default `~/.cache/medgemma-assets`): a missing asset
+//! is a failure, not a skip. They are hard-linked (or copied) into a
+//! temporary directory, since `/root` is mode 700.
+
+mod e2e_support;
+
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e_support::*;
+use medgemma_sandbox::SandboxState;
+use serde_json::json;
+
+/// Loading the 270M model takes seconds; a cold CI machine gets more.
+const READY: Duration = Duration::from_secs(300);
+
+fn skip_unless_root(test: &str) -> bool {
+    let euid = SandboxState::current().map(|s| s.uid[1]).unwrap_or(1);
+    if euid != 0 {
+        // Straight to stderr, past the harness's capture.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: not running as root (the daemon must drop root itself)"
+        );
+        return true;
+    }
+    false
+}
+
+/// The unprivileged user the daemon drops to: `nobody`, or a test user
+/// created here (and removed on drop) where `nobody` is missing.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+    created: bool,
+}
+
+fn passwd_entry(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+impl TestUser {
+    fn get() -> Self {
+        if let Some((uid, gid)) = passwd_entry("nobody") {
+            return Self {
+                name: "nobody".into(),
+                uid,
+                gid,
+                created: false,
+            };
+        }
+        let name = "medgemma-e2e";
+        let ok = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--user-group", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "no `nobody` user and `useradd {name}` failed");
+        let (uid, gid) = passwd_entry(name).expect("the user just created");
+        Self {
+            name: name.into(),
+            uid,
+            gid,
+            created: true,
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("userdel").arg(&self.name).status();
+        }
+    }
+}
+
+/// The 270M GGUF and tokenizer: a failure when absent (these tests need them).
+fn assets() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("MEDGEMMA_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/medgemma-assets")))
+        .expect("set MEDGEMMA_ASSETS or HOME");
+    let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
+    let tok = dir.join("tokenizer/tokenizer.json");
+    assert!(
+        gguf.is_file() && tok.is_file(),
+        "{} lacks the 270M GGUF or tokenizer.json: run scripts/fetch-assets.sh (or set MEDGEMMA_ASSETS)",
+        dir.display()
+    );
+    (gguf, tok)
+}
+
+/// Hard-links `from` into `dir` when the result is world-readable, else copies it.
+fn place(from: &Path, dir: &Path) -> PathBuf {
+    let to = dir.join(from.file_name().unwrap());
+    let linked = std::fs::hard_link(from, &to).is_ok()
+        && std::fs::metadata(&to).is_ok_and(|m| m.mode() & 0o004 != 0);
+    if !linked {
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(from, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    to
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A temporary directory the test user can use: the model (root's,
+/// world-readable), the configuration, the audit log and its keys, and the
+/// socket (the user's: the dropped daemon removes its socket on exit).
+/// Returns the directory and the configuration file.
+fn setup(user: &TestUser) -> (tempfile::TempDir, PathBuf) {
+    let (gguf, tok) = assets();
+    let dir = tempfile::Builder::new()
+        .prefix("mgd-sandbox")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    let setup = Setup {
+        backend: "cpu",
+        model_path: Some(place(&gguf, &model_dir)),
+        tokenizer_path: Some(place(&tok, &model_dir)),
+        label: "Gemma 3 270M (demo)",
+        demo: true,
+        context_length: 256,
+        queue_length: 4,
+        max_new_tokens: 16,
+        ..Setup::default()
+    };
+    let config = write_config(dir.path(), &setup);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    if !text.contains("key_file") {
+        // [audit] is the last section written: add the keys' paths to it.
+        let keys = dir.path().join("audit-key");
+        std::fs::create_dir_all(&keys).unwrap();
+        let (key, content) = (keys.join("current"), keys.join("content"));
+        medgemma_audit::create_key(&key).unwrap();
+        medgemma_audit::create_content_key(&content).unwrap();
+        text.push_str(&format!(
+            "key_file = {:?}\ncontent_key_file = {:?}\n",
+            key.display().to_string(),
+            content.display().to_string()
+        ));
+    }
+    text.push_str(&format!("\n[sandbox]\nuser = {:?}\n", user.name));
+    std::fs::write(&config, text).unwrap();
+    // Everything but the model becomes the user's; the model stays root's.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path != model_dir {
+            chown_tree(&path, user.uid, user.gid);
+        }
+    }
+    std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&model_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, config)
+}
+
+fn status_field(status: &str, name: &str) -> Option<String> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_daemon_drops_root_locks_down_every_thread_and_answers() {
+    if skip_unless_root("sandboxed_daemon_drops_root_locks_down_every_thread_and_answers") {
+        return;
+    }
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let d = Daemon::start_with(dir, &config, &[], READY);
+    let pid = d.pid();
+    let log = d.log();
+    assert!(
+        log.contains(&format!("sandbox: dropped root to user {:?}", user.name)),
+        "{log}"
+    );
+    assert!(log.contains("sandbox: Landlock fully enforced"), "{log}");
+    assert!(!log.contains("insecure-no-sandbox"), "{log}");
+
+    // From outside: the process as the kernel reports it.
+    let s = SandboxState::of_pid(pid).unwrap();
+    assert!(s.no_new_privs, "NoNewPrivs: {s:?}");
+    assert_eq!(s.seccomp_mode, 2, "{s:?}");
+    assert!(s.seccomp_filters >= 3, "Seccomp_filters: {s:?}");
+    assert_eq!(
+        [
+            s.cap_inheritable,
+            s.cap_permitted,
+            s.cap_effective,
+            s.cap_bounding,
+            s.cap_ambient
+        ],
+        [0; 5],
+        "capabilities: {s:?}"
+    );
+    assert_eq!(s.uid, [user.uid; 4], "{s:?}");
+    assert_eq!(s.gid, [user.gid; 4], "{s:?}");
+    assert_ne!(user.uid, 0);
+    assert!(s.groups.is_empty(), "Groups: {:?}", s.groups);
+    assert!(
+        s.core_limit.soft.is_some_and(|v| v <= 1) && s.core_limit.hard.is_some_and(|v| v <= 1),
+        "core limit: {:?}",
+        s.core_limit
+    );
+    // Not dumpable: the kernel hands /proc/PID's files to root although the
+    // process runs as the user.
+    for file in ["status", "environ"] {
+        let m = std::fs::metadata(format!("/proc/{pid}/{file}")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "/proc/{pid}/{file} owner");
+    }
+    assert_eq!(s.problems(), Vec::<String>::new());
+
+    check_every_thread(pid);
+
+    // Through the daemon: a chat answered while sandboxed.
+    let events = chat(
+        &d.socket,
+        json!({"conversation_id": null, "message": "What is the capital of France?", "max_new_tokens": 6}),
+    )
+    .await;
+    let done = done(&events);
+    assert!(done["completion_tokens"].as_u64().unwrap() >= 1, "{done}");
+
+    // /api/status: the state read back at request time.
+    let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
+    let sb = &status["sandbox"];
+    assert_eq!(sb["enforced"], true, "{sb}");
+    assert_eq!(sb["insecure_no_sandbox"], false, "{sb}");
+    assert_eq!(sb["problems"], json!([]), "{sb}");
+    assert_eq!(sb["uid"], json!(vec![user.uid; 4]), "{sb}");
+    assert_ne!(sb["uid"][1], 0, "{sb}");
+    assert_eq!(sb["no_new_privs"], true, "{sb}");
+    assert_eq!(sb["dumpable"], false, "{sb}");
+    assert_eq!(sb["seccomp_mode"], 2, "{sb}");
+    assert!(sb["seccomp_filters"].as_u64().unwrap() >= 4, "{sb}");
+    assert_eq!(sb["seccomp"]["filters_installed"], 3, "{sb}");
+    assert_eq!(sb["seccomp"]["mode"], "enforce", "{sb}");
+    assert_eq!(sb["landlock"]["fully_enforced"], true, "{sb}");
+    assert!(sb["landlock"]["kernel_abi"].as_i64().unwrap() >= 6, "{sb}");
+    assert!(sb["landlock"]["rules"].as_u64().unwrap() >= 3, "{sb}");
+    assert!(
+        !status.to_string().contains("/mgd-sandbox"),
+        "no full paths in the status: {status}"
+    );
+
+    // Threads created while serving (tokio's blocking pool) are narrowed too.
+    check_every_thread(pid);
+
+    // A clean stop under the sandbox: the socket file is removed.
+    let socket = d.socket.clone();
+    let mut d = d;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = d.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "{exit}: {}", d.log());
+    assert!(!socket.exists(), "socket left behind: {}", d.log());
+}
+
+/// Every thread runs in seccomp filter mode and is narrowed to its role:
+/// one filter more than the three process-wide ones.
+fn check_every_thread(pid: u32) {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        threads.push((
+            status_field(&status, "Name").unwrap_or_default(),
+            status_field(&status, "Seccomp").unwrap_or_default(),
+            status_field(&status, "Seccomp_filters")
+                .and_then(|f| f.parse::<u32>().ok())
+                .unwrap_or(0),
+        ));
+    }
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (name, mode, filters) in &threads {
+        assert_eq!(mode, "2", "thread {name}: {threads:?}");
+        assert!(*filters >= 4, "thread {name} not narrowed: {threads:?}");
+    }
+    assert!(
+        threads
+            .iter()
+            .any(|(n, _, _)| n.starts_with("medgemmad-engin")),
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .any(|(n, _, _)| n.starts_with("medgemmad-http")),
+        "{threads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_log_mode_is_reported_as_not_enforced() {
+    if skip_unless_root("seccomp_log_mode_is_reported_as_not_enforced") {
+        return;
+    }
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let d = Daemon::start_with(dir, &config, &["--seccomp-log"], READY);
+    assert!(d.log().contains("WARNING: --seccomp-log"), "{}", d.log());
+    let s = SandboxState::of_pid(d.pid()).unwrap();
+    assert_eq!(s.seccomp_mode, 2, "{s:?}");
+    assert_eq!(s.uid, [user.uid; 4], "still dropped: {s:?}");
+
+    // The daemon works; scripts/gpu-sandbox-check.sh reads what it logged.
+    let events = chat(
+        &d.socket,
+        json!({"conversation_id": null, "message": "Hello", "max_new_tokens": 4}),
+    )
+    .await;
+    done(&events);
+
+    let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
+    let sb = &status["sandbox"];
+    assert_eq!(sb["enforced"], false, "never a silent off: {sb}");
+    assert_eq!(sb["insecure_no_sandbox"], false, "{sb}");
+    assert_eq!(sb["seccomp"]["mode"], "log", "{sb}");
+    assert_eq!(sb["landlock"]["fully_enforced"], true, "{sb}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_no_sandbox_is_loud_and_reported_off() {
+    if skip_unless_root("insecure_no_sandbox_is_loud_and_reported_off") {
+        return;
+    }
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let d = Daemon::start_with(dir, &config, &["--insecure-no-sandbox"], READY);
+    assert!(
+        d.log().contains("WARNING: --insecure-no-sandbox"),
+        "{}",
+        d.log()
+    );
+    let s = SandboxState::of_pid(d.pid()).unwrap();
+    assert_eq!(s.seccomp_mode, 0, "nothing applied: {s:?}");
+    assert_eq!(s.uid[1], 0, "still root: {s:?}");
+
+    let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
+    let sb = &status["sandbox"];
+    assert_eq!(sb["enforced"], false, "{sb}");
+    assert_eq!(sb["insecure_no_sandbox"], true, "{sb}");
+    assert!(
+        sb["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("--insecure-no-sandbox")),
+        "{sb}"
+    );
+}
+
+/// Socket activation through the sandbox: the listener systemd passes
+/// (here `systemd-socket-activate`, which starts the daemon on the first
+/// connection) is adopted by `medgemma_sandbox::take_listen_fds`, kept open
+/// by `clean_process`, and served after the drop to the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_activation_listener_is_served_under_the_sandbox() {
+    const NAME: &str = "socket_activation_listener_is_served_under_the_sandbox";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {NAME}: systemd-socket-activate is not installed"
+        );
+        return;
+    };
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let socket = dir.path().join("activated.sock");
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(&socket)
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the daemon; it answers once the model is loaded.
+    let answer = tokio::time::timeout(READY, async {
+        json_of(send(&socket, get("/api/status")).await).await
+    })
+    .await;
+    let pid = child.id();
+    let outside = SandboxState::of_pid(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (code, status) = answer.expect("no answer on the activated socket");
+    assert_eq!(code, hyper::StatusCode::OK, "{status}");
+    assert_eq!(status["sandbox"]["enforced"], true, "{status}");
+    let s = outside.unwrap();
+    assert_eq!(s.uid, [user.uid; 4], "{s:?}");
+    assert!(
+        !dir.path().join("ui.sock").exists(),
+        "bound server.ui_socket although systemd passed a socket"
+    );
+}
