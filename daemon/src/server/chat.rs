@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
@@ -30,7 +30,9 @@ use super::conversations::{ConversationError, Conversations, is_id, short};
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
 use super::worker::{SubmitError, WorkerMsg};
 use super::{AppState, log};
+use crate::audit_log::{self, Auditor, TurnRecord};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+use medgemma_audit::{ActorId, ConversationId, Digest, Outcome};
 
 /// Google's documented switch for MedGemma's thinking mode (spec model.md §7):
 /// a prefix of the system prompt.
@@ -146,6 +148,7 @@ pub async fn chat(
     req: hyper::Request<hyper::body::Incoming>,
     client: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
     let body: ChatBody = super::http::read_json(req).await?;
     if body.message.trim().is_empty() {
         return Err(ApiError::bad_request(
@@ -167,6 +170,20 @@ pub async fn chat(
             Arc::clone(&cancel),
         )
         .map_err(conversation_error)?;
+    let actor = audit_log::browser_actor(client.as_deref());
+    let audit_conv = audit_log::conversation_id(&admitted.id);
+    if admitted.created
+        && let Err(e) = state.audit.conversation_start(&actor, &audit_conv).await
+    {
+        log::event(format_args!(
+            "audit: cannot record a conversation start: {e}"
+        ));
+        state
+            .conversations
+            .abort_turn(&admitted.id, admitted.created);
+        return Err(audit_error());
+    }
+    let input = state.audit.digest(&body.message);
     let user = Message::user(body.message);
     let mut messages: Vec<Message> = system_message(
         state.settings.system_prompt.as_deref(),
@@ -200,8 +217,104 @@ pub async fn chat(
         id: admitted.id,
         user: Some(user),
     };
-    tokio::spawn(pump(turn, worker_rx, tx));
+    let record = Recorder {
+        state: Arc::clone(&state),
+        actor,
+        conversation: audit_conv,
+        input,
+        started,
+    };
+    tokio::spawn(pump(turn, worker_rx, tx, record));
     Ok(event_stream(ChannelBody::new(rx, cancel)))
+}
+
+/// The API error for a turn whose audit record could not be written.
+pub fn audit_error() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_failed",
+        "The audit log cannot be written, so the appliance cannot answer; tell the administrator.",
+    )
+}
+
+/// Writes a turn's `answer` record.
+pub struct Recorder {
+    /// Server state (audit log, speed note).
+    pub state: Arc<AppState>,
+    /// Who asked.
+    pub actor: ActorId,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Digest of the input.
+    pub input: Digest,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl Recorder {
+    /// Records a finished turn; `false` when the record could not be written.
+    pub async fn done(&self, s: &ChatSummary) -> bool {
+        self.state.note_speed(s.decode_tokens_per_s);
+        let (finish, outcome) = audit_log::finish(s.finish);
+        self.write(
+            s.prompt_tokens,
+            s.completion_tokens,
+            finish,
+            outcome,
+            self.state.audit.digest(&s.answer),
+        )
+        .await
+    }
+
+    /// Records a failed turn.
+    pub async fn failed(&self, outcome: Outcome) -> bool {
+        let empty = self.state.audit.digest("");
+        self.write(0, 0, medgemma_audit::FinishReason::Error, outcome, empty)
+            .await
+    }
+
+    async fn write(
+        &self,
+        tokens_in: usize,
+        tokens_out: usize,
+        finish: medgemma_audit::FinishReason,
+        outcome: Outcome,
+        output: Digest,
+    ) -> bool {
+        let audit: &Arc<Auditor> = &self.state.audit;
+        let record = TurnRecord {
+            actor: self.actor.clone(),
+            conversation: self.conversation.clone(),
+            tokens_in,
+            tokens_out,
+            finish,
+            latency: self.started.elapsed(),
+            outcome,
+            input: self.input,
+            output,
+        };
+        match audit.answer(record).await {
+            Ok(()) => true,
+            Err(e) => {
+                log::event(format_args!("audit: cannot record an answer: {e}"));
+                false
+            }
+        }
+    }
+}
+
+/// The outcome recorded for a failed turn.
+pub fn failed_outcome(e: &super::worker::TurnError) -> Outcome {
+    use super::worker::TurnError;
+    match e {
+        TurnError::ContextFull { .. } | TurnError::Invalid(_) => Outcome::Rejected,
+        TurnError::Engine(_) | TurnError::Panicked => Outcome::Error,
+    }
+}
+
+fn audit_error_event() -> Bytes {
+    let err = audit_error();
+    sse_event("error", &err.body()["error"])
 }
 
 /// A running turn; dropped without [`Turn::finish`] it ends without an answer.
@@ -233,6 +346,7 @@ async fn pump(
     mut turn: Turn,
     mut worker: mpsc::UnboundedReceiver<WorkerMsg>,
     tx: mpsc::Sender<Bytes>,
+    record: Recorder,
 ) {
     // A send fails only when the client left; the engine sees the cancel flag.
     let conversation = serde_json::json!({ "conversation_id": turn.id });
@@ -252,6 +366,11 @@ async fn pump(
             }
             WorkerMsg::Done(summary) => {
                 log::turn(short(&turn.id), &summary, queued_for);
+                // On disk before the client hears the answer is complete.
+                if !record.done(&summary).await {
+                    let _ = tx.send(audit_error_event()).await;
+                    return;
+                }
                 let done = done_event(&summary, queued_for);
                 turn.finish(summary.answer);
                 let _ = tx.send(sse_event("done", &done)).await;
@@ -259,6 +378,10 @@ async fn pump(
             }
             WorkerMsg::Failed(e) => {
                 log::turn_failed(short(&turn.id), e.code());
+                if !record.failed(failed_outcome(&e)).await {
+                    let _ = tx.send(audit_error_event()).await;
+                    return;
+                }
                 let err = serde_json::json!({ "code": e.code(), "message": e.to_string() });
                 let _ = tx.send(sse_event("error", &err)).await;
                 return;
@@ -268,6 +391,7 @@ async fn pump(
     }
     // The engine dropped the job without an answer: it was cancelled while
     // queued (the client is gone) or the engine stopped.
+    record.failed(Outcome::Cancelled).await;
     let err = serde_json::json!({
         "code": "engine_stopped",
         "message": "The model stopped before answering; send the message again.",

@@ -28,6 +28,7 @@
 //! Owns: connections, routing, timeouts and limits. Must never: log request
 //! paths that are not routes, bodies, or answers.
 
+pub mod admin;
 pub mod assets;
 mod chat;
 pub mod conversations;
@@ -56,6 +57,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
+use crate::audit_log::Auditor;
 use crate::config::Settings;
 use conversations::Conversations;
 use http::{ApiError, Body};
@@ -96,8 +98,13 @@ pub enum ServerError {
 pub struct ServerConfig {
     /// The validated configuration.
     pub settings: Arc<Settings>,
-    /// The sandbox state as the process really has it (shown by `/api/status`).
-    pub sandbox: serde_json::Value,
+    /// Reads the sandbox state as the process really has it, at the time of
+    /// each `/api/status` request (`lockdown::status_json`).
+    pub sandbox: fn() -> serde_json::Value,
+    /// The open audit log: every answer is recorded before it is returned.
+    pub audit: Arc<Auditor>,
+    /// The admin socket (`server.admin_socket`), already bound, if configured.
+    pub admin: Option<Arc<admin::AdminSocket>>,
 }
 
 /// Shared by every request.
@@ -109,13 +116,25 @@ pub struct AppState {
     pub engine: EngineHandle,
     /// Conversations in memory.
     pub conversations: Arc<Conversations>,
-    /// The sandbox state for `/api/status`.
-    pub sandbox: serde_json::Value,
+    /// Reads the sandbox state for `/api/status`.
+    pub sandbox: fn() -> serde_json::Value,
     /// When serving began.
     pub started: Instant,
     /// The same, as Unix seconds.
     pub started_unix: u64,
+    /// The audit log.
+    pub audit: Arc<Auditor>,
+    /// Decode speed of the last finished turn (f64 bits; 0 before the first).
+    pub recent_tokens_per_s: AtomicU64,
     hosts: HostPolicy,
+}
+
+impl AppState {
+    /// Notes the decode speed of a finished turn for the admin status.
+    pub fn note_speed(&self, tokens_per_s: f64) {
+        self.recent_tokens_per_s
+            .store(tokens_per_s.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -131,6 +150,8 @@ pub async fn run(
         conversations: Arc::new(Conversations::new(settings.session_idle_timeout())),
         engine,
         sandbox: config.sandbox,
+        audit: config.audit,
+        recent_tokens_per_s: AtomicU64::new(0),
         started: Instant::now(),
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -152,6 +173,13 @@ pub async fn run(
         Arc::clone(&state.conversations),
         server.notify_shutdown.subscribe(),
     ));
+    if let Some(admin) = config.admin {
+        admin::spawn(
+            &admin,
+            Arc::clone(&state),
+            server.notify_shutdown.subscribe(),
+        );
+    }
 
     let result = tokio::select! {
         res = server.accept_loop() => res,

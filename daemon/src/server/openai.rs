@@ -24,13 +24,14 @@ use medgemma_model::generate::FinishReason;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::chat::{check_limits, sampling, submit_error};
+use super::chat::{Recorder, audit_error, check_limits, failed_outcome, sampling, submit_error};
 use super::conversations::random_id;
 use super::http::{
     ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, read_json, sse_data,
 };
 use super::worker::{TurnError, WorkerMsg};
 use super::{AppState, log};
+use crate::audit_log;
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
 
 /// Frames buffered towards a slow client.
@@ -169,6 +170,16 @@ fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Vec<Messag
     Ok(out)
 }
 
+/// The text whose digest is the input of an API request: every message the
+/// engine sees, in order, separated by U+001E (record separator).
+fn input_text(messages: &[Message]) -> String {
+    messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\u{1e}")
+}
+
 fn turn_error(e: &TurnError) -> ApiError {
     let status = match e {
         TurnError::ContextFull { .. } | TurnError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -197,6 +208,7 @@ pub async fn completions(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let started = std::time::Instant::now();
     let body: CompletionRequest = read_json(req).await?;
     if body.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(
@@ -226,6 +238,28 @@ pub async fn completions(
         params.seed = seed;
     }
     let messages = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
+    // Each request is a conversation of its own in the audit log.
+    let meta = Meta {
+        id: format!("chatcmpl-{}", random_id().unwrap_or_default()),
+        created: unix_now(),
+        model: model_id(&state.settings.model.label),
+    };
+    let actor = audit_log::api_actor();
+    let conversation = audit_log::conversation_id(&meta.id);
+    if let Err(e) = state.audit.conversation_start(&actor, &conversation).await {
+        log::event(format_args!(
+            "audit: cannot record a conversation start: {e}"
+        ));
+        return Err(audit_error());
+    }
+    let input = state.audit.digest(&input_text(&messages));
+    let record = Recorder {
+        state: Arc::clone(&state),
+        actor,
+        conversation,
+        input,
+        started,
+    };
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guard = CancelOnDrop::new(Arc::clone(&cancel));
     let request = ChatRequest {
@@ -241,9 +275,13 @@ pub async fn completions(
         Some(WorkerMsg::Started { queued_for }) => queued_for,
         Some(WorkerMsg::Failed(e)) => {
             log::turn_failed("openai", e.code());
+            if !record.failed(failed_outcome(&e)).await {
+                return Err(audit_error());
+            }
             return Err(turn_error(&e));
         }
         Some(_) | None => {
+            record.failed(medgemma_audit::Outcome::Error).await;
             return Err(ApiError::unavailable(
                 "engine_stopped",
                 "The model stopped before answering; send the request again.",
@@ -251,15 +289,10 @@ pub async fn completions(
             ));
         }
     };
-    let meta = Meta {
-        id: format!("chatcmpl-{}", random_id().unwrap_or_default()),
-        created: unix_now(),
-        model: model_id(&state.settings.model.label),
-    };
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(stream(meta, worker, tx, include_usage, queued_for));
+        tokio::spawn(stream(meta, worker, tx, include_usage, queued_for, record));
         Ok(event_stream(ChannelBody::new(rx, guard.disarm())))
     } else {
         let (mut reasoning, mut answer) = (String::new(), String::new());
@@ -270,6 +303,9 @@ pub async fn completions(
                 WorkerMsg::Event(ChatEvent::Answer(d)) => answer.push_str(&d),
                 WorkerMsg::Done(s) => {
                     log::turn("openai", &s, queued_for);
+                    if !record.done(&s).await {
+                        return Err(audit_error());
+                    }
                     let mut message =
                         serde_json::json!({ "role": "assistant", "content": s.answer });
                     if let Some(r) = &s.reasoning {
@@ -289,11 +325,15 @@ pub async fn completions(
                 }
                 WorkerMsg::Failed(e) => {
                     log::turn_failed("openai", e.code());
+                    if !record.failed(failed_outcome(&e)).await {
+                        return Err(audit_error());
+                    }
                     return Err(turn_error(&e));
                 }
             }
         }
         drop(guard);
+        record.failed(medgemma_audit::Outcome::Cancelled).await;
         Err(ApiError::unavailable(
             "engine_stopped",
             "The model stopped before answering; send the request again.",
@@ -327,6 +367,7 @@ async fn stream(
     tx: mpsc::Sender<Bytes>,
     include_usage: bool,
     queued_for: Duration,
+    record: Recorder,
 ) {
     let _ = tx
         .send(meta.chunk(
@@ -349,6 +390,11 @@ async fn stream(
             }
             WorkerMsg::Done(s) => {
                 log::turn("openai", &s, queued_for);
+                // On disk before the client hears the answer is complete.
+                if !record.done(&s).await {
+                    let _ = tx.send(sse_data(&audit_error().body().to_string())).await;
+                    break;
+                }
                 let _ = tx
                     .send(meta.chunk(serde_json::json!({}), Some(finish_reason(s.finish))))
                     .await;
@@ -367,6 +413,10 @@ async fn stream(
             }
             WorkerMsg::Failed(e) => {
                 log::turn_failed("openai", e.code());
+                if !record.failed(failed_outcome(&e)).await {
+                    let _ = tx.send(sse_data(&audit_error().body().to_string())).await;
+                    break;
+                }
                 let _ = tx.send(sse_data(&turn_error(&e).body().to_string())).await;
                 break;
             }

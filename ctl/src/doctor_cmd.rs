@@ -1,0 +1,465 @@
+//! `medgemmactl doctor`: checks the machine and the installation, one line
+//! per check with a sentence saying how to fix it.
+//!
+//! Exit codes: 0 every check passed, 1 warnings only, 2 at least one failure.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use crate::daemon_config::{DEFAULT_ADMIN_SOCKET, DaemonConfig};
+use crate::setup_cmd::{Pins, hash_file};
+use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
+
+/// `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Re-hash every pinned model file (minutes for the 4B model) instead of comparing sizes.
+    #[arg(long)]
+    deep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    name: &'static str,
+    level: Level,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        level: Level::Ok,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        level: Level::Warn,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        level: Level::Fail,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Runs `doctor`.
+pub fn run(config: &Path, a: &DoctorArgs) -> Report {
+    let mut checks = Vec::new();
+    let cfg = match DaemonConfig::load(config) {
+        Ok(Some(c)) => {
+            checks.push(ok(
+                "configuration",
+                format!("{} is readable", config.display()),
+            ));
+            c
+        }
+        Ok(None) => {
+            checks.push(fail(
+                "configuration",
+                format!("{} does not exist", config.display()),
+                "run medgemmactl setup --model PATH, or give --config",
+            ));
+            DaemonConfig::default()
+        }
+        Err(e) => {
+            checks.push(fail(
+                "configuration",
+                e,
+                "fix the file; medgemmad serve --config FILE names the bad key",
+            ));
+            DaemonConfig::default()
+        }
+    };
+    gpu_checks(&cfg, &mut checks);
+    checks.push(pins_check(&cfg, a.deep));
+    checks.push(disk_check(&cfg));
+    checks.push(socket_check(&cfg));
+    checks.push(landlock_check());
+    checks.push(seccomp_check());
+    checks.push(audit_check(&cfg));
+    checks.push(clock_check(&cfg));
+
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    let mut text = String::new();
+    for c in &checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        text.push_str(&format!("[{tag}] {}: {}\n", c.name, c.detail));
+        if let Some(f) = &c.fix {
+            text.push_str(&format!("       fix: {f}\n"));
+        }
+    }
+    let (code, summary) = match worst {
+        Level::Ok => (EXIT_OK, "all checks passed"),
+        Level::Warn => (EXIT_DEGRADED, "warnings"),
+        Level::Fail => (EXIT_DOWN, "failures"),
+    };
+    text.push_str(summary);
+    Report {
+        code,
+        text,
+        json: serde_json::json!({ "result": worst, "checks": checks }),
+    }
+}
+
+fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
+    let fallback = "install the NVIDIA driver and reboot to use the GPU; until then the daemon runs on the CPU (slow)";
+    match nvml_wrapper::Nvml::init() {
+        Err(e) => {
+            checks.push(warn(
+                "nvidia driver",
+                format!("NVML (libnvidia-ml.so.1) cannot be used: {e}"),
+                fallback,
+            ));
+            if Path::new("/dev/nvidia-uvm").exists() {
+                checks.push(ok("/dev/nvidia-uvm", "present"));
+            } else {
+                checks.push(warn(
+                    "/dev/nvidia-uvm",
+                    "missing",
+                    "load the nvidia-uvm module (modprobe nvidia-uvm) once the driver is installed",
+                ));
+            }
+            checks.push(warn("gpu memory", "no GPU to hold the model", fallback));
+        }
+        Ok(nvml) => {
+            checks.push(ok(
+                "nvidia driver",
+                format!("version {}", nvml.sys_driver_version().unwrap_or_default()),
+            ));
+            if Path::new("/dev/nvidia-uvm").exists() {
+                checks.push(ok("/dev/nvidia-uvm", "present"));
+            } else {
+                checks.push(fail("/dev/nvidia-uvm", "missing: CUDA cannot allocate memory", "modprobe nvidia-uvm (or run nvidia-modprobe -u -c=0) and add it to /etc/modules-load.d"));
+            }
+            let need = crate::gpu_cmd::model_need(cfg, 8192);
+            let mut best: Option<(u64, String)> = None;
+            let mut holders = Vec::new();
+            for i in 0..nvml.device_count().unwrap_or(0) {
+                let Ok(d) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                if let Ok(m) = d.memory_info()
+                    && best.as_ref().is_none_or(|(f, _)| m.free > *f)
+                {
+                    best = Some((m.free, d.name().unwrap_or_default()));
+                }
+                for p in d.running_compute_processes().unwrap_or_default() {
+                    holders.push(format!(
+                        "{} ({})",
+                        p.pid,
+                        crate::gpu_cmd::process_name(p.pid).unwrap_or_default()
+                    ));
+                }
+            }
+            match (best, need) {
+                (Some((free, name)), Some((n, why))) if free >= n => checks.push(ok(
+                    "gpu memory",
+                    format!("{name}: {} MiB free, model needs {why}", free >> 20),
+                )),
+                (Some((free, name)), Some((_, why))) => checks.push(fail(
+                    "gpu memory",
+                    format!(
+                        "{name}: {} MiB free, model needs {why}; held by: {}",
+                        free >> 20,
+                        if holders.is_empty() {
+                            "nobody visible".to_owned()
+                        } else {
+                            holders.join(", ")
+                        }
+                    ),
+                    "stop the processes holding GPU memory, or lower engine.context_length",
+                )),
+                (Some((free, name)), None) => checks.push(ok(
+                    "gpu memory",
+                    format!("{name}: {} MiB free (model size unknown)", free >> 20),
+                )),
+                (None, _) => checks.push(warn("gpu memory", "no GPU found", fallback)),
+            }
+        }
+    }
+}
+
+fn pins_check(cfg: &DaemonConfig, deep: bool) -> Check {
+    let Some(file) = &cfg.model.pins_file else {
+        return warn(
+            "model pins",
+            "no model.pins_file in the configuration",
+            "run medgemmactl setup --model PATH to pin the model files",
+        );
+    };
+    let pins: Pins = match std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(p) => p,
+        None => {
+            return fail(
+                "model pins",
+                format!("{} is missing or damaged", file.display()),
+                "run medgemmactl setup again",
+            );
+        }
+    };
+    for p in &pins.files {
+        let bad = if deep {
+            hash_file(&p.path)
+                .map(|h| h.sha256 != p.sha256)
+                .unwrap_or(true)
+        } else {
+            std::fs::metadata(&p.path)
+                .map(|m| m.len() != p.size)
+                .unwrap_or(true)
+        };
+        if bad {
+            return fail(
+                "model pins",
+                format!("{} is missing or does not match its pin", p.path.display()),
+                "copy the model file again from the original medium, then run medgemmactl setup",
+            );
+        }
+    }
+    ok(
+        "model pins",
+        format!(
+            "{} files match ({})",
+            pins.files.len(),
+            if deep {
+                "SHA-256"
+            } else {
+                "sizes; --deep re-hashes"
+            }
+        ),
+    )
+}
+
+fn disk_check(cfg: &DaemonConfig) -> Check {
+    let dir = cfg
+        .audit
+        .dir
+        .clone()
+        .unwrap_or_else(|| "/var/lib/medgemma".into());
+    let probe = if dir.exists() {
+        dir.clone()
+    } else {
+        "/".into()
+    };
+    match nix::sys::statvfs::statvfs(&probe) {
+        Ok(s) => {
+            let free = s.blocks_available() * s.fragment_size();
+            let msg = format!(
+                "{} MiB free on the file system of {}",
+                free >> 20,
+                probe.display()
+            );
+            if free < 100 << 20 {
+                fail(
+                    "disk space",
+                    msg,
+                    "free disk space: the daemon refuses to answer when the audit log cannot be written",
+                )
+            } else if free < 1 << 30 {
+                warn(
+                    "disk space",
+                    msg,
+                    "free disk space soon; audit files are kept 180 days",
+                )
+            } else {
+                ok("disk space", msg)
+            }
+        }
+        Err(e) => warn(
+            "disk space",
+            format!("cannot measure {}: {e}", probe.display()),
+            "check the mount",
+        ),
+    }
+}
+
+fn socket_check(cfg: &DaemonConfig) -> Check {
+    let path = cfg
+        .server
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into());
+    match std::fs::metadata(&path) {
+        Ok(m) if !m.file_type().is_socket() => fail(
+            "admin socket",
+            format!("{} is not a socket", path.display()),
+            "remove it and restart medgemmad",
+        ),
+        Ok(m) if m.permissions().mode() & 0o007 != 0 => fail(
+            "admin socket",
+            format!(
+                "{} is open to all users (mode {:o})",
+                path.display(),
+                m.permissions().mode() & 0o777
+            ),
+            "restart medgemmad (it makes the socket 0660) and check nothing changes its mode",
+        ),
+        Ok(m) => ok(
+            "admin socket",
+            format!(
+                "{} mode {:o}",
+                path.display(),
+                m.permissions().mode() & 0o777
+            ),
+        ),
+        Err(_) => warn(
+            "admin socket",
+            format!(
+                "{} does not exist: the daemon is not running or has no admin socket",
+                path.display()
+            ),
+            "start medgemmad and set server.admin_socket",
+        ),
+    }
+}
+
+fn landlock_check() -> Check {
+    match std::fs::read_to_string("/sys/kernel/security/lsm") {
+        Ok(lsm) if lsm.split(',').any(|m| m.trim() == "landlock") => {
+            ok("landlock", format!("enabled (LSMs: {})", lsm.trim()))
+        }
+        Ok(lsm) => fail(
+            "landlock",
+            format!("not enabled (LSMs: {})", lsm.trim()),
+            "boot with lsm=landlock,... on the kernel command line (kernel 5.13 or later; 6.7+ for the full rule set)",
+        ),
+        Err(e) => warn(
+            "landlock",
+            format!("cannot read /sys/kernel/security/lsm: {e}"),
+            "mount securityfs, or check the kernel has CONFIG_SECURITY_LANDLOCK",
+        ),
+    }
+}
+
+fn seccomp_check() -> Check {
+    match std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail") {
+        Ok(a) if a.contains("kill_process") && a.contains("errno") => {
+            ok("seccomp", format!("filters available ({})", a.trim()))
+        }
+        Ok(a) => fail(
+            "seccomp",
+            format!("incomplete: {}", a.trim()),
+            "use a kernel with CONFIG_SECCOMP_FILTER",
+        ),
+        Err(e) => fail(
+            "seccomp",
+            format!("not available: {e}"),
+            "use a kernel with CONFIG_SECCOMP and CONFIG_SECCOMP_FILTER",
+        ),
+    }
+}
+
+fn audit_check(cfg: &DaemonConfig) -> Check {
+    let Some(dir) = &cfg.audit.dir else {
+        return fail(
+            "audit log",
+            "no audit.dir in the configuration",
+            "run medgemmactl setup",
+        );
+    };
+    if !dir.is_dir() {
+        return fail(
+            "audit log",
+            format!("{} does not exist", dir.display()),
+            "run medgemmactl setup",
+        );
+    }
+    let key = cfg
+        .audit
+        .key_file
+        .clone()
+        .unwrap_or_else(|| "/var/lib/medgemma/audit-key/current".into());
+    if !key.is_file() {
+        return fail(
+            "audit log",
+            format!("the key file {} does not exist", key.display()),
+            "run medgemmactl setup (the daemon refuses to start without it)",
+        );
+    }
+    let content = cfg
+        .audit
+        .content_key_file
+        .clone()
+        .unwrap_or_else(|| "/var/lib/medgemma/audit-key/content".into());
+    if !content.is_file() {
+        return fail(
+            "audit log",
+            format!("the content key file {} does not exist", content.display()),
+            "run medgemmactl setup",
+        );
+    }
+    if nix::unistd::access(dir.as_path(), nix::unistd::AccessFlags::W_OK).is_err() {
+        return fail(
+            "audit log",
+            format!("{} is not writable by this user", dir.display()),
+            "chown it to the daemon's user (mode 0700)",
+        );
+    }
+    ok(
+        "audit log",
+        format!("{} and key {} present", dir.display(), key.display()),
+    )
+}
+
+fn clock_check(cfg: &DaemonConfig) -> Check {
+    let now = SystemTime::now();
+    // 2025-01-01: nothing of this appliance existed before.
+    if now < UNIX_EPOCH + Duration::from_secs(1_735_689_600) {
+        return fail(
+            "clock",
+            "the system clock is before 2025",
+            "set the clock (timedatectl set-time, or a local NTP server); audit records carry it",
+        );
+    }
+    let today = crate::audit_cmd::parse_time("now")
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() / 86_400);
+    if let (Some(dir), Some(today)) = (&cfg.audit.dir, today)
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(day) = name
+                .strip_prefix("audit-")
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                && let Ok(t) = crate::audit_cmd::parse_time(day)
+                && let Ok(d) = t.duration_since(UNIX_EPOCH)
+                && d.as_secs() / 86_400 > today
+            {
+                return fail(
+                    "clock",
+                    format!("the audit log has a file dated {day}, after today"),
+                    "the clock went backwards: set it right before the daemon writes more records",
+                );
+            }
+        }
+    }
+    ok("clock", "after 2025 and not behind the audit log")
+}

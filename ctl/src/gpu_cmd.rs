@@ -1,0 +1,177 @@
+//! `medgemmactl gpu`: the NVIDIA GPUs as the driver sees them, through NVML
+//! (`libnvidia-ml.so.1`, loaded at run time: this binary needs no driver to
+//! build or start), and whether the configured model fits with its KV cache.
+//!
+//! Exit codes: 0 a GPU that can hold the model, 1 GPUs but none with enough
+//! free memory, 2 no NVIDIA driver or no GPU (the daemon runs on the CPU).
+
+use std::path::Path;
+
+use clap::Args;
+use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enums::device::UsedGpuMemory;
+
+use crate::daemon_config::DaemonConfig;
+use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
+
+/// `gpu`.
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    /// Context length the KV cache is sized for.
+    #[arg(long, default_value_t = 8192)]
+    context: u64,
+}
+
+/// What the CPU fallback means, for people.
+pub const CPU_FALLBACK: &str = "Without an NVIDIA driver the daemon runs the model on the CPU: it works, but answers come at a few tokens per second with the 4B model. Install the NVIDIA driver (and reboot) to use a GPU; then run medgemmactl gpu again.";
+
+/// Bytes the model needs on the GPU (bf16 weights and a bf16 KV cache for
+/// `context` tokens, plus 1 GiB of work space), when the model validates.
+pub fn model_need(cfg: &DaemonConfig, context: u64) -> Option<(u64, String)> {
+    use medgemma_model::config::Gemma3Config;
+    let path = cfg.model.path.as_ref()?;
+    let mc = if path.is_dir() {
+        Gemma3Config::from_file(&path.join("config.json")).ok()?
+    } else {
+        let f = medgemma_model::gguf::GgufFile::open(path).ok()?;
+        Gemma3Config::from_gguf(&f, path).ok()?
+    };
+    let params = medgemma_model::load::parameter_count(&mc);
+    let layers = mc.num_layers() as u64;
+    let kv = 2 * layers * mc.num_key_value_heads as u64 * mc.head_dim as u64 * context * 2;
+    let need = params * 2 + kv + (1 << 30);
+    Some((
+        need,
+        format!(
+            "{} MiB: weights {} MiB (bf16) + KV cache {} MiB ({} tokens) + 1024 MiB work space",
+            need >> 20,
+            (params * 2) >> 20,
+            kv >> 20,
+            context
+        ),
+    ))
+}
+
+/// Runs `gpu`.
+pub fn run(config: &Path, a: &GpuArgs) -> Report {
+    let cfg = DaemonConfig::load_or_default(config).unwrap_or_default();
+    let need = model_need(&cfg, a.context);
+    let nvml = match Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            return Report {
+                code: EXIT_DOWN,
+                text: format!(
+                    "no NVIDIA driver: NVML (libnvidia-ml.so.1) cannot be used ({e}).\n{CPU_FALLBACK}"
+                ),
+                json: serde_json::json!({
+                    "driver": null, "gpus": [], "error": e.to_string(),
+                    "fallback": "cpu", "explanation": CPU_FALLBACK,
+                }),
+            };
+        }
+    };
+    let driver = nvml.sys_driver_version().ok();
+    let cuda = nvml
+        .sys_cuda_driver_version()
+        .ok()
+        .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+    let count = nvml.device_count().unwrap_or(0);
+    let mut gpus = Vec::new();
+    let mut text = format!(
+        "driver {}, CUDA {}; {count} GPU(s)\n",
+        driver.as_deref().unwrap_or("?"),
+        cuda.as_deref().unwrap_or("?")
+    );
+    let mut fits_any = false;
+    for i in 0..count {
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let mem = d.memory_info().ok();
+        let procs: Vec<serde_json::Value> = d
+            .running_compute_processes()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let used = match p.used_gpu_memory {
+                    UsedGpuMemory::Used(b) => Some(b),
+                    UsedGpuMemory::Unavailable => None,
+                };
+                serde_json::json!({ "pid": p.pid, "name": process_name(p.pid), "used_bytes": used })
+            })
+            .collect();
+        let free = mem.as_ref().map(|m| m.free);
+        let fits = match (&need, free) {
+            (Some((n, _)), Some(f)) => Some(f >= *n),
+            _ => None,
+        };
+        fits_any |= fits.unwrap_or(false);
+        let name = d.name().unwrap_or_default();
+        let temp = d.temperature(TemperatureSensor::Gpu).ok();
+        let power = d.power_usage().ok();
+        let ecc = d.is_ecc_enabled().ok().map(|e| e.currently_enabled);
+        text.push_str(&format!(
+            "GPU {i}: {name} {}\n  memory {} MiB free of {} MiB; {} C; {} W; ECC {}\n",
+            d.uuid().unwrap_or_default(),
+            free.map_or(0, |f| f >> 20),
+            mem.as_ref().map_or(0, |m| m.total >> 20),
+            temp.map_or("?".to_owned(), |t| t.to_string()),
+            power.map_or("?".to_owned(), |p| format!("{:.0}", f64::from(p) / 1000.0)),
+            match ecc {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "n/a",
+            },
+        ));
+        for p in &procs {
+            text.push_str(&format!(
+                "  process {} ({}) uses {} MiB\n",
+                p["pid"],
+                p["name"].as_str().unwrap_or("?"),
+                p["used_bytes"].as_u64().map_or(0, |b| b >> 20)
+            ));
+        }
+        if let Some(f) = fits {
+            text.push_str(if f {
+                "  the model fits\n"
+            } else {
+                "  the model does NOT fit in the free memory\n"
+            });
+        }
+        gpus.push(serde_json::json!({
+            "index": i, "name": name, "uuid": d.uuid().ok(),
+            "memory_total_bytes": mem.as_ref().map(|m| m.total),
+            "memory_free_bytes": free,
+            "temperature_c": temp, "power_mw": power, "ecc_enabled": ecc,
+            "processes": procs, "model_fits": fits,
+        }));
+    }
+    if let Some((_, why)) = &need {
+        text.push_str(&format!("model needs {why}\n"));
+    }
+    let code = if count == 0 {
+        text.push_str(CPU_FALLBACK);
+        EXIT_DOWN
+    } else if need.is_some() && !fits_any {
+        EXIT_DEGRADED
+    } else {
+        EXIT_OK
+    };
+    Report {
+        code,
+        text,
+        json: serde_json::json!({
+            "driver": driver, "cuda": cuda, "gpus": gpus,
+            "model_need_bytes": need.as_ref().map(|n| n.0),
+        }),
+    }
+}
+
+/// The command name of a process (`/proc/PID/comm`).
+pub fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}

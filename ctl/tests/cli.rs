@@ -1,0 +1,507 @@
+//! CLI tests of `medgemmactl`: every command and its documented exit codes,
+//! against a real `medgemmad serve` where a daemon is needed.
+//!
+//! The daemon binary: `$MEDGEMMAD` if set, else `medgemmad` next to this
+//! package's binary in the target directory. It must be built with the
+//! scripted engine first:
+//! `cargo build -p medgemmad --features test-engine` (scripts/test.sh does).
+//! The `setup` tests that need a tokenizer use `scripts/fetch-assets.sh`'s
+//! `tokenizer.json` (`$MEDGEMMA_ASSETS` or `~/.cache/medgemma-assets`) and
+//! skip without it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CTL: &str = env!("CARGO_BIN_EXE_medgemmactl");
+
+fn daemon_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEDGEMMAD") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(CTL).with_file_name("medgemmad");
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build -p medgemmad --features test-engine` first, or set MEDGEMMAD",
+        p.display()
+    );
+    p
+}
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(CTL)
+        .args(args)
+        .output()
+        .expect("run medgemmactl")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit code")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {}\n{}",
+            stdout(o),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// A scripted daemon with an admin socket and audit keys in a temp dir.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn config(&self) -> String {
+        self.dir.path().join("medgemmad.toml").display().to_string()
+    }
+    fn admin(&self) -> String {
+        self.dir.path().join("admin.sock").display().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon() -> Daemon {
+    let dir = tempfile::Builder::new().prefix("mgctl").tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("audit-key");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::create_dir_all(d.join("audit")).unwrap();
+    let initial = medgemma_audit::create_key(&keys.join("current")).unwrap();
+    std::fs::write(d.join("initial-key.txt"), initial.display()).unwrap();
+    medgemma_audit::create_content_key(&keys.join("content")).unwrap();
+    let pk8 = medgemma_audit::generate_signing_key().unwrap();
+    std::fs::write(d.join("signing.pk8"), &pk8).unwrap();
+    let public = medgemma_audit::signing_public_key(&pk8).unwrap();
+    std::fs::write(d.join("signing.pub"), hex::encode(public)).unwrap();
+    std::fs::write(d.join("placeholder.gguf"), b"not a model").unwrap();
+    let p = |name: &str| format!("{:?}", d.join(name).display().to_string());
+    let text = format!(
+        "[model]\npath = {}\nlabel = \"Scripted\"\ndemo = true\n\n[engine]\nbackend = \"scripted\"\ncontext_length = 4096\nmax_new_tokens = 100\n\n[server]\nui_socket = {}\nadmin_socket = {}\n\n[audit]\ndir = {}\nkey_file = {}\ncontent_key_file = {}\nsigning_key_file = {}\n",
+        p("placeholder.gguf"),
+        p("ui.sock"),
+        p("admin.sock"),
+        p("audit"),
+        p("audit-key/current"),
+        p("audit-key/content"),
+        p("signing.pk8"),
+    );
+    std::fs::write(d.join("medgemmad.toml"), text).unwrap();
+    let mut child = Command::new(daemon_bin())
+        .args(["serve", "--insecure-no-sandbox", "--config"])
+        .arg(d.join("medgemmad.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start medgemmad");
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[daemon] {line}");
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let daemon = Daemon { child, dir, log };
+    let t0 = Instant::now();
+    let mut daemon = daemon;
+    loop {
+        let ready = daemon.log.lock().unwrap().contains("medgemmad: ready:");
+        if ready && daemon.dir.path().join("admin.sock").exists() {
+            return daemon;
+        }
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            panic!(
+                "medgemmad exited ({s}); it must be built with --features test-engine:\n{}",
+                daemon.log.lock().unwrap()
+            );
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "daemon not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One chat turn over the UI socket (raw HTTP/1.1), so the log has answers.
+fn chat(sock: &Path) {
+    use std::io::{Read, Write};
+    let body = r#"{"message":"CANARY-ctl fake patient text","max_new_tokens":3}"#;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "POST /api/chat HTTP/1.1\r\nHost: localhost:6006\r\nOrigin: http://localhost:6006\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains("event: done"), "{out}");
+}
+
+#[test]
+fn status_of_a_running_daemon_is_degraded_without_sandbox_then_not_running() {
+    let mut d = start_daemon();
+    chat(&d.dir.path().join("ui.sock"));
+    let t0 = Instant::now();
+    let o = ctl(&["--config", &d.config(), "status"]);
+    eprintln!("status took {:?}", t0.elapsed());
+    // --insecure-no-sandbox: degraded, exit 1, and the reason is named.
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("sandbox"), "{}", stdout(&o));
+    let o = ctl(&["--json", "status", "--socket", &d.admin()]);
+    assert_eq!(code(&o), 1);
+    let v = json(&o);
+    assert_eq!(v["running"], true);
+    assert_eq!(v["health"]["status"], "degraded");
+    assert_eq!(v["queue"]["served"], 1);
+    assert!(
+        v["audit"]["chain"]["next_seq"].as_u64().unwrap() >= 4,
+        "{v}"
+    );
+    assert!(v["backend"]["reason"].is_string());
+    assert!(v["memory"]["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(!v.to_string().contains("CANARY"));
+
+    // Stopped: exit 2.
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let o = ctl(&["--json", "status", "--socket", &d.admin()]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(json(&o)["running"], false);
+}
+
+#[test]
+fn status_without_a_daemon_exits_2() {
+    let o = ctl(&["status", "--socket", "/nonexistent/admin.sock"]);
+    assert_eq!(code(&o), 2);
+    assert!(stdout(&o).contains("not running"), "{}", stdout(&o));
+}
+
+#[test]
+fn audit_export_and_verify_name_the_first_bad_line() {
+    let d = start_daemon();
+    chat(&d.dir.path().join("ui.sock"));
+    chat(&d.dir.path().join("ui.sock"));
+    let dir = d.dir.path();
+    let out = dir.join("export");
+    let o = ctl(&[
+        "--config",
+        &d.config(),
+        "--json",
+        "audit",
+        "export",
+        "--since",
+        "2020-01-01",
+        "--until",
+        "now",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(json(&o)["records"].as_u64().unwrap() >= 6);
+
+    let key_file = dir.join("initial-key.txt");
+    let pub_file = dir.join("signing.pub");
+    let verify = |path: &Path| {
+        ctl(&[
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--initial-key-file",
+            key_file.to_str().unwrap(),
+        ])
+    };
+    let o = verify(&dir.join("audit"));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("OK:"), "{}", stdout(&o));
+    let o = ctl(&[
+        "--json",
+        "audit",
+        "verify",
+        out.to_str().unwrap(),
+        "--initial-key-file",
+        key_file.to_str().unwrap(),
+        "--public-key",
+        pub_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let v = json(&o);
+    assert_eq!(v["checks"]["signature"], true);
+    assert_eq!(v["checks"]["macs"], true);
+
+    // Tamper with line 3 of the export: verify names it, exit 1.
+    let file = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] = lines[2].replacen("\"seq\":2", "\"seq\":2 ", 1).replacen(
+        "latency_ms\":",
+        "latency_ms\":1",
+        1,
+    );
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let o = ctl(&[
+        "audit",
+        "verify",
+        out.to_str().unwrap(),
+        "--initial-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("FAILED:"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(file.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        stdout(&o)
+    );
+
+    // A malformed key cannot run: exit 3.
+    let o = ctl(&[
+        "audit",
+        "verify",
+        out.to_str().unwrap(),
+        "--initial-key",
+        "nonsense",
+    ]);
+    assert_eq!(code(&o), 3);
+    // The export directory must be new: exit 3.
+    let o = ctl(&[
+        "--config",
+        &d.config(),
+        "audit",
+        "export",
+        "--since",
+        "2020-01-01",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 3);
+}
+
+#[test]
+fn gpu_without_a_driver_explains_the_cpu_fallback() {
+    let o = ctl(&["--config", "/nonexistent.toml", "gpu"]);
+    if code(&o) == 2 {
+        assert!(stdout(&o).contains("CPU"), "{}", stdout(&o));
+        let o = ctl(&["--config", "/nonexistent.toml", "--json", "gpu"]);
+        assert_eq!(json(&o)["fallback"], "cpu");
+    } else {
+        // A machine with a driver: a GPU list.
+        assert!(stdout(&o).contains("GPU"), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn doctor_reports_each_check_with_a_fix() {
+    let d = start_daemon();
+    let o = ctl(&["--config", &d.config(), "--json", "doctor"]);
+    let v = json(&o);
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for n in [
+        "nvidia driver",
+        "/dev/nvidia-uvm",
+        "gpu memory",
+        "model pins",
+        "disk space",
+        "admin socket",
+        "landlock",
+        "seccomp",
+        "audit log",
+        "clock",
+    ] {
+        assert!(names.contains(&n), "{n} missing: {names:?}");
+    }
+    for c in checks {
+        if c["level"] != "ok" {
+            assert!(c["fix"].as_str().is_some_and(|f| f.len() > 10), "{c}");
+        }
+    }
+    let by = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap()["level"].clone();
+    assert_eq!(by("audit log"), "ok");
+    assert_eq!(by("admin socket"), "ok");
+    // Exit code: the worst level.
+    let expected = match v["result"].as_str().unwrap() {
+        "ok" => 0,
+        "warn" => 1,
+        _ => 2,
+    };
+    assert_eq!(code(&o), expected);
+    // Without configuration: failures, exit 2.
+    let o = ctl(&["--config", "/nonexistent.toml", "doctor"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stdout(&o).contains("fix: run medgemmactl setup"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+fn tokenizer_asset() -> Option<PathBuf> {
+    let dir = std::env::var_os("MEDGEMMA_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/medgemma-assets"))
+        })?;
+    let t = dir.join("tokenizer/tokenizer.json");
+    if t.is_file() {
+        Some(t)
+    } else {
+        eprintln!("SKIP: no tokenizer.json; run scripts/fetch-assets.sh");
+        None
+    }
+}
+
+#[test]
+fn setup_pins_creates_keys_once_and_refuses_an_altered_model() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny_a");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let state = tmp.path().join("state");
+    let config = tmp.path().join("etc/medgemmad.toml");
+    let args = |tok: Option<&Path>| {
+        let mut a = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--json".to_owned(),
+            "setup".to_owned(),
+            "--model".to_owned(),
+            model.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--run-dir".to_owned(),
+            tmp.path().display().to_string(),
+        ];
+        if let Some(t) = tok {
+            a.push("--tokenizer".to_owned());
+            a.push(t.display().to_string());
+        }
+        a
+    };
+    let run = |a: Vec<String>| Command::new(CTL).args(a).output().unwrap();
+
+    // No tokenizer: the model does not validate, exit 1, the sentence says what to give.
+    let o = run(args(None));
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(json(&o)["error"].as_str().unwrap().contains("--tokenizer"));
+    // A missing model: exit 3.
+    let o = ctl(&[
+        "setup",
+        "--model",
+        "/nonexistent/model",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 3);
+
+    let Some(tok) = tokenizer_asset() else { return };
+    let o = run(args(Some(&tok)));
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json(&o);
+    let initial = v["initial_key"].as_str().expect("initial key shown once");
+    assert!(medgemma_audit::InitialKey::parse(initial).is_ok());
+    assert_eq!(v["pins"].as_array().unwrap().len(), 5);
+    assert!(config.is_file() && state.join("audit-key/current").is_file());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("pins_file") && text.contains("signing_key_file"),
+        "{text}"
+    );
+
+    // Re-run: keys kept, the initial key not shown again, pins re-verified.
+    let o = run(args(Some(&tok)));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(json(&o)["initial_key"].is_null());
+
+    // Alter one byte at the end of a shard: exit 1 naming the file.
+    let shard = model.join("model-00002-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&shard, &bytes).unwrap();
+    let o = run(args(Some(&tok)));
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let err = json(&o)["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("model-00002-of-00002.safetensors") && err.contains("altered"),
+        "{err}"
+    );
+    // Half copied: size differs.
+    bytes.truncate(last);
+    std::fs::write(&shard, &bytes).unwrap();
+    let o = run(args(Some(&tok)));
+    assert_eq!(code(&o), 1);
+    assert!(json(&o)["error"].as_str().unwrap().contains("half copied"));
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    assert_eq!(code(&ctl(&["frobnicate"])), 64);
+    assert_eq!(code(&ctl(&["audit", "export"])), 64);
+    let o = ctl(&["--help"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("Exit codes"));
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_cli_definition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = ctl(&["man", "--out", tmp.path().to_str().unwrap()]);
+    assert_eq!(code(&o), 0);
+    for page in [
+        "medgemmactl.1",
+        "medgemmactl-status.1",
+        "medgemmactl-audit-verify.1",
+    ] {
+        let text = std::fs::read_to_string(tmp.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let o = ctl(&["completions", "bash"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("medgemmactl"));
+    assert_eq!(code(&ctl(&["completions", "tcsh"])), 64);
+}

@@ -1,0 +1,317 @@
+//! The admin socket (`server.admin_socket`) for `medgemmactl status`:
+//! JSON over HTTP/1.1, one route, `GET /admin/status`.
+//!
+//! The socket file is mode 0660 and belongs to `server.admin_group`; on top
+//! of that every connection is authorized by its peer credentials
+//! (`SO_PEERCRED`): root, a process whose group is the admin group, or a user
+//! listed as a member of it in /etc/group (read at startup, before the
+//! sandbox). Anyone else is disconnected without an answer. The socket is
+//! never proxied: the loopback proxy only reaches the UI socket.
+//!
+//! Owns: the admin status document and its health verdict. Must never: show
+//! conversation content or ids, or serve any UI route.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::broadcast;
+
+use super::http::{ApiError, Body, json};
+use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, log};
+use crate::config::BackendChoice;
+
+/// Why the admin socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Binding or setting permissions failed.
+    #[error("cannot open the admin socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something other than a stale socket is at the path.
+    #[error(
+        "{path} exists and is in use or not a socket; stop the other daemon or choose another server.admin_socket"
+    )]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The admin group does not exist.
+    #[error(
+        "server.admin_group {0:?} is not a group in /etc/group; create it (groupadd) or give a numeric gid"
+    )]
+    UnknownGroup(String),
+}
+
+/// Who may use the admin socket.
+#[derive(Debug, Clone, Default)]
+pub struct Authorizer {
+    gid: Option<u32>,
+    member_uids: HashSet<u32>,
+}
+
+impl Authorizer {
+    /// Root, the admin group's gid, or a listed member.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0 || self.gid == Some(gid) || self.member_uids.contains(&uid)
+    }
+}
+
+/// The bound admin socket and its authorization rule.
+#[derive(Debug)]
+pub struct AdminSocket {
+    /// The listener.
+    pub listener: UnixListener,
+    /// Who may connect.
+    pub authorizer: Authorizer,
+    /// The socket file, removed on exit.
+    pub path: PathBuf,
+}
+
+/// Binds `path` (replacing only a stale socket), mode 0660, group `group`.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<AdminSocket, AdminError> {
+    let authorizer = match group {
+        Some(g) => resolve_group(g)?,
+        None => Authorizer::default(),
+    };
+    let err = |source| AdminError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::symlink_metadata(path).is_ok() {
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = std::fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false);
+        let live = std::os::unix::net::UnixStream::connect(path).is_ok();
+        if !is_socket || live {
+            return Err(AdminError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = authorizer.gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    Ok(AdminSocket {
+        listener,
+        authorizer,
+        path: path.to_owned(),
+    })
+}
+
+/// Reads the group's gid and members from /etc/group, the members' uids
+/// from /etc/passwd.
+fn resolve_group(group: &str) -> Result<Authorizer, AdminError> {
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let mut gid = group.parse::<u32>().ok();
+    let mut members: Vec<String> = Vec::new();
+    for line in groups.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let this_gid = f[2].parse::<u32>().ok();
+        if f[0] == group || (gid.is_some() && this_gid == gid) {
+            gid = this_gid;
+            members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect();
+            break;
+        }
+    }
+    let Some(gid) = gid else {
+        return Err(AdminError::UnknownGroup(group.to_owned()));
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let member_uids = passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 3 && members.iter().any(|m| m == f[0]))
+                .then(|| f[2].parse::<u32>().ok())
+                .flatten()
+        })
+        .collect();
+    Ok(Authorizer {
+        gid: Some(gid),
+        member_uids,
+    })
+}
+
+/// Serves the admin socket until shutdown.
+pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast::Receiver<()>) {
+    let listener = match admin
+        .listener
+        .try_clone()
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .and_then(tokio::net::UnixListener::from_std)
+    {
+        Ok(l) => l,
+        Err(e) => {
+            log::event(format_args!(
+                "admin socket unusable ({e}); medgemmactl status will not answer"
+            ));
+            return;
+        }
+    };
+    let authorizer = admin.authorizer.clone();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        log::event(format_args!("admin accept failed ({e})"));
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.recv() => return,
+            };
+            let allowed = stream
+                .peer_cred()
+                .is_ok_and(|c| authorizer.allows(c.uid(), c.gid()));
+            if !allowed {
+                let who = stream.peer_cred().map(|c| c.uid()).ok();
+                log::event(format_args!("admin: refused a connection from uid {who:?}"));
+                continue;
+            }
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES);
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/admin/status") => status(&state),
+        (_, "/admin/status") => ApiError::method_not_allowed("GET").into_response(),
+        _ => ApiError::not_found().into_response(),
+    };
+    log::event(format_args!(
+        "admin {} {}",
+        req.method(),
+        resp.status().as_u16()
+    ));
+    Ok(resp)
+}
+
+/// What `medgemmactl status` shows.
+pub fn status_document(state: &AppState) -> serde_json::Value {
+    let info = state.engine.info();
+    let settings = &state.settings;
+    let (rss, peak) = super::status::memory();
+    let q = state.engine.queue();
+    let pins = pin_check(settings.model.pins_file.as_deref());
+    let mut reasons: Vec<String> = Vec::new();
+    if info.backend == "cpu" && settings.engine.backend == BackendChoice::Auto {
+        reasons.push(format!("running on the CPU: {}", info.backend_reason));
+    }
+    let sandbox = (state.sandbox)();
+    if sandbox.get("enforced").and_then(serde_json::Value::as_bool) != Some(true) {
+        reasons.push("the kernel sandbox is not enforced".to_owned());
+    }
+    if pins.get("ok").and_then(serde_json::Value::as_bool) == Some(false) {
+        reasons.push("a model file does not match its pin".to_owned());
+    }
+    let speed = f64::from_bits(state.recent_tokens_per_s.load(Ordering::Relaxed));
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "health": {
+            "status": if reasons.is_empty() { "healthy" } else { "degraded" },
+            "reasons": reasons,
+        },
+        "model": {
+            "label": settings.model.label,
+            "demo": settings.model.demo,
+            "path": settings.model.path,
+            "format": info.model.format,
+            "parameters": info.model.parameters,
+            "context_limit": info.context_limit,
+            "fingerprint": state.audit.model().as_str(),
+            "pins": pins,
+        },
+        "backend": { "kind": info.backend, "reason": info.backend_reason },
+        "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
+        "sandbox": sandbox,
+        "queue": {
+            "waiting": q.waiting,
+            "capacity": q.capacity,
+            "active": q.active,
+            "served": q.served,
+            "rejected": q.rejected,
+        },
+        "conversations": { "count": state.conversations.len() },
+        "recent_tokens_per_s": (speed > 0.0).then_some((speed * 10.0).round() / 10.0),
+        "audit": {
+            "dir": state.audit.dir(),
+            "chain": state.audit.head(),
+        },
+    })
+}
+
+fn status(state: &AppState) -> Response<Body> {
+    json(StatusCode::OK, &status_document(state))
+}
+
+/// Compares the pinned sizes with the files now (cheap; `medgemmactl
+/// doctor` re-hashes them).
+fn pin_check(pins_file: Option<&Path>) -> serde_json::Value {
+    let Some(file) = pins_file else {
+        return serde_json::json!({ "file": null, "ok": null, "detail": "no model.pins_file configured; run medgemmactl setup" });
+    };
+    let doc: Option<serde_json::Value> = std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(doc) = doc else {
+        return serde_json::json!({ "file": file, "ok": false, "detail": "the pins file is missing or not JSON" });
+    };
+    let files = doc["files"].as_array().cloned().unwrap_or_default();
+    for f in &files {
+        let path = f["path"].as_str().unwrap_or("");
+        let size = f["size"].as_u64();
+        let now = std::fs::metadata(path).ok().map(|m| m.len());
+        if size.is_none() || now != size {
+            return serde_json::json!({ "file": file, "ok": false, "checked": "sizes",
+                "detail": format!("{path} is missing or its size differs from the pin") });
+        }
+    }
+    serde_json::json!({ "file": file, "ok": true, "checked": "sizes", "files": files.len() })
+}
