@@ -36,13 +36,18 @@ if [ -n "${MEDGEMMAD:-}" ]; then
   bin="$MEDGEMMAD"
 else
   echo "dev.sh: building medgemmad (release; the first build of Burn takes a while)" >&2
-  cargo build --release --locked -p medgemmad
+  cargo build --release --locked -p medgemmad -p medgemmactl
   bin="$CARGO_TARGET_DIR/release/medgemmad"
 fi
 
 run="$(mktemp -d "${XDG_RUNTIME_DIR:-/tmp}/medgemmad-dev.XXXXXX")"
 chmod 700 "$run"
-mkdir -p "$run/audit"
+# Audit keys, pins and the audit directory: the same `medgemmactl setup` an
+# admin runs (its configuration output is replaced by the dev one below).
+ctl="${MEDGEMMACTL:-$(dirname "$bin")/medgemmactl}"
+setup_args=(--model "$model" --state-dir "$run/state" --config-out "$run/setup.toml" --run-dir "$run" --label "$label")
+[ "$demo" = true ] && setup_args+=(--demo --tokenizer "$assets/tokenizer/tokenizer.json")
+"$ctl" setup "${setup_args[@]}"
 cat > "$run/medgemmad.toml" <<TOML
 # Written by scripts/dev.sh; see packaging/medgemmad.example.toml.
 [model]
@@ -62,7 +67,9 @@ ui_socket = "$run/ui.sock"
 listen_port = $port
 
 [audit]
-dir = "$run/audit"
+dir = "$run/state/audit"
+key_file = "$run/state/audit-key/current"
+content_key_file = "$run/state/audit-key/content"
 TOML
 
 pids=()

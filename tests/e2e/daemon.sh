@@ -15,7 +15,7 @@ e2e_build() {
     return
   fi
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
-  (cd "$e2e_root" && cargo build --locked -p medgemmad >&2)
+  (cd "$e2e_root" && cargo build --locked -p medgemmad -p medgemmactl >&2)
   E2E_BIN="$CARGO_TARGET_DIR/debug/medgemmad"
 }
 
@@ -38,7 +38,13 @@ e2e_start() {
   e2e_build
   E2E_DIR="$(mktemp -d "${TMPDIR:-/tmp}/medgemmad-e2e.XXXXXX")"
   chmod 700 "$E2E_DIR"
-  mkdir -p "$E2E_DIR/audit"
+  # The audit keys, pins and log directory come from the real admin path:
+  # `medgemmactl setup` (its own config output is not used here).
+  local ctl="${MEDGEMMACTL:-$(dirname "$E2E_BIN")/medgemmactl}"
+  "$ctl" setup --model "$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf" \
+    --tokenizer "$assets/tokenizer/tokenizer.json" --state-dir "$E2E_DIR/state" \
+    --config-out "$E2E_DIR/setup.toml" --run-dir "$E2E_DIR" --demo --label "Gemma 3 270M" \
+    > "$E2E_DIR/setup.log" 2>&1 || { cat "$E2E_DIR/setup.log" >&2; echo "e2e: medgemmactl setup failed" >&2; return 1; }
   E2E_PORT="$(e2e_free_port)"
   E2E_URL="http://127.0.0.1:$E2E_PORT"
   cat > "$E2E_DIR/medgemmad.toml" <<TOML
@@ -59,7 +65,9 @@ ui_socket = "$E2E_DIR/ui.sock"
 listen_port = $E2E_PORT
 
 [audit]
-dir = "$E2E_DIR/audit"
+dir = "$E2E_DIR/state/audit"
+key_file = "$E2E_DIR/state/audit-key/current"
+content_key_file = "$E2E_DIR/state/audit-key/content"
 TOML
   trap e2e_stop EXIT
   # As root the daemon would drop to the `medgemma` user; these tests test
