@@ -7,7 +7,9 @@
 //! real tokenizer from `scripts/fetch-assets.sh` in `$MEDGEMMA_ASSETS`
 //! (default `~/.cache/medgemma-assets`) and fail, saying so, without it.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::sync::OnceLock;
 
 use medgemma_model::chat::{Message, encode_chat, render_text};
@@ -42,18 +44,7 @@ fn fixtures() -> Vec<Case> {
 fn tok() -> &'static GemmaTokenizer {
     static TOK: OnceLock<GemmaTokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let dir = std::env::var_os("MEDGEMMA_ASSETS")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
-            })
-            .expect("set MEDGEMMA_ASSETS or HOME");
-        let path = dir.join("tokenizer").join("tokenizer.json");
-        assert!(
-            path.is_file(),
-            "{} is missing: run scripts/fetch-assets.sh (or point MEDGEMMA_ASSETS at its output)",
-            path.display()
-        );
+        let path = support::tokenizer_json();
         GemmaTokenizer::from_file(&path).expect("load tokenizer.json")
     })
 }

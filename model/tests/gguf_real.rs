@@ -6,6 +6,8 @@
 
 #![allow(clippy::print_stdout)] // timings are reported with --nocapture
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,25 +16,8 @@ use std::time::Instant;
 
 use medgemma_model::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 
-fn assets_dir() -> PathBuf {
-    match std::env::var_os("MEDGEMMA_ASSETS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/medgemma-assets")
-        }
-    }
-}
-
 fn gguf_path() -> PathBuf {
-    let path = assets_dir().join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        path.is_file(),
-        "missing test asset {}: run scripts/fetch-assets.sh (or set MEDGEMMA_ASSETS to the \
-         directory it filled)",
-        path.display()
-    );
-    path
+    support::gguf_270m()
 }
 
 fn open_real() -> GgufFile {

@@ -7,6 +7,8 @@
 
 #![allow(clippy::print_stdout)] // timings are reported with --nocapture
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -15,26 +17,7 @@ use medgemma_model::gguf::GgufFile;
 use medgemma_model::gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
 use tokenizers::Tokenizer;
 
-fn assets_dir() -> PathBuf {
-    match std::env::var_os("MEDGEMMA_ASSETS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/medgemma-assets")
-        }
-    }
-}
-
-fn asset(rel: &str) -> PathBuf {
-    let path = assets_dir().join(rel);
-    assert!(
-        path.is_file(),
-        "missing test asset {}: run scripts/fetch-assets.sh (or set MEDGEMMA_ASSETS to the \
-         directory it filled)",
-        path.display()
-    );
-    path
-}
+use support::asset;
 
 fn reference() -> Tokenizer {
     let t0 = Instant::now();

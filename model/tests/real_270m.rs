@@ -4,6 +4,8 @@
 //! (`tests/fixtures/gemma3_270m_reference.json`, made by
 //! `scripts/fixtures/ref_270m.py`). The tokenizer is the GGUF's own.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
@@ -16,18 +18,7 @@ use medgemma_model::sampling::SamplingParams;
 use serde_json::Value;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("MEDGEMMA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/medgemma-assets")
-        });
-    let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        gguf.is_file(),
-        "{} is missing: run scripts/fetch-assets.sh (or set MEDGEMMA_ASSETS)",
-        gguf.display()
-    );
-    gguf
+    support::gguf_270m()
 }
 
 fn model() -> &'static LoadedModel {

@@ -5,29 +5,14 @@
 //! Needs the assets of `scripts/fetch-assets.sh` in `$MEDGEMMA_ASSETS`
 //! (default `~/.cache/medgemma-assets`); fails, saying so, without them.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use medgemma_model::tokenizer::{GemmaTokenizer, TokenizerError};
 
-fn assets_dir() -> PathBuf {
-    std::env::var_os("MEDGEMMA_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
-        })
-        .expect("set MEDGEMMA_ASSETS or HOME")
-}
-
-fn tokenizer_json() -> PathBuf {
-    let path = assets_dir().join("tokenizer").join("tokenizer.json");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-assets.sh (or point MEDGEMMA_ASSETS at its output)",
-        path.display()
-    );
-    path
-}
+use support::tokenizer_json;
 
 fn tok() -> &'static GemmaTokenizer {
     static TOK: OnceLock<GemmaTokenizer> = OnceLock::new();
