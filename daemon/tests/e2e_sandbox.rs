@@ -245,6 +245,10 @@ async fn sandboxed_daemon_drops_root_locks_down_every_thread_and_answers() {
     }
     assert_eq!(s.problems(), Vec::<String>::new());
 
+    // The "ready" line is printed before the tokio runtime exists: wait for a
+    // served request so the HTTP worker threads are there to be checked
+    // (without this the check raced the runtime's start; seen in a CI run).
+    let _ = send(&d.socket, get("/api/status")).await;
     check_every_thread(pid);
 
     // Through the daemon: a chat answered while sandboxed.
