@@ -6,7 +6,8 @@
 //! logits, per-position argmax and greedy continuation computed by
 //! transformers on the CPU in float32.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::sync::atomic::AtomicBool;
 
 use medgemma_model::backend::cpu_device;
@@ -15,7 +16,7 @@ use medgemma_model::gemma3::Logits;
 use medgemma_model::generate::{Flow, GenerateOptions, generate};
 use medgemma_model::load::{LoadedModel, load_model};
 use medgemma_model::sampling::{SamplingParams, argmax};
-use serde_json::Value;
+use support::{expected, fixture, floats, ids};
 
 /// f32 weights, f32 compute: the bound.
 const F32_TOL: f32 = 1e-4;
@@ -28,34 +29,6 @@ const BF16_WEIGHTS_TOL: f32 = 1e-4;
 /// so 0.15 allows bf16-sized noise and still fails on any structural bug
 /// (those move logits by 0.4 to 6.7, tests/fixtures/README.md).
 const BF16_COMPUTE_TOL: f32 = 0.15;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-fn expected(name: &str) -> Value {
-    let p = fixture(name).join("expected.json");
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
 
 fn load(name: &str, dtype: DType) -> LoadedModel {
     load_model(&fixture(name), None, &cpu_device(), dtype)

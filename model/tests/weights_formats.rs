@@ -5,7 +5,9 @@
 //! be broken (each a clear `Err` naming the file and the tensor, never a
 //! panic, never a Debug dump).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use half::f16;
 use medgemma_model::backend::cpu_device;
@@ -16,6 +18,7 @@ use medgemma_model::sampling::argmax;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
+use support::{expected, fixture, floats, ids};
 use tempfile::TempDir;
 
 /// f16 weights upcast to f32 compute, against the f32 reference. Measured:
@@ -25,33 +28,6 @@ use tempfile::TempDir;
 /// a wrong conversion (bf16 bits read as f16, swapped bytes) moves logits by
 /// whole units. The top-1/top-2 margin there is 0.135, so argmax must agree.
 const F16_TOL: f32 = 2.5e-2;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-fn expected(name: &str) -> Value {
-    let p = fixture(name).join("expected.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
 
 /// One tensor as it lies on disk.
 #[derive(Clone, Debug)]
@@ -138,7 +114,7 @@ fn renamed(tensors: &[T], from: &str, to: &str) -> Vec<T> {
 fn last_logits(path: &Path) -> Vec<f32> {
     let m = load_model(path, None, &cpu_device(), DType::F32)
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    let prompt = u32s(&expected("tiny_b")["prompt_ids"]);
+    let prompt = ids(&expected("tiny_b")["prompt_ids"]);
     let mut cache = m.model.new_cache();
     m.model
         .forward(&prompt, &mut cache, Logits::Last)
@@ -208,7 +184,7 @@ fn f16_weights_match_the_f32_reference_within_tolerance() {
         .collect();
     let dir = model_dir(&tensors);
     let got = last_logits(dir.path());
-    let want = f32s(&expected("tiny_b")["last_logits"]);
+    let want = floats(&expected("tiny_b")["last_logits"]);
     assert_eq!(got.len(), want.len());
     let d = got
         .iter()
@@ -382,7 +358,7 @@ fn tensor_at(full: &[u8], header: usize, at: usize) -> String {
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
         .find(|(_, t)| {
-            let o = u32s(&t["data_offsets"]);
+            let o = ids(&t["data_offsets"]);
             (o[0] as usize) <= at && at < o[1] as usize
         })
         .map(|(k, _)| k.clone())

@@ -34,3 +34,39 @@ pub fn gguf_270m() -> PathBuf {
 pub fn tokenizer_json() -> PathBuf {
     asset("tokenizer/tokenizer.json")
 }
+
+/// A committed fixture directory under `tests/fixtures/`.
+#[allow(dead_code)]
+pub fn fixture(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// A fixture's `expected.json` (reference outputs, see tests/fixtures/README.md).
+#[allow(dead_code)]
+pub fn expected(name: &str) -> serde_json::Value {
+    let p = fixture(name).join("expected.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON array of token ids.
+#[allow(dead_code)]
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A JSON array of floats.
+#[allow(dead_code)]
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
