@@ -297,15 +297,21 @@ pub(crate) struct KeyFile {
 
 const KEY_FILE_MAGIC: &str = "medgemma-audit key file v1";
 
+/// A key file's text; I/O errors as [`AuditError::KeyFile`].
+fn read_key_text(path: &Path) -> Result<String, AuditError> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|source| AuditError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(text)
+}
+
 impl KeyFile {
     pub(crate) fn read(path: &Path) -> Result<Self, AuditError> {
-        let mut text = String::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(|source| AuditError::KeyFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let text = read_key_text(path)?;
         let invalid = |problem: &'static str| AuditError::KeyFileInvalid {
             path: path.to_path_buf(),
             problem,
@@ -461,13 +467,7 @@ impl ContentHasher {
     /// I/O errors as [`AuditError::KeyFile`]; a damaged file as
     /// [`AuditError::KeyFileInvalid`].
     pub fn load(path: &Path) -> Result<Self, AuditError> {
-        let mut text = String::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(|source| AuditError::KeyFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let text = read_key_text(path)?;
         let mut lines = text.lines();
         let mut key = match (
             lines.next(),

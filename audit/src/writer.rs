@@ -526,9 +526,8 @@ impl AuditLog {
         Ok(AppendReceipt { seq, ts, mac, file })
     }
 
-    fn rotate(&mut self, day: LogDay) -> Result<(), AuditError> {
-        let path = self.dir.join(file_name(day));
-        let file = open_append(&path)?;
+    /// Makes new or removed directory entries durable (no-op when fsync is off for benchmarks).
+    fn sync_dir(&self) -> Result<(), AuditError> {
         if self.durable() {
             self.dir_handle
                 .sync_all()
@@ -537,6 +536,13 @@ impl AuditLog {
                     source,
                 })?;
         }
+        Ok(())
+    }
+
+    fn rotate(&mut self, day: LogDay) -> Result<(), AuditError> {
+        let path = self.dir.join(file_name(day));
+        let file = open_append(&path)?;
+        self.sync_dir()?;
         self.current = Some(Current { day, path, file });
         Ok(())
     }
@@ -597,14 +603,7 @@ impl AuditLog {
             })?;
             removed.push(path);
         }
-        if self.durable() {
-            self.dir_handle
-                .sync_all()
-                .map_err(|source| AuditError::Sync {
-                    path: self.dir.clone(),
-                    source,
-                })?;
-        }
+        self.sync_dir()?;
         Ok(RetentionReport {
             removed,
             record_seq: Some(receipt.seq),
