@@ -18,6 +18,7 @@
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use medgemma_sandbox::{
@@ -320,9 +321,10 @@ pub fn status_json() -> serde_json::Value {
 
 /// The sd_notify socket, connected before seccomp (which refuses
 /// `socket(2)` afterwards): a datagram socket connected to
-/// `$NOTIFY_SOCKET` (a path, or an abstract name after '@').
-#[derive(Debug)]
-pub struct Notifier(Option<UnixDatagram>);
+/// `$NOTIFY_SOCKET` (a path, or an abstract name after '@'). Cheap to
+/// clone: the watchdog task holds one.
+#[derive(Debug, Clone)]
+pub struct Notifier(Option<Arc<UnixDatagram>>);
 
 impl Notifier {
     /// Connects to `$NOTIFY_SOCKET`; without it (no systemd) notifications
@@ -342,7 +344,7 @@ impl Notifier {
             Ok(s)
         });
         match socket {
-            Ok(s) => (Self(Some(s)), None),
+            Ok(s) => (Self(Some(Arc::new(s))), None),
             Err(e) => (
                 Self(None),
                 Some(format!(
@@ -359,11 +361,44 @@ impl Notifier {
             None => Ok(()),
         }
     }
+
+    /// Whether a systemd notification socket is connected.
+    pub fn is_connected(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// How often to send `WATCHDOG=1`: half the `WatchdogSec=` systemd passes as
+/// `$WATCHDOG_USEC` (sd_watchdog_enabled(3)), or `None` when the watchdog is
+/// off, meant for another process (`$WATCHDOG_PID`), or malformed.
+pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok()? != own_pid {
+            return None;
+        }
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watchdog_interval_is_half_of_watchdog_usec_for_this_process_only() {
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(watchdog_interval(Some("30000000"), None, 7), half);
+        assert_eq!(watchdog_interval(Some("30000000"), Some("7"), 7), half);
+        assert_eq!(watchdog_interval(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_interval(None, None, 7), None);
+        assert_eq!(
+            watchdog_interval(Some("2"), None, 7),
+            Some(Duration::from_millis(10))
+        );
+    }
 
     #[test]
     fn env_allow_list_keeps_systemd_protocol_only() {

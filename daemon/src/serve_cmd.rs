@@ -43,7 +43,7 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use medgemma_model::backend;
@@ -330,6 +330,14 @@ fn serve(
             });
         }
         notify_systemd(notifier, "READY=1\nSTATUS=serving");
+        let watchdog = lockdown::watchdog_interval(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        );
+        if let Some(every) = watchdog.filter(|_| notifier.is_connected()) {
+            tokio::spawn(watchdog_pings(notifier.clone(), engine.clone(), every));
+        }
         server::run(listener, engine, config, shutdown_signal()).await?;
         notify_systemd(notifier, "STOPPING=1");
         Ok::<(), ServeError>(())
@@ -417,6 +425,30 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => say(format_args!("SIGTERM received")),
         _ = tokio::signal::ctrl_c() => say(format_args!("SIGINT received")),
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every` while the runtime turns and the engine
+/// thread lives. Once the engine thread has ended the daemon can no longer
+/// answer: it asks systemd to act now (`WATCHDOG=trigger`), which restarts
+/// the service (`Restart=on-failure`).
+async fn watchdog_pings(
+    notifier: lockdown::Notifier,
+    engine: worker::EngineHandle,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if engine.is_alive() {
+            notify_systemd(&notifier, "WATCHDOG=1");
+        } else {
+            say(format_args!(
+                "the engine thread has stopped; asking systemd to restart the service"
+            ));
+            notify_systemd(&notifier, "WATCHDOG=trigger");
+            return;
+        }
     }
 }
 

@@ -454,3 +454,62 @@ async fn socket_activation_listener_is_served_under_the_sandbox() {
         "bound server.ui_socket although systemd passed a socket"
     );
 }
+
+/// `Type=notify` with `WatchdogSec=`: the sandboxed daemon says `READY=1`
+/// once it serves, then `WATCHDOG=1` at half the interval systemd passes in
+/// `$WATCHDOG_USEC`, from the runtime threads that seccomp has narrowed.
+/// The notification socket here is a datagram socket the test binds, as
+/// systemd does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_daemon_sends_ready_then_watchdog_pings() {
+    const NAME: &str = "sandboxed_daemon_sends_ready_then_watchdog_pings";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(READY)).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    let t0 = std::time::Instant::now();
+    while messages.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 && t0.elapsed() < READY {
+        match notify.recv(&mut buf) {
+            Ok(n) => messages.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no notification ({e}); got {messages:?}");
+            }
+        }
+        if messages.len() == 1 {
+            // Pings start after READY; time them from there.
+            notify
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    assert!(alive, "the daemon exited while pinging");
+    assert!(
+        messages[0].starts_with("READY=1"),
+        "first notification is not READY=1: {messages:?}"
+    );
+    assert_eq!(
+        messages[1..].iter().filter(|m| *m == "WATCHDOG=1").count(),
+        3,
+        "expected watchdog pings after READY: {messages:?}"
+    );
+}

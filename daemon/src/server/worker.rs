@@ -15,7 +15,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,18 @@ pub struct QueueStats {
     active: AtomicUsize,
     served: AtomicUsize,
     rejected: AtomicUsize,
+    /// False once the engine thread has ended (returned or panicked).
+    engine_alive: AtomicBool,
+}
+
+/// Clears [`QueueStats::engine_alive`] when the engine thread ends, also by
+/// unwinding from a panic outside a job.
+struct AliveGuard<'a>(&'a QueueStats);
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.engine_alive.store(false, Ordering::Release);
+    }
 }
 
 /// A snapshot of [`QueueStats`].
@@ -175,6 +187,12 @@ impl EngineHandle {
     /// What was loaded.
     pub fn info(&self) -> &EngineInfo {
         &self.info
+    }
+
+    /// Whether the engine thread still runs (the systemd watchdog stops
+    /// pinging when it does not, so that systemd restarts the service).
+    pub fn is_alive(&self) -> bool {
+        self.stats.engine_alive.load(Ordering::Acquire)
     }
 
     /// Queue counters now.
@@ -239,11 +257,15 @@ where
 {
     let (ready_tx, ready_rx) = sync_channel::<Result<EngineInfo, WorkerError>>(1);
     let (tx, rx) = sync_channel::<Job>(queue_length + RUNNING);
-    let stats = Arc::new(QueueStats::default());
+    let stats = Arc::new(QueueStats {
+        engine_alive: AtomicBool::new(true),
+        ..QueueStats::default()
+    });
     let thread_stats = Arc::clone(&stats);
     std::thread::Builder::new()
         .name("medgemmad-engine".to_owned())
         .spawn(move || {
+            let _alive = AliveGuard(&thread_stats);
             let mut engine = match load() {
                 Ok(engine) => engine,
                 Err(e) => {
