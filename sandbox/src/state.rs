@@ -176,8 +176,17 @@ impl SandboxState {
         if self.gid.contains(&0) {
             out.push(format!("a gid is root: {:?}", self.gid));
         }
-        if !self.groups.is_empty() {
-            out.push(format!("supplementary groups remain: {:?}", self.groups));
+        // A process started by systemd with User= has its own primary group
+        // in the list (systemd calls initgroups(3)); that grants nothing the
+        // gid does not already grant, and an unprivileged process cannot drop it.
+        let extra: Vec<u32> = self
+            .groups
+            .iter()
+            .copied()
+            .filter(|g| !self.gid.contains(g))
+            .collect();
+        if !extra.is_empty() {
+            out.push(format!("supplementary groups remain: {extra:?}"));
         }
         if self.dumpable == Some(true) {
             out.push("the process is dumpable".to_owned());
@@ -322,6 +331,42 @@ mod tests {
         let s = parse_proc_status(&text).unwrap();
         assert_eq!(s.groups, vec![0, 4, 24]);
         assert_eq!(s.cap_bnd, 0x1ff_ffff_ffff);
+    }
+
+    fn sandboxed(groups: Vec<u32>) -> SandboxState {
+        let status = parse_proc_status(STATUS).unwrap();
+        SandboxState {
+            insecure_no_sandbox: false,
+            pid: status.pid,
+            threads: status.threads,
+            no_new_privs: true,
+            seccomp_mode: 2,
+            seccomp_filters: 3,
+            cap_inheritable: 0,
+            cap_permitted: 0,
+            cap_effective: 0,
+            cap_bounding: 0,
+            cap_ambient: 0,
+            uid: status.uid,
+            gid: status.gid,
+            groups,
+            dumpable: Some(false),
+            core_limit: CoreLimit {
+                soft: Some(0),
+                hard: Some(0),
+            },
+            landlock: None,
+            seccomp: None,
+        }
+    }
+
+    #[test]
+    fn systemd_user_start_keeps_only_its_own_group_and_that_is_no_problem() {
+        // systemd's User= leaves the primary gid in Groups: (initgroups).
+        assert_eq!(sandboxed(vec![65534]).problems(), Vec::<String>::new());
+        assert_eq!(sandboxed(vec![]).problems(), Vec::<String>::new());
+        let p = sandboxed(vec![65534, 27]).problems();
+        assert_eq!(p, vec!["supplementary groups remain: [27]".to_owned()]);
     }
 
     #[test]
