@@ -1,16 +1,18 @@
 //! `medgemmad`: the MedGemma appliance daemon.
 //!
-//! Subcommands: `generate` (admins and tests: one prompt through the engine,
-//! no server). The serving daemon arrives with its own issue.
+//! Subcommands: `serve` (the daemon), `forward` (development), `generate` and
+//! `bench` (admins and tests: the engine without a server), `man` and
+//! `completions` (documentation generated from this definition).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod audit_log;
 mod bench_cmd;
 mod config;
+mod docs_cmd;
 mod engine;
 mod generate_cmd;
 mod lockdown;
@@ -39,6 +41,10 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Development only: forward a loopback TCP port to the UI socket.
     Forward(server::forward::ForwardArgs),
+    /// Write the man pages (section 8) into a directory.
+    Man(docs_cmd::ManArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs_cmd::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd::run(args).map_err(|e| (e.to_string(), 2)),
         Command::Serve(args) => serve_cmd::run(args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Forward(args) => server::forward::run(args).map_err(|e| (e.to_string(), 1)),
+        Command::Man(args) => docs_cmd::man(&Cli::command(), &args)
+            .map(drop)
+            .map_err(|e| (e.to_string(), 1)),
+        Command::Completions(args) => {
+            docs_cmd::completions(Cli::command(), &args).map_err(|e| (e.to_string(), 1))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
