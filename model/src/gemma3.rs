@@ -22,21 +22,12 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(
-        src: &mut WeightSource,
-        name: &str,
-        n: usize,
-        eps: f64,
-        device: &Device,
-    ) -> Result<Self, WeightsError> {
-        let w = Tensor::<1>::from_data(
-            src.load(name, &[n], DType::F32, true)?,
-            (device, DType::F32),
-        );
-        Ok(Self {
+    /// From the stored weight `w` (f32, the offset from 1).
+    fn new(w: Tensor<1>, eps: f64) -> Self {
+        Self {
             scale: w + 1.0,
             eps,
-        })
+        }
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -78,11 +69,22 @@ impl RotaryTable {
         dtype: DType,
         device: &Device,
     ) -> (Tensor<2>, Tensor<2>) {
+        self.tables_at(start..start + t, dtype, device)
+    }
+
+    /// cos and sin tables `[N, head_dim]`, one row per position, in `dtype`.
+    fn tables_at(
+        &self,
+        positions: impl ExactSizeIterator<Item = usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
         let half = self.inv_freq.len();
         let dim = half * 2;
+        let t = positions.len();
         let mut cos = Vec::with_capacity(t * dim);
         let mut sin = Vec::with_capacity(t * dim);
-        for p in start..start + t {
+        for p in positions {
             // Angles in f32 as the reference does (position · inv_freq in f32).
             let row: Vec<f32> = self
                 .inv_freq
@@ -102,14 +104,15 @@ impl RotaryTable {
 }
 
 /// Half-split rotation: `[x1, x2] → [x1·cos − x2·sin, x2·cos + x1·sin]` on `[B, H, T, D]`.
-fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+///
+/// `cos`/`sin` broadcast against `x`: `[1, 1, T, D]` for one sequence,
+/// `[B, 1, 1, D]` for a batched decode step (one position per sequence).
+fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let cos = cos.clone().unsqueeze::<4>();
-    let sin = sin.clone().unsqueeze::<4>();
     x * cos + rotated * sin
 }
 
@@ -122,25 +125,22 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(
-        src: &mut WeightSource,
-        name: &str,
-        out: usize,
-        inp: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self, WeightsError> {
-        let weight =
-            Tensor::<2>::from_data(src.load(name, &[out, inp], dtype, false)?, (device, dtype));
-        Ok(Self {
+    fn new(weight: Tensor<2>, device: &Device) -> Self {
+        let out = weight.dims()[0];
+        Self {
             weight,
             row_blocks: row_blocks(device, out),
-        })
+        }
     }
 
-    /// `x · Wᵀ` for `x: [N, in]`.
+    /// `x · Wᵀ` for `x: [N, in]` (N prompt tokens of one sequence).
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         row_blocked_product(&self.weight, x, self.row_blocks)
+    }
+
+    /// `x · Wᵀ` for `x: [B, in]`, one decode token of each of B sequences.
+    fn forward_batch(&self, x: Tensor<2>) -> Tensor<2> {
+        batch_product(&self.weight, x, self.row_blocks)
     }
 }
 
@@ -162,6 +162,33 @@ fn row_blocked_product(w: &Tensor<2>, x: Tensor<2>, blocks: usize) -> Tensor<2> 
             .reshape([blocks, out / blocks, k])
             .matmul(x.reshape([1, k, 1]));
         return y.reshape([1, out]);
+    }
+    x.matmul(w.clone().transpose())
+}
+
+/// `x · Wᵀ` for a decode batch `x: [B, in]` (one token per sequence).
+///
+/// B = 1 is exactly [`row_blocked_product`]. On the CPU (`blocks > 1`) the
+/// row-blocked view `[blocks, out/blocks, in] · xᵀ` is used for every B:
+/// measured with `cargo run --example batch_layouts` on the 2-core dev box
+/// (270M shapes, B = 2..32), the plain `x · Wᵀ` product was 1.5–6× slower
+/// at every B (e.g. LM head 640→262144, B = 8: 835 ms plain, 297 ms
+/// row-blocked, 200 ms for B = 1), and `W · xᵀ` without blocks was never
+/// better than the blocked view by more than noise. Elsewhere (`blocks = 1`,
+/// GPU) the plain product, a GEMM the backend tiles itself. Either way the
+/// weights are read once per step for the whole batch.
+fn batch_product(w: &Tensor<2>, x: Tensor<2>, blocks: usize) -> Tensor<2> {
+    let [n, k] = x.dims();
+    if n == 1 {
+        return row_blocked_product(w, x, blocks);
+    }
+    if blocks > 1 {
+        let [out, _] = w.dims();
+        let y = w
+            .clone()
+            .reshape([blocks, out / blocks, k])
+            .matmul(x.transpose().reshape([1, k, n]));
+        return y.reshape([out, n]).transpose();
     }
     x.matmul(w.clone().transpose())
 }
@@ -236,11 +263,64 @@ pub struct Gemma3 {
     rope_local: RotaryTable,
 }
 
+/// Where [`Gemma3::build`] takes its tensors from: a checkpoint or a random
+/// initialiser (`random.rs`). Tensors are created on the model's device.
+pub(crate) trait TensorSource {
+    /// A linear weight `[out, in]` in the compute dtype (`name` without the model prefix).
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, WeightsError>;
+    /// An RMSNorm weight (the offset from 1) of width `n`, in f32.
+    fn norm(&mut self, name: &str, n: usize) -> Result<Tensor<1>, WeightsError>;
+}
+
+/// Checkpoint tensors through a [`WeightSource`].
+struct Checkpoint<'a> {
+    src: &'a mut WeightSource,
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl TensorSource for Checkpoint<'_> {
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, WeightsError> {
+        Ok(Tensor::<2>::from_data(
+            self.src.load(name, &shape, self.dtype, false)?,
+            (self.device, self.dtype),
+        ))
+    }
+
+    fn norm(&mut self, name: &str, n: usize) -> Result<Tensor<1>, WeightsError> {
+        Ok(Tensor::<1>::from_data(
+            self.src.load(name, &[n], DType::F32, true)?,
+            (self.device, DType::F32),
+        ))
+    }
+}
+
 impl Gemma3 {
     /// Loads every decoder tensor from `src` onto `device` in `dtype` (F32 or BF16).
     pub fn load(
         cfg: &Gemma3Config,
         src: &mut WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, WeightsError> {
+        let model = Self::build(
+            cfg,
+            &mut Checkpoint {
+                src: &mut *src,
+                device,
+                dtype,
+            },
+            device,
+            dtype,
+        )?;
+        src.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the decoder from `tensors` (names as in the checkpoint, without prefix).
+    pub(crate) fn build(
+        cfg: &Gemma3Config,
+        tensors: &mut impl TensorSource,
         device: &Device,
         dtype: DType,
     ) -> Result<Self, WeightsError> {
@@ -252,42 +332,56 @@ impl Gemma3 {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = Tensor::<2>::from_data(
-            src.load("embed_tokens.weight", &[cfg.vocab_size, d], dtype, false)?,
-            (device, dtype),
-        );
+        let embed_tokens = tensors.matrix("embed_tokens.weight", [cfg.vocab_size, d])?;
         let mut layers = Vec::with_capacity(cfg.num_layers());
         for (i, kind) in cfg.layer_types.iter().enumerate() {
             let p = |n: &str| format!("layers.{i}.{n}.weight");
-            let norm = |src: &mut WeightSource, n: &str, width: usize| {
-                RmsNorm::load(src, &p(n), width, eps, device)
+            let mut norm = |n: &str, width: usize| -> Result<RmsNorm, WeightsError> {
+                Ok(RmsNorm::new(tensors.norm(&p(n), width)?, eps))
             };
-            let lin = |src: &mut WeightSource, n: &str, o: usize, i: usize| {
-                Linear::load(src, &p(n), o, i, dtype, device)
+            let input_layernorm = norm("input_layernorm", d)?;
+            let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
+                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
             };
+            let q_proj = lin("self_attn.q_proj", h * hd, d)?;
+            let k_proj = lin("self_attn.k_proj", kv * hd, d)?;
+            let v_proj = lin("self_attn.v_proj", kv * hd, d)?;
+            let o_proj = lin("self_attn.o_proj", d, h * hd)?;
+            let mut norm = |n: &str, width: usize| -> Result<RmsNorm, WeightsError> {
+                Ok(RmsNorm::new(tensors.norm(&p(n), width)?, eps))
+            };
+            let q_norm = norm("self_attn.q_norm", hd)?;
+            let k_norm = norm("self_attn.k_norm", hd)?;
+            let post_attention_layernorm = norm("post_attention_layernorm", d)?;
+            let pre_feedforward_layernorm = norm("pre_feedforward_layernorm", d)?;
+            let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
+                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
+            };
+            let mlp = Mlp {
+                gate_proj: lin("mlp.gate_proj", f, d)?,
+                up_proj: lin("mlp.up_proj", f, d)?,
+                down_proj: lin("mlp.down_proj", d, f)?,
+            };
+            let post_feedforward_layernorm =
+                RmsNorm::new(tensors.norm(&p("post_feedforward_layernorm"), d)?, eps);
             layers.push(DecoderLayer {
                 kind: *kind,
-                input_layernorm: norm(src, "input_layernorm", d)?,
+                input_layernorm,
                 self_attn: Attention {
-                    q_proj: lin(src, "self_attn.q_proj", h * hd, d)?,
-                    k_proj: lin(src, "self_attn.k_proj", kv * hd, d)?,
-                    v_proj: lin(src, "self_attn.v_proj", kv * hd, d)?,
-                    o_proj: lin(src, "self_attn.o_proj", d, h * hd)?,
-                    q_norm: norm(src, "self_attn.q_norm", hd)?,
-                    k_norm: norm(src, "self_attn.k_norm", hd)?,
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
+                    q_norm,
+                    k_norm,
                 },
-                post_attention_layernorm: norm(src, "post_attention_layernorm", d)?,
-                pre_feedforward_layernorm: norm(src, "pre_feedforward_layernorm", d)?,
-                mlp: Mlp {
-                    gate_proj: lin(src, "mlp.gate_proj", f, d)?,
-                    up_proj: lin(src, "mlp.up_proj", f, d)?,
-                    down_proj: lin(src, "mlp.down_proj", d, f)?,
-                },
-                post_feedforward_layernorm: norm(src, "post_feedforward_layernorm", d)?,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                mlp,
+                post_feedforward_layernorm,
             });
         }
-        let norm = RmsNorm::load(src, "norm.weight", d, eps, device)?;
-        src.finish()?;
+        let norm = RmsNorm::new(tensors.norm("norm.weight", d)?, eps);
         let scale = (d as f32).sqrt();
         let embed_scale = match dtype {
             DType::BF16 => half::bf16::from_f32(scale).to_f32(),
@@ -412,7 +506,6 @@ impl Gemma3 {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let rep = h / kv;
         let attn = &layer.self_attn;
         let q = attn
             .q_proj
@@ -430,9 +523,33 @@ impl Gemma3 {
             .reshape([b, t, kv, hd])
             .swap_dims(1, 2);
         // q/k norms per head, before RoPE; no norm on v.
-        let q = apply_rope(attn.q_norm.forward(q), cos, sin);
+        let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
+        let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
         let k = apply_rope(attn.k_norm.forward(k), cos, sin);
+        let out = self.attend(layer.kind, q, k, v, cache, start);
+        attn.o_proj.forward(out)
+    }
 
+    /// Scaled dot-product attention of one sequence's queries `[b, H, T, hd]`
+    /// over its cache plus the new keys/values `[b, KV, T, hd]` (appended to
+    /// `cache`); returns `[b·T, H·hd]`. `start` is the first query's position.
+    fn attend(
+        &self,
+        kind: LayerType,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Tensor<2> {
+        let cfg = &self.cfg;
+        let (h, kv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let rep = h / kv;
+        let [b, _, t, _] = q.dims();
         // Keys visible to this chunk: cached ones, then the new ones.
         let (keys, values, key_start) = cache.append(k, v);
         let s = keys.dims()[2];
@@ -445,7 +562,7 @@ impl Gemma3 {
             .matmul(keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
-        let scores = match mask(layer.kind, cfg.sliding_window, start, t, key_start, s, rep) {
+        let scores = match mask(kind, cfg.sliding_window, start, t, key_start, s, rep) {
             Some(m) => {
                 scores
                     + Tensor::<4>::from_data(
@@ -461,10 +578,126 @@ impl Gemma3 {
             .reshape([b, h, t, hd])
             .swap_dims(1, 2)
             .reshape([b * t, h * hd]);
-        if let LayerType::Local = layer.kind {
+        if let LayerType::Local = kind {
             cache.trim_to_window(cfg.sliding_window);
         }
-        attn.o_proj.forward(out)
+        out
+    }
+
+    /// One decode step for several independent sequences: `tokens[i]`
+    /// continues `caches[i]` (each at its own length, so each token has its
+    /// own RoPE position and sliding window). Returns logits `[B, V]` in f32.
+    ///
+    /// The B tokens are stacked into one `[B, d]` activation so every linear
+    /// layer and the LM head read their weights once per step for the whole
+    /// batch; attention runs per sequence over its own cache. Row `i` equals
+    /// `forward(&[tokens[i]], caches[i], Logits::Last)` up to the summation
+    /// order of the batched products (`tests/batched_decode.rs`).
+    ///
+    /// # Panics
+    ///
+    /// If `tokens` is empty or its length differs from `caches`'.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Tensor<2> {
+        let n = tokens.len();
+        assert!(n > 0, "forward_batch needs at least one sequence");
+        assert_eq!(n, caches.len(), "one cache per token");
+        let hd = self.cfg.head_dim;
+        let ids_i: Vec<i64> = tokens.iter().map(|&i| i64::from(i)).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, idx)
+            .mul_scalar(self.embed_scale);
+
+        let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let table = |rope: &RotaryTable| {
+            let (c, s) = rope.tables_at(positions.iter().copied(), self.dtype, &self.device);
+            (c.reshape([n, 1, 1, hd]), s.reshape([n, 1, 1, hd]))
+        };
+        let global = table(&self.rope_global);
+        let local = table(&self.rope_local);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (cos, sin) = match layer.kind {
+                LayerType::Global => &global,
+                LayerType::Local => &local,
+            };
+            x = self.layer_forward_batch(layer, li, x, cos, sin, caches, &positions);
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        let h = self.norm.forward(x);
+        batch_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward_batch(
+        &self,
+        layer: &DecoderLayer,
+        li: usize,
+        x: Tensor<2>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        caches: &mut [&mut KvCache],
+        positions: &[usize],
+    ) -> Tensor<2> {
+        let cfg = &self.cfg;
+        let (h, kv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let n = positions.len();
+        let residual = x.clone();
+        let a = layer.input_layernorm.forward(x);
+        let attn = &layer.self_attn;
+        let q = attn
+            .q_proj
+            .forward_batch(a.clone())
+            .reshape([n, 1, h, hd])
+            .swap_dims(1, 2);
+        let k = attn
+            .k_proj
+            .forward_batch(a.clone())
+            .reshape([n, 1, kv, hd])
+            .swap_dims(1, 2);
+        let v = attn
+            .v_proj
+            .forward_batch(a)
+            .reshape([n, 1, kv, hd])
+            .swap_dims(1, 2);
+        let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
+        let k = apply_rope(attn.k_norm.forward(k), cos.clone(), sin.clone());
+        let outs: Vec<Tensor<2>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let one = |x: &Tensor<4>, heads: usize| {
+                    x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
+                };
+                self.attend(
+                    layer.kind,
+                    one(&q, h),
+                    one(&k, kv),
+                    one(&v, kv),
+                    &mut c.layers[li],
+                    positions[i],
+                )
+            })
+            .collect();
+        let a = attn.o_proj.forward_batch(Tensor::cat(outs, 0));
+        let a = layer.post_attention_layernorm.forward(a);
+        let x = residual + a;
+
+        let residual = x.clone();
+        let m = layer.pre_feedforward_layernorm.forward(x);
+        let gate = gelu_approximate(layer.mlp.gate_proj.forward_batch(m.clone()));
+        let m = layer
+            .mlp
+            .down_proj
+            .forward_batch(gate * layer.mlp.up_proj.forward_batch(m));
+        residual + layer.post_feedforward_layernorm.forward(m)
     }
 }
 

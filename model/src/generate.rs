@@ -130,22 +130,7 @@ pub fn generate(
     mut on_token: impl FnMut(u32) -> Flow,
 ) -> Result<Generation, GenerateError> {
     let vocab = model.config().vocab_size;
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(GenerateError::BadToken { id, vocab });
-    }
-    let context = opts
-        .context_limit
-        .min(model.config().max_position_embeddings);
-    if cache.len() + prompt.len() >= context {
-        return Err(GenerateError::PromptTooLong {
-            prompt_tokens: prompt.len(),
-            cached: cache.len(),
-            context,
-        });
-    }
+    let context = check_prompt(model, cache, prompt, opts)?;
     let mut sampler = Sampler::new(
         opts.sampling.clone(),
         opts.valid_vocab.min(vocab),
@@ -195,4 +180,182 @@ pub fn generate(
         prefill,
         decode,
     })
+}
+
+/// Checks `prompt` against the vocabulary and the context; returns the context limit.
+fn check_prompt(
+    model: &Gemma3,
+    cache: &KvCache,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<usize, GenerateError> {
+    let vocab = model.config().vocab_size;
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(GenerateError::BadToken { id, vocab });
+    }
+    let context = opts
+        .context_limit
+        .min(model.config().max_position_embeddings);
+    if cache.len() + prompt.len() >= context {
+        return Err(GenerateError::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            cached: cache.len(),
+            context,
+        });
+    }
+    Ok(context)
+}
+
+fn logits_rows(logits: burn::tensor::Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| GenerateError::Readback {
+            why: format!("{e:?}"),
+        })
+}
+
+/// Generates for several conversations at once: each prompt is prefilled on
+/// its own (continuing its cache), then every decode step runs the
+/// still-active sequences through one [`Gemma3::forward_batch`], so they share
+/// each weight read. Every sequence stops on its own (stop id, length,
+/// context, or `on_token(i, id)` returning [`Flow::Stop`]); `cancel` stops
+/// them all. With the same options, each result equals what [`generate`]
+/// returns for that prompt alone (`tests/batched_decode.rs`).
+///
+/// Timing: `prefill` is measured from the start of the call (a sequence's
+/// first token waits for the prefills before it), `decode` from its first
+/// token to its last.
+pub fn generate_batch(
+    model: &Gemma3,
+    caches: &mut [&mut KvCache],
+    prompts: &[&[u32]],
+    opts: &GenerateOptions,
+    cancel: &AtomicBool,
+    mut on_token: impl FnMut(usize, u32) -> Flow,
+) -> Result<Vec<Generation>, GenerateError> {
+    assert_eq!(caches.len(), prompts.len(), "one cache per prompt");
+    let vocab = model.config().vocab_size;
+    let mut contexts = Vec::with_capacity(prompts.len());
+    for (cache, prompt) in caches.iter().zip(prompts) {
+        contexts.push(check_prompt(model, cache, prompt, opts)?);
+    }
+    let t0 = Instant::now();
+    struct Seq {
+        sampler: Sampler,
+        tokens: Vec<u32>,
+        finish: Option<FinishReason>,
+        prefill: Duration,
+        end: Duration,
+    }
+    let mut seqs: Vec<Seq> = prompts
+        .iter()
+        .map(|_| Seq {
+            sampler: Sampler::new(
+                opts.sampling.clone(),
+                opts.valid_vocab.min(vocab),
+                opts.suppressed.clone(),
+            ),
+            tokens: Vec::new(),
+            finish: None,
+            prefill: Duration::ZERO,
+            end: Duration::ZERO,
+        })
+        .collect();
+    // What ends sequence `i` before its next step, if anything.
+    let pre_step = |s: &Seq, cache_len: usize, context: usize, input: usize| {
+        if cancel.load(Ordering::Relaxed) {
+            Some(FinishReason::Cancelled)
+        } else if s.tokens.len() >= opts.max_new_tokens {
+            Some(FinishReason::Length)
+        } else if cache_len + input > context {
+            Some(FinishReason::ContextFull)
+        } else {
+            None
+        }
+    };
+    // After choosing `next` for sequence `i`.
+    let mut post_token = |i: usize, s: &mut Seq, next: u32| {
+        s.tokens.push(next);
+        if on_token(i, next) == Flow::Stop {
+            s.finish = Some(FinishReason::Cancelled);
+        } else if !opts.ignore_eos && opts.stop_ids.contains(&next) {
+            s.finish = Some(FinishReason::Stop);
+        }
+    };
+
+    for i in 0..seqs.len() {
+        let s = &mut seqs[i];
+        if let Some(f) = pre_step(s, caches[i].len(), contexts[i], prompts[i].len()) {
+            s.finish = Some(f);
+            s.end = t0.elapsed();
+            s.prefill = s.end;
+            continue;
+        }
+        let logits = model.forward(prompts[i], caches[i], Logits::Last);
+        let mut row = logits_rows(logits)?;
+        let next = s.sampler.sample(&mut row);
+        s.prefill = t0.elapsed();
+        post_token(i, s, next);
+        if s.finish.is_some() {
+            s.end = t0.elapsed();
+        }
+    }
+
+    loop {
+        for (i, s) in seqs.iter_mut().enumerate() {
+            if s.finish.is_none()
+                && let Some(f) = pre_step(s, caches[i].len(), contexts[i], 1)
+            {
+                s.finish = Some(f);
+                s.end = t0.elapsed();
+            }
+        }
+        let active: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].finish.is_none())
+            .collect();
+        if active.is_empty() {
+            break;
+        }
+        let tokens: Vec<u32> = active
+            .iter()
+            .map(|&i| {
+                *seqs[i]
+                    .tokens
+                    .last()
+                    .expect("an active sequence has a token")
+            })
+            .collect();
+        let mut batch: Vec<&mut KvCache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| seqs[*i].finish.is_none())
+            .map(|(_, c)| &mut **c)
+            .collect();
+        let rows = logits_rows(model.forward_batch(&tokens, &mut batch))?;
+        let width = rows.len() / active.len();
+        for (r, &i) in active.iter().enumerate() {
+            let s = &mut seqs[i];
+            let mut row = rows[r * width..(r + 1) * width].to_vec();
+            let next = s.sampler.sample(&mut row);
+            post_token(i, s, next);
+            if s.finish.is_some() {
+                s.end = t0.elapsed();
+            }
+        }
+    }
+    Ok(seqs
+        .into_iter()
+        .zip(prompts)
+        .map(|(s, p)| Generation {
+            tokens: s.tokens,
+            finish: s.finish.unwrap_or(FinishReason::Length),
+            prompt_tokens: p.len(),
+            prefill: s.prefill,
+            decode: s.end.saturating_sub(s.prefill),
+        })
+        .collect())
 }

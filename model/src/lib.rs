@@ -30,6 +30,7 @@ pub mod kv_cache;
 pub mod load;
 mod mmap;
 pub mod quant;
+pub mod random;
 pub mod sampling;
 pub mod thinking;
 pub mod tokenizer;
