@@ -1,32 +1,67 @@
-//! `medgemmad bench`: load time, prefill and decode speed, peak memory.
+//! `medgemmad bench`: load time, time to first token, decode speed at several
+//! batch sizes, peak memory, the device's measured bandwidth and how close
+//! decoding comes to it.
 //!
 //! Prints numbers; judges nothing (benchmarks are not tests). The prompt is a
 //! fixed id sequence so runs compare across machines and runtimes.
+//! `scripts/bench-270m.sh` reads `load_s`, `prompt_tokens`, `new_tokens`,
+//! `threads`, `prefill_tokens_per_s`, `decode_tokens_per_s` and
+//! `peak_rss_mib` from the `--json` line.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use medgemma_model::backend;
-use medgemma_model::generate::{self, Flow};
+use medgemma_model::burn::tensor::{DType, Device, Tensor};
+use medgemma_model::config::Gemma3Config;
+use medgemma_model::gemma3::{Gemma3, Logits};
+use medgemma_model::generate::{self, Flow, GenerateOptions};
+use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::{self, LoadError};
-use medgemma_model::sampling::SamplingParams;
+use medgemma_model::sampling::{SamplingParams, argmax};
+
+/// Which device the benchmark runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    /// Burn `flex` on the CPU, f32.
+    Cpu,
+    /// burn-cuda on GPU 0, bf16 (needs a build with the `cuda` feature).
+    Cuda,
+}
 
 /// Arguments of `medgemmad bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model directory or .gguf file.
+    #[arg(
+        long,
+        required_unless_present = "random_4b",
+        conflicts_with = "random_4b"
+    )]
+    model: Option<PathBuf>,
+    /// The MedGemma 4B text decoder's exact shapes with random weights made
+    /// on the device (no checkpoint needed; the tokens are noise).
     #[arg(long)]
-    model: PathBuf,
+    random_4b: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Cpu)]
+    backend: BenchBackend,
+    /// Decode batch sizes to measure, comma-separated (sequences decoded together).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
-    /// Tokens to decode after the prompt.
+    /// Tokens to decode after the prompt (per sequence, at every batch size).
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Print one JSON object.
+    /// Size of the buffer the bandwidth probe streams through, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    bandwidth_mib: usize,
+    /// Print one JSON object on one line.
     #[arg(long)]
     json: bool,
 }
@@ -40,6 +75,21 @@ pub enum BenchError {
     /// Generation failed.
     #[error(transparent)]
     Generate(#[from] generate::GenerateError),
+    /// `--backend cuda` on a binary without CUDA.
+    #[error(
+        "this medgemmad was built without CUDA support, so --backend cuda cannot run; build it with the `cuda` feature (scripts/build-release.sh) or use --backend cpu"
+    )]
+    NoCudaBuild,
+    /// The CUDA driver is not there.
+    #[cfg(feature = "cuda")]
+    #[error("--backend cuda needs the NVIDIA driver: {0}")]
+    NoDriver(String),
+    /// A batch size of zero or an empty prompt.
+    #[error("invalid benchmark arguments: {0}")]
+    Args(String),
+    /// The device failed while running.
+    #[error("the compute device failed: {0}")]
+    Device(String),
     /// Output failed.
     #[error("cannot write the results: {0}")]
     Output(std::io::Error),
@@ -76,21 +126,181 @@ fn bench_prompt(n: usize, vocab: usize) -> Vec<u32> {
     ids
 }
 
+/// The device and compute dtype for `--backend`.
+fn device_for(backend: BenchBackend) -> Result<(Device, DType, &'static str), BenchError> {
+    match backend {
+        BenchBackend::Cpu => Ok((
+            backend::cpu_device(),
+            backend::cpu_dtype(),
+            "burn flex, f32",
+        )),
+        BenchBackend::Cuda => cuda_device(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<(Device, DType, &'static str), BenchError> {
+    // Touching a CUDA device without a driver panics on a background thread.
+    medgemma_sandbox::probe_cuda_driver().map_err(|e| BenchError::NoDriver(e.to_string()))?;
+    Ok((
+        backend::cuda_device(0),
+        backend::cuda_dtype(),
+        "burn cuda, bf16",
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<(Device, DType, &'static str), BenchError> {
+    Err(BenchError::NoCudaBuild)
+}
+
+fn sync(device: &Device) -> Result<(), BenchError> {
+    device
+        .sync()
+        .map_err(|e| BenchError::Device(format!("{e:?}")))
+}
+
+/// Bytes of one element of `dtype` (the weights' and the cache's).
+fn dtype_bytes(dtype: DType) -> u64 {
+    match dtype {
+        DType::F64 => 8,
+        DType::F16 | DType::BF16 => 2,
+        _ => 4,
+    }
+}
+
+/// Largest memory the device's allocator has reserved, sampled after each phase.
+#[derive(Debug, Default)]
+struct DeviceMemory {
+    peak_reserved: Option<u64>,
+    peak_in_use: Option<u64>,
+}
+
+impl DeviceMemory {
+    fn sample(&mut self, device: &Device) {
+        if let Some(u) = device.memory_pool_usage() {
+            self.peak_reserved = Some(self.peak_reserved.unwrap_or(0).max(u.bytes_reserved));
+            self.peak_in_use = Some(self.peak_in_use.unwrap_or(0).max(u.bytes_in_use));
+        }
+    }
+}
+
+/// Streams through a `mib`-MiB f32 buffer with an in-place add (`b += a`:
+/// reads a and b, writes b) and returns the best of five runs in bytes/s,
+/// counting the 3 × size bytes moved. Each run ends with a device sync.
+fn measure_bandwidth(device: &Device, mib: usize) -> Result<f64, BenchError> {
+    let n = (mib.max(1) << 20) / 4;
+    let a = Tensor::<1>::ones([n], (device, DType::F32));
+    let mut b = Tensor::<1>::zeros([n], (device, DType::F32));
+    sync(device)?;
+    b = b + a.clone(); // first touch, not timed
+    sync(device)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        b = b + a.clone();
+        sync(device)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    // Read one value back so nothing above can be skipped.
+    let _ = b.narrow(0, 0, 1).into_data();
+    Ok(3.0 * (n as f64) * 4.0 / best)
+}
+
+/// Key/value bytes one decode step reads for one sequence whose cache is `cache`.
+fn kv_bytes_read(cfg: &Gemma3Config, cache: &KvCache, bytes: u64) -> u64 {
+    let per_key = 2 * (cfg.num_key_value_heads * cfg.head_dim) as u64 * bytes;
+    cache
+        .cached_per_layer()
+        .iter()
+        .map(|&n| (n as u64 + 1) * per_key)
+        .sum()
+}
+
+/// Decode speed with `batch` sequences sharing each step, all continuing a
+/// prefilled `base` cache; one untimed step first (shapes, autotune).
+fn decode_at_batch(
+    model: &Gemma3,
+    base: &KvCache,
+    first: u32,
+    batch: usize,
+    steps: usize,
+) -> Result<serde_json::Value, BenchError> {
+    let mut caches: Vec<KvCache> = (0..batch).map(|_| base.clone()).collect();
+    let mut tokens = vec![first; batch];
+    let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
+        let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let logits = model.forward_batch(tokens, &mut refs);
+        let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
+            BenchError::Generate(generate::GenerateError::Readback {
+                why: format!("{e:?}"),
+            })
+        })?;
+        let v = rows.len() / batch;
+        for (i, t) in tokens.iter_mut().enumerate() {
+            *t = argmax(&rows[i * v..(i + 1) * v]);
+        }
+        Ok(())
+    };
+    step(&mut tokens)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut tokens)?;
+    }
+    let s = t.elapsed().as_secs_f64();
+    let per_seq = if s > 0.0 { steps as f64 / s } else { 0.0 };
+    Ok(serde_json::json!({
+        "batch": batch,
+        "steps": steps,
+        "step_ms": if steps > 0 { s * 1e3 / steps as f64 } else { 0.0 },
+        "per_sequence_tokens_per_s": per_seq,
+        "aggregate_tokens_per_s": per_seq * batch as f64,
+    }))
+}
+
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> Result<(), BenchError> {
-    let device = backend::cpu_device();
+    if args.batch.contains(&0) {
+        return Err(BenchError::Args("a batch size must be at least 1".into()));
+    }
+    if args.prompt_tokens == 0 {
+        return Err(BenchError::Args(
+            "--prompt-tokens must be at least 1".into(),
+        ));
+    }
+    let (device, dtype, runtime) = device_for(args.backend)?;
+    let mut device_memory = DeviceMemory::default();
+
     let t0 = Instant::now();
-    let loaded = load::load_model(&args.model, None, &device, backend::cpu_dtype())?;
+    let (model, opts, model_name) = if let Some(path) = &args.model {
+        let loaded = load::load_model(path, None, &device, dtype)?;
+        let mut opts = loaded.default_options(args.new_tokens, SamplingParams::default());
+        opts.ignore_eos = true;
+        (loaded.model, opts, path.display().to_string())
+    } else {
+        let cfg = Gemma3Config::medgemma_4b();
+        let model = Gemma3::random(&cfg, &device, dtype, 0);
+        let opts = GenerateOptions {
+            max_new_tokens: args.new_tokens,
+            sampling: SamplingParams::default(),
+            stop_ids: cfg.eos_token_ids.clone(),
+            ignore_eos: true,
+            context_limit: cfg.max_position_embeddings,
+            valid_vocab: cfg.vocab_size.min(262_144),
+            suppressed: Vec::new(),
+        };
+        (model, opts, "random MedGemma 4B shapes".to_owned())
+    };
+    sync(&device)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let cfg = loaded.model.config();
+    device_memory.sample(&device);
+    let cfg = model.config().clone();
     let prompt = bench_prompt(args.prompt_tokens, cfg.vocab_size.min(262_144));
-    let mut opts = loaded.default_options(args.new_tokens, SamplingParams::default());
-    opts.ignore_eos = true;
 
     // Warm-up: one short pass so first-call allocation is not billed to prefill.
     let _ = generate::generate(
-        &loaded.model,
-        &mut loaded.model.new_cache(),
+        &model,
+        &mut model.new_cache(),
         &prompt[..8.min(prompt.len())],
         &{
             let mut o = opts.clone();
@@ -101,18 +311,74 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         |_| Flow::Continue,
     )?;
 
-    let mut cache = loaded.model.new_cache();
+    // One sequence, as the server runs a single conversation. Every token is
+    // read back to the host, so the times include the device's work.
+    let mut cache = model.new_cache();
     let g = generate::generate(
-        &loaded.model,
+        &model,
         &mut cache,
         &prompt,
         &opts,
         &AtomicBool::new(false),
         |_| Flow::Continue,
     )?;
+    device_memory.sample(&device);
+    drop(cache);
+
+    // Decode at each batch size, every sequence continuing the same prompt.
+    let mut base = model.new_cache();
+    let first = {
+        let row: Vec<f32> = model
+            .forward(&prompt, &mut base, Logits::Last)
+            .into_data()
+            .try_into_vec()
+            .map_err(|e| {
+                BenchError::Generate(generate::GenerateError::Readback {
+                    why: format!("{e:?}"),
+                })
+            })?;
+        argmax(&row)
+    };
+    let elem = dtype_bytes(dtype);
+    let weight_bytes = load::parameter_count(&cfg) * elem;
+    let kv_bytes = kv_bytes_read(&cfg, &base, elem);
+    let mut batches = Vec::new();
+    for &b in &args.batch {
+        batches.push(decode_at_batch(
+            &model,
+            &base,
+            first,
+            b,
+            args.new_tokens.max(1),
+        )?);
+        device_memory.sample(&device);
+    }
+    // Peak memory of the model's runs, before the bandwidth probe's buffers.
+    let peak_rss = peak_rss_mib();
+    drop(base);
+    drop(model);
+    device.memory_cleanup();
+    let bandwidth = measure_bandwidth(&device, args.bandwidth_mib)?;
+    let mut batch1_tps = None;
+    for r in &mut batches {
+        let b = r["batch"].as_u64().unwrap_or(1);
+        let tps = r["per_sequence_tokens_per_s"].as_f64().unwrap_or(0.0);
+        let bytes = weight_bytes + b * kv_bytes;
+        let achieved = tps * bytes as f64;
+        r["bytes_per_step"] = bytes.into();
+        r["achieved_bytes_per_s"] = achieved.into();
+        r["bandwidth_fraction"] = (achieved / bandwidth).into();
+        if b == 1 {
+            batch1_tps = Some(tps);
+        }
+    }
+    // Batch 1 from the sweep when measured, else the single-sequence run.
+    let b1_tps = batch1_tps.unwrap_or_else(|| g.decode_tokens_per_s());
+    let b1_bytes = weight_bytes + kv_bytes;
+
     let result = serde_json::json!({
-        "runtime": "medgemmad (burn flex, f32)",
-        "model": args.model.display().to_string(),
+        "runtime": format!("medgemmad ({runtime})"),
+        "model": model_name,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load_s": load_s,
         "prompt_tokens": prompt.len(),
@@ -120,7 +386,22 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         "prefill_tokens_per_s": g.prefill_tokens_per_s(),
         "new_tokens": g.tokens.len(),
         "decode_tokens_per_s": g.decode_tokens_per_s(),
-        "peak_rss_mib": peak_rss_mib(),
+        "batches": batches,
+        "weight_bytes": weight_bytes,
+        "kv_bytes_read_per_sequence_step": kv_bytes,
+        "bytes_per_step_batch1": b1_bytes,
+        "bandwidth_bytes_per_s": bandwidth,
+        "bandwidth_probe": format!("best of 5 in-place f32 adds over {} MiB (3 x size bytes each), synced", args.bandwidth_mib),
+        "bandwidth_fraction_batch1": b1_tps * b1_bytes as f64 / bandwidth,
+        "peak_rss_mib": peak_rss,
+        "device_memory": match device_memory.peak_reserved {
+            Some(r) => serde_json::json!({
+                "source": "cubecl memory pool (Device::memory_pool_usage), sampled after load and each run",
+                "peak_reserved_mib": r as f64 / 1048576.0,
+                "peak_in_use_mib": device_memory.peak_in_use.unwrap_or(0) as f64 / 1048576.0,
+            }),
+            None => serde_json::Value::Null,
+        },
     });
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -130,4 +411,40 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         writeln!(out, "{s}").map_err(BenchError::Output)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn model_or_random_4b_is_required_and_exclusive() {
+        assert!(Cli::try_parse_from(["x"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--model", "m.gguf", "--random-4b"]).is_err());
+        let c = Cli::try_parse_from(["x", "--random-4b", "--batch", "1,8,32"]).unwrap();
+        assert_eq!(c.bench.batch, vec![1, 8, 32]);
+        assert_eq!(c.bench.backend, BenchBackend::Cpu);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_sentence() {
+        let c = Cli::try_parse_from(["x", "--random-4b", "--backend", "cuda"]).unwrap();
+        let e = run(c.bench).unwrap_err().to_string();
+        assert!(e.contains("built without CUDA support"), "{e}");
+        assert!(e.contains("--backend cpu"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_probe_reports_a_positive_rate() {
+        let bw = measure_bandwidth(&backend::cpu_device(), 8).unwrap();
+        assert!(bw.is_finite() && bw > 1e6, "{bw}");
+    }
 }
