@@ -20,6 +20,7 @@
 //! ```
 
 pub mod backend;
+pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod gemma3;

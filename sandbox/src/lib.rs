@@ -67,6 +67,7 @@
 //! [`declare_insecure_no_sandbox`], and every [`SandboxState`] then says
 //! `insecure_no_sandbox: true`.
 
+pub mod driver;
 pub mod error;
 pub mod landlock;
 pub mod privileges;
@@ -74,6 +75,9 @@ pub mod process;
 pub mod seccomp;
 pub mod state;
 
+pub use driver::{
+    CUDA_DRIVER_LIBRARY, DriverMissing, probe_cuda_driver, probe_library, set_env_single_threaded,
+};
 pub use error::SandboxError;
 pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_landlock};
 pub use privileges::{

@@ -1,0 +1,304 @@
+//! How much GPU memory a model needs, before anything is loaded: weights in
+//! the compute dtype, the KV cache for the configured context and number of
+//! sequences, and work space for one forward pass, plus a stated margin.
+//!
+//! Pure arithmetic over [`Gemma3Config`]: the daemon compares
+//! [`MemoryBudget::total`] with the free memory NVML reports and falls back
+//! to the CPU, saying why, when it does not fit.
+//!
+//! What is counted (matching `gemma3.rs` and `kv_cache.rs` as of this
+//! writing; keep in step when they change):
+//! - weights: every matrix in the compute dtype, the embedding once (the LM
+//!   head is tied to it), RMSNorm weights in f32;
+//! - KV cache: keys and values in the compute dtype; a sliding-window layer
+//!   holds at most `sliding_window` positions, a global layer the whole
+//!   context (spec model.md §4: 289.4 MB for the 4B at 8192 tokens);
+//! - activations of the largest forward pass: a prefill of `prefill_tokens`
+//!   tokens at once against the whole context (the attention scores are
+//!   materialized in f32, which dominates at long prompts), or a decode step
+//!   of `sequences` tokens, whichever is larger;
+//! - logits: f32 over the vocabulary, one row per sequence, twice (logits and
+//!   the sampler's copy);
+//! - margin: [`FIXED_MARGIN`] (CUDA context, kernels, the allocator's pools)
+//!   plus [`MARGIN_PERCENT`] of the rest.
+//!
+//! Owns: the estimate. Must never: touch a device.
+
+pub use burn::tensor::DType;
+
+use crate::config::{Gemma3Config, LayerType};
+
+/// Fixed margin: the CUDA context and loaded kernels (~0.5 GiB on Hopper)
+/// and the slack of the memory pools.
+pub const FIXED_MARGIN: u64 = 1 << 30;
+
+/// Proportional margin on top of the counted bytes (fragmentation,
+/// temporaries the count misses).
+pub const MARGIN_PERCENT: u64 = 10;
+
+/// What to size the budget for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetRequest {
+    /// Context length in tokens (prompt + answer) of each sequence.
+    pub context_length: usize,
+    /// Sequences generating at once (each holds its own KV cache).
+    pub sequences: usize,
+    /// Tokens in the largest single prefill pass (the whole prompt today:
+    /// the engine prefills in one pass, so this is the context length).
+    pub prefill_tokens: usize,
+    /// The compute dtype of weights, activations and the KV cache.
+    pub dtype: DType,
+}
+
+impl BudgetRequest {
+    /// The daemon's case: prompts up to the whole context in one pass.
+    pub fn new(context_length: usize, sequences: usize, dtype: DType) -> Self {
+        Self {
+            context_length,
+            sequences,
+            prefill_tokens: context_length,
+            dtype,
+        }
+    }
+}
+
+/// The estimate, in bytes, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Decoder weights.
+    pub weights: u64,
+    /// KV cache of every sequence at full context.
+    pub kv_cache: u64,
+    /// Activations of the largest forward pass.
+    pub activations: u64,
+    /// Logits (and the sampler's copy) for every sequence.
+    pub logits: u64,
+    /// [`FIXED_MARGIN`] + [`MARGIN_PERCENT`] of the parts above.
+    pub margin: u64,
+}
+
+impl MemoryBudget {
+    /// Everything.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.work_space()
+    }
+
+    /// Activations, logits and margin: what is not weights or cache.
+    pub fn work_space(&self) -> u64 {
+        self.activations + self.logits + self.margin
+    }
+
+    /// Whether it fits in `free` bytes.
+    pub fn fits(&self, free: u64) -> bool {
+        self.total() <= free
+    }
+
+    /// One line for logs and the status page, e.g. "9.1 GiB (weights 7.2
+    /// GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space
+    /// 1.6 GiB)".
+    pub fn describe(&self, req: &BudgetRequest) -> String {
+        format!(
+            "{} (weights {} {}, KV cache {} for {} tokens × {} sequence{}, work space {})",
+            gib(self.total()),
+            gib(self.weights),
+            dtype_name(req.dtype),
+            gib(self.kv_cache),
+            req.context_length,
+            req.sequences,
+            if req.sequences == 1 { "" } else { "s" },
+            gib(self.work_space()),
+        )
+    }
+}
+
+/// Bytes as GiB with one decimal ("9.1 GiB").
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        _ => "other",
+    }
+}
+
+/// Bytes per element of a float dtype (f32 for anything unexpected, the
+/// larger guess).
+pub fn dtype_bytes(dtype: DType) -> u64 {
+    match dtype {
+        DType::BF16 | DType::F16 => 2,
+        _ => 4,
+    }
+}
+
+/// Decoder weights in `dtype` (norm weights in f32), tied head counted once.
+pub fn weight_bytes(cfg: &Gemma3Config, dtype: DType) -> u64 {
+    let b = dtype_bytes(dtype);
+    let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (h, kv, hd) = (
+        cfg.num_attention_heads as u64,
+        cfg.num_key_value_heads as u64,
+        cfg.head_dim as u64,
+    );
+    let layers = cfg.num_layers() as u64;
+    let matrices =
+        cfg.vocab_size as u64 * d + layers * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f);
+    let norms = layers * (4 * d + 2 * hd) + d;
+    matrices * b + norms * 4
+}
+
+/// KV cache bytes for `sequences` sequences of `context` tokens each: local
+/// layers hold at most the window, global layers the whole context.
+pub fn kv_cache_bytes(cfg: &Gemma3Config, context: usize, sequences: usize, dtype: DType) -> u64 {
+    let per_position =
+        2 * cfg.num_key_value_heads as u64 * cfg.head_dim as u64 * dtype_bytes(dtype);
+    let positions: u64 = cfg
+        .layer_types
+        .iter()
+        .map(|kind| match kind {
+            LayerType::Global => context as u64,
+            LayerType::Local => context.min(cfg.sliding_window) as u64,
+        })
+        .sum();
+    per_position * positions * sequences as u64
+}
+
+/// Activation bytes of one forward pass of `tokens` new tokens (all in one
+/// sequence, or one per sequence when decoding) against `keys` visible keys.
+fn forward_bytes(cfg: &Gemma3Config, tokens: u64, keys: u64, dtype: DType) -> u64 {
+    let b = dtype_bytes(dtype);
+    let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (h, kv, hd) = (
+        cfg.num_attention_heads as u64,
+        cfg.num_key_value_heads as u64,
+        cfg.head_dim as u64,
+    );
+    // Residual stream and its normed copies (4 live in the compute dtype,
+    // 2 upcast to f32 inside the norms).
+    let hidden = tokens * d * (4 * b + 2 * 4);
+    // q, k, v, and the attention output.
+    let qkv = tokens * (2 * h + 2 * kv) * hd * b;
+    // Scores and probabilities in f32, and the additive mask.
+    let scores = h * tokens * keys * 4 * 2 + tokens * keys * 4;
+    // gate, up and their product.
+    let mlp = tokens * f * 3 * b;
+    // cos and sin tables, f32 and cast.
+    let rope = tokens * hd * 2 * (4 + b);
+    hidden + qkv + scores + mlp + rope
+}
+
+/// The whole estimate.
+pub fn estimate(cfg: &Gemma3Config, req: &BudgetRequest) -> MemoryBudget {
+    let context = req.context_length as u64;
+    let sequences = req.sequences.max(1) as u64;
+    let weights = weight_bytes(cfg, req.dtype);
+    let kv_cache = kv_cache_bytes(cfg, req.context_length, req.sequences.max(1), req.dtype);
+    let prefill = forward_bytes(cfg, req.prefill_tokens as u64, context, req.dtype);
+    let decode = forward_bytes(cfg, sequences, context, req.dtype);
+    let activations = prefill.max(decode);
+    let logits = sequences * cfg.vocab_size as u64 * 4 * 2;
+    let counted = weights + kv_cache + activations + logits;
+    MemoryBudget {
+        weights,
+        kv_cache,
+        activations,
+        logits,
+        margin: FIXED_MARGIN + counted * MARGIN_PERCENT / 100,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MedGemma 1.5 4B text decoder as its config.json gives it (spec
+    /// model.md §1; absent keys take the documented defaults).
+    fn medgemma_4b() -> Gemma3Config {
+        let v = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "eos_token_id": [1, 106],
+            "text_config": {
+                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024
+            }
+        });
+        Gemma3Config::from_json(&v, "medgemma-4b").unwrap()
+    }
+
+    #[test]
+    fn weights_of_the_4b_in_bf16() {
+        let c = medgemma_4b();
+        // 3 880 263 168 parameters (spec §1); 34·(4·2560 + 2·256) + 2560 =
+        // 368 128 of them are norm weights, kept in f32.
+        let norms = 368_128u64;
+        assert_eq!(crate::load::parameter_count(&c), 3_880_263_168);
+        assert_eq!(
+            weight_bytes(&c, DType::BF16),
+            (3_880_263_168 - norms) * 2 + norms * 4
+        );
+        assert_eq!(weight_bytes(&c, DType::BF16), 7_761_262_592);
+    }
+
+    #[test]
+    fn kv_cache_of_the_4b_matches_the_spec_table() {
+        let c = medgemma_4b();
+        // spec model.md §4: 20 480 B per token on the 5 global layers plus a
+        // fixed 121 634 816 B on the 29 local ones.
+        assert_eq!(kv_cache_bytes(&c, 8192, 1, DType::BF16), 289_406_976);
+        assert_eq!(kv_cache_bytes(&c, 4096, 1, DType::BF16), 205_520_896);
+        assert_eq!(kv_cache_bytes(&c, 131_072, 1, DType::BF16), 2_805_989_376);
+        // Below the window every layer holds the whole context.
+        assert_eq!(kv_cache_bytes(&c, 512, 1, DType::BF16), 34 * 4096 * 512);
+        // Each sequence has its own cache.
+        assert_eq!(kv_cache_bytes(&c, 8192, 8, DType::BF16), 8 * 289_406_976);
+    }
+
+    #[test]
+    fn the_4b_at_8192_tokens_needs_15_gib() {
+        let c = medgemma_4b();
+        let req = BudgetRequest::new(8192, 1, DType::BF16);
+        let b = estimate(&c, &req);
+        assert_eq!(b.weights, 7_761_262_592);
+        assert_eq!(b.kv_cache, 289_406_976);
+        // An 8192-token prefill: 8 heads × 8192² f32 scores, twice, dominate.
+        assert_eq!(b.activations, 5_528_092_672);
+        assert_eq!(b.logits, 262_208 * 8);
+        assert_eq!(
+            b.margin,
+            FIXED_MARGIN + (b.weights + b.kv_cache + b.activations + b.logits) / 10
+        );
+        assert_eq!(b.total(), 16_012_687_718);
+        assert_eq!(
+            b.describe(&req),
+            "14.9 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 7.4 GiB)"
+        );
+        // An H200 (139 GiB) holds it; a 16 GB card with 14 GiB free does not.
+        assert!(b.fits(139 << 30));
+        assert!(!b.fits(14 << 30));
+    }
+
+    #[test]
+    fn decode_batches_are_sized_by_their_caches() {
+        let c = medgemma_4b();
+        let one = estimate(&c, &BudgetRequest::new(8192, 1, DType::BF16));
+        let many = estimate(&c, &BudgetRequest::new(8192, 32, DType::BF16));
+        assert_eq!(many.kv_cache, 32 * one.kv_cache);
+        assert!(many.total() > one.total() + 31 * one.kv_cache);
+    }
+
+    #[test]
+    fn f32_doubles_the_weights() {
+        let c = medgemma_4b();
+        let norms = 368_128u64;
+        assert_eq!(weight_bytes(&c, DType::F32), 3_880_263_168 * 4);
+        assert_eq!(
+            weight_bytes(&c, DType::F32) - norms * 4,
+            2 * (weight_bytes(&c, DType::BF16) - norms * 4)
+        );
+    }
+}
