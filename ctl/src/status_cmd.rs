@@ -126,9 +126,25 @@ fn report(doc: &serde_json::Value) -> Report {
         }
     ));
     text.push_str(&format!(
-        "backend:  {}: {}\nmemory:   {} resident, {} peak\nsandbox:  {}\n",
+        "backend:  {}: {}\n",
         s(&doc["backend"]["kind"]),
         s(&doc["backend"]["reason"]),
+    ));
+    let gpu = &doc["backend"]["gpu"];
+    if gpu.is_object() {
+        text.push_str(&format!(
+            "gpu:      {}; {} of {} in use after warm-up ({} s); model budget {}\n",
+            s(&doc["backend"]["device"]),
+            mib(&gpu["memory_used_bytes"]),
+            mib(&gpu["memory_total_bytes"]),
+            gpu["warm_up_s"]
+                .as_f64()
+                .map_or("-".to_owned(), |w| format!("{w:.1}")),
+            mib(&gpu["budget_bytes"]),
+        ));
+    }
+    text.push_str(&format!(
+        "memory:   {} resident, {} peak\nsandbox:  {}\n",
         mib(&doc["memory"]["rss_bytes"]),
         mib(&doc["memory"]["peak_rss_bytes"]),
         doc["sandbox"],

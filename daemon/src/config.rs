@@ -106,6 +106,11 @@ pub struct EngineSection {
     /// Where the model runs.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Which GPU, when the backend is CUDA: an ordinal as `nvidia-smi`
+    /// numbers them ("0") or a GPU UUID ("GPU-…", stable across reboots and
+    /// slot changes). Default: GPU 0.
+    #[serde(default)]
+    pub device: Option<String>,
     /// Context length in tokens (prompt + answer), capped at the model's maximum.
     #[serde(default = "default_context_length")]
     pub context_length: usize,
@@ -124,6 +129,7 @@ impl Default for EngineSection {
     fn default() -> Self {
         Self {
             backend: BackendChoice::default(),
+            device: None,
             context_length: default_context_length(),
             max_concurrent_generations: default_max_concurrent(),
             queue_length: default_queue_length(),
@@ -216,6 +222,69 @@ fn default_sandbox_user() -> String {
     "medgemma".to_owned()
 }
 
+/// A validated `engine.device`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelector {
+    /// An ordinal in PCI bus order (as `nvidia-smi` and NVML number GPUs;
+    /// the daemon sets `CUDA_DEVICE_ORDER=PCI_BUS_ID` so CUDA agrees).
+    Index(u32),
+    /// A GPU UUID as `nvidia-smi -L` prints it, lower-cased.
+    Uuid(String),
+}
+
+impl std::fmt::Display for GpuSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Index(i) => write!(f, "GPU {i}"),
+            Self::Uuid(u) => write!(f, "GPU {u}"),
+        }
+    }
+}
+
+impl GpuSelector {
+    /// Parses an `engine.device` value: "0".."63" or
+    /// "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (hex digits).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        const KEY: &str = "engine.device";
+        let t = text.trim();
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            return match t.parse::<u32>() {
+                Ok(i) if i <= limits::MAX_GPU_INDEX => Ok(Self::Index(i)),
+                _ => Err(ConfigError::invalid(
+                    KEY,
+                    format!(
+                        "{t:?} is not a GPU number between 0 and {}; `nvidia-smi -L` lists them",
+                        limits::MAX_GPU_INDEX
+                    ),
+                )),
+            };
+        }
+        let lower = t.to_ascii_lowercase();
+        if let Some(hex) = lower.strip_prefix("gpu-") {
+            let groups: Vec<&str> = hex.split('-').collect();
+            let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+                && groups
+                    .iter()
+                    .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+            if shape_ok {
+                return Ok(Self::Uuid(format!("GPU-{hex}")));
+            }
+        }
+        if lower.starts_with("mig-") {
+            return Err(ConfigError::invalid(
+                KEY,
+                "MIG instances are not supported; give the whole GPU's number or its GPU-… UUID",
+            ));
+        }
+        Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{t:?} is neither a GPU number (\"0\") nor a GPU UUID (\"GPU-\" and 32 hex digits as `nvidia-smi -L` prints it)"
+            ),
+        ))
+    }
+}
+
 /// The `engine.backend` values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,15 +333,23 @@ mod limits {
     pub const MAX_IDLE_SECS: u64 = 7 * 24 * 3600;
     /// RFC 1035 §2.3.4.
     pub const MAX_HOST_NAME: usize = 253;
+    /// More GPUs than this in one server is a typo.
+    pub const MAX_GPU_INDEX: u32 = 63;
 }
 
-/// Which backend runs and why, decided from `engine.backend` and the build.
+/// Which backend runs and why, decided from `engine.backend` and the build
+/// (here), then from the machine (`gpu::prepare` before the sandbox, and
+/// `gpu::select` on the engine thread, which may still fall back to the CPU).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendDecision {
     /// What runs.
     pub backend: ResolvedBackend,
     /// Why, in one sentence for the status page.
     pub reason: String,
+    /// The GPU `engine.device` names (GPU 0 when absent).
+    pub gpu: GpuSelector,
+    /// `backend = "cuda"`: no CPU fallback; an unusable GPU stops the start.
+    pub required: bool,
 }
 
 /// A backend this build can run.
@@ -280,6 +357,8 @@ pub struct BackendDecision {
 pub enum ResolvedBackend {
     /// Burn's `flex` CPU backend.
     Cpu,
+    /// CUDA, to be confirmed on the machine (driver, GPU, free memory).
+    Cuda,
     /// The scripted test double.
     Scripted,
 }
@@ -340,7 +419,11 @@ impl Config {
             audit,
             sandbox,
         } = self;
-        let backend = resolve_backend(engine.backend)?;
+        let gpu = match &engine.device {
+            Some(d) => GpuSelector::parse(d)?,
+            None => GpuSelector::Index(0),
+        };
+        let backend = resolve_backend(engine.backend, gpu)?;
 
         // [model]
         if backend.backend != ResolvedBackend::Scripted {
@@ -523,25 +606,47 @@ impl Config {
     }
 }
 
-/// Decides the backend; CUDA is not compiled into this build yet.
-fn resolve_backend(choice: BackendChoice) -> Result<BackendDecision, ConfigError> {
+/// Decides the backend as far as the configuration and the build can: with
+/// the `cuda` feature, `auto` and `cuda` are CUDA candidates that the
+/// machine confirms or refuses at startup (`gpu.rs`).
+fn resolve_backend(
+    choice: BackendChoice,
+    gpu: GpuSelector,
+) -> Result<BackendDecision, ConfigError> {
+    let decided = |backend, reason: &str| {
+        Ok(BackendDecision {
+            backend,
+            reason: reason.to_owned(),
+            gpu: gpu.clone(),
+            required: choice == BackendChoice::Cuda,
+        })
+    };
+    let cuda_build = cfg!(feature = "cuda");
     match choice {
-        BackendChoice::Cpu => Ok(BackendDecision {
-            backend: ResolvedBackend::Cpu,
-            reason: "engine.backend = \"cpu\" in the configuration".to_owned(),
-        }),
-        BackendChoice::Auto => Ok(BackendDecision {
-            backend: ResolvedBackend::Cpu,
-            reason: "engine.backend = \"auto\" and this build has no CUDA support, so the CPU runs the model".to_owned(),
-        }),
+        BackendChoice::Cpu => decided(
+            ResolvedBackend::Cpu,
+            "engine.backend = \"cpu\" in the configuration",
+        ),
+        BackendChoice::Auto if cuda_build => decided(
+            ResolvedBackend::Cuda,
+            "engine.backend = \"auto\": the GPU is checked at startup",
+        ),
+        BackendChoice::Cuda if cuda_build => decided(
+            ResolvedBackend::Cuda,
+            "engine.backend = \"cuda\" in the configuration",
+        ),
+        BackendChoice::Auto => decided(
+            ResolvedBackend::Cpu,
+            "engine.backend = \"auto\" and this build has no CUDA support, so the CPU runs the model",
+        ),
         BackendChoice::Cuda => Err(ConfigError::invalid(
             "engine.backend",
             "this build has no CUDA support; set backend = \"cpu\" or \"auto\", or install a build with CUDA",
         )),
-        BackendChoice::Scripted if cfg!(feature = "test-engine") => Ok(BackendDecision {
-            backend: ResolvedBackend::Scripted,
-            reason: "engine.backend = \"scripted\": a test double, not a model".to_owned(),
-        }),
+        BackendChoice::Scripted if cfg!(feature = "test-engine") => decided(
+            ResolvedBackend::Scripted,
+            "engine.backend = \"scripted\": a test double, not a model",
+        ),
         BackendChoice::Scripted => Err(ConfigError::invalid(
             "engine.backend",
             "\"scripted\" is a test double that only debug builds with the test-engine feature have; use \"auto\", \"cpu\" or \"cuda\"",
@@ -712,6 +817,78 @@ mod tests {
         );
     }
 
+    #[test]
+    fn gpu_device_accepts_ordinals_and_uuids() {
+        assert_eq!(GpuSelector::parse("0").unwrap(), GpuSelector::Index(0));
+        assert_eq!(GpuSelector::parse(" 7 ").unwrap(), GpuSelector::Index(7));
+        assert_eq!(
+            GpuSelector::parse("GPU-5B1A9E4C-0D3F-4E2A-9C1B-7A6D5E4F3A2B").unwrap(),
+            GpuSelector::Uuid("GPU-5b1a9e4c-0d3f-4e2a-9c1b-7a6d5e4f3a2b".to_owned())
+        );
+        for bad in [
+            "",
+            "-1",
+            "64",
+            "99999999999",
+            "cuda:0",
+            "GPU-5b1a9e4c",
+            "GPU-5b1a9e4c-0d3f-4e2a-9c1b-7a6d5e4f3a2g",
+            "GPU-5b1a9e4c0d3f4e2a9c1b7a6d5e4f3a2b",
+        ] {
+            let err = GpuSelector::parse(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        key: "engine.device",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        let mig = GpuSelector::parse("MIG-5b1a9e4c-0d3f-4e2a-9c1b-7a6d5e4f3a2b").unwrap_err();
+        assert!(
+            mig.to_string().contains("MIG instances are not supported"),
+            "{mig}"
+        );
+    }
+
+    #[test]
+    fn engine_device_is_validated_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = resolve(&minimal(dir.path(), "device = \"1\""), dir.path()).unwrap();
+        assert_eq!(s.backend.gpu, GpuSelector::Index(1));
+        let s = resolve(&minimal(dir.path(), ""), dir.path()).unwrap();
+        assert_eq!(s.backend.gpu, GpuSelector::Index(0));
+        let err = resolve(&minimal(dir.path(), "device = \"gpu0\""), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("engine.device"), "{err}");
+        assert!(err.to_string().contains("nvidia-smi -L"), "{err}");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn auto_and_cuda_are_cuda_candidates_in_a_cuda_build() {
+        let dir = tempfile::tempdir().unwrap();
+        for choice in ["auto", "cuda"] {
+            let text = minimal(dir.path(), "")
+                .replace("backend = \"cpu\"", &format!("backend = \"{choice}\""));
+            let s = resolve(&text, dir.path()).unwrap();
+            assert_eq!(s.backend.backend, ResolvedBackend::Cuda, "{choice}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_runs_on_the_cpu_without_cuda_support() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = minimal(dir.path(), "").replace("backend = \"cpu\"", "backend = \"auto\"");
+        let s = resolve(&text, dir.path()).unwrap();
+        assert_eq!(s.backend.backend, ResolvedBackend::Cpu);
+        assert!(s.backend.reason.contains("this build has no CUDA support"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_is_refused_without_cuda_support() {
         let dir = tempfile::tempdir().unwrap();

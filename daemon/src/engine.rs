@@ -101,6 +101,12 @@ pub enum EngineError {
     /// The model has no tokenizer.
     #[error("the model was loaded without a tokenizer; configure tokenizer_path")]
     NoTokenizer,
+    /// The GPU failed during this request (a CUDA error surfaces as a panic
+    /// in Burn); the request stops, the daemon keeps serving.
+    #[error(
+        "the GPU failed while answering; this request was stopped and the service continues. Try again; if it repeats, an administrator should run `medgemmactl gpu` and check the kernel log for NVIDIA Xid errors"
+    )]
+    Gpu,
 }
 
 /// Anything that answers chat turns (the real engine; test doubles in tests only).
@@ -124,6 +130,7 @@ pub struct ModelEngine {
     context_limit: usize,
     backend: String,
     backend_reason: String,
+    on_gpu: bool,
 }
 
 impl ModelEngine {
@@ -143,7 +150,35 @@ impl ModelEngine {
             context_limit,
             backend,
             backend_reason,
+            on_gpu: false,
         })
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+    /// Marks the model as running on the GPU: a panic while generating is
+    /// then a GPU failure of that request ([`EngineError::Gpu`]), counted
+    /// for the status page, instead of unwinding into the engine thread.
+    pub fn on_gpu(mut self) -> Self {
+        self.on_gpu = true;
+        self
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+    /// One short prefill and a few decode steps on a fixed, non-clinical
+    /// prompt, so that kernel compilation and autotuning happen before the
+    /// daemon reports ready rather than in the first clinician's request.
+    pub fn warm_up(&mut self) -> Result<std::time::Duration, EngineError> {
+        let t0 = std::time::Instant::now();
+        let req = ChatRequest {
+            messages: vec![Message::user(
+                "Warm-up: list three vital signs measured at triage.",
+            )],
+            max_new_tokens: 8,
+            sampling: SamplingParams::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        self.chat(&req, &mut |_| Flow::Continue)?;
+        Ok(t0.elapsed())
     }
 }
 
@@ -208,20 +243,43 @@ impl Engine for ModelEngine {
             }
             flow
         };
-        let g = generate::generate(
-            &self.loaded.model,
-            &mut cache,
-            &prompt,
-            &opts,
-            &req.cancel,
-            |id| {
-                if stop_ids.contains(&id) {
-                    return Flow::Continue;
+        let mut run = || {
+            generate::generate(
+                &self.loaded.model,
+                &mut cache,
+                &prompt,
+                &opts,
+                &req.cancel,
+                |id| {
+                    if stop_ids.contains(&id) {
+                        return Flow::Continue;
+                    }
+                    let delta = decoder.push(id).unwrap_or_default();
+                    emit(parser.push(id, &delta), on_event)
+                },
+            )
+        };
+        let g = if self.on_gpu {
+            // Burn reports CUDA errors (out of memory, launch failures) as
+            // panics: this request fails, the engine thread goes on.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                Ok(result) => {
+                    crate::gpu::record_success();
+                    result?
                 }
-                let delta = decoder.push(id).unwrap_or_default();
-                emit(parser.push(id, &delta), on_event)
-            },
-        )?;
+                Err(payload) => {
+                    crate::gpu::record_failure();
+                    eprintln!(
+                        "medgemmad: GPU failure during a request ({} in a row): {}",
+                        crate::gpu::consecutive_failures(),
+                        crate::gpu::panic_text(payload.as_ref())
+                    );
+                    return Err(EngineError::Gpu);
+                }
+            }
+        } else {
+            run()?
+        };
         let tail = decoder.flush();
         if !tail.is_empty() {
             let _ = emit(parser.push_text(&tail), on_event);

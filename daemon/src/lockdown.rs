@@ -26,7 +26,7 @@ use medgemma_sandbox::{
     SeccompPolicy,
 };
 
-use crate::config::{BackendChoice, Settings};
+use crate::config::{ResolvedBackend, Settings};
 
 /// Environment variables that survive `clean_process`: systemd's
 /// notification and watchdog protocol, and Rust's backtrace switch. Every
@@ -103,12 +103,12 @@ fn dedup(paths: &mut Vec<PathBuf>) {
     paths.retain(|p| seen.insert(p.clone()));
 }
 
-/// Whether the CUDA engine will run. This build has no CUDA backend (config
-/// refuses `backend = "cuda"`), so it is only ever the configured choice;
-/// when the CUDA build lands, this becomes the resolved backend (`auto` may
-/// pick CUDA too).
+/// Whether the CUDA engine may run: a CUDA build with `auto` or `cuda` whose
+/// driver library loaded (`gpu::prepare` turned every other case into the
+/// CPU before this is asked). The engine thread may still fall back to the
+/// CPU (GPU too small); the GPU paths are then allowed but unused.
 fn uses_cuda(settings: &Settings) -> bool {
-    settings.engine.backend == BackendChoice::Cuda
+    settings.backend.backend == ResolvedBackend::Cuda
 }
 
 /// What the CUDA driver needs beyond the CPU engine (shared/spec/sandbox.md,
@@ -436,6 +436,25 @@ mod tests {
         );
         assert!(p.devices.is_empty(), "no GPU paths for the CPU backend");
         assert!(!p.proc_write_comm);
+    }
+
+    #[test]
+    fn a_cuda_decision_opens_the_gpu_and_keeps_the_cache_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), "cpu");
+        s.backend.backend = ResolvedBackend::Cuda;
+        let p = landlock_policy(&s);
+        assert!(
+            p.proc_write_comm,
+            "cuInit writes /proc/<pid>/task/<tid>/comm"
+        );
+        assert!(
+            p.read_write.contains(&dir.path().to_path_buf()),
+            "cache_dir"
+        );
+        let cuda = cuda_paths();
+        assert!(cuda.devices.iter().all(|d| p.devices.contains(d)));
+        assert!(cuda.read_only.iter().all(|r| p.read_only.contains(r)));
     }
 
     #[test]

@@ -15,13 +15,17 @@ mod config;
 mod docs_cmd;
 mod engine;
 mod generate_cmd;
+mod gpu;
 mod lockdown;
 mod serve_cmd;
 mod server;
 
 /// `--version` with the compiled-in backends (scripts/gpu-sandbox-check.sh
-/// reads it). The CUDA build adds "cuda" here.
+/// and scripts/gpu-check.sh read it).
+#[cfg(not(feature = "cuda"))]
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\nbackends: cpu");
+#[cfg(feature = "cuda")]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\nbackends: cpu cuda");
 
 /// The MedGemma appliance daemon.
 #[derive(Debug, Parser)]

@@ -35,7 +35,9 @@
 //! (`server.admin_socket`) is bound with the UI socket.
 //!
 //! Exit codes: 0 clean shutdown, 1 server failure, 2 configuration, 3 model
-//! load, 4 socket, 5 audit log, 6 sandbox.
+//! load, 4 socket, 5 audit log, 6 sandbox, 7 `backend = "cuda"` and no
+//! usable GPU (the sentence says why; `auto` runs on the CPU instead, see
+//! `gpu.rs`).
 //!
 //! Owns: the order of startup and shutdown. Must never: serve before the
 //! model is ready, or report a sandbox state the process does not have.
@@ -53,6 +55,7 @@ use medgemma_sandbox::{self as sandbox, SandboxError, SeccompMode};
 use crate::audit_log::{self, AuditOpenError, Auditor};
 use crate::config::{BackendDecision, Config, ConfigError, ResolvedBackend, Settings};
 use crate::engine::{Engine, EngineError, ModelEngine};
+use crate::gpu::{self, GpuError};
 use crate::lockdown;
 use crate::server::admin::{self, AdminError};
 use crate::server::listener::{self, ListenerError};
@@ -111,6 +114,9 @@ pub enum ServeError {
     /// The admin socket cannot be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// `backend = "cuda"` and the GPU cannot be used.
+    #[error("{}", gpu::refusal(.0))]
+    Gpu(#[from] GpuError),
 }
 
 impl ServeError {
@@ -118,7 +124,13 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 2,
+            Self::Load(WorkerError::Load(e))
+                if matches!(e.downcast_ref::<LoadFailure>(), Some(LoadFailure::Gpu(_))) =>
+            {
+                gpu::EXIT_GPU_UNUSABLE
+            }
             Self::Load(_) | Self::ModelFile { .. } => 3,
+            Self::Gpu(e) => e.exit_code(),
             Self::Sandbox(_) => 6,
             Self::Listener(_) | Self::Admin(_) => 4,
             Self::Audit(_) => 5,
@@ -136,6 +148,8 @@ enum LoadFailure {
     Engine(#[from] EngineError),
     #[error("cannot narrow the engine thread's sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+    #[error("{}", gpu::refusal(.0))]
+    Gpu(#[from] GpuError),
 }
 
 /// Runs the daemon.
@@ -155,7 +169,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
 
     // 2. Configuration; the service user while /etc/passwd is readable.
-    let settings = Arc::new(Config::load(&args.config)?.resolve(&args.config)?);
+    let mut settings = Config::load(&args.config)?.resolve(&args.config)?;
+    //    The GPU driver, while single-threaded: libcuda must load before
+    //    CUDA is touched, and the driver's environment is set now (gpu.rs).
+    for line in gpu::prepare(&mut settings)? {
+        say(format_args!("gpu: {line}"));
+    }
+    let settings = Arc::new(settings);
     say(format_args!(
         "configuration {} is valid: model \"{}\"{}, backend {:?} ({}); audit directory {}",
         settings.source.display(),
@@ -358,11 +378,37 @@ fn loader(
     let tokenizer = settings.model.tokenizer_path.clone();
     let context = settings.engine.context_length;
     let decision = settings.backend.clone();
+    let gpu_job = gpu::GpuJob {
+        sequences: settings.engine.max_concurrent_generations,
+        cache_dir: settings.sandbox.cache_dir.clone(),
+    };
     move || {
         // First thing on the engine thread, before the backend starts its
         // own threads (they inherit the engine role).
         if let Some(mode) = mode {
             lockdown::narrow_engine_thread(mode)?;
+        }
+        if decision.backend == ResolvedBackend::Cuda {
+            let t0 = Instant::now();
+            match gpu::load_engine(&path, tokenizer.as_deref(), context, &decision, &gpu_job) {
+                Ok(gpu::Loaded::Gpu(engine)) => {
+                    say(format_args!(
+                        "model loaded and warmed up on the GPU in {:.1} s",
+                        t0.elapsed().as_secs_f64()
+                    ));
+                    return Ok(engine);
+                }
+                Ok(gpu::Loaded::CpuInstead(reason)) => {
+                    say(format_args!("falling back to the CPU: {reason}"));
+                    let cpu = BackendDecision {
+                        backend: ResolvedBackend::Cpu,
+                        reason,
+                        ..decision
+                    };
+                    return load_engine(&path, tokenizer.as_deref(), context, cpu);
+                }
+                Err(e) => return Err(LoadFailure::Gpu(e)),
+            }
         }
         load_engine(&path, tokenizer.as_deref(), context, decision)
     }
@@ -391,6 +437,9 @@ fn load_engine(
             ));
             let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), decision.reason)?;
             Ok(Box::new(engine) as Box<dyn Engine>)
+        }
+        ResolvedBackend::Cuda => {
+            unreachable!("the loader handles the CUDA backend before calling load_engine")
         }
         #[cfg(feature = "test-engine")]
         ResolvedBackend::Scripted => {

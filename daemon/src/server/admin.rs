@@ -242,6 +242,12 @@ pub fn status_document(state: &AppState) -> serde_json::Value {
     if info.backend == "cpu" && settings.engine.backend == BackendChoice::Auto {
         reasons.push(format!("running on the CPU: {}", info.backend_reason));
     }
+    let gpu_failures = crate::gpu::consecutive_failures();
+    if gpu_failures >= crate::gpu::FAILURES_DEGRADED {
+        reasons.push(format!(
+            "the last {gpu_failures} requests failed on the GPU; run medgemmactl gpu and check the kernel log for NVIDIA Xid errors"
+        ));
+    }
     let sandbox = (state.sandbox)();
     if sandbox.get("enforced").and_then(serde_json::Value::as_bool) != Some(true) {
         reasons.push("the kernel sandbox is not enforced".to_owned());
@@ -268,7 +274,13 @@ pub fn status_document(state: &AppState) -> serde_json::Value {
             "fingerprint": state.audit.model().as_str(),
             "pins": pins,
         },
-        "backend": { "kind": info.backend, "reason": info.backend_reason },
+        "backend": {
+            "kind": info.backend,
+            "reason": info.backend_reason,
+            "device": crate::gpu::selected().map(crate::gpu::GpuInfo::device),
+            "gpu": crate::gpu::selected().map(crate::gpu::GpuInfo::status_json),
+            "gpu_failures_in_a_row": gpu_failures,
+        },
         "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
         "sandbox": sandbox,
         "queue": {

@@ -63,9 +63,10 @@ pub fn status(state: &AppState) -> Response<Body> {
         "backend": {
             "kind": info.backend,
             "reason": info.backend_reason,
-            // The GPU's name and memory arrive with the CUDA backend.
-            "device": null,
-            "gpu": null,
+            // On CUDA: which GPU, its memory, the budget and the warm-up.
+            "device": crate::gpu::selected().map(crate::gpu::GpuInfo::device),
+            "gpu": crate::gpu::selected().map(crate::gpu::GpuInfo::status_json),
+            "gpu_failures_in_a_row": crate::gpu::consecutive_failures(),
         },
         "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
         "queue": {

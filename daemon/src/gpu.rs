@@ -1,0 +1,593 @@
+//! Whether the model runs on a GPU, which one, and why not when it does not.
+//!
+//! Three steps, each where the sandbox allows it:
+//! 1. [`prepare`], on `main` before the sandbox (single-threaded): does the
+//!    driver library `libcuda.so.1` load at all (`medgemma_sandbox`'s
+//!    `dlopen` probe: touching a CUDA device without it panics on a thread
+//!    nobody can catch), and the driver's environment: `CUDA_DEVICE_ORDER`
+//!    (ordinals as `nvidia-smi` numbers them) and `CUDA_CACHE_PATH` under
+//!    `sandbox.cache_dir`. Landlock then opens the GPU's device nodes and
+//!    driver files only when CUDA is still a candidate.
+//! 2. [`select`], on the engine thread: NVML (`libnvidia-ml.so.1`, loaded
+//!    at run time) finds the configured GPU and its free memory, and
+//!    `medgemma_model::budget` says whether weights + KV cache + work space
+//!    fit.
+//! 3. `load_engine`: loads in bf16, warms up (one short prefill and decode,
+//!    so the first clinician does not wait for kernel compilation), and
+//!    reports the GPU for `/api/status`.
+//!
+//! Any "no" is one sentence with the numbers ("the model needs 14.9 GiB
+//! (…) but GPU 0 (NVIDIA L4) has 6.2 GiB free of 22.0 GiB"). With
+//! `backend = "auto"` the daemon then runs on the CPU and says so in the log,
+//! `/api/status` (`backend.reason`) and `medgemmactl status` (degraded,
+//! exit 1). With `backend = "cuda"` it refuses to start (exit 7) with the
+//! same sentence: an administrator who wrote "cuda" asked for the GPU, and
+//! answers that take minutes on the CPU are an outage that a running daemon
+//! would hide; systemd's restart and the journal show it instead.
+//!
+//! Owns: the GPU decision and the GPU facts shown in the status. Must never:
+//! initialise CUDA before [`prepare`] said the driver loads, or log text.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use medgemma_model::budget::{self, BudgetRequest, MemoryBudget};
+use medgemma_model::config::Gemma3Config;
+use medgemma_sandbox::{DriverMissing, SandboxError};
+
+use crate::config::{BackendDecision, GpuSelector, ResolvedBackend, Settings};
+use crate::engine::Engine;
+
+/// Exit code of `medgemmad serve` when `backend = "cuda"` and no usable GPU.
+pub const EXIT_GPU_UNUSABLE: u8 = 7;
+
+/// Consecutive GPU failures after which the status says degraded.
+pub const FAILURES_DEGRADED: usize = 3;
+
+/// Why the GPU cannot run the model.
+#[derive(Debug, thiserror::Error)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // some variants only arise in CUDA builds
+pub enum GpuError {
+    /// This build has no CUDA backend.
+    #[error("this build has no CUDA support; install a build with CUDA")]
+    NotBuilt,
+    /// `libcuda.so.1` does not load.
+    #[error(transparent)]
+    NoDriver(#[from] DriverMissing),
+    /// NVML does not answer (driver/library mismatch after an upgrade, no GPU).
+    #[error(
+        "the NVIDIA driver does not answer through NVML ({reason}); run `nvidia-smi` and `medgemmactl gpu` (after a driver upgrade, reboot)"
+    )]
+    Nvml {
+        /// NVML's error.
+        reason: String,
+    },
+    /// The configured GPU does not exist.
+    #[error(
+        "{selector} is not there: the driver sees {count} GPU(s); run `nvidia-smi -L` and fix engine.device"
+    )]
+    NoSuchGpu {
+        /// What `engine.device` asked for.
+        selector: String,
+        /// GPUs the driver sees.
+        count: u32,
+    },
+    /// Not enough free memory.
+    #[error(
+        "the model needs {need} and {gpu} has only {free} free of {total}; free GPU memory (see `medgemmactl gpu`), lower engine.context_length, or use a larger GPU"
+    )]
+    DoesNotFit {
+        /// The budget, described.
+        need: String,
+        /// "GPU 0 (NVIDIA L4)".
+        gpu: String,
+        /// Free memory, e.g. "6.2 GiB".
+        free: String,
+        /// Total memory.
+        total: String,
+    },
+    /// The model's configuration could not be read to size the budget.
+    #[error("cannot read the model configuration to size GPU memory: {0}")]
+    ModelConfig(String),
+    /// The GPU failed while loading or warming up.
+    #[error("{gpu} failed while {stage} ({what}); see the message above and `medgemmactl gpu`")]
+    Failed {
+        /// Which GPU.
+        gpu: String,
+        /// "loading the model" or "warming up".
+        stage: &'static str,
+        /// The error (no text of any request: there is none yet).
+        what: String,
+    },
+    /// The driver's environment could not be set.
+    #[error(transparent)]
+    Environment(#[from] SandboxError),
+}
+
+impl GpuError {
+    /// The exit code when the daemon refuses to start for this reason.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Environment(_) => 6,
+            _ => EXIT_GPU_UNUSABLE,
+        }
+    }
+}
+
+/// The sentence for `backend.reason` when `auto` falls back to the CPU.
+pub fn fallback_reason(err: &GpuError) -> String {
+    format!("engine.backend = \"auto\", but {err}; until then the CPU runs the model (slowly)")
+}
+
+/// The refusal when `backend = "cuda"` cannot be honoured.
+pub fn refusal(err: &GpuError) -> String {
+    format!(
+        "engine.backend = \"cuda\" but {err}. Fix that, or set backend = \"auto\" to run on the CPU meanwhile"
+    )
+}
+
+/// The GPU the model runs on, as `/api/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuInfo {
+    /// Ordinal (PCI bus order, as `nvidia-smi`).
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// GPU UUID.
+    pub uuid: String,
+    /// Installed memory.
+    pub memory_total_bytes: u64,
+    /// Free memory before the model loaded.
+    pub memory_free_at_start_bytes: u64,
+    /// Memory in use on the whole GPU after the warm-up (all processes).
+    pub memory_used_bytes: Option<u64>,
+    /// What the budget said the model needs.
+    pub budget_bytes: u64,
+    /// The budget, described.
+    pub budget: String,
+    /// Seconds the warm-up took (kernel compilation and autotuning).
+    pub warm_up_s: Option<f64>,
+}
+
+impl GpuInfo {
+    /// "GPU 0: NVIDIA H200 (GPU-…)".
+    pub fn device(&self) -> String {
+        format!("GPU {}: {} ({})", self.index, self.name, self.uuid)
+    }
+
+    /// The `backend.gpu` object of `/api/status` (the UI reads the MiB fields).
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["memory_total_mib"] = (self.memory_total_bytes >> 20).into();
+        v["memory_used_mib"] = self.memory_used_bytes.map(|b| b >> 20).into();
+        v
+    }
+}
+
+static SELECTED: OnceLock<GpuInfo> = OnceLock::new();
+static CONSECUTIVE_FAILURES: AtomicUsize = AtomicUsize::new(0);
+
+/// The GPU the engine runs on, once it loaded there.
+pub fn selected() -> Option<&'static GpuInfo> {
+    SELECTED.get()
+}
+
+/// A request failed on the GPU.
+pub fn record_failure() {
+    CONSECUTIVE_FAILURES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A request succeeded on the GPU.
+pub fn record_success() {
+    CONSECUTIVE_FAILURES.store(0, Ordering::Relaxed);
+}
+
+/// Requests that failed on the GPU in a row.
+pub fn consecutive_failures() -> usize {
+    CONSECUTIVE_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Step 1, on `main` before the sandbox: if CUDA is a candidate, check that
+/// the driver library loads (else fall back, or refuse with `cuda`) and set
+/// the driver's environment. Returns lines for the startup log.
+pub fn prepare(settings: &mut Settings) -> Result<Vec<String>, GpuError> {
+    let mut log = Vec::new();
+    if settings.backend.backend != ResolvedBackend::Cuda {
+        return Ok(log);
+    }
+    if let Err(missing) = medgemma_sandbox::probe_cuda_driver() {
+        let err = GpuError::NoDriver(missing);
+        if settings.backend.required {
+            return Err(err);
+        }
+        settings.backend.backend = ResolvedBackend::Cpu;
+        settings.backend.reason = fallback_reason(&err);
+        log.push(format!(
+            "falling back to the CPU: {}",
+            settings.backend.reason
+        ));
+        return Ok(log);
+    }
+    log.push(format!(
+        "{} loads; {} is checked on the engine thread",
+        medgemma_sandbox::CUDA_DRIVER_LIBRARY,
+        settings.backend.gpu
+    ));
+    // Ordinals as nvidia-smi and NVML number GPUs (CUDA's default is
+    // "fastest first").
+    medgemma_sandbox::set_env_single_threaded("CUDA_DEVICE_ORDER", "PCI_BUS_ID")?;
+    match cache_dirs(settings.sandbox.cache_dir.as_deref()) {
+        Some(dirs) => {
+            medgemma_sandbox::set_env_single_threaded("CUDA_CACHE_PATH", &dirs.driver)?;
+            log.push(format!(
+                "GPU kernel caches under {} (driver JIT cache {}, cubecl {})",
+                settings
+                    .sandbox
+                    .cache_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display(),
+                dirs.driver.display(),
+                dirs.cubecl.display()
+            ));
+        }
+        None => {
+            // ~/.nv is not writable under Landlock: keep the driver from trying.
+            medgemma_sandbox::set_env_single_threaded("CUDA_CACHE_DISABLE", "1")?;
+            log.push(
+                "no sandbox.cache_dir: compiled GPU kernels are not kept across restarts (set it, e.g. /var/cache/medgemma)"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(log)
+}
+
+/// Where the GPU caches go under `sandbox.cache_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDirs {
+    /// `CUDA_CACHE_PATH`: the driver's PTX → SASS JIT cache.
+    pub driver: PathBuf,
+    /// cubecl's cache root (autotune results; `<root>/<environment>.db`).
+    pub cubecl: PathBuf,
+}
+
+/// The cache directories under `cache_dir` (none without one).
+pub fn cache_dirs(cache_dir: Option<&Path>) -> Option<CacheDirs> {
+    let dir = cache_dir?;
+    Some(CacheDirs {
+        driver: dir.join("nv-compute-cache"),
+        cubecl: dir.join("cubecl"),
+    })
+}
+
+/// What NVML says about one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuFacts {
+    /// Ordinal.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Installed memory.
+    pub total: u64,
+    /// Free memory now.
+    pub free: u64,
+}
+
+/// The budget against the GPU's free memory (pure; [`select`] feeds it NVML).
+pub fn check_fit(
+    facts: GpuFacts,
+    budget: &MemoryBudget,
+    req: &BudgetRequest,
+) -> Result<GpuInfo, GpuError> {
+    let need = budget.describe(req);
+    if !budget.fits(facts.free) {
+        return Err(GpuError::DoesNotFit {
+            need,
+            gpu: format!("GPU {} ({})", facts.index, facts.name),
+            free: budget::gib(facts.free),
+            total: budget::gib(facts.total),
+        });
+    }
+    Ok(GpuInfo {
+        index: facts.index,
+        name: facts.name,
+        uuid: facts.uuid,
+        memory_total_bytes: facts.total,
+        memory_free_at_start_bytes: facts.free,
+        memory_used_bytes: None,
+        budget_bytes: budget.total(),
+        budget: need,
+        warm_up_s: None,
+    })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+/// Step 2, on the engine thread: the configured GPU through NVML, and
+/// whether the model fits in its free memory.
+pub fn select(
+    selector: &GpuSelector,
+    model: &Gemma3Config,
+    req: &BudgetRequest,
+) -> Result<GpuInfo, GpuError> {
+    let facts = query(selector)?;
+    check_fit(facts, &budget::estimate(model, req), req)
+}
+
+/// NVML's view of the GPU `selector` names.
+pub fn query(selector: &GpuSelector) -> Result<GpuFacts, GpuError> {
+    use nvml_wrapper::Nvml;
+    let nvml_err = |e: nvml_wrapper::error::NvmlError| GpuError::Nvml {
+        reason: e.to_string(),
+    };
+    let nvml = Nvml::init().map_err(nvml_err)?;
+    let count = nvml.device_count().map_err(nvml_err)?;
+    let device = match selector {
+        GpuSelector::Index(i) if *i < count => nvml.device_by_index(*i).map_err(nvml_err)?,
+        GpuSelector::Index(_) => {
+            return Err(GpuError::NoSuchGpu {
+                selector: selector.to_string(),
+                count,
+            });
+        }
+        GpuSelector::Uuid(u) => nvml.device_by_uuid(u.as_str()).map_err(|e| match e {
+            nvml_wrapper::error::NvmlError::NotFound => GpuError::NoSuchGpu {
+                selector: selector.to_string(),
+                count,
+            },
+            other => nvml_err(other),
+        })?,
+    };
+    let mem = device.memory_info().map_err(nvml_err)?;
+    Ok(GpuFacts {
+        index: device.index().map_err(nvml_err)?,
+        name: device.name().unwrap_or_else(|_| "unknown GPU".to_owned()),
+        uuid: device.uuid().unwrap_or_default(),
+        total: mem.total,
+        free: mem.free,
+    })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+/// Memory in use on GPU `index` now (all processes), when NVML answers.
+pub fn used_memory(index: u32) -> Option<u64> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let d = nvml.device_by_index(index).ok()?;
+    d.memory_info().ok().map(|m| m.used)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+/// The model configuration at `path` (directory or GGUF), to size the budget.
+pub fn model_config(path: &Path) -> Result<Gemma3Config, GpuError> {
+    let read = || -> Result<Gemma3Config, Box<dyn std::error::Error>> {
+        if path.is_dir() {
+            Ok(Gemma3Config::from_file(&path.join("config.json"))?)
+        } else {
+            let f = medgemma_model::gguf::GgufFile::open(path)?;
+            Ok(Gemma3Config::from_gguf(&f, path)?)
+        }
+    };
+    read().map_err(|e| GpuError::ModelConfig(e.to_string()))
+}
+
+/// What the engine thread needs besides the model paths.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+pub struct GpuJob {
+    /// Sequences generating at once (each holds a KV cache).
+    pub sequences: usize,
+    /// `sandbox.cache_dir`, for cubecl's cache root.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What [`load_engine`] ended with.
+pub enum Loaded {
+    /// The engine, on the GPU, warmed up.
+    Gpu(Box<dyn Engine>),
+    /// `auto` and the GPU cannot be used: load on the CPU, for this reason.
+    CpuInstead(String),
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gpu(_) => f.write_str("Gpu(..)"),
+            Self::CpuInstead(r) => f.debug_tuple("CpuInstead").field(r).finish(),
+        }
+    }
+}
+
+/// Step 3, on the engine thread (after [`prepare`] kept CUDA): selects the
+/// GPU, checks the budget, loads in bf16 and warms up. With `auto`, any
+/// failure becomes [`Loaded::CpuInstead`] with its sentence; with `cuda` it
+/// is the error the daemon exits on.
+pub fn load_engine(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    context: usize,
+    decision: &BackendDecision,
+    job: &GpuJob,
+) -> Result<Loaded, GpuError> {
+    match try_gpu(path, tokenizer, context, decision, job) {
+        Ok(engine) => Ok(Loaded::Gpu(engine)),
+        Err(e) if decision.required => Err(e),
+        Err(e) => Ok(Loaded::CpuInstead(fallback_reason(&e))),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn try_gpu(
+    _path: &Path,
+    _tokenizer: Option<&Path>,
+    _context: usize,
+    _decision: &BackendDecision,
+    _job: &GpuJob,
+) -> Result<Box<dyn Engine>, GpuError> {
+    Err(GpuError::NotBuilt)
+}
+
+#[cfg(feature = "cuda")]
+fn try_gpu(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    context: usize,
+    decision: &BackendDecision,
+    job: &GpuJob,
+) -> Result<Box<dyn Engine>, GpuError> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use medgemma_model::{backend, load};
+
+    use crate::engine::ModelEngine;
+
+    let cfg = model_config(path)?;
+    let context = context.min(cfg.max_position_embeddings);
+    let req = BudgetRequest::new(context, job.sequences.max(1), backend::cuda_dtype());
+    let mut info = select(&decision.gpu, &cfg, &req)?;
+    let gpu = format!("GPU {} ({})", info.index, info.name);
+    if let Some(dirs) = cache_dirs(job.cache_dir.as_deref())
+        && !backend::set_cubecl_cache_dir(&dirs.cubecl)
+    {
+        eprintln!(
+            "medgemmad: gpu: cubecl was configured before the daemon could set its cache root; autotune results go to its default place"
+        );
+    }
+    let failed = |stage: &'static str, what: String| GpuError::Failed {
+        gpu: gpu.clone(),
+        stage,
+        what,
+    };
+    let device = backend::cuda_device(info.index as usize);
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        load::load_model(path, tokenizer, &device, backend::cuda_dtype())
+    }))
+    .map_err(|p| failed("loading the model", panic_text(p.as_ref())))?
+    .map_err(|e| failed("loading the model", e.to_string()))?;
+    let reason = format!(
+        "{}: {gpu} has {} free and the model needs {}",
+        decision.reason,
+        budget::gib(info.memory_free_at_start_bytes),
+        info.budget
+    );
+    let mut engine = ModelEngine::new(loaded, context, "cuda".to_owned(), reason)
+        .map_err(|e| failed("starting the engine", e.to_string()))?
+        .on_gpu();
+    let warm = engine
+        .warm_up()
+        .map_err(|e| failed("warming up", e.to_string()))?;
+    info.warm_up_s = Some(warm.as_secs_f64());
+    info.memory_used_bytes = used_memory(info.index);
+    eprintln!(
+        "medgemmad: gpu: {} ready; warm-up {:.1} s; {} in use on the GPU",
+        info.device(),
+        warm.as_secs_f64(),
+        info.memory_used_bytes.map_or("?".to_owned(), budget::gib)
+    );
+    set_selected(info);
+    Ok(Box::new(engine))
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+/// Records the GPU the engine runs on (once).
+pub fn set_selected(info: GpuInfo) {
+    let _ = SELECTED.set(info);
+}
+
+/// A panic payload as a short string for the log (panics in Burn/cubecl
+/// carry shapes and driver errors, never request text).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let s = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    s.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use medgemma_model::budget::DType;
+
+    use super::*;
+
+    fn l4(free_gib: u64) -> GpuFacts {
+        GpuFacts {
+            index: 0,
+            name: "NVIDIA L4".to_owned(),
+            uuid: "GPU-5b1a9e4c-0d3f-4e2a-9c1b-7a6d5e4f3a2b".to_owned(),
+            total: 24 << 30,
+            free: free_gib << 30,
+        }
+    }
+
+    fn medgemma_4b() -> Gemma3Config {
+        let v = serde_json::json!({
+            "model_type": "gemma3", "eos_token_id": [1, 106],
+            "text_config": {
+                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024
+            }
+        });
+        Gemma3Config::from_json(&v, "4b").unwrap()
+    }
+
+    #[test]
+    fn a_gpu_too_small_is_a_sentence_with_the_numbers() {
+        let req = BudgetRequest::new(8192, 1, DType::BF16);
+        let b = budget::estimate(&medgemma_4b(), &req);
+        let err = check_fit(l4(6), &b, &req).unwrap_err();
+        assert_eq!(
+            fallback_reason(&err),
+            "engine.backend = \"auto\", but the model needs 14.9 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 7.4 GiB) and GPU 0 (NVIDIA L4) has only 6.0 GiB free of 24.0 GiB; free GPU memory (see `medgemmactl gpu`), lower engine.context_length, or use a larger GPU; until then the CPU runs the model (slowly)"
+        );
+        assert_eq!(err.exit_code(), EXIT_GPU_UNUSABLE);
+        let ok = check_fit(l4(20), &b, &req).unwrap();
+        assert_eq!(ok.budget_bytes, 16_012_687_718);
+        assert_eq!(ok.memory_free_at_start_bytes, 20 << 30);
+        assert_eq!(ok.status_json()["memory_total_mib"], 24 * 1024);
+    }
+
+    #[test]
+    fn no_driver_falls_back_with_the_loader_reason() {
+        let missing = medgemma_sandbox::probe_library("libcuda-absent-for-test.so.1").unwrap_err();
+        let reason = fallback_reason(&GpuError::NoDriver(missing));
+        assert!(
+            reason.starts_with(
+                "engine.backend = \"auto\", but the NVIDIA driver library libcuda-absent-for-test.so.1 cannot be loaded ("
+            ),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("until then the CPU runs the model (slowly)"),
+            "{reason}"
+        );
+        let refused = refusal(&GpuError::NotBuilt);
+        assert_eq!(
+            refused,
+            "engine.backend = \"cuda\" but this build has no CUDA support; install a build with CUDA. Fix that, or set backend = \"auto\" to run on the CPU meanwhile"
+        );
+    }
+
+    #[test]
+    fn caches_live_under_the_configured_directory() {
+        assert_eq!(cache_dirs(None), None);
+        let d = cache_dirs(Some(Path::new("/var/cache/medgemma"))).unwrap();
+        assert_eq!(d.driver, Path::new("/var/cache/medgemma/nv-compute-cache"));
+        assert_eq!(d.cubecl, Path::new("/var/cache/medgemma/cubecl"));
+    }
+
+    #[test]
+    fn without_nvml_the_query_says_so() {
+        // CI machines have no NVIDIA driver; a GPU machine answers instead.
+        match query(&GpuSelector::Index(0)) {
+            Err(GpuError::Nvml { reason }) => assert!(!reason.is_empty()),
+            Err(GpuError::NoSuchGpu { count, .. }) => assert_eq!(count, 0),
+            Err(other) => panic!("unexpected: {other}"),
+            Ok(facts) => assert!(facts.total > 0),
+        }
+    }
+}
