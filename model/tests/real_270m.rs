@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
-use medgemma_model::backend::{cpu_device, cpu_dtype};
 use medgemma_model::gemma3::Logits;
 use medgemma_model::generate::{Flow, generate};
 use medgemma_model::load::{LoadedModel, load_model};
@@ -24,15 +23,20 @@ fn assets() -> PathBuf {
 fn model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
-        load_model(&assets(), None, &cpu_device(), cpu_dtype()).expect("the 270M GGUF loads")
+        // CPU f32 by default; MEDGEMMA_TEST_DEVICE=cuda / MEDGEMMA_TEST_DTYPE=bf16
+        // run it on the GPU (support module).
+        load_model(
+            &assets(),
+            None,
+            &support::test_device(),
+            support::test_dtype(),
+        )
+        .expect("the 270M GGUF loads")
     })
 }
 
 fn reference() -> Value {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/gemma3_270m_reference.json"
-    );
+    let p = support::fixtures_dir().join("gemma3_270m_reference.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 

@@ -10,7 +10,6 @@ mod support;
 
 use std::sync::atomic::AtomicBool;
 
-use medgemma_model::backend::cpu_device;
 use medgemma_model::burn::tensor::DType;
 use medgemma_model::gemma3::Logits;
 use medgemma_model::generate::{Flow, GenerateOptions, generate};
@@ -30,8 +29,9 @@ const BF16_WEIGHTS_TOL: f32 = 1e-4;
 /// (those move logits by 0.4 to 6.7, tests/fixtures/README.md).
 const BF16_COMPUTE_TOL: f32 = 0.15;
 
+/// On the CPU, or on GPU 0 with `MEDGEMMA_TEST_DEVICE=cuda` (support module).
 fn load(name: &str, dtype: DType) -> LoadedModel {
-    load_model(&fixture(name), None, &cpu_device(), dtype)
+    load_model(&fixture(name), None, &support::test_device(), dtype)
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
@@ -50,6 +50,7 @@ fn opts(m: &LoadedModel, n: usize) -> GenerateOptions {
 }
 
 fn check_fixture(name: &str, tol: f32) {
+    let tol = support::f32_tol(tol);
     let exp = expected(name);
     let m = load(name, DType::F32);
     let prompt = ids(&exp["prompt_ids"]);

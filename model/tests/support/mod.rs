@@ -35,12 +35,21 @@ pub fn tokenizer_json() -> PathBuf {
     asset("tokenizer/tokenizer.json")
 }
 
+/// The committed `tests/fixtures/` folder, or `$MEDGEMMA_FIXTURES` (test
+/// binaries built on one machine and run on another, `scripts/gpu-check.sh`).
+#[allow(dead_code)]
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("MEDGEMMA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+        })
+}
+
 /// A committed fixture directory under `tests/fixtures/`.
 #[allow(dead_code)]
 pub fn fixture(name: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
+    fixtures_dir().join(name)
 }
 
 /// A fixture's `expected.json` (reference outputs, see tests/fixtures/README.md).
@@ -69,4 +78,73 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
+}
+
+/// Where the model tests run. The CPU by default; `MEDGEMMA_TEST_DEVICE=cuda`
+/// runs the fidelity tests (reference_tiny, real_270m) on GPU 0, in a build
+/// with the `cuda` feature (`cargo test --release --workspace --features
+/// medgemmad/cuda`; `scripts/gpu-check.sh` does this). Without a driver the
+/// CUDA runtime panics on first use, which is the right outcome for a run
+/// that asked for the GPU.
+#[allow(dead_code)]
+pub fn test_device() -> medgemma_model::burn::tensor::Device {
+    if on_cuda() {
+        cuda_device()
+    } else {
+        medgemma_model::backend::cpu_device()
+    }
+}
+
+/// Whether `MEDGEMMA_TEST_DEVICE` asks for the GPU (anything but `cpu`,
+/// `cuda` or unset is a mistake and fails loudly).
+#[allow(dead_code)]
+pub fn on_cuda() -> bool {
+    match std::env::var("MEDGEMMA_TEST_DEVICE").as_deref() {
+        Ok("cuda") => true,
+        Ok("cpu") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("MEDGEMMA_TEST_DEVICE={other:?}: use \"cpu\" or \"cuda\""),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> medgemma_model::burn::tensor::Device {
+    medgemma_model::backend::cuda_device(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> medgemma_model::burn::tensor::Device {
+    panic!(
+        "MEDGEMMA_TEST_DEVICE=cuda needs a build with the cuda feature: cargo test --release --workspace --features medgemmad/cuda"
+    )
+}
+
+/// f32 tolerance on the GPU. cubecl's matmul tiles sum in another order than
+/// the CPU's and its exp/tanh differ in the last bits, so f32 logits agree to
+/// about 1e-4 on the CPU but are only held to 1e-3 on CUDA. That still fails
+/// on every structural bug: those move the tiny fixtures' logits by 0.4 to 6.7
+/// (tests/fixtures/README.md).
+#[allow(dead_code)]
+pub const CUDA_F32_TOL: f32 = 1e-3;
+
+/// `cpu_tol` on the CPU, at least [`CUDA_F32_TOL`] on CUDA.
+#[allow(dead_code)]
+pub fn f32_tol(cpu_tol: f32) -> f32 {
+    if on_cuda() {
+        cpu_tol.max(CUDA_F32_TOL)
+    } else {
+        cpu_tol
+    }
+}
+
+/// The compute dtype of the 270M test: f32 unless `MEDGEMMA_TEST_DTYPE=bf16`
+/// (the GPU's serving dtype; greedy tokens may then diverge from the f32
+/// reference late in a continuation, which `scripts/gpu-check.sh` reports
+/// without failing the check).
+#[allow(dead_code)]
+pub fn test_dtype() -> medgemma_model::burn::tensor::DType {
+    match std::env::var("MEDGEMMA_TEST_DTYPE").as_deref() {
+        Ok("bf16") => medgemma_model::burn::tensor::DType::BF16,
+        Ok("f32") | Ok("") | Err(_) => medgemma_model::burn::tensor::DType::F32,
+        Ok(other) => panic!("MEDGEMMA_TEST_DTYPE={other:?}: use \"f32\" or \"bf16\""),
+    }
 }
