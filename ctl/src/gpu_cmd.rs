@@ -26,9 +26,12 @@ pub struct GpuArgs {
 /// What the CPU fallback means, for people.
 pub const CPU_FALLBACK: &str = "Without an NVIDIA driver the daemon runs the model on the CPU: it works, but answers come at a few tokens per second with the 4B model. Install the NVIDIA driver (and reboot) to use a GPU; then run medgemmactl gpu again.";
 
-/// Bytes the model needs on the GPU (bf16 weights and a bf16 KV cache for
-/// `context` tokens, plus 1 GiB of work space), when the model validates.
+/// Bytes the model needs on the GPU, when the model validates: the same
+/// budget the daemon checks before it loads on CUDA
+/// (`medgemma_model::budget`: bf16 weights, the KV cache for `context`
+/// tokens, work space and margin), so both give the same answer.
 pub fn model_need(cfg: &DaemonConfig, context: u64) -> Option<(u64, String)> {
+    use medgemma_model::budget::{self, BudgetRequest, DType};
     use medgemma_model::config::Gemma3Config;
     let path = cfg.model.path.as_ref()?;
     let mc = if path.is_dir() {
@@ -37,20 +40,12 @@ pub fn model_need(cfg: &DaemonConfig, context: u64) -> Option<(u64, String)> {
         let f = medgemma_model::gguf::GgufFile::open(path).ok()?;
         Gemma3Config::from_gguf(&f, path).ok()?
     };
-    let params = medgemma_model::load::parameter_count(&mc);
-    let layers = mc.num_layers() as u64;
-    let kv = 2 * layers * mc.num_key_value_heads as u64 * mc.head_dim as u64 * context * 2;
-    let need = params * 2 + kv + (1 << 30);
-    Some((
-        need,
-        format!(
-            "{} MiB: weights {} MiB (bf16) + KV cache {} MiB ({} tokens) + 1024 MiB work space",
-            need >> 20,
-            (params * 2) >> 20,
-            kv >> 20,
-            context
-        ),
-    ))
+    let context = usize::try_from(context)
+        .unwrap_or(usize::MAX)
+        .min(mc.max_position_embeddings);
+    let req = BudgetRequest::new(context, 1, DType::BF16);
+    let b = budget::estimate(&mc, &req);
+    Some((b.total(), b.describe(&req)))
 }
 
 /// Runs `gpu`.
