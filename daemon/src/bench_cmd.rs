@@ -297,11 +297,17 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     let cfg = model.config().clone();
     let prompt = bench_prompt(args.prompt_tokens, cfg.vocab_size.min(262_144));
 
-    // Warm-up: one short pass so first-call allocation is not billed to prefill.
+    // Warm-up so first-call allocation is not billed to prefill: a short pass
+    // on the CPU; on the GPU the whole prompt, so kernel compilation and
+    // autotuning for the prompt's shapes are not billed either.
+    let warm = match args.backend {
+        BenchBackend::Cpu => 8.min(prompt.len()),
+        BenchBackend::Cuda => prompt.len(),
+    };
     let _ = generate::generate(
         &model,
         &mut model.new_cache(),
-        &prompt[..8.min(prompt.len())],
+        &prompt[..warm],
         &{
             let mut o = opts.clone();
             o.max_new_tokens = 2;
