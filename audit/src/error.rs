@@ -173,6 +173,14 @@ pub enum AuditError {
     /// `since` is not before `until`.
     #[error("the export range is empty: `since` must be before `until`")]
     InvalidTimeRange,
+    /// Another process holds the log open for writing.
+    #[error(
+        "another process is writing the audit log in {path} (medgemmad, or a second medgemmad on the same directory); stop it or give this one its own audit.dir"
+    )]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
     /// The export target already has files in it.
     #[error("the export directory {path} is not empty; choose a new or empty directory")]
     ExportDirNotEmpty {

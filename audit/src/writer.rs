@@ -145,6 +145,33 @@ pub struct AuditLog {
     opts: AuditOptions,
     poisoned: bool,
     recovered: u64,
+    /// Held for the log's lifetime: see [`writer_lock`].
+    _lock: File,
+}
+
+/// The lock file in a log directory (see [`AuditLog::open`]).
+pub const LOCK_FILE: &str = ".writer.lock";
+
+/// Takes the exclusive writer lock of `dir` without waiting.
+fn writer_lock(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| AuditError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::Write { path, source }),
+    }
 }
 
 /// The last valid record of a file.
@@ -329,6 +356,10 @@ impl AuditLog {
             .create(dir)
             .map_err(dir_err)?;
         let dir_handle = File::open(dir).map_err(dir_err)?;
+        // 1a. One writer per directory: an exclusive lock on a file beside
+        //     the log, held until this AuditLog is dropped (or the process
+        //     dies, which releases it). Not a log file: readers ignore it.
+        let lock = writer_lock(dir)?;
         // 2. The key file and its directory (for the atomic replace).
         let key_dir = open_parent_dir(key_file)?;
         let mut state = KeyFile::read(key_file)?;
@@ -428,6 +459,7 @@ impl AuditLog {
             opts,
             poisoned: false,
             recovered: 0,
+            _lock: lock,
         };
         if key_stale {
             log.save_key()?;
