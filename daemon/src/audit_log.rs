@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use medgemma_audit::{
     ActorId, Answer, AuditError, AuditLog, AuditOptions, ContentHasher, ConversationId, Digest,
-    Event, FinishReason, ModelFingerprint, Outcome, ShutdownReason, SoftwareVersion,
+    Event, ExportKind, FinishReason, ModelFingerprint, Outcome, ShutdownReason, SoftwareVersion,
 };
 use medgemma_model::generate::FinishReason as ModelFinish;
 
@@ -147,6 +147,23 @@ impl Auditor {
         })
     }
 
+    /// The `export` record of an audit-log export; returns the chain's end
+    /// after it.
+    pub async fn export(
+        self: &Arc<Self>,
+        actor: ActorId,
+        ok: bool,
+    ) -> Result<ChainHead, AuditError> {
+        self.append_async(Event::Export {
+            actor,
+            kind: ExportKind::AuditLog,
+            conversation: None,
+            outcome: if ok { Outcome::Ok } else { Outcome::Error },
+        })
+        .await?;
+        Ok(self.head())
+    }
+
     /// The `shutdown` record.
     pub fn shutdown(&self, reason: ShutdownReason) -> Result<(), AuditError> {
         self.append(Event::Shutdown { reason })
@@ -221,6 +238,11 @@ pub fn browser_actor(client: Option<&str>) -> ActorId {
     client
         .and_then(|c| ActorId::new(c).ok())
         .unwrap_or_else(|| fixed_actor(UNKNOWN_BROWSER_ACTOR))
+}
+
+/// The actor for an admin-socket request: the peer's uid (`uid-0` is root).
+pub fn admin_actor(uid: u32) -> ActorId {
+    ActorId::new(&format!("uid-{uid}")).unwrap_or_else(|_| unreachable!("uid-<digits> is a token"))
 }
 
 /// The actor for OpenAI-API requests.

@@ -1,5 +1,7 @@
-//! The admin socket (`server.admin_socket`) for `medgemmactl status`:
-//! JSON over HTTP/1.1, one route, `GET /admin/status`.
+//! The admin socket (`server.admin_socket`) for `medgemmactl`: JSON over
+//! HTTP/1.1, two routes: `GET /admin/status` and `POST /admin/audit/export`
+//! (records an audit-log export, made by `medgemmactl audit export`, in the
+//! log the daemon writes).
 //!
 //! The socket file is mode 0660 and belongs to `server.admin_group`; on top
 //! of that every connection is authorized by its peer credentials
@@ -26,8 +28,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::broadcast;
 
-use super::http::{ApiError, Body, json};
+use super::http::{ApiError, Body, json, read_json};
 use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, log};
+use crate::audit_log;
 use crate::config::BackendChoice;
 
 /// Why the admin socket could not be opened.
@@ -190,17 +193,18 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
                 },
                 _ = shutdown.recv() => return,
             };
-            let allowed = stream
-                .peer_cred()
-                .is_ok_and(|c| authorizer.allows(c.uid(), c.gid()));
-            if !allowed {
-                let who = stream.peer_cred().map(|c| c.uid()).ok();
+            let peer = stream.peer_cred().ok();
+            let Some(uid) = peer
+                .filter(|c| authorizer.allows(c.uid(), c.gid()))
+                .map(|c| c.uid())
+            else {
+                let who = peer.map(|c| c.uid());
                 log::event(format_args!("admin: refused a connection from uid {who:?}"));
                 continue;
-            }
+            };
             let state = Arc::clone(&state);
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                let service = service_fn(move |req| handle(Arc::clone(&state), uid, req));
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
@@ -216,19 +220,51 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
 
 async fn handle(
     state: Arc<AppState>,
+    uid: u32,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/admin/status") => status(&state),
         (_, "/admin/status") => ApiError::method_not_allowed("GET").into_response(),
+        (&Method::POST, EXPORT_ROUTE) => record_export(&state, uid, req).await,
+        (_, EXPORT_ROUTE) => ApiError::method_not_allowed("POST").into_response(),
         _ => ApiError::not_found().into_response(),
     };
-    log::event(format_args!(
-        "admin {} {}",
-        req.method(),
-        resp.status().as_u16()
-    ));
+    log::event(format_args!("admin {method} {}", resp.status().as_u16()));
     Ok(resp)
+}
+
+/// `medgemmactl audit export` reports each export here so that the log
+/// records it (the daemon is the log's only writer while it runs).
+pub const EXPORT_ROUTE: &str = "/admin/audit/export";
+
+/// The body of [`EXPORT_ROUTE`]: whether the export worked. Nothing else
+/// is taken from the client: the actor is the peer's uid.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportReport {
+    ok: bool,
+}
+
+async fn record_export(state: &AppState, uid: u32, req: Request<Incoming>) -> Response<Body> {
+    let report: ExportReport = match read_json(req).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let actor = audit_log::admin_actor(uid);
+    match state.audit.export(actor, report.ok).await {
+        Ok(head) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "recorded": true, "audit": head }),
+        ),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_failed",
+            format!("the export could not be recorded in the audit log: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 /// What `medgemmactl status` shows.
