@@ -2,15 +2,22 @@
 //!
 //! Export copies a time range of the live log with a signed manifest;
 //! verify checks a log directory or an export and names the first bad line
-//! (file, line, reason). Neither ever writes into the log directory.
+//! (file, line, reason). Export then appends one `export` record (through
+//! the daemon while it runs); verify never writes.
 
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use medgemma_audit::{InitialKey, VerifyReport};
+use medgemma_audit::{
+    ActorId, AuditLog, AuditOptions, Event, ExportKind, InitialKey, Outcome, VerifyReport,
+};
 
-use crate::daemon_config::DaemonConfig;
+use crate::daemon_config::{DEFAULT_ADMIN_SOCKET, DaemonConfig};
+use crate::status_cmd;
 use crate::{EXIT_DEGRADED, EXIT_OK, Report};
 
 /// `medgemmactl audit …`.
@@ -75,13 +82,17 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
         (Ok(s), Ok(u)) => (s, u),
         (Err(e), _) | (_, Err(e)) => return Report::error(e),
     };
-    let Some(dir) = a.dir.clone().or(cfg.audit.dir) else {
+    let Some(dir) = a.dir.clone().or_else(|| cfg.audit.dir.clone()) else {
         return Report::error(format!(
             "no log directory: give --dir or set audit.dir in {}",
             config.display()
         ));
     };
-    let Some(key_path) = a.signing_key.clone().or(cfg.audit.signing_key_file) else {
+    let Some(key_path) = a
+        .signing_key
+        .clone()
+        .or_else(|| cfg.audit.signing_key_file.clone())
+    else {
         return Report::error(format!(
             "no signing key: give --signing-key or set audit.signing_key_file in {} (medgemmactl setup creates one)",
             config.display()
@@ -96,11 +107,26 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
             ));
         }
     };
-    match medgemma_audit::export(&dir, since, until, &a.out, &key) {
+    let exported = medgemma_audit::export(&dir, since, until, &a.out, &key);
+    // Every export attempt, good or failed, is itself an `export` record.
+    let recorded = record_export(&cfg, &dir, exported.is_ok());
+    let recorded = match recorded {
+        Ok(how) => how,
+        Err(why) => {
+            let done = match &exported {
+                Ok(_) => format!("the export into {} was written, but ", a.out.display()),
+                Err(e) => format!("export failed ({e}), and "),
+            };
+            return Report::error(format!(
+                "{done}it could not be recorded in the audit log: {why}"
+            ));
+        }
+    };
+    match exported {
         Ok(s) => Report {
             code: EXIT_OK,
             text: format!(
-                "exported {} records ({}) in {} files into {}; manifest {} is signed. Verify it with: medgemmactl audit verify {} --public-key <signing.pub> --initial-key-file <file>",
+                "exported {} records ({}) in {} files into {}; manifest {} is signed; the export is recorded in the audit log ({recorded}). Verify it with: medgemmactl audit verify {} --public-key <signing.pub> --initial-key-file <file>",
                 s.records,
                 match (s.first_seq, s.last_seq) {
                     (Some(a), Some(b)) => format!("seq {a}..{b}"),
@@ -119,10 +145,78 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
                 "first_seq": s.first_seq,
                 "last_seq": s.last_seq,
                 "manifest": s.manifest,
+                "recorded": recorded,
             }),
         },
         Err(e) => Report::error(format!("export failed: {e}")),
     }
+}
+
+/// Appends the `export` record: through the daemon's admin socket while it
+/// runs (it is the log's only writer), else by opening the log here (the
+/// writer lock keeps a starting daemon out meanwhile). Files this creates or
+/// replaces are given to the owner of the log directory, the daemon's user.
+/// Returns how it was recorded.
+fn record_export(cfg: &DaemonConfig, dir: &Path, ok: bool) -> Result<&'static str, String> {
+    let socket = cfg
+        .server
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    let body = serde_json::json!({ "ok": ok });
+    match UnixStream::connect(&socket) {
+        Ok(stream) => {
+            return status_cmd::request(stream, "POST", "/admin/audit/export", Some(&body))
+                .map(|_| "by medgemmad")
+                .map_err(|e| format!("{e}; fix the daemon, then export again"));
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot reach medgemmad on {} ({e}); run as root or as a member of the admin group",
+                socket.display()
+            ));
+        }
+    }
+    // The daemon is not running: write the record here.
+    let Some(key_file) = cfg.audit.key_file.as_deref() else {
+        return Err(
+            "medgemmad is not running and audit.key_file is not set; start medgemmad or set it"
+                .to_owned(),
+        );
+    };
+    let owner = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let me = std::fs::metadata("/proc/self").map_err(|e| format!("/proc/self: {e}"))?;
+    let actor = ActorId::new(&format!("uid-{}", me.uid())).map_err(|e| e.to_string())?;
+    let mut log =
+        AuditLog::open(dir, key_file, AuditOptions::default()).map_err(|e| e.to_string())?;
+    log.append(Event::Export {
+        actor,
+        kind: ExportKind::AuditLog,
+        conversation: None,
+        outcome: if ok { Outcome::Ok } else { Outcome::Error },
+    })
+    .map_err(|e| e.to_string())?;
+    drop(log);
+    if me.uid() != owner.uid() {
+        give_to_owner(dir, key_file, owner.uid(), owner.gid())?;
+    }
+    Ok("directly: medgemmad is not running")
+}
+
+/// Gives the log's files and the key file back to the daemon's user after
+/// root wrote them (a root-owned key file would stop the daemon's next start).
+fn give_to_owner(dir: &Path, key_file: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot give {} back to uid {uid}: {e}", p.display()))
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        chown(&entry.path())?;
+    }
+    chown(key_file)
 }
 
 fn verify(a: &VerifyArgs) -> Report {

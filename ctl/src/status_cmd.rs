@@ -52,29 +52,74 @@ pub fn run(config: &Path, args: &StatusArgs) -> Report {
 
 /// One `GET /admin/status` on `socket`.
 pub fn fetch(socket: &Path) -> Result<serde_json::Value, String> {
-    let mut stream = UnixStream::connect(socket)
+    let stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    request(stream, "GET", "/admin/status", None)
+}
+
+/// One request on a connected admin socket; the answer's JSON body when the
+/// status is 200, else a sentence.
+pub fn request(
+    mut stream: UnixStream,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     stream
         .set_read_timeout(Some(TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    const REFUSED: &str = "the daemon closed the connection without answering (access refused: run as root or as a member of server.admin_group)";
+    // The daemon disconnects a refused peer at once: the request may then
+    // fail to send (EPIPE) or the answer be a reset or nothing at all.
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    };
     stream
-        .write_all(b"GET /admin/status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("cannot send the request: {e}"))?;
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .map_err(|e| {
+            if closed(&e) {
+                REFUSED.to_owned()
+            } else {
+                format!("cannot send the request: {e}")
+            }
+        })?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("no answer: {e}"))?;
+    stream.read_to_end(&mut raw).map_err(|e| {
+        if closed(&e) {
+            REFUSED.to_owned()
+        } else {
+            format!("no answer: {e}")
+        }
+    })?;
     if raw.is_empty() {
-        return Err("the daemon closed the connection without answering (access refused: run as root or as a member of server.admin_group)".to_owned());
+        return Err(REFUSED.to_owned());
     }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or("the answer is not HTTP")?;
     if !head.starts_with("HTTP/1.1 200") {
+        let why = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_default();
         return Err(format!(
-            "the daemon answered {}",
+            "the daemon answered {} {why}",
             head.lines().next().unwrap_or("")
         ));
     }

@@ -505,3 +505,152 @@ fn man_pages_and_completions_come_from_the_cli_definition() {
     assert!(stdout(&o).contains("medgemmactl"));
     assert_eq!(code(&ctl(&["completions", "tcsh"])), 64);
 }
+
+/// Every record of the log in `dir`, oldest first.
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// An export is itself audited: through the daemon's admin socket while it
+/// runs, a failed attempt too, and written directly while it is stopped;
+/// the chain still verifies and the daemon starts again on that log.
+#[test]
+fn audit_export_is_recorded_through_the_daemon_or_directly() {
+    let mut d = start_daemon();
+    chat(&d.dir.path().join("ui.sock"));
+    let dir = d.dir.path().to_path_buf();
+    let config = d.config();
+    let export = |out: &Path| {
+        ctl(&[
+            "--config",
+            &config,
+            "--json",
+            "audit",
+            "export",
+            "--since",
+            "2020-01-01",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let actor = format!("uid-{}", my_uid());
+
+    let o = export(&dir.join("export-1"));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["recorded"], "by medgemmad");
+    let last = records(&dir.join("audit")).pop().unwrap();
+    assert_eq!(last["event"], "export", "{last}");
+    assert_eq!(last["kind"], "audit_log", "{last}");
+    assert_eq!(last["outcome"], "ok", "{last}");
+    assert_eq!(last["actor"], actor.as_str(), "{last}");
+
+    // The same (now non-empty) directory again: the export fails, exit 3,
+    // and the failed attempt is recorded too.
+    let o = export(&dir.join("export-1"));
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    let last = records(&dir.join("audit")).pop().unwrap();
+    assert_eq!(
+        (&last["event"], &last["outcome"]),
+        (&"export".into(), &"error".into()),
+        "{last}"
+    );
+
+    // Stopped (killed: the admin socket file stays, nobody listens): the
+    // record is written directly.
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let before = records(&dir.join("audit")).len();
+    let o = export(&dir.join("export-2"));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["recorded"], "directly: medgemmad is not running");
+    let all = records(&dir.join("audit"));
+    assert_eq!(all.len(), before + 1, "one export record: {all:?}");
+    let last = all.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["outcome"]),
+        (&"export".into(), &"ok".into())
+    );
+
+    let key_file = dir.join("initial-key.txt");
+    let o = ctl(&[
+        "--json",
+        "audit",
+        "verify",
+        dir.join("audit").to_str().unwrap(),
+        "--initial-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["records"].as_u64().unwrap(), all.len() as u64);
+}
+
+/// The admin socket authorizes each connection by its peer credentials, not
+/// only by the socket file's mode: with the file opened to everyone (0666),
+/// an unprivileged user (uid 65534, no groups) is still disconnected without
+/// an answer, `status` says so (exit 2), and the daemon logs the refusal.
+/// Needs root (to run as another user); otherwise prints SKIPPED.
+#[test]
+fn status_from_a_non_admin_user_is_refused_by_peer_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    if my_uid() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!(
+            "SKIPPED status_from_a_non_admin_user_is_refused_by_peer_credentials: needs root and setpriv"
+        );
+        return;
+    }
+    let d = start_daemon();
+    std::fs::set_permissions(&d.admin(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CTL])
+        .args(["--json", "status", "--socket", &d.admin()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&o),
+        2,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json(&o);
+    assert_eq!(v["running"], false, "{v}");
+    assert!(v.to_string().contains("access refused"), "{v}");
+    let t0 = Instant::now();
+    while !d
+        .log
+        .lock()
+        .unwrap()
+        .contains("admin: refused a connection from uid Some(65534)")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Root, on the same socket, is answered.
+    let o = ctl(&["--json", "status", "--socket", &d.admin()]);
+    assert_eq!(json(&o)["running"], true);
+}
