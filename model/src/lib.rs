@@ -35,6 +35,7 @@ pub mod random;
 pub mod sampling;
 pub mod thinking;
 pub mod tokenizer;
+pub mod validate;
 pub mod weights;
 
 pub use burn;

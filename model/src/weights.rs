@@ -16,7 +16,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensorError, SafeTensors};
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufFile, TensorInfo};
 
 /// Why weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,18 @@ pub struct StEntry {
 pub struct Shard {
     path: PathBuf,
     map: Mmap,
+}
+
+/// A tensor found by [`WeightSource::locate`], shape and size checked.
+enum Located<'a> {
+    St {
+        bytes: &'a [u8],
+        dtype: StDtype,
+    },
+    Gguf {
+        file: &'a GgufFile,
+        info: &'a TensorInfo,
+    },
 }
 
 /// A set of weights that yields decoder tensors by canonical name.
@@ -334,12 +346,56 @@ impl WeightSource {
         dtype: DType,
         norm: bool,
     ) -> Result<TensorData, WeightsError> {
+        let data = match self.locate(name, expected)? {
+            Located::St { bytes, dtype: disk } => convert(bytes, disk, expected, dtype),
+            Located::Gguf { file, info } => {
+                let mut values = file.dequantize(info)?;
+                if norm {
+                    values.iter_mut().for_each(|v| *v -= 1.0);
+                }
+                from_f32(values, expected, dtype)
+            }
+        };
+        self.take(name);
+        Ok(data)
+    }
+
+    /// Runs every check of [`WeightSource::load`] on one tensor (present,
+    /// shape, dtype or quantization supported, bytes inside the file) without
+    /// reading or converting its data: `medgemmactl setup` validates a model
+    /// this way in seconds.
+    pub fn check(&mut self, name: &str, expected: &[usize]) -> Result<(), WeightsError> {
+        if let Located::Gguf { file, info } = self.locate(name, expected)? {
+            if !info.ty.can_dequantize() {
+                return Err(GgufError::UnsupportedType {
+                    path: file.path().to_owned(),
+                    tensor: info.name.clone(),
+                    ty: info.ty,
+                }
+                .into());
+            }
+            file.tensor_bytes(info)?;
+        }
+        self.take(name);
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str) {
+        match self {
+            Self::Safetensors { taken, .. } | Self::Gguf { taken, .. } => {
+                taken.insert(name.to_owned());
+            }
+        }
+    }
+
+    /// Finds a tensor and checks its shape, dtype and byte length.
+    fn locate(&self, name: &str, expected: &[usize]) -> Result<Located<'_>, WeightsError> {
         match self {
             Self::Safetensors {
                 root,
                 shards,
                 entries,
-                taken,
+                ..
             } => {
                 let entry = entries.get(name).ok_or_else(|| WeightsError::Missing {
                     path: root.clone(),
@@ -377,11 +433,12 @@ impl WeightSource {
                         ),
                     });
                 }
-                let data = convert(bytes, entry.dtype, expected, dtype);
-                taken.insert(name.to_owned());
-                Ok(data)
+                Ok(Located::St {
+                    bytes,
+                    dtype: entry.dtype,
+                })
             }
-            Self::Gguf { path, file, taken } => {
+            Self::Gguf { path, file, .. } => {
                 let gguf_name = gguf_name(name).ok_or_else(|| WeightsError::Missing {
                     path: path.clone(),
                     tensor: name.to_owned(),
@@ -401,12 +458,7 @@ impl WeightSource {
                         expected: expected.to_vec(),
                     });
                 }
-                let mut values = file.dequantize(info)?;
-                if norm {
-                    values.iter_mut().for_each(|v| *v -= 1.0);
-                }
-                taken.insert(name.to_owned());
-                Ok(from_f32(values, expected, dtype))
+                Ok(Located::Gguf { file, info })
             }
         }
     }
