@@ -294,20 +294,19 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
     })
 }
 
-/// Checks the model with the engine's readers; tensors are not loaded.
+/// Checks the model with the engine's loader without loading it: the
+/// configuration, every decoder tensor's presence, shape, dtype or
+/// quantization and extent in its file, nothing left over; and the tokenizer.
 pub fn validate(model: &Path, tokenizer: Option<&Path>) -> Result<String, String> {
-    use medgemma_model::config::Gemma3Config;
     use medgemma_model::gguf::GgufFile;
     use medgemma_model::tokenizer::GemmaTokenizer;
-    use medgemma_model::weights::WeightSource;
     if let Some(t) = tokenizer {
         GemmaTokenizer::from_file(t).map_err(|e| e.to_string())?;
     }
-    if model.is_dir() {
-        let cfg = Gemma3Config::from_file(&model.join("config.json")).map_err(|e| e.to_string())?;
-        WeightSource::open_safetensors_dir(model).map_err(|e| e.to_string())?;
-        let tok = model.join("tokenizer.json");
-        if tokenizer.is_none() {
+    let v = medgemma_model::validate::validate_weights(model).map_err(|e| e.to_string())?;
+    if tokenizer.is_none() {
+        if model.is_dir() {
+            let tok = model.join("tokenizer.json");
             if !tok.is_file() {
                 return Err(format!(
                     "{} has no tokenizer.json; give --tokenizer",
@@ -315,35 +314,24 @@ pub fn validate(model: &Path, tokenizer: Option<&Path>) -> Result<String, String
                 ));
             }
             GemmaTokenizer::from_file(&tok).map_err(|e| e.to_string())?;
-        }
-        Ok(format!(
-            "safetensors, {} layers, hidden size {}, {} parameters",
-            cfg.num_layers(),
-            cfg.hidden_size,
-            medgemma_model::load::parameter_count(&cfg)
-        ))
-    } else if model
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let file = GgufFile::open(model).map_err(|e| e.to_string())?;
-        let cfg = Gemma3Config::from_gguf(&file, model).map_err(|e| e.to_string())?;
-        if tokenizer.is_none() {
+        } else {
+            let file = GgufFile::open(model).map_err(|e| e.to_string())?;
             medgemma_model::gguf_tokenizer::tokenizer_from_gguf(&file)
                 .map_err(|e| e.to_string())?;
         }
-        Ok(format!(
-            "GGUF, {} layers, hidden size {}, {} parameters",
-            cfg.num_layers(),
-            cfg.hidden_size,
-            medgemma_model::load::parameter_count(&cfg)
-        ))
-    } else {
-        Err(format!(
-            "{} is neither a model directory nor a .gguf file",
-            model.display()
-        ))
     }
+    Ok(format!(
+        "{}, {} layers, hidden size {}, {} tensors checked, {} parameters",
+        if v.format == "gguf" {
+            "GGUF"
+        } else {
+            "safetensors"
+        },
+        v.config.num_layers(),
+        v.config.hidden_size,
+        v.tensors,
+        v.parameters
+    ))
 }
 
 /// The files that make up a model (a directory's regular files, not hidden).

@@ -442,6 +442,14 @@ fn setup_pins_creates_keys_once_and_refuses_an_altered_model() {
         String::from_utf8_lossy(&o.stderr)
     );
     let v = json(&o);
+    // Every decoder tensor was checked by the engine's loader (tiny_a: 7 layers).
+    assert!(
+        v["validation"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} tensors checked", 1 + 7 * 13 + 1)),
+        "{v}"
+    );
     let initial = v["initial_key"].as_str().expect("initial key shown once");
     assert!(medgemma_audit::InitialKey::parse(initial).is_ok());
     assert_eq!(v["pins"].as_array().unwrap().len(), 5);
