@@ -513,3 +513,47 @@ async fn sandboxed_daemon_sends_ready_then_watchdog_pings() {
         "expected watchdog pings after READY: {messages:?}"
     );
 }
+
+/// `medgemmactl status` against the sandboxed daemon: healthy, exit 0 (the
+/// CPU was asked for, the sandbox is enforced), every protection reported,
+/// read over the admin socket after the drop to the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
+    const NAME: &str = "medgemmactl_status_of_the_sandboxed_daemon_is_healthy";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let ctl = Path::new(BIN).with_file_name("medgemmactl");
+    assert!(
+        ctl.is_file(),
+        "{} is built with the workspace",
+        ctl.display()
+    );
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let admin = dir.path().join("admin.sock");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nadmin_socket = {:?}\n",
+            admin.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::start_with(dir, &config, &[], READY);
+    let o = Command::new(&ctl)
+        .args(["--json", "status", "--socket"])
+        .arg(&admin)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    drop(d);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["health"]["status"], "healthy", "{v}");
+    assert_eq!(v["sandbox"]["enforced"], true, "{v}");
+    assert_eq!(v["sandbox"]["landlock"]["fully_enforced"], true, "{v}");
+    assert_eq!(v["sandbox"]["seccomp"]["mode"], "enforce", "{v}");
+    assert_eq!(v["backend"]["kind"], "cpu", "{v}");
+}
