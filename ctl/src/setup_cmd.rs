@@ -7,7 +7,10 @@
 //!    tokenizer.
 //! 3. Pin the SHA-256 of every model file (`<state>/model.pins.json`); on a
 //!    re-run, re-hash and refuse a file that changed or was half copied.
-//! 4. Pick the backend (this build: the CPU, with the reason).
+//! 4. Pick the backend from the hardware: `auto` (CUDA, with the daemon's
+//!    own fallback) when NVML finds a GPU whose free memory holds the
+//!    model's budget (`medgemma_model::budget`, as the daemon computes it),
+//!    else `cpu`, with the reason and the numbers.
 //! 5. Create the audit keys once: the chain key (its initial key is shown
 //!    once, to be kept offline), the content key, the export signing key.
 //!    Existing keys are kept.
@@ -178,9 +181,9 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
         write_new_or_replace(&pins_path, text.as_bytes(), 0o644)?;
     }
 
-    // 4. Backend.
-    let backend = "cpu";
-    let backend_reason = "this build of medgemmad has no CUDA support, so the CPU runs the model (slow for the 4B model: expect a few tokens per second)";
+    // 4. Backend, from the hardware.
+    let (backend, backend_reason) = pick_backend(&model);
+    note(format_args!("backend: {backend}: {backend_reason}"));
 
     // 5. Keys and the audit directory.
     let audit_dir = state.join("audit");
@@ -227,7 +230,7 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
         if let Some(dir) = config_out.parent().filter(|d| !d.as_os_str().is_empty()) {
             mkdir(dir, 0o755)?;
         }
-        let text = daemon_config(a, &model, tokenizer.as_deref(), &state, &pins_path);
+        let text = daemon_config(a, &model, tokenizer.as_deref(), &state, &pins_path, backend);
         write_new_or_replace(&config_out, text.as_bytes(), 0o644)?;
         true
     };
@@ -424,18 +427,90 @@ fn toml_string(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
+/// The backend to write, and why: the same budget the daemon checks before
+/// it loads on CUDA, against each GPU's free memory now.
+fn pick_backend(model: &Path) -> (&'static str, String) {
+    let cfg = crate::daemon_config::DaemonConfig {
+        model: crate::daemon_config::ModelPart {
+            path: Some(model.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let Some((need, _)) = crate::gpu_cmd::model_need(&cfg, SETUP_CONTEXT) else {
+        return (
+            "cpu",
+            "the model's size could not be read; the CPU is the safe choice".to_owned(),
+        );
+    };
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(n) => n,
+        Err(_) => {
+            return (
+                "cpu",
+                format!(
+                    "no NVIDIA driver (NVML cannot be loaded). {}",
+                    crate::gpu_cmd::CPU_FALLBACK
+                ),
+            );
+        }
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    let mut best: Option<(u32, String, u64)> = None;
+    for i in 0..count {
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let free = d.memory_info().map(|m| m.free).unwrap_or(0);
+        if best.as_ref().is_none_or(|b| free > b.2) {
+            best = Some((i, d.name().unwrap_or_default(), free));
+        }
+    }
+    let gib = medgemma_model::budget::gib;
+    match best {
+        None => (
+            "cpu",
+            format!(
+                "the NVIDIA driver reports no GPU. {}",
+                crate::gpu_cmd::CPU_FALLBACK
+            ),
+        ),
+        Some((i, name, free)) if free >= need => (
+            "auto",
+            format!(
+                "GPU {i} ({name}) has {} free and the model needs {} for {SETUP_CONTEXT} tokens of context: medgemmad uses CUDA, and falls back to the CPU with the reason if that changes",
+                gib(free),
+                gib(need)
+            ),
+        ),
+        Some((i, name, free)) => (
+            "cpu",
+            format!(
+                "GPU {i} ({name}) has only {} free but the model needs {} for {SETUP_CONTEXT} tokens of context; free GPU memory (medgemmactl gpu names the processes holding it) and run setup again",
+                gib(free),
+                gib(need)
+            ),
+        ),
+    }
+}
+
+/// The context the setup budget is computed for: the daemon's default
+/// `engine.context_length`.
+const SETUP_CONTEXT: u64 = 8192;
+
 fn daemon_config(
     a: &SetupArgs,
     model: &Path,
     tokenizer: Option<&Path>,
     state: &Path,
     pins: &Path,
+    backend: &str,
 ) -> String {
     let tok = tokenizer
         .map(|t| format!("tokenizer_path = {}\n", toml_str(t)))
         .unwrap_or_default();
     format!(
-        "# Written by medgemmactl setup; every key is documented in medgemmad.example.toml.\n\n[model]\npath = {model}\n{tok}label = {label}\ndemo = {demo}\npins_file = {pins}\n\n[engine]\nbackend = \"cpu\"\n\n[server]\nui_socket = {ui}\nadmin_socket = {admin}\n\n[audit]\ndir = {audit}\nkey_file = {key}\ncontent_key_file = {content}\nsigning_key_file = {signing}\n",
+        "# Written by medgemmactl setup; every key is documented in medgemmad.example.toml.\n\n[model]\npath = {model}\n{tok}label = {label}\ndemo = {demo}\npins_file = {pins}\n\n[engine]\nbackend = {backend:?}\n\n[server]\nui_socket = {ui}\nadmin_socket = {admin}\n\n[audit]\ndir = {audit}\nkey_file = {key}\ncontent_key_file = {content}\nsigning_key_file = {signing}\n",
         model = toml_str(model),
         label = toml_string(&a.label),
         demo = a.demo,

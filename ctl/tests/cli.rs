@@ -450,6 +450,17 @@ fn setup_pins_creates_keys_once_and_refuses_an_altered_model() {
             .contains(&format!("{} tensors checked", 1 + 7 * 13 + 1)),
         "{v}"
     );
+    // No NVIDIA driver here: the CPU, and the reason says so.
+    if !Path::new("/dev/nvidiactl").exists() {
+        assert_eq!(v["backend"]["kind"], "cpu", "{v}");
+        assert!(
+            v["backend"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no NVIDIA driver"),
+            "{v}"
+        );
+    }
     let initial = v["initial_key"].as_str().expect("initial key shown once");
     assert!(medgemma_audit::InitialKey::parse(initial).is_ok());
     assert_eq!(v["pins"].as_array().unwrap().len(), 5);
