@@ -638,7 +638,7 @@ fn status_from_a_non_admin_user_is_refused_by_peer_credentials() {
         return;
     }
     let d = start_daemon();
-    std::fs::set_permissions(&d.admin(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(d.admin(), std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", CTL])

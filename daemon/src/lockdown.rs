@@ -372,10 +372,10 @@ impl Notifier {
 /// `$WATCHDOG_USEC` (sd_watchdog_enabled(3)), or `None` when the watchdog is
 /// off, meant for another process (`$WATCHDOG_PID`), or malformed.
 pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok()? != own_pid {
-            return None;
-        }
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok()? != own_pid
+    {
+        return None;
     }
     let usec: u64 = usec?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
