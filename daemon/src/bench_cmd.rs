@@ -76,6 +76,7 @@ pub enum BenchError {
     #[error(transparent)]
     Generate(#[from] generate::GenerateError),
     /// `--backend cuda` on a binary without CUDA.
+    #[cfg(not(feature = "cuda"))]
     #[error(
         "this medgemmad was built without CUDA support, so --backend cuda cannot run; build it with the `cuda` feature (scripts/build-release.sh) or use --backend cpu"
     )]
