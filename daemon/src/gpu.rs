@@ -51,6 +51,7 @@ pub const FAILURES_DEGRADED: usize = 3;
 pub enum GpuError {
     /// This build has no CUDA backend.
     #[error("this build has no CUDA support; install a build with CUDA")]
+    #[cfg_attr(feature = "cuda", allow(dead_code))] // only a CPU-only build says this
     NotBuilt,
     /// `libcuda.so.1` does not load.
     #[error(transparent)]
