@@ -42,3 +42,10 @@ tests/browser/run.sh
 
 step "browser: headless Chromium against the real daemon"
 tests/browser/run-daemon.sh
+
+step "package: release binaries and the .deb (scripts/build-deb.sh)"
+deb="$(scripts/build-deb.sh | tail -n 1)"
+ls -l "$deb"
+
+step "package: reproducible, lintian-clean, installs, upgrades, removes and purges in Debian 12 (scripts/test-package.sh)"
+scripts/test-package.sh
