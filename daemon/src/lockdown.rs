@@ -59,6 +59,17 @@ pub fn landlock_policy(settings: &Settings) -> LandlockPolicy {
     let mut read_only = vec![settings.model.path.clone()];
     read_only.extend(settings.model.tokenizer_path.iter().cloned());
     read_only.extend(settings.model.system_prompt_file.iter().cloned());
+    // The pins `medgemmactl setup` wrote: the admin status compares the model
+    // files with them (a rule needs the file to exist; a missing one is
+    // reported by the status itself).
+    read_only.extend(
+        settings
+            .model
+            .pins_file
+            .iter()
+            .filter(|p| p.is_file())
+            .cloned(),
+    );
 
     let mut read_write = vec![settings.audit.dir.clone()];
     let sockets = std::iter::once(&settings.server.ui_socket)
@@ -455,6 +466,18 @@ mod tests {
         let cuda = cuda_paths();
         assert!(cuda.devices.iter().all(|d| p.devices.contains(d)));
         assert!(cuda.read_only.iter().all(|r| p.read_only.contains(r)));
+    }
+
+    #[test]
+    fn the_pins_file_is_readable_under_landlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("model.pins.json");
+        std::fs::write(&pins, "{}").unwrap();
+        let mut s = settings(dir.path(), "cpu");
+        s.model.pins_file = Some(pins.clone());
+        assert!(landlock_policy(&s).read_only.contains(&pins));
+        std::fs::remove_file(&pins).unwrap();
+        assert!(!landlock_policy(&s).read_only.contains(&pins));
     }
 
     #[test]

@@ -532,14 +532,32 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
     let user = TestUser::get();
     let (dir, config) = setup(&user);
     let admin = dir.path().join("admin.sock");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        &format!(
-            "[server]\nadmin_socket = {:?}\n",
-            admin.display().to_string()
-        ),
-        1,
-    );
+    // Pins as `medgemmactl setup` writes them: the status reads them back
+    // from inside the sandbox (Landlock must allow the file).
+    let files: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("model"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            json!({ "path": p, "size": std::fs::metadata(&p).unwrap().len() })
+        })
+        .collect();
+    let pins = dir.path().join("model.pins.json");
+    std::fs::write(&pins, json!({ "files": files }).to_string()).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "[server]\n",
+            &format!(
+                "[server]\nadmin_socket = {:?}\n",
+                admin.display().to_string()
+            ),
+            1,
+        )
+        .replacen(
+            "[model]\n",
+            &format!("[model]\npins_file = {:?}\n", pins.display().to_string()),
+            1,
+        );
     std::fs::write(&config, text).unwrap();
     let d = Daemon::start_with(dir, &config, &[], READY);
     let o = Command::new(&ctl)
@@ -556,4 +574,6 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
     assert_eq!(v["sandbox"]["landlock"]["fully_enforced"], true, "{v}");
     assert_eq!(v["sandbox"]["seccomp"]["mode"], "enforce", "{v}");
     assert_eq!(v["backend"]["kind"], "cpu", "{v}");
+    assert_eq!(v["model"]["pins"]["ok"], true, "{v}");
+    assert_eq!(v["model"]["pins"]["files"], 2, "{v}");
 }
