@@ -121,6 +121,11 @@ pub trait Engine: Send {
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<ChatSummary, EngineError>;
+    /// Whether the engine can still answer. `false` ends the engine thread;
+    /// the daemon then exits (code 8) so that systemd restarts it.
+    fn usable(&self) -> bool {
+        true
+    }
 }
 
 /// The real engine over a loaded Gemma 3 model.
@@ -199,6 +204,10 @@ impl Engine for ModelEngine {
             .as_ref()
             .ok_or(EngineError::NoTokenizer)?;
         Ok(chat::encode_chat(tok, messages, true)?.len())
+    }
+
+    fn usable(&self) -> bool {
+        !(self.on_gpu && crate::gpu::consecutive_failures() >= crate::gpu::FAILURES_RESTART)
     }
 
     fn chat(

@@ -44,6 +44,10 @@ pub const EXIT_GPU_UNUSABLE: u8 = 7;
 
 /// Consecutive GPU failures after which the status says degraded.
 pub const FAILURES_DEGRADED: usize = 3;
+/// GPU failures in a row after which the engine stops so that the service
+/// restarts (a sticky CUDA error fails every later request; a fresh process
+/// gets a fresh context).
+pub const FAILURES_RESTART: usize = 5;
 
 /// Why the GPU cannot run the model.
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,8 @@
 //! Exit codes: 0 clean shutdown, 1 server failure, 2 configuration, 3 model
 //! load, 4 socket, 5 audit log, 6 sandbox, 7 `backend = "cuda"` and no
 //! usable GPU (the sentence says why; `auto` runs on the CPU instead, see
-//! `gpu.rs`).
+//! `gpu.rs`), 8 the engine stopped while serving (repeated GPU failures:
+//! systemd restarts the service).
 //!
 //! Owns: the order of startup and shutdown. Must never: serve before the
 //! model is ready, or report a sandbox state the process does not have.
@@ -114,6 +115,11 @@ pub enum ServeError {
     /// The admin socket cannot be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The engine thread ended while serving (repeated GPU failures).
+    #[error(
+        "the engine stopped after repeated GPU failures; the service restarts under systemd (else start it again) and medgemmactl gpu shows the GPU's state"
+    )]
+    EngineStopped,
     /// `backend = "cuda"` and the GPU cannot be used.
     #[error("{}", gpu::refusal(.0))]
     Gpu(#[from] GpuError),
@@ -135,6 +141,7 @@ impl ServeError {
             Self::Listener(_) | Self::Admin(_) => 4,
             Self::Audit(_) => 5,
             Self::Runtime(_) | Self::Server(_) => 1,
+            Self::EngineStopped => 8,
         }
     }
 }
@@ -358,8 +365,19 @@ fn serve(
         if let Some(every) = watchdog.filter(|_| notifier.is_connected()) {
             tokio::spawn(watchdog_pings(notifier.clone(), engine.clone(), every));
         }
-        server::run(listener, engine, config, shutdown_signal()).await?;
+        let monitor = engine.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = engine_stopped(monitor) => {}
+            }
+        };
+        let alive = engine.clone();
+        server::run(listener, engine, config, stop).await?;
         notify_systemd(notifier, "STOPPING=1");
+        if !alive.is_alive() {
+            return Err(ServeError::EngineStopped);
+        }
         Ok::<(), ServeError>(())
     })?;
     // The engine thread ends with its last handle; it may still be finishing a
@@ -475,6 +493,16 @@ async fn shutdown_signal() {
         _ = term.recv() => say(format_args!("SIGTERM received")),
         _ = tokio::signal::ctrl_c() => say(format_args!("SIGINT received")),
     }
+}
+
+/// Resolves once the engine thread has ended (it stops itself when the
+/// engine cannot recover, see [`Engine::usable`]).
+async fn engine_stopped(engine: worker::EngineHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while engine.is_alive() {
+        tick.tick().await;
+    }
+    say(format_args!("the engine thread has stopped; shutting down"));
 }
 
 /// Sends `WATCHDOG=1` every `every` while the runtime turns and the engine

@@ -304,6 +304,12 @@ fn serve_jobs(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats) {
         if let Some(msg) = last {
             let _ = job.reply.send(msg);
         }
+        if !engine.usable() {
+            eprintln!(
+                "medgemmad: the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
+            );
+            return;
+        }
     }
 }
 
@@ -404,6 +410,70 @@ mod tests {
                 thinking_unterminated: false,
             })
         }
+    }
+
+    /// Answers every turn, and says after `answers` turns that it cannot
+    /// go on (as the model engine does after repeated GPU failures).
+    struct WearingEngine {
+        answers: usize,
+    }
+
+    impl Engine for WearingEngine {
+        fn info(&self) -> EngineInfo {
+            GatedEngine {
+                gate: mpsc::channel().1,
+            }
+            .info()
+        }
+        fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
+            Ok(messages.len())
+        }
+        fn chat(
+            &mut self,
+            req: &ChatRequest,
+            on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+        ) -> Result<ChatSummary, EngineError> {
+            self.answers = self.answers.saturating_sub(1);
+            let (tx, gate) = mpsc::channel();
+            tx.send(()).unwrap();
+            GatedEngine { gate }.chat(req, on_event)
+        }
+        fn usable(&self) -> bool {
+            self.answers > 0
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_recover_ends_its_thread() {
+        let engine = start(
+            || Ok::<_, std::io::Error>(Box::new(WearingEngine { answers: 2 }) as Box<dyn Engine>),
+            4,
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let mut rx = engine.submit(request()).unwrap();
+            until_done(&mut rx).await;
+        }
+        // The second answer still arrived; then the thread ended.
+        let t0 = Instant::now();
+        while engine.is_alive() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "engine thread still alive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = engine.submit(request());
+        let stopped = match refused {
+            Err(SubmitError::Stopped) => true,
+            // Admitted into a channel nobody reads: the reply channel closes.
+            Ok(mut rx) => rx.recv().await.is_none(),
+            Err(SubmitError::QueueFull) => false,
+        };
+        assert!(
+            stopped,
+            "a job after the engine ended was neither refused nor closed"
+        );
     }
 
     fn request() -> ChatRequest {
