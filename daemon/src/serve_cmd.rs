@@ -162,7 +162,7 @@ enum LoadFailure {
 /// Runs the daemon.
 pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     // 1. Clean fds and environment, keeping systemd's sockets and protocol.
-    let mut activated = sandbox::take_listen_fds()?;
+    let activated = sandbox::take_listen_fds()?;
     let keep: Vec<_> = activated.iter().map(|l| l.fd.as_raw_fd()).collect();
     sandbox::clean_process(&keep, lockdown::ENV_ALLOW)?;
     let mode = if args.insecure_no_sandbox {
@@ -211,10 +211,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     //    ... the model files (checked), the UI and admin sockets, and the
     //    sd_notify socket (connected now: socket(2) is denied from step 7).
     check_model_files(&settings)?;
-    let ui = listener::open(
-        &settings.server.ui_socket,
-        (!activated.is_empty()).then(|| activated.remove(0).fd),
-    )?;
+    let passed = listener::by_name(activated.into_iter().map(|l| (l.name, l.fd)).collect());
+    for name in &passed.ignored {
+        say(format_args!(
+            "socket activation: ignoring the passed socket named {name:?} (medgemmad uses \"ui\" and \"admin\")"
+        ));
+    }
+    let ui = listener::open(&settings.server.ui_socket, passed.ui)?;
     if let (Some(path), Some(user)) = (&ui.bound_path, &user) {
         // The service user removes it on exit; its group may connect (0660).
         std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
@@ -224,12 +227,11 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             }
         })?;
     }
-    let admin = match &settings.server.admin_socket {
-        Some(path) => Some(Arc::new(admin::bind(
-            path,
-            settings.server.admin_group.as_deref(),
-        )?)),
-        None => None,
+    let group = settings.server.admin_group.as_deref();
+    let admin = match (passed.admin, &settings.server.admin_socket) {
+        (Some(fd), _) => Some(Arc::new(admin::adopt(fd, group)?)),
+        (None, Some(path)) => Some(Arc::new(admin::bind(path, group)?)),
+        (None, None) => None,
     };
     let (notifier, notify_problem) = lockdown::Notifier::connect();
     if let Some(problem) = notify_problem {
@@ -260,8 +262,8 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     if let Err(e) = auditor.shutdown(reason) {
         say(format_args!("audit: cannot record the shutdown: {e}"));
     }
-    if let Some(a) = &admin {
-        let _ = std::fs::remove_file(&a.path);
+    if let Some(path) = admin.as_ref().and_then(|a| a.path.as_ref()) {
+        let _ = std::fs::remove_file(path);
     }
     if let Some(path) = &ui.bound_path {
         let _ = std::fs::remove_file(path);

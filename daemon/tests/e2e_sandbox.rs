@@ -577,3 +577,91 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
     assert_eq!(v["model"]["pins"]["ok"], true, "{v}");
     assert_eq!(v["model"]["pins"]["files"], 2, "{v}");
 }
+
+/// Both sockets from systemd, picked by `FileDescriptorName=` as the .deb's
+/// units pass them (`ui`, `admin`): `systemd-socket-activate --fdname`
+/// stands in for systemd. The admin socket answers `medgemmactl status`
+/// (healthy, exit 0) and the UI socket the API, both under the sandbox; the
+/// daemon binds neither configured path.
+#[tokio::test(flavor = "multi_thread")]
+async fn named_ui_and_admin_sockets_from_systemd_are_served() {
+    const NAME: &str = "named_ui_and_admin_sockets_from_systemd_are_served";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {NAME}: systemd-socket-activate is not installed"
+        );
+        return;
+    };
+    let ctl = Path::new(BIN).with_file_name("medgemmactl");
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let configured_admin = dir.path().join("admin-configured.sock");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nadmin_socket = {:?}\n",
+            configured_admin.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let (ui, admin) = (
+        dir.path().join("a-ui.sock"),
+        dir.path().join("a-admin.sock"),
+    );
+    // The admin socket first: the daemon must go by name, not by order.
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(&admin)
+        .arg("-l")
+        .arg(&ui)
+        .arg("--fdname=admin:ui")
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if ui.exists() && admin.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = tokio::time::timeout(READY, async {
+        json_of(send(&ui, get("/api/status")).await).await
+    })
+    .await;
+    let status = Command::new(&ctl)
+        .args(["--json", "status", "--socket"])
+        .arg(&admin)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (code, doc) = answer.expect("no answer on the activated UI socket");
+    assert_eq!(code, hyper::StatusCode::OK, "{doc}");
+    assert_eq!(doc["sandbox"]["enforced"], true, "{doc}");
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{out}");
+    assert!(out.contains("\"healthy\""), "{out}");
+    assert!(
+        !configured_admin.exists(),
+        "bound server.admin_socket although systemd passed one"
+    );
+    assert!(
+        !dir.path().join("ui.sock").exists(),
+        "bound server.ui_socket although systemd passed one"
+    );
+}

@@ -52,6 +52,9 @@ pub enum AdminError {
         /// The socket path.
         path: PathBuf,
     },
+    /// The socket systemd passed is not usable.
+    #[error(transparent)]
+    Activated(NotUnix),
     /// The admin group does not exist.
     #[error(
         "server.admin_group {0:?} is not a group in /etc/group; create it (groupadd) or give a numeric gid"
@@ -80,8 +83,34 @@ pub struct AdminSocket {
     pub listener: UnixListener,
     /// Who may connect.
     pub authorizer: Authorizer,
-    /// The socket file, removed on exit.
-    pub path: PathBuf,
+    /// The socket file this daemon bound, removed on exit; `None` when
+    /// systemd passed the socket (`FileDescriptorName=admin`) and owns it.
+    pub path: Option<PathBuf>,
+}
+
+/// Why a socket systemd passed as the admin socket cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "socket activation: the descriptor named \"admin\" is not a Unix stream socket ({0}); check ListenStream= in medgemmad-admin.socket"
+)]
+pub struct NotUnix(std::io::Error);
+
+/// Adopts the admin socket systemd passed (its mode and group come from the
+/// socket unit); connections are still authorized by peer credentials.
+pub fn adopt(fd: std::os::fd::OwnedFd, group: Option<&str>) -> Result<AdminSocket, AdminError> {
+    let authorizer = match group {
+        Some(g) => resolve_group(g)?,
+        None => Authorizer::default(),
+    };
+    let listener = UnixListener::from(fd);
+    listener
+        .local_addr()
+        .map_err(|e| AdminError::Activated(NotUnix(e)))?;
+    Ok(AdminSocket {
+        listener,
+        authorizer,
+        path: None,
+    })
 }
 
 /// Binds `path` (replacing only a stale socket), mode 0660, group `group`.
@@ -115,7 +144,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<AdminSocket, AdminError>
     Ok(AdminSocket {
         listener,
         authorizer,
-        path: path.to_owned(),
+        path: Some(path.to_owned()),
     })
 }
 

@@ -57,6 +57,45 @@ pub struct UiListener {
     pub bound_path: Option<PathBuf>,
 }
 
+/// The sockets systemd passed, sorted by their `FileDescriptorName=`.
+#[derive(Debug, Default)]
+pub struct Passed<T> {
+    /// `ui`, or the first socket when none is named `ui` or `admin`
+    /// (`systemd-socket-activate` without `--fdname`, older units).
+    pub ui: Option<T>,
+    /// `admin`: the admin socket, whose mode and group the unit sets.
+    pub admin: Option<T>,
+    /// Names of the sockets left unused (closed).
+    pub ignored: Vec<String>,
+}
+
+/// Sorts passed sockets by name (see [`Passed`]).
+pub fn by_name<T>(sockets: Vec<(Option<String>, T)>) -> Passed<T> {
+    let named = sockets
+        .iter()
+        .any(|(name, _)| matches!(name.as_deref(), Some("ui" | "admin")));
+    let mut passed = Passed {
+        ui: None,
+        admin: None,
+        ignored: Vec::new(),
+    };
+    for (name, fd) in sockets {
+        let slot = match name.as_deref() {
+            Some("ui") if passed.ui.is_none() => &mut passed.ui,
+            Some("admin") if passed.admin.is_none() => &mut passed.admin,
+            _ if !named && passed.ui.is_none() => &mut passed.ui,
+            _ => {
+                passed
+                    .ignored
+                    .push(name.unwrap_or_else(|| "(unnamed)".to_owned()));
+                continue;
+            }
+        };
+        *slot = Some(fd);
+    }
+    passed
+}
+
 /// Takes the socket systemd passed (already adopted by
 /// `medgemma_sandbox::take_listen_fds`, which owns the only `unsafe` of
 /// socket activation), or binds `path`.
@@ -132,5 +171,34 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         assert!(matches!(bind(&file), Err(ListenerError::NotASocket { .. })));
+    }
+
+    fn names(v: &[Option<&str>]) -> Vec<(Option<String>, usize)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, n)| (n.map(str::to_owned), i))
+            .collect()
+    }
+
+    #[test]
+    fn passed_sockets_are_taken_by_name() {
+        let p = by_name(names(&[Some("admin"), Some("ui")]));
+        assert_eq!((p.ui, p.admin), (Some(1), Some(0)));
+        assert!(p.ignored.is_empty());
+        // Named units: a stranger is ignored, not taken as the UI.
+        let p = by_name(names(&[Some("metrics"), Some("ui")]));
+        assert_eq!((p.ui, p.admin), (Some(1), None));
+        assert_eq!(p.ignored, vec!["metrics".to_owned()]);
+        // No ui/admin names (systemd-socket-activate, older units): the
+        // first socket is the UI, the rest are ignored.
+        let p = by_name(names(&[Some("unknown"), None]));
+        assert_eq!((p.ui, p.admin), (Some(0), None));
+        assert_eq!(p.ignored, vec!["(unnamed)".to_owned()]);
+        let p = by_name(names(&[]));
+        assert_eq!((p.ui, p.admin), (None, None));
+        // Two admins: the second is ignored.
+        let p = by_name(names(&[Some("admin"), Some("admin")]));
+        assert_eq!((p.ui, p.admin), (None, Some(0)));
+        assert_eq!(p.ignored, vec!["admin".to_owned()]);
     }
 }
