@@ -393,6 +393,25 @@ async fn insecure_no_sandbox_is_loud_and_reported_off() {
     );
 }
 
+/// `systemd-socket-activate`, which stands in for systemd's socket units;
+/// `None` (and a SKIPPED line for `test`) where it is not installed.
+fn socket_activate(test: &str) -> Option<&'static Path> {
+    let found = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists());
+    if found.is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: systemd-socket-activate is not installed"
+        );
+    }
+    found
+}
+
 /// Socket activation through the sandbox: the listener systemd passes
 /// (here `systemd-socket-activate`, which starts the daemon on the first
 /// connection) is adopted by `medgemma_sandbox::take_listen_fds`, kept open
@@ -403,17 +422,7 @@ async fn socket_activation_listener_is_served_under_the_sandbox() {
     if skip_unless_root(NAME) {
         return;
     }
-    let Some(activate) = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .map(Path::new)
-    .find(|p| p.exists()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {NAME}: systemd-socket-activate is not installed"
-        );
+    let Some(activate) = socket_activate(NAME) else {
         return;
     };
     let user = TestUser::get();
@@ -589,17 +598,7 @@ async fn named_ui_and_admin_sockets_from_systemd_are_served() {
     if skip_unless_root(NAME) {
         return;
     }
-    let Some(activate) = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .map(Path::new)
-    .find(|p| p.exists()) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {NAME}: systemd-socket-activate is not installed"
-        );
+    let Some(activate) = socket_activate(NAME) else {
         return;
     };
     let ctl = Path::new(BIN).with_file_name("medgemmactl");
