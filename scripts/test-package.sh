@@ -183,10 +183,11 @@ for d in "/var/lib/medgemma 700 medgemma medgemma" "/var/log/medgemma 700 medgem
   [ "$got" = "$2 $3 $4" ] || fail "$1 is '$got', expected '$2 $3 $4'"
   ok "$1 $got"
 done
-for u in medgemmad.service medgemmad.socket medgemma-proxy.socket medgemma-proxy.service medgemma-nvidia-uvm.service; do
+for u in medgemmad.service medgemmad.socket medgemmad-admin.socket medgemma-proxy.socket medgemma-proxy.service medgemma-nvidia-uvm.service; do
   [ -f "$root/lib/systemd/system/$u" ] || fail "unit $u missing"
 done
 for l in multi-user.target.wants/medgemmad.service sockets.target.wants/medgemmad.socket \
+  sockets.target.wants/medgemmad-admin.socket \
   sockets.target.wants/medgemma-proxy.socket; do
   [ -L "$root/etc/systemd/system/$l" ] || fail "enablement link $l missing"
   ok "enabled: $l -> $(readlink "$root/etc/systemd/system/$l")"
@@ -311,7 +312,7 @@ for _ in $(seq 60); do
   sleep 1
 done
 in_boot journalctl -u medgemmad --no-pager -o cat | grep -v 'loopback network device'
-for u in medgemmad.socket medgemma-proxy.socket medgemmad.service; do
+for u in medgemmad.socket medgemmad-admin.socket medgemma-proxy.socket medgemmad.service; do
   [ "$(in_boot systemctl is-active "$u")" = active ] || fail "$u is not active after boot"
   ok "$u active after boot"
 done
