@@ -22,9 +22,8 @@ fi
 # cubecl/burn-cuda stack (~20 min on 2 cores) after every commit.
 changelog_date="$(sed -n 's/^ -- .*>  //p' packaging/debian/changelog | head -n 1)"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(date -d "$changelog_date" +%s)}"
-# The same environment whoever calls: some build scripts and crates track
-# locale variables, and a different LC_ALL from a caller (test-package.sh
-# sets one) rebuilt the CUDA stack for 8 minutes a second time in one CI run.
+# The same environment whoever calls (test-package.sh sets a locale,
+# build-deb.sh a time zone): build scripts that track either would rebuild.
 export LC_ALL=C.UTF-8
 unset TZ
 cargo build --release --locked ${features:+--features "$features"} \

@@ -27,8 +27,15 @@ out=\$($llvm/bin/llvm-config "\$@") || exit \$?
 printf '%s\n' "\$out" | sed -E 's#(^| )/[^ ]*/libz3\.so[^ ]*#\1-lz3#g'
 WRAP
 chmod 0755 "$dir/bin/llvm-config.new"
-mv "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"
-touch "$dir/.tracel-llvm-installed"
+# Replace the wrapper and create the sentinel only when they change: the
+# bundler's build script reruns when they do, and that rebuilt the whole
+# LLVM/cubecl/burn stack (8 minutes on 2 cores) at every release build.
+if cmp -s "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"; then
+  rm "$dir/bin/llvm-config.new"
+else
+  mv "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"
+fi
+[ -e "$dir/.tracel-llvm-installed" ] || touch "$dir/.tracel-llvm-installed"
 
 # Check the wrapper answers the way the bundler asks.
 "$dir/bin/llvm-config" --version >/dev/null
