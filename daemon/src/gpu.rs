@@ -528,22 +528,10 @@ mod tests {
         }
     }
 
-    fn medgemma_4b() -> Gemma3Config {
-        let v = serde_json::json!({
-            "model_type": "gemma3", "eos_token_id": [1, 106],
-            "text_config": {
-                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
-                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                "sliding_window": 1024
-            }
-        });
-        Gemma3Config::from_json(&v, "4b").unwrap()
-    }
-
     #[test]
     fn a_gpu_too_small_is_a_sentence_with_the_numbers() {
         let req = BudgetRequest::new(8192, 1, DType::BF16);
-        let b = budget::estimate(&medgemma_4b(), &req);
+        let b = budget::estimate(&Gemma3Config::medgemma_4b(), &req);
         let err = check_fit(l4(6), &b, &req).unwrap_err();
         assert_eq!(
             fallback_reason(&err),

@@ -214,25 +214,9 @@ pub fn estimate(cfg: &Gemma3Config, req: &BudgetRequest) -> MemoryBudget {
 mod tests {
     use super::*;
 
-    /// The MedGemma 1.5 4B text decoder as its config.json gives it (spec
-    /// model.md §1; absent keys take the documented defaults).
-    fn medgemma_4b() -> Gemma3Config {
-        let v = serde_json::json!({
-            "architectures": ["Gemma3ForConditionalGeneration"],
-            "model_type": "gemma3",
-            "eos_token_id": [1, 106],
-            "text_config": {
-                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
-                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                "sliding_window": 1024
-            }
-        });
-        Gemma3Config::from_json(&v, "medgemma-4b").unwrap()
-    }
-
     #[test]
     fn weights_of_the_4b_in_bf16() {
-        let c = medgemma_4b();
+        let c = Gemma3Config::medgemma_4b();
         // 3 880 263 168 parameters (spec §1); 34·(4·2560 + 2·256) + 2560 =
         // 368 128 of them are norm weights, kept in f32.
         let norms = 368_128u64;
@@ -246,7 +230,7 @@ mod tests {
 
     #[test]
     fn kv_cache_of_the_4b_matches_the_spec_table() {
-        let c = medgemma_4b();
+        let c = Gemma3Config::medgemma_4b();
         // spec model.md §4: 20 480 B per token on the 5 global layers plus a
         // fixed 121 634 816 B on the 29 local ones.
         assert_eq!(kv_cache_bytes(&c, 8192, 1, DType::BF16), 289_406_976);
@@ -260,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_4b_at_8192_tokens_needs_15_gib() {
-        let c = medgemma_4b();
+        let c = Gemma3Config::medgemma_4b();
         let req = BudgetRequest::new(8192, 1, DType::BF16);
         let b = estimate(&c, &req);
         assert_eq!(b.weights, 7_761_262_592);
@@ -284,7 +268,7 @@ mod tests {
 
     #[test]
     fn decode_batches_are_sized_by_their_caches() {
-        let c = medgemma_4b();
+        let c = Gemma3Config::medgemma_4b();
         let one = estimate(&c, &BudgetRequest::new(8192, 1, DType::BF16));
         let many = estimate(&c, &BudgetRequest::new(8192, 32, DType::BF16));
         assert_eq!(many.kv_cache, 32 * one.kv_cache);
@@ -293,7 +277,7 @@ mod tests {
 
     #[test]
     fn f32_doubles_the_weights() {
-        let c = medgemma_4b();
+        let c = Gemma3Config::medgemma_4b();
         let norms = 368_128u64;
         assert_eq!(weight_bytes(&c, DType::F32), 3_880_263_168 * 4);
         assert_eq!(

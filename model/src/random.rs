@@ -100,6 +100,24 @@ mod tests {
     use super::*;
     use crate::load::parameter_count;
 
+    /// The constructor is what the real config.json gives (absent keys take
+    /// the spec's defaults), so tests may use either.
+    #[test]
+    fn medgemma_4b_is_what_its_config_json_gives() {
+        let v = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "eos_token_id": [1, 106],
+            "text_config": {
+                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024
+            }
+        });
+        let parsed = Gemma3Config::from_json(&v, "medgemma-4b").unwrap();
+        assert_eq!(parsed, Gemma3Config::medgemma_4b());
+    }
+
     #[test]
     fn medgemma_4b_matches_the_spec_numbers() {
         let cfg = Gemma3Config::medgemma_4b();
