@@ -187,6 +187,19 @@ fn setup(user: &TestUser) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
+/// Adds `key = path` at the top of `[section]` in the configuration file.
+fn set_path(config: &Path, section: &str, key: &str, path: &Path) {
+    let header = format!("[{section}]\n");
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.contains(&header),
+        "no [{section}] in {}",
+        config.display()
+    );
+    let line = format!("{header}{key} = {:?}\n", path.display().to_string());
+    std::fs::write(config, text.replacen(&header, &line, 1)).unwrap();
+}
+
 fn status_field(status: &str, name: &str) -> Option<String> {
     status.lines().find_map(|l| {
         l.strip_prefix(name)?
@@ -552,22 +565,8 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
         .collect();
     let pins = dir.path().join("model.pins.json");
     std::fs::write(&pins, json!({ "files": files }).to_string()).unwrap();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen(
-            "[server]\n",
-            &format!(
-                "[server]\nadmin_socket = {:?}\n",
-                admin.display().to_string()
-            ),
-            1,
-        )
-        .replacen(
-            "[model]\n",
-            &format!("[model]\npins_file = {:?}\n", pins.display().to_string()),
-            1,
-        );
-    std::fs::write(&config, text).unwrap();
+    set_path(&config, "server", "admin_socket", &admin);
+    set_path(&config, "model", "pins_file", &pins);
     let d = Daemon::start_with(dir, &config, &[], READY);
     let o = Command::new(&ctl)
         .args(["--json", "status", "--socket"])
@@ -605,15 +604,7 @@ async fn named_ui_and_admin_sockets_from_systemd_are_served() {
     let user = TestUser::get();
     let (dir, config) = setup(&user);
     let configured_admin = dir.path().join("admin-configured.sock");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        &format!(
-            "[server]\nadmin_socket = {:?}\n",
-            configured_admin.display().to_string()
-        ),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    set_path(&config, "server", "admin_socket", &configured_admin);
     let (ui, admin) = (
         dir.path().join("a-ui.sock"),
         dir.path().join("a-admin.sock"),
