@@ -11,7 +11,7 @@ use crate::kv_cache::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
 
 /// Why generation could not run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GenerateError {
     /// The prompt does not leave room for one generated token.
     #[error(
@@ -129,57 +129,225 @@ pub fn generate(
     cancel: &AtomicBool,
     mut on_token: impl FnMut(u32) -> Flow,
 ) -> Result<Generation, GenerateError> {
-    let vocab = model.config().vocab_size;
-    let context = check_prompt(model, cache, prompt, opts)?;
-    let mut sampler = Sampler::new(
-        opts.sampling.clone(),
-        opts.valid_vocab.min(vocab),
-        opts.suppressed.clone(),
-    );
-    let t0 = Instant::now();
-    let mut tokens = Vec::new();
-    let mut prefill = Duration::ZERO;
-    let mut input: Vec<u32> = prompt.to_vec();
-    let finish = loop {
-        if cancel.load(Ordering::Relaxed) {
-            break FinishReason::Cancelled;
+    let taken = std::mem::replace(cache, KvCache::new(model.config()));
+    let mut seq = Sequence::new(model, taken, prompt, opts.clone())?;
+    let result = (|| {
+        while !seq.is_finished() {
+            if cancel.load(Ordering::Relaxed) {
+                seq.stop();
+                break;
+            }
+            if seq.is_prefilled() {
+                decode_step(model, &mut [&mut seq], |_, id| on_token(id))?;
+            } else {
+                seq.prefill(model, &mut on_token)?;
+            }
         }
-        if tokens.len() >= opts.max_new_tokens {
-            break FinishReason::Length;
+        Ok(())
+    })();
+    let (generation, used) = seq.into_parts();
+    *cache = used;
+    result.map(|()| generation)
+}
+
+/// One conversation's generation, advanced step by step by its owner: a
+/// [`Sequence::prefill`] of the prompt (which picks the first token), then
+/// [`decode_step`]s, each of which may advance many sequences together.
+/// This is what lets a server add a conversation to a running batch, or drop
+/// one, between two steps (continuous batching): [`generate`] and
+/// [`generate_batch`] are loops over it.
+///
+/// Owns the conversation's [`KvCache`] until [`Sequence::into_parts`]; like
+/// the cache, it holds patient context and must not outlive its request.
+#[derive(Debug)]
+pub struct Sequence {
+    cache: KvCache,
+    /// Prompt ids still to prefill (emptied by the prefill).
+    pending: Vec<u32>,
+    prompt_tokens: usize,
+    opts: GenerateOptions,
+    context: usize,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    finish: Option<FinishReason>,
+    started: Instant,
+    prefill: Duration,
+    end: Duration,
+}
+
+impl Sequence {
+    /// Checks `prompt` (continuing `cache`) against the vocabulary and the
+    /// context; nothing runs yet. Timing starts here.
+    pub fn new(
+        model: &Gemma3,
+        cache: KvCache,
+        prompt: &[u32],
+        opts: GenerateOptions,
+    ) -> Result<Self, GenerateError> {
+        let context = check_prompt(model, &cache, prompt, &opts)?;
+        let sampler = Sampler::new(
+            opts.sampling.clone(),
+            opts.valid_vocab.min(model.config().vocab_size),
+            opts.suppressed.clone(),
+        );
+        Ok(Self {
+            cache,
+            pending: prompt.to_vec(),
+            prompt_tokens: prompt.len(),
+            opts,
+            context,
+            sampler,
+            tokens: Vec::new(),
+            finish: None,
+            started: Instant::now(),
+            prefill: Duration::ZERO,
+            end: Duration::ZERO,
+        })
+    }
+
+    /// Runs the prompt through the model and picks the first token (given to
+    /// `on_token`). Does nothing once prefilled or finished.
+    pub fn prefill(
+        &mut self,
+        model: &Gemma3,
+        on_token: &mut dyn FnMut(u32) -> Flow,
+    ) -> Result<(), GenerateError> {
+        if self.is_finished() || self.is_prefilled() {
+            return Ok(());
         }
-        if cache.len() + input.len() > context {
-            break FinishReason::ContextFull;
+        if self.check_room(self.pending.len()) {
+            self.prefill = self.end;
+            return Ok(());
         }
-        let logits = model.forward(&input, cache, Logits::Last);
-        let mut row =
-            logits
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| GenerateError::Readback {
-                    why: format!("{e:?}"),
-                })?;
-        let next = sampler.sample(&mut row);
-        if tokens.is_empty() {
-            prefill = t0.elapsed();
+        let logits = model.forward(&self.pending, &mut self.cache, Logits::Last);
+        let mut row = logits_rows(logits)?;
+        self.pending.clear();
+        let next = self.sampler.sample(&mut row);
+        self.prefill = self.started.elapsed();
+        self.push(next, on_token(next));
+        Ok(())
+    }
+
+    /// Ends the sequence now as cancelled (the client left or asked to stop).
+    pub fn stop(&mut self) {
+        self.end_with(FinishReason::Cancelled);
+    }
+
+    /// Whether the sequence has ended (see [`Sequence::finish_reason`]).
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Why it ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Whether the prompt has been run.
+    pub fn is_prefilled(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The result so far and the cache (which holds the prompt and every
+    /// token fed back; the last generated token is not in it yet).
+    pub fn into_parts(self) -> (Generation, KvCache) {
+        let end = if self.finish.is_some() {
+            self.end
+        } else {
+            self.started.elapsed()
+        };
+        let generation = Generation {
+            tokens: self.tokens,
+            finish: self.finish.unwrap_or(FinishReason::Length),
+            prompt_tokens: self.prompt_tokens,
+            prefill: self.prefill,
+            decode: end.saturating_sub(self.prefill),
+        };
+        (generation, self.cache)
+    }
+
+    fn end_with(&mut self, reason: FinishReason) {
+        if self.finish.is_none() {
+            self.finish = Some(reason);
+            self.end = self.started.elapsed();
         }
-        tokens.push(next);
-        if on_token(next) == Flow::Stop {
-            break FinishReason::Cancelled;
+    }
+
+    /// Ends the sequence if its next step of `input` tokens must not run;
+    /// returns whether it ended.
+    fn check_room(&mut self, input: usize) -> bool {
+        if self.tokens.len() >= self.opts.max_new_tokens {
+            self.end_with(FinishReason::Length);
+        } else if self.cache.len() + input > self.context {
+            self.end_with(FinishReason::ContextFull);
         }
-        if !opts.ignore_eos && opts.stop_ids.contains(&next) {
-            break FinishReason::Stop;
+        self.is_finished()
+    }
+
+    /// Records the chosen token and what ends the sequence after it.
+    fn push(&mut self, next: u32, flow: Flow) {
+        self.tokens.push(next);
+        if flow == Flow::Stop {
+            self.end_with(FinishReason::Cancelled);
+        } else if !self.opts.ignore_eos && self.opts.stop_ids.contains(&next) {
+            self.end_with(FinishReason::Stop);
         }
-        input.clear();
-        input.push(next);
+    }
+}
+
+/// One decode step for every prefilled, unfinished sequence in `seqs`: each
+/// feeds back its last token, and they run through one
+/// [`Gemma3::forward_batch`] (one [`Gemma3::forward`] when only one is
+/// active), so the batch shares every weight read. `on_token(i, id)` sees
+/// the token chosen for `seqs[i]`. Sequences that reach their length or
+/// context limit end here without running.
+pub fn decode_step(
+    model: &Gemma3,
+    seqs: &mut [&mut Sequence],
+    mut on_token: impl FnMut(usize, u32) -> Flow,
+) -> Result<(), GenerateError> {
+    let mut active = Vec::with_capacity(seqs.len());
+    for (i, s) in seqs.iter_mut().enumerate() {
+        if !s.is_finished() && s.is_prefilled() && !s.tokens.is_empty() && !s.check_room(1) {
+            active.push(i);
+        }
+    }
+    let inputs: Vec<u32> = active
+        .iter()
+        .map(|&i| {
+            *seqs[i]
+                .tokens
+                .last()
+                .expect("an active sequence has a token")
+        })
+        .collect();
+    let rows = match active.as_slice() {
+        [] => return Ok(()),
+        [one] => logits_rows(model.forward(&inputs, &mut seqs[*one].cache, Logits::Last))?,
+        _ => {
+            let mut caches: Vec<&mut KvCache> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| active.contains(i))
+                .map(|(_, s)| &mut s.cache)
+                .collect();
+            logits_rows(model.forward_batch(&inputs, &mut caches))?
+        }
     };
-    let decode = t0.elapsed().saturating_sub(prefill);
-    Ok(Generation {
-        tokens,
-        finish,
-        prompt_tokens: prompt.len(),
-        prefill,
-        decode,
-    })
+    let width = rows.len() / active.len();
+    for (r, &i) in active.iter().enumerate() {
+        let s = &mut *seqs[i];
+        let mut row = rows[r * width..(r + 1) * width].to_vec();
+        let next = s.sampler.sample(&mut row);
+        let flow = on_token(i, next);
+        s.push(next, flow);
+    }
+    Ok(())
 }
 
 /// Checks `prompt` against the vocabulary and the context; returns the context limit.
@@ -220,11 +388,11 @@ fn logits_rows(logits: burn::tensor::Tensor<2>) -> Result<Vec<f32>, GenerateErro
 
 /// Generates for several conversations at once: each prompt is prefilled on
 /// its own (continuing its cache), then every decode step runs the
-/// still-active sequences through one [`Gemma3::forward_batch`], so they share
-/// each weight read. Every sequence stops on its own (stop id, length,
-/// context, or `on_token(i, id)` returning [`Flow::Stop`]); `cancel` stops
-/// them all. With the same options, each result equals what [`generate`]
-/// returns for that prompt alone (`tests/batched_decode.rs`).
+/// still-active sequences through one [`decode_step`], so they share each
+/// weight read. Every sequence stops on its own (stop id, length, context, or
+/// `on_token(i, id)` returning [`Flow::Stop`]); `cancel` stops them all. With
+/// the same options, each result equals what [`generate`] returns for that
+/// prompt alone (`tests/batched_decode.rs`).
 ///
 /// Timing: `prefill` is measured from the start of the call (a sequence's
 /// first token waits for the prefills before it), `decode` from its first
@@ -238,124 +406,38 @@ pub fn generate_batch(
     mut on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<Vec<Generation>, GenerateError> {
     assert_eq!(caches.len(), prompts.len(), "one cache per prompt");
-    let vocab = model.config().vocab_size;
-    let mut contexts = Vec::with_capacity(prompts.len());
+    let mut seqs = Vec::with_capacity(prompts.len());
     for (cache, prompt) in caches.iter().zip(prompts) {
-        contexts.push(check_prompt(model, cache, prompt, opts)?);
+        // Checked against a view of the cache before any is taken, so an
+        // error leaves every cache as it was.
+        check_prompt(model, cache, prompt, opts)?;
     }
-    let t0 = Instant::now();
-    struct Seq {
-        sampler: Sampler,
-        tokens: Vec<u32>,
-        finish: Option<FinishReason>,
-        prefill: Duration,
-        end: Duration,
+    for (cache, prompt) in caches.iter_mut().zip(prompts) {
+        let taken = std::mem::replace(&mut **cache, KvCache::new(model.config()));
+        seqs.push(Sequence::new(model, taken, prompt, opts.clone())?);
     }
-    let mut seqs: Vec<Seq> = prompts
-        .iter()
-        .map(|_| Seq {
-            sampler: Sampler::new(
-                opts.sampling.clone(),
-                opts.valid_vocab.min(vocab),
-                opts.suppressed.clone(),
-            ),
-            tokens: Vec::new(),
-            finish: None,
-            prefill: Duration::ZERO,
-            end: Duration::ZERO,
-        })
-        .collect();
-    // What ends sequence `i` before its next step, if anything.
-    let pre_step = |s: &Seq, cache_len: usize, context: usize, input: usize| {
-        if cancel.load(Ordering::Relaxed) {
-            Some(FinishReason::Cancelled)
-        } else if s.tokens.len() >= opts.max_new_tokens {
-            Some(FinishReason::Length)
-        } else if cache_len + input > context {
-            Some(FinishReason::ContextFull)
-        } else {
-            None
-        }
-    };
-    // After choosing `next` for sequence `i`.
-    let mut post_token = |i: usize, s: &mut Seq, next: u32| {
-        s.tokens.push(next);
-        if on_token(i, next) == Flow::Stop {
-            s.finish = Some(FinishReason::Cancelled);
-        } else if !opts.ignore_eos && opts.stop_ids.contains(&next) {
-            s.finish = Some(FinishReason::Stop);
-        }
-    };
-
-    for i in 0..seqs.len() {
-        let s = &mut seqs[i];
-        if let Some(f) = pre_step(s, caches[i].len(), contexts[i], prompts[i].len()) {
-            s.finish = Some(f);
-            s.end = t0.elapsed();
-            s.prefill = s.end;
-            continue;
-        }
-        let logits = model.forward(prompts[i], caches[i], Logits::Last);
-        let mut row = logits_rows(logits)?;
-        let next = s.sampler.sample(&mut row);
-        s.prefill = t0.elapsed();
-        post_token(i, s, next);
-        if s.finish.is_some() {
-            s.end = t0.elapsed();
-        }
-    }
-
-    loop {
+    let result = (|| {
         for (i, s) in seqs.iter_mut().enumerate() {
-            if s.finish.is_none()
-                && let Some(f) = pre_step(s, caches[i].len(), contexts[i], 1)
-            {
-                s.finish = Some(f);
-                s.end = t0.elapsed();
+            if cancel.load(Ordering::Relaxed) {
+                s.stop();
             }
+            s.prefill(model, &mut |id| on_token(i, id))?;
         }
-        let active: Vec<usize> = (0..seqs.len())
-            .filter(|&i| seqs[i].finish.is_none())
-            .collect();
-        if active.is_empty() {
-            break;
-        }
-        let tokens: Vec<u32> = active
-            .iter()
-            .map(|&i| {
-                *seqs[i]
-                    .tokens
-                    .last()
-                    .expect("an active sequence has a token")
-            })
-            .collect();
-        let mut batch: Vec<&mut KvCache> = caches
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| seqs[*i].finish.is_none())
-            .map(|(_, c)| &mut **c)
-            .collect();
-        let rows = logits_rows(model.forward_batch(&tokens, &mut batch))?;
-        let width = rows.len() / active.len();
-        for (r, &i) in active.iter().enumerate() {
-            let s = &mut seqs[i];
-            let mut row = rows[r * width..(r + 1) * width].to_vec();
-            let next = s.sampler.sample(&mut row);
-            post_token(i, s, next);
-            if s.finish.is_some() {
-                s.end = t0.elapsed();
+        while seqs.iter().any(|s| !s.is_finished()) {
+            if cancel.load(Ordering::Relaxed) {
+                seqs.iter_mut().for_each(Sequence::stop);
+                break;
             }
+            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+            decode_step(model, &mut refs, &mut on_token)?;
         }
+        Ok(())
+    })();
+    let mut out = Vec::with_capacity(seqs.len());
+    for (seq, cache) in seqs.into_iter().zip(caches.iter_mut()) {
+        let (g, used) = seq.into_parts();
+        **cache = used;
+        out.push(g);
     }
-    Ok(seqs
-        .into_iter()
-        .zip(prompts)
-        .map(|(s, p)| Generation {
-            tokens: s.tokens,
-            finish: s.finish.unwrap_or(FinishReason::Length),
-            prompt_tokens: p.len(),
-            prefill: s.prefill,
-            decode: s.end.saturating_sub(s.prefill),
-        })
-        .collect())
+    result.map(|()| out)
 }

@@ -391,8 +391,7 @@ impl GemmaTokenizer {
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder {
             tok: self,
-            window: Vec::new(),
-            read: 0,
+            state: DecodeState::default(),
         }
     }
 
@@ -413,19 +412,10 @@ impl GemmaTokenizer {
 /// A chunk is held while its text ends in U+FFFD, i.e. while a byte-fallback
 /// sequence (`<0xE6><0xB0><0xB4>` = "水") is incomplete. The deltas
 /// concatenate to [`GemmaTokenizer::decode`] of all pushed ids.
+#[derive(Debug)]
 pub struct StreamDecoder<'a> {
     tok: &'a GemmaTokenizer,
-    /// `window[..read]`: context already emitted; `window[read..]`: pending.
-    window: Vec<u32>,
-    read: usize,
-}
-
-impl fmt::Debug for StreamDecoder<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamDecoder")
-            .field("pending_ids", &(self.window.len() - self.read))
-            .finish_non_exhaustive()
-    }
+    state: DecodeState,
 }
 
 impl StreamDecoder<'_> {
@@ -435,12 +425,43 @@ impl StreamDecoder<'_> {
     /// byte-fallback sequence: any held incomplete bytes are returned as
     /// U+FFFD with it.
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        if self.tok.is_control(id) {
-            return Ok(self.flush());
+        self.state.push(self.tok, id)
+    }
+
+    /// Ends the stream: returns the held text, incomplete bytes as U+FFFD,
+    /// and starts afresh.
+    pub fn flush(&mut self) -> String {
+        self.state.flush(self.tok)
+    }
+}
+
+/// The state of a [`StreamDecoder`] without the tokenizer it borrows, for
+/// owners that keep many streams next to one tokenizer (the daemon's batch of
+/// running turns); each call takes the tokenizer.
+#[derive(Default)]
+pub struct DecodeState {
+    /// `window[..read]`: context already emitted; `window[read..]`: pending.
+    window: Vec<u32>,
+    read: usize,
+}
+
+impl fmt::Debug for DecodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodeState")
+            .field("pending_ids", &(self.window.len() - self.read))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecodeState {
+    /// [`StreamDecoder::push`] with `tok`.
+    pub fn push(&mut self, tok: &GemmaTokenizer, id: u32) -> Result<String, TokenizerError> {
+        if tok.is_control(id) {
+            return Ok(self.flush(tok));
         }
         self.window.push(id);
-        let context = self.tok.decode_segment(&self.window[..self.read])?;
-        let text = self.tok.decode_segment(&self.window)?;
+        let context = tok.decode_segment(&self.window[..self.read])?;
+        let text = tok.decode_segment(&self.window)?;
         if text.len() <= context.len() || text.ends_with(REPLACEMENT) {
             return Ok(String::new());
         }
@@ -455,12 +476,11 @@ impl StreamDecoder<'_> {
         Ok(delta)
     }
 
-    /// Ends the stream: returns the held text, incomplete bytes as U+FFFD,
-    /// and starts afresh.
-    pub fn flush(&mut self) -> String {
+    /// [`StreamDecoder::flush`] with `tok`.
+    pub fn flush(&mut self, tok: &GemmaTokenizer) -> String {
         let held = if self.read < self.window.len() {
-            let context = self.tok.decode_segment(&self.window[..self.read]);
-            let text = self.tok.decode_segment(&self.window);
+            let context = tok.decode_segment(&self.window[..self.read]);
+            let text = tok.decode_segment(&self.window);
             match (context, text) {
                 (Ok(context), Ok(text)) => match text.strip_prefix(context.as_str()) {
                     Some(delta) => delta.to_owned(),
