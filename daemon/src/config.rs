@@ -114,7 +114,8 @@ pub struct EngineSection {
     /// Context length in tokens (prompt + answer), capped at the model's maximum.
     #[serde(default = "default_context_length")]
     pub context_length: usize,
-    /// Generations running at once (the engine thread serves one at a time: 1).
+    /// Generations running at once, sharing each decode step (continuous
+    /// batching); each holds a KV cache for `context_length`.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_generations: usize,
     /// Requests waiting for the engine beyond the running ones; more are answered 503.
@@ -327,6 +328,9 @@ mod limits {
     pub const MAX_CONTEXT: usize = 131_072;
     /// A queue longer than this only makes clinicians wait minutes for a 503.
     pub const MAX_QUEUE: usize = 256;
+    /// Decode batches beyond this stop gaining throughput on one GPU (the
+    /// step turns compute-bound) while each sequence still holds a KV cache.
+    pub const MAX_CONCURRENT: usize = 32;
     /// A system prompt is instructions, not a document.
     pub const MAX_SYSTEM_PROMPT_BYTES: u64 = 64 * 1024;
     /// One week: conversations are memory only and should not outlive a shift by much.
@@ -465,11 +469,12 @@ impl Config {
                 ),
             ));
         }
-        if engine.max_concurrent_generations != 1 {
+        if !(1..=limits::MAX_CONCURRENT).contains(&engine.max_concurrent_generations) {
             return Err(ConfigError::invalid(
                 "engine.max_concurrent_generations",
                 format!(
-                    "this engine runs one generation at a time on its thread; set it to 1 (got {})",
+                    "must be between 1 and {} (got {})",
+                    limits::MAX_CONCURRENT,
                     engine.max_concurrent_generations
                 ),
             ));

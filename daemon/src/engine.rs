@@ -2,19 +2,22 @@
 //! deltas out.
 //!
 //! Owns: the loaded model and tokenizer, the chat template, thinking-trace
-//! parsing and the token loop for one request at a time. Must never: log or
-//! put message text into an error; keep anything of a request after it ends.
+//! parsing, and the turns being generated: one at a time ([`Engine::chat`])
+//! or several sharing each decode step ([`Engine::begin`], [`Engine::step`]:
+//! continuous batching, a turn joins or leaves the batch between two steps).
+//! Must never: log or put message text into an error; keep anything of a
+//! request after it ends.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use medgemma_model::chat::{self, ChatError, Message};
-use medgemma_model::generate::{self, FinishReason, Flow, GenerateError};
+use medgemma_model::generate::{self, FinishReason, Flow, GenerateError, Sequence};
 use medgemma_model::load::{LoadedModel, ModelDescription};
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::thinking::{Channel, ThinkingParser};
-use medgemma_model::tokenizer::TokenizerError;
+use medgemma_model::tokenizer::{DecodeState, GemmaTokenizer, TokenizerError};
 
 /// One chat turn to answer.
 #[derive(Debug, Clone)]
@@ -107,7 +110,18 @@ pub enum EngineError {
         "the GPU failed while answering; this request was stopped and the service continues. Try again; if it repeats, an administrator should run `medgemmactl gpu` and check the kernel log for NVIDIA Xid errors"
     )]
     Gpu,
+    /// The engine answers one turn at a time ([`Engine::max_batch`] is 1);
+    /// the engine thread never asks it to batch.
+    #[error("this engine answers one turn at a time; this is a bug, please report it")]
+    NotBatched,
 }
+
+/// A turn the engine is generating in its batch ([`Engine::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TurnId(pub u64);
+
+/// How a turn that left the batch ended.
+pub type TurnOutcome = (TurnId, Result<ChatSummary, EngineError>);
 
 /// Anything that answers chat turns (the real engine; test doubles in tests only).
 pub trait Engine: Send {
@@ -115,12 +129,36 @@ pub trait Engine: Send {
     fn info(&self) -> EngineInfo;
     /// Prompt tokens the conversation would take (for context meters).
     fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError>;
-    /// Answers one turn, streaming events through `on_event`.
+    /// Answers one turn, streaming events through `on_event` (only while no
+    /// turn is running in the batch).
     fn chat(
         &mut self,
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<ChatSummary, EngineError>;
+    /// Turns that may generate at once through [`Engine::begin`] and
+    /// [`Engine::step`]; 1 (the default) means [`Engine::chat`] only.
+    fn max_batch(&self) -> usize {
+        1
+    }
+    /// Adds a turn to the running batch: runs its prompt and streams its
+    /// first token. Never called when [`Engine::max_batch`] is 1.
+    fn begin(
+        &mut self,
+        _req: &ChatRequest,
+        _on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+    ) -> Result<TurnId, EngineError> {
+        Err(EngineError::NotBatched)
+    }
+    /// One decode step for every running turn (sharing each weight read),
+    /// streaming through `on_event`; then removes and returns every turn that
+    /// has ended (stop token, length, context, cancel or failure), including
+    /// turns that ended in [`Engine::begin`].
+    fn step(&mut self, _on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow) -> Vec<TurnOutcome> {
+        Vec::new()
+    }
+    /// Ends a running turn before its next token (its client went away).
+    fn cancel(&mut self, _turn: TurnId) {}
     /// Whether the engine can still answer. `false` ends the engine thread;
     /// the daemon then exits (code 8) so that systemd restarts it.
     fn usable(&self) -> bool {
@@ -136,6 +174,23 @@ pub struct ModelEngine {
     backend: String,
     backend_reason: String,
     on_gpu: bool,
+    max_batch: usize,
+    /// The turns in the batch, in the order they joined.
+    turns: Vec<Turn>,
+    next_id: u64,
+}
+
+/// One turn in the batch: its generation and the text state of its stream.
+/// Holds patient context (the KV cache) until it ends.
+#[derive(Debug)]
+struct Turn {
+    id: TurnId,
+    seq: Sequence,
+    text: DecodeState,
+    parser: ThinkingParser,
+    cancel: Arc<AtomicBool>,
+    /// The error that ended the turn, if one did.
+    failed: Option<EngineError>,
 }
 
 impl ModelEngine {
@@ -156,12 +211,21 @@ impl ModelEngine {
             backend,
             backend_reason,
             on_gpu: false,
+            max_batch: 1,
+            turns: Vec::new(),
+            next_id: 0,
         })
+    }
+
+    /// Lets up to `n` turns generate together (`engine.max_concurrent_generations`).
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
     /// Marks the model as running on the GPU: a panic while generating is
-    /// then a GPU failure of that request ([`EngineError::Gpu`]), counted
+    /// then a GPU failure of the turns it hit ([`EngineError::Gpu`]), counted
     /// for the status page, instead of unwinding into the engine thread.
     pub fn on_gpu(mut self) -> Self {
         self.on_gpu = true;
@@ -172,6 +236,7 @@ impl ModelEngine {
     /// One short prefill and a few decode steps on a fixed, non-clinical
     /// prompt, so that kernel compilation and autotuning happen before the
     /// daemon reports ready rather than in the first clinician's request.
+    /// With batching, a second turn joins so the batched kernels warm too.
     pub fn warm_up(&mut self) -> Result<std::time::Duration, EngineError> {
         let t0 = std::time::Instant::now();
         let req = ChatRequest {
@@ -182,8 +247,127 @@ impl ModelEngine {
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        self.chat(&req, &mut |_| Flow::Continue)?;
+        if self.max_batch > 1 {
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                ids.push(self.begin(&req, &mut |_| Flow::Continue)?);
+            }
+            while !ids.is_empty() {
+                for (id, result) in self.step(&mut |_, _| Flow::Continue) {
+                    ids.retain(|&t| t != id);
+                    result?;
+                }
+            }
+        } else {
+            self.chat(&req, &mut |_| Flow::Continue)?;
+        }
         Ok(t0.elapsed())
+    }
+
+    fn tokenizer(&self) -> Result<&GemmaTokenizer, EngineError> {
+        self.loaded
+            .tokenizer
+            .as_ref()
+            .ok_or(EngineError::NoTokenizer)
+    }
+
+    /// Ends every unfinished turn with `error`.
+    fn fail_unfinished(&mut self, error: &EngineError) {
+        for t in self.turns.iter_mut().filter(|t| !t.seq.is_finished()) {
+            t.seq.stop();
+            t.failed = Some(match error {
+                EngineError::Generate(e) => EngineError::Generate(e.clone()),
+                _ => EngineError::Gpu,
+            });
+        }
+    }
+
+    /// The summary of an ended turn; streams the text its decoder still held.
+    fn finish_turn(
+        tok: &GemmaTokenizer,
+        context_limit: usize,
+        mut turn: Turn,
+        on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+    ) -> Result<ChatSummary, EngineError> {
+        if let Some(e) = turn.failed.take() {
+            return Err(e);
+        }
+        let tail = turn.text.flush(tok);
+        if !tail.is_empty() {
+            let _ = emit(turn.parser.push_text(&tail), on_event);
+        }
+        let parsed = turn.parser.finish();
+        let (g, _cache) = turn.seq.into_parts();
+        Ok(ChatSummary {
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.tokens.len(),
+            finish: g.finish,
+            time_to_first_token: g.prefill,
+            decode_tokens_per_s: g.decode_tokens_per_s(),
+            context_used: g.prompt_tokens + g.tokens.len(),
+            context_limit,
+            reasoning: parsed.reasoning,
+            answer: parsed.answer,
+            thinking_unterminated: parsed.thinking_unterminated,
+        })
+    }
+}
+
+/// Streams parsed pieces; `Stop` if the receiver asked to stop.
+fn emit(pieces: Vec<(Channel, String)>, on_event: &mut dyn FnMut(ChatEvent) -> Flow) -> Flow {
+    let mut flow = Flow::Continue;
+    for (ch, text) in pieces {
+        if text.is_empty() {
+            continue;
+        }
+        let ev = match ch {
+            Channel::Reasoning => ChatEvent::Reasoning(text),
+            Channel::Answer => ChatEvent::Answer(text),
+        };
+        if on_event(ev) == Flow::Stop {
+            flow = Flow::Stop;
+        }
+    }
+    flow
+}
+
+/// Turns one generated id into reasoning/answer deltas. Stop ids print nothing.
+fn stream_token(
+    tok: &GemmaTokenizer,
+    stop_ids: &[u32],
+    text: &mut DecodeState,
+    parser: &mut ThinkingParser,
+    id: u32,
+    on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+) -> Flow {
+    if stop_ids.contains(&id) {
+        return Flow::Continue;
+    }
+    let delta = text.push(tok, id).unwrap_or_default();
+    emit(parser.push(id, &delta), on_event)
+}
+
+/// Runs `f`; on the GPU, a panic (how Burn reports CUDA errors: out of
+/// memory, launch failures) becomes [`EngineError::Gpu`] for the turns it
+/// hit, and the engine thread goes on.
+fn guarded<T>(on_gpu: bool, f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    if !on_gpu {
+        return Ok(f());
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => {
+            crate::gpu::record_success();
+            Ok(v)
+        }
+        Err(payload) => {
+            crate::gpu::record_failure();
+            eprintln!(
+                "medgemmad: GPU failure during a request ({} in a row): {}",
+                crate::gpu::consecutive_failures(),
+                crate::gpu::panic_text(payload.as_ref())
+            );
+            Err(EngineError::Gpu)
+        }
     }
 }
 
@@ -198,28 +382,43 @@ impl Engine for ModelEngine {
     }
 
     fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
-        let tok = self
-            .loaded
-            .tokenizer
-            .as_ref()
-            .ok_or(EngineError::NoTokenizer)?;
-        Ok(chat::encode_chat(tok, messages, true)?.len())
+        Ok(chat::encode_chat(self.tokenizer()?, messages, true)?.len())
     }
 
     fn usable(&self) -> bool {
         !(self.on_gpu && crate::gpu::consecutive_failures() >= crate::gpu::FAILURES_RESTART)
     }
 
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The same path as a batch of one: [`Engine::begin`], then
+    /// [`Engine::step`] until the turn ends.
     fn chat(
         &mut self,
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<ChatSummary, EngineError> {
-        let tok = self
-            .loaded
-            .tokenizer
-            .as_ref()
-            .ok_or(EngineError::NoTokenizer)?;
+        debug_assert!(self.turns.is_empty(), "chat while a batch runs");
+        let id = self.begin(req, on_event)?;
+        loop {
+            if let Some((_, result)) = self
+                .step(&mut |_, ev| on_event(ev))
+                .into_iter()
+                .find(|(t, _)| *t == id)
+            {
+                return result;
+            }
+        }
+    }
+
+    fn begin(
+        &mut self,
+        req: &ChatRequest,
+        on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+    ) -> Result<TurnId, EngineError> {
+        let tok = self.tokenizer()?;
         let prompt = chat::encode_chat(tok, &req.messages, true)?;
         if prompt.len() >= self.context_limit {
             return Err(EngineError::ContextFull {
@@ -232,79 +431,95 @@ impl Engine for ModelEngine {
             .default_options(req.max_new_tokens, req.sampling.clone());
         opts.context_limit = self.context_limit;
         let special = *tok.special();
-        let mut parser = ThinkingParser::new(special.think_start, special.think_end);
-        let mut decoder = tok.stream_decoder();
         let stop_ids = opts.stop_ids.clone();
-        let mut cache = self.loaded.model.new_cache();
-        let emit = |pieces: Vec<(Channel, String)>, on_event: &mut dyn FnMut(ChatEvent) -> Flow| {
-            let mut flow = Flow::Continue;
-            for (ch, text) in pieces {
-                if text.is_empty() {
-                    continue;
-                }
-                let ev = match ch {
-                    Channel::Reasoning => ChatEvent::Reasoning(text),
-                    Channel::Answer => ChatEvent::Answer(text),
-                };
-                if on_event(ev) == Flow::Stop {
-                    flow = Flow::Stop;
-                }
-            }
-            flow
-        };
-        let mut run = || {
-            generate::generate(
-                &self.loaded.model,
-                &mut cache,
-                &prompt,
-                &opts,
-                &req.cancel,
-                |id| {
-                    if stop_ids.contains(&id) {
-                        return Flow::Continue;
-                    }
-                    let delta = decoder.push(id).unwrap_or_default();
-                    emit(parser.push(id, &delta), on_event)
-                },
-            )
-        };
-        let g = if self.on_gpu {
-            // Burn reports CUDA errors (out of memory, launch failures) as
-            // panics: this request fails, the engine thread goes on.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                Ok(result) => {
-                    crate::gpu::record_success();
-                    result?
-                }
-                Err(payload) => {
-                    crate::gpu::record_failure();
-                    eprintln!(
-                        "medgemmad: GPU failure during a request ({} in a row): {}",
-                        crate::gpu::consecutive_failures(),
-                        crate::gpu::panic_text(payload.as_ref())
-                    );
-                    return Err(EngineError::Gpu);
-                }
-            }
-        } else {
-            run()?
-        };
-        let tail = decoder.flush();
-        if !tail.is_empty() {
-            let _ = emit(parser.push_text(&tail), on_event);
+        let model = &self.loaded.model;
+        let mut seq = Sequence::new(model, model.new_cache(), &prompt, opts)?;
+        let mut text = DecodeState::default();
+        let mut parser = ThinkingParser::new(special.think_start, special.think_end);
+        if req.cancel.load(Ordering::Relaxed) {
+            seq.stop();
         }
-        let parsed = parser.finish();
-        Ok(ChatSummary {
-            prompt_tokens: prompt.len(),
-            completion_tokens: g.tokens.len(),
-            finish: g.finish,
-            time_to_first_token: g.prefill,
-            decode_tokens_per_s: g.decode_tokens_per_s(),
-            context_used: prompt.len() + g.tokens.len(),
-            context_limit: self.context_limit,
-            reasoning: parsed.reasoning,
-            answer: parsed.answer,
-            thinking_unterminated: parsed.thinking_unterminated,
-        })
+        guarded(self.on_gpu, || {
+            seq.prefill(model, &mut |id| {
+                stream_token(tok, &stop_ids, &mut text, &mut parser, id, on_event)
+            })
+        })??;
+        let id = TurnId(self.next_id);
+        self.next_id += 1;
+        self.turns.push(Turn {
+            id,
+            seq,
+            text,
+            parser,
+            cancel: Arc::clone(&req.cancel),
+            failed: None,
+        });
+        Ok(id)
+    }
+
+    fn step(&mut self, on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow) -> Vec<TurnOutcome> {
+        for t in &mut self.turns {
+            if t.cancel.load(Ordering::Relaxed) {
+                t.seq.stop();
+            }
+        }
+        let stepped = {
+            let Self {
+                loaded,
+                turns,
+                on_gpu,
+                ..
+            } = self;
+            let tok = loaded.tokenizer.as_ref();
+            let model = &loaded.model;
+            let stop_ids = model.config().eos_token_ids.clone();
+            let mut seqs = Vec::with_capacity(turns.len());
+            let mut streams = Vec::with_capacity(turns.len());
+            for t in turns.iter_mut() {
+                seqs.push(&mut t.seq);
+                streams.push((t.id, &mut t.text, &mut t.parser));
+            }
+            guarded(*on_gpu, || {
+                generate::decode_step(model, &mut seqs, |i, id| {
+                    let (turn, text, parser) = &mut streams[i];
+                    match tok {
+                        Some(tok) => stream_token(tok, &stop_ids, text, parser, id, &mut |ev| {
+                            on_event(*turn, ev)
+                        }),
+                        None => Flow::Stop,
+                    }
+                })
+            })
+        };
+        match stepped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail_unfinished(&EngineError::Generate(e)),
+            Err(e) => self.fail_unfinished(&e),
+        }
+        let (ended, running): (Vec<Turn>, Vec<Turn>) = std::mem::take(&mut self.turns)
+            .into_iter()
+            .partition(|t| t.seq.is_finished());
+        self.turns = running;
+        let Some(tok) = self.loaded.tokenizer.as_ref() else {
+            return ended
+                .into_iter()
+                .map(|t| (t.id, Err(EngineError::NoTokenizer)))
+                .collect();
+        };
+        ended
+            .into_iter()
+            .map(|t| {
+                let id = t.id;
+                let result =
+                    Self::finish_turn(tok, self.context_limit, t, &mut |ev| on_event(id, ev));
+                (id, result)
+            })
+            .collect()
+    }
+
+    fn cancel(&mut self, turn: TurnId) {
+        if let Some(t) = self.turns.iter_mut().find(|t| t.id == turn) {
+            t.seq.stop();
+        }
     }
 }

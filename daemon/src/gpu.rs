@@ -479,6 +479,7 @@ fn try_gpu(
     );
     let mut engine = ModelEngine::new(loaded, context, "cuda".to_owned(), reason)
         .map_err(|e| failed("starting the engine", e.to_string()))?
+        .with_max_batch(job.sequences)
         .on_gpu();
     let warm = engine
         .warm_up()

@@ -398,8 +398,9 @@ fn loader(
     let tokenizer = settings.model.tokenizer_path.clone();
     let context = settings.engine.context_length;
     let decision = settings.backend.clone();
+    let sequences = settings.engine.max_concurrent_generations;
     let gpu_job = gpu::GpuJob {
-        sequences: settings.engine.max_concurrent_generations,
+        sequences,
         cache_dir: settings.sandbox.cache_dir.clone(),
     };
     move || {
@@ -425,12 +426,12 @@ fn loader(
                         reason,
                         ..decision
                     };
-                    return load_engine(&path, tokenizer.as_deref(), context, cpu);
+                    return load_engine(&path, tokenizer.as_deref(), context, sequences, cpu);
                 }
                 Err(e) => return Err(LoadFailure::Gpu(e)),
             }
         }
-        load_engine(&path, tokenizer.as_deref(), context, decision)
+        load_engine(&path, tokenizer.as_deref(), context, sequences, decision)
     }
 }
 
@@ -439,6 +440,7 @@ fn load_engine(
     path: &Path,
     tokenizer: Option<&Path>,
     context: usize,
+    sequences: usize,
     decision: BackendDecision,
 ) -> Result<Box<dyn Engine>, LoadFailure> {
     match decision.backend {
@@ -455,7 +457,8 @@ fn load_engine(
                 "model loaded in {:.1} s",
                 t0.elapsed().as_secs_f64()
             ));
-            let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), decision.reason)?;
+            let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), decision.reason)?
+                .with_max_batch(sequences);
             Ok(Box::new(engine) as Box<dyn Engine>)
         }
         ResolvedBackend::Cuda => {

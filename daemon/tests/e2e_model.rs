@@ -139,3 +139,108 @@ async fn real_model_chat_order_multi_turn_cancel_and_context_full() {
         "no full paths: {s}"
     );
 }
+
+/// Several clinicians at once: with `max_concurrent_generations = 3` three
+/// conversations generate together (continuous batching: they share each
+/// decode step), and each gets, token for token, the greedy answer it gets
+/// alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_model_concurrent_turns_share_decode_steps_and_answer_as_alone() {
+    let Some((gguf, tokenizer)) = real_model() else {
+        return;
+    };
+    let d = Daemon::start(
+        &Setup {
+            backend: "cpu",
+            model_path: Some(gguf),
+            tokenizer_path: Some(tokenizer),
+            label: "Gemma 3 270M (demo)",
+            demo: true,
+            context_length: 256,
+            queue_length: 4,
+            max_new_tokens: 64,
+            extra_engine: "max_concurrent_generations = 3".to_owned(),
+            ..Setup::default()
+        },
+        READY,
+    );
+    let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
+    assert_eq!(status["queue"]["max_concurrent"], 3, "{status}");
+
+    const TOKENS: u64 = 16;
+    let prompts = [
+        "List ten common symptoms of influenza.",
+        "Explain what blood pressure measures.",
+        "Name some foods that are rich in iron.",
+    ];
+    let body = |p: &str| json!({"conversation_id": null, "message": p, "max_new_tokens": TOKENS});
+    let said = |events: &[Event]| {
+        let d = done(events);
+        (
+            text(events, "reasoning"),
+            text(events, "answer"),
+            d["completion_tokens"].as_u64().unwrap(),
+        )
+    };
+
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(said(&chat(&d.socket, body(p)).await));
+    }
+
+    // Together: each stream records when its first token and its end came.
+    let t0 = Instant::now();
+    let tasks: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let socket = d.socket.clone();
+            let req = post_json("/api/chat", &body(p));
+            tokio::spawn(async move {
+                let mut sse = Sse::new(send(&socket, req).await);
+                let (mut events, mut first, mut end) = (Vec::new(), None, None);
+                while let Some(e) = sse.next().await {
+                    if e.name == "reasoning" || e.name == "answer" {
+                        first.get_or_insert_with(|| t0.elapsed());
+                    }
+                    if e.name == "done" {
+                        end = Some(t0.elapsed());
+                    }
+                    events.push(e);
+                }
+                assert_chat_order(&events);
+                (events, first, end)
+            })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap());
+    }
+    for ((events, _, _), want) in together.iter().zip(&alone) {
+        assert_eq!(
+            &said(events),
+            want,
+            "the batched answer differs from the answer alone"
+        );
+    }
+    let firsts: Vec<Duration> = together.iter().filter_map(|t| t.1).collect();
+    let ends: Vec<Duration> = together.iter().map(|t| t.2.expect("done")).collect();
+    eprintln!("together: first tokens at {firsts:?}, ends at {ends:?}");
+    // Served one after another, the last stream's first token would come
+    // after the first stream's end. Only meaningful when every answer runs
+    // for more than a couple of tokens.
+    if alone.iter().all(|a| a.2 > 2) {
+        let last_first = firsts.iter().max().expect("first tokens");
+        let first_end = ends.iter().min().expect("ends");
+        assert!(
+            last_first < first_end,
+            "the three turns did not run at once: first tokens {firsts:?}, ends {ends:?}"
+        );
+    }
+    let log = d.log();
+    assert_eq!(
+        log.matches("medgemmad: turn ").count(),
+        2 * prompts.len(),
+        "{log}"
+    );
+}

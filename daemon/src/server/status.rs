@@ -73,7 +73,8 @@ pub fn status(state: &AppState) -> Response<Body> {
             "length": q.waiting,
             "capacity": q.capacity,
             "active": q.active,
-            "max_concurrent": settings.engine.max_concurrent_generations,
+            // What the engine runs at once (the scripted test double: 1).
+            "max_concurrent": state.engine.running(),
             "served": q.served,
             "rejected": q.rejected,
         },

@@ -1,8 +1,12 @@
 //! The engine thread and the bounded queue in front of it.
 //!
 //! One OS thread owns the [`Engine`] (and so the model): it loads it, reports
-//! readiness through a handshake (as mistral.rs does), then answers jobs one
-//! at a time from a bounded `sync_channel`. Each [`Job`] carries its own
+//! readiness through a handshake (as mistral.rs does), then answers jobs from
+//! a bounded `sync_channel`: one at a time, or, when the engine batches
+//! ([`Engine::max_batch`] > 1), with continuous batching: between two decode
+//! steps, waiting jobs join the running batch (up to the limit) and ended
+//! ones leave it, so several conversations share each read of the weights
+//! and nobody waits for another's whole answer. Each [`Job`] carries its own
 //! response channel; a full queue is refused at once ([`SubmitError::QueueFull`])
 //! so the HTTP layer can answer 503 instead of making a clinician wait.
 //!
@@ -16,13 +20,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use medgemma_model::generate::Flow;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::engine::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo};
+use crate::engine::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId};
 
 /// Why the engine thread could not start.
 #[derive(Debug, thiserror::Error)]
@@ -171,8 +175,9 @@ pub struct QueueSnapshot {
     pub rejected: usize,
 }
 
-/// Jobs that run at once on the engine thread.
-const RUNNING: usize = 1;
+/// Upper bound of the jobs that run at once (the configuration allows up to
+/// this many); the channel holds this many besides the queue.
+pub const MAX_RUNNING: usize = 64;
 
 /// The HTTP side's handle on the engine thread. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -180,6 +185,8 @@ pub struct EngineHandle {
     tx: SyncSender<Job>,
     stats: Arc<QueueStats>,
     capacity: usize,
+    /// Jobs the engine runs at once.
+    running: usize,
     info: Arc<EngineInfo>,
 }
 
@@ -193,6 +200,11 @@ impl EngineHandle {
     /// pinging when it does not, so that systemd restarts the service).
     pub fn is_alive(&self) -> bool {
         self.stats.engine_alive.load(Ordering::Acquire)
+    }
+
+    /// Jobs the engine generates at once (its batch).
+    pub fn running(&self) -> usize {
+        self.running
     }
 
     /// Queue counters now.
@@ -217,7 +229,7 @@ impl EngineHandle {
             .stats
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity + RUNNING).then_some(n + 1)
+                (n < self.capacity + self.running).then_some(n + 1)
             })
             .is_ok();
         if !admitted {
@@ -230,7 +242,7 @@ impl EngineHandle {
             reply,
             queued_at: Instant::now(),
         };
-        // The channel holds capacity + RUNNING jobs, so an admitted job always fits.
+        // The channel holds capacity + MAX_RUNNING jobs, so an admitted job always fits.
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
@@ -249,14 +261,15 @@ impl EngineHandle {
 
 /// Starts the engine thread: `load` runs on it; this returns once the engine
 /// is ready (or failed to load). `queue_length` jobs may wait besides the
-/// running one. The thread ends when the last handle is dropped.
+/// running ones ([`Engine::max_batch`], at most [`MAX_RUNNING`]). The thread
+/// ends when the last handle is dropped.
 pub fn start<L, E>(load: L, queue_length: usize) -> Result<EngineHandle, WorkerError>
 where
     L: FnOnce() -> Result<Box<dyn Engine>, E> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let (ready_tx, ready_rx) = sync_channel::<Result<EngineInfo, WorkerError>>(1);
-    let (tx, rx) = sync_channel::<Job>(queue_length + RUNNING);
+    let (ready_tx, ready_rx) = sync_channel::<Result<(EngineInfo, usize), WorkerError>>(1);
+    let (tx, rx) = sync_channel::<Job>(queue_length + MAX_RUNNING);
     let stats = Arc::new(QueueStats {
         engine_alive: AtomicBool::new(true),
         ..QueueStats::default()
@@ -273,13 +286,18 @@ where
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok(engine.info()));
+            let running = engine.max_batch().clamp(1, MAX_RUNNING);
+            let _ = ready_tx.send(Ok((engine.info(), running)));
             drop(ready_tx);
-            serve_jobs(engine.as_mut(), &rx, &thread_stats);
+            if running > 1 {
+                serve_batched(engine.as_mut(), &rx, &thread_stats, running);
+            } else {
+                serve_jobs(engine.as_mut(), &rx, &thread_stats);
+            }
         })
         .map_err(WorkerError::Spawn)?;
-    let info = match ready_rx.recv() {
-        Ok(Ok(info)) => info,
+    let (info, running) = match ready_rx.recv() {
+        Ok(Ok(ready)) => ready,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(WorkerError::DiedWhileLoading),
     };
@@ -287,6 +305,7 @@ where
         tx,
         stats,
         capacity: queue_length,
+        running,
         info: Arc::new(info),
     })
 }
@@ -297,13 +316,7 @@ fn serve_jobs(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats) {
     while let Ok(job) = rx.recv() {
         stats.active.fetch_add(1, Ordering::AcqRel);
         let last = run_job(engine, &job, limit);
-        // Free the slot before the client hears the turn is over.
-        stats.active.fetch_sub(1, Ordering::AcqRel);
-        stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        stats.served.fetch_add(1, Ordering::Relaxed);
-        if let Some(msg) = last {
-            let _ = job.reply.send(msg);
-        }
+        finish_job(stats, &job, last);
         if !engine.usable() {
             eprintln!(
                 "medgemmad: the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
@@ -313,40 +326,52 @@ fn serve_jobs(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats) {
     }
 }
 
-/// Answers one job; returns its last message (`Done` or `Failed`), or `None`
-/// when the client is gone.
-fn run_job(engine: &mut dyn Engine, job: &Job, limit: usize) -> Option<WorkerMsg> {
+/// Checks a job before it runs: the client still waits, the conversation
+/// counts and fits. Sends `Started`. `Err` holds the job's last message
+/// (`None` when the client is gone).
+fn admit(engine: &dyn Engine, job: &Job, limit: usize) -> Result<(), Option<WorkerMsg>> {
     // The client went away while the job waited: skip it.
     if job.request.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
-        return None;
+        return Err(None);
     }
     let counted = catch_unwind(AssertUnwindSafe(|| {
         engine.count_prompt_tokens(&job.request.messages)
     }));
     let prompt_tokens = match counted {
         Ok(Ok(n)) => n,
-        Ok(Err(e)) => return Some(WorkerMsg::Failed(TurnError::from_engine(e))),
-        Err(_) => return Some(WorkerMsg::Failed(TurnError::Panicked)),
+        Ok(Err(e)) => return Err(Some(WorkerMsg::Failed(TurnError::from_engine(e)))),
+        Err(_) => return Err(Some(WorkerMsg::Failed(TurnError::Panicked))),
     };
     // At least one answer token must fit after the prompt.
     if prompt_tokens >= limit {
-        return Some(WorkerMsg::Failed(TurnError::ContextFull {
+        return Err(Some(WorkerMsg::Failed(TurnError::ContextFull {
             needed: prompt_tokens + 1,
             limit,
-        }));
+        })));
     }
     let started = WorkerMsg::Started {
         queued_for: job.queued_at.elapsed(),
     };
-    job.reply.send(started).ok()?;
+    job.reply.send(started).map_err(|_| None)
+}
+
+/// Forwards one event; `Stop` once the client is gone.
+fn send_event(job: &Job, event: ChatEvent) -> Flow {
+    if job.reply.send(WorkerMsg::Event(event)).is_ok() {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
+
+/// Answers one job; returns its last message (`Done` or `Failed`), or `None`
+/// when the client is gone.
+fn run_job(engine: &mut dyn Engine, job: &Job, limit: usize) -> Option<WorkerMsg> {
+    if let Err(last) = admit(engine, job, limit) {
+        return last;
+    }
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        engine.chat(&job.request, &mut |event| {
-            if job.reply.send(WorkerMsg::Event(event)).is_ok() {
-                Flow::Continue
-            } else {
-                Flow::Stop
-            }
-        })
+        engine.chat(&job.request, &mut |event| send_event(job, event))
     }));
     Some(match outcome {
         Ok(Ok(summary)) => WorkerMsg::Done(Box::new(summary)),
@@ -355,6 +380,119 @@ fn run_job(engine: &mut dyn Engine, job: &Job, limit: usize) -> Option<WorkerMsg
     })
 }
 
+/// Accounts for a job that has left the engine and sends its last message.
+fn finish_job(stats: &QueueStats, job: &Job, last: Option<WorkerMsg>) {
+    // Free the slot before the client hears the turn is over.
+    stats.active.fetch_sub(1, Ordering::AcqRel);
+    stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+    stats.served.fetch_add(1, Ordering::Relaxed);
+    if let Some(msg) = last {
+        let _ = job.reply.send(msg);
+    }
+}
+
+/// The engine thread's loop with continuous batching: up to `running` jobs
+/// generate together; between two decode steps, waiting jobs join (each is
+/// prefilled alone, which pauses the others for that long) and ended jobs
+/// leave. Blocks only while nothing runs.
+fn serve_batched(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats, running: usize) {
+    let limit = engine.info().context_limit;
+    let mut batch: Vec<(TurnId, Job)> = Vec::with_capacity(running);
+    let mut senders_gone = false;
+    loop {
+        while batch.len() < running && !senders_gone {
+            let job = if batch.is_empty() {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        senders_gone = true;
+                        break;
+                    }
+                }
+            };
+            stats.active.fetch_add(1, Ordering::AcqRel);
+            if let Err(last) = admit(engine, &job, limit) {
+                finish_job(stats, &job, last);
+                continue;
+            }
+            let begun = catch_unwind(AssertUnwindSafe(|| {
+                engine.begin(&job.request, &mut |event| send_event(&job, event))
+            }));
+            match begun {
+                Ok(Ok(id)) => batch.push((id, job)),
+                Ok(Err(e)) => finish_job(
+                    stats,
+                    &job,
+                    Some(WorkerMsg::Failed(TurnError::from_engine(e))),
+                ),
+                Err(_) => finish_job(stats, &job, Some(WorkerMsg::Failed(TurnError::Panicked))),
+            }
+        }
+        if batch.is_empty() {
+            if senders_gone {
+                return;
+            }
+            continue;
+        }
+        for (id, job) in &batch {
+            if job.request.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
+                engine.cancel(*id);
+            }
+        }
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            engine.step(
+                &mut |id, event| match batch.iter().find(|(t, _)| *t == id) {
+                    Some((_, job)) => send_event(job, event),
+                    None => Flow::Stop,
+                },
+            )
+        }));
+        let ended: Vec<(TurnId, Result<ChatSummary, TurnError>)> = match stepped {
+            Ok(ended) => ended
+                .into_iter()
+                .map(|(id, r)| (id, r.map_err(TurnError::from_engine)))
+                .collect(),
+            Err(_) => {
+                // A panic outside the GPU guard: fail the whole batch, and
+                // let the engine drop those turns (cancelled, one more step).
+                for (id, _) in &batch {
+                    engine.cancel(*id);
+                }
+                let _ = catch_unwind(AssertUnwindSafe(|| engine.step(&mut |_, _| Flow::Stop)));
+                batch
+                    .iter()
+                    .map(|(id, _)| (*id, Err(TurnError::Panicked)))
+                    .collect()
+            }
+        };
+        for (id, result) in ended {
+            let Some(pos) = batch.iter().position(|(t, _)| *t == id) else {
+                continue;
+            };
+            let (_, job) = batch.swap_remove(pos);
+            let last = match result {
+                Ok(summary) => WorkerMsg::Done(Box::new(summary)),
+                Err(e) => WorkerMsg::Failed(e),
+            };
+            finish_job(stats, &job, Some(last));
+        }
+        if !engine.usable() {
+            for (_, job) in batch.drain(..) {
+                finish_job(stats, &job, Some(WorkerMsg::Failed(TurnError::Panicked)));
+            }
+            eprintln!(
+                "medgemmad: the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
+            );
+            return;
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
@@ -441,6 +579,240 @@ mod tests {
         fn usable(&self) -> bool {
             self.answers > 0
         }
+    }
+
+    /// A batching double: every turn emits one token in `begin` and one per
+    /// `step` until `max_new_tokens`; it records how many turns each step
+    /// advanced. The first `begin` waits for `gate`, so a test can queue
+    /// several jobs before the batch starts. A turn with `max_new_tokens ==
+    /// PANIC_TURN` panics in the step that would give its third token.
+    struct LockstepEngine {
+        gate: Option<mpsc::Receiver<()>>,
+        turns: Vec<LockstepTurn>,
+        next: u64,
+        steps: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    struct LockstepTurn {
+        id: TurnId,
+        max: usize,
+        emitted: usize,
+        cancelled: bool,
+    }
+
+    const PANIC_TURN: usize = 999;
+
+    impl LockstepTurn {
+        fn ended(&self) -> bool {
+            self.cancelled || self.emitted >= self.max
+        }
+    }
+
+    impl Engine for LockstepEngine {
+        fn info(&self) -> EngineInfo {
+            GatedEngine {
+                gate: mpsc::channel().1,
+            }
+            .info()
+        }
+        fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
+            Ok(messages.len())
+        }
+        fn chat(
+            &mut self,
+            _req: &ChatRequest,
+            _on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+        ) -> Result<ChatSummary, EngineError> {
+            panic!("a batching engine is never asked to chat by the worker");
+        }
+        fn max_batch(&self) -> usize {
+            2
+        }
+        fn begin(
+            &mut self,
+            req: &ChatRequest,
+            on_event: &mut dyn FnMut(ChatEvent) -> Flow,
+        ) -> Result<TurnId, EngineError> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let id = TurnId(self.next);
+            self.next += 1;
+            let cancelled = on_event(ChatEvent::Answer("t".into())) == Flow::Stop;
+            self.turns.push(LockstepTurn {
+                id,
+                max: req.max_new_tokens,
+                emitted: 1,
+                cancelled,
+            });
+            Ok(id)
+        }
+        fn step(
+            &mut self,
+            on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow,
+        ) -> Vec<crate::engine::TurnOutcome> {
+            let active = self.turns.iter().filter(|t| !t.ended()).count();
+            self.steps.lock().unwrap().push(active);
+            // Time for a client to leave between steps.
+            std::thread::sleep(Duration::from_millis(10));
+            for t in self.turns.iter_mut().filter(|t| !t.ended()) {
+                assert!(
+                    !(t.max == PANIC_TURN && t.emitted == 2),
+                    "a bug in the engine"
+                );
+                t.emitted += 1;
+                if on_event(t.id, ChatEvent::Answer("t".into())) == Flow::Stop {
+                    t.cancelled = true;
+                }
+            }
+            let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.turns)
+                .into_iter()
+                .partition(LockstepTurn::ended);
+            self.turns = running;
+            ended
+                .into_iter()
+                .map(|t| {
+                    let finish = if t.cancelled {
+                        FinishReason::Cancelled
+                    } else {
+                        FinishReason::Length
+                    };
+                    (t.id, Ok(summary(t.emitted, finish)))
+                })
+                .collect()
+        }
+        fn cancel(&mut self, turn: TurnId) {
+            if let Some(t) = self.turns.iter_mut().find(|t| t.id == turn) {
+                t.cancelled = true;
+            }
+        }
+    }
+
+    fn summary(tokens: usize, finish: FinishReason) -> ChatSummary {
+        ChatSummary {
+            prompt_tokens: 1,
+            completion_tokens: tokens,
+            finish,
+            time_to_first_token: Duration::ZERO,
+            decode_tokens_per_s: 0.0,
+            context_used: 1 + tokens,
+            context_limit: 100,
+            reasoning: None,
+            answer: String::new(),
+            thinking_unterminated: false,
+        }
+    }
+
+    /// A started lockstep engine, its gate and its step log.
+    fn lockstep() -> (
+        EngineHandle,
+        mpsc::Sender<()>,
+        Arc<std::sync::Mutex<Vec<usize>>>,
+    ) {
+        let (open, gate) = mpsc::channel();
+        let steps = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&steps);
+        let engine = start(
+            move || {
+                Ok::<_, std::io::Error>(Box::new(LockstepEngine {
+                    gate: Some(gate),
+                    turns: Vec::new(),
+                    next: 0,
+                    steps: log,
+                }) as Box<dyn Engine>)
+            },
+            4,
+        )
+        .unwrap();
+        (engine, open, steps)
+    }
+
+    fn request_for(tokens: usize) -> ChatRequest {
+        ChatRequest {
+            max_new_tokens: tokens,
+            ..request()
+        }
+    }
+
+    /// Every message of one job: (answer events, the last message).
+    async fn drain(rx: &mut UnboundedReceiver<WorkerMsg>) -> (usize, WorkerMsg) {
+        let mut events = 0;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                WorkerMsg::Event(_) => events += 1,
+                WorkerMsg::Started { .. } => {}
+                last => return (events, last),
+            }
+        }
+        panic!("the job ended without a last message");
+    }
+
+    #[tokio::test]
+    async fn jobs_share_decode_steps_and_a_third_joins_when_a_slot_frees() {
+        let (engine, open, steps) = lockstep();
+        assert_eq!(engine.running(), 2);
+        let mut rxs: Vec<_> = [5, 3, 4]
+            .into_iter()
+            .map(|n| engine.submit(request_for(n)).unwrap())
+            .collect();
+        open.send(()).unwrap();
+        for (rx, n) in rxs.iter_mut().zip([5, 3, 4]) {
+            let (events, last) = drain(rx).await;
+            assert_eq!(events, n);
+            match last {
+                WorkerMsg::Done(s) => assert_eq!(s.completion_tokens, n),
+                other => panic!("expected Done, got {other:?}"),
+            }
+        }
+        // Each turn's first token comes from `begin`. Jobs 1 and 2 decode
+        // together for 2 steps (job 2 reaches 3 tokens); job 3 takes the
+        // free slot next to job 1 for 2 steps (job 1 reaches 5); job 3 makes
+        // its 4th token alone.
+        assert_eq!(*steps.lock().unwrap(), vec![2, 2, 2, 2, 1]);
+        let q = engine.queue();
+        assert_eq!((q.active, q.waiting, q.served), (0, 0, 3));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_is_dropped_from_the_batch_and_the_other_goes_on() {
+        let (engine, open, steps) = lockstep();
+        let mut gone = engine.submit(request_for(50)).unwrap();
+        let mut stays = engine.submit(request_for(8)).unwrap();
+        open.send(()).unwrap();
+        // The first job's client reads one token, then disconnects.
+        while !matches!(gone.recv().await, Some(WorkerMsg::Event(_))) {}
+        drop(gone);
+        let (events, last) = drain(&mut stays).await;
+        assert_eq!(events, 8);
+        assert!(matches!(last, WorkerMsg::Done(_)), "{last:?}");
+        // Run to its end, the first job would have taken 49 steps, the
+        // last 41 of them alone.
+        let steps = steps.lock().unwrap().clone();
+        assert!(
+            steps.len() < 49,
+            "the cancelled turn did not leave the batch: {steps:?}"
+        );
+        assert_eq!(engine.queue().served, 2);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_step_fails_that_batch_and_the_next_job_is_served() {
+        let (engine, open, _steps) = lockstep();
+        let mut a = engine.submit(request_for(PANIC_TURN)).unwrap();
+        let mut b = engine.submit(request_for(10)).unwrap();
+        open.send(()).unwrap();
+        for rx in [&mut a, &mut b] {
+            let (_, last) = drain(rx).await;
+            assert!(
+                matches!(last, WorkerMsg::Failed(TurnError::Panicked)),
+                "{last:?}"
+            );
+        }
+        let mut c = engine.submit(request_for(3)).unwrap();
+        let (events, last) = drain(&mut c).await;
+        assert_eq!(events, 3);
+        assert!(matches!(last, WorkerMsg::Done(_)), "{last:?}");
+        assert!(engine.is_alive());
     }
 
     #[tokio::test]
