@@ -32,20 +32,26 @@ pub const CPU_FALLBACK: &str = "Without an NVIDIA driver the daemon runs the mod
 /// tokens, work space and margin), so both give the same answer.
 pub fn model_need(cfg: &DaemonConfig, context: u64) -> Option<(u64, String)> {
     use medgemma_model::budget::{self, BudgetRequest, DType};
-    use medgemma_model::config::Gemma3Config;
-    let path = cfg.model.path.as_ref()?;
-    let mc = if path.is_dir() {
-        Gemma3Config::from_file(&path.join("config.json")).ok()?
-    } else {
-        let f = medgemma_model::gguf::GgufFile::open(path).ok()?;
-        Gemma3Config::from_gguf(&f, path).ok()?
-    };
+    let mc = model_config(cfg)?;
     let context = usize::try_from(context)
         .unwrap_or(usize::MAX)
         .min(mc.max_position_embeddings);
     let req = BudgetRequest::new(context, 1, DType::BF16);
     let b = budget::estimate(&mc, &req);
     Some((b.total(), b.describe(&req)))
+}
+
+/// The configured model's Gemma 3 configuration (`config.json` beside
+/// safetensors, or the GGUF's metadata), if it can be read.
+pub fn model_config(cfg: &DaemonConfig) -> Option<medgemma_model::config::Gemma3Config> {
+    use medgemma_model::config::Gemma3Config;
+    let path = cfg.model.path.as_ref()?;
+    if path.is_dir() {
+        Gemma3Config::from_file(&path.join("config.json")).ok()
+    } else {
+        let f = medgemma_model::gguf::GgufFile::open(path).ok()?;
+        Gemma3Config::from_gguf(&f, path).ok()
+    }
 }
 
 /// Runs `gpu`.

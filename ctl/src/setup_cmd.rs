@@ -182,7 +182,7 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
     }
 
     // 4. Backend, from the hardware.
-    let (backend, backend_reason) = pick_backend(&model);
+    let (backend, backend_reason, concurrent) = pick_backend(&model);
     note(format_args!("backend: {backend}: {backend_reason}"));
 
     // 5. Keys and the audit directory.
@@ -230,7 +230,11 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
         if let Some(dir) = config_out.parent().filter(|d| !d.as_os_str().is_empty()) {
             mkdir(dir, 0o755)?;
         }
-        let text = daemon_config(a, &model, tokenizer.as_deref(), &state, &pins_path, backend);
+        let engine = EngineChoice {
+            backend,
+            concurrent,
+        };
+        let text = daemon_config(a, &model, tokenizer.as_deref(), &state, &pins_path, &engine);
         write_new_or_replace(&config_out, text.as_bytes(), 0o644)?;
         true
     };
@@ -283,7 +287,7 @@ fn setup(config: &Path, a: &SetupArgs) -> Result<Report, Report> {
             "pins_file": pins_path,
             "pins": pins.iter().map(|p| serde_json::json!({"path": p.path, "size": p.size, "sha256": p.sha256})).collect::<Vec<_>>(),
             "pins_created": repinned,
-            "backend": { "kind": backend, "reason": backend_reason },
+            "backend": { "kind": backend, "reason": backend_reason, "max_concurrent_generations": concurrent },
             "audit_dir": audit_dir,
             "key_file": key_file,
             "initial_key": initial.as_ref().map(medgemma_audit::InitialKey::display),
@@ -427,9 +431,22 @@ fn toml_string(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-/// The backend to write, and why: the same budget the daemon checks before
-/// it loads on CUDA, against each GPU's free memory now.
-fn pick_backend(model: &Path) -> (&'static str, String) {
+/// The `[engine]` keys setup writes.
+struct EngineChoice {
+    backend: &'static str,
+    /// `max_concurrent_generations`.
+    concurrent: usize,
+}
+
+/// Conversations at once that setup configures when the GPU has room: a
+/// ward's worth of clinicians asking at the same moment, each at the full
+/// context. The daemon cuts it to what fits at every start.
+const SETUP_CONCURRENT: usize = 8;
+
+/// The backend to write, why, and how many conversations may generate at
+/// once: the same budget the daemon checks before it loads on CUDA, against
+/// each GPU's free memory now.
+fn pick_backend(model: &Path) -> (&'static str, String, usize) {
     let cfg = crate::daemon_config::DaemonConfig {
         model: crate::daemon_config::ModelPart {
             path: Some(model.to_owned()),
@@ -437,10 +454,14 @@ fn pick_backend(model: &Path) -> (&'static str, String) {
         },
         ..Default::default()
     };
-    let Some((need, _)) = crate::gpu_cmd::model_need(&cfg, SETUP_CONTEXT) else {
+    let (Some((need, _)), Some(mc)) = (
+        crate::gpu_cmd::model_need(&cfg, SETUP_CONTEXT),
+        crate::gpu_cmd::model_config(&cfg),
+    ) else {
         return (
             "cpu",
             "the model's size could not be read; the CPU is the safe choice".to_owned(),
+            1,
         );
     };
     let nvml = match nvml_wrapper::Nvml::init() {
@@ -452,6 +473,7 @@ fn pick_backend(model: &Path) -> (&'static str, String) {
                     "no NVIDIA driver (NVML cannot be loaded). {}",
                     crate::gpu_cmd::CPU_FALLBACK
                 ),
+                1,
             );
         }
     };
@@ -474,15 +496,25 @@ fn pick_backend(model: &Path) -> (&'static str, String) {
                 "the NVIDIA driver reports no GPU. {}",
                 crate::gpu_cmd::CPU_FALLBACK
             ),
+            1,
         ),
-        Some((i, name, free)) if free >= need => (
-            "auto",
-            format!(
-                "GPU {i} ({name}) has {} free and the model needs {} for {SETUP_CONTEXT} tokens of context: medgemmad uses CUDA, and falls back to the CPU with the reason if that changes",
-                gib(free),
-                gib(need)
-            ),
-        ),
+        Some((i, name, free)) if free >= need => {
+            let req = medgemma_model::budget::BudgetRequest::new(
+                SETUP_CONTEXT as usize,
+                SETUP_CONCURRENT,
+                medgemma_model::budget::DType::BF16,
+            );
+            let n = medgemma_model::budget::sequences_that_fit(&mc, &req, free).max(1);
+            (
+                "auto",
+                format!(
+                    "GPU {i} ({name}) has {} free and the model needs {} for {SETUP_CONTEXT} tokens of context, with room for {n} conversations generating at once: medgemmad uses CUDA, and falls back to the CPU with the reason if that changes",
+                    gib(free),
+                    gib(need)
+                ),
+                n,
+            )
+        }
         Some((i, name, free)) => (
             "cpu",
             format!(
@@ -490,6 +522,7 @@ fn pick_backend(model: &Path) -> (&'static str, String) {
                 gib(free),
                 gib(need)
             ),
+            1,
         ),
     }
 }
@@ -504,14 +537,16 @@ fn daemon_config(
     tokenizer: Option<&Path>,
     state: &Path,
     pins: &Path,
-    backend: &str,
+    engine: &EngineChoice,
 ) -> String {
     let tok = tokenizer
         .map(|t| format!("tokenizer_path = {}\n", toml_str(t)))
         .unwrap_or_default();
     format!(
-        "# Written by medgemmactl setup; every key is documented in medgemmad.example.toml.\n\n[model]\npath = {model}\n{tok}label = {label}\ndemo = {demo}\npins_file = {pins}\n\n[engine]\nbackend = {backend:?}\n\n[server]\nui_socket = {ui}\nadmin_socket = {admin}\n\n[audit]\ndir = {audit}\nkey_file = {key}\ncontent_key_file = {content}\nsigning_key_file = {signing}\n",
+        "# Written by medgemmactl setup; every key is documented in medgemmad.example.toml.\n\n[model]\npath = {model}\n{tok}label = {label}\ndemo = {demo}\npins_file = {pins}\n\n[engine]\nbackend = {backend:?}\nmax_concurrent_generations = {concurrent}\n\n[server]\nui_socket = {ui}\nadmin_socket = {admin}\n\n[audit]\ndir = {audit}\nkey_file = {key}\ncontent_key_file = {content}\nsigning_key_file = {signing}\n",
         model = toml_str(model),
+        backend = engine.backend,
+        concurrent = engine.concurrent,
         label = toml_string(&a.label),
         demo = a.demo,
         pins = toml_str(pins),

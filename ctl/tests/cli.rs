@@ -460,6 +460,13 @@ fn setup_pins_creates_keys_once_and_refuses_an_altered_model() {
                 .contains("no NVIDIA driver"),
             "{v}"
         );
+        // One conversation at a time on the CPU.
+        assert_eq!(v["backend"]["max_concurrent_generations"], 1, "{v}");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            text.contains("backend = \"cpu\"\nmax_concurrent_generations = 1\n"),
+            "{text}"
+        );
     }
     let initial = v["initial_key"].as_str().expect("initial key shown once");
     assert!(medgemma_audit::InitialKey::parse(initial).is_ok());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use medgemma_model::chat::{self, ChatError, Message};
-use medgemma_model::generate::{self, FinishReason, Flow, GenerateError, Sequence};
+use medgemma_model::generate::{self, FinishReason, Flow, GenerateError, PREFILL_CHUNK, Sequence};
 use medgemma_model::load::{LoadedModel, ModelDescription};
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::thinking::{Channel, ThinkingParser};
@@ -175,6 +175,8 @@ pub struct ModelEngine {
     backend_reason: String,
     on_gpu: bool,
     max_batch: usize,
+    /// Prompt tokens per prefill pass ([`PREFILL_CHUNK`]).
+    prefill_chunk: usize,
     /// The turns in the batch, in the order they joined.
     turns: Vec<Turn>,
     next_id: u64,
@@ -212,6 +214,7 @@ impl ModelEngine {
             backend_reason,
             on_gpu: false,
             max_batch: 1,
+            prefill_chunk: PREFILL_CHUNK,
             turns: Vec::new(),
             next_id: 0,
         })
@@ -439,8 +442,10 @@ impl Engine for ModelEngine {
         if req.cancel.load(Ordering::Relaxed) {
             seq.stop();
         }
+        // The first chunk now (a short prompt is then prefilled and has its
+        // first token); the rest one chunk per step, between decode steps.
         guarded(self.on_gpu, || {
-            seq.prefill(model, &mut |id| {
+            seq.prefill_chunk(model, self.prefill_chunk, &mut |id| {
                 stream_token(tok, &stop_ids, &mut text, &mut parser, id, on_event)
             })
         })??;
@@ -468,11 +473,45 @@ impl Engine for ModelEngine {
                 loaded,
                 turns,
                 on_gpu,
+                prefill_chunk,
                 ..
             } = self;
             let tok = loaded.tokenizer.as_ref();
             let model = &loaded.model;
             let stop_ids = model.config().eos_token_ids.clone();
+            // One prefill chunk of the longest-waiting turn whose prompt is
+            // not yet through; a failure ends that turn only.
+            if let Some(t) = turns
+                .iter_mut()
+                .find(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
+                && let Some(tok) = tok
+            {
+                let Turn {
+                    id,
+                    seq,
+                    text,
+                    parser,
+                    failed,
+                    ..
+                } = t;
+                let id = *id;
+                let chunk = guarded(*on_gpu, || {
+                    seq.prefill_chunk(model, *prefill_chunk, &mut |tid| {
+                        stream_token(tok, &stop_ids, text, parser, tid, &mut |ev| {
+                            on_event(id, ev)
+                        })
+                    })
+                });
+                let error = match chunk {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(EngineError::Generate(e)),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = error {
+                    seq.stop();
+                    *failed = Some(e);
+                }
+            }
             let mut seqs = Vec::with_capacity(turns.len());
             let mut streams = Vec::with_capacity(turns.len());
             for t in turns.iter_mut() {
@@ -521,5 +560,130 @@ impl Engine for ModelEngine {
         if let Some(t) = self.turns.iter_mut().find(|t| t.id == turn) {
             t.seq.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use medgemma_model::backend::{cpu_device, cpu_dtype};
+    use medgemma_model::load::load_model;
+
+    use super::*;
+
+    /// The real Gemma 3 270M GGUF and tokenizer (`scripts/fetch-assets.sh`);
+    /// `None` (a skip) when absent and `MEDGEMMA_ASSETS` is not set.
+    fn real_270m() -> Option<LoadedModel> {
+        let explicit = std::env::var_os("MEDGEMMA_ASSETS").map(PathBuf::from);
+        let dir = explicit.clone().or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
+        })?;
+        let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
+        let tok = dir.join("tokenizer/tokenizer.json");
+        if !gguf.is_file() || !tok.is_file() {
+            assert!(explicit.is_none(), "MEDGEMMA_ASSETS lacks the 270M GGUF");
+            eprintln!("SKIP: real test assets not found; run scripts/fetch-assets.sh");
+            return None;
+        }
+        Some(load_model(&gguf, Some(&tok), &cpu_device(), cpu_dtype()).expect("the 270M loads"))
+    }
+
+    fn request(text: &str, tokens: usize) -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message::user(text)],
+            max_new_tokens: tokens,
+            sampling: SamplingParams::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// What a turn said: every streamed delta, and its summary's counts.
+    fn said(events: &[ChatEvent], s: &ChatSummary) -> (String, usize, usize) {
+        let text = events
+            .iter()
+            .map(|e| match e {
+                ChatEvent::Reasoning(t) | ChatEvent::Answer(t) => t.as_str(),
+            })
+            .collect();
+        (text, s.prompt_tokens, s.completion_tokens)
+    }
+
+    /// The engine's own schedule on the real model: a turn is decoding when
+    /// one with a long prompt joins; the long prompt is prefilled a chunk
+    /// per step while the first keeps getting tokens, and both turns stream
+    /// what they stream alone.
+    #[test]
+    fn a_long_prompt_joins_the_batch_in_chunks_and_both_answer_as_alone() {
+        let Some(loaded) = real_270m() else {
+            return;
+        };
+        let mut e = ModelEngine::new(loaded, 256, "cpu".into(), "test".into())
+            .unwrap()
+            .with_max_batch(2);
+        e.prefill_chunk = 16;
+        let short = request("What is a fever?", 12);
+        let long = request(
+            &"The patient reports chest pain on exertion that eases with rest. ".repeat(4),
+            6,
+        );
+        let mut alone = Vec::new();
+        for r in [&short, &long] {
+            let mut events = Vec::new();
+            let s = e
+                .chat(r, &mut |ev| {
+                    events.push(ev);
+                    Flow::Continue
+                })
+                .unwrap();
+            alone.push(said(&events, &s));
+        }
+        let long_prompt = alone[1].1;
+        assert!(long_prompt > 48, "{long_prompt} tokens: several chunks");
+
+        let mut events: [Vec<ChatEvent>; 2] = [Vec::new(), Vec::new()];
+        let a = e
+            .begin(&short, &mut |ev| {
+                events[0].push(ev);
+                Flow::Continue
+            })
+            .unwrap();
+        let b = e
+            .begin(&long, &mut |ev| {
+                events[1].push(ev);
+                Flow::Continue
+            })
+            .unwrap();
+        let mut summaries: [Option<ChatSummary>; 2] = [None, None];
+        let mut steps_before_b_spoke = 0;
+        let mut a_tokens_meanwhile = 0;
+        while summaries.iter().any(Option::is_none) {
+            let mut spoke = [false, false];
+            let ended = e.step(&mut |id, ev| {
+                let i = usize::from(id == b);
+                spoke[i] = true;
+                events[i].push(ev);
+                Flow::Continue
+            });
+            if summaries[1].is_none() && events[1].is_empty() {
+                steps_before_b_spoke += 1;
+                a_tokens_meanwhile += usize::from(spoke[0]);
+            }
+            for (id, result) in ended {
+                summaries[usize::from(id == b)] = Some(result.unwrap());
+            }
+        }
+        assert_ne!(a, b);
+        // One chunk in `begin`, one per step after it.
+        assert!(
+            steps_before_b_spoke >= long_prompt.div_ceil(16) - 2,
+            "{steps_before_b_spoke} steps for {long_prompt} prompt tokens in chunks of 16"
+        );
+        assert!(a_tokens_meanwhile > 0, "the running turn stalled");
+        for (i, want) in alone.iter().enumerate() {
+            let got = said(&events[i], summaries[i].as_ref().unwrap());
+            assert_eq!(&got, want, "turn {i}");
+        }
+        assert!(e.turns.is_empty());
     }
 }

@@ -16,7 +16,7 @@
 //!    so the first clinician does not wait for kernel compilation), and
 //!    reports the GPU for `/api/status`.
 //!
-//! Any "no" is one sentence with the numbers ("the model needs 14.9 GiB
+//! Any "no" is one sentence with the numbers ("the model needs 9.6 GiB
 //! (…) but GPU 0 (NVIDIA L4) has 6.2 GiB free of 22.0 GiB"). With
 //! `backend = "auto"` the daemon then runs on the CPU and says so in the log,
 //! `/api/status` (`backend.reason`) and `medgemmactl status` (degraded,
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use medgemma_model::budget::{self, BudgetRequest, MemoryBudget};
+use medgemma_model::budget::{self, BudgetRequest};
 use medgemma_model::config::Gemma3Config;
 use medgemma_sandbox::{DriverMissing, SandboxError};
 
@@ -153,6 +153,11 @@ pub struct GpuInfo {
     pub budget: String,
     /// Seconds the warm-up took (kernel compilation and autotuning).
     pub warm_up_s: Option<f64>,
+    /// Conversations generated at once: `engine.max_concurrent_generations`,
+    /// or fewer when only fewer KV caches fit.
+    pub sequences: usize,
+    /// `engine.max_concurrent_generations`.
+    pub sequences_configured: usize,
 }
 
 impl GpuInfo {
@@ -283,15 +288,23 @@ pub struct GpuFacts {
 }
 
 /// The budget against the GPU's free memory (pure; [`select`] feeds it NVML).
+/// When the configured concurrency does not fit but fewer conversations do,
+/// the GPU still runs the model with as many as fit (the CPU would be far
+/// slower for everyone); not even one is [`GpuError::DoesNotFit`].
 pub fn check_fit(
     facts: GpuFacts,
-    budget: &MemoryBudget,
+    model: &Gemma3Config,
     req: &BudgetRequest,
 ) -> Result<GpuInfo, GpuError> {
-    let need = budget.describe(req);
-    if !budget.fits(facts.free) {
+    let n = budget::sequences_that_fit(model, req, facts.free);
+    let fitted = BudgetRequest {
+        sequences: n.max(1),
+        ..*req
+    };
+    let budget = budget::estimate(model, &fitted);
+    if n == 0 {
         return Err(GpuError::DoesNotFit {
-            need,
+            need: budget.describe(&fitted),
             gpu: format!("GPU {} ({})", facts.index, facts.name),
             free: budget::gib(facts.free),
             total: budget::gib(facts.total),
@@ -305,9 +318,24 @@ pub fn check_fit(
         memory_free_at_start_bytes: facts.free,
         memory_used_bytes: None,
         budget_bytes: budget.total(),
-        budget: need,
+        budget: budget.describe(&fitted),
         warm_up_s: None,
+        sequences: n,
+        sequences_configured: req.sequences.max(1),
     })
+}
+
+impl GpuInfo {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+    /// Why fewer conversations run at once than configured, if they do.
+    pub fn concurrency_note(&self) -> Option<String> {
+        (self.sequences < self.sequences_configured).then(|| {
+            format!(
+                "the GPU's free memory holds KV caches for {} of the {} concurrent generations configured (engine.max_concurrent_generations); {} run at once",
+                self.sequences, self.sequences_configured, self.sequences
+            )
+        })
+    }
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
@@ -319,7 +347,7 @@ pub fn select(
     req: &BudgetRequest,
 ) -> Result<GpuInfo, GpuError> {
     let facts = query(selector)?;
-    check_fit(facts, &budget::estimate(model, req), req)
+    check_fit(facts, model, req)
 }
 
 /// NVML's view of the GPU `selector` names.
@@ -471,15 +499,20 @@ fn try_gpu(
     }))
     .map_err(|p| failed("loading the model", panic_text(p.as_ref())))?
     .map_err(|e| failed("loading the model", e.to_string()))?;
-    let reason = format!(
+    let mut reason = format!(
         "{}: {gpu} has {} free and the model needs {}",
         decision.reason,
         budget::gib(info.memory_free_at_start_bytes),
         info.budget
     );
+    if let Some(note) = info.concurrency_note() {
+        eprintln!("medgemmad: gpu: {note}");
+        reason.push_str("; ");
+        reason.push_str(&note);
+    }
     let mut engine = ModelEngine::new(loaded, context, "cuda".to_owned(), reason)
         .map_err(|e| failed("starting the engine", e.to_string()))?
-        .with_max_batch(job.sequences)
+        .with_max_batch(info.sequences)
         .on_gpu();
     let warm = engine
         .warm_up()
@@ -532,17 +565,49 @@ mod tests {
     #[test]
     fn a_gpu_too_small_is_a_sentence_with_the_numbers() {
         let req = BudgetRequest::new(8192, 1, DType::BF16);
-        let b = budget::estimate(&Gemma3Config::medgemma_4b(), &req);
-        let err = check_fit(l4(6), &b, &req).unwrap_err();
+        let m = Gemma3Config::medgemma_4b();
+        let err = check_fit(l4(6), &m, &req).unwrap_err();
         assert_eq!(
             fallback_reason(&err),
-            "engine.backend = \"auto\", but the model needs 14.9 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 7.4 GiB) and GPU 0 (NVIDIA L4) has only 6.0 GiB free of 24.0 GiB; free GPU memory (see `medgemmactl gpu`), lower engine.context_length, or use a larger GPU; until then the CPU runs the model (slowly)"
+            "engine.backend = \"auto\", but the model needs 9.6 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 2.1 GiB) and GPU 0 (NVIDIA L4) has only 6.0 GiB free of 24.0 GiB; free GPU memory (see `medgemmactl gpu`), lower engine.context_length, or use a larger GPU; until then the CPU runs the model (slowly)"
         );
         assert_eq!(err.exit_code(), EXIT_GPU_UNUSABLE);
-        let ok = check_fit(l4(20), &b, &req).unwrap();
-        assert_eq!(ok.budget_bytes, 16_012_687_718);
+        let ok = check_fit(l4(20), &m, &req).unwrap();
+        assert_eq!(ok.budget_bytes, 10_311_842_150);
         assert_eq!(ok.memory_free_at_start_bytes, 20 << 30);
         assert_eq!(ok.status_json()["memory_total_mib"], 24 * 1024);
+        assert_eq!(ok.concurrency_note(), None);
+    }
+
+    #[test]
+    fn a_gpu_that_holds_fewer_conversations_runs_fewer_at_once() {
+        let m = Gemma3Config::medgemma_4b();
+        let req = BudgetRequest::new(8192, 32, DType::BF16);
+        let ok = check_fit(l4(12), &m, &req).unwrap();
+        assert!((2..32).contains(&ok.sequences), "{}", ok.sequences);
+        assert!(ok.budget_bytes <= 12 << 30);
+        assert!(
+            ok.budget
+                .contains(&format!("8192 tokens × {} sequences", ok.sequences)),
+            "{}",
+            ok.budget
+        );
+        let note = ok.concurrency_note().unwrap();
+        assert!(
+            note.starts_with(&format!(
+                "the GPU's free memory holds KV caches for {} of the 32 concurrent generations configured",
+                ok.sequences
+            )),
+            "{note}"
+        );
+        assert_eq!(ok.status_json()["sequences_configured"], 32);
+        // Not even one: the error describes the budget of one.
+        let err = check_fit(l4(6), &m, &req).unwrap_err();
+        assert!(
+            fallback_reason(&err).contains("for 8192 tokens × 1 sequence,"),
+            "{}",
+            fallback_reason(&err)
+        );
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //! - KV cache: keys and values in the compute dtype; a sliding-window layer
 //!   holds at most `sliding_window` positions, a global layer the whole
 //!   context (spec model.md §4: 289.4 MB for the 4B at 8192 tokens);
-//! - activations of the largest forward pass: a prefill of `prefill_tokens`
-//!   tokens at once against the whole context (the attention scores are
-//!   materialized in f32, which dominates at long prompts), or a decode step
-//!   of `sequences` tokens, whichever is larger;
+//! - activations of the largest forward pass: a prefill chunk of
+//!   `prefill_tokens` tokens against the whole context (the attention scores
+//!   are materialized in f32; the daemon prefills in chunks of
+//!   [`PREFILL_CHUNK`] so they stay small), or a decode step of `sequences`
+//!   tokens, whichever is larger;
 //! - logits: f32 over the vocabulary, one row per sequence, twice (logits and
 //!   the sampler's copy);
 //! - margin: [`FIXED_MARGIN`] (CUDA context, kernels, the allocator's pools)
@@ -27,6 +28,7 @@
 pub use burn::tensor::DType;
 
 use crate::config::{Gemma3Config, LayerType};
+use crate::generate::PREFILL_CHUNK;
 
 /// Fixed margin: the CUDA context and loaded kernels (~0.5 GiB on Hopper)
 /// and the slack of the memory pools.
@@ -43,20 +45,21 @@ pub struct BudgetRequest {
     pub context_length: usize,
     /// Sequences generating at once (each holds its own KV cache).
     pub sequences: usize,
-    /// Tokens in the largest single prefill pass (the whole prompt today:
-    /// the engine prefills in one pass, so this is the context length).
+    /// Tokens in the largest single prefill pass: the daemon's engine
+    /// prefills in chunks of [`PREFILL_CHUNK`].
     pub prefill_tokens: usize,
     /// The compute dtype of weights, activations and the KV cache.
     pub dtype: DType,
 }
 
 impl BudgetRequest {
-    /// The daemon's case: prompts up to the whole context in one pass.
+    /// The daemon's case: prompts up to the whole context, prefilled in
+    /// chunks of [`PREFILL_CHUNK`] tokens.
     pub fn new(context_length: usize, sequences: usize, dtype: DType) -> Self {
         Self {
             context_length,
             sequences,
-            prefill_tokens: context_length,
+            prefill_tokens: context_length.min(PREFILL_CHUNK),
             dtype,
         }
     }
@@ -210,9 +213,54 @@ pub fn estimate(cfg: &Gemma3Config, req: &BudgetRequest) -> MemoryBudget {
     }
 }
 
+/// The most sequences, up to `req.sequences`, whose estimate fits in `free`
+/// bytes; 0 when not even one does. The estimate grows with the sequences
+/// (each adds a KV cache and a row of activations and logits), so the first
+/// that does not fit ends the search.
+pub fn sequences_that_fit(cfg: &Gemma3Config, req: &BudgetRequest, free: u64) -> usize {
+    (1..=req.sequences.max(1))
+        .take_while(|&n| {
+            estimate(
+                cfg,
+                &BudgetRequest {
+                    sequences: n,
+                    ..*req
+                },
+            )
+            .fits(free)
+        })
+        .last()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrency_is_cut_to_what_fits() {
+        let c = Gemma3Config::medgemma_4b();
+        let req = BudgetRequest::new(8192, 32, DType::BF16);
+        // An H200 holds 32 conversations of 8192 tokens.
+        assert_eq!(sequences_that_fit(&c, &req, 139 << 30), 32);
+        // A 16 GB card with 12 GiB free: 9.6 GiB for the first, about
+        // 0.3 GiB (+ margin) for each further one.
+        let n = sequences_that_fit(&c, &req, 12 << 30);
+        assert!((2..32).contains(&n), "{n}");
+        let with = |n| {
+            estimate(
+                &c,
+                &BudgetRequest {
+                    sequences: n,
+                    ..req
+                },
+            )
+        };
+        assert!(with(n).fits(12 << 30));
+        assert!(!with(n + 1).fits(12 << 30));
+        // Too small for one.
+        assert_eq!(sequences_that_fit(&c, &req, 9 << 30), 0);
+    }
 
     #[test]
     fn weights_of_the_4b_in_bf16() {
@@ -243,27 +291,31 @@ mod tests {
     }
 
     #[test]
-    fn the_4b_at_8192_tokens_needs_15_gib() {
+    fn the_4b_at_8192_tokens_needs_9_6_gib() {
         let c = Gemma3Config::medgemma_4b();
         let req = BudgetRequest::new(8192, 1, DType::BF16);
         let b = estimate(&c, &req);
         assert_eq!(b.weights, 7_761_262_592);
         assert_eq!(b.kv_cache, 289_406_976);
-        // An 8192-token prefill: 8 heads × 8192² f32 scores, twice, dominate.
-        assert_eq!(b.activations, 5_528_092_672);
+        // A 512-token prefill chunk against 8192 keys: 8 heads × 512 × 8192
+        // f32 scores, twice (0.27 GB), dominate. In one 8192-token pass they
+        // were 4.3 GB (5.5 GB of activations, 14.9 GiB in all).
+        assert_eq!(b.activations, 345_505_792);
         assert_eq!(b.logits, 262_208 * 8);
         assert_eq!(
             b.margin,
             FIXED_MARGIN + (b.weights + b.kv_cache + b.activations + b.logits) / 10
         );
-        assert_eq!(b.total(), 16_012_687_718);
+        assert_eq!(b.total(), 10_311_842_150);
         assert_eq!(
             b.describe(&req),
-            "14.9 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 7.4 GiB)"
+            "9.6 GiB (weights 7.2 GiB bf16, KV cache 0.3 GiB for 8192 tokens × 1 sequence, work space 2.1 GiB)"
         );
-        // An H200 (139 GiB) holds it; a 16 GB card with 14 GiB free does not.
+        // An H200 (139 GiB) holds it, and so does a 12 GB card with 10 GiB
+        // free; 9 GiB free does not.
         assert!(b.fits(139 << 30));
-        assert!(!b.fits(14 << 30));
+        assert!(b.fits(10 << 30));
+        assert!(!b.fits(9 << 30));
     }
 
     #[test]

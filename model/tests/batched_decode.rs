@@ -12,7 +12,9 @@ use std::sync::atomic::AtomicBool;
 use medgemma_model::backend::{cpu_device, cpu_dtype};
 use medgemma_model::burn::tensor::DType;
 use medgemma_model::gemma3::{Gemma3, Logits};
-use medgemma_model::generate::{Flow, GenerateOptions, generate, generate_batch};
+use medgemma_model::generate::{
+    Flow, GenerateOptions, Sequence, decode_step, generate, generate_batch,
+};
 use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::{LoadedModel, load_model};
 use medgemma_model::sampling::{SamplingParams, argmax};
@@ -187,6 +189,62 @@ fn batched_greedy_generation_equals_one_at_a_time() {
         let m = load(name);
         let base = ids(&expected(name)["prompt_ids"]);
         check_generation(&m, &prompts(&base, lens), &greedy_opts(&m, 12));
+    }
+}
+
+/// The daemon's schedule: a conversation already decoding, and one that
+/// joins with a long prompt prefilled a few tokens per step between the
+/// decode steps (`Sequence::prefill_chunk`, chunks that cross the sliding
+/// window). Both give the tokens they give alone.
+#[test]
+fn chunked_prefill_between_decode_steps_gives_the_tokens_of_one_pass() {
+    for (name, chunk) in [("tiny_a", 4), ("tiny_b", 5)] {
+        let m = load(name);
+        let base = ids(&expected(name)["prompt_ids"]);
+        let ps = prompts(&base, [3, 23, 1]);
+        let opts = greedy_opts(&m, 9);
+        let alone: Vec<Vec<u32>> = ps
+            .iter()
+            .map(|p| {
+                generate(
+                    &m.model,
+                    &mut m.model.new_cache(),
+                    p,
+                    &opts,
+                    &AtomicBool::new(false),
+                    |_| Flow::Continue,
+                )
+                .unwrap()
+                .tokens
+            })
+            .collect();
+        let new =
+            |p: &Vec<u32>| Sequence::new(&m.model, m.model.new_cache(), p, opts.clone()).unwrap();
+        let mut running = new(&ps[0]);
+        running.prefill(&m.model, &mut |_| Flow::Continue).unwrap();
+        let mut joining = new(&ps[1]);
+        let mut steps_while_prefilling = 0;
+        while !(running.is_finished() && joining.is_finished()) {
+            if !joining.is_prefilled() {
+                joining
+                    .prefill_chunk(&m.model, chunk, &mut |_| Flow::Continue)
+                    .unwrap();
+                steps_while_prefilling += 1;
+            }
+            decode_step(&m.model, &mut [&mut running, &mut joining], |_, _| {
+                Flow::Continue
+            })
+            .unwrap();
+        }
+        assert_eq!(steps_while_prefilling, 23usize.div_ceil(chunk), "{name}");
+        assert_eq!(running.tokens(), alone[0].as_slice(), "{name}: running");
+        assert_eq!(joining.tokens(), alone[1].as_slice(), "{name}: chunked");
+        // A one-token prompt needs no chunking.
+        let mut short = new(&ps[2]);
+        short
+            .prefill_chunk(&m.model, chunk, &mut |_| Flow::Continue)
+            .unwrap();
+        assert!(short.is_prefilled() && short.tokens().len() == 1);
     }
 }
 
