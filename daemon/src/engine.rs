@@ -239,12 +239,18 @@ impl ModelEngine {
     /// One short prefill and a few decode steps on a fixed, non-clinical
     /// prompt, so that kernel compilation and autotuning happen before the
     /// daemon reports ready rather than in the first clinician's request.
-    /// With batching, a second turn joins so the batched kernels warm too.
+    /// The prompt runs past one prefill chunk (when the context allows), so
+    /// the shapes of a full chunk and of a remainder are both compiled; with
+    /// batching, a second turn joins so the batched kernels warm too.
     pub fn warm_up(&mut self) -> Result<std::time::Duration, EngineError> {
         let t0 = std::time::Instant::now();
+        // About 12 tokens per sentence; leave room for the template and 8 tokens.
+        let sentences = (self.prefill_chunk + 100).min(self.context_limit.saturating_sub(48)) / 12;
         let req = ChatRequest {
             messages: vec![Message::user(
-                "Warm-up: list three vital signs measured at triage.",
+                "Warm-up: list three vital signs measured at triage. "
+                    .repeat(sentences.max(1))
+                    .trim_end(),
             )],
             max_new_tokens: 8,
             sampling: SamplingParams::default(),
@@ -622,6 +628,10 @@ mod tests {
             .unwrap()
             .with_max_batch(2);
         e.prefill_chunk = 16;
+        // The GPU loader's warm-up (two turns, a prompt past one chunk)
+        // fits this context and leaves nothing behind.
+        e.warm_up().unwrap();
+        assert!(e.turns.is_empty());
         let short = request("What is a fever?", 12);
         let long = request(
             &"The patient reports chest pain on exertion that eases with rest. ".repeat(4),
