@@ -195,10 +195,11 @@ fn report(doc: &serde_json::Value) -> Report {
         doc["sandbox"],
     ));
     text.push_str(&format!(
-        "queue:    {} waiting of {}, {} running, {} served, {} refused; {} conversations\nspeed:    {} tokens/s (last answer)\naudit:    {}, next record {}, head {}\n",
+        "queue:    {} waiting of {}, {} running of {}, {} served, {} refused; {} conversations\nspeed:    {} tokens/s (last answer)\naudit:    {}, next record {}, head {}\n",
         s(&doc["queue"]["waiting"]),
         s(&doc["queue"]["capacity"]),
         s(&doc["queue"]["active"]),
+        s(&doc["queue"]["max_concurrent"]),
         s(&doc["queue"]["served"]),
         s(&doc["queue"]["rejected"]),
         s(&doc["conversations"]["count"]),

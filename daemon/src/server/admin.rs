@@ -352,6 +352,7 @@ pub fn status_document(state: &AppState) -> serde_json::Value {
             "waiting": q.waiting,
             "capacity": q.capacity,
             "active": q.active,
+            "max_concurrent": state.engine.running(),
             "served": q.served,
             "rejected": q.rejected,
         },
