@@ -168,12 +168,15 @@ fn status_of_a_running_daemon_is_degraded_without_sandbox_then_not_running() {
     // --insecure-no-sandbox: degraded, exit 1, and the reason is named.
     assert_eq!(code(&o), 1, "{}", stdout(&o));
     assert!(stdout(&o).contains("sandbox"), "{}", stdout(&o));
+    // The scripted engine answers one turn at a time.
+    assert!(stdout(&o).contains(" running of 1, "), "{}", stdout(&o));
     let o = ctl(&["--json", "status", "--socket", &d.admin()]);
     assert_eq!(code(&o), 1);
     let v = json(&o);
     assert_eq!(v["running"], true);
     assert_eq!(v["health"]["status"], "degraded");
     assert_eq!(v["queue"]["served"], 1);
+    assert_eq!(v["queue"]["max_concurrent"], 1);
     assert!(
         v["audit"]["chain"]["next_seq"].as_u64().unwrap() >= 4,
         "{v}"
