@@ -53,6 +53,18 @@ impl Sampler {
         }
     }
 
+    /// Whether this sampler always takes the most likely allowed id.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0
+    }
+
+    /// Whether `id` may be produced (inside the valid vocabulary, not
+    /// suppressed): a greedy choice made elsewhere over the whole row stands
+    /// when it is allowed.
+    pub fn allows(&self, id: u32) -> bool {
+        (id as usize) < self.valid_vocab && !self.suppressed.contains(&id)
+    }
+
     /// Picks the next id from `logits` (one row, any length ≥ 1).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let n = self.valid_vocab.min(logits.len()).max(1);

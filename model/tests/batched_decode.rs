@@ -248,6 +248,61 @@ fn chunked_prefill_between_decode_steps_gives_the_tokens_of_one_pass() {
     }
 }
 
+/// Greedy tokens are chosen where the logits are (one index per row comes
+/// back); an id the sampler forbids is then decided on the host. Suppressing
+/// the token greedy decoding picks makes every step pick the best allowed
+/// id, which is what the host sampler picks from the full rows.
+#[test]
+fn greedy_choice_on_the_device_respects_suppressed_ids() {
+    let m = load("tiny_a");
+    let prompt = ids(&expected("tiny_a")["prompt_ids"]);
+    let opts = greedy_opts(&m, 6);
+    let free = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &prompt,
+        &opts,
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap()
+    .tokens;
+    let mut banned = opts.clone();
+    banned.suppressed.push(free[1]);
+    let got = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &prompt,
+        &banned,
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap()
+    .tokens;
+    // The reference: full rows on the host through the plain sampler.
+    let mut cache = m.model.new_cache();
+    let mut sampler = medgemma_model::sampling::Sampler::new(
+        SamplingParams::default(),
+        banned.valid_vocab,
+        banned.suppressed.clone(),
+    );
+    let mut want = Vec::new();
+    let mut input = prompt.clone();
+    for _ in 0..6 {
+        let (mut row, _) = rows(m.model.forward(&input, &mut cache, Logits::Last));
+        let next = sampler.sample(&mut row);
+        want.push(next);
+        input = vec![next];
+    }
+    assert_eq!(got, want);
+    assert!(
+        !got.contains(&free[1]),
+        "{got:?} holds the suppressed {}",
+        free[1]
+    );
+    assert_ne!(got, free, "the ban changed the choice");
+}
+
 /// Sequences finish at different steps (a stop id for one, the length limit
 /// for the rest); the others keep decoding with the right caches.
 #[test]
