@@ -1,0 +1,93 @@
+//! Decode speed against context length on the CPU (the KV cache's cost).
+//!
+//! Loads the Gemma 3 270M GGUF, prefills one sequence in 256-token chunks up
+//! to each context length, then times single-token decode steps there (one
+//! untimed step first). Run in release mode:
+//!
+//! ```text
+//! cargo run --release -p medgemma-model --example kv_cache_speed -- \
+//!     [GGUF] [CONTEXTS, e.g. 64,1024,4096] [STEPS, default 32]
+//! ```
+//!
+//! The contexts are reached one after another on the same cache, so each is
+//! measured from the length the previous one left (plus its decode steps).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+use std::path::PathBuf;
+use std::time::Instant;
+
+use medgemma_model::backend::cpu_device;
+use medgemma_model::burn::tensor::DType;
+use medgemma_model::gemma3::{Gemma3, Logits};
+use medgemma_model::kv_cache::KvCache;
+use medgemma_model::load::load_model;
+
+const DEFAULT_GGUF: &str = "/root/.cache/medgemma-assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf";
+
+/// Largest logit's index.
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// One decode step; returns the greedy next token (reading the logits back
+/// forces the whole step to run).
+fn step(model: &Gemma3, cache: &mut KvCache, token: u32) -> u32 {
+    let logits: Vec<f32> = model
+        .forward(&[token], cache, Logits::Last)
+        .into_data()
+        .try_into_vec()
+        .unwrap_or_default();
+    argmax(&logits)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = PathBuf::from(args.next().unwrap_or_else(|| DEFAULT_GGUF.into()));
+    let contexts: Vec<usize> = args
+        .next()
+        .unwrap_or_else(|| "64,1024,4096".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let steps: usize = args.next().map_or(Ok(32), |s| s.parse())?;
+
+    let device = cpu_device();
+    let m = load_model(&path, None, &device, DType::F32)?;
+    let model = &m.model;
+    let vocab = model.config().vocab_size as u32;
+    let mut cache = model.new_cache();
+    // Deterministic, varied prompt ids away from the special tokens.
+    let prompt_id = |i: usize| 1000 + ((i as u32).wrapping_mul(7919) % (vocab - 2000));
+
+    println!("context  prefill_s  ms/token  (steps {steps})");
+    let mut token = 2;
+    for &n in &contexts {
+        let t0 = Instant::now();
+        while cache.len() < n {
+            let chunk: Vec<u32> = (cache.len()..n.min(cache.len() + 256))
+                .map(prompt_id)
+                .collect();
+            let logits: Vec<f32> = model
+                .forward(&chunk, &mut cache, Logits::Last)
+                .into_data()
+                .try_into_vec()
+                .unwrap_or_default();
+            token = argmax(&logits);
+        }
+        let prefill = t0.elapsed().as_secs_f64();
+        let at = cache.len();
+        token = step(model, &mut cache, token);
+        let t = Instant::now();
+        for _ in 0..steps {
+            token = step(model, &mut cache, token);
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        println!("{at:7}  {prefill:9.2}  {ms:8.2}");
+    }
+    Ok(())
+}
