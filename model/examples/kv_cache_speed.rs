@@ -11,12 +11,17 @@
 //!
 //! The contexts are reached one after another on the same cache, so each is
 //! measured from the length the previous one left (plus its decode steps).
+//!
+//! First it times the two Burn operations the cache relies on, on a buffer
+//! the size of a 32k-token global layer: `slice_assign` of one position into
+//! a uniquely owned buffer (in place: microseconds) versus one that a second
+//! handle shares (copy on write: the whole buffer), and a prefix `slice`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 use std::path::PathBuf;
 use std::time::Instant;
 
 use medgemma_model::backend::cpu_device;
-use medgemma_model::burn::tensor::DType;
+use medgemma_model::burn::tensor::{DType, Device, Tensor};
 use medgemma_model::gemma3::{Gemma3, Logits};
 use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::load_model;
@@ -45,6 +50,38 @@ fn step(model: &Gemma3, cache: &mut KvCache, token: u32) -> u32 {
     argmax(&logits)
 }
 
+/// Times `slice_assign` of one position into a `[1, 1, 32768, 256]` f32
+/// buffer, uniquely owned and shared, and a half-length prefix `slice`.
+fn probe_slice_ops(device: &Device) {
+    let (cap, hd, reps) = (32_768usize, 256usize, 64usize);
+    let mut buf = Tensor::<4>::zeros([1, 1, cap, hd], device);
+    let row = Tensor::<4>::ones([1, 1, 1, hd], device);
+    let at = |i: usize| [0..1, 0..1, i..i + 1, 0..hd];
+    let t = Instant::now();
+    for i in 0..reps {
+        buf = buf.slice_assign(at(i), row.clone());
+    }
+    let unique = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let t = Instant::now();
+    for i in 0..reps {
+        let other = buf.clone();
+        buf = buf.slice_assign(at(i), row.clone());
+        drop(other);
+    }
+    let shared = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let t = Instant::now();
+    for i in 0..reps {
+        let view = buf.clone().slice([0..1, 0..1, 0..cap / 2 + i, 0..hd]);
+        drop(view);
+    }
+    let view = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let _ = buf.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+    println!(
+        "slice_assign of 1 of {cap} positions: {unique:.1} µs unique, {shared:.1} µs shared; \
+         prefix slice: {view:.1} µs"
+    );
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(args.next().unwrap_or_else(|| DEFAULT_GGUF.into()));
@@ -57,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.next().map_or(Ok(32), |s| s.parse())?;
 
     let device = cpu_device();
+    probe_slice_ops(&device);
     let m = load_model(&path, None, &device, DType::F32)?;
     let model = &m.model;
     let vocab = model.config().vocab_size as u32;
