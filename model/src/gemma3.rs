@@ -10,7 +10,7 @@ use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Gemma3Config, LayerType, Rope};
-use crate::kv_cache::{KvCache, LayerCache};
+use crate::kv_cache::{KvCache, LayerCache, Visible};
 use crate::weights::{WeightSource, WeightsError};
 
 /// `Gemma3RMSNorm`: `x / sqrt(mean(x²) + eps) · (1 + w)`, computed in f32 (spec §2.2).
@@ -550,8 +550,13 @@ impl Gemma3 {
         );
         let rep = h / kv;
         let [b, _, t, _] = q.dims();
-        // Keys visible to this chunk: cached ones, then the new ones.
-        let (keys, values, key_start) = cache.append(k, v);
+        // Keys visible to this chunk (the new ones written into the cache in
+        // place), each with its absolute position when a mask may be needed.
+        let Visible {
+            keys,
+            values,
+            positions,
+        } = cache.append(k, v);
         let s = keys.dims()[2];
 
         // GQA without copying K/V: query heads 2j, 2j+1 share KV head j, so fold
@@ -562,7 +567,8 @@ impl Gemma3 {
             .matmul(keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
-        let scores = match mask(kind, cfg.sliding_window, start, t, key_start, s, rep) {
+        let m = positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep));
+        let scores = match m {
             Some(m) => {
                 scores
                     + Tensor::<4>::from_data(
@@ -574,14 +580,9 @@ impl Gemma3 {
         };
         let probs = softmax(scores, 3).cast(self.dtype);
         let out = probs.matmul(values); // [b, kv, rep*t, hd]
-        let out = out
-            .reshape([b, h, t, hd])
+        out.reshape([b, h, t, hd])
             .swap_dims(1, 2)
-            .reshape([b * t, h * hd]);
-        if let LayerType::Local = kind {
-            cache.trim_to_window(cfg.sliding_window);
-        }
-        out
+            .reshape([b * t, h * hd])
     }
 
     /// One decode step for several independent sequences: `tokens[i]`
@@ -703,27 +704,28 @@ impl Gemma3 {
 
 /// Additive mask `[rep·T, S]` (0 or −∞), or `None` when every key is visible.
 ///
-/// Query `i` (absolute `start + r`) sees key `j` (absolute `key_start + c`)
-/// iff `j ≤ i` and, on local layers, `j > i − W` (spec §2.6).
+/// Query `i` (absolute `start + r`) sees key `j` (absolute `keys[c]`, in
+/// whatever order the cache holds them) iff `j ≤ i` and, on local layers,
+/// `j > i − W` (spec §2.6).
 fn mask(
     kind: LayerType,
     window: usize,
     start: usize,
     t: usize,
-    key_start: usize,
-    s: usize,
+    keys: &[usize],
     rep: usize,
 ) -> Option<Vec<f32>> {
+    let s = keys.len();
     let visible = |i: usize, j: usize| j <= i && (kind == LayerType::Global || j + window > i);
-    let all = (0..t).all(|r| (0..s).all(|c| visible(start + r, key_start + c)));
+    let all = (0..t).all(|r| keys.iter().all(|&j| visible(start + r, j)));
     if all {
         return None;
     }
     let mut m = Vec::with_capacity(rep * t * s);
     for _ in 0..rep {
         for r in 0..t {
-            m.extend((0..s).map(|c| {
-                if visible(start + r, key_start + c) {
+            m.extend(keys.iter().map(|&j| {
+                if visible(start + r, j) {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -741,10 +743,24 @@ mod tests {
     #[test]
     fn window_bound_is_exclusive_of_i_minus_w() {
         // W = 3: query 5 sees keys 3, 4, 5 and not 2.
-        let m = mask(LayerType::Local, 3, 5, 1, 0, 6, 1).unwrap();
+        let keys: Vec<usize> = (0..6).collect();
+        let m = mask(LayerType::Local, 3, 5, 1, &keys, 1).unwrap();
         let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
         assert_eq!(seen, vec![false, false, false, true, true, true]);
         // Global layers see everything up to i.
-        assert!(mask(LayerType::Global, 3, 5, 1, 0, 6, 1).is_none());
+        assert!(mask(LayerType::Global, 3, 5, 1, &keys, 1).is_none());
+    }
+
+    #[test]
+    fn mask_follows_ring_order() {
+        // A ring of 3 slots after positions 0..5 holds 3, 4, 2; a two-token
+        // chunk at 5 appends 5, 6. W = 3: query 5 sees 3, 4, 5; query 6 sees 4, 5, 6.
+        let m = mask(LayerType::Local, 3, 5, 2, &[3, 4, 2, 5, 6], 1).unwrap();
+        let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
+        #[rustfmt::skip]
+        assert_eq!(seen, vec![
+            true, true, false, true, false,
+            false, true, false, true, true,
+        ]);
     }
 }

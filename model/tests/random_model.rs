@@ -78,3 +78,66 @@ fn same_seed_same_weights_other_seed_other_weights() {
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
 }
+
+/// The in-place KV cache (a ring of `W` slots on local layers, a growing
+/// buffer on global ones) gives the logits of one uncached pass whatever the
+/// chunking: token by token, chunks longer than the window, chunks that wrap
+/// the ring, and past the global buffer's first growth step (256 positions).
+#[test]
+fn any_chunking_matches_one_pass_far_past_the_window() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = tiny_4b();
+    let w = cfg.sliding_window;
+    let m = Gemma3::random(&cfg, &cpu_device(), DType::F32, 11);
+    let n = 300;
+    let seq: Vec<u32> = (0..n).map(|i| ((i * 37 + 2) % 512) as u32).collect();
+    let v = cfg.vocab_size;
+    let all = |cache: &mut _, ids: &[u32]| -> Vec<f32> {
+        m.forward(ids, cache, Logits::All)
+            .into_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    let want = all(&mut m.new_cache(), &seq);
+    // Chunk sizes cycle through a pattern, the last one cut to end at `n`.
+    let chunking = |pattern: &[usize]| -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut left = n;
+        for &t in pattern.iter().cycle() {
+            if left == 0 {
+                break;
+            }
+            out.push(t.min(left));
+            left -= t.min(left);
+        }
+        out
+    };
+    let chunkings = [
+        chunking(&[1]),
+        chunking(&[3, 1, w - 1, 1, w, 2 * w + 3, 1, 1, 5, 1, w + 1, 4, 9, 1]),
+        chunking(&[w + 5, 100, 150, 1]),
+    ];
+    for chunks in chunkings {
+        let mut cache = m.new_cache();
+        let mut got = Vec::with_capacity(n * v);
+        let mut at = 0;
+        for t in chunks {
+            got.extend(all(&mut cache, &seq[at..at + t]));
+            at += t;
+            for (i, kind) in cache.cached_per_layer().iter().zip(&cfg.layer_types) {
+                let expect = if *kind == LayerType::Local {
+                    at.min(w - 1)
+                } else {
+                    at
+                };
+                assert_eq!(*i, expect, "positions visible after {at}");
+            }
+        }
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "cached logits differ by {worst}");
+    }
+}
