@@ -12,7 +12,7 @@
 //! The contexts are reached one after another on the same cache, so each is
 //! measured from the length the previous one left (plus its decode steps).
 //!
-//! First it times the two Burn operations the cache relies on, on a buffer
+//! Last it times the two Burn operations the cache relies on, on a buffer
 //! the size of a 32k-token global layer: `slice_assign` of one position into
 //! a uniquely owned buffer (in place: microseconds) versus one that a second
 //! handle shares (copy on write: the whole buffer), and a prefix `slice`.
@@ -94,7 +94,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.next().map_or(Ok(32), |s| s.parse())?;
 
     let device = cpu_device();
-    probe_slice_ops(&device);
     let m = load_model(&path, None, &device, DType::F32)?;
     let model = &m.model;
     let vocab = model.config().vocab_size as u32;
@@ -102,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Deterministic, varied prompt ids away from the special tokens.
     let prompt_id = |i: usize| 1000 + ((i as u32).wrapping_mul(7919) % (vocab - 2000));
 
-    println!("context  prefill_s  ms/token  (steps {steps})");
+    println!("context  prefill_s  mean_ms  median_ms  (per decode token, {steps} steps)");
     let mut token = 2;
     for &n in &contexts {
         let t0 = Instant::now();
@@ -120,12 +119,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let prefill = t0.elapsed().as_secs_f64();
         let at = cache.len();
         token = step(model, &mut cache, token);
-        let t = Instant::now();
+        let mut times: Vec<f64> = Vec::with_capacity(steps);
         for _ in 0..steps {
+            let t = Instant::now();
             token = step(model, &mut cache, token);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        println!("{at:7}  {prefill:9.2}  {ms:8.2}");
+        let mean = times.iter().sum::<f64>() / steps.max(1) as f64;
+        times.sort_by(f64::total_cmp);
+        let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        println!("{at:7}  {prefill:9.2}  {mean:8.2}  {median:8.2}");
     }
+    // Last, so its large allocations do not change the allocator's state
+    // (glibc's mmap threshold) for the timings above.
+    probe_slice_ops(&device);
     Ok(())
 }
