@@ -10,14 +10,15 @@
 #             of torch bf16 with the same argmax, greedy tokens equal) and,
 #             when the 270M GGUF is there ($MEDGEMMA_ASSETS), tests/real_270m
 #             in f32 (greedy tokens equal transformers) and, for information
-#             only, in bf16
+#             only, in bf16; tests/batched_decode (batched = one at a time,
+#             chunked prefill between decode steps, greedy argmax on the GPU)
 #   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32 --json
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes, eager
 #             and torch.compile), when python3 imports torch and transformers
 #   table     one table: medgemmad vs transformers, with ratios
 #
-# Binaries: MEDGEMMA_PREBUILT=DIR holds medgemmad, reference_tiny and
-# real_270m (each may be .zst-compressed), made on a build machine with
+# Binaries: MEDGEMMA_PREBUILT=DIR holds medgemmad, reference_tiny,
+# real_270m and batched_decode (each may be .zst-compressed), made on a build machine with
 #   scripts/gpu-check.sh --prepare DIR
 # Without MEDGEMMA_PREBUILT it builds them here (scripts/build-release.sh and
 # cargo test --no-run; needs the offline LLVM of scripts/setup-llvm-cuda.sh and
@@ -42,7 +43,7 @@ if [ "${1:-}" = "--prepare" ]; then
   scripts/setup-llvm-cuda.sh >/dev/null || die "LLVM setup failed"
   export CUDARC_CUDA_VERSION=13000
   tests=$(cargo test --release --locked --workspace --features medgemmad/cuda --no-run \
-      --test reference_tiny --test real_270m --message-format=json 2>/dev/null \
+      --test reference_tiny --test real_270m --test batched_decode --message-format=json 2>/dev/null \
     | jq -r 'select(.reason=="compiler-artifact" and .profile.test==true and .executable!=null) | .executable') \
     || die "test build failed"
   for f in "$rel/medgemmad" $tests; do
@@ -90,7 +91,7 @@ step() {
 bin="$out/bin"
 mkdir -p "$bin"
 if [ -n "${MEDGEMMA_PREBUILT:-}" ]; then
-  for n in medgemmad reference_tiny real_270m; do
+  for n in medgemmad reference_tiny real_270m batched_decode; do
     if [ -f "$MEDGEMMA_PREBUILT/$n.zst" ]; then
       zstd -q -d -f "$MEDGEMMA_PREBUILT/$n.zst" -o "$bin/$n" || die "cannot unpack $n"
     elif [ -f "$MEDGEMMA_PREBUILT/$n" ]; then
@@ -137,6 +138,14 @@ if want fidelity; then
       || note "fidelity-270m-bf16: differences in bf16 are reported, not failed (see $out/fidelity-270m-bf16.out)"
   else
     note "fidelity-270m: skipped (no real_270m binary or no GGUF at $gguf)"
+  fi
+  if [ -x "$bin/batched_decode" ]; then
+    # The 270M case needs the GGUF; the tiny fixtures travel with the tree.
+    skip=(); [ -f "$gguf" ] || skip=(--skip real_270m)
+    step fidelity-batched 150 "$bin/batched_decode" --test-threads=1 --nocapture "${skip[@]}" || failed=1
+    grep -E 'max \|Δlogit\||test result' "$out/fidelity-batched.log" "$out/fidelity-batched.out" | tee -a "$summary" >&2
+  else
+    note "fidelity-batched: no batched_decode binary"; failed=1
   fi
   unset MEDGEMMA_TEST_DEVICE
 fi

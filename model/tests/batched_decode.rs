@@ -9,7 +9,6 @@ mod support;
 
 use std::sync::atomic::AtomicBool;
 
-use medgemma_model::backend::{cpu_device, cpu_dtype};
 use medgemma_model::burn::tensor::DType;
 use medgemma_model::gemma3::{Gemma3, Logits};
 use medgemma_model::generate::{
@@ -20,11 +19,17 @@ use medgemma_model::load::{LoadedModel, load_model};
 use medgemma_model::sampling::{SamplingParams, argmax};
 use support::{expected, fixture, ids};
 
-/// f32 everywhere; only the summation order of the batched products differs.
-const TOL: f32 = 1e-5;
+/// f32 everywhere; only the summation order of the batched products
+/// differs. On the GPU (`MEDGEMMA_TEST_DEVICE=cuda`, `scripts/gpu-check.sh`)
+/// a batch runs other matmul kernels (GEMM tiles, not GEMV) than one
+/// sequence, held to the fidelity tests' 1e-3; a structural bug moves the
+/// tiny fixtures' logits by 0.4 or more.
+fn tol() -> f32 {
+    if support::on_cuda() { 1e-3 } else { 1e-5 }
+}
 
 fn load(name: &str) -> LoadedModel {
-    load_model(&fixture(name), None, &cpu_device(), DType::F32)
+    load_model(&fixture(name), None, &support::test_device(), DType::F32)
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
@@ -102,7 +107,7 @@ fn tiny_a_batched_logits_equal_single_sequence_logits() {
     let m = load("tiny_a");
     assert_eq!(m.model.config().sliding_window, 6);
     let base = ids(&expected("tiny_a")["prompt_ids"]);
-    let d = batched_equals_single(&m.model, &prompts(&base, [3, 9, 17]), 8, TOL);
+    let d = batched_equals_single(&m.model, &prompts(&base, [3, 9, 17]), 8, tol());
     eprintln!("tiny_a: batched vs single max |Δlogit| = {d:.3e}");
 }
 
@@ -112,7 +117,7 @@ fn tiny_b_batched_logits_equal_single_sequence_logits() {
     let m = load("tiny_b");
     let base = ids(&expected("tiny_b")["prompt_ids"]);
     let w = m.model.config().sliding_window;
-    let d = batched_equals_single(&m.model, &prompts(&base, [2, w + 3, 2 * w + 1]), 6, TOL);
+    let d = batched_equals_single(&m.model, &prompts(&base, [2, w + 3, 2 * w + 1]), 6, tol());
     eprintln!("tiny_b: batched vs single max |Δlogit| = {d:.3e}");
 }
 
@@ -361,8 +366,13 @@ fn sequences_stop_independently() {
 /// head): one prompt past the window.
 #[test]
 fn real_270m_batched_logits_equal_single_sequence_logits() {
-    let m = load_model(&support::gguf_270m(), None, &cpu_device(), cpu_dtype())
-        .expect("the 270M GGUF loads");
+    let m = load_model(
+        &support::gguf_270m(),
+        None,
+        &support::test_device(),
+        DType::F32,
+    )
+    .expect("the 270M GGUF loads");
     let w = m.model.config().sliding_window;
     let base: Vec<u32> = (0..64u32).map(|i| 1000 + 37 * i).collect();
     let ps = prompts(&base, [5, 40, w + 20]);
@@ -371,6 +381,7 @@ fn real_270m_batched_logits_equal_single_sequence_logits() {
     // of the largest logit), the same size as the single path's own
     // cached-vs-uncached difference for the same step (3.3e-4, 8.8e-5,
     // 3.5e-5 for these three prompts). A structural bug moves logits by ≥0.1.
-    let d = batched_equals_single(&m.model, &ps, 3, 1e-3);
+    let tol = if support::on_cuda() { 1e-2 } else { 1e-3 };
+    let d = batched_equals_single(&m.model, &ps, 3, tol);
     eprintln!("270M: batched vs single max |Δlogit| = {d:.3e}");
 }
