@@ -823,6 +823,26 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_outside_1_to_32_is_refused_with_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["0", "33"] {
+            let line = format!("max_concurrent_generations = {bad}");
+            let err = resolve(&minimal(dir.path(), &line), dir.path()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("must be between 1 and 32 (got {bad})")),
+                "{err}"
+            );
+        }
+        let ok = resolve(
+            &minimal(dir.path(), "max_concurrent_generations = 32"),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(ok.engine.max_concurrent_generations, 32);
+    }
+
+    #[test]
     fn gpu_device_accepts_ordinals_and_uuids() {
         assert_eq!(GpuSelector::parse("0").unwrap(), GpuSelector::Index(0));
         assert_eq!(GpuSelector::parse(" 7 ").unwrap(), GpuSelector::Index(7));
