@@ -39,9 +39,11 @@ if [ "${1:-}" = "--prepare" ]; then
   dest="${2:?usage: scripts/gpu-check.sh --prepare DIR}"
   mkdir -p "$dest"
   rel=$(scripts/build-release.sh) || die "release build failed"
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
-  scripts/setup-llvm-cuda.sh >/dev/null || die "LLVM setup failed"
-  export CUDARC_CUDA_VERSION=13000
+  # The release build's own environment: any difference (SOURCE_DATE_EPOCH,
+  # locale) would rebuild the shared CUDA stack for the next release build.
+  MEDGEMMA_FEATURES=medgemmad/cuda
+  # shellcheck source=scripts/release-env.sh
+  source scripts/release-env.sh
   tests=$(cargo test --release --locked --workspace --features medgemmad/cuda --no-run \
       --test reference_tiny --test real_270m --test batched_decode --message-format=json 2>/dev/null \
     | jq -r 'select(.reason=="compiler-artifact" and .profile.test==true and .executable!=null) | .executable') \
