@@ -111,7 +111,7 @@
     if (s && isObj(s.queue)) {
       const q = s.queue;
       const n = (v) => (isNum(v) ? v : t('status.unknown'));
-      details.push(t('status.queue', { active: n(q.active), length: n(q.length), capacity: n(q.capacity) }));
+      details.push(t('status.queue', { active: n(q.active), max: n(q.max_concurrent), length: n(q.length), capacity: n(q.capacity) }));
     }
     setChip(ui.stModel, label ? t('status.model', { label }) : t('status.model.unknown'), 'neutral',
       details.join('\n'));

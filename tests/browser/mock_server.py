@@ -99,7 +99,7 @@ def status_body():
     body = {
         "model": {"label": "Gemma 3 270M (demo)", "demo": True, "format": "gguf", "parameters": 268098176},
         "backend": {"kind": "cpu", "device": None, "reason": "no CUDA support in this build", "gpu": None},
-        "queue": {"length": 0, "capacity": 8, "active": 0},
+        "queue": {"length": 0, "capacity": 8, "active": 0, "max_concurrent": 1},
         "conversations": len(STATE.context),
         "context_limit": CONTEXT_LIMIT,
         "version": "0.1.0-mock",

@@ -160,6 +160,12 @@ def status_bar_matches_api_status(c):
     model = status.get("model") or {}
     if model.get("label"):
         assert model["label"] in c.text("#st-model")
+    # The model chip's tooltip says how many answers run at once (the mock
+    # and the real daemon in these tests: 1).
+    q = status.get("queue") or {}
+    tip = p.eval("document.getElementById('st-model').title")
+    want = f"Queue: {q.get('active')} of {q.get('max_concurrent')} answering at once"
+    assert want in tip, (want, tip)
     assert c.visible("#st-demo") == (model.get("demo") is True)
     if model.get("demo") is True:
         assert c.text("#st-demo") == "Demo model — not a medical model"
