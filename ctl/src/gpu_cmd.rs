@@ -54,10 +54,14 @@ pub fn model_config(cfg: &DaemonConfig) -> Option<medgemma_model::config::Gemma3
     }
 }
 
+/// `engine.max_concurrent_generations`' upper bound (the daemon's config check).
+const MAX_AT_ONCE: usize = 32;
+
 /// Runs `gpu`.
 pub fn run(config: &Path, a: &GpuArgs) -> Report {
     let cfg = DaemonConfig::load_or_default(config).unwrap_or_default();
     let need = model_need(&cfg, a.context);
+    let model = model_config(&cfg);
     let nvml = match Nvml::init() {
         Ok(n) => n,
         Err(e) => {
@@ -108,6 +112,19 @@ pub fn run(config: &Path, a: &GpuArgs) -> Report {
             (Some((n, _)), Some(f)) => Some(f >= *n),
             _ => None,
         };
+        // How many conversations the daemon would run at once here (it cuts
+        // engine.max_concurrent_generations to this at start).
+        let at_once = match (&model, free) {
+            (Some(mc), Some(f)) => {
+                use medgemma_model::budget::{BudgetRequest, DType, sequences_that_fit};
+                let context = usize::try_from(a.context)
+                    .unwrap_or(usize::MAX)
+                    .min(mc.max_position_embeddings);
+                let req = BudgetRequest::new(context, MAX_AT_ONCE, DType::BF16);
+                Some(sequences_that_fit(mc, &req, f))
+            }
+            _ => None,
+        };
         fits_any |= fits.unwrap_or(false);
         let name = d.name().unwrap_or_default();
         let temp = d.temperature(TemperatureSensor::Gpu).ok();
@@ -134,19 +151,21 @@ pub fn run(config: &Path, a: &GpuArgs) -> Report {
                 p["used_bytes"].as_u64().map_or(0, |b| b >> 20)
             ));
         }
-        if let Some(f) = fits {
-            text.push_str(if f {
-                "  the model fits\n"
-            } else {
-                "  the model does NOT fit in the free memory\n"
-            });
+        match (fits, at_once) {
+            (Some(true), Some(n)) if n > 0 => text.push_str(&format!(
+                "  the model fits, with room for {n}{} conversations at once (engine.max_concurrent_generations)\n",
+                if n == MAX_AT_ONCE { " (the most allowed)" } else { "" }
+            )),
+            (Some(true), _) => text.push_str("  the model fits\n"),
+            (Some(false), _) => text.push_str("  the model does NOT fit in the free memory\n"),
+            (None, _) => {}
         }
         gpus.push(serde_json::json!({
             "index": i, "name": name, "uuid": d.uuid().ok(),
             "memory_total_bytes": mem.as_ref().map(|m| m.total),
             "memory_free_bytes": free,
             "temperature_c": temp, "power_mw": power, "ecc_enabled": ecc,
-            "processes": procs, "model_fits": fits,
+            "processes": procs, "model_fits": fits, "conversations_at_once": at_once,
         }));
     }
     if let Some((_, why)) = &need {
