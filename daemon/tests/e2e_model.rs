@@ -18,7 +18,9 @@ use serde_json::json;
 /// Loading the 270M model takes seconds; a cold CI machine gets more.
 const READY: Duration = Duration::from_secs(300);
 
-fn real_daemon() -> Option<Daemon> {
+/// The daemon on the real 270M on the CPU; `extra_engine` is appended to
+/// `[engine]`.
+fn real_daemon_with(extra_engine: &str) -> Option<Daemon> {
     let (gguf, tokenizer) = real_model()?;
     Some(Daemon::start(
         &Setup {
@@ -30,10 +32,15 @@ fn real_daemon() -> Option<Daemon> {
             context_length: 256,
             queue_length: 4,
             max_new_tokens: 64,
+            extra_engine: extra_engine.to_owned(),
             ..Setup::default()
         },
         READY,
     ))
+}
+
+fn real_daemon() -> Option<Daemon> {
+    real_daemon_with("")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,24 +153,9 @@ async fn real_model_chat_order_multi_turn_cancel_and_context_full() {
 /// alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_model_concurrent_turns_share_decode_steps_and_answer_as_alone() {
-    let Some((gguf, tokenizer)) = real_model() else {
+    let Some(d) = real_daemon_with("max_concurrent_generations = 3") else {
         return;
     };
-    let d = Daemon::start(
-        &Setup {
-            backend: "cpu",
-            model_path: Some(gguf),
-            tokenizer_path: Some(tokenizer),
-            label: "Gemma 3 270M (demo)",
-            demo: true,
-            context_length: 256,
-            queue_length: 4,
-            max_new_tokens: 64,
-            extra_engine: "max_concurrent_generations = 3".to_owned(),
-            ..Setup::default()
-        },
-        READY,
-    );
     let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
     assert_eq!(status["queue"]["max_concurrent"], 3, "{status}");
 

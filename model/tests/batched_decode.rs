@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use medgemma_model::burn::tensor::DType;
 use medgemma_model::gemma3::{Gemma3, Logits};
 use medgemma_model::generate::{
-    Flow, GenerateOptions, Sequence, decode_step, generate, generate_batch,
+    Flow, GenerateOptions, Generation, Sequence, decode_step, generate, generate_batch,
 };
 use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::{LoadedModel, load_model};
@@ -143,21 +143,24 @@ fn greedy_opts(m: &LoadedModel, n: usize) -> GenerateOptions {
     o
 }
 
+/// One prompt generated alone, from an empty cache: the reference every
+/// batched schedule must reproduce.
+fn generate_alone(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Generation {
+    generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        prompt,
+        opts,
+        &AtomicBool::new(false),
+        |_| Flow::Continue,
+    )
+    .unwrap()
+}
+
 fn check_generation(m: &LoadedModel, prompts: &[Vec<u32>], opts: &GenerateOptions) {
     let alone: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| {
-            generate(
-                &m.model,
-                &mut m.model.new_cache(),
-                p,
-                opts,
-                &AtomicBool::new(false),
-                |_| Flow::Continue,
-            )
-            .unwrap()
-            .tokens
-        })
+        .map(|p| generate_alone(m, p, opts).tokens)
         .collect();
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| m.model.new_cache()).collect();
     let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
@@ -210,18 +213,7 @@ fn chunked_prefill_between_decode_steps_gives_the_tokens_of_one_pass() {
         let opts = greedy_opts(&m, 9);
         let alone: Vec<Vec<u32>> = ps
             .iter()
-            .map(|p| {
-                generate(
-                    &m.model,
-                    &mut m.model.new_cache(),
-                    p,
-                    &opts,
-                    &AtomicBool::new(false),
-                    |_| Flow::Continue,
-                )
-                .unwrap()
-                .tokens
-            })
+            .map(|p| generate_alone(&m, p, &opts).tokens)
             .collect();
         let new =
             |p: &Vec<u32>| Sequence::new(&m.model, m.model.new_cache(), p, opts.clone()).unwrap();
@@ -262,28 +254,10 @@ fn greedy_choice_on_the_device_respects_suppressed_ids() {
     let m = load("tiny_a");
     let prompt = ids(&expected("tiny_a")["prompt_ids"]);
     let opts = greedy_opts(&m, 6);
-    let free = generate(
-        &m.model,
-        &mut m.model.new_cache(),
-        &prompt,
-        &opts,
-        &AtomicBool::new(false),
-        |_| Flow::Continue,
-    )
-    .unwrap()
-    .tokens;
+    let free = generate_alone(&m, &prompt, &opts).tokens;
     let mut banned = opts.clone();
     banned.suppressed.push(free[1]);
-    let got = generate(
-        &m.model,
-        &mut m.model.new_cache(),
-        &prompt,
-        &banned,
-        &AtomicBool::new(false),
-        |_| Flow::Continue,
-    )
-    .unwrap()
-    .tokens;
+    let got = generate_alone(&m, &prompt, &banned).tokens;
     // The reference: full rows on the host through the plain sampler.
     let mut cache = m.model.new_cache();
     let mut sampler = medgemma_model::sampling::Sampler::new(
@@ -317,32 +291,10 @@ fn sequences_stop_independently() {
     let ps = prompts(&base, [4, 11, 16]);
     let mut opts = greedy_opts(&m, 10);
     // Make the first token sequence 1 produces alone a stop id.
-    let first = generate(
-        &m.model,
-        &mut m.model.new_cache(),
-        &ps[1],
-        &opts,
-        &AtomicBool::new(false),
-        |_| Flow::Continue,
-    )
-    .unwrap()
-    .tokens;
+    let first = generate_alone(&m, &ps[1], &opts).tokens;
     opts.ignore_eos = false;
     opts.stop_ids = vec![first[2]];
-    let alone: Vec<_> = ps
-        .iter()
-        .map(|p| {
-            generate(
-                &m.model,
-                &mut m.model.new_cache(),
-                p,
-                &opts,
-                &AtomicBool::new(false),
-                |_| Flow::Continue,
-            )
-            .unwrap()
-        })
-        .collect();
+    let alone: Vec<_> = ps.iter().map(|p| generate_alone(&m, p, &opts)).collect();
     let mut caches: Vec<KvCache> = ps.iter().map(|_| m.model.new_cache()).collect();
     let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
     let slices: Vec<&[u32]> = ps.iter().map(Vec::as_slice).collect();
