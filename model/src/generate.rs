@@ -358,25 +358,19 @@ pub fn decode_step(
                 .expect("an active sequence has a token")
         })
         .collect();
-    let logits = match active.as_slice() {
-        [] => return Ok(()),
-        [one] => model.forward(&inputs, &mut seqs[*one].cache, Logits::Last),
-        _ => {
-            let mut caches: Vec<&mut KvCache> = seqs
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| active.contains(i))
-                .map(|(_, s)| &mut s.cache)
-                .collect();
-            model.forward_batch(&inputs, &mut caches)
-        }
-    };
-    let mut samplers: Vec<&mut Sampler> = seqs
+    if active.is_empty() {
+        return Ok(());
+    }
+    let (mut caches, mut samplers): (Vec<&mut KvCache>, Vec<&mut Sampler>) = seqs
         .iter_mut()
         .enumerate()
         .filter(|(i, _)| active.contains(i))
-        .map(|(_, s)| &mut s.sampler)
-        .collect();
+        .map(|(_, s)| (&mut s.cache, &mut s.sampler))
+        .unzip();
+    let logits = match caches.as_mut_slice() {
+        [one] => model.forward(&inputs, one, Logits::Last),
+        many => model.forward_batch(&inputs, many),
+    };
     let chosen = choose(logits, &mut samplers)?;
     for (&i, next) in active.iter().zip(chosen) {
         let flow = on_token(i, next);
