@@ -155,6 +155,9 @@ fn setup(user: &TestUser) -> (tempfile::TempDir, PathBuf) {
         context_length: 256,
         queue_length: 4,
         max_new_tokens: 16,
+        // The batched engine loop, as `medgemmactl setup` configures a GPU
+        // server: it must run under the engine thread's seccomp filter too.
+        extra_engine: "max_concurrent_generations = 2".to_owned(),
         ..Setup::default()
     };
     let config = write_config(dir.path(), &setup);
@@ -582,6 +585,10 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
     assert_eq!(v["sandbox"]["landlock"]["fully_enforced"], true, "{v}");
     assert_eq!(v["sandbox"]["seccomp"]["mode"], "enforce", "{v}");
     assert_eq!(v["backend"]["kind"], "cpu", "{v}");
+    assert_eq!(
+        v["queue"]["max_concurrent"], 2,
+        "the batched loop runs: {v}"
+    );
     assert_eq!(v["model"]["pins"]["ok"], true, "{v}");
     assert_eq!(v["model"]["pins"]["files"], 2, "{v}");
 }
