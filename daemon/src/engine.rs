@@ -281,8 +281,8 @@ impl ModelEngine {
     }
 
     /// Ends every unfinished turn with `error`.
-    fn fail_unfinished(&mut self, error: &EngineError) {
-        for t in self.turns.iter_mut().filter(|t| !t.seq.is_finished()) {
+    fn fail_unfinished(turns: &mut [Turn], error: &EngineError) {
+        for t in turns.iter_mut().filter(|t| !t.seq.is_finished()) {
             t.seq.stop();
             t.failed = Some(match error {
                 EngineError::Generate(e) => EngineError::Generate(e.clone()),
@@ -469,55 +469,59 @@ impl Engine for ModelEngine {
     }
 
     fn step(&mut self, on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow) -> Vec<TurnOutcome> {
-        for t in &mut self.turns {
+        let Self {
+            loaded,
+            turns,
+            on_gpu,
+            prefill_chunk,
+            context_limit,
+            ..
+        } = self;
+        let Some(tok) = loaded.tokenizer.as_ref() else {
+            // `ModelEngine::new` refuses a model without one.
+            return std::mem::take(turns)
+                .into_iter()
+                .map(|t| (t.id, Err(EngineError::NoTokenizer)))
+                .collect();
+        };
+        let model = &loaded.model;
+        let stop_ids = &model.config().eos_token_ids;
+        for t in turns.iter_mut() {
             if t.cancel.load(Ordering::Relaxed) {
                 t.seq.stop();
             }
         }
-        let stepped = {
-            let Self {
-                loaded,
-                turns,
-                on_gpu,
-                prefill_chunk,
+        // One prefill chunk of the longest-waiting turn whose prompt is not
+        // yet through; a failure ends that turn only.
+        if let Some(t) = turns
+            .iter_mut()
+            .find(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
+        {
+            let Turn {
+                id,
+                seq,
+                text,
+                parser,
+                failed,
                 ..
-            } = self;
-            let tok = loaded.tokenizer.as_ref();
-            let model = &loaded.model;
-            let stop_ids = model.config().eos_token_ids.clone();
-            // One prefill chunk of the longest-waiting turn whose prompt is
-            // not yet through; a failure ends that turn only.
-            if let Some(t) = turns
-                .iter_mut()
-                .find(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
-                && let Some(tok) = tok
-            {
-                let Turn {
-                    id,
-                    seq,
-                    text,
-                    parser,
-                    failed,
-                    ..
-                } = t;
-                let id = *id;
-                let chunk = guarded(*on_gpu, || {
-                    seq.prefill_chunk(model, *prefill_chunk, &mut |tid| {
-                        stream_token(tok, &stop_ids, text, parser, tid, &mut |ev| {
-                            on_event(id, ev)
-                        })
-                    })
-                });
-                let error = match chunk {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(EngineError::Generate(e)),
-                    Err(e) => Some(e),
-                };
-                if let Some(e) = error {
-                    seq.stop();
-                    *failed = Some(e);
-                }
+            } = t;
+            let id = *id;
+            let chunk = guarded(*on_gpu, || {
+                seq.prefill_chunk(model, *prefill_chunk, &mut |tid| {
+                    stream_token(tok, stop_ids, text, parser, tid, &mut |ev| on_event(id, ev))
+                })
+            });
+            let error = match chunk {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(EngineError::Generate(e)),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                seq.stop();
+                *failed = Some(e);
             }
+        }
+        let stepped = {
             let mut seqs = Vec::with_capacity(turns.len());
             let mut streams = Vec::with_capacity(turns.len());
             for t in turns.iter_mut() {
@@ -527,36 +531,26 @@ impl Engine for ModelEngine {
             guarded(*on_gpu, || {
                 generate::decode_step(model, &mut seqs, |i, id| {
                     let (turn, text, parser) = &mut streams[i];
-                    match tok {
-                        Some(tok) => stream_token(tok, &stop_ids, text, parser, id, &mut |ev| {
-                            on_event(*turn, ev)
-                        }),
-                        None => Flow::Stop,
-                    }
+                    stream_token(tok, stop_ids, text, parser, id, &mut |ev| {
+                        on_event(*turn, ev)
+                    })
                 })
             })
         };
         match stepped {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => self.fail_unfinished(&EngineError::Generate(e)),
-            Err(e) => self.fail_unfinished(&e),
+            Ok(Err(e)) => Self::fail_unfinished(turns, &EngineError::Generate(e)),
+            Err(e) => Self::fail_unfinished(turns, &e),
         }
-        let (ended, running): (Vec<Turn>, Vec<Turn>) = std::mem::take(&mut self.turns)
+        let (ended, running): (Vec<Turn>, Vec<Turn>) = std::mem::take(turns)
             .into_iter()
             .partition(|t| t.seq.is_finished());
-        self.turns = running;
-        let Some(tok) = self.loaded.tokenizer.as_ref() else {
-            return ended
-                .into_iter()
-                .map(|t| (t.id, Err(EngineError::NoTokenizer)))
-                .collect();
-        };
+        *turns = running;
         ended
             .into_iter()
             .map(|t| {
                 let id = t.id;
-                let result =
-                    Self::finish_turn(tok, self.context_limit, t, &mut |ev| on_event(id, ev));
+                let result = Self::finish_turn(tok, *context_limit, t, &mut |ev| on_event(id, ev));
                 (id, result)
             })
             .collect()

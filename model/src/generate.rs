@@ -349,6 +349,9 @@ pub fn decode_step(
             active.push(i);
         }
     }
+    if active.is_empty() {
+        return Ok(());
+    }
     let inputs: Vec<u32> = active
         .iter()
         .map(|&i| {
@@ -358,9 +361,6 @@ pub fn decode_step(
                 .expect("an active sequence has a token")
         })
         .collect();
-    if active.is_empty() {
-        return Ok(());
-    }
     let (mut caches, mut samplers): (Vec<&mut KvCache>, Vec<&mut Sampler>) = seqs
         .iter_mut()
         .enumerate()
@@ -420,11 +420,11 @@ fn choose(logits: Tensor<2>, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>, 
     let [rows, vocab] = logits.dims();
     debug_assert_eq!(rows, samplers.len(), "one sampler per row");
     if !samplers.iter().all(|s| s.is_greedy()) {
-        let all = logits_rows(logits)?;
+        let mut all = logits_rows(logits)?;
         return Ok(samplers
             .iter_mut()
-            .enumerate()
-            .map(|(r, s)| s.sample(&mut all[r * vocab..(r + 1) * vocab].to_vec()))
+            .zip(all.chunks_mut(vocab))
+            .map(|(s, row)| s.sample(row))
             .collect());
     }
     let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();

@@ -200,6 +200,23 @@ fn batched_greedy_generation_equals_one_at_a_time() {
     }
 }
 
+/// Sampled rows are read back whole and each goes to its own sequence's
+/// seeded sampler: with the same seed, a batch samples what each sequence
+/// samples alone.
+#[test]
+fn batched_sampled_generation_equals_one_at_a_time() {
+    let m = load("tiny_a");
+    let base = ids(&expected("tiny_a")["prompt_ids"]);
+    let mut opts = greedy_opts(&m, 10);
+    opts.sampling = SamplingParams {
+        temperature: 1.5,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 7,
+    };
+    check_generation(&m, &prompts(&base, [3, 9, 17]), &opts);
+}
+
 /// The daemon's schedule: a conversation already decoding, and one that
 /// joins with a long prompt prefilled a few tokens per step between the
 /// decode steps (`Sequence::prefill_chunk`, chunks that cross the sliding

@@ -506,6 +506,22 @@ mod tests {
     use super::*;
     use crate::engine::ChatSummary;
 
+    /// What every test double reports.
+    fn test_info() -> EngineInfo {
+        EngineInfo {
+            model: ModelDescription {
+                path: "test".into(),
+                format: "test",
+                layers: 0,
+                hidden_size: 0,
+                parameters: 0,
+            },
+            context_limit: 100,
+            backend: "test".into(),
+            backend_reason: "test".into(),
+        }
+    }
+
     /// Answers each turn once the test sends a `()` through `gate`.
     struct GatedEngine {
         gate: mpsc::Receiver<()>,
@@ -513,18 +529,7 @@ mod tests {
 
     impl Engine for GatedEngine {
         fn info(&self) -> EngineInfo {
-            EngineInfo {
-                model: ModelDescription {
-                    path: "gated".into(),
-                    format: "test",
-                    layers: 0,
-                    hidden_size: 0,
-                    parameters: 0,
-                },
-                context_limit: 100,
-                backend: "test".into(),
-                backend_reason: "test".into(),
-            }
+            test_info()
         }
         fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
             Ok(messages.len())
@@ -558,10 +563,7 @@ mod tests {
 
     impl Engine for WearingEngine {
         fn info(&self) -> EngineInfo {
-            GatedEngine {
-                gate: mpsc::channel().1,
-            }
-            .info()
+            test_info()
         }
         fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
             Ok(messages.len())
@@ -610,10 +612,7 @@ mod tests {
 
     impl Engine for LockstepEngine {
         fn info(&self) -> EngineInfo {
-            GatedEngine {
-                gate: mpsc::channel().1,
-            }
-            .info()
+            test_info()
         }
         fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
             Ok(messages.len())
