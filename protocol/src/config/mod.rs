@@ -1,0 +1,416 @@
+//! The daemon's configuration file (`medgemmad.toml` and its drop-ins): one
+//! set of `serde` types that `medgemmad` reads strictly, `medgemmactl`
+//! reads the same way, and `medgemmactl setup` writes by serialising.
+//!
+//! A key is one field: its doc comment is its documentation, its
+//! `#[serde(default)]` its default, its `#[schemars(range(..))]` its limit.
+//! From these the schema ([`schema`]) is derived, and from the schema the
+//! documented example file ([`example_toml`], `packaging/medgemmad.example.toml`,
+//! checked by a test to be current) and the range checks ([`Config::check`]).
+//!
+//! Two stages, as ripgrep handles its arguments: [`Config::load`] reads the
+//! file and its drop-ins and checks types and key names (an unknown key is
+//! refused, so a typo never silently falls back to a default), then
+//! [`Config::check`] checks every value without touching the file system and
+//! [`Config::check_files`] the paths it names. Every failure is a
+//! [`ConfigError`] naming the key (`engine.queue_length`) and saying what to
+//! write instead.
+//!
+//! ```
+//! use medgemma_protocol::config::Config;
+//! let text = "[model]\npath = \"/srv/m.gguf\"\nlabel = \"Demo\"\ndemo = true\n";
+//! let config = Config::from_toml(text, std::path::Path::new("demo.toml")).unwrap();
+//! assert_eq!(config.engine.context_length, 8192);
+//! assert!(config.check().is_ok());
+//! ```
+//!
+//! Owns: the meaning, defaults and limits of every setting. Must never: open
+//! a model, bind a socket or start a thread (callers do, once this succeeds).
+
+mod check;
+mod example;
+mod load;
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+pub use check::GpuSelector;
+pub use example::example_toml;
+pub use load::Loaded;
+
+/// Why the configuration cannot be used. Messages name the file and the key;
+/// they carry configuration values (paths, numbers), never request text.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or missing, or a value has the wrong type.
+    /// The parser's message names the key and shows the line.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file (and its drop-ins, when the error is in the merged whole).
+        path: PathBuf,
+        /// The parser's explanation (key, line and column).
+        message: String,
+    },
+    /// A value is out of range or names a path that cannot be used.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `engine.queue_length`.
+        key: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An [`ConfigError::Invalid`] for `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The dotted key of an invalid value, if that is what this is.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// medgemmad configuration (`medgemmad serve --config /etc/medgemma/medgemmad.toml`).
+///
+/// Every key is listed here with its default. Unknown keys are refused (a
+/// typo never silently falls back to a default), and any bad value stops the
+/// daemon before it starts, with a message naming the key (exit code 2).
+/// Files in the drop-in directory beside this file (`medgemmad.d/*.toml`,
+/// in name order) are read after it and override it key by key;
+/// `medgemmactl setup` writes its choices to `medgemmad.d/50-setup.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What to load and how to present it.
+    pub model: ModelSection,
+    /// How the engine runs.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// Sockets and web safety.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The tamper-evident audit log.
+    #[serde(default)]
+    pub audit: AuditSection,
+    /// The kernel sandbox.
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A model directory (config.json + *.safetensors [+ tokenizer.json]) or a
+    /// single .gguf file. Required.
+    #[schemars(example = paths::MODEL_DIR)]
+    pub path: PathBuf,
+    /// A tokenizer.json to use instead of the one found with the model.
+    #[serde(default)]
+    #[schemars(example = "/srv/medgemma/tokenizer.json")]
+    pub tokenizer_path: Option<PathBuf>,
+    /// The name clinicians see (1 to 100 printable characters). Required.
+    #[schemars(example = "MedGemma 1.5 4B")]
+    pub label: String,
+    /// true for a small demo model (such as Gemma 3 270M): the UI then says
+    /// "a small demo model, not a medical model" next to its name. Required,
+    /// so that a demo model is never served without the warning by omission.
+    #[schemars(example = false)]
+    pub demo: bool,
+    /// A UTF-8 text file (at most 64 KiB) whose content becomes the system
+    /// message of every conversation.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::SYSTEM_PROMPT_FILE))]
+    pub system_prompt_file: Option<PathBuf>,
+    /// The SHA-256 pins of the model files (JSON, written by `medgemmactl
+    /// setup`, checked by `medgemmactl doctor`); its digest identifies the
+    /// model in the audit log.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::PINS_FILE))]
+    pub pins_file: Option<PathBuf>,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// "auto": CUDA when this build, the driver and a GPU with enough free
+    /// memory for the model are there, else the CPU; the log, the status
+    /// page and `medgemmactl status` (exit 1, degraded) say why, with the
+    /// numbers. "cuda": the same checks, but the daemon refuses to start
+    /// (exit 7, with the reason) instead of running on the CPU. "cpu":
+    /// always the CPU.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// Which GPU (CUDA only): its number as `nvidia-smi -L` lists it ("0"),
+    /// or its UUID ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"), which
+    /// survives slot changes. Default: GPU 0.
+    #[serde(default)]
+    #[schemars(example = "0")]
+    pub device: Option<String>,
+    /// Tokens per conversation (prompt + answer), capped at the model's
+    /// maximum. A conversation that would exceed it is refused with
+    /// "context_full" and an offer to start a new one; history is never
+    /// silently truncated.
+    #[serde(default = "defaults::context_length")]
+    #[schemars(range(min = 32, max = 131_072), extend("x-unit" = "tokens"))]
+    pub context_length: usize,
+    /// Answers generated at once. They share each decode step (continuous
+    /// batching: every weight is read once per step for all of them), so
+    /// nobody waits for another's whole answer. Each holds a KV cache for
+    /// context_length, which the GPU memory budget counts (0.27 GiB each for
+    /// the 4B model at 8192 tokens in bf16); the daemon runs fewer when fewer
+    /// fit. On the CPU, 1-4.
+    #[serde(default = "defaults::max_concurrent")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_concurrent_generations: usize,
+    /// Requests waiting for the engine besides the running ones. Beyond it
+    /// requests are answered 503 with Retry-After.
+    #[serde(default = "defaults::queue_length")]
+    #[schemars(range(min = 1, max = 256))]
+    pub queue_length: usize,
+    /// Upper bound (and default) of the tokens one answer may generate;
+    /// below context_length.
+    #[serde(default = "defaults::max_new_tokens")]
+    #[schemars(range(min = 1, max = 131_071), extend("x-unit" = "tokens"))]
+    pub max_new_tokens: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::default(),
+            device: None,
+            context_length: defaults::context_length(),
+            max_concurrent_generations: defaults::max_concurrent(),
+            queue_length: defaults::queue_length(),
+            max_new_tokens: defaults::max_new_tokens(),
+        }
+    }
+}
+
+/// The `engine.backend` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when this build and the machine have it, else the CPU (the reason is reported).
+    #[default]
+    Auto,
+    /// NVIDIA GPU; fails if this build has no CUDA support or no GPU fits.
+    Cuda,
+    /// Burn's pure-Rust CPU backend.
+    Cpu,
+    /// The scripted test double (debug builds with the `test-engine` feature only).
+    Scripted,
+}
+
+impl BackendChoice {
+    /// The value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cuda => "cuda",
+            Self::Cpu => "cpu",
+            Self::Scripted => "scripted",
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// The Unix socket the web UI and the API are served on, unless systemd
+    /// passes one (socket activation, descriptor named "ui"). The directory
+    /// must exist; it decides who can connect.
+    #[serde(default = "defaults::ui_socket")]
+    pub ui_socket: PathBuf,
+    /// The admin socket for `medgemmactl` (mode 0660), unless systemd passes
+    /// one (descriptor named "admin"). Each connection is authorized by its
+    /// peer credentials (SO_PEERCRED): root, or a member of admin_group.
+    /// Never put it behind the loopback proxy. Not opened when absent.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::ADMIN_SOCKET))]
+    pub admin_socket: Option<PathBuf>,
+    /// The group (name or numeric gid) allowed on the admin socket besides root.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::ADMIN_GROUP))]
+    pub admin_group: Option<String>,
+    /// The loopback TCP port the browser uses (the loopback proxy listens on
+    /// it). Requests must carry Host: localhost / 127.0.0.1 / [::1] with this
+    /// port.
+    #[serde(default = "defaults::listen_port")]
+    #[schemars(range(min = 1, max = 65_535))]
+    pub listen_port: u16,
+    /// Further host names accepted in the Host header (bare names: no
+    /// scheme, port or path). Every other name is refused, against DNS
+    /// rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Seconds after its last turn before a conversation is forgotten.
+    /// Conversations live in memory only.
+    #[serde(default = "defaults::idle_timeout")]
+    #[schemars(range(min = 1, max = 604_800), extend("x-unit" = "seconds"))]
+    pub session_idle_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            ui_socket: defaults::ui_socket(),
+            admin_socket: None,
+            admin_group: None,
+            listen_port: defaults::listen_port(),
+            allowed_hosts: Vec::new(),
+            session_idle_timeout_secs: defaults::idle_timeout(),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Directory of the tamper-evident audit log; must exist.
+    #[serde(default = "defaults::audit_dir")]
+    pub dir: PathBuf,
+    /// The evolving chain key made by `medgemmactl setup`; the daemon
+    /// refuses to start without it. Keep it in its own directory (mode
+    /// 0700), away from the log and from exports.
+    #[serde(default = "defaults::audit_key_file")]
+    pub key_file: PathBuf,
+    /// The content key: the log holds HMACs of each question and answer
+    /// keyed with it, never the text.
+    #[serde(default = "defaults::content_key_file")]
+    pub content_key_file: PathBuf,
+    /// The Ed25519 key that signs exports (PKCS#8), read only by
+    /// `medgemmactl audit export`; the daemon never opens it.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::SIGNING_KEY_FILE))]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            dir: defaults::audit_dir(),
+            key_file: defaults::audit_key_file(),
+            content_key_file: defaults::content_key_file(),
+            signing_key_file: None,
+        }
+    }
+}
+
+/// `[sandbox]`
+///
+/// Landlock's paths are derived from the other sections: the model files and
+/// system prompt read-only; the audit directory, the socket directories and
+/// the two directories below read-write; the GPU device nodes and driver
+/// files only with the CUDA backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// The unprivileged user the daemon drops to when started as root (from
+    /// the package's sysusers.d file). Started as another user, the daemon
+    /// stays who it is and says so.
+    #[serde(default = "defaults::sandbox_user")]
+    pub user: String,
+    /// A writable state directory.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::SANDBOX_STATE_DIR))]
+    pub state_dir: Option<PathBuf>,
+    /// A writable cache directory (the CUDA backend's JIT and kernel caches).
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::CACHE_DIR))]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            user: defaults::sandbox_user(),
+            state_dir: None,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The defaults, one function per key (serde needs functions).
+pub mod defaults {
+    use std::path::PathBuf;
+
+    use crate::paths;
+
+    /// `engine.context_length`: 8192 tokens.
+    pub fn context_length() -> usize {
+        8192
+    }
+    /// `engine.max_concurrent_generations`: 1.
+    pub fn max_concurrent() -> usize {
+        1
+    }
+    /// `engine.queue_length`: 8.
+    pub fn queue_length() -> usize {
+        8
+    }
+    /// `engine.max_new_tokens`: 1024.
+    pub fn max_new_tokens() -> usize {
+        1024
+    }
+    /// `server.ui_socket`.
+    pub fn ui_socket() -> PathBuf {
+        PathBuf::from(paths::UI_SOCKET)
+    }
+    /// `server.listen_port`: 6006.
+    pub fn listen_port() -> u16 {
+        paths::LISTEN_PORT
+    }
+    /// `server.session_idle_timeout_secs`: 30 minutes.
+    pub fn idle_timeout() -> u64 {
+        30 * 60
+    }
+    /// `audit.dir`.
+    pub fn audit_dir() -> PathBuf {
+        PathBuf::from(paths::AUDIT_DIR)
+    }
+    /// `audit.key_file`.
+    pub fn audit_key_file() -> PathBuf {
+        PathBuf::from(paths::AUDIT_KEY_FILE)
+    }
+    /// `audit.content_key_file`.
+    pub fn content_key_file() -> PathBuf {
+        PathBuf::from(paths::CONTENT_KEY_FILE)
+    }
+    /// `sandbox.user`.
+    pub fn sandbox_user() -> String {
+        paths::SERVICE_USER.to_owned()
+    }
+}
+
+/// The JSON schema of [`Config`] (descriptions from the doc comments,
+/// defaults, limits, examples, and `x-package`: the value the Debian package
+/// sets).
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(Config).to_value()
+}
