@@ -30,6 +30,7 @@ pub mod gguf_tokenizer;
 pub mod image;
 pub mod kv_cache;
 mod linear;
+mod linear;
 pub mod load;
 mod mmap;
 pub mod quant;
