@@ -30,7 +30,6 @@ pub mod gguf_tokenizer;
 pub mod image;
 pub mod kv_cache;
 mod linear;
-mod linear;
 pub mod load;
 mod mmap;
 pub mod quant;
