@@ -97,6 +97,7 @@
     initialized: false,
     loginTimer: null,
     listSig: '',
+    listSeq: 0,
   };
   const turnOf = new WeakMap(); // article.turn -> Turn
 
@@ -350,11 +351,12 @@
       if (!state.loginShown) showLogin(state.user ? 'err.login_required' : null);
       return;
     }
-    if (state.loginShown) hideLogin();
-    if (user !== state.user) {
+    const wasLogin = state.loginShown;
+    if (wasLogin) hideLogin(); // accounts were turned off, or a login happened in another tab
+    if (user !== state.user || wasLogin) {
       const had = state.user;
       state.user = user;
-      if (had) resetView(); // another account now holds this browser
+      if (had && had !== user) resetView(); // another account now holds this browser
       if (state.initialized) loadList();
     }
     renderUser();
@@ -1116,8 +1118,10 @@
       renderList();
       return;
     }
+    const seq = ++state.listSeq; // an older answer must not overwrite a newer one
     try {
       const data = await api('/api/conversations');
+      if (seq !== state.listSeq) return;
       state.conversations = isObj(data) && Array.isArray(data.conversations)
         ? data.conversations.filter((c) => isObj(c) && str(c.id)) : [];
       state.listSupported = true;
@@ -1157,7 +1161,7 @@
       li.appendChild(open);
       const del = bind(el('button', 'btn btn-small conv-delete'), 'list.delete');
       del.type = 'button';
-      del.setAttribute('aria-label', t('list.delete.label', { title: title || t('list.untitled') }));
+      del.title = t('list.delete.label', { title: title || t('list.untitled') });
       del.addEventListener('click', () => deleteConversation(c.id, li, del));
       li.appendChild(del);
       ui.convList.appendChild(li);
