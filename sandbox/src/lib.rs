@@ -30,14 +30,18 @@
 //! sandbox::clean_process(&keep, &["RUST_LOG"])?;
 //! // 2. Parse the configuration; resolve the service user while /etc is readable.
 //! let user = sandbox::resolve_user("medgemma")?;
-//! // 3. Open what the daemon needs: model files, audit log, keys, sockets.
+//! // 3. Open what the daemon needs: model files, audit log, keys, sockets;
+//! //    load the GPU's libraries (the rules follow what the loader resolved).
+//! let gpu = sandbox::preload_cuda_libraries().ok();
 //! // 4. Drop root: bounding/ambient sets, groups, gid, uid; verified.
 //! sandbox::drop_privileges(&user)?;
 //! // 5. no_new_privs, not dumpable, RLIMIT_CORE = 1.
 //! sandbox::harden_process()?;
-//! // 6. Landlock, from the configuration's paths.
+//! // 6. Landlock, from the configuration's paths and the loaded libraries.
+//! let mut read_only = vec!["/usr/share/medgemma/model".into()];
+//! read_only.extend(gpu.iter().flat_map(|g| g.landlock_read_only()));
 //! let policy = sandbox::LandlockPolicy {
-//!     read_only: vec!["/usr/share/medgemma/model".into()],
+//!     read_only,
 //!     read_write: vec!["/var/lib/medgemma".into(), "/var/cache/medgemma".into()],
 //!     devices: vec!["/dev/nvidiactl".into(), "/dev/nvidia0".into(), "/dev/nvidia-uvm".into()],
 //!     proc_write_comm: true,
@@ -70,6 +74,7 @@
 pub mod driver;
 pub mod error;
 pub mod landlock;
+pub mod libraries;
 pub mod privileges;
 pub mod process;
 pub mod seccomp;
@@ -80,6 +85,10 @@ pub use driver::{
 };
 pub use error::SandboxError;
 pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_landlock};
+pub use libraries::{
+    LibraryMissing, LibraryRequest, LoadedFile, Preloaded, RequestedLibrary,
+    preload_cuda_libraries, preload_libraries,
+};
 pub use privileges::{
     DropReport, HardenReport, ResolvedUser, drop_privileges, harden_process, resolve_user,
 };

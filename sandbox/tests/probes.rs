@@ -604,3 +604,185 @@ fn inherited_fds_are_closed_and_env_cleared_but_systemd_sockets_kept() {
         "{r}"
     );
 }
+
+/// Two test libraries built with `cc` into directories no loader searches
+/// by default: `libmgprobea.so.1` (a soname link to `libmgprobea.so.1.0.0`)
+/// needs `libmgprobeb.so.1`, found through its `DT_RUNPATH`; a third,
+/// `libmgprobec.so.1`, lives in a directory outside the derived set.
+struct TestLibs {
+    a_dir: PathBuf,
+    a_file: PathBuf,
+    b_file: PathBuf,
+    outside: PathBuf,
+}
+
+impl TestLibs {
+    fn build(fx: &Fixture) -> Option<Self> {
+        let dir = |name: &str| {
+            let d = fx.root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            d
+        };
+        let (a_dir, b_dir, c_dir) = (dir("libs-a"), dir("libs-b"), dir("libs-outside"));
+        let cc = |src: &str, out: &Path, extra: &[&str]| -> bool {
+            let c = out.with_extension("c");
+            std::fs::write(&c, src).unwrap();
+            let status = Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(out)
+                .arg(&c)
+                .args(extra)
+                .status();
+            matches!(status, Ok(s) if s.success())
+        };
+        let b_file = b_dir.join("libmgprobeb.so.1");
+        let a_file = a_dir.join("libmgprobea.so.1.0.0");
+        let outside = c_dir.join("libmgprobec.so.1");
+        let rpath = format!("-Wl,--enable-new-dtags,-rpath,{}", b_dir.display());
+        let built = cc(
+            "int mg_probe_b(int x) { return 2 * x; }\n",
+            &b_file,
+            &["-Wl,-soname,libmgprobeb.so.1"],
+        ) && cc(
+            "int mg_probe_b(int);\nint mg_probe_a(int x) { return mg_probe_b(x) + 1; }\n",
+            &a_file,
+            &[
+                "-Wl,-soname,libmgprobea.so.1",
+                &rpath,
+                &format!("-L{}", b_dir.display()),
+                "-l:libmgprobeb.so.1",
+            ],
+        ) && cc(
+            "int mg_probe_c(int x) { return x; }\n",
+            &outside,
+            &["-Wl,-soname,libmgprobec.so.1"],
+        );
+        if !built {
+            return None;
+        }
+        std::os::unix::fs::symlink("libmgprobea.so.1.0.0", a_dir.join("libmgprobea.so.1")).unwrap();
+        Some(Self {
+            a_dir,
+            a_file,
+            b_file,
+            outside,
+        })
+    }
+
+    /// The probe, found through `LD_LIBRARY_PATH` as forward-compatibility
+    /// CUDA libraries are (the probe clears its environment before loading:
+    /// the loader keeps the start-up value).
+    fn run(&self, fx: &Fixture, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "--preload",
+            "libmgprobea.so.1",
+            "--outside",
+            self.outside.to_str().unwrap(),
+            "--late",
+            "libmgprobec.so.1",
+        ];
+        args.extend_from_slice(extra);
+        let ld_path = format!(
+            "{}:{}",
+            self.a_dir.display(),
+            self.outside.parent().unwrap().display()
+        );
+        let out = fx
+            .command("libs", &args)
+            .env("LD_LIBRARY_PATH", ld_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "probe libs {extra:?} failed: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json(&out.stdout)["results"].clone()
+    }
+}
+
+#[test]
+fn libraries_loaded_before_the_sandbox_work_inside_it_and_others_are_refused() {
+    require_root_and_landlock!(
+        "libraries_loaded_before_the_sandbox_work_inside_it_and_others_are_refused"
+    );
+    let fx = Fixture::new("libs");
+    let Some(libs) = TestLibs::build(&fx) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED libraries_loaded_before_the_sandbox_work_inside_it_and_others_are_refused: \
+             no working `cc` to build the test libraries"
+        );
+        return;
+    };
+    let r = libs.run(&fx, &[]);
+
+    // The loader resolved the soname link to its file, and the dependency
+    // through DT_RUNPATH: those two files, nothing that was loaded before.
+    let preloaded = &r["setup"]["preloaded"];
+    assert_eq!(
+        preloaded["libraries"][0]["path"],
+        libs.a_file.to_str().unwrap(),
+        "{r}"
+    );
+    let files: Vec<&str> = preloaded["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        vec![libs.a_file.to_str().unwrap(), libs.b_file.to_str().unwrap()],
+        "{r}"
+    );
+    // ... and Landlock got one read rule per file, not per directory.
+    let rules: Vec<&str> = r["setup"]["landlock"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["path"].as_str().unwrap())
+        .collect();
+    for file in &files {
+        assert!(rules.contains(file), "{file} has no rule: {rules:?}");
+    }
+    assert!(
+        !rules.iter().any(|p| Path::new(p) == libs.a_dir),
+        "{rules:?}"
+    );
+
+    // Under the sandbox: a later dlopen by soname (what cudarc and NVML do)
+    // finds the loaded library, its symbols work through the dependency,
+    // and the files can be read again.
+    assert_eq!(r["reopen"]["libmgprobea.so.1"], 0, "{r}");
+    assert_eq!(r["call_mg_probe_a_20"]["libmgprobea.so.1"], 41, "{r}");
+    for file in &files {
+        assert_eq!(r["read_preloaded_files"][file], 0, "{file}: {r}");
+    }
+    // A library outside the derived set: refused by path and by soname
+    // through the search path (the GPU server's failure, now only for
+    // libraries nobody asked to preload).
+    assert_eq!(r["outside_dlopen"], "Permission denied", "{r}");
+    assert_eq!(r["outside_open"], EACCES, "{r}");
+    // (glibc reports the errno of the last directory it tried, so the
+    // reason varies with the search path; the control below loads it.)
+    assert!(r["late_dlopen"].is_string(), "{r}");
+
+    // Controls: without Landlock the outside library loads (so Landlock made
+    // the denial); without the preload, the library asked for after the
+    // lockdown is refused exactly as libnvidia-ml.so.1 was on the GPU server.
+    let open = libs.run(&fx, &["--no-landlock"]);
+    assert_eq!(open["outside_dlopen"], 0, "{open}");
+    assert_eq!(open["late_dlopen"], 0, "{open}");
+    let late = libs.run(&fx, &["--no-preload"]);
+    assert!(
+        late["reopen"]["libmgprobea.so.1"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot open shared object file")),
+        "{late}"
+    );
+    assert_eq!(late["call_mg_probe_a_20"], serde_json::json!({}), "{late}");
+}

@@ -8,6 +8,7 @@
 //!
 //! Usage: `sandbox-probe PROBE [--user NAME] [--state DIR] [--model DIR]
 //! [--other DIR] [--root-file PATH] [--port N] [--abstract NAME] [--pid PID]
+//! [--preload SONAME]... [--no-preload] [--outside PATH] [--late SONAME]
 //! [--seccomp-log] [--no-drop] [--no-harden] [--no-landlock] [--no-seccomp]`.
 //! The `--no-*` switches exist for control runs that show which layer denies.
 #![allow(clippy::print_stdout)]
@@ -21,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medgemma_sandbox::{
-    LandlockPolicy, Role, SandboxState, SeccompMode, SeccompPolicy, apply_landlock, apply_seccomp,
-    clean_process, drop_privileges, harden_process, listen_fds, narrow_current_thread,
-    resolve_user,
+    LandlockPolicy, LibraryRequest, Role, SandboxState, SeccompMode, SeccompPolicy, apply_landlock,
+    apply_seccomp, clean_process, drop_privileges, harden_process, listen_fds,
+    narrow_current_thread, preload_libraries, resolve_user,
 };
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
@@ -45,6 +46,10 @@ struct Args {
     port: u16,
     abstract_name: Option<String>,
     pid: Option<i32>,
+    preload: Vec<String>,
+    no_preload: bool,
+    outside: Option<PathBuf>,
+    late: Option<String>,
     log: bool,
     no_drop: bool,
     no_harden: bool,
@@ -75,6 +80,10 @@ fn parse_args() -> Args {
             "--port" => a.port = value().parse().unwrap_or_else(|_| fail("bad --port")),
             "--abstract" => a.abstract_name = Some(value()),
             "--pid" => a.pid = Some(value().parse().unwrap_or_else(|_| fail("bad --pid"))),
+            "--preload" => a.preload.push(value()),
+            "--no-preload" => a.no_preload = true,
+            "--outside" => a.outside = Some(value().into()),
+            "--late" => a.late = Some(value()),
             "--seccomp-log" => a.log = true,
             "--no-drop" => a.no_drop = true,
             "--no-harden" => a.no_harden = true,
@@ -179,12 +188,26 @@ fn main() {
     } else {
         json!(check("harden_process", harden_process()))
     };
+    // 5b. Libraries the process needs later, loaded while the file system is
+    //     open; Landlock then allows exactly the files the loader resolved.
+    let preloaded = if args.preload.is_empty() || args.no_preload {
+        None
+    } else {
+        let requests: Vec<_> = args
+            .preload
+            .iter()
+            .map(|n| LibraryRequest::required(n.clone()))
+            .collect();
+        Some(check("preload_libraries", preload_libraries(&requests)))
+    };
     // 6. Landlock.
     let landlock = if args.no_landlock {
         Value::Null
     } else {
+        let mut read_only: Vec<PathBuf> = args.model.iter().cloned().collect();
+        read_only.extend(preloaded.iter().flat_map(|p| p.landlock_read_only()));
         let policy = LandlockPolicy {
-            read_only: args.model.iter().cloned().collect(),
+            read_only,
             read_write: args.state.iter().cloned().collect(),
             devices: vec!["/dev/null".into()],
             proc_write_comm: true,
@@ -208,6 +231,7 @@ fn main() {
     let setup = json!({
         "listen_fds": listeners, "cleaned": cleaned, "dropped": dropped,
         "hardened": hardened, "landlock": landlock, "seccomp": seccomp,
+        "preloaded": preloaded,
     });
 
     let probe = args.probe.clone();
@@ -219,6 +243,7 @@ fn main() {
         "net" => net(&args, &early),
         "signal" => signal(&args),
         "threads" => threads(&args, mode),
+        "libs" => libs(&args, &setup),
         "setuid" => BTreeMap::from([("setuid0", json!(code(nix::unistd::setuid(0.into()))))]),
         "log" => log_mode(),
         "unshare" => {
@@ -652,4 +677,87 @@ fn log_mode() -> BTreeMap<&'static str, Value> {
         ("spawn", json!(spawn_join())),
         ("state", json!(state)),
     ])
+}
+
+/// `dlopen(name, RTLD_NOW)`: the handle, or the loader's reason.
+fn dlopen(name: &str) -> Result<*mut libc::c_void, String> {
+    let c = CString::new(name).map_err(|_| "NUL in name".to_owned())?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW) };
+    if !h.is_null() {
+        return Ok(h);
+    }
+    // SAFETY: dlerror returns NULL or a string valid until the next dl* call
+    // on this thread, which is after the copy.
+    let e = unsafe { libc::dlerror() };
+    Err(if e.is_null() {
+        "no reason".to_owned()
+    } else {
+        // SAFETY: non-NULL and NUL-terminated (see above).
+        unsafe { std::ffi::CStr::from_ptr(e) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Under the full sandbox: the preloaded libraries answer a later `dlopen`
+/// by soname and their symbols work, their files are readable, and a
+/// library outside the derived set is refused.
+fn libs(args: &Args, setup: &Value) -> BTreeMap<&'static str, Value> {
+    let mut r = BTreeMap::new();
+    let mut reopened = BTreeMap::new();
+    let mut calls = BTreeMap::new();
+    for name in &args.preload {
+        match dlopen(name) {
+            Ok(h) => {
+                reopened.insert(name.clone(), json!(0));
+                let sym = CString::new("mg_probe_a").unwrap_or_default();
+                // SAFETY: `h` is a live handle and `sym` a valid C string.
+                let f = unsafe { libc::dlsym(h, sym.as_ptr()) };
+                if !f.is_null() {
+                    // SAFETY: the test library defines `int mg_probe_a(int)`
+                    // (tests/probes.rs compiles it), so the pointer has this type.
+                    let f: extern "C" fn(libc::c_int) -> libc::c_int =
+                        unsafe { std::mem::transmute(f) };
+                    calls.insert(name.clone(), json!(f(20)));
+                }
+            }
+            Err(e) => {
+                reopened.insert(name.clone(), json!(e));
+            }
+        }
+    }
+    r.insert("reopen", json!(reopened));
+    r.insert("call_mg_probe_a_20", json!(calls));
+    let files: Vec<String> = setup["preloaded"]["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let read: BTreeMap<String, i32> = files
+        .iter()
+        .map(|f| (f.clone(), io_code(std::fs::read(f))))
+        .collect();
+    r.insert("read_preloaded_files", json!(read));
+    if let Some(outside) = &args.outside {
+        r.insert("outside_dlopen", dl_outcome(&outside.to_string_lossy()));
+        r.insert("outside_open", json!(io_code(std::fs::read(outside))));
+    }
+    if let Some(late) = &args.late {
+        r.insert("late_dlopen", dl_outcome(late));
+    }
+    r.insert("setup", setup.clone());
+    r
+}
+
+/// 0 when `name` loads, else the loader's reason without the file name
+/// (`dlerror` says "PATH: cannot open shared object file: Permission denied").
+fn dl_outcome(name: &str) -> Value {
+    match dlopen(name) {
+        Ok(_) => Value::from(0),
+        Err(e) => Value::from(e.rsplit(": ").next().unwrap_or_default().to_owned()),
+    }
 }
