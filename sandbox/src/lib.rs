@@ -63,7 +63,11 @@
 //! So [`apply_seccomp`] installs, process-wide with TSYNC, the *union* of
 //! every role (base ∪ engine ∪ HTTP) plus the kill filter and the `clone3`
 //! filter; then each thread narrows itself with [`narrow_current_thread`]
-//! (no TSYNC) to `base ∪ its role`. See [`seccomp`] for the tables.
+//! (no TSYNC) to `base ∪ its role`. Each role filter answers a probe with
+//! its own marker ([`current_thread_role`]), so neither narrowing nor the
+//! runtime's thread-start hook adds a role a thread already inherited: the
+//! stack stays flat however many threads start threads. See [`seccomp`]
+//! for the tables.
 //!
 //! # Insecure mode
 //!
@@ -96,7 +100,7 @@ pub use process::{
     CleanReport, ListenFd, ListenSocket, clean_process, listen_fds, take_listen_fds,
 };
 pub use seccomp::{
-    Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, narrow_current_thread,
-    thread_start_hook,
+    Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, current_thread_role,
+    narrow_current_thread, thread_start_hook,
 };
 pub use state::{CoreLimit, SandboxState, declare_insecure_no_sandbox};

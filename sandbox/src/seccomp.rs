@@ -42,9 +42,26 @@
 //!   `FIOCLEX`/`TCGETS`, no executable mappings, no device access.
 //!
 //! Spawn the engine thread *before* `main` narrows to HTTP, or it inherits
-//! the HTTP filter. A thread that is created by an already narrowed thread
-//! and narrows again stacks the same filter twice (harmless; the kernel's
-//! budget is 32768 BPF instructions per thread, each filter here is < 500).
+//! the HTTP filter.
+//!
+//! # The stack cannot grow
+//!
+//! A new thread inherits its creator's filters, and tokio's blocking pool
+//! creates threads from its workers for the whole life of the process (an
+//! idle one exits after 10 s; `block_in_place` hands the worker to a new
+//! one). A hook that installed its filter on every new thread therefore
+//! added one more copy per generation, until `seccomp()` failed against the
+//! kernel's 32 768-instruction budget and the hook aborted the daemon. So
+//! each role's filter carries a *marker*: its first instructions answer the
+//! probe `ioctl(-1, ROLE_PROBE_REQUEST)` with the errno
+//! `ROLE_MARKER_ERRNO + role id` (any other caller gets the kernel's
+//! `EBADF`). [`current_thread_role`] asks it; the kernel answers from the
+//! newest filter on the stack (between equal actions the most recently
+//! installed wins), which is inherited with the stack, so a thread knows the
+//! role it runs under without any state of its own. [`narrow_current_thread`]
+//! and the [`thread_start_hook`] install a role's filter only on a thread
+//! whose newest role filter is a different one (or none): at most one role
+//! filter per role change, never one per thread generation.
 //!
 //! `socket(2)` is in no table: every socket comes from systemd or is opened
 //! before the filter (`RestrictAddressFamilies=` cannot replace this:
@@ -58,7 +75,7 @@ use std::sync::Arc;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 use serde::Serialize;
 
@@ -87,6 +104,23 @@ pub enum Role {
     Engine,
     /// tokio's workers and blocking pool: HTTP over the Unix sockets.
     Http,
+}
+
+impl Role {
+    /// Number in the role marker's errno (module doc, "The stack cannot grow").
+    fn marker_id(self) -> u32 {
+        match self {
+            Role::Base => 1,
+            Role::Engine => 2,
+            Role::Http => 3,
+        }
+    }
+
+    fn from_marker_id(id: u32) -> Option<Self> {
+        [Role::Base, Role::Engine, Role::Http]
+            .into_iter()
+            .find(|r| r.marker_id() == id)
+    }
 }
 
 impl fmt::Display for Role {
@@ -528,6 +562,9 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompPolicy {
     name: String,
+    /// The role whose marker the compiled filter carries (`None` for the
+    /// process-wide union).
+    role: Option<Role>,
     entries: BTreeMap<i64, Entry>,
 }
 
@@ -543,7 +580,7 @@ pub struct AllowedSyscall {
 }
 
 impl SeccompPolicy {
-    fn from_tables(name: String, tables: &[&[Syscall]]) -> Self {
+    fn from_tables(name: String, role: Option<Role>, tables: &[&[Syscall]]) -> Self {
         let mut entries: BTreeMap<i64, Entry> = BTreeMap::new();
         for sc in tables.iter().flat_map(|t| t.iter()) {
             let entry = entries.entry(sc.nr).or_insert_with(|| Entry {
@@ -559,7 +596,11 @@ impl SeccompPolicy {
                 (Some(alts), Args::AnyOf(more)) => alts.extend_from_slice(more),
             }
         }
-        Self { name, entries }
+        Self {
+            name,
+            role,
+            entries,
+        }
     }
 
     /// The allow-list of one role: the base plus that role's table.
@@ -569,7 +610,7 @@ impl SeccompPolicy {
             Role::Engine => &[BASE, BASE_ARCH, ENGINE],
             Role::Http => &[BASE, BASE_ARCH, HTTP, HTTP_ARCH],
         };
-        Self::from_tables(role.to_string(), tables)
+        Self::from_tables(role.to_string(), Some(role), tables)
     }
 
     /// The union of every role: what [`apply_seccomp`] installs on the whole
@@ -577,6 +618,7 @@ impl SeccompPolicy {
     pub fn process_wide() -> Self {
         Self::from_tables(
             "process (base+engine+http)".to_owned(),
+            None,
             &[BASE, BASE_ARCH, ENGINE, HTTP, HTTP_ARCH],
         )
     }
@@ -584,6 +626,12 @@ impl SeccompPolicy {
     /// Its name, for reports.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role it was built for ([`Self::for_role`]); `None` for the
+    /// process-wide union.
+    pub fn role(&self) -> Option<Role> {
+        self.role
     }
 
     /// Number of allowed syscalls.
@@ -649,8 +697,101 @@ impl SeccompPolicy {
         };
         let filter =
             SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()?).map_err(err)?;
-        BpfProgram::try_from(filter).map_err(err)
+        let program = BpfProgram::try_from(filter).map_err(err)?;
+        Ok(match self.role {
+            Some(role) => [role_marker(role)?, program].concat(),
+            None => program,
+        })
     }
+}
+
+/// The `ioctl` request of the role probe ("mgSB"), always made on fd -1:
+/// without a role filter the kernel fails it with `EBADF` before any driver
+/// sees the request, so the probe can never reach a device.
+pub const ROLE_PROBE_REQUEST: u32 = 0x6d67_5342;
+/// The probe's answer is `ROLE_MARKER_ERRNO + role id` (errno values up to
+/// 4095 are passed through by `SECCOMP_RET_ERRNO`; none above 133 exists).
+pub const ROLE_MARKER_ERRNO: u32 = 4000;
+
+/// `AUDIT_ARCH_*` of this architecture (`include/uapi/linux/audit.h`).
+fn audit_arch() -> Result<u32, SandboxError> {
+    match std::env::consts::ARCH {
+        // EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+        "x86_64" => Ok(62 | 0x8000_0000 | 0x4000_0000),
+        // EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+        "aarch64" => Ok(183 | 0x8000_0000 | 0x4000_0000),
+        other => Err(SandboxError::SeccompBuild {
+            filter: format!("role marker for architecture {other}"),
+            source: seccompiler::BackendError::InvalidTargetArch(other.to_owned()),
+        }),
+    }
+}
+
+/// The role marker: eight BPF instructions put in front of a role's
+/// allow-list (module doc). On another architecture value, syscall or
+/// argument they fall through to the allow-list, which starts with its own
+/// architecture check. Offsets are those of `struct seccomp_data` on a
+/// little-endian machine (the low 32 bits of `args[i]` at `16 + 8 * i`);
+/// seccompiler supports only little-endian targets.
+fn role_marker(role: Role) -> Result<BpfProgram, SandboxError> {
+    const LD_ABS_W: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ARCH: u32 = 4;
+    const NR: u32 = 0;
+    const ARG0_LO: u32 = 16;
+    const ARG1_LO: u32 = 24;
+    let ld = |k| sock_filter {
+        code: LD_ABS_W,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // Jump to the allow-list (index 9) when the comparison at `at` fails.
+    let jeq = |at: u8, k| sock_filter {
+        code: JEQ_K,
+        jt: 0,
+        jf: 8 - at,
+        k,
+    };
+    let ioctl = u32::try_from(libc::SYS_ioctl).unwrap_or(u32::MAX);
+    Ok(vec![
+        ld(ARCH),
+        jeq(1, audit_arch()?),
+        ld(NR),
+        jeq(3, ioctl),
+        ld(ARG0_LO),
+        jeq(5, u32::MAX), // fd -1
+        ld(ARG1_LO),
+        jeq(7, ROLE_PROBE_REQUEST),
+        sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | (ROLE_MARKER_ERRNO + role.marker_id()),
+        },
+    ])
+}
+
+/// The role whose filter is the newest on the calling thread's stack, as the
+/// kernel answers the role probe (module doc); `None` when the thread runs
+/// only under the process-wide filters or none. One syscall, no file access.
+pub fn current_thread_role() -> Option<Role> {
+    // SAFETY: ioctl on fd -1 with a request no driver defines: the kernel
+    // fails with EBADF before reading the (absent) third argument; a role
+    // filter answers first with its marker errno. No memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            -1 as libc::c_int,
+            libc::c_ulong::from(ROLE_PROBE_REQUEST),
+        )
+    };
+    if rc != -1 {
+        return None;
+    }
+    let errno = u32::try_from(nix::errno::Errno::last_raw()).ok()?;
+    Role::from_marker_id(errno.checked_sub(ROLE_MARKER_ERRNO)?)
 }
 
 fn condition(c: &ArgCheck) -> Result<SeccompCondition, seccompiler::BackendError> {
@@ -767,13 +908,19 @@ fn require_process_filters(filter: &str) -> Result<(), SandboxError> {
 
 /// Adds `policy`'s allow-list to the calling thread only (no TSYNC): the
 /// thread and the threads it creates can then only make calls allowed by
-/// both this and the process-wide filter.
+/// both this and the process-wide filter. A role's policy is not added again
+/// to a thread whose newest role filter is already that role's
+/// ([`current_thread_role`]), so calling this on every new thread cannot
+/// grow the stack.
 pub fn narrow_current_thread(
     policy: &SeccompPolicy,
     mode: SeccompMode,
 ) -> Result<(), SandboxError> {
     let name = format!("allow-list ({}, this thread)", policy.name);
     require_process_filters(&name)?;
+    if policy.role.is_some() && current_thread_role() == policy.role {
+        return Ok(());
+    }
     let prog = policy.compile(mode)?;
     seccompiler::apply_filter(&prog).map_err(|source| SandboxError::SeccompApply {
         filter: name,
@@ -782,9 +929,12 @@ pub fn narrow_current_thread(
 }
 
 /// A closure for tokio's `Builder::on_thread_start` that narrows each new
-/// runtime thread to `role`. The BPF program is compiled once, here. If the
-/// kernel refuses the filter the process aborts: a runtime thread must never
-/// run unnarrowed, and the hook cannot return an error.
+/// runtime thread to `role`, unless the thread already runs under it
+/// (inherited from the thread that created it: [`current_thread_role`]), so
+/// that the stack stays flat however many generations of threads the
+/// runtime creates. The BPF program is compiled once, here. If the kernel
+/// refuses the filter the process aborts: a runtime thread must never run
+/// unnarrowed, and the hook cannot return an error.
 pub fn thread_start_hook(
     role: Role,
     mode: SeccompMode,
@@ -794,6 +944,9 @@ pub fn thread_start_hook(
     require_process_filters(&name)?;
     let prog = Arc::new(policy.compile(mode)?);
     Ok(move || {
+        if current_thread_role() == Some(role) {
+            return;
+        }
         if let Err(e) = seccompiler::apply_filter(&prog) {
             // Fail closed; stderr is the only channel left in a thread hook.
             eprintln!("medgemma-sandbox: cannot narrow a new {role} thread ({e}); aborting");
@@ -904,6 +1057,39 @@ mod tests {
                     prog.len()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn roles_have_distinct_markers_in_front_of_their_allow_list() {
+        let roles = [Role::Base, Role::Engine, Role::Http];
+        for role in roles {
+            assert_eq!(Role::from_marker_id(role.marker_id()), Some(role));
+            let with = SeccompPolicy::for_role(role)
+                .compile(SeccompMode::Enforce)
+                .unwrap();
+            let marker = role_marker(role).unwrap();
+            assert_eq!(&with[..marker.len()], &marker[..]);
+            // The answer: SECCOMP_RET_ERRNO with this role's errno, below
+            // the kernel's MAX_ERRNO (4095).
+            let ret = marker.last().unwrap().k;
+            assert_eq!(ret & libc::SECCOMP_RET_ACTION_FULL, libc::SECCOMP_RET_ERRNO);
+            assert!((ret & libc::SECCOMP_RET_DATA) < 4096);
+        }
+        let ids: std::collections::BTreeSet<u32> = roles.iter().map(|r| r.marker_id()).collect();
+        assert_eq!(ids.len(), roles.len());
+        // The process-wide union carries no marker: it is no role.
+        let process = SeccompPolicy::process_wide()
+            .compile(SeccompMode::Enforce)
+            .unwrap();
+        assert_ne!(process[..9], role_marker(Role::Base).unwrap()[..]);
+    }
+
+    #[test]
+    fn a_thread_without_a_role_filter_has_no_role() {
+        // The test harness installs no filter: the kernel answers EBADF.
+        if SECCOMP_REPORT.get().is_none() {
+            assert_eq!(current_thread_role(), None);
         }
     }
 

@@ -485,8 +485,10 @@ fn threads_start_after_idle_and_roles_narrow() {
     assert_eq!(r["clone3"], ENOSYS, "{r}");
     assert_eq!(r["fork"], EPERM, "{r}");
 
+    assert_eq!(r["main_role"], Value::Null, "{r}");
     let engine = &r["engine"];
     assert_eq!(engine["narrowed"], 0, "{r}");
+    assert_eq!(engine["role"], "engine", "{r}");
     assert_eq!(engine["seccomp_filters"], 4, "{r}");
     assert_eq!(engine["spawn_after_idle"], 0, "{r}");
     assert_eq!(engine["mmap_exec"], 0, "{r}");
@@ -495,6 +497,7 @@ fn threads_start_after_idle_and_roles_narrow() {
 
     let http = &r["http"];
     assert_eq!(http["narrowed"], 0, "{r}");
+    assert_eq!(http["role"], "http", "{r}");
     assert_eq!(http["seccomp_filters"], 4, "{r}");
     assert_eq!(http["spawn_after_idle"], 0, "{r}");
     assert_eq!(http["mmap_exec"], EPERM, "{r}");
@@ -553,6 +556,11 @@ fn seccomp_log_mode_logs_instead_of_denying_but_still_kills() {
     assert_eq!(r["state"]["seccomp_mode"], 2, "{r}");
     assert!(r["state"]["seccomp_filters"].as_u64().unwrap() >= 3, "{r}");
     assert_eq!(r["state"]["seccomp"]["mode"], "log", "{r}");
+    assert_eq!(
+        r["narrowed_twice"],
+        serde_json::json!({ "role": "http", "seccomp_filters": 4 }),
+        "{r}"
+    );
     // Never an off switch: the kill list still kills.
     fx.killed_by("execve", &["--seccomp-log"], SIGSYS);
 }
@@ -785,4 +793,92 @@ fn libraries_loaded_before_the_sandbox_work_inside_it_and_others_are_refused() {
         "{late}"
     );
     assert_eq!(late["call_mg_probe_a_20"], serde_json::json!({}), "{late}");
+}
+
+/// Every thread's `(name, Seccomp_filters)` of `pid`, read from outside.
+fn thread_filters(pid: u32) -> Vec<(String, u32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            // A thread may exit between the listing and the read.
+            let text = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let field = |name: &str| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(':')
+                        .map(|v| v.trim().to_owned())
+                })
+            };
+            Some((field("Name")?, field("Seccomp_filters")?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn seccomp_stack_stays_flat_when_threads_start_threads_across_idle_periods() {
+    require_root_and_landlock!(
+        "seccomp_stack_stays_flat_when_threads_start_threads_across_idle_periods"
+    );
+    let fx = Fixture::new("churn");
+    let child = fx
+        .command("churn", &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Sample every thread from outside until the probe ends.
+    let mut samples: Vec<Vec<(String, u32)>> = Vec::new();
+    let mut child = child;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let s = thread_filters(pid);
+        if !s.is_empty() {
+            samples.push(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = last_json(&out.stdout)["results"].clone();
+
+    // From outside: many generations were seen, and no thread ever carried
+    // more than the three process-wide filters plus one role filter.
+    let seen: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .flatten()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("gen-"))
+        .collect();
+    assert!(
+        seen.len() >= 20,
+        "only {} generations seen: {seen:?}",
+        seen.len()
+    );
+    let worst = samples
+        .iter()
+        .flatten()
+        .max_by_key(|(_, f)| *f)
+        .cloned()
+        .unwrap();
+    assert_eq!(worst.1, 4, "the filter stack grew: {worst:?}");
+    // Flat over time: every sample taken while generations ran peaks at 4.
+    let peaks: Vec<u32> = samples
+        .iter()
+        .filter(|s| s.iter().any(|(n, _)| n.starts_with("gen-")))
+        .map(|s| s.iter().map(|(_, f)| *f).max().unwrap_or(0))
+        .collect();
+    assert!(peaks.len() >= 20, "{} samples", peaks.len());
+    assert!(peaks.iter().all(|&p| p == 4), "{peaks:?}");
+
+    // From inside: every generation, main and the engine's workers agree.
+    let gens = r["generation_filters"].as_array().unwrap();
+    assert_eq!(gens.len(), 40, "{r}");
+    assert!(gens.iter().all(|g| g == 4), "{r}");
+    assert_eq!(r["main_filters"], 4, "{r}");
+    assert_eq!(r["engine_worker_filters"], serde_json::json!([4, 4]), "{r}");
 }

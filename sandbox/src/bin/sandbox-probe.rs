@@ -244,6 +244,7 @@ fn main() {
         "signal" => signal(&args),
         "threads" => threads(&args, mode),
         "libs" => libs(&args, &setup),
+        "churn" => churn(mode),
         "setuid" => BTreeMap::from([("setuid0", json!(code(nix::unistd::setuid(0.into()))))]),
         "log" => log_mode(),
         "unshare" => {
@@ -623,6 +624,7 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
                     0
                 };
                 let filters = seccomp_filters_of_this_thread();
+                let role = medgemma_sandbox::current_thread_role().map(|r| r.to_string());
                 let exec = mmap_exec();
                 let ioctl = ioctl_winsize();
                 std::thread::sleep(Duration::from_millis(1100));
@@ -630,7 +632,7 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
                 // thread after being idle.
                 let child = spawn_join();
                 json!({
-                    "narrowed": narrowed, "seccomp_filters": filters,
+                    "narrowed": narrowed, "seccomp_filters": filters, "role": role,
                     "mmap_exec": exec, "ioctl_tiocgwinsz": ioctl,
                     "spawn_after_idle": child,
                 })
@@ -660,6 +662,10 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
         r.insert("hooked", check("spawn", h).join().unwrap_or(Value::Null));
     }
     r.insert("process_mmap_exec", json!(mmap_exec()));
+    r.insert(
+        "main_role",
+        json!(medgemma_sandbox::current_thread_role().map(|r| r.to_string())),
+    );
     r
 }
 
@@ -672,7 +678,25 @@ fn log_mode() -> BTreeMap<&'static str, Value> {
         None,
     );
     let state = check("SandboxState::current", SandboxState::current());
+    // The role marker answers in log mode too, so narrowing twice adds one
+    // filter, not two.
+    let narrowed = std::thread::spawn(|| {
+        let http = SeccompPolicy::for_role(Role::Http);
+        for _ in 0..2 {
+            check(
+                "narrow_current_thread",
+                narrow_current_thread(&http, SeccompMode::Log),
+            );
+        }
+        json!({
+            "role": medgemma_sandbox::current_thread_role().map(|r| r.to_string()),
+            "seccomp_filters": seccomp_filters_of_this_thread(),
+        })
+    })
+    .join()
+    .unwrap_or(Value::Null);
     BTreeMap::from([
+        ("narrowed_twice", narrowed),
         ("socket_inet", json!(code(sock))),
         ("spawn", json!(spawn_join())),
         ("state", json!(state)),
@@ -760,4 +784,87 @@ fn dl_outcome(name: &str) -> Value {
         Ok(_) => Value::from(0),
         Err(e) => Value::from(e.rsplit(": ").next().unwrap_or_default().to_owned()),
     }
+}
+
+/// Generations of threads, each created by the previous one after an idle
+/// period and narrowed by the runtime hook, as tokio's blocking pool does
+/// when an idle thread has exited and a worker hands its work to a new one
+/// (`block_in_place`). As in the daemon, an engine thread with workers of
+/// its own starts first, then main narrows to HTTP. The test reads every
+/// thread's `Seccomp_filters` from outside while this runs.
+fn churn(mode: SeccompMode) -> BTreeMap<&'static str, Value> {
+    const GENERATIONS: u32 = 40;
+    const IDLE: Duration = Duration::from_millis(40);
+    let engine = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            check(
+                "narrow engine",
+                narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode),
+            );
+            // Its own workers (the CPU backend's pool), created later.
+            let workers: Vec<_> = (0..2)
+                .map(|i| {
+                    std::thread::sleep(IDLE);
+                    std::thread::Builder::new()
+                        .name(format!("engine-w{i}"))
+                        .spawn(|| {
+                            std::thread::sleep(IDLE * GENERATIONS);
+                            seccomp_filters_of_this_thread()
+                        })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.ok().and_then(|h| h.join().ok()).unwrap_or(-1))
+                .collect::<Vec<i64>>()
+        });
+    let engine = check("spawn engine", engine);
+    // As the daemon: main narrows to HTTP after the engine thread started.
+    check(
+        "narrow main to http",
+        narrow_current_thread(&SeccompPolicy::for_role(Role::Http), mode),
+    );
+    let hook = std::sync::Arc::new(check(
+        "thread_start_hook",
+        medgemma_sandbox::thread_start_hook(Role::Http, mode),
+    ));
+
+    // Each generation: hook, report, idle, start the next, exit.
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, i64)>();
+    fn generation(
+        n: u32,
+        last: u32,
+        idle: Duration,
+        hook: std::sync::Arc<dyn Fn() + Send + Sync>,
+        tx: std::sync::mpsc::Sender<(u32, i64)>,
+    ) {
+        let spawned = std::thread::Builder::new()
+            .name(format!("gen-{n}"))
+            .spawn(move || {
+                hook();
+                let _ = tx.send((n, seccomp_filters_of_this_thread()));
+                std::thread::sleep(idle);
+                if n < last {
+                    generation(n + 1, last, idle, hook, tx);
+                }
+                // Stay a moment so that parent and child overlap, as a
+                // worker and the thread it hands over to do.
+                std::thread::sleep(idle / 2);
+            });
+        if spawned.is_err() {
+            let _ = writeln!(std::io::stderr(), "generation {n} could not start");
+        }
+    }
+    generation(1, GENERATIONS, IDLE, hook, tx);
+    let mut filters: Vec<Value> = vec![Value::Null; GENERATIONS as usize];
+    for (n, count) in rx.iter().take(GENERATIONS as usize) {
+        filters[(n - 1) as usize] = json!(count);
+    }
+    let engine_workers = engine.join().unwrap_or_default();
+    BTreeMap::from([
+        ("generation_filters", json!(filters)),
+        ("main_filters", json!(seccomp_filters_of_this_thread())),
+        ("engine_worker_filters", json!(engine_workers)),
+    ])
 }
