@@ -6,6 +6,8 @@
 //! Must never: read files (weights arrive through [`WeightSource`]) or see
 //! text (it works on token ids only).
 
+use std::ops::Range;
+
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
@@ -335,18 +337,83 @@ impl Gemma3 {
 
     /// Runs `ids` (continuing at `cache.len()`) and returns logits `[T or 1, V]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, which: Logits) -> Tensor<2> {
+        self.forward_embedded(ids, None, cache, which)
+    }
+
+    /// As [`Gemma3::forward`] for a chunk holding image blocks (spec §5.4,
+    /// `Gemma3Model.forward` with `token_type_ids`): the `images.token`
+    /// positions take the rows of `images.rows` in order (projector outputs,
+    /// not scaled by √d), and each run of them attends bidirectionally
+    /// within itself, in global and local layers alike; all else is causal.
+    /// A run must not continue into the next chunk (`vision::ImagePrefill`
+    /// cuts chunks at block ends).
+    ///
+    /// # Panics
+    /// If `images.rows` has not one row per image token of `ids`.
+    pub fn forward_with_images(
+        &self,
+        ids: &[u32],
+        images: &ImageRows,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Tensor<2> {
+        self.forward_embedded(ids, Some(images), cache, which)
+    }
+
+    fn forward_embedded(
+        &self,
+        ids: &[u32],
+        images: Option<&ImageRows>,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Tensor<2> {
         let t = ids.len();
         let start = cache.len();
         let d = self.cfg.hidden_size;
-        let ids_i: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let runs = images.map_or_else(Vec::new, |img| crate::vision::image_blocks(ids, img.token));
+        // Image tokens may lie past the embedding (HF looks them up as id 0).
+        let ids_i: Vec<i64> = ids
+            .iter()
+            .map(|&i| match images {
+                Some(img) if i == img.token => 0,
+                _ => i64::from(i),
+            })
+            .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [t]), &self.device);
         // Gemma3TextScaledWordEmbedding: lookup, then × √d in the compute dtype.
         let mut x = self
             .embed_tokens
             .clone()
             .select(0, idx)
-            .mul_scalar(self.embed_scale)
-            .reshape([1, t, d]);
+            .mul_scalar(self.embed_scale);
+        if let (Some(img), false) = (images, runs.is_empty()) {
+            // masked_scatter of the image features over the soft tokens.
+            let n: usize = runs.iter().map(|r| r.len()).sum();
+            assert_eq!(img.rows.dims(), [n, d], "one image row per image token");
+            let (mut parts, mut prev, mut row) = (Vec::new(), 0, 0);
+            for r in &runs {
+                if r.start > prev {
+                    parts.push(x.clone().slice([prev..r.start, 0..d]));
+                }
+                let rows = img.rows.clone().slice([row..row + r.len(), 0..d]);
+                parts.push(rows.cast(self.dtype));
+                row += r.len();
+                prev = r.end;
+            }
+            if prev < t {
+                parts.push(x.slice([prev..t, 0..d]));
+            }
+            x = Tensor::cat(parts, 0);
+        }
+        let mut x = x.reshape([1, t, d]);
+        let blocks: Vec<Range<usize>> = runs
+            .iter()
+            .map(|r| start + r.start..start + r.end)
+            .collect();
+        let span = Span {
+            start,
+            blocks: &blocks,
+        };
 
         let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
         let (cos_l, sin_l) = self.rope_local.tables(start, t, self.dtype, &self.device);
@@ -355,7 +422,7 @@ impl Gemma3 {
                 LayerType::Global => (&cos_g, &sin_g),
                 LayerType::Local => (&cos_l, &sin_l),
             };
-            x = self.layer_forward(layer, x, cos, sin, lc, start);
+            x = self.layer_forward(layer, x, cos, sin, lc, span);
         }
         cache.advance(t);
 
@@ -375,12 +442,12 @@ impl Gemma3 {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
-        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, start);
+        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, span);
         let a = layer.post_attention_layernorm.forward(a.reshape([b, t, d]));
         let x = residual + a;
 
@@ -410,7 +477,7 @@ impl Gemma3 {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (h, kv, hd) = (
@@ -438,13 +505,13 @@ impl Gemma3 {
         let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
         let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
         let k = apply_rope(attn.k_norm.forward(k), cos, sin);
-        let out = self.attend(layer.kind, q, k, v, cache, start);
+        let out = self.attend(layer.kind, q, k, v, cache, span);
         attn.o_proj.forward(out)
     }
 
     /// Scaled dot-product attention of one sequence's queries `[b, H, T, hd]`
     /// over its cache plus the new keys/values `[b, KV, T, hd]` (appended to
-    /// `cache`); returns `[b·T, H·hd]`. `start` is the first query's position.
+    /// `cache`); returns `[b·T, H·hd]`. `span.start` is the first query's position.
     fn attend(
         &self,
         kind: LayerType,
@@ -452,8 +519,9 @@ impl Gemma3 {
         k: Tensor<4>,
         v: Tensor<4>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<2> {
+        let start = span.start;
         let cfg = &self.cfg;
         let (h, kv, hd) = (
             cfg.num_attention_heads,
@@ -479,7 +547,8 @@ impl Gemma3 {
             .matmul(keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
-        let m = positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep));
+        let m =
+            positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep, span.blocks));
         let scores = match m {
             Some(m) => {
                 scores
@@ -595,7 +664,10 @@ impl Gemma3 {
                     one(&k, kv),
                     one(&v, kv),
                     &mut c.layers[li],
-                    positions[i],
+                    Span {
+                        start: positions[i],
+                        blocks: &[],
+                    },
                 )
             })
             .collect();
@@ -614,11 +686,29 @@ impl Gemma3 {
     }
 }
 
+/// Image soft-token embeddings for [`Gemma3::forward_with_images`].
+#[derive(Debug, Clone)]
+pub struct ImageRows {
+    /// The image soft token id (`image_token_index`).
+    pub token: u32,
+    /// `[image tokens, hidden]`: the projector's rows, in prompt order.
+    pub rows: Tensor<2>,
+}
+
+/// Where a chunk's queries sit: the first one's absolute position, and the
+/// image blocks (absolute positions) whose tokens see each other.
+#[derive(Debug, Clone, Copy)]
+struct Span<'a> {
+    start: usize,
+    blocks: &'a [Range<usize>],
+}
+
 /// Additive mask `[rep·T, S]` (0 or −∞), or `None` when every key is visible.
 ///
 /// Query `i` (absolute `start + r`) sees key `j` (absolute `keys[c]`, in
-/// whatever order the cache holds them) iff `j ≤ i` and, on local layers,
-/// `j > i − W` (spec §2.6).
+/// whatever order the cache holds them) iff `j ≤ i` or both lie in the same
+/// image block, and, on local layers, `j > i − W` (spec §2.6, §5.4;
+/// transformers' `create_masks_for_vision_model`: sliding AND (causal OR block)).
 fn mask(
     kind: LayerType,
     window: usize,
@@ -626,9 +716,13 @@ fn mask(
     t: usize,
     keys: &[usize],
     rep: usize,
+    blocks: &[Range<usize>],
 ) -> Option<Vec<f32>> {
     let s = keys.len();
-    let visible = |i: usize, j: usize| j <= i && (kind == LayerType::Global || j + window > i);
+    let same_block = |i: usize, j: usize| blocks.iter().any(|b| b.contains(&i) && b.contains(&j));
+    let visible = |i: usize, j: usize| {
+        (j <= i || same_block(i, j)) && (kind == LayerType::Global || j + window > i)
+    };
     let all = (0..t).all(|r| keys.iter().all(|&j| visible(start + r, j)));
     if all {
         return None;
@@ -656,23 +750,44 @@ mod tests {
     fn window_bound_is_exclusive_of_i_minus_w() {
         // W = 3: query 5 sees keys 3, 4, 5 and not 2.
         let keys: Vec<usize> = (0..6).collect();
-        let m = mask(LayerType::Local, 3, 5, 1, &keys, 1).unwrap();
+        let m = mask(LayerType::Local, 3, 5, 1, &keys, 1, &[]).unwrap();
         let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
         assert_eq!(seen, vec![false, false, false, true, true, true]);
         // Global layers see everything up to i.
-        assert!(mask(LayerType::Global, 3, 5, 1, &keys, 1).is_none());
+        assert!(mask(LayerType::Global, 3, 5, 1, &keys, 1, &[]).is_none());
     }
 
     #[test]
     fn mask_follows_ring_order() {
         // A ring of 3 slots after positions 0..5 holds 3, 4, 2; a two-token
         // chunk at 5 appends 5, 6. W = 3: query 5 sees 3, 4, 5; query 6 sees 4, 5, 6.
-        let m = mask(LayerType::Local, 3, 5, 2, &[3, 4, 2, 5, 6], 1).unwrap();
+        let m = mask(LayerType::Local, 3, 5, 2, &[3, 4, 2, 5, 6], 1, &[]).unwrap();
         let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
         #[rustfmt::skip]
         assert_eq!(seen, vec![
             true, true, false, true, false,
             false, true, false, true, true,
         ]);
+    }
+
+    #[test]
+    fn image_blocks_see_themselves_both_ways_within_the_window() {
+        // Positions 0..6, block 2..5. Global: query 2 sees 3 and 4 (later,
+        // same block) but not 5; query 5 is causal.
+        let keys: Vec<usize> = (0..6).collect();
+        let m = mask(LayerType::Global, 100, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let row =
+            |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
+        assert_eq!(row(2), vec![true, true, true, true, true, false]);
+        assert_eq!(row(5), vec![true; 6]);
+        assert_eq!(row(1), vec![true, true, false, false, false, false]);
+        // Local, W = 2: query 4 sees 3 and 4 only (2 is in its block but
+        // outside the window); query 2 sees 1, 2, 3, 4 (later block keys
+        // are inside the window: j > i − W holds for every j > i).
+        let m = mask(LayerType::Local, 2, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let row =
+            |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
+        assert_eq!(row(4), vec![false, false, false, true, true, false]);
+        assert_eq!(row(2), vec![false, true, true, true, true, false]);
     }
 }

@@ -38,6 +38,7 @@ pub mod sampling;
 pub mod thinking;
 pub mod tokenizer;
 pub mod validate;
+pub mod vision;
 pub mod weights;
 
 pub use burn;

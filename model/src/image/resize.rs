@@ -90,7 +90,25 @@ fn clip8(v: i64) -> u8 {
 
 /// Resizes `src` to `width × height` exactly as PIL's `Image.resize` with
 /// `Image.BILINEAR` does for an RGB image. Both sizes must be non-zero.
+///
+/// Pillow 13 runs the vertical pass first when the image shrinks more
+/// vertically than horizontally (found by comparing its output with each
+/// order of two one-axis resizes, which are exact: ties and upscales go
+/// horizontal first); each pass rounds to 8 bits, so the order shows in the
+/// last bit.
 pub fn resize_bilinear(src: &RgbImage, width: usize, height: usize) -> RgbImage {
+    let (sw, sh) = (src.width, src.height);
+    let vertical_first = sh > height && sh * width > sw * height && sw != width;
+    if vertical_first {
+        let tmp = resize_passes(src, sw, height);
+        return resize_passes(&tmp, width, height);
+    }
+    resize_passes(src, width, height)
+}
+
+/// `ImagingResampleInner`: the horizontal pass (over the rows the vertical
+/// pass reads), then the vertical pass; a pass whose size is unchanged is skipped.
+fn resize_passes(src: &RgbImage, width: usize, height: usize) -> RgbImage {
     let (sw, sh) = (src.width, src.height);
     if sw == width && sh == height {
         return src.clone();
