@@ -46,7 +46,11 @@
 //!     devices: vec!["/dev/nvidiactl".into(), "/dev/nvidia0".into(), "/dev/nvidia-uvm".into()],
 //!     proc_write_comm: true,
 //! };
-//! sandbox::apply_landlock(&policy)?;
+//! //    Every right the kernel offers, never below the site's minimum
+//! //    (`sandbox.min_landlock_abi`); the report says what is not enforced.
+//! let options = sandbox::LandlockOptions { min_abi: 1, max_abi: None };
+//! let landlock = sandbox::apply_landlock_with(&policy, &options)?;
+//! eprintln!("sandbox: {}", landlock.summary());
 //! // 7. seccomp for the whole process (TSYNC), then threads only narrow it.
 //! let mode = sandbox::SeccompMode::Enforce;
 //! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide(), mode)?;
@@ -88,7 +92,10 @@ pub use driver::{
     CUDA_DRIVER_LIBRARY, DriverMissing, probe_cuda_driver, probe_library, set_env_single_threaded,
 };
 pub use error::SandboxError;
-pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_landlock};
+pub use landlock::{
+    LandlockGap, LandlockOptions, LandlockPolicy, LandlockReport, LandlockRight, MIN_LANDLOCK_ABI,
+    NEWEST_KNOWN_LANDLOCK_ABI, REQUIRED_LANDLOCK_ABI, apply_landlock, apply_landlock_with,
+};
 pub use libraries::{
     LibraryMissing, LibraryRequest, LoadedFile, Preloaded, RequestedLibrary,
     preload_cuda_libraries, preload_libraries,

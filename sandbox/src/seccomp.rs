@@ -66,8 +66,15 @@
 //! `socket(2)` is in no table: every socket comes from systemd or is opened
 //! before the filter (`RestrictAddressFamilies=` cannot replace this:
 //! `@system-service` includes `socket`). `connect`/`bind`/`listen` are in no
-//! table either. `socketpair(AF_UNIX)` is allowed for HTTP because tokio's
-//! signal driver creates an unnamed pair lazily; it reaches nothing.
+//! table either. `socketpair(AF_UNIX, SOCK_STREAM)` is allowed for HTTP
+//! because tokio's signal driver creates an unnamed pair lazily; a connected
+//! stream pair reaches nothing, and `sendto` never takes an address.
+//!
+//! Some argument checks cover what Landlock cannot enforce below a given
+//! ABI (`landlock.rs`, [`crate::landlock::RIGHTS`]): `openat` with `O_TRUNC`
+//! only with write access (truncation, ABI 3), `tgkill` only to this process
+//! (signals, ABI 6), `sendto` without an address and stream-only
+//! `socketpair` (abstract unix sockets, ABI 6).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -144,6 +151,16 @@ pub enum Width {
     U64,
 }
 
+/// The value an argument is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A constant.
+    Const(u64),
+    /// This process's id, filled in when the filter is compiled (the
+    /// process never forks: `clone` without `CLONE_THREAD` is refused).
+    OwnPid,
+}
+
 /// One check on one argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArgCheck {
@@ -154,7 +171,7 @@ pub struct ArgCheck {
     /// `arg & mask == value` (`mask = !0` for plain equality).
     pub mask: u64,
     /// Expected value after masking.
-    pub value: u64,
+    pub value: ArgValue,
 }
 
 /// Which arguments are allowed.
@@ -187,11 +204,15 @@ impl Syscall {
 }
 
 const fn eq32(index: u8, value: u64) -> ArgCheck {
+    masked32(index, u32::MAX as u64, value)
+}
+
+const fn masked32(index: u8, mask: u64, value: u64) -> ArgCheck {
     ArgCheck {
         index,
         width: Width::U32,
-        mask: u32::MAX as u64,
-        value,
+        mask,
+        value: ArgValue::Const(value),
     }
 }
 
@@ -200,7 +221,17 @@ const fn masked64(index: u8, mask: u64, value: u64) -> ArgCheck {
         index,
         width: Width::U64,
         mask,
-        value,
+        value: ArgValue::Const(value),
+    }
+}
+
+/// Argument `index` (an `int`) is this process's id.
+const fn own_pid(index: u8) -> ArgCheck {
+    ArgCheck {
+        index,
+        width: Width::U32,
+        mask: u32::MAX as u64,
+        value: ArgValue::OwnPid,
     }
 }
 
@@ -240,6 +271,13 @@ const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+const O_TRUNC: u64 = libc::O_TRUNC as u64;
+const O_ACCMODE: u64 = libc::O_ACCMODE as u64;
+const O_WRONLY: u64 = libc::O_WRONLY as u64;
+const O_RDWR: u64 = libc::O_RDWR as u64;
+/// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC` (`SOCK_TYPE_MASK`
+/// in `include/linux/net.h`).
+const SOCK_TYPE_MASK: u64 = 0xf;
 
 /// Every Rust/glibc thread of the daemon (Rust 1.95 std, glibc 2.36 as on
 /// Debian 12; the toolchain is pinned for this reason).
@@ -265,7 +303,15 @@ pub const BASE: &[Syscall] = &[
     sys!(SYS_pwrite64, "FileExt::write_at: caches"),
     sys!(SYS_lseek, "File::seek: torn-line repair of the audit log"),
     sys!(SYS_close, "dropping any OwnedFd"),
-    sys!(SYS_openat, "File::open (Landlock decides which paths)"),
+    sys!(
+        SYS_openat,
+        [
+            [masked32(2, O_TRUNC, 0)],
+            [masked32(2, O_ACCMODE, O_WRONLY)],
+            [masked32(2, O_ACCMODE, O_RDWR)]
+        ],
+        "File::open (Landlock decides which paths); O_TRUNC only with write access, which Landlock checks at every ABI (below ABI 3 it does not check truncation itself)"
+    ),
     sys!(SYS_newfstatat, "fs::metadata, glibc fstat"),
     sys!(SYS_fstat, "glibc fstat of an open file"),
     sys!(SYS_statx, "std fs::metadata, File::metadata"),
@@ -371,7 +417,8 @@ pub const BASE: &[Syscall] = &[
     ),
     sys!(
         SYS_tgkill,
-        "abort()/raise(): SIGABRT to ourselves; Landlock's signal scope keeps it inside"
+        [[own_pid(0)]],
+        "abort()/raise(): SIGABRT to a thread of this process only (Landlock's signal scope says the same from ABI 6)"
     ),
     sys!(
         SYS_restart_syscall,
@@ -463,7 +510,8 @@ pub const HTTP: &[Syscall] = &[
     sys!(SYS_recvmsg, "tokio UnixStream reads"),
     sys!(
         SYS_sendto,
-        "tokio UnixStream writes; sd_notify datagrams (WATCHDOG=1)"
+        [[masked64(4, u64::MAX, 0)]],
+        "send(2) on connected sockets: tokio UnixStream writes, sd_notify datagrams (WATCHDOG=1); never to an address (below Landlock ABI 6 nothing else keeps a datagram from an abstract socket)"
     ),
     sys!(SYS_sendmsg, "tokio UnixStream writes; sd_notify datagrams"),
     sys!(SYS_shutdown, "closing the write side of a connection"),
@@ -472,8 +520,11 @@ pub const HTTP: &[Syscall] = &[
     sys!(SYS_getpeername, "tokio UnixStream::peer_addr"),
     sys!(
         SYS_socketpair,
-        [[eq32(0, libc::AF_UNIX as u64)]],
-        "tokio::signal's driver creates an unnamed AF_UNIX pair lazily; an unnamed pair reaches nothing"
+        [[
+            eq32(0, libc::AF_UNIX as u64),
+            masked32(1, SOCK_TYPE_MASK, libc::SOCK_STREAM as u64)
+        ]],
+        "tokio::signal's driver creates an unnamed AF_UNIX stream pair lazily (mio UnixStream::pair); a connected stream pair reaches nothing"
     ),
 ];
 
@@ -808,7 +859,11 @@ fn condition(c: &ArgCheck) -> Result<SeccompCondition, seccompiler::BackendError
     } else {
         SeccompCmpOp::MaskedEq(c.mask)
     };
-    SeccompCondition::new(c.index, len, op, c.value)
+    let value = match c.value {
+        ArgValue::Const(v) => v,
+        ArgValue::OwnPid => u64::from(std::process::id()),
+    };
+    SeccompCondition::new(c.index, len, op, value)
 }
 
 fn arch() -> Result<TargetArch, SandboxError> {

@@ -6,7 +6,9 @@
 //!
 //! Needs root, Landlock ABI >= 6 and a `nobody` user; otherwise each test
 //! prints why it is skipped (straight to stderr, past the test harness's
-//! capture) and returns.
+//! capture) and returns. ABI 6 so that each layer can be shown alone (TCP
+//! and the scopes without seccomp); the lower ABIs the daemon accepts are
+//! tested on the same kernel by capping the ABI the sandbox asks for.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,14 +26,20 @@ const EACCES: i64 = libc::EACCES as i64;
 const ENOSYS: i64 = libc::ENOSYS as i64;
 const ENOTTY: i64 = libc::ENOTTY as i64;
 const SIGSYS: i32 = libc::SIGSYS;
+/// The kernel ABI these tests need (module doc).
+const TESTED_KERNEL_ABI: i32 = 6;
 
 fn skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not running as root (the probe must drop root itself)".into());
     }
     match medgemma_sandbox::landlock::kernel_abi() {
-        Ok(abi) if abi >= medgemma_sandbox::REQUIRED_LANDLOCK_ABI => {}
-        Ok(abi) => return Some(format!("the kernel's Landlock ABI is {abi}, below 6")),
+        Ok(abi) if abi >= TESTED_KERNEL_ABI => {}
+        Ok(abi) => {
+            return Some(format!(
+                "the kernel's Landlock ABI is {abi}, below {TESTED_KERNEL_ABI}"
+            ));
+        }
         Err(e) => return Some(format!("no Landlock: {e}")),
     }
     if nobody().is_none() {
@@ -77,7 +85,7 @@ impl Fixture {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        for file in ["model/weights", "other/file"] {
+        for file in ["model/weights", "model/trunc-me", "other/file"] {
             let f = root.join(file);
             std::fs::write(&f, b"data\n").unwrap();
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -444,8 +452,15 @@ fn signals_to_a_same_uid_process_outside_are_eperm() {
     assert_eq!(full["kill_init"], EPERM, "{full}");
     assert_eq!(full["tgkill_self"], 0, "{full}");
 
-    // Control: without Landlock the same uid may signal the sleeper.
-    let control = fx.results("signal", &["--pid", &pid, "--no-landlock"]);
+    // Each layer alone refuses: seccomp lets tgkill reach only this
+    // process, Landlock's signal scope (ABI 6) only the sandbox.
+    let seccomp = fx.results("signal", &["--pid", &pid, "--no-landlock"]);
+    assert_eq!(seccomp["tgkill_outside"], EPERM, "{seccomp}");
+    assert_eq!(seccomp["tgkill_self"], 0, "{seccomp}");
+    let landlock = fx.results("signal", &["--pid", &pid, "--no-seccomp"]);
+    assert_eq!(landlock["tgkill_outside"], EPERM, "{landlock}");
+    // Control: with neither, the same uid may signal the sleeper.
+    let control = fx.results("signal", &["--pid", &pid, "--no-landlock", "--no-seccomp"]);
     assert_eq!(control["tgkill_outside"], 0, "{control}");
 }
 
@@ -881,4 +896,200 @@ fn seccomp_stack_stays_flat_when_threads_start_threads_across_idle_periods() {
     assert!(gens.iter().all(|g| g == 4), "{r}");
     assert_eq!(r["main_filters"], 4, "{r}");
     assert_eq!(r["engine_worker_filters"], serde_json::json!([4, 4]), "{r}");
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_landlock_abi_from_the_minimum_up_applies_enforces_and_reports_its_gaps() {
+    require_root_and_landlock!(
+        "every_landlock_abi_from_the_minimum_up_applies_enforces_and_reports_its_gaps"
+    );
+    let kernel = medgemma_sandbox::landlock::kernel_abi().unwrap();
+    let newest = kernel.min(medgemma_sandbox::NEWEST_KNOWN_LANDLOCK_ABI);
+    for abi in medgemma_sandbox::MIN_LANDLOCK_ABI..=newest {
+        let fx = Fixture::new(&format!("abi{abi}"));
+        let cap = abi.to_string();
+        let r = fx.results("fs", &["--landlock-abi", &cap]);
+        let state = fx.results("state", &["--landlock-abi", &cap]);
+        let report = state["state"]["landlock"].clone();
+        // A level at or above the minimum is no problem: the gaps are covered.
+        assert_eq!(
+            state["problems"],
+            serde_json::json!([]),
+            "ABI {abi}: {state}"
+        );
+
+        // Applied, fully enforced, at exactly this ABI, and it says so.
+        assert_eq!(report["fully_enforced"], true, "ABI {abi}: {report}");
+        assert_eq!(report["enforced_abi"], abi, "{report}");
+        assert_eq!(report["kernel_abi"], kernel, "{report}");
+        assert_eq!(report["max_abi"], abi, "{report}");
+        let fs = names(&report["handled_fs"]);
+        for (right, since) in [("Refer", 2), ("Truncate", 3), ("IoctlDev", 5)] {
+            assert_eq!(
+                fs.contains(&right.to_owned()),
+                abi >= since,
+                "ABI {abi}: {fs:?}"
+            );
+        }
+        assert_eq!(
+            names(&report["handled_net"]).is_empty(),
+            abi < 4,
+            "{report}"
+        );
+        assert_eq!(names(&report["scopes"]).is_empty(), abi < 6, "{report}");
+        // The gaps: exactly the rights this ABI lacks, each with its cover.
+        let gaps: Vec<(String, i64)> = report["not_enforced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                assert!(g["covered_by"].as_str().unwrap().len() > 20, "{g}");
+                (
+                    g["right"].as_str().unwrap().to_owned(),
+                    g["since_abi"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            gaps.iter().all(|(_, since)| *since > i64::from(abi)),
+            "{gaps:?}"
+        );
+        for (right, since) in [
+            ("Truncate", 3),
+            ("BindTcp", 4),
+            ("IoctlDev", 5),
+            ("Signal", 6),
+        ] {
+            assert_eq!(
+                gaps.iter().any(|(r, _)| r == right),
+                abi < since,
+                "ABI {abi}: {gaps:?}"
+            );
+        }
+
+        // Checked from the outside of the policy at every level: files
+        // outside the rules are refused, the model is read-only, state works.
+        for denied in [
+            "etc_shadow",
+            "other_read",
+            "other_write",
+            "other_list",
+            "model_write",
+            "model_create",
+            "dev_zero",
+            "bin_true",
+        ] {
+            assert_eq!(r[denied], EACCES, "ABI {abi} {denied}: {r}");
+        }
+        for allowed in [
+            "model_read",
+            "model_list",
+            "state_write",
+            "state_read",
+            "state_mkdir",
+            "state_rename",
+            "state_remove",
+            "state_rmdir",
+            "dev_null_rw",
+            "proc_self_status",
+            "proc_thread_comm_write",
+            "proc_thread_comm_write_trunc",
+        ] {
+            assert_eq!(r[allowed], 0, "ABI {abi} {allowed}: {r}");
+        }
+        // Truncating the read-only model: seccomp refuses at every level.
+        assert_eq!(r["model_trunc_rdonly"], EPERM, "ABI {abi}: {r}");
+        assert_eq!(r["model_trunc_len"], 5, "ABI {abi}: {r}");
+    }
+}
+
+#[test]
+fn below_abi_3_4_and_6_the_gaps_are_real_and_seccomp_covers_them() {
+    require_root_and_landlock!("below_abi_3_4_and_6_the_gaps_are_real_and_seccomp_covers_them");
+    // Truncation (ABI 3): Landlock alone at ABI 2 lets a read-only open
+    // truncate the model; at ABI 3 it refuses; with seccomp, refused anyway.
+    let fx = Fixture::new("gap-trunc");
+    let lone = fx.results("fs", &["--landlock-abi", "3", "--no-seccomp"]);
+    assert_eq!(lone["model_trunc_rdonly"], EACCES, "{lone}");
+    let gap = fx.results("fs", &["--landlock-abi", "2", "--no-seccomp"]);
+    assert_eq!(gap["model_trunc_rdonly"], 0, "{gap}");
+    assert_eq!(gap["model_trunc_len"], 0, "{gap}");
+
+    // TCP (ABI 4) and abstract unix sockets (ABI 6).
+    let fx = Fixture::new("gap-net");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port().to_string();
+    let name = format!("medgemma-sandbox-gap-{}", std::process::id());
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name.as_bytes(),
+        )
+        .unwrap();
+    let unix = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let net = |extra: &[&str]| {
+        let mut all = vec!["--port", port.as_str(), "--abstract", name.as_str()];
+        all.extend_from_slice(extra);
+        fx.results("net", &all)
+    };
+    let gap = net(&["--landlock-abi", "3", "--no-seccomp"]);
+    assert_eq!(gap["tcp_connect"], 0, "{gap}");
+    assert_eq!(gap["abstract_connect"], 0, "{gap}");
+    let covered = net(&["--landlock-abi", "3"]);
+    assert_eq!(covered["tcp_connect"], EPERM, "{covered}");
+    assert_eq!(covered["tcp_bind"], EPERM, "{covered}");
+    assert_eq!(covered["abstract_connect"], EPERM, "{covered}");
+    assert_eq!(covered["socketpair_unix"], 0, "{covered}");
+    drop((tcp, unix));
+
+    // Signals (ABI 6).
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    let gap = fx.results(
+        "signal",
+        &["--pid", &pid, "--landlock-abi", "5", "--no-seccomp"],
+    );
+    assert_eq!(gap["tgkill_outside"], 0, "{gap}");
+    let covered = fx.results("signal", &["--pid", &pid, "--landlock-abi", "5"]);
+    assert_eq!(covered["tgkill_outside"], EPERM, "{covered}");
+    assert_eq!(covered["tgkill_self"], 0, "{covered}");
+}
+
+#[test]
+fn a_site_minimum_above_the_kernel_or_below_the_asked_abi_refuses_to_start() {
+    require_root_and_landlock!(
+        "a_site_minimum_above_the_kernel_or_below_the_asked_abi_refuses_to_start"
+    );
+    let kernel = medgemma_sandbox::landlock::kernel_abi().unwrap();
+    let fx = Fixture::new("min-abi");
+    if kernel < medgemma_sandbox::NEWEST_KNOWN_LANDLOCK_ABI {
+        let above = (kernel + 1).to_string();
+        let out = fx.run("state", &["--min-landlock-abi", &above]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("Landlock ABI {above} or newer is required"))
+                && err.contains(&format!("the kernel offers ABI {kernel}")),
+            "{err}"
+        );
+    }
+    let out = fx.run("state", &["--min-landlock-abi", "5", "--landlock-abi", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sandbox.min_landlock_abi = 5"),
+        "{out:?}"
+    );
+    // The site's minimum itself is met: the report carries it.
+    let r = fx.results("state", &["--min-landlock-abi", "6"]);
+    assert_eq!(r["state"]["landlock"]["required_abi"], 6, "{r}");
+    assert_eq!(r["problems"], serde_json::json!([]), "{r}");
 }

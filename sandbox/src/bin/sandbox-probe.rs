@@ -9,6 +9,7 @@
 //! Usage: `sandbox-probe PROBE [--user NAME] [--state DIR] [--model DIR]
 //! [--other DIR] [--root-file PATH] [--port N] [--abstract NAME] [--pid PID]
 //! [--preload SONAME]... [--no-preload] [--outside PATH] [--late SONAME]
+//! [--landlock-abi N] [--min-landlock-abi N]
 //! [--seccomp-log] [--no-drop] [--no-harden] [--no-landlock] [--no-seccomp]`.
 //! The `--no-*` switches exist for control runs that show which layer denies.
 #![allow(clippy::print_stdout)]
@@ -22,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medgemma_sandbox::{
-    LandlockPolicy, LibraryRequest, Role, SandboxState, SeccompMode, SeccompPolicy, apply_landlock,
-    apply_seccomp, clean_process, drop_privileges, harden_process, listen_fds,
-    narrow_current_thread, preload_libraries, resolve_user,
+    LandlockOptions, LandlockPolicy, LibraryRequest, MIN_LANDLOCK_ABI, Role, SandboxState,
+    SeccompMode, SeccompPolicy, apply_landlock_with, apply_seccomp, clean_process, drop_privileges,
+    harden_process, listen_fds, narrow_current_thread, preload_libraries, resolve_user,
 };
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
@@ -50,6 +51,8 @@ struct Args {
     no_preload: bool,
     outside: Option<PathBuf>,
     late: Option<String>,
+    landlock_abi: Option<i32>,
+    min_landlock_abi: Option<i32>,
     log: bool,
     no_drop: bool,
     no_harden: bool,
@@ -84,6 +87,12 @@ fn parse_args() -> Args {
             "--no-preload" => a.no_preload = true,
             "--outside" => a.outside = Some(value().into()),
             "--late" => a.late = Some(value()),
+            "--landlock-abi" => {
+                a.landlock_abi = Some(value().parse().unwrap_or_else(|_| fail("bad ABI")));
+            }
+            "--min-landlock-abi" => {
+                a.min_landlock_abi = Some(value().parse().unwrap_or_else(|_| fail("bad ABI")));
+            }
             "--seccomp-log" => a.log = true,
             "--no-drop" => a.no_drop = true,
             "--no-harden" => a.no_harden = true,
@@ -212,7 +221,14 @@ fn main() {
             devices: vec!["/dev/null".into()],
             proc_write_comm: true,
         };
-        json!(check("apply_landlock", apply_landlock(&policy)))
+        let options = LandlockOptions {
+            min_abi: args.min_landlock_abi.unwrap_or(MIN_LANDLOCK_ABI),
+            max_abi: args.landlock_abi,
+        };
+        json!(check(
+            "apply_landlock",
+            apply_landlock_with(&policy, &options)
+        ))
     };
     // 7. seccomp.
     let mode = if args.log {
@@ -381,6 +397,23 @@ fn fs(args: &Args) -> BTreeMap<&'static str, Value> {
             "model_write",
             json!(open_code(&model.join("weights"), OFlag::O_WRONLY)),
         );
+        // Truncation by a read-only open: below Landlock ABI 3 only seccomp
+        // refuses it (O_TRUNC without write access).
+        let victim = model.join("trunc-me");
+        if victim.exists() {
+            r.insert(
+                "model_trunc_rdonly",
+                json!(open_code(&victim, OFlag::O_RDONLY | OFlag::O_TRUNC)),
+            );
+            r.insert(
+                "model_trunc_len",
+                json!(
+                    std::fs::read(&victim)
+                        .map(|b| b.len())
+                        .unwrap_or(usize::MAX)
+                ),
+            );
+        }
         r.insert(
             "model_create",
             json!(open_code(
