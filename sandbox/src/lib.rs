@@ -53,8 +53,9 @@
 //! eprintln!("sandbox: {}", landlock.summary());
 //! // 7. seccomp for the whole process (TSYNC), then threads only narrow it.
 //! let mode = sandbox::SeccompMode::Enforce;
-//! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide(), mode)?;
-//! // 8. Engine thread first (it narrows itself to Role::Engine), then the
+//! let engine = if gpu.is_some() { sandbox::Role::EngineCuda } else { sandbox::Role::EngineCpu };
+//! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide_for(engine), mode)?;
+//! // 8. Engine thread first (it narrows itself to `engine`), then the
 //! //    main thread narrows to Role::Http and builds tokio with
 //! //    `on_thread_start(sandbox::thread_start_hook(Role::Http, mode))`.
 //! # Ok(()) }
@@ -65,8 +66,9 @@
 //! Filters are per thread, inherited by the threads a thread creates, and can
 //! only be added, never removed: a stack of filters allows the intersection.
 //! So [`apply_seccomp`] installs, process-wide with TSYNC, the *union* of
-//! every role (base ∪ engine ∪ HTTP) plus the kill filter and the `clone3`
-//! filter; then each thread narrows itself with [`narrow_current_thread`]
+//! the process's roles (base ∪ the CPU or CUDA engine ∪ HTTP) plus the kill
+//! filter and the `clone3` filter; then each thread narrows itself with
+//! [`narrow_current_thread`]
 //! (no TSYNC) to `base ∪ its role`. Each role filter answers a probe with
 //! its own marker ([`current_thread_role`]), so neither narrowing nor the
 //! runtime's thread-start hook adds a role a thread already inherited: the

@@ -29,12 +29,15 @@
 //!
 //! Filters are per thread, inherited by new threads, and can only be added:
 //! a thread's effective policy is the intersection of its stack. Hence:
-//! - [`SeccompPolicy::process_wide`] = base ∪ engine ∪ HTTP is installed by
-//!   `main` with TSYNC while single-threaded (TSYNC also catches a thread a
-//!   library might have started);
+//! - [`SeccompPolicy::process_wide_for`]`(engine)` = base ∪ that engine ∪
+//!   HTTP is installed by `main` with TSYNC while single-threaded (TSYNC
+//!   also catches a thread a library might have started);
 //! - the engine thread, first thing, calls
-//!   `narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode)`
-//!   (base ∪ engine); the CUDA driver's and the CPU backend's worker threads
+//!   `narrow_current_thread(&SeccompPolicy::for_role(engine), mode)` with
+//!   [`Role::EngineCpu`] (base only: no device `ioctl`, no executable
+//!   mapping, no `memfd_create`) or [`Role::EngineCuda`] (adds `ioctl`
+//!   limited to the NVIDIA driver's request numbers, executable mappings and
+//!   `memfd_create`); the CPU backend's or the CUDA driver's worker threads
 //!   are created by it and inherit that;
 //! - `main` then narrows itself to [`Role::Http`] and builds tokio with
 //!   `on_thread_start(thread_start_hook(Role::Http, mode)?)`, so every worker
@@ -106,27 +109,43 @@ pub enum SeccompMode {
 pub enum Role {
     /// What every Rust/glibc thread needs (the main thread after startup).
     Base,
-    /// The inference engine thread and the threads the GPU driver or the CPU
-    /// backend create from it.
+    /// The engine without saying on which backend: the CUDA variant
+    /// ([`ENGINE`] is [`ENGINE_CUDA`]), kept so that existing callers keep
+    /// working. New code says [`Role::EngineCpu`] or [`Role::EngineCuda`].
     Engine,
     /// tokio's workers and blocking pool: HTTP over the Unix sockets.
     Http,
+    /// The inference engine on the CPU and the threads of the CPU backend
+    /// it creates: the base, nothing more.
+    EngineCpu,
+    /// The inference engine on an NVIDIA GPU and the threads the CUDA driver
+    /// creates from it.
+    EngineCuda,
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Base,
+        Role::Engine,
+        Role::Http,
+        Role::EngineCpu,
+        Role::EngineCuda,
+    ];
+
     /// Number in the role marker's errno (module doc, "The stack cannot grow").
     fn marker_id(self) -> u32 {
         match self {
             Role::Base => 1,
             Role::Engine => 2,
             Role::Http => 3,
+            Role::EngineCpu => 4,
+            Role::EngineCuda => 5,
         }
     }
 
     fn from_marker_id(id: u32) -> Option<Self> {
-        [Role::Base, Role::Engine, Role::Http]
-            .into_iter()
-            .find(|r| r.marker_id() == id)
+        Role::ALL.into_iter().find(|r| r.marker_id() == id)
     }
 }
 
@@ -136,6 +155,8 @@ impl fmt::Display for Role {
             Role::Base => "base",
             Role::Engine => "engine",
             Role::Http => "http",
+            Role::EngineCpu => "engine-cpu",
+            Role::EngineCuda => "engine-cuda",
         })
     }
 }
@@ -475,26 +496,67 @@ pub const BASE_ARCH: &[Syscall] = &[
 #[cfg(not(target_arch = "x86_64"))]
 pub const BASE_ARCH: &[Syscall] = &[];
 
-/// The inference engine. On a GPU machine this list must be confirmed with a
-/// `--seccomp-log` run (see the crate's report); what the spec lists so far:
-pub const ENGINE: &[Syscall] = &[
+/// The inference engine on the CPU (burn's flex backend, its rayon pool,
+/// the tokenizer, memory-mapped weights): the base is all it needs. No
+/// `ioctl` beyond the base's three, no executable mapping (nothing is
+/// compiled at run time on the CPU), no `memfd_create`.
+pub const ENGINE_CPU: &[Syscall] = &[];
+
+/// NVIDIA's frontend ioctls (`/dev/nvidiactl`, `/dev/nvidia[0-9]`) are
+/// `_IOWR(NV_IOCTL_MAGIC, nr, size)` with `NV_IOCTL_MAGIC` = `'F'`
+/// (open-gpu-kernel-modules `kernel-open/common/inc/nv-ioctl-numbers.h`,
+/// `src/nvidia/arch/nvalloc/unix/include/nv_escape.h`): the type byte is
+/// bits 8-15 of the request; direction, size and number vary per call.
+const NV_IOCTL_TYPE_MASK: u64 = 0xff00;
+const NV_IOCTL_TYPE: u64 = (b'F' as u64) << 8;
+/// `nvidia-uvm` ioctls are plain numbers, `UVM_IOCTL_BASE(i)` = `i`, from 1
+/// up to 2047 (`kernel-open/nvidia-uvm/uvm_ioctl.h`: "2047 - highest custom
+/// ioctl function number"), so the bits above 0x7ff are clear.
+const UVM_IOCTL_HIGH_BITS: u64 = 0xffff_f800;
+/// `UVM_INITIALIZE` and `UVM_DEINITIALIZE`
+/// (`kernel-open/nvidia-uvm/uvm_linux_ioctl.h`).
+const UVM_INITIALIZE: u64 = 0x3000_0001;
+const UVM_DEINITIALIZE: u64 = 0x3000_0002;
+
+/// The inference engine on an NVIDIA GPU. From the driver's sources and the
+/// spec; on a GPU machine confirm it with a `--seccomp-log` run (kernel log
+/// `type=1326` lines name any call this list misses).
+///
+/// `ioctl` cannot be narrowed by descriptor: BPF sees only the number of the
+/// fd, which is assigned at `open` time and says nothing about the device
+/// (seccomp cannot dereference it). So it is narrowed by request number to
+/// the driver's (and Landlock's `IoctlDev`, from ABI 5, limits device ioctls
+/// to the device nodes of the policy). The NVIDIA driver itself ignores the
+/// type byte of its frontend ioctls, so a caller could still reach it with
+/// any `'F'` request: the narrowing keeps the engine from every *other*
+/// driver's and the terminal's ioctls (`TIOCSTI`, block and network devices).
+pub const ENGINE_CUDA: &[Syscall] = &[
     sys!(
         SYS_ioctl,
-        "CUDA driver: every call to /dev/nvidiactl, /dev/nvidia*, /dev/nvidia-uvm is an ioctl with driver-private numbers; Landlock's IoctlDev limits it to those device nodes"
+        [
+            [masked32(1, NV_IOCTL_TYPE_MASK, NV_IOCTL_TYPE)],
+            [masked32(1, UVM_IOCTL_HIGH_BITS, 0)],
+            [eq32(1, UVM_INITIALIZE)],
+            [eq32(1, UVM_DEINITIALIZE)]
+        ],
+        "CUDA driver and NVML: NV_ESC_* requests (type 'F') on /dev/nvidiactl and /dev/nvidia[0-9]; UVM requests (plain numbers up to 2047, UVM_INITIALIZE, UVM_DEINITIALIZE) on /dev/nvidia-uvm"
     ),
     sys!(
         SYS_mmap,
-        "CUDA driver maps device memory and UVM ranges; dlopen of libcuda/libnvrtc maps code (PROT_EXEC)"
+        "CUDA driver maps device memory and UVM ranges; a library the driver loads late maps code (PROT_EXEC)"
     ),
     sys!(
         SYS_mprotect,
-        "dlopen relocation (RELRO), CUDA driver mappings"
+        "dlopen relocation (RELRO) of a late-loaded driver library, CUDA driver mappings"
     ),
     sys!(
         SYS_memfd_create,
         "CUDA driver: shared-memory backing for IPC/UVM"
     ),
 ];
+
+/// The old name of [`ENGINE_CUDA`] ([`Role::Engine`]).
+pub const ENGINE: &[Syscall] = ENGINE_CUDA;
 
 /// tokio's workers and blocking pool serving HTTP on the Unix sockets.
 pub const HTTP: &[Syscall] = &[
@@ -658,19 +720,38 @@ impl SeccompPolicy {
     pub fn for_role(role: Role) -> Self {
         let tables: &[&[Syscall]] = match role {
             Role::Base => &[BASE, BASE_ARCH],
-            Role::Engine => &[BASE, BASE_ARCH, ENGINE],
+            Role::Engine | Role::EngineCuda => &[BASE, BASE_ARCH, ENGINE_CUDA],
+            Role::EngineCpu => &[BASE, BASE_ARCH, ENGINE_CPU],
             Role::Http => &[BASE, BASE_ARCH, HTTP, HTTP_ARCH],
         };
         Self::from_tables(role.to_string(), Some(role), tables)
     }
 
-    /// The union of every role: what [`apply_seccomp`] installs on the whole
-    /// process before any thread narrows itself.
+    /// The union of the roles of a process whose engine runs as `engine`
+    /// ([`Role::EngineCpu`] or [`Role::EngineCuda`]) and HTTP: what
+    /// [`apply_seccomp`] installs on the whole process before any thread
+    /// narrows itself. With the CPU engine no thread of the process can map
+    /// executable memory or issue a device `ioctl`, narrowed or not.
+    pub fn process_wide_for(engine: Role) -> Self {
+        let engine_table = match engine {
+            Role::EngineCpu => ENGINE_CPU,
+            Role::Base | Role::Http => &[],
+            Role::Engine | Role::EngineCuda => ENGINE_CUDA,
+        };
+        Self::from_tables(
+            format!("process (base+{engine}+http)"),
+            None,
+            &[BASE, BASE_ARCH, engine_table, HTTP, HTTP_ARCH],
+        )
+    }
+
+    /// [`Self::process_wide_for`] the CUDA engine (the broader of the two),
+    /// as before the engine had two variants.
     pub fn process_wide() -> Self {
         Self::from_tables(
             "process (base+engine+http)".to_owned(),
             None,
-            &[BASE, BASE_ARCH, ENGINE, HTTP, HTTP_ARCH],
+            &[BASE, BASE_ARCH, ENGINE_CUDA, HTTP, HTTP_ARCH],
         )
     }
 
@@ -1015,7 +1096,7 @@ mod tests {
     use super::*;
 
     fn all_tables() -> Vec<&'static [Syscall]> {
-        vec![BASE, BASE_ARCH, ENGINE, HTTP, HTTP_ARCH]
+        vec![BASE, BASE_ARCH, ENGINE_CPU, ENGINE_CUDA, HTTP, HTTP_ARCH]
     }
 
     #[test]
@@ -1067,23 +1148,92 @@ mod tests {
 
     #[test]
     fn roles_narrow_the_process_wide_list() {
-        let process = SeccompPolicy::process_wide();
-        for role in [Role::Base, Role::Engine, Role::Http] {
-            let p = SeccompPolicy::for_role(role);
-            for nr in p.entries.keys() {
-                assert!(process.allows(*nr));
+        for engine in [Role::EngineCpu, Role::EngineCuda] {
+            let process = SeccompPolicy::process_wide_for(engine);
+            for role in [Role::Base, engine, Role::Http] {
+                let p = SeccompPolicy::for_role(role);
+                for nr in p.entries.keys() {
+                    assert!(process.allows(*nr), "{role}: {nr}");
+                }
+                assert!(p.len() <= process.len());
             }
-            assert!(p.len() <= process.len());
         }
-        // The engine gets raw ioctl and executable mappings; HTTP does not.
-        let engine = SeccompPolicy::for_role(Role::Engine);
+        let legacy = SeccompPolicy::process_wide();
+        for nr in SeccompPolicy::process_wide_for(Role::EngineCuda)
+            .entries
+            .keys()
+        {
+            assert!(legacy.allows(*nr));
+        }
         let http = SeccompPolicy::for_role(Role::Http);
-        assert!(engine.allows_any_args(libc::SYS_ioctl));
         assert!(!http.allows_any_args(libc::SYS_ioctl));
         assert!(!http.allows_any_args(libc::SYS_mmap));
-        assert!(!engine.allows(libc::SYS_accept4));
         assert!(http.allows(libc::SYS_accept4));
-        assert!(process.allows_any_args(libc::SYS_ioctl));
+        assert!(!SeccompPolicy::for_role(Role::EngineCuda).allows(libc::SYS_accept4));
+    }
+
+    #[test]
+    fn the_cpu_engine_gets_no_device_ioctl_exec_mapping_or_memfd() {
+        let cpu = SeccompPolicy::for_role(Role::EngineCpu);
+        assert_eq!(cpu, {
+            let mut base = SeccompPolicy::for_role(Role::Base);
+            base.name = "engine-cpu".to_owned();
+            base.role = Some(Role::EngineCpu);
+            base
+        });
+        assert!(!cpu.allows_any_args(libc::SYS_ioctl));
+        assert!(!cpu.allows_any_args(libc::SYS_mmap));
+        assert!(!cpu.allows_any_args(libc::SYS_mprotect));
+        assert!(!cpu.allows(libc::SYS_memfd_create));
+        // Nor can any thread of a CPU-only process.
+        let process = SeccompPolicy::process_wide_for(Role::EngineCpu);
+        assert!(!process.allows_any_args(libc::SYS_mmap));
+        assert!(!process.allows(libc::SYS_memfd_create));
+        assert!(!process.allows_any_args(libc::SYS_ioctl));
+    }
+
+    #[test]
+    fn the_cuda_engine_ioctl_is_narrowed_to_the_nvidia_request_numbers() {
+        let cuda = SeccompPolicy::for_role(Role::EngineCuda);
+        assert!(cuda.allows(libc::SYS_ioctl) && !cuda.allows_any_args(libc::SYS_ioctl));
+        assert!(cuda.allows_any_args(libc::SYS_mmap));
+        assert!(cuda.allows(libc::SYS_memfd_create));
+        let alts = cuda.entries[&libc::SYS_ioctl]
+            .alternatives
+            .clone()
+            .unwrap_or_default();
+        let allowed = |request: u64| {
+            alts.iter().any(|checks| {
+                checks.iter().all(|c| {
+                    c.index == 1 && matches!(c.value, ArgValue::Const(v) if request & c.mask == v)
+                })
+            })
+        };
+        // Seen in the field (NV_ESC_CHECK_VERSION_STR, NV_ESC_CARD_INFO,
+        // NV_ESC_RM_CONTROL, NV_ESC_RM_ALLOC), UVM by number, the base's.
+        for ok in [
+            0xc048_46d2,
+            0xca00_46c8,
+            0xc020_462a,
+            0xc020_462b,
+            UVM_INITIALIZE,
+            UVM_DEINITIALIZE,
+            25,
+            75,
+            2047,
+            ioctl_nr(libc::FIONBIO),
+        ] {
+            assert!(allowed(ok), "{ok:#x} refused");
+        }
+        for refused in [
+            ioctl_nr(libc::TIOCSTI),
+            ioctl_nr(libc::TIOCGWINSZ),
+            ioctl_nr(libc::FIONREAD),
+            0x4008_6602, // FS_IOC_GETFLAGS-like ('f')
+            2048,
+        ] {
+            assert!(!allowed(refused), "{refused:#x} allowed");
+        }
     }
 
     #[test]
@@ -1098,9 +1248,12 @@ mod tests {
         for mode in [SeccompMode::Enforce, SeccompMode::Log] {
             for p in [
                 SeccompPolicy::process_wide(),
+                SeccompPolicy::process_wide_for(Role::EngineCpu),
                 SeccompPolicy::for_role(Role::Base),
                 SeccompPolicy::for_role(Role::Engine),
                 SeccompPolicy::for_role(Role::Http),
+                SeccompPolicy::for_role(Role::EngineCpu),
+                SeccompPolicy::for_role(Role::EngineCuda),
             ] {
                 let prog = p.compile(mode).unwrap();
                 // Far below the kernel's 32768-instruction path budget and
@@ -1117,7 +1270,7 @@ mod tests {
 
     #[test]
     fn roles_have_distinct_markers_in_front_of_their_allow_list() {
-        let roles = [Role::Base, Role::Engine, Role::Http];
+        let roles = Role::ALL;
         for role in roles {
             assert_eq!(Role::from_marker_id(role.marker_id()), Some(role));
             let with = SeccompPolicy::for_role(role)

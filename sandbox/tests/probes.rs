@@ -501,14 +501,38 @@ fn threads_start_after_idle_and_roles_narrow() {
     assert_eq!(r["fork"], EPERM, "{r}");
 
     assert_eq!(r["main_role"], Value::Null, "{r}");
-    let engine = &r["engine"];
-    assert_eq!(engine["narrowed"], 0, "{r}");
-    assert_eq!(engine["role"], "engine", "{r}");
-    assert_eq!(engine["seccomp_filters"], 4, "{r}");
-    assert_eq!(engine["spawn_after_idle"], 0, "{r}");
-    assert_eq!(engine["mmap_exec"], 0, "{r}");
-    // Reached the kernel (stdin is /dev/null, not a tty).
-    assert_eq!(engine["ioctl_tiocgwinsz"], ENOTTY, "{r}");
+    // The CUDA engine (and Role::Engine, its old name): executable
+    // mappings, memfd, and ioctl only with the NVIDIA driver's requests,
+    // which reach the kernel (stdin is /dev/null: ENOTTY).
+    for (name, role) in [("engine", "engine"), ("engine-cuda", "engine-cuda")] {
+        let engine = &r[name];
+        assert_eq!(engine["narrowed"], 0, "{r}");
+        assert_eq!(engine["role"], role, "{r}");
+        assert_eq!(engine["seccomp_filters"], 4, "{r}");
+        assert_eq!(engine["spawn_after_idle"], 0, "{r}");
+        assert_eq!(engine["mmap_exec"], 0, "{r}");
+        assert_eq!(engine["mprotect_exec"], 0, "{r}");
+        assert_eq!(engine["memfd_create"], 0, "{r}");
+        assert_eq!(engine["ioctl_nv_check_version"], ENOTTY, "{r}");
+        assert_eq!(engine["ioctl_uvm_initialize"], ENOTTY, "{r}");
+        assert_eq!(engine["ioctl_tiocgwinsz"], EPERM, "{r}");
+    }
+    // The CPU engine: none of that.
+    let cpu = &r["engine-cpu"];
+    assert_eq!(cpu["narrowed"], 0, "{r}");
+    assert_eq!(cpu["role"], "engine-cpu", "{r}");
+    assert_eq!(cpu["seccomp_filters"], 4, "{r}");
+    assert_eq!(cpu["spawn_after_idle"], 0, "{r}");
+    for refused in [
+        "mmap_exec",
+        "mprotect_exec",
+        "memfd_create",
+        "ioctl_tiocgwinsz",
+        "ioctl_nv_check_version",
+        "ioctl_uvm_initialize",
+    ] {
+        assert_eq!(cpu[refused], EPERM, "engine-cpu {refused}: {r}");
+    }
 
     let http = &r["http"];
     assert_eq!(http["narrowed"], 0, "{r}");
@@ -516,7 +540,9 @@ fn threads_start_after_idle_and_roles_narrow() {
     assert_eq!(http["seccomp_filters"], 4, "{r}");
     assert_eq!(http["spawn_after_idle"], 0, "{r}");
     assert_eq!(http["mmap_exec"], EPERM, "{r}");
+    assert_eq!(http["memfd_create"], EPERM, "{r}");
     assert_eq!(http["ioctl_tiocgwinsz"], EPERM, "{r}");
+    assert_eq!(http["ioctl_nv_check_version"], EPERM, "{r}");
 
     // thread_start_hook (for tokio's on_thread_start) narrows the same way.
     let hooked = &r["hooked"];
@@ -1092,4 +1118,21 @@ fn a_site_minimum_above_the_kernel_or_below_the_asked_abi_refuses_to_start() {
     let r = fx.results("state", &["--min-landlock-abi", "6"]);
     assert_eq!(r["state"]["landlock"]["required_abi"], 6, "{r}");
     assert_eq!(r["problems"], serde_json::json!([]), "{r}");
+}
+
+#[test]
+fn a_cpu_only_process_maps_no_executable_memory_on_any_thread() {
+    require_root_and_landlock!("a_cpu_only_process_maps_no_executable_memory_on_any_thread");
+    let fx = Fixture::new("cpu-process");
+    // The process-wide filter of a CPU-only daemon (no role narrowing yet).
+    let cpu = fx.results("threads", &["--engine", "cpu"]);
+    assert_eq!(cpu["process_mmap_exec"], EPERM, "{cpu}");
+    assert_eq!(cpu["process_memfd_create"], EPERM, "{cpu}");
+    assert_eq!(cpu["spawn_after_idle"], 0, "{cpu}");
+    assert_eq!(cpu["engine-cpu"]["mmap_exec"], EPERM, "{cpu}");
+    // The same probe with the CUDA engine's process-wide filter allows them
+    // (only the CUDA engine needs them), so the refusal above is the filter's.
+    let cuda = fx.results("threads", &["--engine", "cuda"]);
+    assert_eq!(cuda["process_mmap_exec"], 0, "{cuda}");
+    assert_eq!(cuda["process_memfd_create"], 0, "{cuda}");
 }

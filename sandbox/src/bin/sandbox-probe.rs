@@ -9,7 +9,7 @@
 //! Usage: `sandbox-probe PROBE [--user NAME] [--state DIR] [--model DIR]
 //! [--other DIR] [--root-file PATH] [--port N] [--abstract NAME] [--pid PID]
 //! [--preload SONAME]... [--no-preload] [--outside PATH] [--late SONAME]
-//! [--landlock-abi N] [--min-landlock-abi N]
+//! [--landlock-abi N] [--min-landlock-abi N] [--engine cpu|cuda]
 //! [--seccomp-log] [--no-drop] [--no-harden] [--no-landlock] [--no-seccomp]`.
 //! The `--no-*` switches exist for control runs that show which layer denies.
 #![allow(clippy::print_stdout)]
@@ -53,6 +53,7 @@ struct Args {
     late: Option<String>,
     landlock_abi: Option<i32>,
     min_landlock_abi: Option<i32>,
+    engine: Option<Role>,
     log: bool,
     no_drop: bool,
     no_harden: bool,
@@ -92,6 +93,13 @@ fn parse_args() -> Args {
             }
             "--min-landlock-abi" => {
                 a.min_landlock_abi = Some(value().parse().unwrap_or_else(|_| fail("bad ABI")));
+            }
+            "--engine" => {
+                a.engine = Some(match value().as_str() {
+                    "cpu" => Role::EngineCpu,
+                    "cuda" => Role::EngineCuda,
+                    _ => fail("--engine is cpu or cuda"),
+                });
             }
             "--seccomp-log" => a.log = true,
             "--no-drop" => a.no_drop = true,
@@ -239,10 +247,11 @@ fn main() {
     let seccomp = if args.no_seccomp {
         Value::Null
     } else {
-        json!(check(
-            "apply_seccomp",
-            apply_seccomp(&SeccompPolicy::process_wide(), mode)
-        ))
+        let process = match args.engine {
+            Some(engine) => SeccompPolicy::process_wide_for(engine),
+            None => SeccompPolicy::process_wide(),
+        };
+        json!(check("apply_seccomp", apply_seccomp(&process, mode)))
     };
     let setup = json!({
         "listen_fds": listeners, "cleaned": cleaned, "dropped": dropped,
@@ -594,6 +603,59 @@ fn mmap_exec() -> i32 {
     0
 }
 
+/// `_IOWR('F', NV_ESC_CHECK_VERSION_STR, nv_ioctl_rm_api_version_t)`: the
+/// first request the CUDA driver sends to /dev/nvidiactl.
+const NV_ESC_CHECK_VERSION_STR: libc::c_ulong = 0xc048_46d2;
+/// `UVM_INITIALIZE` on /dev/nvidia-uvm.
+const UVM_INITIALIZE: libc::c_ulong = 0x3000_0001;
+
+/// `ioctl(0, request, buf)` on stdin (/dev/null in the tests): `ENOTTY` when
+/// the call reached the kernel, `EPERM` when seccomp refused it.
+fn ioctl_request(request: libc::c_ulong) -> i32 {
+    let mut buf = [0u8; 0x48];
+    // SAFETY: `buf` is large enough for the argument of either request and
+    // outlives the call; /dev/null writes nothing into it.
+    let rc = unsafe { libc::ioctl(0, request, buf.as_mut_ptr()) };
+    if rc == 0 { 0 } else { Errno::last() as i32 }
+}
+
+fn memfd() -> i32 {
+    // SAFETY: a valid NUL-terminated name and flags; the returned descriptor
+    // is owned below.
+    let fd = unsafe { libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Errno::last() as i32;
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    0
+}
+
+/// An anonymous read-write page made executable.
+fn mprotect_exec() -> i32 {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches
+    // no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return -1;
+    }
+    // SAFETY: `p` is the 4096-byte mapping created above, used by nothing else.
+    let rc = unsafe { libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+    let out = if rc == 0 { 0 } else { Errno::last() as i32 };
+    // SAFETY: as above; unmapped once.
+    unsafe { libc::munmap(p, 4096) };
+    out
+}
+
 fn ioctl_winsize() -> i32 {
     let mut ws = libc::winsize {
         ws_row: 0,
@@ -644,7 +706,13 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
         }),
     );
     let narrow = !args.no_seccomp;
-    for (name, role) in [("engine", Role::Engine), ("http", Role::Http)] {
+    let mut handles = Vec::new();
+    for (name, role) in [
+        ("engine", Role::Engine),
+        ("http", Role::Http),
+        ("engine-cpu", Role::EngineCpu),
+        ("engine-cuda", Role::EngineCuda),
+    ] {
         let h = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -659,17 +727,27 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
                 let filters = seccomp_filters_of_this_thread();
                 let role = medgemma_sandbox::current_thread_role().map(|r| r.to_string());
                 let exec = mmap_exec();
+                let exec_mprotect = mprotect_exec();
+                let memfd = memfd();
                 let ioctl = ioctl_winsize();
+                let nv = ioctl_request(NV_ESC_CHECK_VERSION_STR);
+                let uvm = ioctl_request(UVM_INITIALIZE);
                 std::thread::sleep(Duration::from_millis(1100));
                 // Like tokio's blocking pool: a narrowed thread creating a
                 // thread after being idle.
                 let child = spawn_join();
                 json!({
                     "narrowed": narrowed, "seccomp_filters": filters, "role": role,
-                    "mmap_exec": exec, "ioctl_tiocgwinsz": ioctl,
+                    "mmap_exec": exec, "mprotect_exec": exec_mprotect, "memfd_create": memfd,
+                    "ioctl_tiocgwinsz": ioctl, "ioctl_nv_check_version": nv,
+                    "ioctl_uvm_initialize": uvm,
                     "spawn_after_idle": child,
                 })
             });
+        handles.push((name, h));
+    }
+    // Joined after all started: the roles' idle periods overlap.
+    for (name, h) in handles {
         let v = match h {
             Ok(h) => h.join().unwrap_or(Value::Null),
             Err(e) => json!({ "spawn": e.raw_os_error() }),
@@ -695,6 +773,7 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
         r.insert("hooked", check("spawn", h).join().unwrap_or(Value::Null));
     }
     r.insert("process_mmap_exec", json!(mmap_exec()));
+    r.insert("process_memfd_create", json!(memfd()));
     r.insert(
         "main_role",
         json!(medgemma_sandbox::current_thread_role().map(|r| r.to_string())),
