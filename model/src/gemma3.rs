@@ -13,7 +13,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Gemma3Config, LayerType, Rope};
 use crate::kv_cache::{KvCache, LayerCache, Visible};
-use crate::linear::{Linear, batch_product, row_blocked_product, row_blocks};
+use crate::linear::Linear;
 use crate::weights::{WeightSource, WeightsError};
 
 /// `Gemma3RMSNorm`: `x / sqrt(mean(x²) + eps) · (1 + w)`, computed in f32 (spec §2.2).
@@ -165,10 +165,8 @@ pub struct Gemma3 {
     cfg: Gemma3Config,
     device: Device,
     dtype: DType,
-    /// `[V, d]`, also the LM head.
-    embed_tokens: Tensor<2>,
-    /// Row blocks for the one-token LM head.
-    head_blocks: usize,
+    /// `[V, d]`, also the LM head (kept as stored on the CPU).
+    embed_tokens: Linear,
     /// √d rounded to the compute dtype (spec §2.1).
     embed_scale: f32,
     layers: Vec<DecoderLayer>,
@@ -184,6 +182,16 @@ pub(crate) trait TensorSource {
     fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, WeightsError>;
     /// An RMSNorm weight (the offset from 1) of width `n`, in f32.
     fn norm(&mut self, name: &str, n: usize) -> Result<Tensor<1>, WeightsError>;
+    /// A linear weight `[out, in]` as a [`Linear`]: by default the
+    /// [`TensorSource::matrix`] tensor.
+    fn linear(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Result<Linear, WeightsError> {
+        Ok(Linear::new(self.matrix(name, shape)?, device))
+    }
 }
 
 /// Checkpoint tensors through a [`WeightSource`].
@@ -206,6 +214,16 @@ impl TensorSource for Checkpoint<'_> {
             self.src.load(name, &[n], DType::F32, true)?,
             (self.device, DType::F32),
         ))
+    }
+
+    /// Kept as stored when the model runs on the CPU (`linear.rs`).
+    fn linear(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Result<Linear, WeightsError> {
+        Linear::load(self.src, name, shape, device, self.dtype)
     }
 }
 
@@ -246,7 +264,7 @@ impl Gemma3 {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = tensors.matrix("embed_tokens.weight", [cfg.vocab_size, d])?;
+        let embed_tokens = tensors.linear("embed_tokens.weight", [cfg.vocab_size, d], device)?;
         let mut layers = Vec::with_capacity(cfg.num_layers());
         for (i, kind) in cfg.layer_types.iter().enumerate() {
             let p = |n: &str| format!("layers.{i}.{n}.weight");
@@ -255,7 +273,7 @@ impl Gemma3 {
             };
             let input_layernorm = norm("input_layernorm", d)?;
             let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
-                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
+                tensors.linear(&p(n), [o, i], device)
             };
             let q_proj = lin("self_attn.q_proj", h * hd, d)?;
             let k_proj = lin("self_attn.k_proj", kv * hd, d)?;
@@ -269,7 +287,7 @@ impl Gemma3 {
             let post_attention_layernorm = norm("post_attention_layernorm", d)?;
             let pre_feedforward_layernorm = norm("pre_feedforward_layernorm", d)?;
             let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
-                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
+                tensors.linear(&p(n), [o, i], device)
             };
             let mlp = Mlp {
                 gate_proj: lin("mlp.gate_proj", f, d)?,
@@ -305,7 +323,6 @@ impl Gemma3 {
             cfg: cfg.clone(),
             device: device.clone(),
             dtype,
-            head_blocks: row_blocks(device, cfg.vocab_size),
             embed_tokens,
             embed_scale,
             layers,
@@ -381,11 +398,7 @@ impl Gemma3 {
             .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [t]), &self.device);
         // Gemma3TextScaledWordEmbedding: lookup, then × √d in the compute dtype.
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .mul_scalar(self.embed_scale);
+        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
         if let (Some(img), false) = (images, runs.is_empty()) {
             // masked_scatter of the image features over the soft tokens.
             let n: usize = runs.iter().map(|r| r.len()).sum();
@@ -432,7 +445,7 @@ impl Gemma3 {
         };
         let h = self.norm.forward(x);
         // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
-        row_blocked_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
+        self.embed_tokens.forward(h).cast(DType::F32)
     }
 
     fn layer_forward(
@@ -586,11 +599,7 @@ impl Gemma3 {
         let hd = self.cfg.head_dim;
         let ids_i: Vec<i64> = tokens.iter().map(|&i| i64::from(i)).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .mul_scalar(self.embed_scale);
+        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
 
         let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let table = |rope: &RotaryTable| {
@@ -610,7 +619,7 @@ impl Gemma3 {
             c.advance(1);
         }
         let h = self.norm.forward(x);
-        batch_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
+        self.embed_tokens.forward_batch(h).cast(DType::F32)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -23,6 +23,7 @@ pub mod backend;
 pub mod budget;
 pub mod chat;
 pub mod config;
+pub mod cpu;
 pub mod gemma3;
 pub mod generate;
 pub mod gguf;

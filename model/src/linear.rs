@@ -1,38 +1,134 @@
 //! Linear layers of the decoder: `x · Wᵀ` with `W` kept as the checkpoint
 //! stores it, `[out, in]`.
 //!
+//! Two ways to hold `W`: a dense Burn tensor in the compute dtype (the GPU,
+//! and the CPU when asked for f32 weights), or, on the CPU, a
+//! [`CpuMatrix`] in the file's own format (GGUF blocks, bf16, or Q8_0 made
+//! at load) multiplied by the kernels in `crate::cpu`. The tied embedding is
+//! a [`Linear`] too: its rows are the token embeddings and its product is
+//! the LM head.
+//!
 //! Owns: how a weight matrix is held on its device and how products with it
 //! are laid out for one-token decode, decode batches and prompts. Must never:
 //! read files (weights arrive from `gemma3.rs`'s tensor source) or see text.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::cpu::CpuMatrix;
+use crate::weights::{WeightSource, WeightsError};
 
 /// A linear layer stored as the checkpoint stores it, `[out, in]`.
+// A model holds a few hundred of these; their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub(crate) struct Linear {
-    weight: Tensor<2>,
-    /// Row blocks for one-token products (see [`row_blocked_product`]).
-    row_blocks: usize,
+pub(crate) enum Linear {
+    /// A tensor on the model's device, in the compute dtype.
+    Dense {
+        weight: Tensor<2>,
+        /// Row blocks for one-token products (see [`row_blocked_product`]).
+        row_blocks: usize,
+    },
+    /// On the CPU, in its storage format (`crate::cpu`); activations and
+    /// results are f32 Burn tensors on `device`.
+    Cpu {
+        weight: CpuMatrix,
+        device: Device,
+    },
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor<2>, device: &Device) -> Self {
         let out = weight.dims()[0];
-        Self {
+        Self::Dense {
             weight,
             row_blocks: row_blocks(device, out),
         }
     }
 
+    /// Loads `name` (`[out, in]` = `shape`) from `src`: kept as stored
+    /// when the model runs on the CPU in f32 (unless the source is set to
+    /// [`crate::weights::CpuWeights::F32`]), a dense tensor otherwise.
+    pub(crate) fn load(
+        src: &mut WeightSource,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, WeightsError> {
+        if *device == Device::flex()
+            && dtype == DType::F32
+            && let Some(weight) = src.cpu_matrix(name, shape)?
+        {
+            return Ok(Self::Cpu {
+                weight,
+                device: device.clone(),
+            });
+        }
+        let data = src.load(name, &shape, dtype, false)?;
+        Ok(Self::new(
+            Tensor::<2>::from_data(data, (device, dtype)),
+            device,
+        ))
+    }
+
     /// `x · Wᵀ` for `x: [N, in]` (N prompt tokens of one sequence).
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        row_blocked_product(&self.weight, x, self.row_blocks)
+        match self {
+            Self::Dense { weight, row_blocks } => row_blocked_product(weight, x, *row_blocks),
+            Self::Cpu { weight, device } => cpu_product(weight, x, device),
+        }
     }
 
     /// `x · Wᵀ` for `x: [B, in]`, one decode token of each of B sequences.
     pub(crate) fn forward_batch(&self, x: Tensor<2>) -> Tensor<2> {
-        batch_product(&self.weight, x, self.row_blocks)
+        match self {
+            Self::Dense { weight, row_blocks } => batch_product(weight, x, *row_blocks),
+            Self::Cpu { weight, device } => cpu_product(weight, x, device),
+        }
     }
+
+    /// Rows `idx` of `W`, `[idx.len(), in]` (Burn's `select` on dim 0): the
+    /// embedding lookup of a tied table, in the compute dtype.
+    ///
+    /// # Panics
+    ///
+    /// If an id is not a row of `W` (as Burn's `select` does).
+    pub(crate) fn select(&self, idx: Tensor<1, Int>) -> Tensor<2> {
+        match self {
+            Self::Dense { weight, .. } => weight.clone().select(0, idx),
+            Self::Cpu { weight, device } => {
+                let ids: Vec<u32> = idx
+                    .into_data()
+                    .iter::<i64>()
+                    .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+                    .collect();
+                let mut out = vec![0.0f32; ids.len() * weight.cols()];
+                weight.dequantize_rows(&ids, &mut out);
+                Tensor::<2>::from_data(
+                    TensorData::new(out, [ids.len(), weight.cols()]),
+                    (device, DType::F32),
+                )
+            }
+        }
+    }
+}
+
+/// `x · Wᵀ` through the CPU kernels: the activations' f32 values are read
+/// in place when `x` owns its buffer (a shared or strided `x` is copied
+/// once), the result is a new f32 tensor in `x`'s dtype.
+fn cpu_product(w: &CpuMatrix, x: Tensor<2>, device: &Device) -> Tensor<2> {
+    let [n, _] = x.dims();
+    let dtype = x.dtype();
+    let data = x.cast(DType::F32).into_data();
+    let mut out = vec![0.0f32; n * w.rows()];
+    match data.as_slice::<f32>() {
+        Ok(xs) => w.matmul(xs, &mut out),
+        Err(_) => {
+            let xs: Vec<f32> = data.iter::<f32>().collect();
+            w.matmul(&xs, &mut out);
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(out, [n, w.rows()]), (device, DType::F32)).cast(dtype)
 }
 
 /// `x · Wᵀ` with `W: [out, in]` kept in the checkpoint's layout.

@@ -17,7 +17,7 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{GemmaTokenizer, TokenizerError};
-use crate::weights::{WeightSource, WeightsError};
+use crate::weights::{CpuWeights, WeightSource, WeightsError};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -105,18 +105,32 @@ impl LoadedModel {
 }
 
 /// Loads the model at `path` onto `device` in `dtype`; `tokenizer` overrides
-/// the tokenizer found with the model.
+/// the tokenizer found with the model. On the CPU the weight matrices stay
+/// as stored ([`CpuWeights::AsStored`]).
 pub fn load_model(
     path: &Path,
     tokenizer: Option<&Path>,
     device: &Device,
     dtype: DType,
 ) -> Result<LoadedModel, LoadError> {
+    load_model_with(path, tokenizer, device, dtype, CpuWeights::default())
+}
+
+/// [`load_model`], keeping the weight matrices as `cpu_weights` says when
+/// `device` is the CPU (the daemon's `engine.cpu_weights`; the GPU ignores it).
+pub fn load_model_with(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    device: &Device,
+    dtype: DType,
+    cpu_weights: CpuWeights,
+) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
     let explicit_tok = tokenizer.map(GemmaTokenizer::from_file).transpose()?;
     let (model, found_tok, format) = if path.is_dir() {
         let cfg = Gemma3Config::from_file(&path.join("config.json"))?;
         let mut src = WeightSource::open_safetensors_dir(path)?;
+        src.set_cpu_weights(cpu_weights);
         let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
         let tok_path = path.join("tokenizer.json");
         let tok = if explicit_tok.is_none() && tok_path.is_file() {
@@ -139,6 +153,7 @@ pub fn load_model(
             None
         };
         let mut src = WeightSource::from_gguf(path, file);
+        src.set_cpu_weights(cpu_weights);
         let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
         (model, tok, "gguf")
     } else {
