@@ -1,39 +1,63 @@
 #!/usr/bin/env bash
-# Benchmark (prints numbers, asserts nothing): medgemmad vs llama.cpp on the
-# real Gemma 3 270M GGUF, CPU, same prompt ids, same machine, same run.
+# Benchmark (prints numbers, asserts nothing): the engine's CPU path vs
+# llama.cpp on the real Gemma 3 270M Q4_K_M GGUF, same prompt ids, same
+# machine, same run, the two sides alternating.
 #
-#   scripts/bench-270m.sh [PROMPT_TOKENS=512] [NEW_TOKENS=64]
+#   scripts/bench-270m.sh [PROMPT_TOKENS=512] [NEW_TOKENS=64] [RUNS=3]
 #
-# The llama.cpp side needs llama-cpp-python, built from source once by
+# Our side is the release build of `model/examples/cpu_bench.rs` (the same
+# load, prefill and greedy decode the daemon runs); THREADS (default: all
+# cores) sets rayon's pool and llama.cpp's threads alike. The llama.cpp side
+# needs llama-cpp-python, built from source once by
 # scripts/bench/setup-llamacpp-venv.sh (10-40 minutes on 2 cores; cached).
-# Run on an idle machine: llama.cpp's threads collapse under contention.
+# Run on an idle machine: both sides slow down under contention, and
+# llama.cpp's threads collapse when a core is taken. The load average at
+# the start is printed with the results; the summary takes each side's best
+# run (the least disturbed), and the ratio is ours / llama.cpp's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt=${1:-512}
 new=${2:-64}
-threads=$(nproc)
+runs=${3:-3}
+threads=${THREADS:-$(nproc)}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
 assets="$(scripts/fetch-assets.sh | tail -n 1)"
-gguf="$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf"
-cargo build -q -p medgemmad
-bin="$CARGO_TARGET_DIR/debug/medgemmad"
+assets="${assets:-${MEDGEMMA_ASSETS:-$HOME/.cache/medgemma-assets}}"
+gguf="${GGUF:-$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf}"
+cargo build -q --release --locked -p medgemma-model --example cpu_bench
+bin="$CARGO_TARGET_DIR/release/examples/cpu_bench"
 venv="$(scripts/bench/setup-llamacpp-venv.sh | tail -n 1)"
 
-ours=$("$bin" bench --model "$gguf" --prompt-tokens "$prompt" --new-tokens "$new" --json)
-theirs=$("$venv/bin/python" scripts/bench/llamacpp_bench.py --model "$gguf" \
-  --prompt-tokens "$prompt" --new-tokens "$new" --threads "$threads")
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+ours=()
+theirs=()
+for _ in $(seq "$runs"); do
+  ours+=("$(RAYON_NUM_THREADS="$threads" "$bin" --model "$gguf" --prompt-tokens "$prompt" --new-tokens "$new" --json)")
+  theirs+=("$("$venv/bin/python" scripts/bench/llamacpp_bench.py --model "$gguf" \
+    --prompt-tokens "$prompt" --new-tokens "$new" --threads "$threads")")
+done
 
-python3 - "$ours" "$theirs" <<'PY'
+python3 - "$load" "$runs" "${ours[@]}" "${theirs[@]}" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-b.setdefault("peak_rss_mib", b.get("peak_rss_mb"))
-rows = [("load (s)", "load_s", False), ("prefill (tokens/s)", "prefill_tokens_per_s", True),
-        ("decode (tokens/s)", "decode_tokens_per_s", True), ("peak RSS (MiB)", "peak_rss_mib", False)]
-print(f"Gemma 3 270M Q4_K_M GGUF, {a['prompt_tokens']} prompt tokens, {a['new_tokens']} new tokens, {a['threads']} threads")
-print(f"{'':22}{'medgemmad':>12}{'llama.cpp':>12}{'ratio':>10}")
-for label, key, higher_better in rows:
-    x, y = a.get(key), b.get(key)
+load, runs = sys.argv[1], int(sys.argv[2])
+rest = [json.loads(x) for x in sys.argv[3:]]
+ours, theirs = rest[:runs], rest[runs:]
+for b in theirs:
+    b.setdefault("peak_rss_mib", b.get("peak_rss_mb"))
+rows = [("load (s)", "load_s", min), ("prefill (tokens/s)", "prefill_tokens_per_s", max),
+        ("decode (tokens/s)", "decode_tokens_per_s", max), ("peak RSS (MiB)", "peak_rss_mib", min)]
+a0 = ours[0]
+print(f"Gemma 3 270M GGUF, {a0['prompt_tokens']} prompt tokens, {a0['new_tokens']} new tokens, "
+      f"{a0['threads']} threads, {runs} alternating runs, load average at start {load}")
+for i, (a, b) in enumerate(zip(ours, theirs)):
+    print(f"  run {i + 1}: ours prefill {a['prefill_tokens_per_s']:.1f} decode {a['decode_tokens_per_s']:.2f} "
+          f"RSS {a['peak_rss_mib']:.0f} | llama.cpp prefill {b['prefill_tokens_per_s']:.1f} "
+          f"decode {b['decode_tokens_per_s']:.2f} RSS {b['peak_rss_mib']:.0f}")
+print(f"{'best of each':22}{'ours':>12}{'llama.cpp':>12}{'ratio':>10}")
+for label, key, best in rows:
+    x = best(r[key] for r in ours)
+    y = best(r[key] for r in theirs)
     r = (x / y) if (x and y) else float('nan')
     print(f"{label:22}{x:12.2f}{y:12.2f}{r:10.2f}")
-print("ratio = medgemmad / llama.cpp")
+print("ratio = ours / llama.cpp")
 PY

@@ -1,7 +1,11 @@
-//! Prefill and decode with a KV cache, stopping, cancellation, streaming.
+//! Prefill and decode with a KV cache, stopping, cancellation, streaming,
+//! and a conversation's cache kept from one turn to the next
+//! ([`ConversationCache`], [`Sequence::resume`]).
 //!
 //! Owns: the token loop. Must never: see text (callers detokenize), log, or
-//! hold tokens after it returns them.
+//! hold tokens after it returns them (a [`ConversationCache`] holds a
+//! conversation's ids and cache for its owner, who drops it with the
+//! conversation).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -168,14 +172,25 @@ pub fn generate(
 /// one, between two steps (continuous batching): [`generate`] and
 /// [`generate_batch`] are loops over it.
 ///
-/// Owns the conversation's [`KvCache`] until [`Sequence::into_parts`]; like
-/// the cache, it holds patient context and must not outlive its request.
+/// Owns the conversation's [`KvCache`] until [`Sequence::into_parts`] (or
+/// [`Sequence::into_conversation`]); like the cache, it holds patient
+/// context and must not outlive its request.
 #[derive(Debug)]
 pub struct Sequence {
     cache: KvCache,
     /// Prompt ids still to prefill (emptied by the prefill).
     pending: Vec<u32>,
     prompt_tokens: usize,
+    /// Every id before the generated ones, when known: the ids the cache
+    /// held at the start, then the prompt. `None` when the sequence was
+    /// started on a cache whose ids nobody gave ([`Sequence::new`]).
+    history: Option<Vec<u32>>,
+    /// Prompt tokens taken from a kept cache instead of prefilled.
+    reused: usize,
+    /// Whether the turn ends keeping the cache as it was after the prompt
+    /// ([`Sequence::keep_prompt_cache`]), and that cache once prefilled.
+    keep_prompt: bool,
+    prompt_cache: Option<KvCache>,
     opts: GenerateOptions,
     context: usize,
     sampler: Sampler,
@@ -202,9 +217,13 @@ impl Sequence {
             opts.suppressed.clone(),
         );
         Ok(Self {
+            history: cache.is_empty().then(|| prompt.to_vec()),
             cache,
             pending: prompt.to_vec(),
             prompt_tokens: prompt.len(),
+            reused: 0,
+            keep_prompt: false,
+            prompt_cache: None,
             opts,
             context,
             sampler,
@@ -214,6 +233,50 @@ impl Sequence {
             prefill: Duration::ZERO,
             end: Duration::ZERO,
         })
+    }
+
+    /// Starts a conversation's next turn: `prompt` is the whole conversation
+    /// rendered for this turn, and `kept` the cache its previous turn left
+    /// ([`Sequence::into_conversation`]). When `prompt` begins with exactly
+    /// the ids `kept` holds (and adds at least one), only the rest is
+    /// prefilled; otherwise `kept` is dropped and the whole prompt is
+    /// prefilled on a fresh cache. Either way the tokens generated are those
+    /// a full prefill would give, up to the order of the sums
+    /// (`tests/conversation_cache.rs`). [`Sequence::reused_tokens`] says
+    /// which way it went.
+    pub fn resume(
+        model: &Gemma3,
+        kept: Option<ConversationCache>,
+        prompt: &[u32],
+        opts: GenerateOptions,
+    ) -> Result<Self, GenerateError> {
+        if let Some(kept) = kept
+            && kept.matches(prompt)
+            && let Some(cache) = kept.cache
+        {
+            let n = kept.ids.len();
+            let mut seq = Self::new(model, cache, &prompt[n..], opts)?;
+            seq.history = Some(prompt.to_vec());
+            seq.reused = n;
+            return Ok(seq);
+        }
+        Self::new(model, KvCache::new(model.config()), prompt, opts)
+    }
+
+    /// Prompt tokens taken from the kept cache by [`Sequence::resume`]
+    /// instead of being prefilled (0 when it did not match).
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
+    }
+
+    /// Makes [`Sequence::into_conversation`] keep the cache as it was right
+    /// after the prompt, rather than after the answer: for a turn whose
+    /// answer will not come back verbatim in the next prompt (a thinking
+    /// turn, whose reasoning the history drops). Costs one copy of the cache
+    /// during the turn (its first decode write copies the shared buffers).
+    /// Call it before the prefill ends.
+    pub fn keep_prompt_cache(&mut self) {
+        self.keep_prompt = true;
     }
 
     /// Runs the prompt through the model in one pass and picks the first
@@ -253,6 +316,10 @@ impl Sequence {
             return Ok(());
         }
         let logits = model.forward(&self.pending, &mut self.cache, Logits::Last);
+        if self.keep_prompt {
+            // Shares the buffers; the first decode write copies them.
+            self.prompt_cache = Some(self.cache.clone());
+        }
         let next = choose(logits, &mut [&mut self.sampler])?[0];
         self.pending.clear();
         self.prefill = self.started.elapsed();
@@ -303,6 +370,38 @@ impl Sequence {
         (generation, self.cache)
     }
 
+    /// The result so far and the conversation's cache for its next turn
+    /// ([`Sequence::resume`]): the prompt and the answer's tokens fed back,
+    /// or the prompt alone after [`Sequence::keep_prompt_cache`]. A cache
+    /// whose ids are not known (a [`Sequence::new`] on a non-empty cache)
+    /// or that is partly filled (a prefill stopped midway) comes back as
+    /// much as is known; a later [`Sequence::resume`] then simply prefills
+    /// whatever does not match.
+    pub fn into_conversation(mut self) -> (Generation, ConversationCache) {
+        let history = self.history.take();
+        let prompt_cache = self.prompt_cache.take();
+        let tokens = self.tokens.clone();
+        let (generation, cache) = self.into_parts();
+        let kept = match (history, prompt_cache) {
+            (Some(ids), Some(prompt_cache)) if prompt_cache.len() == ids.len() => {
+                ConversationCache {
+                    cache: Some(prompt_cache),
+                    ids,
+                }
+            }
+            (Some(mut ids), _) if cache.len() <= ids.len() + tokens.len() => {
+                ids.extend(tokens);
+                ids.truncate(cache.len());
+                ConversationCache {
+                    cache: Some(cache),
+                    ids,
+                }
+            }
+            _ => ConversationCache::default(),
+        };
+        (generation, kept)
+    }
+
     fn end_with(&mut self, reason: FinishReason) {
         if self.finish.is_none() {
             self.finish = Some(reason);
@@ -329,6 +428,59 @@ impl Sequence {
         } else if !self.opts.ignore_eos && self.opts.stop_ids.contains(&next) {
             self.end_with(FinishReason::Stop);
         }
+    }
+}
+
+/// A conversation's KV cache kept between its turns, with the ids it holds
+/// (position `i` of the cache is `ids()[i]`), so that the next turn
+/// prefills only its new tokens ([`Sequence::resume`]).
+///
+/// It holds patient context: it belongs to one conversation, is dropped
+/// when that conversation is deleted or expires, and never outlives it. Its
+/// memory is [`ConversationCache::bytes`].
+#[derive(Debug, Clone, Default)]
+pub struct ConversationCache {
+    /// `None` when nothing is kept.
+    cache: Option<KvCache>,
+    ids: Vec<u32>,
+}
+
+impl ConversationCache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Whether `prompt` begins with exactly the ids held and adds at least
+    /// one (the cache can then continue it).
+    pub fn matches(&self, prompt: &[u32]) -> bool {
+        !self.ids.is_empty()
+            && prompt.len() > self.ids.len()
+            && prompt.starts_with(&self.ids)
+            && self
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.len() == self.ids.len())
+    }
+
+    /// Bytes its buffers take (keys and values of every layer, as
+    /// allocated), for the memory budget.
+    pub fn bytes(&self, model: &Gemma3) -> u64 {
+        let cfg = model.config();
+        let per_slot = 2
+            * (cfg.num_key_value_heads * cfg.head_dim) as u64
+            * crate::budget::dtype_bytes(model.dtype());
+        self.cache.as_ref().map_or(0, |c| {
+            c.allocated_per_layer()
+                .iter()
+                .map(|&n| n as u64 * per_slot)
+                .sum()
+        })
     }
 }
 
