@@ -23,12 +23,22 @@
 //! - margin: [`FIXED_MARGIN`] (CUDA context, kernels, the allocator's pools)
 //!   plus [`MARGIN_PERCENT`] of the rest.
 //!
-//! Owns: the estimate. Must never: touch a device.
+//! On the CPU ([`estimate_cpu`]) the same parts are counted against
+//! `MemAvailable` of `/proc/meminfo` ([`mem_available`]): the weights as
+//! the CPU holds them ([`gguf_weight_bytes`], [`safetensors_weight_bytes`]:
+//! GGUF blocks as stored, bf16, or Q8_0), the KV cache, activations and
+//! logits in f32 (the CPU's compute dtype), and [`CPU_FIXED_MARGIN`] plus
+//! [`MARGIN_PERCENT`].
+//!
+//! Owns: the estimate. Must never: touch a device (reading `/proc/meminfo`
+//! is the one thing it reads, and only when asked).
 
 pub use burn::tensor::DType;
 
 use crate::config::{Gemma3Config, LayerType};
 use crate::generate::PREFILL_CHUNK;
+use crate::gguf::GgufFile;
+use crate::weights::CpuWeights;
 
 /// Fixed margin: the CUDA context and loaded kernels (~0.5 GiB on Hopper)
 /// and the slack of the memory pools.
@@ -37,6 +47,13 @@ pub const FIXED_MARGIN: u64 = 1 << 30;
 /// Proportional margin on top of the counted bytes (fragmentation,
 /// temporaries the count misses).
 pub const MARGIN_PERCENT: u64 = 10;
+
+/// Fixed margin on the CPU: the tokenizer (Gemma's 262 144 pieces take
+/// about 150 MB in the `tokenizers` crate), thread stacks, the allocator's
+/// slack and the kernels' per-thread panels. The 270M Q4_K_M peaks at
+/// 437 MiB for a 512-token prompt (`cargo run --release --example
+/// cpu_bench`), of which 241 MiB are its weights.
+pub const CPU_FIXED_MARGIN: u64 = 384 << 20;
 
 /// What to size the budget for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +250,149 @@ pub fn sequences_that_fit(cfg: &Gemma3Config, req: &BudgetRequest, free: u64) ->
         .unwrap_or(0)
 }
 
+/// What to size a CPU budget for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuBudgetRequest {
+    /// Context length in tokens (prompt + answer) of each sequence.
+    pub context_length: usize,
+    /// Sequences generating at once (each holds its own KV cache).
+    pub sequences: usize,
+    /// Tokens in the largest single prefill pass.
+    pub prefill_tokens: usize,
+    /// Decoder weights as the CPU holds them ([`gguf_weight_bytes`],
+    /// [`safetensors_weight_bytes`]).
+    pub weight_bytes: u64,
+    /// How they are held, for the sentence ("GGUF as stored", "bf16", "q8_0").
+    pub weights: String,
+}
+
+impl CpuBudgetRequest {
+    /// The daemon's case: prompts up to the whole context, prefilled in
+    /// chunks of [`PREFILL_CHUNK`] tokens.
+    pub fn new(
+        context_length: usize,
+        sequences: usize,
+        weight_bytes: u64,
+        weights: impl Into<String>,
+    ) -> Self {
+        Self {
+            context_length,
+            sequences,
+            prefill_tokens: context_length.min(PREFILL_CHUNK),
+            weight_bytes,
+            weights: weights.into(),
+        }
+    }
+}
+
+/// Bytes of a GGUF model's tensors as stored: what the CPU keeps (it reads
+/// them in place from the file's map, which counts in the process's memory
+/// once its pages are touched).
+pub fn gguf_weight_bytes(file: &GgufFile) -> u64 {
+    file.tensors()
+        .iter()
+        .filter_map(|t| t.byte_size())
+        .map(|b| b as u64)
+        .sum()
+}
+
+/// Bytes of a safetensors model's decoder weights on the CPU: matrices as
+/// `mode` keeps them (`stored` is the checkpoint's dtype: bf16, f16 or
+/// f32; Q8_0 is 34 bytes per 32 weights), norm weights in f32.
+pub fn safetensors_weight_bytes(cfg: &Gemma3Config, mode: CpuWeights, stored: DType) -> u64 {
+    let norms = norm_count(cfg);
+    let matrices = (weight_bytes(cfg, DType::F32) - norms * 4) / 4;
+    let matrix_bytes = match mode {
+        CpuWeights::AsStored => matrices * dtype_bytes(stored),
+        CpuWeights::Q8_0 => matrices.div_ceil(32) * 34,
+        CpuWeights::F32 => matrices * 4,
+    };
+    matrix_bytes + norms * 4
+}
+
+/// RMSNorm weights of the decoder.
+fn norm_count(cfg: &Gemma3Config) -> u64 {
+    let (d, hd) = (cfg.hidden_size as u64, cfg.head_dim as u64);
+    cfg.num_layers() as u64 * (4 * d + 2 * hd) + d
+}
+
+/// The CPU estimate: weights as held, everything else in f32.
+pub fn estimate_cpu(cfg: &Gemma3Config, req: &CpuBudgetRequest) -> MemoryBudget {
+    let context = req.context_length as u64;
+    let sequences = req.sequences.max(1) as u64;
+    let weights = req.weight_bytes;
+    let kv_cache = kv_cache_bytes(cfg, req.context_length, req.sequences.max(1), DType::F32);
+    let prefill = forward_bytes(cfg, req.prefill_tokens as u64, context, DType::F32);
+    let decode = forward_bytes(cfg, sequences, context, DType::F32);
+    let activations = prefill.max(decode);
+    let logits = sequences * cfg.vocab_size as u64 * 4 * 2;
+    let counted = weights + kv_cache + activations + logits;
+    MemoryBudget {
+        weights,
+        kv_cache,
+        activations,
+        logits,
+        margin: CPU_FIXED_MARGIN + counted * MARGIN_PERCENT / 100,
+    }
+}
+
+/// The most sequences, up to `req.sequences`, whose CPU estimate fits in
+/// `available` bytes; 0 when not even one does.
+pub fn cpu_sequences_that_fit(cfg: &Gemma3Config, req: &CpuBudgetRequest, available: u64) -> usize {
+    (1..=req.sequences.max(1))
+        .take_while(|&n| {
+            estimate_cpu(
+                cfg,
+                &CpuBudgetRequest {
+                    sequences: n,
+                    ..req.clone()
+                },
+            )
+            .fits(available)
+        })
+        .last()
+        .unwrap_or(0)
+}
+
+impl MemoryBudget {
+    /// One line for logs and the status page, e.g. "0.7 GiB (weights 0.2
+    /// GiB GGUF as stored, KV cache 0.1 GiB for 8192 tokens × 1 sequence,
+    /// work space 0.4 GiB) of 21.3 GiB available".
+    pub fn describe_cpu(&self, req: &CpuBudgetRequest, available: u64) -> String {
+        format!(
+            "{} (weights {} {}, KV cache {} for {} tokens × {} sequence{}, work space {}) of {} available",
+            gib(self.total()),
+            gib(self.weights),
+            req.weights,
+            gib(self.kv_cache),
+            req.context_length,
+            req.sequences,
+            if req.sequences == 1 { "" } else { "s" },
+            gib(self.work_space()),
+            gib(available),
+        )
+    }
+}
+
+/// `MemAvailable` from a `/proc/meminfo` text, in bytes (proc(5): the
+/// kernel's estimate of memory available for starting new applications
+/// without swapping, page cache it can drop included).
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let kib: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// `MemAvailable` of this machine now (`/proc/meminfo`), or `None` where it
+/// cannot be read.
+pub fn mem_available() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +496,63 @@ mod tests {
             weight_bytes(&c, DType::F32) - norms * 4,
             2 * (weight_bytes(&c, DType::BF16) - norms * 4)
         );
+    }
+
+    #[test]
+    fn cpu_budget_counts_weights_as_held_and_the_rest_in_f32() {
+        let c = Gemma3Config::medgemma_4b();
+        let norms = 368_128u64;
+        let matrices = 3_880_263_168 - norms;
+        // bf16 as stored is the GPU's weight size; Q8_0 is 34/32 bytes a weight.
+        assert_eq!(
+            safetensors_weight_bytes(&c, CpuWeights::AsStored, DType::BF16),
+            weight_bytes(&c, DType::BF16)
+        );
+        assert_eq!(
+            safetensors_weight_bytes(&c, CpuWeights::Q8_0, DType::BF16),
+            matrices / 32 * 34 + norms * 4
+        );
+        assert_eq!(
+            safetensors_weight_bytes(&c, CpuWeights::F32, DType::BF16),
+            weight_bytes(&c, DType::F32)
+        );
+        let w = safetensors_weight_bytes(&c, CpuWeights::Q8_0, DType::BF16);
+        let req = CpuBudgetRequest::new(8192, 1, w, "q8_0");
+        let b = estimate_cpu(&c, &req);
+        assert_eq!(b.weights, w);
+        // The KV cache in f32 is twice the GPU's bf16 one.
+        assert_eq!(b.kv_cache, 2 * 289_406_976);
+        assert_eq!(
+            b.margin,
+            CPU_FIXED_MARGIN + (b.weights + b.kv_cache + b.activations + b.logits) / 10
+        );
+        let available = 32u64 << 30;
+        assert_eq!(
+            b.describe_cpu(&req, available),
+            format!(
+                "{} (weights {} q8_0, KV cache 0.5 GiB for 8192 tokens × 1 sequence, work space {}) of 32.0 GiB available",
+                gib(b.total()),
+                gib(w),
+                gib(b.work_space())
+            )
+        );
+        // 32 GiB holds several conversations, 4 GiB not one.
+        let many = CpuBudgetRequest::new(8192, 8, w, "q8_0");
+        let n = cpu_sequences_that_fit(&c, &many, available);
+        assert!((2..=8).contains(&n), "{n}");
+        assert_eq!(cpu_sequences_that_fit(&c, &many, 4 << 30), 0);
+    }
+
+    #[test]
+    fn mem_available_is_read_from_meminfo() {
+        let text = "MemTotal:       24576000 kB\nMemFree:        20000000 kB\nMemAvailable:   22000000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(22_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+        // This machine's, when there is one, is below its total.
+        if let (Some(a), Ok(t)) = (mem_available(), std::fs::read_to_string("/proc/meminfo")) {
+            assert!(a > 0);
+            assert!(t.contains("MemAvailable:"));
+        }
     }
 }
