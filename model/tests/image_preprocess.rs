@@ -1,7 +1,7 @@
 //! Preprocessing against the Hugging Face Gemma 3 image processors on real
 //! PNG and JPEG files, and DICOM windowing against pydicom and Google's CT
-//! notebook (fixtures made by `scripts/fixtures/gen_vision.py`, see
-//! `tests/fixtures/README.md`).
+//! notebook (fixtures made by `scripts/fixtures/gen_vision.py`, whose
+//! docstring says what each holds; versions in each `expected.json`).
 //!
 //! The reference is `Gemma3ImageProcessorPil` (PIL bilinear, the spec's
 //! resample): after the resize every 8-bit level must be PIL's (compared as

@@ -43,6 +43,7 @@ fn damaged(why: impl std::fmt::Display) -> ImageError {
 /// Decodes a DICOM Part 10 file (128-byte preamble, `DICM`) already sniffed.
 pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
     let body = bytes.get(128..).ok_or_else(|| damaged("file too short"))?;
+    check_lengths(body)?;
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(body)
@@ -143,6 +144,94 @@ pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageErro
         windowing,
         modality,
     })
+}
+
+/// Walks every element header of the file (meta group, then the data set,
+/// into sequences, items and encapsulated fragments) and refuses the file
+/// if a defined length runs past its end.
+///
+/// Why: dicom-rs allocates each value's declared length before reading it,
+/// so a 7 KB file declaring a 4 GB element made it allocate (and zero)
+/// gigabytes (`tests/image_fuzz.rs` found it). After this check every
+/// allocation the parser makes is bounded by the file size. Big-endian and
+/// deflated transfer syntaxes (retired / rare, and a deflate stream could
+/// expand without bound) are refused here too.
+fn check_lengths(body: &[u8]) -> Result<(), ImageError> {
+    // VRs with a 2-byte length in explicit VR; every other (OB, SQ, UN, …,
+    // and any unknown VR, read as UN) has 2 reserved bytes and a 4-byte length.
+    const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    ];
+    let short = || damaged("an element header runs past the end of the file");
+    let u16_at = |p: usize| -> Result<u32, ImageError> {
+        let b = body.get(p..p + 2).ok_or_else(short)?;
+        Ok(u32::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let u32_at = |p: usize| -> Result<u32, ImageError> {
+        let b = body.get(p..p + 4).ok_or_else(short)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if body.get(..4) != Some(b"DICM") {
+        return Err(damaged("the DICM marker is missing"));
+    }
+    // (header size, value length, value offset) of the element at `p`.
+    let element = |p: usize, explicit: bool| -> Result<(u32, u32, usize), ImageError> {
+        let group = u16_at(p)?;
+        if group == 0xFFFE || !explicit {
+            // Items and delimiters, or implicit VR: tag + 4-byte length.
+            return Ok((group, u32_at(p + 4)?, p + 8));
+        }
+        let vr = body.get(p + 4..p + 6).ok_or_else(short)?;
+        if SHORT_LENGTH_VRS.iter().any(|v| v[..] == *vr) {
+            Ok((group, u16_at(p + 6)?, p + 8))
+        } else {
+            Ok((group, u32_at(p + 8)?, p + 12))
+        }
+    };
+    let mut p = 4;
+    let mut syntax: Option<String> = None;
+    // File meta group (0002,xxxx): always explicit VR little endian.
+    while p + 2 <= body.len() && u16_at(p)? == 0x0002 {
+        let elem = u16_at(p + 2)?;
+        let (_, len, value) = element(p, true)?;
+        let end = value
+            .checked_add(len as usize)
+            .filter(|e| *e <= body.len())
+            .ok_or_else(|| damaged("an element's length runs past the end of the file"))?;
+        if elem == 0x0010 {
+            let uid = String::from_utf8_lossy(&body[value..end]);
+            syntax = Some(uid.trim_end_matches(['\0', ' ']).to_owned());
+        }
+        p = end;
+    }
+    let explicit = match syntax.as_deref() {
+        Some("1.2.840.10008.1.2") => false,
+        Some("1.2.840.10008.1.2.2") => {
+            return Err(unsupported("big-endian transfer syntax (retired)"));
+        }
+        Some("1.2.840.10008.1.2.1.99") => {
+            return Err(unsupported(
+                "deflated transfer syntax; send it uncompressed or JPEG/RLE",
+            ));
+        }
+        Some(_) => true,
+        None => return Err(damaged("the file meta group names no transfer syntax")),
+    };
+    while p < body.len() {
+        let (_, len, value) = element(p, explicit)?;
+        if len == u32::MAX {
+            // Undefined length (a sequence, an item or encapsulated pixel
+            // data): its contents are elements or items; walk into them.
+            p = value;
+            continue;
+        }
+        p = value
+            .checked_add(len as usize)
+            .filter(|e| *e <= body.len())
+            .ok_or_else(|| damaged("an element's length runs past the end of the file"))?;
+    }
+    Ok(())
 }
 
 /// The first sentence of a dicom-rs error, cut short: the parsers' messages
