@@ -30,6 +30,7 @@ pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod load;
 mod mmap;
+pub mod probe;
 pub mod quant;
 pub mod random;
 pub mod sampling;
