@@ -96,6 +96,8 @@ pub enum ChatError {
          optional system message); message {index} breaks the order"
     )]
     RolesMustAlternate { index: usize },
+    #[error("message {index} is a system message with an image; put images in a user message")]
+    ImageInSystem { index: usize },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 }
@@ -226,6 +228,187 @@ fn is_py_space(c: char) -> bool {
             | '\u{205F}'
             | '\u{3000}'
     )
+}
+
+/// One part of a multimodal message: text, or the place of an image (its
+/// pixels travel separately, to `vision::VisionTower::encode`, in the order
+/// the image parts appear in the conversation). `Debug` prints only lengths.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text; trimmed like the template's `item['text'] | trim`.
+    Text(String),
+    /// An image.
+    Image,
+}
+
+impl fmt::Debug for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Text(t) => write!(f, "Text({} bytes)", t.len()),
+            Part::Image => f.write_str("Image"),
+        }
+    }
+}
+
+/// A message whose content is a list of parts (the template's list form).
+/// A leading system message must be text only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultimodalMessage {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+impl From<Message> for MultimodalMessage {
+    fn from(m: Message) -> Self {
+        Self {
+            role: m.role,
+            parts: vec![Part::Text(m.content)],
+        }
+    }
+}
+
+impl MultimodalMessage {
+    /// Images in this message.
+    pub fn images(&self) -> usize {
+        self.parts.iter().filter(|p| **p == Part::Image).count()
+    }
+}
+
+/// How one image is written into the prompt ids (spec §5.4): `\n\n`,
+/// `<start_of_image>`, `per_image` × `<image_soft_token>`, `<end_of_image>`,
+/// `\n\n`. `vision::VisionConfig::image_tokens` gives the model's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageTokens {
+    /// `<start_of_image>`.
+    pub start: u32,
+    /// `<image_soft_token>`.
+    pub soft: u32,
+    /// `<end_of_image>`.
+    pub end: u32,
+    /// Soft tokens per image (256).
+    pub per_image: usize,
+}
+
+const START_OF_IMAGE: &str = "<start_of_image>";
+
+/// The template's rendering of a multimodal conversation: each image part
+/// becomes `<start_of_image>` (before the processor expands it), text parts
+/// are trimmed and joined with nothing between.
+pub fn render_text_multimodal(
+    messages: &[MultimodalMessage],
+    add_generation_prompt: bool,
+) -> Result<String, ChatError> {
+    let flat = flatten(messages)?;
+    let turns = turns(&flat)?;
+    let mut text = String::from(BOS);
+    let offset = usize::from(messages.first().is_some_and(|m| m.role == Role::System));
+    for (turn, message) in turns.iter().zip(&messages[offset..]) {
+        text.push_str(START_OF_TURN);
+        text.push_str(turn.role);
+        text.push('\n');
+        if let Some(system) = turn.system {
+            text.push_str(system);
+            text.push_str(SYSTEM_SEPARATOR);
+        }
+        for part in &message.parts {
+            match part {
+                Part::Text(t) => text.push_str(py_strip(t)),
+                Part::Image => text.push_str(START_OF_IMAGE),
+            }
+        }
+        text.push_str(END_OF_TURN);
+        text.push('\n');
+    }
+    if add_generation_prompt {
+        text.push_str(START_OF_TURN);
+        text.push_str("model\n");
+    }
+    Ok(text)
+}
+
+/// The prompt ids of a multimodal conversation: as [`encode_chat`], with
+/// each image part replaced by its block of ids inserted directly (spec §5.4
+/// advice: tokenizing the expanded string could merge its `\n\n` with
+/// neighbouring newlines). Text between two images or controls is encoded
+/// on its own with [`GemmaTokenizer::encode_plain`], so message text never
+/// yields a control or image token.
+pub fn encode_chat_multimodal(
+    tok: &GemmaTokenizer,
+    messages: &[MultimodalMessage],
+    image: &ImageTokens,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ChatError> {
+    let flat = flatten(messages)?;
+    let turns = turns(&flat)?;
+    let special = tok.special();
+    let newline = tok.encode_plain("\n")?;
+    let gap = tok.encode_plain("\n\n")?;
+    let offset = usize::from(messages.first().is_some_and(|m| m.role == Role::System));
+    let mut ids = vec![special.bos];
+    let mut segment = String::new();
+    for (turn, message) in turns.iter().zip(&messages[offset..]) {
+        segment.clear();
+        segment.push_str(turn.role);
+        segment.push('\n');
+        if let Some(system) = turn.system {
+            segment.push_str(system);
+            segment.push_str(SYSTEM_SEPARATOR);
+        }
+        ids.push(special.start_of_turn);
+        for part in &message.parts {
+            match part {
+                Part::Text(t) => segment.push_str(py_strip(t)),
+                Part::Image => {
+                    if !segment.is_empty() {
+                        ids.extend(tok.encode_plain(&segment)?);
+                        segment.clear();
+                    }
+                    ids.extend_from_slice(&gap);
+                    ids.push(image.start);
+                    ids.extend(std::iter::repeat_n(image.soft, image.per_image));
+                    ids.push(image.end);
+                    ids.extend_from_slice(&gap);
+                }
+            }
+        }
+        if !segment.is_empty() {
+            ids.extend(tok.encode_plain(&segment)?);
+        }
+        ids.push(special.end_of_turn);
+        ids.extend_from_slice(&newline);
+    }
+    if add_generation_prompt {
+        ids.push(special.start_of_turn);
+        ids.extend(tok.encode_plain("model\n")?);
+    }
+    Ok(ids)
+}
+
+/// Text-only stand-ins for validation by [`turns`] (roles, system first);
+/// a system message with an image is refused.
+fn flatten(messages: &[MultimodalMessage]) -> Result<Vec<Message>, ChatError> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(index, m)| {
+            if m.role == Role::System && m.images() > 0 {
+                return Err(ChatError::ImageInSystem { index });
+            }
+            let content = m
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(t.as_str()),
+                    Part::Image => None,
+                })
+                .collect::<Vec<_>>()
+                .concat();
+            Ok(Message {
+                role: m.role,
+                content,
+            })
+        })
+        .collect()
 }
 
 impl fmt::Display for Role {

@@ -6,11 +6,14 @@
 //! Must never: read files (weights arrive through [`WeightSource`]) or see
 //! text (it works on token ids only).
 
+use std::ops::Range;
+
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Gemma3Config, LayerType, Rope};
 use crate::kv_cache::{KvCache, LayerCache, Visible};
+use crate::linear::Linear;
 use crate::weights::{WeightSource, WeightsError};
 
 /// `Gemma3RMSNorm`: `x / sqrt(mean(x²) + eps) · (1 + w)`, computed in f32 (spec §2.2).
@@ -116,95 +119,6 @@ fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     x * cos + rotated * sin
 }
 
-/// A linear layer stored as the checkpoint stores it, `[out, in]`.
-#[derive(Debug, Clone)]
-struct Linear {
-    weight: Tensor<2>,
-    /// Row blocks for one-token products (see [`row_blocked_product`]).
-    row_blocks: usize,
-}
-
-impl Linear {
-    fn new(weight: Tensor<2>, device: &Device) -> Self {
-        let out = weight.dims()[0];
-        Self {
-            weight,
-            row_blocks: row_blocks(device, out),
-        }
-    }
-
-    /// `x · Wᵀ` for `x: [N, in]` (N prompt tokens of one sequence).
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        row_blocked_product(&self.weight, x, self.row_blocks)
-    }
-
-    /// `x · Wᵀ` for `x: [B, in]`, one decode token of each of B sequences.
-    fn forward_batch(&self, x: Tensor<2>) -> Tensor<2> {
-        batch_product(&self.weight, x, self.row_blocks)
-    }
-}
-
-/// `x · Wᵀ` with `W: [out, in]` kept in the checkpoint's layout.
-///
-/// One-token decode makes this a matrix-vector product that reads all of `W`
-/// once. Burn's CPU backend (the `gemm` crate) runs a single GEMV on one core
-/// at about 6 GB/s; viewing `W` as `[blocks, out/blocks, in]` and multiplying
-/// by `xᵀ` turns it into a batch of independent GEMVs that run in parallel
-/// (about 11 GB/s measured for the 262144 × 640 LM head,
-/// `cargo run -p medgemma-model --example matmul_layouts`). The view is free:
-/// no weight is copied. Prompts (N > 1) use the plain product.
-fn row_blocked_product(w: &Tensor<2>, x: Tensor<2>, blocks: usize) -> Tensor<2> {
-    let [n, k] = x.dims();
-    let [out, _] = w.dims();
-    if n == 1 && blocks > 1 {
-        let y = w
-            .clone()
-            .reshape([blocks, out / blocks, k])
-            .matmul(x.reshape([1, k, 1]));
-        return y.reshape([1, out]);
-    }
-    x.matmul(w.clone().transpose())
-}
-
-/// `x · Wᵀ` for a decode batch `x: [B, in]` (one token per sequence).
-///
-/// B = 1 is exactly [`row_blocked_product`]. On the CPU (`blocks > 1`) the
-/// row-blocked view `[blocks, out/blocks, in] · xᵀ` is used for every B:
-/// measured with `cargo run --example batch_layouts` on the 2-core dev box
-/// (270M shapes, B = 2..32), the plain `x · Wᵀ` product was 1.5–6× slower
-/// at every B (e.g. LM head 640→262144, B = 8: 835 ms plain, 297 ms
-/// row-blocked, 200 ms for B = 1), and `W · xᵀ` without blocks was never
-/// better than the blocked view by more than noise. Elsewhere (`blocks = 1`,
-/// GPU) the plain product, a GEMM the backend tiles itself. Either way the
-/// weights are read once per step for the whole batch.
-fn batch_product(w: &Tensor<2>, x: Tensor<2>, blocks: usize) -> Tensor<2> {
-    let [n, k] = x.dims();
-    if n == 1 {
-        return row_blocked_product(w, x, blocks);
-    }
-    if blocks > 1 {
-        let [out, _] = w.dims();
-        let y = w
-            .clone()
-            .reshape([blocks, out / blocks, k])
-            .matmul(x.transpose().reshape([1, k, n]));
-        return y.reshape([out, n]).transpose();
-    }
-    x.matmul(w.clone().transpose())
-}
-
-/// Row blocks for one-token products on `device`: 8 on the CPU when `out`
-/// divides evenly, 1 (the plain product) elsewhere.
-fn row_blocks(device: &Device, out: usize) -> usize {
-    if *device != Device::flex() {
-        return 1;
-    }
-    [8, 4, 2]
-        .into_iter()
-        .find(|b| out.is_multiple_of(*b))
-        .unwrap_or(1)
-}
-
 /// `Gemma3Attention`.
 #[derive(Debug, Clone)]
 struct Attention {
@@ -251,10 +165,8 @@ pub struct Gemma3 {
     cfg: Gemma3Config,
     device: Device,
     dtype: DType,
-    /// `[V, d]`, also the LM head.
-    embed_tokens: Tensor<2>,
-    /// Row blocks for the one-token LM head.
-    head_blocks: usize,
+    /// `[V, d]`, also the LM head (kept as stored on the CPU).
+    embed_tokens: Linear,
     /// √d rounded to the compute dtype (spec §2.1).
     embed_scale: f32,
     layers: Vec<DecoderLayer>,
@@ -270,6 +182,16 @@ pub(crate) trait TensorSource {
     fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, WeightsError>;
     /// An RMSNorm weight (the offset from 1) of width `n`, in f32.
     fn norm(&mut self, name: &str, n: usize) -> Result<Tensor<1>, WeightsError>;
+    /// A linear weight `[out, in]` as a [`Linear`]: by default the
+    /// [`TensorSource::matrix`] tensor.
+    fn linear(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Result<Linear, WeightsError> {
+        Ok(Linear::new(self.matrix(name, shape)?, device))
+    }
 }
 
 /// Checkpoint tensors through a [`WeightSource`].
@@ -292,6 +214,16 @@ impl TensorSource for Checkpoint<'_> {
             self.src.load(name, &[n], DType::F32, true)?,
             (self.device, DType::F32),
         ))
+    }
+
+    /// Kept as stored when the model runs on the CPU (`linear.rs`).
+    fn linear(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Result<Linear, WeightsError> {
+        Linear::load(self.src, name, shape, device, self.dtype)
     }
 }
 
@@ -332,7 +264,7 @@ impl Gemma3 {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = tensors.matrix("embed_tokens.weight", [cfg.vocab_size, d])?;
+        let embed_tokens = tensors.linear("embed_tokens.weight", [cfg.vocab_size, d], device)?;
         let mut layers = Vec::with_capacity(cfg.num_layers());
         for (i, kind) in cfg.layer_types.iter().enumerate() {
             let p = |n: &str| format!("layers.{i}.{n}.weight");
@@ -341,7 +273,7 @@ impl Gemma3 {
             };
             let input_layernorm = norm("input_layernorm", d)?;
             let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
-                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
+                tensors.linear(&p(n), [o, i], device)
             };
             let q_proj = lin("self_attn.q_proj", h * hd, d)?;
             let k_proj = lin("self_attn.k_proj", kv * hd, d)?;
@@ -355,7 +287,7 @@ impl Gemma3 {
             let post_attention_layernorm = norm("post_attention_layernorm", d)?;
             let pre_feedforward_layernorm = norm("pre_feedforward_layernorm", d)?;
             let mut lin = |n: &str, o: usize, i: usize| -> Result<Linear, WeightsError> {
-                Ok(Linear::new(tensors.matrix(&p(n), [o, i])?, device))
+                tensors.linear(&p(n), [o, i], device)
             };
             let mlp = Mlp {
                 gate_proj: lin("mlp.gate_proj", f, d)?,
@@ -391,7 +323,6 @@ impl Gemma3 {
             cfg: cfg.clone(),
             device: device.clone(),
             dtype,
-            head_blocks: row_blocks(device, cfg.vocab_size),
             embed_tokens,
             embed_scale,
             layers,
@@ -423,18 +354,79 @@ impl Gemma3 {
 
     /// Runs `ids` (continuing at `cache.len()`) and returns logits `[T or 1, V]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, which: Logits) -> Tensor<2> {
+        self.forward_embedded(ids, None, cache, which)
+    }
+
+    /// As [`Gemma3::forward`] for a chunk holding image blocks (spec §5.4,
+    /// `Gemma3Model.forward` with `token_type_ids`): the `images.token`
+    /// positions take the rows of `images.rows` in order (projector outputs,
+    /// not scaled by √d), and each run of them attends bidirectionally
+    /// within itself, in global and local layers alike; all else is causal.
+    /// A run must not continue into the next chunk (`vision::ImagePrefill`
+    /// cuts chunks at block ends).
+    ///
+    /// # Panics
+    /// If `images.rows` has not one row per image token of `ids`.
+    pub fn forward_with_images(
+        &self,
+        ids: &[u32],
+        images: &ImageRows,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Tensor<2> {
+        self.forward_embedded(ids, Some(images), cache, which)
+    }
+
+    fn forward_embedded(
+        &self,
+        ids: &[u32],
+        images: Option<&ImageRows>,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Tensor<2> {
         let t = ids.len();
         let start = cache.len();
         let d = self.cfg.hidden_size;
-        let ids_i: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let runs = images.map_or_else(Vec::new, |img| crate::vision::image_blocks(ids, img.token));
+        // Image tokens may lie past the embedding (HF looks them up as id 0).
+        let ids_i: Vec<i64> = ids
+            .iter()
+            .map(|&i| match images {
+                Some(img) if i == img.token => 0,
+                _ => i64::from(i),
+            })
+            .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [t]), &self.device);
         // Gemma3TextScaledWordEmbedding: lookup, then × √d in the compute dtype.
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .mul_scalar(self.embed_scale)
-            .reshape([1, t, d]);
+        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
+        if let (Some(img), false) = (images, runs.is_empty()) {
+            // masked_scatter of the image features over the soft tokens.
+            let n: usize = runs.iter().map(|r| r.len()).sum();
+            assert_eq!(img.rows.dims(), [n, d], "one image row per image token");
+            let (mut parts, mut prev, mut row) = (Vec::new(), 0, 0);
+            for r in &runs {
+                if r.start > prev {
+                    parts.push(x.clone().slice([prev..r.start, 0..d]));
+                }
+                let rows = img.rows.clone().slice([row..row + r.len(), 0..d]);
+                parts.push(rows.cast(self.dtype));
+                row += r.len();
+                prev = r.end;
+            }
+            if prev < t {
+                parts.push(x.slice([prev..t, 0..d]));
+            }
+            x = Tensor::cat(parts, 0);
+        }
+        let mut x = x.reshape([1, t, d]);
+        let blocks: Vec<Range<usize>> = runs
+            .iter()
+            .map(|r| start + r.start..start + r.end)
+            .collect();
+        let span = Span {
+            start,
+            blocks: &blocks,
+        };
 
         let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
         let (cos_l, sin_l) = self.rope_local.tables(start, t, self.dtype, &self.device);
@@ -443,7 +435,7 @@ impl Gemma3 {
                 LayerType::Global => (&cos_g, &sin_g),
                 LayerType::Local => (&cos_l, &sin_l),
             };
-            x = self.layer_forward(layer, x, cos, sin, lc, start);
+            x = self.layer_forward(layer, x, cos, sin, lc, span);
         }
         cache.advance(t);
 
@@ -453,7 +445,7 @@ impl Gemma3 {
         };
         let h = self.norm.forward(x);
         // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
-        row_blocked_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
+        self.embed_tokens.forward(h).cast(DType::F32)
     }
 
     fn layer_forward(
@@ -463,12 +455,12 @@ impl Gemma3 {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
-        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, start);
+        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, span);
         let a = layer.post_attention_layernorm.forward(a.reshape([b, t, d]));
         let x = residual + a;
 
@@ -498,7 +490,7 @@ impl Gemma3 {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (h, kv, hd) = (
@@ -526,13 +518,13 @@ impl Gemma3 {
         let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
         let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
         let k = apply_rope(attn.k_norm.forward(k), cos, sin);
-        let out = self.attend(layer.kind, q, k, v, cache, start);
+        let out = self.attend(layer.kind, q, k, v, cache, span);
         attn.o_proj.forward(out)
     }
 
     /// Scaled dot-product attention of one sequence's queries `[b, H, T, hd]`
     /// over its cache plus the new keys/values `[b, KV, T, hd]` (appended to
-    /// `cache`); returns `[b·T, H·hd]`. `start` is the first query's position.
+    /// `cache`); returns `[b·T, H·hd]`. `span.start` is the first query's position.
     fn attend(
         &self,
         kind: LayerType,
@@ -540,8 +532,9 @@ impl Gemma3 {
         k: Tensor<4>,
         v: Tensor<4>,
         cache: &mut LayerCache,
-        start: usize,
+        span: Span<'_>,
     ) -> Tensor<2> {
+        let start = span.start;
         let cfg = &self.cfg;
         let (h, kv, hd) = (
             cfg.num_attention_heads,
@@ -567,7 +560,8 @@ impl Gemma3 {
             .matmul(keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
-        let m = positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep));
+        let m =
+            positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep, span.blocks));
         let scores = match m {
             Some(m) => {
                 scores
@@ -605,11 +599,7 @@ impl Gemma3 {
         let hd = self.cfg.head_dim;
         let ids_i: Vec<i64> = tokens.iter().map(|&i| i64::from(i)).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .mul_scalar(self.embed_scale);
+        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
 
         let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let table = |rope: &RotaryTable| {
@@ -629,7 +619,7 @@ impl Gemma3 {
             c.advance(1);
         }
         let h = self.norm.forward(x);
-        batch_product(&self.embed_tokens, h, self.head_blocks).cast(DType::F32)
+        self.embed_tokens.forward_batch(h).cast(DType::F32)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -683,7 +673,10 @@ impl Gemma3 {
                     one(&k, kv),
                     one(&v, kv),
                     &mut c.layers[li],
-                    positions[i],
+                    Span {
+                        start: positions[i],
+                        blocks: &[],
+                    },
                 )
             })
             .collect();
@@ -702,11 +695,29 @@ impl Gemma3 {
     }
 }
 
+/// Image soft-token embeddings for [`Gemma3::forward_with_images`].
+#[derive(Debug, Clone)]
+pub struct ImageRows {
+    /// The image soft token id (`image_token_index`).
+    pub token: u32,
+    /// `[image tokens, hidden]`: the projector's rows, in prompt order.
+    pub rows: Tensor<2>,
+}
+
+/// Where a chunk's queries sit: the first one's absolute position, and the
+/// image blocks (absolute positions) whose tokens see each other.
+#[derive(Debug, Clone, Copy)]
+struct Span<'a> {
+    start: usize,
+    blocks: &'a [Range<usize>],
+}
+
 /// Additive mask `[rep·T, S]` (0 or −∞), or `None` when every key is visible.
 ///
 /// Query `i` (absolute `start + r`) sees key `j` (absolute `keys[c]`, in
-/// whatever order the cache holds them) iff `j ≤ i` and, on local layers,
-/// `j > i − W` (spec §2.6).
+/// whatever order the cache holds them) iff `j ≤ i` or both lie in the same
+/// image block, and, on local layers, `j > i − W` (spec §2.6, §5.4;
+/// transformers' `create_masks_for_vision_model`: sliding AND (causal OR block)).
 fn mask(
     kind: LayerType,
     window: usize,
@@ -714,9 +725,13 @@ fn mask(
     t: usize,
     keys: &[usize],
     rep: usize,
+    blocks: &[Range<usize>],
 ) -> Option<Vec<f32>> {
     let s = keys.len();
-    let visible = |i: usize, j: usize| j <= i && (kind == LayerType::Global || j + window > i);
+    let same_block = |i: usize, j: usize| blocks.iter().any(|b| b.contains(&i) && b.contains(&j));
+    let visible = |i: usize, j: usize| {
+        (j <= i || same_block(i, j)) && (kind == LayerType::Global || j + window > i)
+    };
     let all = (0..t).all(|r| keys.iter().all(|&j| visible(start + r, j)));
     if all {
         return None;
@@ -744,23 +759,44 @@ mod tests {
     fn window_bound_is_exclusive_of_i_minus_w() {
         // W = 3: query 5 sees keys 3, 4, 5 and not 2.
         let keys: Vec<usize> = (0..6).collect();
-        let m = mask(LayerType::Local, 3, 5, 1, &keys, 1).unwrap();
+        let m = mask(LayerType::Local, 3, 5, 1, &keys, 1, &[]).unwrap();
         let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
         assert_eq!(seen, vec![false, false, false, true, true, true]);
         // Global layers see everything up to i.
-        assert!(mask(LayerType::Global, 3, 5, 1, &keys, 1).is_none());
+        assert!(mask(LayerType::Global, 3, 5, 1, &keys, 1, &[]).is_none());
     }
 
     #[test]
     fn mask_follows_ring_order() {
         // A ring of 3 slots after positions 0..5 holds 3, 4, 2; a two-token
         // chunk at 5 appends 5, 6. W = 3: query 5 sees 3, 4, 5; query 6 sees 4, 5, 6.
-        let m = mask(LayerType::Local, 3, 5, 2, &[3, 4, 2, 5, 6], 1).unwrap();
+        let m = mask(LayerType::Local, 3, 5, 2, &[3, 4, 2, 5, 6], 1, &[]).unwrap();
         let seen: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
         #[rustfmt::skip]
         assert_eq!(seen, vec![
             true, true, false, true, false,
             false, true, false, true, true,
         ]);
+    }
+
+    #[test]
+    fn image_blocks_see_themselves_both_ways_within_the_window() {
+        // Positions 0..6, block 2..5. Global: query 2 sees 3 and 4 (later,
+        // same block) but not 5; query 5 is causal.
+        let keys: Vec<usize> = (0..6).collect();
+        let m = mask(LayerType::Global, 100, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let row =
+            |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
+        assert_eq!(row(2), vec![true, true, true, true, true, false]);
+        assert_eq!(row(5), vec![true; 6]);
+        assert_eq!(row(1), vec![true, true, false, false, false, false]);
+        // Local, W = 2: query 4 sees 3 and 4 only (2 is in its block but
+        // outside the window); query 2 sees 1, 2, 3, 4 (later block keys
+        // are inside the window: j > i − W holds for every j > i).
+        let m = mask(LayerType::Local, 2, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let row =
+            |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
+        assert_eq!(row(4), vec![false, false, false, true, true, false]);
+        assert_eq!(row(2), vec![false, true, true, true, true, false]);
     }
 }

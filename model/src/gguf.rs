@@ -17,9 +17,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::cpu::WeightBytes;
 use crate::quant::{self, QuantError};
 
 pub use crate::quant::GgmlType;
@@ -383,7 +385,8 @@ pub enum GgufError {
 /// An open GGUF file: the parsed header plus a read-only map of the file.
 pub struct GgufFile {
     path: PathBuf,
-    map: Mmap,
+    /// Shared with the CPU matrices that read their blocks in place.
+    map: Arc<Mmap>,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -416,7 +419,7 @@ impl GgufFile {
         let header = Parser::new(path, &map).parse()?;
         Ok(Self {
             path: path.to_path_buf(),
-            map,
+            map: Arc::new(map),
             version: header.version,
             alignment: header.alignment,
             data_offset: header.data_offset,
@@ -526,25 +529,43 @@ impl GgufFile {
         })
     }
 
+    /// The tensor's bytes as a range of the shared map, for a matrix kept
+    /// as stored (the CPU kernels read it in place).
+    pub fn tensor_weight_bytes(&self, t: &TensorInfo) -> Result<WeightBytes, GgufError> {
+        let range = self.tensor_range(t)?;
+        WeightBytes::mapped(&self.map, range.start, range.len())
+            .ok_or_else(|| self.out_of_bounds(t, Some(range.start as u64), Some(range.end as u64)))
+    }
+
     /// The tensor's raw on-disk bytes (ggml block layout, little-endian).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8], GgufError> {
+        let range = self.tensor_range(t)?;
+        self.map
+            .get(range.clone())
+            .ok_or_else(|| self.out_of_bounds(t, Some(range.start as u64), Some(range.end as u64)))
+    }
+
+    /// Where the tensor's bytes lie in the file, checked against its length.
+    fn tensor_range(&self, t: &TensorInfo) -> Result<std::ops::Range<usize>, GgufError> {
         // Recomputed with checked arithmetic: `t` may not come from this file.
         let size = tensor_size(&self.path, t)?;
         let file_len = self.map.len() as u64;
         let start = self.data_offset.checked_add(t.offset);
         let end = start.and_then(|s| s.checked_add(size));
         match (start, end) {
-            (Some(start), Some(end)) if end <= file_len => {
-                // Both fit in usize: they are at most the mapped length.
-                Ok(&self.map[start as usize..end as usize])
-            }
-            _ => Err(GgufError::TensorOutOfBounds {
-                path: self.path.clone(),
-                tensor: t.name.clone(),
-                start: start.unwrap_or(u64::MAX),
-                end: end.unwrap_or(u64::MAX),
-                file_len,
-            }),
+            // Both fit in usize: they are at most the mapped length.
+            (Some(start), Some(end)) if end <= file_len => Ok(start as usize..end as usize),
+            _ => Err(self.out_of_bounds(t, start, end)),
+        }
+    }
+
+    fn out_of_bounds(&self, t: &TensorInfo, start: Option<u64>, end: Option<u64>) -> GgufError {
+        GgufError::TensorOutOfBounds {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            start: start.unwrap_or(u64::MAX),
+            end: end.unwrap_or(u64::MAX),
+            file_len: self.map.len() as u64,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::probe::{ModelFormat, ModelProbe, ProbeError};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{GemmaTokenizer, TokenizerError};
-use crate::weights::{WeightSource, WeightsError};
+use crate::weights::{CpuWeights, WeightSource, WeightsError};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -101,14 +101,27 @@ impl LoadedModel {
 }
 
 /// Loads the model at `path` onto `device` in `dtype`; `tokenizer` overrides
-/// the tokenizer found with the model.
+/// the tokenizer found with the model. On the CPU the weight matrices stay
+/// as stored ([`CpuWeights::AsStored`]).
 pub fn load_model(
     path: &Path,
     tokenizer: Option<&Path>,
     device: &Device,
     dtype: DType,
 ) -> Result<LoadedModel, LoadError> {
-    load_probed(ModelProbe::open(path)?, tokenizer, device, dtype)
+    load_model_with(path, tokenizer, device, dtype, CpuWeights::default())
+}
+
+/// [`load_model`], keeping the weight matrices as `cpu_weights` says when
+/// `device` is the CPU (the daemon's `engine.cpu_weights`; the GPU ignores it).
+pub fn load_model_with(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    device: &Device,
+    dtype: DType,
+    cpu_weights: CpuWeights,
+) -> Result<LoadedModel, LoadError> {
+    load_probed(ModelProbe::open(path)?, tokenizer, device, dtype, cpu_weights)
 }
 
 /// Loads a probed model (its configuration and GGUF header are not read
@@ -118,6 +131,7 @@ pub fn load_probed(
     tokenizer: Option<&Path>,
     device: &Device,
     dtype: DType,
+    cpu_weights: CpuWeights,
 ) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
     let explicit_tok = tokenizer.map(GemmaTokenizer::from_file).transpose()?;
@@ -138,10 +152,12 @@ pub fn load_probed(
                 None
             };
             let mut src = WeightSource::from_gguf(&path, file);
+            src.set_cpu_weights(cpu_weights);
             (Gemma3::load(&cfg, &mut src, device, dtype)?, tok)
         }
         _ => {
             let mut src = WeightSource::open_safetensors_dir(&path)?;
+            src.set_cpu_weights(cpu_weights);
             let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
             let tok = match (&explicit_tok, beside) {
                 (None, Some(t)) => Some(GemmaTokenizer::from_file(&t)?),

@@ -326,12 +326,14 @@ fn blocks<const B: usize, const N: usize>(
     }
 }
 
+#[inline(always)]
 fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// `block_q4_0`: f16 d, 16 bytes of nibbles; x = (q - 8)·d, low nibbles first.
-fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
     let d = half_at(b, 0);
     let qs = &b[2..18];
     for j in 0..16 {
@@ -341,7 +343,8 @@ fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
 }
 
 /// `block_q4_1`: f16 d, f16 m, 16 bytes of nibbles; x = q·d + m.
-fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
     let d = half_at(b, 0);
     let m = half_at(b, 2);
     let qs = &b[4..20];
@@ -352,7 +355,8 @@ fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
 }
 
 /// `block_q5_0`: f16 d, u32 high bits, 16 bytes of nibbles; x = (q - 16)·d.
-fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
     let d = half_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     let qs = &b[6..22];
@@ -365,7 +369,8 @@ fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
 }
 
 /// `block_q5_1`: f16 d, f16 m, u32 high bits, 16 bytes of nibbles; x = q·d + m.
-fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
     let d = half_at(b, 0);
     let m = half_at(b, 2);
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -379,7 +384,8 @@ fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
 }
 
 /// `block_q8_0`: f16 d, 32 signed bytes; x = q·d.
-fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
     let d = half_at(b, 0);
     for (o, &q) in y.iter_mut().zip(&b[2..34]) {
         *o = q as i8 as f32 * d;
@@ -388,6 +394,7 @@ fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 
 /// ggml's `get_scale_min_k4`: unpacks the j-th 6-bit (scale, min) pair from
 /// the 12-byte K-quant scale array.
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -401,7 +408,8 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// `block_q4_K`: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of
 /// nibbles; eight 32-value sub-blocks, x = (d·sc)·q − (dmin·m).
-fn q4_k(b: &[u8; 144], y: &mut [f32; QK_K]) {
+#[inline(always)]
+pub(crate) fn q4_k(b: &[u8; 144], y: &mut [f32; QK_K]) {
     let d = half_at(b, 0);
     let dmin = half_at(b, 2);
     let scales = &b[4..16];
@@ -421,7 +429,8 @@ fn q4_k(b: &[u8; 144], y: &mut [f32; QK_K]) {
 
 /// `block_q5_K`: f16 d, f16 dmin, 12 bytes of scales/mins, 32 bytes of high
 /// bits, 128 bytes of nibbles; x = (d·sc)·q − (dmin·m) with 5-bit q.
-fn q5_k(b: &[u8; 176], y: &mut [f32; QK_K]) {
+#[inline(always)]
+pub(crate) fn q5_k(b: &[u8; 176], y: &mut [f32; QK_K]) {
     let d = half_at(b, 0);
     let dmin = half_at(b, 2);
     let scales = &b[4..16];
@@ -446,7 +455,8 @@ fn q5_k(b: &[u8; 176], y: &mut [f32; QK_K]) {
 
 /// `block_q6_K`: 128 bytes of low nibbles, 64 bytes of 2-bit high parts,
 /// 16 signed 8-bit scales, f16 d; x = (d·sc)·(q − 32).
-fn q6_k(b: &[u8; 210], y: &mut [f32; QK_K]) {
+#[inline(always)]
+pub(crate) fn q6_k(b: &[u8; 210], y: &mut [f32; QK_K]) {
     let ql_all = &b[0..128];
     let qh_all = &b[128..192];
     let sc_all = &b[192..208];
@@ -467,4 +477,28 @@ fn q6_k(b: &[u8; 210], y: &mut [f32; QK_K]) {
             y[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
         }
     }
+}
+
+/// Quantizes `values` (a whole number of 32-value blocks) to ggml's `Q8_0`
+/// layout in `out` (34 bytes per block): per block an f16 scale
+/// `d = max|x| / 127` and 32 signed bytes `round(x / d)`, exactly as ggml's
+/// `quantize_row_q8_0_ref` (rounding half away from zero). Returns `false`
+/// and writes nothing when the lengths do not match.
+pub fn quantize_q8_0(values: &[f32], out: &mut [u8]) -> bool {
+    let (blocks, rest) = values.as_chunks::<32>();
+    let (outs, out_rest) = out.as_chunks_mut::<34>();
+    if !rest.is_empty() || !out_rest.is_empty() || outs.len() != blocks.len() {
+        return false;
+    }
+    for (x, y) in blocks.iter().zip(outs) {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (dh, qs) = y.split_at_mut(2);
+        dh.copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for (q, v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8 as u8;
+        }
+    }
+    true
 }

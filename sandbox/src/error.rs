@@ -171,25 +171,39 @@ pub enum SandboxError {
 
     /// Landlock is missing from the kernel or disabled at boot.
     #[error(
-        "Landlock is not available ({errno}): boot Linux 6.12 or newer with \"landlock\" in \
-         CONFIG_LSM or the lsm= command line, or start with --insecure-no-sandbox for \
-         development only"
+        "Landlock is not available ({errno}): boot a kernel (5.13 or newer) with \"landlock\" \
+         in CONFIG_LSM or in the lsm= kernel command line"
     )]
     LandlockUnavailable {
         /// `ENOSYS` (not built in) or `EOPNOTSUPP` (disabled at boot).
         errno: Errno,
     },
 
-    /// The kernel's Landlock ABI is older than the one this crate requires.
+    /// The kernel's Landlock ABI is older than the minimum asked for.
     #[error(
-        "Landlock ABI {required} or newer is required but the kernel offers ABI {found}: \
-         run on Linux 6.12 or newer, or start with --insecure-no-sandbox for development only"
+        "Landlock ABI {required} or newer is required (sandbox.min_landlock_abi) but the kernel \
+         offers ABI {found}: run a newer kernel, or lower sandbox.min_landlock_abi (not below 1) \
+         if this site accepts that seccomp and systemd cover what Landlock then does not"
     )]
     LandlockAbiTooOld {
         /// The kernel's ABI version.
         found: i32,
-        /// [`crate::REQUIRED_LANDLOCK_ABI`].
+        /// The minimum ([`crate::LandlockOptions::min_abi`]).
         required: i32,
+    },
+
+    /// The Landlock options contradict each other or this build.
+    #[error(
+        "sandbox.min_landlock_abi = {min_abi} (asking for ABI {max_abi:?} at most) is not \
+         valid: {reason}; use a value from 1 to 10"
+    )]
+    LandlockOptions {
+        /// [`crate::LandlockOptions::min_abi`].
+        min_abi: i32,
+        /// [`crate::LandlockOptions::max_abi`].
+        max_abi: Option<i32>,
+        /// What is wrong.
+        reason: &'static str,
     },
 
     /// A path of the Landlock policy cannot be opened.

@@ -30,23 +30,32 @@
 //! sandbox::clean_process(&keep, &["RUST_LOG"])?;
 //! // 2. Parse the configuration; resolve the service user while /etc is readable.
 //! let user = sandbox::resolve_user("medgemma")?;
-//! // 3. Open what the daemon needs: model files, audit log, keys, sockets.
+//! // 3. Open what the daemon needs: model files, audit log, keys, sockets;
+//! //    load the GPU's libraries (the rules follow what the loader resolved).
+//! let gpu = sandbox::preload_cuda_libraries().ok();
 //! // 4. Drop root: bounding/ambient sets, groups, gid, uid; verified.
 //! sandbox::drop_privileges(&user)?;
 //! // 5. no_new_privs, not dumpable, RLIMIT_CORE = 1.
 //! sandbox::harden_process()?;
-//! // 6. Landlock, from the configuration's paths.
+//! // 6. Landlock, from the configuration's paths and the loaded libraries.
+//! let mut read_only = vec!["/usr/share/medgemma/model".into()];
+//! read_only.extend(gpu.iter().flat_map(|g| g.landlock_read_only()));
 //! let policy = sandbox::LandlockPolicy {
-//!     read_only: vec!["/usr/share/medgemma/model".into()],
+//!     read_only,
 //!     read_write: vec!["/var/lib/medgemma".into(), "/var/cache/medgemma".into()],
 //!     devices: vec!["/dev/nvidiactl".into(), "/dev/nvidia0".into(), "/dev/nvidia-uvm".into()],
 //!     proc_write_comm: true,
 //! };
-//! sandbox::apply_landlock(&policy)?;
+//! //    Every right the kernel offers, never below the site's minimum
+//! //    (`sandbox.min_landlock_abi`); the report says what is not enforced.
+//! let options = sandbox::LandlockOptions { min_abi: 1, max_abi: None };
+//! let landlock = sandbox::apply_landlock_with(&policy, &options)?;
+//! eprintln!("sandbox: {}", landlock.summary());
 //! // 7. seccomp for the whole process (TSYNC), then threads only narrow it.
 //! let mode = sandbox::SeccompMode::Enforce;
-//! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide(), mode)?;
-//! // 8. Engine thread first (it narrows itself to Role::Engine), then the
+//! let engine = if gpu.is_some() { sandbox::Role::EngineCuda } else { sandbox::Role::EngineCpu };
+//! sandbox::apply_seccomp(&sandbox::SeccompPolicy::process_wide_for(engine), mode)?;
+//! // 8. Engine thread first (it narrows itself to `engine`), then the
 //! //    main thread narrows to Role::Http and builds tokio with
 //! //    `on_thread_start(sandbox::thread_start_hook(Role::Http, mode))`.
 //! # Ok(()) }
@@ -57,9 +66,14 @@
 //! Filters are per thread, inherited by the threads a thread creates, and can
 //! only be added, never removed: a stack of filters allows the intersection.
 //! So [`apply_seccomp`] installs, process-wide with TSYNC, the *union* of
-//! every role (base ∪ engine ∪ HTTP) plus the kill filter and the `clone3`
-//! filter; then each thread narrows itself with [`narrow_current_thread`]
-//! (no TSYNC) to `base ∪ its role`. See [`seccomp`] for the tables.
+//! the process's roles (base ∪ the CPU or CUDA engine ∪ HTTP) plus the kill
+//! filter and the `clone3` filter; then each thread narrows itself with
+//! [`narrow_current_thread`]
+//! (no TSYNC) to `base ∪ its role`. Each role filter answers a probe with
+//! its own marker ([`current_thread_role`]), so neither narrowing nor the
+//! runtime's thread-start hook adds a role a thread already inherited: the
+//! stack stays flat however many threads start threads. See [`seccomp`]
+//! for the tables.
 //!
 //! # Insecure mode
 //!
@@ -70,6 +84,7 @@
 pub mod driver;
 pub mod error;
 pub mod landlock;
+pub mod libraries;
 pub mod privileges;
 pub mod process;
 pub mod seccomp;
@@ -79,7 +94,14 @@ pub use driver::{
     CUDA_DRIVER_LIBRARY, DriverMissing, probe_cuda_driver, probe_library, set_env_single_threaded,
 };
 pub use error::SandboxError;
-pub use landlock::{LandlockPolicy, LandlockReport, REQUIRED_LANDLOCK_ABI, apply_landlock};
+pub use landlock::{
+    LandlockGap, LandlockOptions, LandlockPolicy, LandlockReport, LandlockRight, MIN_LANDLOCK_ABI,
+    NEWEST_KNOWN_LANDLOCK_ABI, REQUIRED_LANDLOCK_ABI, apply_landlock, apply_landlock_with,
+};
+pub use libraries::{
+    LibraryMissing, LibraryRequest, LoadedFile, Preloaded, RequestedLibrary,
+    preload_cuda_libraries, preload_libraries,
+};
 pub use privileges::{
     DropReport, HardenReport, ResolvedUser, drop_privileges, harden_process, resolve_user,
 };
@@ -87,7 +109,7 @@ pub use process::{
     CleanReport, ListenFd, ListenSocket, clean_process, listen_fds, take_listen_fds,
 };
 pub use seccomp::{
-    Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, narrow_current_thread,
-    thread_start_hook,
+    Role, SeccompMode, SeccompPolicy, SeccompReport, apply_seccomp, current_thread_role,
+    narrow_current_thread, thread_start_hook,
 };
 pub use state::{CoreLimit, SandboxState, declare_insecure_no_sandbox};

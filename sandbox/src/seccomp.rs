@@ -29,12 +29,15 @@
 //!
 //! Filters are per thread, inherited by new threads, and can only be added:
 //! a thread's effective policy is the intersection of its stack. Hence:
-//! - [`SeccompPolicy::process_wide`] = base ∪ engine ∪ HTTP is installed by
-//!   `main` with TSYNC while single-threaded (TSYNC also catches a thread a
-//!   library might have started);
+//! - [`SeccompPolicy::process_wide_for`]`(engine)` = base ∪ that engine ∪
+//!   HTTP is installed by `main` with TSYNC while single-threaded (TSYNC
+//!   also catches a thread a library might have started);
 //! - the engine thread, first thing, calls
-//!   `narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode)`
-//!   (base ∪ engine); the CUDA driver's and the CPU backend's worker threads
+//!   `narrow_current_thread(&SeccompPolicy::for_role(engine), mode)` with
+//!   [`Role::EngineCpu`] (base only: no device `ioctl`, no executable
+//!   mapping, no `memfd_create`) or [`Role::EngineCuda`] (adds `ioctl`
+//!   limited to the NVIDIA driver's request numbers, executable mappings and
+//!   `memfd_create`); the CPU backend's or the CUDA driver's worker threads
 //!   are created by it and inherit that;
 //! - `main` then narrows itself to [`Role::Http`] and builds tokio with
 //!   `on_thread_start(thread_start_hook(Role::Http, mode)?)`, so every worker
@@ -42,15 +45,39 @@
 //!   `FIOCLEX`/`TCGETS`, no executable mappings, no device access.
 //!
 //! Spawn the engine thread *before* `main` narrows to HTTP, or it inherits
-//! the HTTP filter. A thread that is created by an already narrowed thread
-//! and narrows again stacks the same filter twice (harmless; the kernel's
-//! budget is 32768 BPF instructions per thread, each filter here is < 500).
+//! the HTTP filter.
+//!
+//! # The stack cannot grow
+//!
+//! A new thread inherits its creator's filters, and tokio's blocking pool
+//! creates threads from its workers for the whole life of the process (an
+//! idle one exits after 10 s; `block_in_place` hands the worker to a new
+//! one). A hook that installed its filter on every new thread therefore
+//! added one more copy per generation, until `seccomp()` failed against the
+//! kernel's 32 768-instruction budget and the hook aborted the daemon. So
+//! each role's filter carries a *marker*: its first instructions answer the
+//! probe `ioctl(-1, ROLE_PROBE_REQUEST)` with the errno
+//! `ROLE_MARKER_ERRNO + role id` (any other caller gets the kernel's
+//! `EBADF`). [`current_thread_role`] asks it; the kernel answers from the
+//! newest filter on the stack (between equal actions the most recently
+//! installed wins), which is inherited with the stack, so a thread knows the
+//! role it runs under without any state of its own. [`narrow_current_thread`]
+//! and the [`thread_start_hook`] install a role's filter only on a thread
+//! whose newest role filter is a different one (or none): at most one role
+//! filter per role change, never one per thread generation.
 //!
 //! `socket(2)` is in no table: every socket comes from systemd or is opened
 //! before the filter (`RestrictAddressFamilies=` cannot replace this:
 //! `@system-service` includes `socket`). `connect`/`bind`/`listen` are in no
-//! table either. `socketpair(AF_UNIX)` is allowed for HTTP because tokio's
-//! signal driver creates an unnamed pair lazily; it reaches nothing.
+//! table either. `socketpair(AF_UNIX, SOCK_STREAM)` is allowed for HTTP
+//! because tokio's signal driver creates an unnamed pair lazily; a connected
+//! stream pair reaches nothing, and `sendto` never takes an address.
+//!
+//! Some argument checks cover what Landlock cannot enforce below a given
+//! ABI (`landlock.rs`, [`crate::landlock::RIGHTS`]): `openat` with `O_TRUNC`
+//! only with write access (truncation, ABI 3), `tgkill` only to this process
+//! (signals, ABI 6), `sendto` without an address and stream-only
+//! `socketpair` (abstract unix sockets, ABI 6).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,7 +85,7 @@ use std::sync::Arc;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 use serde::Serialize;
 
@@ -82,11 +109,44 @@ pub enum SeccompMode {
 pub enum Role {
     /// What every Rust/glibc thread needs (the main thread after startup).
     Base,
-    /// The inference engine thread and the threads the GPU driver or the CPU
-    /// backend create from it.
+    /// The engine without saying on which backend: the CUDA variant
+    /// ([`ENGINE`] is [`ENGINE_CUDA`]), kept so that existing callers keep
+    /// working. New code says [`Role::EngineCpu`] or [`Role::EngineCuda`].
     Engine,
     /// tokio's workers and blocking pool: HTTP over the Unix sockets.
     Http,
+    /// The inference engine on the CPU and the threads of the CPU backend
+    /// it creates: the base, nothing more.
+    EngineCpu,
+    /// The inference engine on an NVIDIA GPU and the threads the CUDA driver
+    /// creates from it.
+    EngineCuda,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Base,
+        Role::Engine,
+        Role::Http,
+        Role::EngineCpu,
+        Role::EngineCuda,
+    ];
+
+    /// Number in the role marker's errno (module doc, "The stack cannot grow").
+    fn marker_id(self) -> u32 {
+        match self {
+            Role::Base => 1,
+            Role::Engine => 2,
+            Role::Http => 3,
+            Role::EngineCpu => 4,
+            Role::EngineCuda => 5,
+        }
+    }
+
+    fn from_marker_id(id: u32) -> Option<Self> {
+        Role::ALL.into_iter().find(|r| r.marker_id() == id)
+    }
 }
 
 impl fmt::Display for Role {
@@ -95,6 +155,8 @@ impl fmt::Display for Role {
             Role::Base => "base",
             Role::Engine => "engine",
             Role::Http => "http",
+            Role::EngineCpu => "engine-cpu",
+            Role::EngineCuda => "engine-cuda",
         })
     }
 }
@@ -110,6 +172,16 @@ pub enum Width {
     U64,
 }
 
+/// The value an argument is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A constant.
+    Const(u64),
+    /// This process's id, filled in when the filter is compiled (the
+    /// process never forks: `clone` without `CLONE_THREAD` is refused).
+    OwnPid,
+}
+
 /// One check on one argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArgCheck {
@@ -120,7 +192,7 @@ pub struct ArgCheck {
     /// `arg & mask == value` (`mask = !0` for plain equality).
     pub mask: u64,
     /// Expected value after masking.
-    pub value: u64,
+    pub value: ArgValue,
 }
 
 /// Which arguments are allowed.
@@ -153,11 +225,15 @@ impl Syscall {
 }
 
 const fn eq32(index: u8, value: u64) -> ArgCheck {
+    masked32(index, u32::MAX as u64, value)
+}
+
+const fn masked32(index: u8, mask: u64, value: u64) -> ArgCheck {
     ArgCheck {
         index,
         width: Width::U32,
-        mask: u32::MAX as u64,
-        value,
+        mask,
+        value: ArgValue::Const(value),
     }
 }
 
@@ -166,7 +242,17 @@ const fn masked64(index: u8, mask: u64, value: u64) -> ArgCheck {
         index,
         width: Width::U64,
         mask,
-        value,
+        value: ArgValue::Const(value),
+    }
+}
+
+/// Argument `index` (an `int`) is this process's id.
+const fn own_pid(index: u8) -> ArgCheck {
+    ArgCheck {
+        index,
+        width: Width::U32,
+        mask: u32::MAX as u64,
+        value: ArgValue::OwnPid,
     }
 }
 
@@ -206,6 +292,13 @@ const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+const O_TRUNC: u64 = libc::O_TRUNC as u64;
+const O_ACCMODE: u64 = libc::O_ACCMODE as u64;
+const O_WRONLY: u64 = libc::O_WRONLY as u64;
+const O_RDWR: u64 = libc::O_RDWR as u64;
+/// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC` (`SOCK_TYPE_MASK`
+/// in `include/linux/net.h`).
+const SOCK_TYPE_MASK: u64 = 0xf;
 
 /// Every Rust/glibc thread of the daemon (Rust 1.95 std, glibc 2.36 as on
 /// Debian 12; the toolchain is pinned for this reason).
@@ -231,7 +324,15 @@ pub const BASE: &[Syscall] = &[
     sys!(SYS_pwrite64, "FileExt::write_at: caches"),
     sys!(SYS_lseek, "File::seek: torn-line repair of the audit log"),
     sys!(SYS_close, "dropping any OwnedFd"),
-    sys!(SYS_openat, "File::open (Landlock decides which paths)"),
+    sys!(
+        SYS_openat,
+        [
+            [masked32(2, O_TRUNC, 0)],
+            [masked32(2, O_ACCMODE, O_WRONLY)],
+            [masked32(2, O_ACCMODE, O_RDWR)]
+        ],
+        "File::open (Landlock decides which paths); O_TRUNC only with write access, which Landlock checks at every ABI (below ABI 3 it does not check truncation itself)"
+    ),
     sys!(SYS_newfstatat, "fs::metadata, glibc fstat"),
     sys!(SYS_fstat, "glibc fstat of an open file"),
     sys!(SYS_statx, "std fs::metadata, File::metadata"),
@@ -337,7 +438,8 @@ pub const BASE: &[Syscall] = &[
     ),
     sys!(
         SYS_tgkill,
-        "abort()/raise(): SIGABRT to ourselves; Landlock's signal scope keeps it inside"
+        [[own_pid(0)]],
+        "abort()/raise(): SIGABRT to a thread of this process only (Landlock's signal scope says the same from ABI 6)"
     ),
     sys!(
         SYS_restart_syscall,
@@ -394,26 +496,67 @@ pub const BASE_ARCH: &[Syscall] = &[
 #[cfg(not(target_arch = "x86_64"))]
 pub const BASE_ARCH: &[Syscall] = &[];
 
-/// The inference engine. On a GPU machine this list must be confirmed with a
-/// `--seccomp-log` run (see the crate's report); what the spec lists so far:
-pub const ENGINE: &[Syscall] = &[
+/// The inference engine on the CPU (burn's flex backend, its rayon pool,
+/// the tokenizer, memory-mapped weights): the base is all it needs. No
+/// `ioctl` beyond the base's three, no executable mapping (nothing is
+/// compiled at run time on the CPU), no `memfd_create`.
+pub const ENGINE_CPU: &[Syscall] = &[];
+
+/// NVIDIA's frontend ioctls (`/dev/nvidiactl`, `/dev/nvidia[0-9]`) are
+/// `_IOWR(NV_IOCTL_MAGIC, nr, size)` with `NV_IOCTL_MAGIC` = `'F'`
+/// (open-gpu-kernel-modules `kernel-open/common/inc/nv-ioctl-numbers.h`,
+/// `src/nvidia/arch/nvalloc/unix/include/nv_escape.h`): the type byte is
+/// bits 8-15 of the request; direction, size and number vary per call.
+const NV_IOCTL_TYPE_MASK: u64 = 0xff00;
+const NV_IOCTL_TYPE: u64 = (b'F' as u64) << 8;
+/// `nvidia-uvm` ioctls are plain numbers, `UVM_IOCTL_BASE(i)` = `i`, from 1
+/// up to 2047 (`kernel-open/nvidia-uvm/uvm_ioctl.h`: "2047 - highest custom
+/// ioctl function number"), so the bits above 0x7ff are clear.
+const UVM_IOCTL_HIGH_BITS: u64 = 0xffff_f800;
+/// `UVM_INITIALIZE` and `UVM_DEINITIALIZE`
+/// (`kernel-open/nvidia-uvm/uvm_linux_ioctl.h`).
+const UVM_INITIALIZE: u64 = 0x3000_0001;
+const UVM_DEINITIALIZE: u64 = 0x3000_0002;
+
+/// The inference engine on an NVIDIA GPU. From the driver's sources and the
+/// spec; on a GPU machine confirm it with a `--seccomp-log` run (kernel log
+/// `type=1326` lines name any call this list misses).
+///
+/// `ioctl` cannot be narrowed by descriptor: BPF sees only the number of the
+/// fd, which is assigned at `open` time and says nothing about the device
+/// (seccomp cannot dereference it). So it is narrowed by request number to
+/// the driver's (and Landlock's `IoctlDev`, from ABI 5, limits device ioctls
+/// to the device nodes of the policy). The NVIDIA driver itself ignores the
+/// type byte of its frontend ioctls, so a caller could still reach it with
+/// any `'F'` request: the narrowing keeps the engine from every *other*
+/// driver's and the terminal's ioctls (`TIOCSTI`, block and network devices).
+pub const ENGINE_CUDA: &[Syscall] = &[
     sys!(
         SYS_ioctl,
-        "CUDA driver: every call to /dev/nvidiactl, /dev/nvidia*, /dev/nvidia-uvm is an ioctl with driver-private numbers; Landlock's IoctlDev limits it to those device nodes"
+        [
+            [masked32(1, NV_IOCTL_TYPE_MASK, NV_IOCTL_TYPE)],
+            [masked32(1, UVM_IOCTL_HIGH_BITS, 0)],
+            [eq32(1, UVM_INITIALIZE)],
+            [eq32(1, UVM_DEINITIALIZE)]
+        ],
+        "CUDA driver and NVML: NV_ESC_* requests (type 'F') on /dev/nvidiactl and /dev/nvidia[0-9]; UVM requests (plain numbers up to 2047, UVM_INITIALIZE, UVM_DEINITIALIZE) on /dev/nvidia-uvm"
     ),
     sys!(
         SYS_mmap,
-        "CUDA driver maps device memory and UVM ranges; dlopen of libcuda/libnvrtc maps code (PROT_EXEC)"
+        "CUDA driver maps device memory and UVM ranges; a library the driver loads late maps code (PROT_EXEC)"
     ),
     sys!(
         SYS_mprotect,
-        "dlopen relocation (RELRO), CUDA driver mappings"
+        "dlopen relocation (RELRO) of a late-loaded driver library, CUDA driver mappings"
     ),
     sys!(
         SYS_memfd_create,
         "CUDA driver: shared-memory backing for IPC/UVM"
     ),
 ];
+
+/// The old name of [`ENGINE_CUDA`] ([`Role::Engine`]).
+pub const ENGINE: &[Syscall] = ENGINE_CUDA;
 
 /// tokio's workers and blocking pool serving HTTP on the Unix sockets.
 pub const HTTP: &[Syscall] = &[
@@ -429,7 +572,8 @@ pub const HTTP: &[Syscall] = &[
     sys!(SYS_recvmsg, "tokio UnixStream reads"),
     sys!(
         SYS_sendto,
-        "tokio UnixStream writes; sd_notify datagrams (WATCHDOG=1)"
+        [[masked64(4, u64::MAX, 0)]],
+        "send(2) on connected sockets: tokio UnixStream writes, sd_notify datagrams (WATCHDOG=1); never to an address (below Landlock ABI 6 nothing else keeps a datagram from an abstract socket)"
     ),
     sys!(SYS_sendmsg, "tokio UnixStream writes; sd_notify datagrams"),
     sys!(SYS_shutdown, "closing the write side of a connection"),
@@ -438,8 +582,11 @@ pub const HTTP: &[Syscall] = &[
     sys!(SYS_getpeername, "tokio UnixStream::peer_addr"),
     sys!(
         SYS_socketpair,
-        [[eq32(0, libc::AF_UNIX as u64)]],
-        "tokio::signal's driver creates an unnamed AF_UNIX pair lazily; an unnamed pair reaches nothing"
+        [[
+            eq32(0, libc::AF_UNIX as u64),
+            masked32(1, SOCK_TYPE_MASK, libc::SOCK_STREAM as u64)
+        ]],
+        "tokio::signal's driver creates an unnamed AF_UNIX stream pair lazily (mio UnixStream::pair); a connected stream pair reaches nothing"
     ),
 ];
 
@@ -528,6 +675,9 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompPolicy {
     name: String,
+    /// The role whose marker the compiled filter carries (`None` for the
+    /// process-wide union).
+    role: Option<Role>,
     entries: BTreeMap<i64, Entry>,
 }
 
@@ -543,7 +693,7 @@ pub struct AllowedSyscall {
 }
 
 impl SeccompPolicy {
-    fn from_tables(name: String, tables: &[&[Syscall]]) -> Self {
+    fn from_tables(name: String, role: Option<Role>, tables: &[&[Syscall]]) -> Self {
         let mut entries: BTreeMap<i64, Entry> = BTreeMap::new();
         for sc in tables.iter().flat_map(|t| t.iter()) {
             let entry = entries.entry(sc.nr).or_insert_with(|| Entry {
@@ -559,31 +709,61 @@ impl SeccompPolicy {
                 (Some(alts), Args::AnyOf(more)) => alts.extend_from_slice(more),
             }
         }
-        Self { name, entries }
+        Self {
+            name,
+            role,
+            entries,
+        }
     }
 
     /// The allow-list of one role: the base plus that role's table.
     pub fn for_role(role: Role) -> Self {
         let tables: &[&[Syscall]] = match role {
             Role::Base => &[BASE, BASE_ARCH],
-            Role::Engine => &[BASE, BASE_ARCH, ENGINE],
+            Role::Engine | Role::EngineCuda => &[BASE, BASE_ARCH, ENGINE_CUDA],
+            Role::EngineCpu => &[BASE, BASE_ARCH, ENGINE_CPU],
             Role::Http => &[BASE, BASE_ARCH, HTTP, HTTP_ARCH],
         };
-        Self::from_tables(role.to_string(), tables)
+        Self::from_tables(role.to_string(), Some(role), tables)
     }
 
-    /// The union of every role: what [`apply_seccomp`] installs on the whole
-    /// process before any thread narrows itself.
+    /// The union of the roles of a process whose engine runs as `engine`
+    /// ([`Role::EngineCpu`] or [`Role::EngineCuda`]) and HTTP: what
+    /// [`apply_seccomp`] installs on the whole process before any thread
+    /// narrows itself. With the CPU engine no thread of the process can map
+    /// executable memory or issue a device `ioctl`, narrowed or not.
+    pub fn process_wide_for(engine: Role) -> Self {
+        let engine_table = match engine {
+            Role::EngineCpu => ENGINE_CPU,
+            Role::Base | Role::Http => &[],
+            Role::Engine | Role::EngineCuda => ENGINE_CUDA,
+        };
+        Self::from_tables(
+            format!("process (base+{engine}+http)"),
+            None,
+            &[BASE, BASE_ARCH, engine_table, HTTP, HTTP_ARCH],
+        )
+    }
+
+    /// [`Self::process_wide_for`] the CUDA engine (the broader of the two),
+    /// as before the engine had two variants.
     pub fn process_wide() -> Self {
         Self::from_tables(
             "process (base+engine+http)".to_owned(),
-            &[BASE, BASE_ARCH, ENGINE, HTTP, HTTP_ARCH],
+            None,
+            &[BASE, BASE_ARCH, ENGINE_CUDA, HTTP, HTTP_ARCH],
         )
     }
 
     /// Its name, for reports.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role it was built for ([`Self::for_role`]); `None` for the
+    /// process-wide union.
+    pub fn role(&self) -> Option<Role> {
+        self.role
     }
 
     /// Number of allowed syscalls.
@@ -649,8 +829,101 @@ impl SeccompPolicy {
         };
         let filter =
             SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()?).map_err(err)?;
-        BpfProgram::try_from(filter).map_err(err)
+        let program = BpfProgram::try_from(filter).map_err(err)?;
+        Ok(match self.role {
+            Some(role) => [role_marker(role)?, program].concat(),
+            None => program,
+        })
     }
+}
+
+/// The `ioctl` request of the role probe ("mgSB"), always made on fd -1:
+/// without a role filter the kernel fails it with `EBADF` before any driver
+/// sees the request, so the probe can never reach a device.
+pub const ROLE_PROBE_REQUEST: u32 = 0x6d67_5342;
+/// The probe's answer is `ROLE_MARKER_ERRNO + role id` (errno values up to
+/// 4095 are passed through by `SECCOMP_RET_ERRNO`; none above 133 exists).
+pub const ROLE_MARKER_ERRNO: u32 = 4000;
+
+/// `AUDIT_ARCH_*` of this architecture (`include/uapi/linux/audit.h`).
+fn audit_arch() -> Result<u32, SandboxError> {
+    match std::env::consts::ARCH {
+        // EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+        "x86_64" => Ok(62 | 0x8000_0000 | 0x4000_0000),
+        // EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+        "aarch64" => Ok(183 | 0x8000_0000 | 0x4000_0000),
+        other => Err(SandboxError::SeccompBuild {
+            filter: format!("role marker for architecture {other}"),
+            source: seccompiler::BackendError::InvalidTargetArch(other.to_owned()),
+        }),
+    }
+}
+
+/// The role marker: eight BPF instructions put in front of a role's
+/// allow-list (module doc). On another architecture value, syscall or
+/// argument they fall through to the allow-list, which starts with its own
+/// architecture check. Offsets are those of `struct seccomp_data` on a
+/// little-endian machine (the low 32 bits of `args[i]` at `16 + 8 * i`);
+/// seccompiler supports only little-endian targets.
+fn role_marker(role: Role) -> Result<BpfProgram, SandboxError> {
+    const LD_ABS_W: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ARCH: u32 = 4;
+    const NR: u32 = 0;
+    const ARG0_LO: u32 = 16;
+    const ARG1_LO: u32 = 24;
+    let ld = |k| sock_filter {
+        code: LD_ABS_W,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // Jump to the allow-list (index 9) when the comparison at `at` fails.
+    let jeq = |at: u8, k| sock_filter {
+        code: JEQ_K,
+        jt: 0,
+        jf: 8 - at,
+        k,
+    };
+    let ioctl = u32::try_from(libc::SYS_ioctl).unwrap_or(u32::MAX);
+    Ok(vec![
+        ld(ARCH),
+        jeq(1, audit_arch()?),
+        ld(NR),
+        jeq(3, ioctl),
+        ld(ARG0_LO),
+        jeq(5, u32::MAX), // fd -1
+        ld(ARG1_LO),
+        jeq(7, ROLE_PROBE_REQUEST),
+        sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | (ROLE_MARKER_ERRNO + role.marker_id()),
+        },
+    ])
+}
+
+/// The role whose filter is the newest on the calling thread's stack, as the
+/// kernel answers the role probe (module doc); `None` when the thread runs
+/// only under the process-wide filters or none. One syscall, no file access.
+pub fn current_thread_role() -> Option<Role> {
+    // SAFETY: ioctl on fd -1 with a request no driver defines: the kernel
+    // fails with EBADF before reading the (absent) third argument; a role
+    // filter answers first with its marker errno. No memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            -1 as libc::c_int,
+            libc::c_ulong::from(ROLE_PROBE_REQUEST),
+        )
+    };
+    if rc != -1 {
+        return None;
+    }
+    let errno = u32::try_from(nix::errno::Errno::last_raw()).ok()?;
+    Role::from_marker_id(errno.checked_sub(ROLE_MARKER_ERRNO)?)
 }
 
 fn condition(c: &ArgCheck) -> Result<SeccompCondition, seccompiler::BackendError> {
@@ -667,7 +940,11 @@ fn condition(c: &ArgCheck) -> Result<SeccompCondition, seccompiler::BackendError
     } else {
         SeccompCmpOp::MaskedEq(c.mask)
     };
-    SeccompCondition::new(c.index, len, op, c.value)
+    let value = match c.value {
+        ArgValue::Const(v) => v,
+        ArgValue::OwnPid => u64::from(std::process::id()),
+    };
+    SeccompCondition::new(c.index, len, op, value)
 }
 
 fn arch() -> Result<TargetArch, SandboxError> {
@@ -767,13 +1044,19 @@ fn require_process_filters(filter: &str) -> Result<(), SandboxError> {
 
 /// Adds `policy`'s allow-list to the calling thread only (no TSYNC): the
 /// thread and the threads it creates can then only make calls allowed by
-/// both this and the process-wide filter.
+/// both this and the process-wide filter. A role's policy is not added again
+/// to a thread whose newest role filter is already that role's
+/// ([`current_thread_role`]), so calling this on every new thread cannot
+/// grow the stack.
 pub fn narrow_current_thread(
     policy: &SeccompPolicy,
     mode: SeccompMode,
 ) -> Result<(), SandboxError> {
     let name = format!("allow-list ({}, this thread)", policy.name);
     require_process_filters(&name)?;
+    if policy.role.is_some() && current_thread_role() == policy.role {
+        return Ok(());
+    }
     let prog = policy.compile(mode)?;
     seccompiler::apply_filter(&prog).map_err(|source| SandboxError::SeccompApply {
         filter: name,
@@ -782,9 +1065,12 @@ pub fn narrow_current_thread(
 }
 
 /// A closure for tokio's `Builder::on_thread_start` that narrows each new
-/// runtime thread to `role`. The BPF program is compiled once, here. If the
-/// kernel refuses the filter the process aborts: a runtime thread must never
-/// run unnarrowed, and the hook cannot return an error.
+/// runtime thread to `role`, unless the thread already runs under it
+/// (inherited from the thread that created it: [`current_thread_role`]), so
+/// that the stack stays flat however many generations of threads the
+/// runtime creates. The BPF program is compiled once, here. If the kernel
+/// refuses the filter the process aborts: a runtime thread must never run
+/// unnarrowed, and the hook cannot return an error.
 pub fn thread_start_hook(
     role: Role,
     mode: SeccompMode,
@@ -794,6 +1080,9 @@ pub fn thread_start_hook(
     require_process_filters(&name)?;
     let prog = Arc::new(policy.compile(mode)?);
     Ok(move || {
+        if current_thread_role() == Some(role) {
+            return;
+        }
         if let Err(e) = seccompiler::apply_filter(&prog) {
             // Fail closed; stderr is the only channel left in a thread hook.
             eprintln!("medgemma-sandbox: cannot narrow a new {role} thread ({e}); aborting");
@@ -807,7 +1096,7 @@ mod tests {
     use super::*;
 
     fn all_tables() -> Vec<&'static [Syscall]> {
-        vec![BASE, BASE_ARCH, ENGINE, HTTP, HTTP_ARCH]
+        vec![BASE, BASE_ARCH, ENGINE_CPU, ENGINE_CUDA, HTTP, HTTP_ARCH]
     }
 
     #[test]
@@ -859,23 +1148,92 @@ mod tests {
 
     #[test]
     fn roles_narrow_the_process_wide_list() {
-        let process = SeccompPolicy::process_wide();
-        for role in [Role::Base, Role::Engine, Role::Http] {
-            let p = SeccompPolicy::for_role(role);
-            for nr in p.entries.keys() {
-                assert!(process.allows(*nr));
+        for engine in [Role::EngineCpu, Role::EngineCuda] {
+            let process = SeccompPolicy::process_wide_for(engine);
+            for role in [Role::Base, engine, Role::Http] {
+                let p = SeccompPolicy::for_role(role);
+                for nr in p.entries.keys() {
+                    assert!(process.allows(*nr), "{role}: {nr}");
+                }
+                assert!(p.len() <= process.len());
             }
-            assert!(p.len() <= process.len());
         }
-        // The engine gets raw ioctl and executable mappings; HTTP does not.
-        let engine = SeccompPolicy::for_role(Role::Engine);
+        let legacy = SeccompPolicy::process_wide();
+        for nr in SeccompPolicy::process_wide_for(Role::EngineCuda)
+            .entries
+            .keys()
+        {
+            assert!(legacy.allows(*nr));
+        }
         let http = SeccompPolicy::for_role(Role::Http);
-        assert!(engine.allows_any_args(libc::SYS_ioctl));
         assert!(!http.allows_any_args(libc::SYS_ioctl));
         assert!(!http.allows_any_args(libc::SYS_mmap));
-        assert!(!engine.allows(libc::SYS_accept4));
         assert!(http.allows(libc::SYS_accept4));
-        assert!(process.allows_any_args(libc::SYS_ioctl));
+        assert!(!SeccompPolicy::for_role(Role::EngineCuda).allows(libc::SYS_accept4));
+    }
+
+    #[test]
+    fn the_cpu_engine_gets_no_device_ioctl_exec_mapping_or_memfd() {
+        let cpu = SeccompPolicy::for_role(Role::EngineCpu);
+        assert_eq!(cpu, {
+            let mut base = SeccompPolicy::for_role(Role::Base);
+            base.name = "engine-cpu".to_owned();
+            base.role = Some(Role::EngineCpu);
+            base
+        });
+        assert!(!cpu.allows_any_args(libc::SYS_ioctl));
+        assert!(!cpu.allows_any_args(libc::SYS_mmap));
+        assert!(!cpu.allows_any_args(libc::SYS_mprotect));
+        assert!(!cpu.allows(libc::SYS_memfd_create));
+        // Nor can any thread of a CPU-only process.
+        let process = SeccompPolicy::process_wide_for(Role::EngineCpu);
+        assert!(!process.allows_any_args(libc::SYS_mmap));
+        assert!(!process.allows(libc::SYS_memfd_create));
+        assert!(!process.allows_any_args(libc::SYS_ioctl));
+    }
+
+    #[test]
+    fn the_cuda_engine_ioctl_is_narrowed_to_the_nvidia_request_numbers() {
+        let cuda = SeccompPolicy::for_role(Role::EngineCuda);
+        assert!(cuda.allows(libc::SYS_ioctl) && !cuda.allows_any_args(libc::SYS_ioctl));
+        assert!(cuda.allows_any_args(libc::SYS_mmap));
+        assert!(cuda.allows(libc::SYS_memfd_create));
+        let alts = cuda.entries[&libc::SYS_ioctl]
+            .alternatives
+            .clone()
+            .unwrap_or_default();
+        let allowed = |request: u64| {
+            alts.iter().any(|checks| {
+                checks.iter().all(|c| {
+                    c.index == 1 && matches!(c.value, ArgValue::Const(v) if request & c.mask == v)
+                })
+            })
+        };
+        // Seen in the field (NV_ESC_CHECK_VERSION_STR, NV_ESC_CARD_INFO,
+        // NV_ESC_RM_CONTROL, NV_ESC_RM_ALLOC), UVM by number, the base's.
+        for ok in [
+            0xc048_46d2,
+            0xca00_46c8,
+            0xc020_462a,
+            0xc020_462b,
+            UVM_INITIALIZE,
+            UVM_DEINITIALIZE,
+            25,
+            75,
+            2047,
+            ioctl_nr(libc::FIONBIO),
+        ] {
+            assert!(allowed(ok), "{ok:#x} refused");
+        }
+        for refused in [
+            ioctl_nr(libc::TIOCSTI),
+            ioctl_nr(libc::TIOCGWINSZ),
+            ioctl_nr(libc::FIONREAD),
+            0x4008_6602, // FS_IOC_GETFLAGS-like ('f')
+            2048,
+        ] {
+            assert!(!allowed(refused), "{refused:#x} allowed");
+        }
     }
 
     #[test]
@@ -890,9 +1248,12 @@ mod tests {
         for mode in [SeccompMode::Enforce, SeccompMode::Log] {
             for p in [
                 SeccompPolicy::process_wide(),
+                SeccompPolicy::process_wide_for(Role::EngineCpu),
                 SeccompPolicy::for_role(Role::Base),
                 SeccompPolicy::for_role(Role::Engine),
                 SeccompPolicy::for_role(Role::Http),
+                SeccompPolicy::for_role(Role::EngineCpu),
+                SeccompPolicy::for_role(Role::EngineCuda),
             ] {
                 let prog = p.compile(mode).unwrap();
                 // Far below the kernel's 32768-instruction path budget and
@@ -904,6 +1265,39 @@ mod tests {
                     prog.len()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn roles_have_distinct_markers_in_front_of_their_allow_list() {
+        let roles = Role::ALL;
+        for role in roles {
+            assert_eq!(Role::from_marker_id(role.marker_id()), Some(role));
+            let with = SeccompPolicy::for_role(role)
+                .compile(SeccompMode::Enforce)
+                .unwrap();
+            let marker = role_marker(role).unwrap();
+            assert_eq!(&with[..marker.len()], &marker[..]);
+            // The answer: SECCOMP_RET_ERRNO with this role's errno, below
+            // the kernel's MAX_ERRNO (4095).
+            let ret = marker.last().unwrap().k;
+            assert_eq!(ret & libc::SECCOMP_RET_ACTION_FULL, libc::SECCOMP_RET_ERRNO);
+            assert!((ret & libc::SECCOMP_RET_DATA) < 4096);
+        }
+        let ids: std::collections::BTreeSet<u32> = roles.iter().map(|r| r.marker_id()).collect();
+        assert_eq!(ids.len(), roles.len());
+        // The process-wide union carries no marker: it is no role.
+        let process = SeccompPolicy::process_wide()
+            .compile(SeccompMode::Enforce)
+            .unwrap();
+        assert_ne!(process[..9], role_marker(Role::Base).unwrap()[..]);
+    }
+
+    #[test]
+    fn a_thread_without_a_role_filter_has_no_role() {
+        // The test harness installs no filter: the kernel answers EBADF.
+        if SECCOMP_REPORT.get().is_none() {
+            assert_eq!(current_thread_role(), None);
         }
     }
 

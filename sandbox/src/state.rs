@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use crate::SandboxError;
-use crate::landlock::{LandlockReport, REQUIRED_LANDLOCK_ABI};
+use crate::landlock::LandlockReport;
 use crate::seccomp::{SeccompMode, SeccompReport};
 
 static INSECURE: AtomicBool = AtomicBool::new(false);
@@ -199,7 +199,7 @@ impl SandboxState {
             ));
         }
         if let Some(landlock) = &self.landlock
-            && (!landlock.fully_enforced || landlock.kernel_abi < REQUIRED_LANDLOCK_ABI)
+            && (!landlock.fully_enforced || landlock.enforced_abi < landlock.required_abi)
         {
             out.push("Landlock is not fully enforced".to_owned());
         }

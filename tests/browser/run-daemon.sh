@@ -4,10 +4,13 @@
 # start-up as tests/e2e/run.sh), driven by headless Chromium. The tests that
 # need scripted answers (XSS payloads, context_full) run against the mock
 # server in tests/browser/run.sh; here: load, CSP, streamed answer from the
-# real model, reasoning block handling, language switch, status bar,
-# screenshots (artifacts/browser/).
+# real model, reasoning switch and block handling, Stop and Esc, language
+# switch, dark mode, status bar, screenshots (artifacts/browser/). The tests
+# marked new_api (conversation list, export, regenerate, edit, styles,
+# language) run once the daemon's /api/status has a "state" field; pass
+# --new-api on to run them regardless.
 #
-#   MEDGEMMAD=/path/to/medgemmad tests/browser/run-daemon.sh
+#   MEDGEMMAD=/path/to/medgemmad tests/browser/run-daemon.sh [--new-api on]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/../e2e/daemon.sh"

@@ -4,6 +4,7 @@
 #
 #   tests/browser/run.sh                         # against the built-in mock server
 #   tests/browser/run.sh --base-url http://127.0.0.1:6006   # against a running medgemmad
+#   tests/browser/run.sh --legacy-mock           # the mock as a daemon of before the conversation API
 #
 # Installs what it needs: Debian's chromium (apt, when root) and a venv under
 # ~/.cache with a pinned websockets. Screenshots land in artifacts/browser/.
@@ -30,5 +31,8 @@ if ! "$venv/bin/python" -c "import websockets, sys; sys.exit(websockets.__versio
     "$venv/bin/pip" install -q --disable-pip-version-check "websockets==$websockets_version"
 fi
 
-# Bounded: the tests keep their own budget; this is the backstop.
-exec timeout -k 5 150 "$venv/bin/python" "$here/test_ui.py" "$@"
+# Bounded: the tests keep their own budget (120 s on the mock, 300 s against a
+# daemon, whose model takes seconds per answer); this is the backstop.
+backstop=180
+case " $* " in *" --base-url"*) backstop=360 ;; esac
+exec timeout -k 5 "$backstop" "$venv/bin/python" "$here/test_ui.py" "$@"

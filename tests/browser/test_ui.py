@@ -2,41 +2,59 @@
 """Browser tests of the MedGemma web UI, in headless Chromium over CDP.
 
 Without --base-url the tests start mock_server.py (scripted answers, the
-daemon's CSP) and run every test. With --base-url they run against a real
-medgemmad and skip the tests that need scripted answers.
+daemon's CSP, the whole API contract) and run every test. With --base-url
+they run against a real medgemmad and skip the tests that need scripted
+answers (mock_only). Tests marked new_api need the conversation API (list,
+export, regenerate, edit, styles, language): against a daemon they run when
+its /api/status has a "state" field (--new-api auto), always (--new-api on:
+a missing route then fails the test), or never (--new-api off).
 
-Screenshots (1366×768) go to artifacts/browser/. The last line printed is
-"N passed, N failed[, N skipped]"; the exit status is non-zero on failure.
+Screenshots (1366×768) go to artifacts/browser/; most items are shot in
+English and Chinese, light and dark (NAME-{en,zh}-{light,dark}.png), and
+every such shot first passes the 4.5:1 text contrast check. The last line
+printed is "N passed, N failed[, N skipped]"; the exit status is non-zero on
+failure.
 """
 
 import argparse
+import glob
+import http.cookiejar
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 from cdp import Browser
+from mock_server import TEST_USERS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 WEB = os.path.join(REPO, "web")
 ARTIFACTS = os.path.join(REPO, "artifacts", "browser")
-TIME_BUDGET_S = 110
+# Seconds after which no further test starts: the mock answers at once, a
+# real model on the CPU takes seconds per answer. run.sh's timeout is the backstop.
+TIME_BUDGET_S = {"mock": 120, "daemon": 300}
 
 DISCLAIMER_EN = "MedGemma output supports and does not replace clinical judgement."
 DISCLAIMER_ZH = "MedGemma 的输出仅供辅助，不能替代临床判断。"
+DEVICE_NOTE = {"en": "Not a medical device.", "zh": "本系统不是医疗器械。"}
 
 TESTS = []
 
 
-def test(mock_only=False):
+def test(mock_only=False, new_api=False):
+    """mock_only: needs scripted answers or mock controls. new_api: needs the
+    conversation API (see the module doc)."""
     def wrap(fn):
-        TESTS.append((fn.__name__, fn, mock_only))
+        TESTS.append((fn.__name__, fn, mock_only, new_api))
         return fn
     return wrap
 
@@ -54,11 +72,15 @@ class Ctx:
         self.exceptions = []
         self.log_errors = []
         self.network_log = []
+        self.chat_bodies = []  # every POST /api/chat body the page sent, parsed
         page.on(self.on_event)
 
     def on_event(self, method, p):
         if method == "Network.requestWillBeSent":
-            self.requests.append(p["request"]["url"])
+            req = p["request"]
+            self.requests.append(req["url"])
+            if req.get("method") == "POST" and req["url"] == self.base + "/api/chat" and req.get("postData"):
+                self.chat_bodies.append(json.loads(req["postData"]))
         elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             args = [a.get("value", a.get("description", "")) for a in p.get("args", [])]
             self.console_errors.append(" ".join(str(a) for a in args))
@@ -102,12 +124,73 @@ class Ctx:
         page.press_enter()
         if wait_done:
             page.wait_for("document.documentElement.dataset.busy === '0'", timeout, what="the answer to finish")
+            # The list refreshes after each answer; give it a moment to mark this conversation.
+            deadline = time.time() + 1.5
+            while time.time() < deadline and not page.eval(
+                    "document.getElementById('sidebar').hidden || "
+                    "!!document.querySelector('#conv-list .conv-item.current')"):
+                time.sleep(0.03)
 
     def shot(self, name):
         os.makedirs(ARTIFACTS, exist_ok=True)
         path = os.path.join(ARTIFACTS, name)
         self.page.screenshot(path)
         return path
+
+    # ---- language and theme (the page's own switches) ----
+    def lang(self):
+        return "zh" if self.page.eval("document.documentElement.lang") == "zh-CN" else "en"
+
+    def theme(self):
+        return self.page.eval("document.documentElement.dataset.theme")
+
+    def set_lang(self, lang):
+        # element.click(): the switch works even under the print view's overlay.
+        if self.lang() != lang:
+            self.page.eval("document.getElementById('lang-toggle').click()")
+        assert self.lang() == lang
+
+    def set_theme(self, theme):
+        if self.theme() != theme:
+            self.page.eval("document.getElementById('theme-toggle').click()")
+        assert self.theme() == theme
+
+    def shots(self, name, contrast=True):
+        """Screenshots of the current view in English and Chinese, light and
+        dark; each first passes the text contrast check."""
+        lang, theme = self.lang(), self.theme()
+        try:
+            for lg in ("en", "zh"):
+                self.set_lang(lg)
+                for th in ("light", "dark"):
+                    self.set_theme(th)
+                    if contrast:
+                        res = self.page.eval(CONTRAST_JS)
+                        assert not res["bad"], (name, lg, th, res["bad"])
+                    self.shot(f"{name}-{lg}-{th}.png")
+        finally:
+            self.set_theme(theme)
+            self.set_lang(lang)
+
+    def new_conversation(self):
+        self.page.click("#new-conversation")
+        self.page.wait_for("document.querySelectorAll('#turns > .turn').length === 0", 3, what="an empty view")
+
+    def turn_count(self):
+        return self.page.eval("document.querySelectorAll('#turns > .turn').length")
+
+    def conversation_id(self):
+        """The id of the conversation shown (from the list's current item or the last chat event)."""
+        return self.page.eval("(document.querySelector('#conv-list .conv-item.current') || {dataset: {}}).dataset.id")
+
+    def wait_mock(self, cond, what, timeout=3):
+        deadline = time.time() + timeout
+        while True:
+            st = self.mock_get("/__mock/state")
+            if cond(st):
+                return st
+            assert time.time() < deadline, f"the mock never saw {what}: {st}"
+            time.sleep(0.05)
 
 
 LAST_TURN = "document.querySelector('#turns > .turn:last-child')"
@@ -332,7 +415,7 @@ def answer_html_is_shown_as_text(c):
     }})()""")
     assert res["xss"] == "undefined", res
     assert res["inPane"] == 0, res
-    assert res["scripts"] == ["/i18n.js", "/markdown.js", "/app.js"], res["scripts"]
+    assert res["scripts"] == ["/theme.js", "/i18n.js", "/markdown.js", "/app.js"], res["scripts"]
     assert res["imgs"] == ["/favicon.svg"], res["imgs"]
     assert "<script>window.__xss=1</script>" in res["text"], res["text"]
     assert '<img src=x onerror="window.__xss=2">' in res["text"], res["text"]
@@ -378,13 +461,9 @@ def stop_button_aborts_the_stream(c):
     time.sleep(0.6)
     assert len(c.text("#turns > .turn:last-child .answer")) == n1, "answer kept growing after Stop"
     if c.mock:
-        deadline = time.time() + 3
-        while True:
-            st = c.mock_get("/__mock/state")
-            if st["cancels"] and st["disconnects"] >= 1:
-                break
-            assert time.time() < deadline, f"the mock saw no cancel and disconnect: {st}"
-            time.sleep(0.1)
+        # The cancel arrived, and the stream ended: by the cancel, or by the page dropping the connection.
+        c.wait_mock(lambda st: st["cancels"] and (st["disconnects"] >= 1 or st["cancelled_turns"] >= 1),
+                    "a cancel and the end of the stream")
     assert not c.page.eval("document.getElementById('notice').hidden === false"), "Stop showed an error"
 
 
@@ -481,16 +560,17 @@ def context_full_offers_new_conversation(c):
     assert c.visible("#notice-new") and c.text("#notice-new") == "Start a new conversation"
     c.shot("07-context-full.png")
     assert not p.eval(CONTRAST_JS)["bad"], p.eval(CONTRAST_JS)["bad"]
-    cid = p.eval("fetch('/__mock/state').then(r => r.json())", await_promise=True)
+    deletes = len(c.mock_get("/__mock/state")["deletes"])
+    full_id = c.conversation_id()
     p.click("#notice-new")
     p.wait_for("document.querySelectorAll('#turns > .turn').length === 0", 3, what="the view to clear")
     assert c.visible("#empty-state") and not c.visible("#notice")
     assert c.text("#ctx-text") == "Context: empty"
-    deadline = time.time() + 3
-    while not c.mock_get("/__mock/state")["deletes"]:
-        assert time.time() < deadline, "no DELETE /api/conversations/{id} seen"
-        time.sleep(0.1)
-    assert cid is not None
+    # The full conversation stays on the server and in the list, to read or export.
+    assert full_id and p.eval(f"!!document.querySelector('#conv-list [data-id=\"{full_id}\"]')"), full_id
+    assert not c.conversation_id(), "the new conversation is not the current one"
+    time.sleep(0.2)
+    assert len(c.mock_get("/__mock/state")["deletes"]) == deletes, "a new conversation deleted the old one"
 
 
 @test()
@@ -501,14 +581,17 @@ def new_conversation_button_clears_view(c):
     elif not p.eval("document.querySelectorAll('#turns > .turn').length"):
         c.ask("Say OK.", timeout=75)
     deletes_before = len(c.mock_get("/__mock/state")["deletes"]) if c.mock else 0
+    old_id = c.conversation_id()
     p.click("#new-conversation")
     p.wait_for("document.querySelectorAll('#turns > .turn').length === 0", 3, what="the view to clear")
     assert c.visible("#empty-state")
+    assert p.eval("document.activeElement.id") == "input"
     if c.mock:
-        deadline = time.time() + 3
-        while len(c.mock_get("/__mock/state")["deletes"]) <= deletes_before:
-            assert time.time() < deadline, "no DELETE seen"
-            time.sleep(0.1)
+        # The old conversation is kept (the list reaches it), not deleted.
+        assert old_id and p.eval(f"!!document.querySelector('#conv-list [data-id=\"{old_id}\"]')")
+        assert not p.eval("document.querySelector('#conv-list .conv-item.current')")
+        time.sleep(0.2)
+        assert len(c.mock_get("/__mock/state")["deletes"]) == deletes_before, "the old conversation was deleted"
 
 
 @test()
@@ -565,6 +648,754 @@ def keyboard_focus_is_visible(c):
     assert focused == "send" and outline == "solid", (focused, outline)
 
 
+# ---- issue 16: the chat page ------------------------------------------------
+
+LAST_Q = "#turns > .turn:last-child"
+
+
+def pneumonia_question(c):
+    return ("What is the first-line treatment for community-acquired pneumonia?" if c.mock
+            else "In one short sentence: what is a normal adult resting heart rate?")
+
+
+def answer_timeout(c):
+    return 15 if c.mock else 75
+
+
+@test()
+def not_a_medical_device_note_is_visible(c):
+    p = c.page
+    c.load()
+    for lang in ("en", "zh"):
+        c.set_lang(lang)
+        assert c.visible("#device-note") and c.text("#device-note") == DEVICE_NOTE[lang], c.text("#device-note")
+        assert c.visible(".disclaimer")
+        assert c.text(".disclaimer") == (DISCLAIMER_EN if lang == "en" else DISCLAIMER_ZH)
+        # Above the fold, beside the input, not in a tooltip.
+        box = p.eval("document.getElementById('device-note').getBoundingClientRect().bottom")
+        assert 0 < box <= 768, box
+    c.set_lang("en")
+    c.shots("11-device-note")
+
+
+@test()
+def input_sends_nothing_to_spelling_or_autofill_services(c):
+    p = c.page
+    attrs = p.eval("""(() => { const i = document.getElementById('input');
+        return {spellcheck: i.spellcheck, sc: i.getAttribute('spellcheck'), ac: i.getAttribute('autocomplete'),
+                acorr: i.getAttribute('autocorrect'), acap: i.getAttribute('autocapitalize'),
+                login: [...document.querySelectorAll('#login input')].map(e => e.spellcheck)}; })()""")
+    assert attrs == {"spellcheck": False, "sc": "false", "ac": "off", "acorr": "off", "acap": "off",
+                     "login": [False, False]}, attrs
+
+
+@test()
+def show_reasoning_switch_is_sent_and_remembered(c):
+    p = c.page
+    c.load()
+    assert p.eval("document.getElementById('show-reasoning').checked") is True, "on by default"
+    assert c.text("label[for=show-reasoning]").strip() == "Show reasoning"
+    c.set_lang("zh")
+    assert c.text("label[for=show-reasoning]").strip() == "显示推理过程"
+    c.set_lang("en")
+    c.new_conversation()
+    try:
+        p.click("#show-reasoning")
+        assert p.eval("localStorage.getItem('medgemma.reasoning')") == "0"
+        c.load()
+        assert p.eval("document.getElementById('show-reasoning').checked") is False, "switch not remembered"
+        c.ask(pneumonia_question(c), timeout=answer_timeout(c))
+        assert c.chat_bodies[-1]["thinking"] is False, c.chat_bodies[-1]
+        if c.mock:
+            # Not asked for, none came: no reasoning panel.
+            assert p.eval(f"document.querySelector('{LAST_Q} details.reasoning').hidden") is True
+            assert c.text(f"{LAST_Q} .answer").strip()
+            c.shots("12-reasoning-off")
+    finally:
+        if not p.eval("document.getElementById('show-reasoning').checked"):
+            p.click("#show-reasoning")
+    assert p.eval("localStorage.getItem('medgemma.reasoning')") == "1"
+    c.load()
+    assert p.eval("document.getElementById('show-reasoning').checked") is True
+    c.ask(pneumonia_question(c), timeout=answer_timeout(c))
+    assert c.chat_bodies[-1]["thinking"] is True, c.chat_bodies[-1]
+    if c.mock:
+        info = p.eval(f"""(() => {{ const d = document.querySelector('{LAST_Q} details.reasoning');
+            return {{hidden: d.hidden, open: d.open, text: d.querySelector('.reasoning-body').textContent}}; }})()""")
+        assert info["hidden"] is False and info["open"] is False and "CURB-65" in info["text"], info
+
+
+@test()
+def reasoning_streams_open_then_folds_in_chinese(c):
+    p = c.page
+    c.set_lang("zh")
+    try:
+        c.new_conversation()
+        if c.mock:
+            c.ask("slow 慢一点回答", wait_done=False)
+            p.wait_for(f"document.querySelector('{LAST_Q} .reasoning-body').textContent.length > 0", 5,
+                       what="reasoning to stream")
+            live = p.eval(f"""(() => {{ const d = document.querySelector('{LAST_Q} details.reasoning');
+                return {{open: d.open, summary: d.querySelector('summary').textContent,
+                         answer: document.querySelector('{LAST_Q} .answer').textContent}}; }})()""")
+            assert live["open"] is True and live["answer"] == "" and "思考中…" in live["summary"], live
+            c.shot("13-reasoning-streaming-zh-light.png")
+            p.wait_for(f"document.querySelector('{LAST_Q} .answer').textContent.length > 0", 5, what="the answer")
+            assert p.eval(f"document.querySelector('{LAST_Q} details.reasoning').open") is False
+            c.shot("13-reasoning-folded-zh-light.png")
+            p.click("#stop")
+            p.wait_for("document.documentElement.dataset.busy === '0'", 3, what="the stream to stop")
+        else:
+            c.ask("用一句话回答：发烧是什么？", timeout=75)
+        assert c.chat_bodies[-1]["thinking"] is True
+    finally:
+        c.set_lang("en")
+
+
+@test(new_api=True)
+def ui_language_is_sent_and_answers_follow_it(c):
+    p = c.page
+    c.set_lang("zh")
+    try:
+        c.new_conversation()
+        c.ask("肺炎的一线治疗是什么？" if c.mock else "用一句话回答：成人正常体温是多少？", timeout=answer_timeout(c))
+        assert c.chat_bodies[-1]["language"] == "zh", c.chat_bodies[-1]
+        if c.mock:
+            heads = p.eval(f"[...document.querySelectorAll('{LAST_Q} .answer h4')].map(h => h.textContent)")
+            assert heads == ["定义", "机制", "鉴别诊断", "建议"], heads
+            c.shots("14-answer-language")
+    finally:
+        c.set_lang("en")
+    c.new_conversation()
+    c.ask(pneumonia_question(c), timeout=answer_timeout(c))
+    assert c.chat_bodies[-1]["language"] == "en", c.chat_bodies[-1]
+
+
+@test(new_api=True)
+def answer_style_per_conversation_defaults_from_status(c):
+    p = c.page
+    if c.mock:
+        c.mock_post("/__mock/status", {"default_style": "brief"})
+    try:
+        c.load()
+        status = p.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
+        styles, default = status["styles"], status["default_style"]
+        assert default in styles, status
+        picker = p.eval("""(() => ({hidden: document.getElementById('style-picker').hidden,
+            values: [...document.querySelectorAll('#style-options input')].map(i => i.value),
+            checked: (document.querySelector('#style-options input:checked') || {}).value,
+            labels: [...document.querySelectorAll('#style-options label')].map(l => l.textContent.trim()),
+            legend: document.querySelector('#style-picker legend').textContent}))()""")
+        assert picker["hidden"] is False and picker["values"] == styles and picker["checked"] == default, picker
+        if c.mock:
+            assert picker["labels"] == ["Structured", "Brief"] and picker["legend"] == "Answer style", picker
+            c.set_lang("zh")
+            assert p.eval("[...document.querySelectorAll('#style-options label')].map(l => l.textContent.trim())") \
+                == ["结构化", "简要"]
+            c.set_lang("en")
+        other = next(s for s in styles if s != default)
+        # Conversation A: the default style, then switched.
+        c.new_conversation()
+        c.ask(pneumonia_question(c), timeout=answer_timeout(c))
+        assert c.chat_bodies[-1]["style"] == default, c.chat_bodies[-1]
+        if c.mock:
+            assert p.eval(f"document.querySelectorAll('{LAST_Q} .answer h3, {LAST_Q} .answer h4').length") == 0, \
+                "a brief answer has no sections"
+        p.click(f"#style-options input[value={other}]")
+        c.ask("And for a penicillin allergy?" if c.mock else "Say OK.", timeout=answer_timeout(c))
+        assert c.chat_bodies[-1]["style"] == other, c.chat_bodies[-1]
+        conv_a = c.conversation_id()
+        assert conv_a
+        if c.mock:
+            assert c.mock_get("/__mock/state")["conversations"][conv_a]["style"] == other
+            c.shots("15-answer-style")
+        # A new conversation starts from the default again ...
+        c.new_conversation()
+        assert p.eval("document.querySelector('#style-options input:checked').value") == default
+        # ... and A keeps its own style when opened from the list.
+        p.click(f"#conv-list [data-id='{conv_a}'] .conv-open")
+        p.wait_for("document.querySelectorAll('#turns > .turn').length === 2", 5, what="conversation A")
+        assert p.eval("document.querySelector('#style-options input:checked').value") == other
+    finally:
+        if c.mock:
+            c.mock_post("/__mock/status", {"default_style": "structured"})
+        c.load()
+
+
+@test(mock_only=True)
+def terms_panel_beside_the_answer(c):
+    p = c.page
+    c.new_conversation()
+    c.ask("Is crushing chest pain a heart attack?")
+    info = p.eval(f"""(() => {{ const t = document.querySelector('{LAST_Q}');
+        const aside = t.querySelector('aside.terms'), bubble = t.querySelector('.bubble-model');
+        const a = aside.getBoundingClientRect(), b = bubble.getBoundingClientRect();
+        return {{hidden: aside.hidden, title: aside.querySelector('.terms-title').textContent,
+                 items: [...aside.querySelectorAll('.term')].map(li => ({{
+                    phrase: li.querySelector('.term-phrase').textContent,
+                    preferred: li.querySelector('.term-preferred').textContent,
+                    code: (li.querySelector('.term-code') || {{}}).textContent}})),
+                 beside: a.left >= b.right && a.top < b.bottom,
+                 links: aside.querySelectorAll('a, [href], [onclick]').length}}; }})()""")
+    assert info["hidden"] is False and info["title"] == "Terms" and info["beside"], info
+    assert {"phrase": "heart attack", "preferred": "Acute myocardial infarction", "code": "I21.9 · ICD-10"} \
+        in info["items"], info["items"]
+    assert info["links"] == 0, info
+    c.shots("16-terms")
+    # Chinese: the colloquial 心梗 maps to the standard term.
+    c.set_lang("zh")
+    try:
+        c.new_conversation()
+        c.ask("胸痛一小时，是心梗吗？")
+        items = p.eval(f"[...document.querySelectorAll('{LAST_Q} .term')].map(li => li.textContent)")
+        assert any(x.startswith("心梗") and "急性心肌梗死" in x and "I21.9 · ICD-10" in x for x in items), items
+        assert c.text(f"{LAST_Q} .terms-title") == "术语"
+        c.shots("16b-terms-chinese")
+    finally:
+        c.set_lang("en")
+    # No term found: no panel.
+    c.ask("xss test")
+    assert p.eval(f"document.querySelector('{LAST_Q} aside.terms').hidden") is True
+    assert not p.eval(f"document.querySelector('{LAST_Q} .model-row').classList.contains('has-terms')")
+
+
+@test(new_api=True)
+def conversation_list_loads_switches_and_deletes(c):
+    p = c.page
+    c.load()
+    c.new_conversation()
+    q1 = "First question: community-acquired pneumonia?" if c.mock else "Say one."
+    q2 = "Second question: is it a heart attack?" if c.mock else "Say two."
+    c.ask(q1, timeout=answer_timeout(c))
+    id1 = c.conversation_id()
+    c.new_conversation()
+    c.ask(q2, timeout=answer_timeout(c))
+    id2 = c.conversation_id()
+    assert id1 and id2 and id1 != id2
+    listed = p.eval("""[...document.querySelectorAll('#conv-list .conv-item')].map(li => ({id: li.dataset.id,
+        title: li.querySelector('.conv-item-title').textContent, meta: li.querySelector('.conv-item-meta').textContent,
+        current: li.classList.contains('current')}))""")
+    assert [x["id"] for x in listed[:2]] == [id2, id1], listed  # newest first
+    assert listed[0]["title"] == q2[:60] and listed[1]["title"] == q1[:60], listed
+    assert listed[0]["current"] and listed[0]["meta"].startswith("1 question"), listed
+    # Switch to the first conversation: its question, answer, folded reasoning (and terms) come back.
+    p.click(f"#conv-list [data-id='{id1}'] .conv-open")
+    p.wait_for(f"document.querySelector('#turns .bubble-user') && "
+               f"document.querySelector('#turns .bubble-user').textContent === {json.dumps(q1)}", 5, what="conversation 1")
+    info = p.eval(f"""(() => {{ const t = document.querySelector('{LAST_Q}');
+        const d = t.querySelector('details.reasoning');
+        return {{turns: document.querySelectorAll('#turns > .turn').length, answer: t.querySelector('.answer').textContent,
+                 reasoningShown: !d.hidden, open: d.open, terms: t.querySelectorAll('.term').length,
+                 current: document.querySelector('#conv-list .conv-item.current').dataset.id,
+                 title: document.getElementById('conv-title').textContent,
+                 ctx: document.getElementById('ctx-text').textContent}}; }})()""")
+    assert info["turns"] == 1 and info["answer"].strip() and info["current"] == id1, info
+    assert info["title"] == q1[:60], info
+    if c.mock:
+        assert info["reasoningShown"] and info["open"] is False and info["terms"] >= 1, info
+        assert info["ctx"] == "Context: counted after the next answer", info
+    c.shots("17-conversation-list")
+    # Delete the other one: two clicks (the first only asks to confirm).
+    sel = f"#conv-list [data-id='{id2}'] .conv-delete"
+    assert c.text(sel) == "Delete"
+    p.click(sel)
+    assert c.text(sel) == "Confirm delete"
+    c.shot("17b-delete-confirm-en-light.png")
+    p.click(sel)
+    p.wait_for(f"!document.querySelector(\"#conv-list [data-id='{id2}']\")", 3, what="the item to go")
+    if c.mock:
+        c.wait_mock(lambda st: id2 in st["deletes"], "the DELETE")
+    gone = p.eval(f"fetch('/api/conversations/{id2}').then(r => r.status)", await_promise=True)
+    assert gone == 404, gone
+    # Deleting the conversation on screen clears the view.
+    sel = f"#conv-list [data-id='{id1}'] .conv-delete"
+    p.click(sel)
+    p.click(sel)
+    p.wait_for("document.querySelectorAll('#turns > .turn').length === 0", 3, what="the view to clear")
+    assert c.visible("#empty-state") and not c.visible("#conv-bar")
+
+
+@test(new_api=True)
+def regenerate_the_last_answer(c):
+    p = c.page
+    c.new_conversation()
+    c.ask("Tell me about pneumonia." if c.mock else "Say OK.", timeout=answer_timeout(c))
+    c.ask(pneumonia_question(c), timeout=answer_timeout(c))
+    # Only the last answer offers it.
+    shown = p.eval("[...document.querySelectorAll('#turns .regenerate')].map(b => !b.hidden)")
+    assert shown == [False, True], shown
+    cid = c.conversation_id()
+    before = c.text(f"{LAST_Q} .answer")
+    p.click(f"{LAST_Q} .regenerate")
+    p.wait_for("document.documentElement.dataset.busy === '1'", 3, what="regenerating")
+    p.wait_for("document.documentElement.dataset.busy === '0'", answer_timeout(c), what="the new answer")
+    body = c.chat_bodies[-1]
+    assert body["regenerate"] is True and body["conversation_id"] == cid and body["message"] == "", body
+    assert "replace_last" not in body
+    assert c.turn_count() == 2
+    assert c.text(f"{LAST_Q} .bubble-user") == pneumonia_question(c)
+    after = c.text(f"{LAST_Q} .answer")
+    assert after.strip()
+    if c.mock:
+        assert before != after and "Regenerated answer, attempt 2" in after, after
+        assert c.mock_get("/__mock/state")["conversations"][cid]["turns"] == 2
+        c.set_lang("zh")
+        assert c.text(f"{LAST_Q} .regenerate") == "重新生成"
+        c.set_lang("en")
+        c.shots("18-regenerated")
+
+
+@test(new_api=True)
+def edit_and_resend_the_last_question(c):
+    p = c.page
+    c.new_conversation()
+    c.ask("Tell me about pneumonia." if c.mock else "Say OK.", timeout=answer_timeout(c))
+    c.ask("What about a heart atack?" if c.mock else "Say yes.", timeout=answer_timeout(c))
+    shown = p.eval("[...document.querySelectorAll('#turns .edit')].map(b => !b.hidden)")
+    assert shown == [False, True], shown
+    cid = c.conversation_id()
+    # Esc leaves edit mode and gives the input back empty.
+    p.click(f"{LAST_Q} .edit")
+    assert c.visible("#edit-bar") and p.eval("document.getElementById('input').value") == \
+        ("What about a heart atack?" if c.mock else "Say yes.")
+    p.key("Escape", "Escape", 27)
+    assert not c.visible("#edit-bar") and p.eval("document.getElementById('input').value") == ""
+    p.click(f"{LAST_Q} .edit")
+    assert p.eval("document.activeElement.id") == "input"
+    c.shots("19-editing")
+    fixed = "What about a heart attack?" if c.mock else "Say no."
+    p.eval("document.getElementById('input').select()")
+    p.insert_text(fixed)
+    p.press_enter()
+    p.wait_for("document.documentElement.dataset.busy === '0'", answer_timeout(c), what="the new answer")
+    body = c.chat_bodies[-1]
+    assert body["replace_last"] is True and body["message"] == fixed and body["conversation_id"] == cid, body
+    assert c.turn_count() == 2 and c.text(f"{LAST_Q} .bubble-user") == fixed
+    assert not c.visible("#edit-bar")
+    if c.mock:
+        st = c.mock_get("/__mock/state")["conversations"][cid]
+        assert st["turns"] == 2, st
+        assert "Acute myocardial infarction" in c.text(f"{LAST_Q} .answer"), "the answer is to the new question"
+        c.shots("19b-edited")
+
+
+@test(mock_only=True)
+def copy_buttons_on_answer_reasoning_and_code(c):
+    p = c.page
+    c.new_conversation()
+    c.ask(pneumonia_question(c))
+    clip = "navigator.clipboard.readText()"
+
+    def copied(selector, label):
+        p.click(selector)
+        p.wait_for(f"document.querySelector({json.dumps(selector)}).textContent === 'Copied'", 3, what=f"'Copied' on the {label} button")
+        return p.eval(clip, await_promise=True)
+
+    assert copied(f"{LAST_Q} .copy", "answer").startswith("## Community-acquired pneumonia")
+    p.click(f"{LAST_Q} details.reasoning summary")
+    assert "CURB-65" in copied(f"{LAST_Q} .copy-reasoning", "reasoning")
+    assert copied(f"{LAST_Q} .copy-code", "code") == "CURB-65 = C + U + R + B + 65"
+    labels = p.eval(f"[...document.querySelectorAll('{LAST_Q} .copy-reasoning, {LAST_Q} .copy-code')]"
+                    ".map(b => b.textContent)")
+    assert labels == ["Copied", "Copied"], labels
+    c.shots("20-copy-buttons")
+    p.wait_for(f"document.querySelector('{LAST_Q} .copy-code').textContent === 'Copy code'", 3,
+               what="the label to come back")
+    c.set_lang("zh")
+    labels = p.eval(f"[...document.querySelectorAll('{LAST_Q} .copy, {LAST_Q} .copy-reasoning, {LAST_Q} .copy-code')]"
+                    ".map(b => b.textContent)")
+    assert sorted(labels) == sorted(["复制回答", "复制推理过程", "复制代码"]), labels
+    c.set_lang("en")
+
+
+@test(new_api=True)
+def export_markdown_download_and_print_view(c):
+    p = c.page
+    c.new_conversation()
+    question = pneumonia_question(c)
+    c.ask(question, timeout=answer_timeout(c))
+    cid = c.conversation_id()
+    assert c.visible("#conv-bar") and c.text("#export-md") == "Download Markdown" and c.text("#export-print") == "Print view"
+    downloads = tempfile.mkdtemp(prefix="medgemma-dl-")
+    try:
+        p.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+        p.click("#export-md")
+        deadline = time.time() + 5
+        while not glob.glob(os.path.join(downloads, "medgemma-conversation-*.md")):
+            assert time.time() < deadline, f"no download: {os.listdir(downloads)}"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        path = glob.glob(os.path.join(downloads, "medgemma-conversation-*.md"))[0]
+        with open(path, encoding="utf-8") as f:
+            md = f.read()
+        assert question in md, md[:400]
+    finally:
+        p.send("Browser.setDownloadBehavior", {"behavior": "default"})
+        shutil.rmtree(downloads, ignore_errors=True)
+    if c.mock:
+        c.wait_mock(lambda st: {"conversation": cid, "format": "markdown"}.items()
+                    <= (st["exports"][-1] if st["exports"] else {}).items(), "the audited export")
+    p.click("#export-print")
+    p.wait_for("!document.getElementById('print-view').hidden", 3, what="the print view")
+    info = p.eval("""(() => { const b = document.getElementById('print-body');
+        return {text: b.textContent, heads: b.querySelectorAll('h3, h4').length, tables: b.querySelectorAll('table').length,
+                markup: b.querySelectorAll('a, script, img, iframe').length,
+                head: document.getElementById('print-head').textContent}; })()""")
+    assert question in info["text"] and info["heads"] >= 2 and info["markup"] == 0, info
+    assert info["head"].startswith("MedGemma conversation · exported"), info
+    if c.mock:
+        assert info["tables"] == 1, info
+        assert c.mock_get("/__mock/state")["exports"][-1]["format"] == "print"
+    c.shots("21-print-view")
+    # Printed: only the export, in print colours.
+    p.send("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        printed = p.eval("""({app: getComputedStyle(document.querySelector('.app')).display,
+            tools: getComputedStyle(document.querySelector('.print-tools')).display,
+            view: getComputedStyle(document.getElementById('print-view')).position})""")
+        assert printed == {"app": "none", "tools": "none", "view": "static"}, printed
+        c.shot("21b-print-media-en-light.png")
+    finally:
+        p.send("Emulation.setEmulatedMedia", {"media": ""})
+    p.key("Escape", "Escape", 27)
+    assert p.eval("document.getElementById('print-view').hidden") is True
+    assert p.eval("document.getElementById('print-body').childElementCount") == 0, "the export lingers in the page"
+
+
+@test()
+def dark_mode_follows_the_system_and_the_switch_is_remembered(c):
+    p = c.page
+
+    def system(value):
+        p.send("Emulation.setEmulatedMedia", {"media": "", "features": [{"name": "prefers-color-scheme", "value": value}]})
+
+    def bg_dark():
+        rgb = list(map(int, re.findall(r"\d+", p.eval("getComputedStyle(document.body).backgroundColor"))[:3]))
+        return sum(rgb) < 150
+
+    stored = "localStorage.getItem('medgemma.theme')"
+    try:
+        p.eval("localStorage.removeItem('medgemma.theme')")
+        system("dark")
+        c.load()
+        assert c.theme() == "dark" and bg_dark(), "does not follow the system's dark preference"
+        assert p.eval("document.getElementById('theme-toggle').getAttribute('aria-pressed')") == "true"
+        p.click("#theme-toggle")
+        assert c.theme() == "light" and not bg_dark() and p.eval(stored) == "light"
+        c.load()
+        assert c.theme() == "light", "the switch was not remembered"
+        p.click("#theme-toggle")  # back to the system's choice: no override kept
+        assert c.theme() == "dark" and p.eval(stored) is None
+        system("light")
+        p.wait_for("document.documentElement.dataset.theme === 'light'", 2, what="following the system live")
+        p.click("#theme-toggle")
+        assert c.theme() == "dark" and p.eval(stored) == "dark"
+        c.load()
+        assert c.theme() == "dark" and bg_dark()
+        assert c.text("#theme-toggle") == "Dark mode"
+        c.set_lang("zh")
+        assert c.text("#theme-toggle") == "深色模式"
+        c.set_lang("en")
+        if c.mock:
+            c.ask(pneumonia_question(c))
+        c.shots("22-dark-mode")
+    finally:
+        if c.theme() == "dark":
+            p.click("#theme-toggle")
+        system("light")
+        p.send("Emulation.setEmulatedMedia", {"media": "", "features": []})
+    assert c.theme() == "light" and p.eval(stored) is None
+
+
+@test()
+def escape_stops_the_answer(c):
+    p = c.page
+    for lang, stopped in (("en", "Stopped."), ("zh", "已停止。")):
+        c.set_lang(lang)
+        try:
+            cancels = len(c.mock_get("/__mock/state")["cancels"]) if c.mock else 0
+            c.ask("slow answer please" if c.mock else
+                  "Write a detailed, very long essay on the history of medicine, at least 2000 words.", wait_done=False)
+            p.wait_for(f"document.querySelector('{LAST_Q} .answer').textContent.length > 0 || "
+                       f"document.querySelector('{LAST_Q} .reasoning-body').textContent.length > 0",
+                       5 if c.mock else 30, what="the answer to stream")
+            p.key("Escape", "Escape", 27)
+            p.wait_for("document.documentElement.dataset.busy === '0'", 3, what="Esc to stop the stream")
+            assert stopped in c.text(f"{LAST_Q} .turn-notes"), c.text(f"{LAST_Q} .turn-notes")
+            if c.mock:
+                c.wait_mock(lambda st: len(st["cancels"]) > cancels, "the cancel")
+            n = len(c.text(f"{LAST_Q} .answer"))
+            time.sleep(0.3)
+            assert len(c.text(f"{LAST_Q} .answer")) == n, "the answer kept growing after Esc"
+        finally:
+            c.set_lang("en")
+    assert c.text("#stop") == "Stop" and "Esc" in p.eval("document.getElementById('stop').title")
+
+
+@test(mock_only=True)
+def model_loading_state_with_progress(c):
+    p = c.page
+    try:
+        c.mock_post("/__mock/status", {"state": "loading", "stage": "reading weights", "progress": 0.4})
+        c.load()
+        info = p.eval("""({shown: !document.getElementById('loading').hidden,
+            text: document.getElementById('loading-text').textContent,
+            value: document.getElementById('loading-progress').value,
+            send: document.getElementById('send').disabled,
+            backend: document.getElementById('st-backend').textContent})""")
+        assert info == {"shown": True, "text": "Loading the model: reading weights · 40 %", "value": 40,
+                        "send": True, "backend": "Compute: unknown"}, info
+        c.shots("23-model-loading")
+        c.set_lang("zh")
+        assert c.text("#loading-text") == "正在加载模型：reading weights · 40%"
+        c.set_lang("en")
+        # The bar follows the load closely (polled every second while loading).
+        c.mock_post("/__mock/status", {"progress": 0.8})
+        p.wait_for("document.getElementById('loading-progress').value === 80", 3, what="80 %")
+        c.mock_post("/__mock/status", {"state": "ready"})
+        p.wait_for("document.getElementById('loading').hidden", 3, what="the banner to go")
+        assert p.eval("document.getElementById('send').disabled") is False
+        assert c.text("#st-backend").startswith("CPU")
+        c.mock_post("/__mock/status", {"state": "failed"})
+        c.load()
+        assert c.visible("#loading") and c.text("#loading-text").startswith("The model could not be loaded")
+        assert p.eval("document.getElementById('send').disabled") is True
+        c.shots("23b-model-failed")
+    finally:
+        c.mock_post("/__mock/status", {"state": "ready", "stage": None, "progress": None})
+    c.load()
+    assert not c.visible("#loading")
+
+
+@test(mock_only=True)
+def server_errors_are_sentences_in_both_languages(c):
+    p = c.page
+    c.new_conversation()
+    cases = [
+        ("engine error now", "The model failed while answering. Send the question again.", "模型回答时出错，请重新发送问题。"),
+        # A code the UI does not know: the server's own sentence.
+        ("mystery failure", "A test-only failure the UI has no sentence for.",
+         "A test-only failure the UI has no sentence for."),
+    ]
+    for question, en, zh in cases:
+        c.ask(question)
+        p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+        assert c.text("#alert") == en, c.text("#alert")
+        c.set_lang("zh")
+        assert c.text("#alert") == zh, c.text("#alert")
+        c.set_lang("en")
+        p.click("#notice-dismiss")
+    # The model is loading again (a restart): 503 `loading`, and the banner comes up at once.
+    c.ask(pneumonia_question(c))
+    try:
+        c.mock_post("/__mock/status", {"state": "loading", "stage": "warming up", "progress": 0.9})
+        c.ask(pneumonia_question(c))
+        p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+        assert c.text("#alert") == "The model is still loading; try again in 5 s.", c.text("#alert")
+        p.wait_for("!document.getElementById('loading').hidden", 3, what="the loading banner")
+        c.set_lang("zh")
+        assert c.text("#alert") == "模型仍在加载，请在 5 秒后重试。", c.text("#alert")
+        c.set_lang("en")
+        assert p.eval("document.getElementById('input').value") == pneumonia_question(c), "question not given back"
+        c.shots("24-error-loading")
+    finally:
+        c.mock_post("/__mock/status", {"state": "ready", "stage": None, "progress": None})
+    p.wait_for("document.getElementById('loading').hidden", 3, what="the banner to go")
+    p.click("#notice-dismiss")
+    # The conversation was deleted behind the page's back (another tab): a sentence and a way on.
+    cid = c.conversation_id()
+    assert p.eval(f"fetch('/api/conversations/{cid}', {{method: 'DELETE'}}).then(r => r.status)",
+                  await_promise=True) == 204
+    c.ask("Does it still exist?")
+    p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+    assert c.text("#alert").startswith("This conversation is no longer on the server"), c.text("#alert")
+    assert c.visible("#notice-new")
+    c.set_lang("zh")
+    assert c.text("#alert") == "服务器上已没有此对话（已过期或已删除），请开始新对话。"
+    c.set_lang("en")
+    c.shots("24b-error-not-found")
+    p.click("#notice-new")
+    p.eval("document.getElementById('input').value = ''")
+
+
+# ---- issue 19: accounts (the daemon side comes later: mock only) -------------
+
+def login_as(c, user, password, expect_ok=True):
+    p = c.page
+    p.eval("document.getElementById('login-user').value = ''; document.getElementById('login-password').value = '';"
+           "document.getElementById('login-msg').hidden = true")
+    p.eval("document.getElementById('login-user').focus()")
+    p.insert_text(user)
+    p.eval("document.getElementById('login-password').focus()")
+    p.insert_text(password)
+    p.press_enter()
+    if expect_ok:
+        p.wait_for("document.getElementById('login').hidden && !document.getElementById('workspace').hidden", 5,
+                   what="the login to succeed")
+    else:
+        p.wait_for("!document.getElementById('login-msg').hidden", 5, what="the login message")
+
+
+def accounts(c, enabled, idle=900):
+    c.mock_post("/__mock/auth", {"enabled": enabled, "idle_logout_s": idle, "clear_lockouts": True})
+    c.mock_post("/__mock/reset", {})
+
+
+@test(mock_only=True)
+def login_screen_wrong_password_and_lockout(c):
+    p = c.page
+    try:
+        accounts(c, True)
+        c.load()
+        info = p.eval("""({login: !document.getElementById('login').hidden, work: document.getElementById('workspace').hidden,
+            newConv: document.getElementById('new-conversation').hidden, user: document.getElementById('user-box').hidden,
+            focus: document.activeElement.id, title: document.getElementById('login-title').textContent})""")
+        assert info == {"login": True, "work": True, "newConv": True, "user": True, "focus": "login-user",
+                        "title": "Log in"}, info
+        assert c.visible("#login .device-note")
+        c.shots("25-login")
+        c.set_lang("zh")
+        assert c.text("#login-title") == "登录" and c.text("#login-submit") == "登录"
+        assert c.text("#login .device-note") == DEVICE_NOTE["zh"]
+        c.set_lang("en")
+        login_as(c, "dr.li", "not-the-password", expect_ok=False)
+        assert c.text("#login-msg") == "Wrong user name or password."
+        assert p.eval("document.getElementById('login-password').value") == "", "the password stays in the form"
+        c.set_lang("zh")
+        assert c.text("#login-msg") == "用户名或密码错误。"
+        c.set_lang("en")
+        c.shots("25b-login-failed")
+        login_as(c, "dr.li", "still-wrong", expect_ok=False)
+        login_as(c, "dr.li", "wrong-again", expect_ok=False)
+        assert c.text("#login-msg") == "Too many failed attempts. Try again in 30 s.", c.text("#login-msg")
+        assert p.eval("document.getElementById('login-submit').disabled") is True
+        c.set_lang("zh")
+        assert c.text("#login-msg") == "失败次数过多，请在 30 秒后重试。"
+        c.set_lang("en")
+        c.shots("25c-locked-out")
+        # Locked: even the right password is refused until the time is up.
+        c.load()
+        login_as(c, "dr.li", TEST_USERS["dr.li"], expect_ok=False)
+        assert c.text("#login-msg").startswith("Too many failed attempts. Try again in")
+        outcomes = [o for u, o in c.mock_get("/__mock/state")["logins"] if u == "dr.li"]
+        assert outcomes[-4:] == ["failed", "failed", "locked_out", "locked_out"], outcomes
+    finally:
+        accounts(c, False)
+        c.load()
+    assert not c.visible("#login") and c.visible("#workspace")
+
+
+@test(mock_only=True)
+def login_logout_and_conversations_per_user(c):
+    p = c.page
+    try:
+        accounts(c, True)
+        c.load()
+        login_as(c, "dr.li", TEST_USERS["dr.li"])
+        assert c.visible("#user-box") and c.text("#user-name") == "dr.li", c.text("#user-box")
+        assert c.text("#logout") == "Log out", c.text("#logout")
+        c.ask("Dr Li asks about pneumonia.")
+        li_id = c.conversation_id()
+        assert li_id and c.text("#conv-list .conv-item-title") == "Dr Li asks about pneumonia."
+        c.shots("26-logged-in")
+        c.set_lang("zh")
+        assert c.text("#logout") == "退出登录"
+        c.set_lang("en")
+        # Another user, through the API with their own session, cannot see, cancel or delete it.
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def call(method, path, body=None):
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(c.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+            try:
+                with opener.open(req, timeout=5) as r:
+                    return r.status, (json.load(r) if r.status != 204 else None)
+            except urllib.error.HTTPError as e:
+                return e.code, json.load(e)
+
+        assert call("GET", "/api/conversations")[1]["error"]["code"] == "login_required"
+        assert call("POST", "/api/login", {"user": "dr.wang", "password": TEST_USERS["dr.wang"]})[0] == 200
+        assert call("GET", "/api/conversations") == (200, {"conversations": []})
+        for method, path, body in (("GET", f"/api/conversations/{li_id}", None),
+                                   ("DELETE", f"/api/conversations/{li_id}", None),
+                                   ("POST", "/api/chat/cancel", {"conversation_id": li_id}),
+                                   ("POST", f"/api/conversations/{li_id}/export", {"format": "markdown"}),
+                                   ("POST", "/api/chat", {"conversation_id": li_id, "message": "mine now",
+                                                          "thinking": False, "style": None, "language": "en"})):
+            status, doc = call(method, path, body)
+            assert (status, doc["error"]["code"]) == (404, "conversation_not_found"), (method, path, status, doc)
+        assert li_id in c.mock_get("/__mock/state")["conversations"]
+        # Logging out returns to the login screen, forgets the view and ends the session.
+        p.click("#logout")
+        p.wait_for("!document.getElementById('login').hidden", 3, what="the login screen")
+        assert c.turn_count() == 0 and p.eval("document.getElementById('input').value") == ""
+        assert p.eval("document.querySelectorAll('#conv-list .conv-item').length") == 0
+        assert p.eval("fetch('/api/conversations').then(r => r.status)", await_promise=True) == 401
+        assert li_id not in c.mock_get("/__mock/state")["conversations"], "conversations outlive the logout"
+        login_as(c, "dr.wang", TEST_USERS["dr.wang"])
+        assert c.text("#user-name") == "dr.wang"
+        assert p.eval("document.querySelectorAll('#conv-list .conv-item').length") == 0
+        assert c.visible("#conv-empty")
+    finally:
+        accounts(c, False)
+        c.load()
+
+
+@test(mock_only=True)
+def idle_logout_returns_to_the_login_screen(c):
+    p = c.page
+    try:
+        accounts(c, True, idle=1)
+        c.load()
+        login_as(c, "dr.li", TEST_USERS["dr.li"])
+        p.eval("document.getElementById('input').focus()")
+        p.insert_text("A question typed before a long pause.")
+        time.sleep(1.3)
+        p.press_enter()
+        p.wait_for("!document.getElementById('login').hidden", 3, what="the login screen after the idle timeout")
+        assert c.text("#login-msg") == "Your session has ended. Log in again."
+        assert p.eval("document.getElementById('input').value") == "", "the typed question outlived the session"
+        assert c.turn_count() == 0
+        c.set_lang("zh")
+        assert c.text("#login-msg") == "会话已结束，请重新登录。"
+        c.set_lang("en")
+        c.shots("27-idle-logout")
+        # The status poll finds it too: after logging in again and waiting, the page returns by itself.
+        login_as(c, "dr.li", TEST_USERS["dr.li"])
+        time.sleep(1.2)
+        p.eval("document.dispatchEvent(new Event('visibilitychange'))")
+        p.wait_for("!document.getElementById('login').hidden", 3, what="the status poll to notice")
+    finally:
+        accounts(c, False)
+        c.load()
+
+
+@test()
+def features_follow_what_the_daemon_offers(c):
+    # A daemon from before the conversation API (no "state" in /api/status)
+    # refuses unknown chat fields and has no list, export, styles or login:
+    # the page sends it only what it knows and hides the rest.
+    p = c.page
+    c.load()
+    status = p.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
+    modern = isinstance(status.get("state"), str)
+    c.new_conversation()
+    c.ask("Say OK." if not c.mock else "A short question about pneumonia.", timeout=answer_timeout(c))
+    body = c.chat_bodies[-1]
+    if modern:
+        assert {"conversation_id", "message", "thinking", "style", "language"} <= set(body), body
+    else:
+        assert set(body) <= {"conversation_id", "message", "thinking", "max_new_tokens", "temperature"}, body
+    assert c.visible("#sidebar") == modern
+    assert c.visible("#conv-bar") == modern
+    assert c.visible("#style-picker") == (modern and bool(status.get("styles")))
+    assert p.eval(f"!document.querySelector('{LAST_Q} .regenerate').hidden") == modern
+    assert p.eval(f"!document.querySelector('{LAST_Q} .edit').hidden") == modern
+    assert not c.visible("#login") and not c.visible("#user-box")
+
+
 @test()
 def only_same_origin_requests_and_no_errors(c):
     foreign = [u for u in c.requests if not (u.startswith(c.origin + "/") or u.startswith("data:"))]
@@ -585,8 +1416,8 @@ def only_same_origin_requests_and_no_errors(c):
 
 # ---------------------------------------------------------------------------
 
-def start_mock():
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "mock_server.py"), "--web", WEB],
+def start_mock(*flags):
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "mock_server.py"), "--web", WEB, *flags],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.match(r"LISTENING (\d+)", line or "")
@@ -600,11 +1431,24 @@ def main():
     ap = argparse.ArgumentParser(description="MedGemma web UI browser tests")
     ap.add_argument("--base-url", help="a running medgemmad (default: start the mock server)")
     ap.add_argument("-k", help="run only tests whose name contains this")
+    ap.add_argument("--new-api", choices=("auto", "on", "off"), default="auto",
+                    help="against a daemon: run the tests that need the conversation API "
+                         "(auto: when /api/status has a 'state' field)")
+    ap.add_argument("--legacy-mock", action="store_true",
+                    help="treat the mock in its --legacy mode as a daemon of before the conversation API "
+                         "(checks the UI still chats with one)")
     args = ap.parse_args()
 
+    # Each run's screenshots only: a stale one must not pass for this run's.
+    if not args.k:
+        for old in glob.glob(os.path.join(ARTIFACTS, "*.png")):
+            os.remove(old)
     mock_proc = None
     if args.base_url:
         base, mock = args.base_url, False
+    elif args.legacy_mock:
+        mock_proc, base = start_mock("--legacy")
+        mock = False
     else:
         mock_proc, base = start_mock()
         mock = True
@@ -627,16 +1471,27 @@ def main():
               (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
         """})
         ctx.load()
-        for name, fn, mock_only in TESTS:
+        new_api = args.new_api == "on" or mock
+        if not mock and args.new_api == "auto":
+            status = page.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
+            new_api = isinstance(status, dict) and isinstance(status.get("state"), str)
+        if not mock:
+            print(f"daemon at {base}: conversation API tests {'on' if new_api else 'off'}")
+        for name, fn, mock_only, needs_api in TESTS:
             if args.k and args.k not in name:
                 continue
             if mock_only and not mock:
                 skipped += 1
                 print(f"SKIP {name} (needs the mock server)")
                 continue
-            if time.time() - start > TIME_BUDGET_S:
+            if needs_api and not new_api:
+                skipped += 1
+                print(f"SKIP {name} (needs the conversation API; --new-api on runs it anyway)")
+                continue
+            budget = TIME_BUDGET_S["mock" if mock else "daemon"]
+            if time.time() - start > budget:
                 failed += 1
-                print(f"FAIL {name}: the run is over its {TIME_BUDGET_S} s budget")
+                print(f"FAIL {name}: the run is over its {budget} s budget")
                 continue
             t0 = time.time()
             try:

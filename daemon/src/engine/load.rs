@@ -189,6 +189,7 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
             job.tokenizer.as_deref(),
             &device,
             backend::cuda_dtype(),
+            medgemma_model::weights::CpuWeights::default(),
         )
     }))
     .map_err(|p| failed("loading the model", panic_text(p.as_ref())))?

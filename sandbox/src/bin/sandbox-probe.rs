@@ -8,6 +8,8 @@
 //!
 //! Usage: `sandbox-probe PROBE [--user NAME] [--state DIR] [--model DIR]
 //! [--other DIR] [--root-file PATH] [--port N] [--abstract NAME] [--pid PID]
+//! [--preload SONAME]... [--no-preload] [--outside PATH] [--late SONAME]
+//! [--landlock-abi N] [--min-landlock-abi N] [--engine cpu|cuda]
 //! [--seccomp-log] [--no-drop] [--no-harden] [--no-landlock] [--no-seccomp]`.
 //! The `--no-*` switches exist for control runs that show which layer denies.
 #![allow(clippy::print_stdout)]
@@ -21,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medgemma_sandbox::{
-    LandlockPolicy, Role, SandboxState, SeccompMode, SeccompPolicy, apply_landlock, apply_seccomp,
-    clean_process, drop_privileges, harden_process, listen_fds, narrow_current_thread,
-    resolve_user,
+    LandlockOptions, LandlockPolicy, LibraryRequest, MIN_LANDLOCK_ABI, Role, SandboxState,
+    SeccompMode, SeccompPolicy, apply_landlock_with, apply_seccomp, clean_process, drop_privileges,
+    harden_process, listen_fds, narrow_current_thread, preload_libraries, resolve_user,
 };
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
@@ -45,6 +47,13 @@ struct Args {
     port: u16,
     abstract_name: Option<String>,
     pid: Option<i32>,
+    preload: Vec<String>,
+    no_preload: bool,
+    outside: Option<PathBuf>,
+    late: Option<String>,
+    landlock_abi: Option<i32>,
+    min_landlock_abi: Option<i32>,
+    engine: Option<Role>,
     log: bool,
     no_drop: bool,
     no_harden: bool,
@@ -75,6 +84,23 @@ fn parse_args() -> Args {
             "--port" => a.port = value().parse().unwrap_or_else(|_| fail("bad --port")),
             "--abstract" => a.abstract_name = Some(value()),
             "--pid" => a.pid = Some(value().parse().unwrap_or_else(|_| fail("bad --pid"))),
+            "--preload" => a.preload.push(value()),
+            "--no-preload" => a.no_preload = true,
+            "--outside" => a.outside = Some(value().into()),
+            "--late" => a.late = Some(value()),
+            "--landlock-abi" => {
+                a.landlock_abi = Some(value().parse().unwrap_or_else(|_| fail("bad ABI")));
+            }
+            "--min-landlock-abi" => {
+                a.min_landlock_abi = Some(value().parse().unwrap_or_else(|_| fail("bad ABI")));
+            }
+            "--engine" => {
+                a.engine = Some(match value().as_str() {
+                    "cpu" => Role::EngineCpu,
+                    "cuda" => Role::EngineCuda,
+                    _ => fail("--engine is cpu or cuda"),
+                });
+            }
             "--seccomp-log" => a.log = true,
             "--no-drop" => a.no_drop = true,
             "--no-harden" => a.no_harden = true,
@@ -179,17 +205,38 @@ fn main() {
     } else {
         json!(check("harden_process", harden_process()))
     };
+    // 5b. Libraries the process needs later, loaded while the file system is
+    //     open; Landlock then allows exactly the files the loader resolved.
+    let preloaded = if args.preload.is_empty() || args.no_preload {
+        None
+    } else {
+        let requests: Vec<_> = args
+            .preload
+            .iter()
+            .map(|n| LibraryRequest::required(n.clone()))
+            .collect();
+        Some(check("preload_libraries", preload_libraries(&requests)))
+    };
     // 6. Landlock.
     let landlock = if args.no_landlock {
         Value::Null
     } else {
+        let mut read_only: Vec<PathBuf> = args.model.iter().cloned().collect();
+        read_only.extend(preloaded.iter().flat_map(|p| p.landlock_read_only()));
         let policy = LandlockPolicy {
-            read_only: args.model.iter().cloned().collect(),
+            read_only,
             read_write: args.state.iter().cloned().collect(),
             devices: vec!["/dev/null".into()],
             proc_write_comm: true,
         };
-        json!(check("apply_landlock", apply_landlock(&policy)))
+        let options = LandlockOptions {
+            min_abi: args.min_landlock_abi.unwrap_or(MIN_LANDLOCK_ABI),
+            max_abi: args.landlock_abi,
+        };
+        json!(check(
+            "apply_landlock",
+            apply_landlock_with(&policy, &options)
+        ))
     };
     // 7. seccomp.
     let mode = if args.log {
@@ -200,14 +247,16 @@ fn main() {
     let seccomp = if args.no_seccomp {
         Value::Null
     } else {
-        json!(check(
-            "apply_seccomp",
-            apply_seccomp(&SeccompPolicy::process_wide(), mode)
-        ))
+        let process = match args.engine {
+            Some(engine) => SeccompPolicy::process_wide_for(engine),
+            None => SeccompPolicy::process_wide(),
+        };
+        json!(check("apply_seccomp", apply_seccomp(&process, mode)))
     };
     let setup = json!({
         "listen_fds": listeners, "cleaned": cleaned, "dropped": dropped,
         "hardened": hardened, "landlock": landlock, "seccomp": seccomp,
+        "preloaded": preloaded,
     });
 
     let probe = args.probe.clone();
@@ -219,6 +268,8 @@ fn main() {
         "net" => net(&args, &early),
         "signal" => signal(&args),
         "threads" => threads(&args, mode),
+        "libs" => libs(&args, &setup),
+        "churn" => churn(mode),
         "setuid" => BTreeMap::from([("setuid0", json!(code(nix::unistd::setuid(0.into()))))]),
         "log" => log_mode(),
         "unshare" => {
@@ -355,6 +406,23 @@ fn fs(args: &Args) -> BTreeMap<&'static str, Value> {
             "model_write",
             json!(open_code(&model.join("weights"), OFlag::O_WRONLY)),
         );
+        // Truncation by a read-only open: below Landlock ABI 3 only seccomp
+        // refuses it (O_TRUNC without write access).
+        let victim = model.join("trunc-me");
+        if victim.exists() {
+            r.insert(
+                "model_trunc_rdonly",
+                json!(open_code(&victim, OFlag::O_RDONLY | OFlag::O_TRUNC)),
+            );
+            r.insert(
+                "model_trunc_len",
+                json!(
+                    std::fs::read(&victim)
+                        .map(|b| b.len())
+                        .unwrap_or(usize::MAX)
+                ),
+            );
+        }
         r.insert(
             "model_create",
             json!(open_code(
@@ -535,6 +603,59 @@ fn mmap_exec() -> i32 {
     0
 }
 
+/// `_IOWR('F', NV_ESC_CHECK_VERSION_STR, nv_ioctl_rm_api_version_t)`: the
+/// first request the CUDA driver sends to /dev/nvidiactl.
+const NV_ESC_CHECK_VERSION_STR: libc::c_ulong = 0xc048_46d2;
+/// `UVM_INITIALIZE` on /dev/nvidia-uvm.
+const UVM_INITIALIZE: libc::c_ulong = 0x3000_0001;
+
+/// `ioctl(0, request, buf)` on stdin (/dev/null in the tests): `ENOTTY` when
+/// the call reached the kernel, `EPERM` when seccomp refused it.
+fn ioctl_request(request: libc::c_ulong) -> i32 {
+    let mut buf = [0u8; 0x48];
+    // SAFETY: `buf` is large enough for the argument of either request and
+    // outlives the call; /dev/null writes nothing into it.
+    let rc = unsafe { libc::ioctl(0, request, buf.as_mut_ptr()) };
+    if rc == 0 { 0 } else { Errno::last() as i32 }
+}
+
+fn memfd() -> i32 {
+    // SAFETY: a valid NUL-terminated name and flags; the returned descriptor
+    // is owned below.
+    let fd = unsafe { libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Errno::last() as i32;
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    0
+}
+
+/// An anonymous read-write page made executable.
+fn mprotect_exec() -> i32 {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches
+    // no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return -1;
+    }
+    // SAFETY: `p` is the 4096-byte mapping created above, used by nothing else.
+    let rc = unsafe { libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+    let out = if rc == 0 { 0 } else { Errno::last() as i32 };
+    // SAFETY: as above; unmapped once.
+    unsafe { libc::munmap(p, 4096) };
+    out
+}
+
 fn ioctl_winsize() -> i32 {
     let mut ws = libc::winsize {
         ws_row: 0,
@@ -585,7 +706,13 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
         }),
     );
     let narrow = !args.no_seccomp;
-    for (name, role) in [("engine", Role::Engine), ("http", Role::Http)] {
+    let mut handles = Vec::new();
+    for (name, role) in [
+        ("engine", Role::Engine),
+        ("http", Role::Http),
+        ("engine-cpu", Role::EngineCpu),
+        ("engine-cuda", Role::EngineCuda),
+    ] {
         let h = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -598,18 +725,29 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
                     0
                 };
                 let filters = seccomp_filters_of_this_thread();
+                let role = medgemma_sandbox::current_thread_role().map(|r| r.to_string());
                 let exec = mmap_exec();
+                let exec_mprotect = mprotect_exec();
+                let memfd = memfd();
                 let ioctl = ioctl_winsize();
+                let nv = ioctl_request(NV_ESC_CHECK_VERSION_STR);
+                let uvm = ioctl_request(UVM_INITIALIZE);
                 std::thread::sleep(Duration::from_millis(1100));
                 // Like tokio's blocking pool: a narrowed thread creating a
                 // thread after being idle.
                 let child = spawn_join();
                 json!({
-                    "narrowed": narrowed, "seccomp_filters": filters,
-                    "mmap_exec": exec, "ioctl_tiocgwinsz": ioctl,
+                    "narrowed": narrowed, "seccomp_filters": filters, "role": role,
+                    "mmap_exec": exec, "mprotect_exec": exec_mprotect, "memfd_create": memfd,
+                    "ioctl_tiocgwinsz": ioctl, "ioctl_nv_check_version": nv,
+                    "ioctl_uvm_initialize": uvm,
                     "spawn_after_idle": child,
                 })
             });
+        handles.push((name, h));
+    }
+    // Joined after all started: the roles' idle periods overlap.
+    for (name, h) in handles {
         let v = match h {
             Ok(h) => h.join().unwrap_or(Value::Null),
             Err(e) => json!({ "spawn": e.raw_os_error() }),
@@ -635,6 +773,11 @@ fn threads(args: &Args, mode: SeccompMode) -> BTreeMap<&'static str, Value> {
         r.insert("hooked", check("spawn", h).join().unwrap_or(Value::Null));
     }
     r.insert("process_mmap_exec", json!(mmap_exec()));
+    r.insert("process_memfd_create", json!(memfd()));
+    r.insert(
+        "main_role",
+        json!(medgemma_sandbox::current_thread_role().map(|r| r.to_string())),
+    );
     r
 }
 
@@ -647,9 +790,193 @@ fn log_mode() -> BTreeMap<&'static str, Value> {
         None,
     );
     let state = check("SandboxState::current", SandboxState::current());
+    // The role marker answers in log mode too, so narrowing twice adds one
+    // filter, not two.
+    let narrowed = std::thread::spawn(|| {
+        let http = SeccompPolicy::for_role(Role::Http);
+        for _ in 0..2 {
+            check(
+                "narrow_current_thread",
+                narrow_current_thread(&http, SeccompMode::Log),
+            );
+        }
+        json!({
+            "role": medgemma_sandbox::current_thread_role().map(|r| r.to_string()),
+            "seccomp_filters": seccomp_filters_of_this_thread(),
+        })
+    })
+    .join()
+    .unwrap_or(Value::Null);
     BTreeMap::from([
+        ("narrowed_twice", narrowed),
         ("socket_inet", json!(code(sock))),
         ("spawn", json!(spawn_join())),
         ("state", json!(state)),
+    ])
+}
+
+/// `dlopen(name, RTLD_NOW)`: the handle, or the loader's reason.
+fn dlopen(name: &str) -> Result<*mut libc::c_void, String> {
+    let c = CString::new(name).map_err(|_| "NUL in name".to_owned())?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW) };
+    if !h.is_null() {
+        return Ok(h);
+    }
+    // SAFETY: dlerror returns NULL or a string valid until the next dl* call
+    // on this thread, which is after the copy.
+    let e = unsafe { libc::dlerror() };
+    Err(if e.is_null() {
+        "no reason".to_owned()
+    } else {
+        // SAFETY: non-NULL and NUL-terminated (see above).
+        unsafe { std::ffi::CStr::from_ptr(e) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Under the full sandbox: the preloaded libraries answer a later `dlopen`
+/// by soname and their symbols work, their files are readable, and a
+/// library outside the derived set is refused.
+fn libs(args: &Args, setup: &Value) -> BTreeMap<&'static str, Value> {
+    let mut r = BTreeMap::new();
+    let mut reopened = BTreeMap::new();
+    let mut calls = BTreeMap::new();
+    for name in &args.preload {
+        match dlopen(name) {
+            Ok(h) => {
+                reopened.insert(name.clone(), json!(0));
+                let sym = CString::new("mg_probe_a").unwrap_or_default();
+                // SAFETY: `h` is a live handle and `sym` a valid C string.
+                let f = unsafe { libc::dlsym(h, sym.as_ptr()) };
+                if !f.is_null() {
+                    // SAFETY: the test library defines `int mg_probe_a(int)`
+                    // (tests/probes.rs compiles it), so the pointer has this type.
+                    let f: extern "C" fn(libc::c_int) -> libc::c_int =
+                        unsafe { std::mem::transmute(f) };
+                    calls.insert(name.clone(), json!(f(20)));
+                }
+            }
+            Err(e) => {
+                reopened.insert(name.clone(), json!(e));
+            }
+        }
+    }
+    r.insert("reopen", json!(reopened));
+    r.insert("call_mg_probe_a_20", json!(calls));
+    let files: Vec<String> = setup["preloaded"]["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let read: BTreeMap<String, i32> = files
+        .iter()
+        .map(|f| (f.clone(), io_code(std::fs::read(f))))
+        .collect();
+    r.insert("read_preloaded_files", json!(read));
+    if let Some(outside) = &args.outside {
+        r.insert("outside_dlopen", dl_outcome(&outside.to_string_lossy()));
+        r.insert("outside_open", json!(io_code(std::fs::read(outside))));
+    }
+    if let Some(late) = &args.late {
+        r.insert("late_dlopen", dl_outcome(late));
+    }
+    r.insert("setup", setup.clone());
+    r
+}
+
+/// 0 when `name` loads, else the loader's reason without the file name
+/// (`dlerror` says "PATH: cannot open shared object file: Permission denied").
+fn dl_outcome(name: &str) -> Value {
+    match dlopen(name) {
+        Ok(_) => Value::from(0),
+        Err(e) => Value::from(e.rsplit(": ").next().unwrap_or_default().to_owned()),
+    }
+}
+
+/// Generations of threads, each created by the previous one after an idle
+/// period and narrowed by the runtime hook, as tokio's blocking pool does
+/// when an idle thread has exited and a worker hands its work to a new one
+/// (`block_in_place`). As in the daemon, an engine thread with workers of
+/// its own starts first, then main narrows to HTTP. The test reads every
+/// thread's `Seccomp_filters` from outside while this runs.
+fn churn(mode: SeccompMode) -> BTreeMap<&'static str, Value> {
+    const GENERATIONS: u32 = 40;
+    const IDLE: Duration = Duration::from_millis(40);
+    let engine = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            check(
+                "narrow engine",
+                narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode),
+            );
+            // Its own workers (the CPU backend's pool), created later.
+            let workers: Vec<_> = (0..2)
+                .map(|i| {
+                    std::thread::sleep(IDLE);
+                    std::thread::Builder::new()
+                        .name(format!("engine-w{i}"))
+                        .spawn(|| {
+                            std::thread::sleep(IDLE * GENERATIONS);
+                            seccomp_filters_of_this_thread()
+                        })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.ok().and_then(|h| h.join().ok()).unwrap_or(-1))
+                .collect::<Vec<i64>>()
+        });
+    let engine = check("spawn engine", engine);
+    // As the daemon: main narrows to HTTP after the engine thread started.
+    check(
+        "narrow main to http",
+        narrow_current_thread(&SeccompPolicy::for_role(Role::Http), mode),
+    );
+    let hook = std::sync::Arc::new(check(
+        "thread_start_hook",
+        medgemma_sandbox::thread_start_hook(Role::Http, mode),
+    ));
+
+    // Each generation: hook, report, idle, start the next, exit.
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, i64)>();
+    fn generation(
+        n: u32,
+        last: u32,
+        idle: Duration,
+        hook: std::sync::Arc<dyn Fn() + Send + Sync>,
+        tx: std::sync::mpsc::Sender<(u32, i64)>,
+    ) {
+        let spawned = std::thread::Builder::new()
+            .name(format!("gen-{n}"))
+            .spawn(move || {
+                hook();
+                let _ = tx.send((n, seccomp_filters_of_this_thread()));
+                std::thread::sleep(idle);
+                if n < last {
+                    generation(n + 1, last, idle, hook, tx);
+                }
+                // Stay a moment so that parent and child overlap, as a
+                // worker and the thread it hands over to do.
+                std::thread::sleep(idle / 2);
+            });
+        if spawned.is_err() {
+            let _ = writeln!(std::io::stderr(), "generation {n} could not start");
+        }
+    }
+    generation(1, GENERATIONS, IDLE, hook, tx);
+    let mut filters: Vec<Value> = vec![Value::Null; GENERATIONS as usize];
+    for (n, count) in rx.iter().take(GENERATIONS as usize) {
+        filters[(n - 1) as usize] = json!(count);
+    }
+    let engine_workers = engine.join().unwrap_or_default();
+    BTreeMap::from([
+        ("generation_filters", json!(filters)),
+        ("main_filters", json!(seccomp_filters_of_this_thread())),
+        ("engine_worker_filters", json!(engine_workers)),
     ])
 }

@@ -1,0 +1,146 @@
+//! CPU benchmark of one conversation: prefill of a fixed prompt, greedy
+//! decode, peak memory. Prints numbers, judges nothing.
+//!
+//! ```text
+//! cargo run --release -p medgemma-model --example cpu_bench -- \
+//!     [--model GGUF_OR_DIR] [--prompt-tokens 512] [--new-tokens 64] [--json]
+//! ```
+//!
+//! The model defaults to the real Gemma 3 270M Q4_K_M GGUF in
+//! `$MEDGEMMA_ASSETS` (`scripts/fetch-assets.sh`). Threads: rayon's global
+//! pool, all cores unless `RAYON_NUM_THREADS` says otherwise. The prompt is
+//! `<bos>` and one clinical sentence repeated, the same ids
+//! `scripts/bench/llamacpp_bench.py` feeds llama.cpp, so the two compare
+//! (`scripts/bench-270m.sh`). One untimed 8-token run first, as llama.cpp's
+//! side does. The `--json` line has the keys `scripts/bench-270m.sh` reads:
+//! `load_s`, `prompt_tokens`, `new_tokens`, `threads`,
+//! `prefill_tokens_per_s`, `decode_tokens_per_s`, `peak_rss_mib`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use medgemma_model::backend::{cpu_device, cpu_dtype};
+use medgemma_model::generate::{Flow, generate};
+use medgemma_model::load::load_model;
+use medgemma_model::sampling::SamplingParams;
+
+/// One real clinical sentence in Gemma 3 ids (no `<bos>`), as in
+/// `scripts/bench/llamacpp_bench.py`.
+const SENTENCE_IDS: [u32; 45] = [
+    12689, 34154, 65723, 128616, 563, 496, 17044, 77645, 529, 15886, 98310, 528, 837, 33086,
+    170855, 3284, 11226, 19607, 506, 75143, 9548, 236764, 5830, 531, 63958, 37692, 236764, 496,
+    23288, 16670, 528, 165025, 40330, 3136, 532, 236764, 10734, 236764, 1345, 236772, 17585, 29491,
+    5933, 236761, 236743,
+];
+
+/// `<bos>` then the sentence repeated, `n` ids in all.
+fn prompt(n: usize) -> Vec<u32> {
+    let mut ids = vec![2u32];
+    ids.extend(SENTENCE_IDS.iter().cycle().take(n.saturating_sub(1)));
+    ids
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`, proc(5)).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+struct Args {
+    model: PathBuf,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    json: bool,
+}
+
+fn args() -> Args {
+    let assets = std::env::var_os("MEDGEMMA_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
+        })
+        .unwrap_or_default();
+    let mut a = Args {
+        model: assets.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"),
+        prompt_tokens: 512,
+        new_tokens: 64,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = PathBuf::from(value()),
+            "--prompt-tokens" => a.prompt_tokens = value().parse().expect("a number"),
+            "--new-tokens" => a.new_tokens = value().parse().expect("a number"),
+            "--json" => a.json = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    let device = cpu_device();
+    let t0 = Instant::now();
+    let m = load_model(&a.model, None, &device, cpu_dtype()).expect("the model loads");
+    let load_s = t0.elapsed().as_secs_f64();
+    let ids = prompt(a.prompt_tokens);
+    let mut opts = m.default_options(a.new_tokens, SamplingParams::default());
+    opts.ignore_eos = true;
+    let cancel = AtomicBool::new(false);
+
+    let mut warm = opts.clone();
+    warm.max_new_tokens = 2;
+    let _ = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &ids[..8.min(ids.len())],
+        &warm,
+        &cancel,
+        |_| Flow::Continue,
+    )
+    .expect("warm-up runs");
+
+    let g = generate(
+        &m.model,
+        &mut m.model.new_cache(),
+        &ids,
+        &opts,
+        &cancel,
+        |_| Flow::Continue,
+    )
+    .expect("generation runs");
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let result = serde_json::json!({
+        "runtime": "medgemma-model cpu_bench",
+        "model": a.model.display().to_string(),
+        "threads": threads,
+        "load_s": load_s,
+        "prompt_tokens": ids.len(),
+        "new_tokens": g.tokens.len(),
+        "prefill_s": g.prefill.as_secs_f64(),
+        "prefill_tokens_per_s": g.prefill_tokens_per_s(),
+        "decode_s": g.decode.as_secs_f64(),
+        "decode_tokens_per_s": g.decode_tokens_per_s(),
+        "peak_rss_mib": peak_rss_mib(),
+        "first_generated_ids": &g.tokens[..8.min(g.tokens.len())],
+    });
+    if a.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+    }
+}

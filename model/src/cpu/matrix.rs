@@ -1,0 +1,356 @@
+//! [`CpuMatrix`]: a weight matrix in its storage format, its products with
+//! f32 activations, and row lookups (the embedding).
+//!
+//! Owns: splitting a product across rayon's pool and choosing the kernel
+//! path. Must never: copy the weights (they stay in the model file's map or
+//! in the one buffer they were quantized into), or write outside the output
+//! it is given.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use super::{CpuError, GEMV_MAX_ROWS, Isa, kernels};
+use crate::quant::{self, GgmlType};
+
+/// Bytes of weights the fused kernel streams per task at least: below this
+/// the pool's hand-off costs more than the work (a 640 × 640 Q4_K matrix
+/// is 230 KB: about seven tasks).
+const MIN_TASK_BYTES: usize = 32 << 10;
+
+/// f32 values of one dequantized panel on the prompt path: 512 KiB, a
+/// quarter of a core's L2 on current x86 server parts, so the panel stays
+/// in cache while the activations stream past it.
+const PANEL_VALUES: usize = 128 << 10;
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+pub enum WeightBytes {
+    /// A range of a read-only map of the model file (shared by every
+    /// matrix of that file; the pages are the page cache's).
+    Mapped {
+        /// The map.
+        map: Arc<Mmap>,
+        /// First byte.
+        start: usize,
+        /// Length.
+        len: usize,
+    },
+    /// Bytes made at load time (quantized from bf16, or random weights).
+    Owned(Arc<[u8]>),
+}
+
+impl WeightBytes {
+    /// The bytes (empty if a mapped range were ever out of bounds, which
+    /// [`WeightBytes::mapped`] rules out).
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Mapped { map, start, len } => start
+                .checked_add(*len)
+                .and_then(|end| map.get(*start..end))
+                .unwrap_or(&[]),
+            Self::Owned(b) => b,
+        }
+    }
+
+    /// `len` bytes of `map` from `start`, or `None` past its end.
+    pub fn mapped(map: &Arc<Mmap>, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        (end <= map.len()).then(|| Self::Mapped {
+            map: Arc::clone(map),
+            start,
+            len,
+        })
+    }
+
+    /// Whether the bytes are the model file's pages rather than a copy.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Self::Mapped { .. })
+    }
+}
+
+impl fmt::Debug for WeightBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Mapped { start, len, .. } => write!(f, "Mapped({start}..+{len})"),
+            Self::Owned(b) => write!(f, "Owned({} bytes)", b.len()),
+        }
+    }
+}
+
+/// A `[rows, cols]` weight matrix (`[out, in]`, the checkpoint's layout) in
+/// its storage format. Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub struct CpuMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    bytes: WeightBytes,
+}
+
+/// The instruction sets this CPU runs, detected once.
+fn available() -> &'static [Isa] {
+    static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+    AVAILABLE.get_or_init(Isa::available)
+}
+
+impl CpuMatrix {
+    /// Wraps `bytes` as a `[rows, cols]` matrix of `ty` (`tensor` names it
+    /// in errors); checks that the format has a kernel and that the length
+    /// is exactly what the shape needs.
+    pub fn new(
+        tensor: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: WeightBytes,
+    ) -> Result<Self, CpuError> {
+        if !kernels::supported(ty) {
+            return Err(CpuError::Unsupported {
+                tensor: tensor.to_owned(),
+                ty,
+            });
+        }
+        let row_bytes = ty.byte_size(cols);
+        let expected = row_bytes.and_then(|r| r.checked_mul(rows));
+        let actual = bytes.as_slice().len();
+        match (row_bytes, expected) {
+            (Some(row_bytes), Some(expected)) if expected == actual => Ok(Self {
+                ty,
+                rows,
+                cols,
+                row_bytes,
+                bytes,
+            }),
+            _ => Err(CpuError::Length {
+                tensor: tensor.to_owned(),
+                rows,
+                cols,
+                ty,
+                expected: expected.unwrap_or(usize::MAX),
+                actual,
+            }),
+        }
+    }
+
+    /// The storage format.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held (as stored).
+    pub fn byte_len(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// Where the bytes live.
+    pub fn bytes(&self) -> &WeightBytes {
+        &self.bytes
+    }
+
+    /// `out = x · Wᵀ` for `x: [n, cols]`, `out: [n, rows]` (row-major
+    /// f32), with the widest instruction set this CPU runs.
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not whole rows of `cols` values or `out` has not `rows`
+    /// values per row of `x`.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        self.matmul_with(Isa::best(), x, out);
+    }
+
+    /// [`CpuMatrix::matmul`] through the kernels of `isa` (tests and
+    /// benchmarks force each path); an instruction set this CPU lacks runs
+    /// the portable kernels instead.
+    ///
+    /// # Panics
+    ///
+    /// As [`CpuMatrix::matmul`].
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) {
+        let isa = if available().contains(&isa) {
+            isa
+        } else {
+            Isa::Portable
+        };
+        let k = self.cols;
+        let n = x
+            .len()
+            .checked_div(k)
+            .unwrap_or_else(|| out.len().checked_div(self.rows).unwrap_or(0));
+        assert_eq!(x.len(), n * k, "activations are whole rows of {k}");
+        assert_eq!(
+            out.len(),
+            n * self.rows,
+            "one output row per activation row"
+        );
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        if n <= GEMV_MAX_ROWS {
+            self.gemv(isa, x, n, out);
+        } else {
+            self.panels(isa, x, n, out);
+        }
+    }
+
+    /// The fused path: tasks of consecutive weight rows, each streaming its
+    /// rows once for all `n` activation rows.
+    fn gemv(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = self
+            .rows
+            .div_ceil(4 * threads)
+            .max(MIN_TASK_BYTES.div_ceil(self.row_bytes.max(1)))
+            .min(self.rows);
+        let w = self.bytes.as_slice();
+        let (k, ty, row_bytes) = (self.cols, self.ty, self.row_bytes);
+        // Each task gets its column range of every output row.
+        let tasks = self.rows.div_ceil(per_task);
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(n)).collect();
+        for row in out.chunks_exact_mut(self.rows) {
+            for (t, piece) in row.chunks_mut(per_task).enumerate() {
+                pieces[t].push(piece);
+            }
+        }
+        pieces
+            .into_par_iter()
+            .zip(w.par_chunks(per_task * row_bytes))
+            .for_each(|(mut out, w)| {
+                gemv(isa, ty, w, row_bytes, x, k, &mut out);
+            });
+    }
+
+    /// The prompt path: each task dequantizes panels of weight rows into an
+    /// f32 buffer and multiplies all `n` activation rows with it (`gemm`).
+    fn panels(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        let k = self.cols;
+        let panel_rows = (PANEL_VALUES / k.max(1)).clamp(16, 256).min(self.rows);
+        let w = self.bytes.as_slice();
+        let (ty, rows, row_bytes) = (self.ty, self.rows, self.row_bytes);
+        let dst = OutPtr(out.as_mut_ptr());
+        w.par_chunks(panel_rows * row_bytes)
+            .enumerate()
+            .for_each_init(Vec::new, |panel, (p, w)| {
+                let first = p * panel_rows;
+                let m = w.len() / row_bytes;
+                panel.resize(m * k, 0.0);
+                dequant_rows(isa, ty, w, row_bytes, k, panel);
+                // SAFETY: `gemm` reads `n × k` activations at `x` (row
+                // stride k; `x.len() == n·k` was checked) and `m × k` panel
+                // values (`panel.len() == m·k`, read transposed: stride k
+                // between its columns), and writes the `n × m` block of
+                // `out` at columns `first..first + m` with row stride
+                // `rows` (`out.len() == n·rows`, `first + m <= rows`).
+                // Panels cover disjoint column ranges, so no two tasks
+                // write the same element, and `out` outlives the loop.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        m,
+                        k,
+                        dst.at(first),
+                        1,
+                        rows as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+    }
+
+    /// Dequantizes rows `ids` into `out` (`ids.len()` rows of `cols`): the
+    /// embedding lookup.
+    ///
+    /// # Panics
+    ///
+    /// If an id is not below [`CpuMatrix::rows`] (as Burn's `select` does),
+    /// or `out` has the wrong length.
+    pub fn dequantize_rows(&self, ids: &[u32], out: &mut [f32]) {
+        assert_eq!(out.len(), ids.len() * self.cols, "one output row per id");
+        let w = self.bytes.as_slice();
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols.max(1))) {
+            let id = id as usize;
+            assert!(id < self.rows, "row {id} of a {}-row matrix", self.rows);
+            let row = &w[id * self.row_bytes..(id + 1) * self.row_bytes];
+            // The length was checked in `new`, and the type has a kernel,
+            // so it dequantizes.
+            let _ = quant::dequantize_into(self.ty, row, o);
+        }
+    }
+}
+
+/// The output pointer shared by the prompt path's tasks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint elements (see `panels`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; it is only read (copied) across threads.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `offset` elements on (in bounds: see `panels`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// [`kernels`]' `gemv` for `isa` (which this CPU runs: `matmul_with` checked).
+fn gemv(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    k: usize,
+    out: &mut [&mut [f32]],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is in `Isa::available()`, which found AVX-512
+        // F/BW/VL, AVX2, FMA and F16C.
+        Isa::Avx512 => unsafe { kernels::avx512::gemv(ty, w, row_bytes, x, k, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is in `Isa::available()`, which found AVX2, FMA
+        // and F16C.
+        Isa::Avx2 => unsafe { kernels::avx2::gemv(ty, w, row_bytes, x, k, out) },
+        _ => kernels::portable::gemv(ty, w, row_bytes, x, k, out),
+    };
+}
+
+/// [`kernels`]' `dequant_rows` for `isa` (which this CPU runs).
+fn dequant_rows(isa: Isa, ty: GgmlType, w: &[u8], row_bytes: usize, k: usize, out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gemv`.
+        Isa::Avx512 => unsafe { kernels::avx512::dequant_rows(ty, w, row_bytes, k, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gemv`.
+        Isa::Avx2 => unsafe { kernels::avx2::dequant_rows(ty, w, row_bytes, k, out) },
+        _ => kernels::portable::dequant_rows(ty, w, row_bytes, k, out),
+    };
+}
