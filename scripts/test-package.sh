@@ -276,8 +276,6 @@ mkdir -p "$boot"
 tar -C "$root" --one-file-system --numeric-owner -cf - . | tar -C "$boot" --numeric-owner -xf -
 mkdir -p "$boot/srv/medgemma"
 cp "$gguf" "$boot/srv/medgemma/"
-sed -i -e 's|^path = "/srv/medgemma/medgemma-1.5-4b-it"$|path = "/srv/medgemma/gemma-3-270m-q4_k_m.gguf"|' \
-  -e 's|^demo = false$|demo = true|' "$boot/etc/medgemma/medgemmad.toml"
 chroot "$boot" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   medgemmactl setup --model /srv/medgemma/gemma-3-270m-q4_k_m.gguf --demo >"$work/setup.txt" 2>&1 ||
   { cat "$work/setup.txt"; fail "medgemmactl setup"; }

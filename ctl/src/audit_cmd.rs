@@ -16,7 +16,9 @@ use medgemma_audit::{
     ActorId, AuditLog, AuditOptions, Event, ExportKind, InitialKey, Outcome, VerifyReport,
 };
 
-use crate::daemon_config::{DEFAULT_ADMIN_SOCKET, DaemonConfig};
+use medgemma_protocol::admin::{EXPORT_ROUTE, ExportReport};
+
+use crate::daemon_config::DaemonConfig;
 use crate::status_cmd;
 use crate::{EXIT_DEGRADED, EXIT_OK, Report};
 
@@ -74,24 +76,20 @@ pub fn run(config: &Path, cmd: AuditCommand) -> Report {
 }
 
 fn export(config: &Path, a: &ExportArgs) -> Report {
-    let cfg = match DaemonConfig::load_or_default(config) {
+    let cfg = match DaemonConfig::load(config) {
         Ok(c) => c,
-        Err(e) => return Report::error(e),
+        Err(e) => return Report::error(e.to_string()),
     };
+    let audit = cfg.audit();
     let (since, until) = match (parse_time(&a.since), parse_time(&a.until)) {
         (Ok(s), Ok(u)) => (s, u),
         (Err(e), _) | (_, Err(e)) => return Report::error(e),
     };
-    let Some(dir) = a.dir.clone().or_else(|| cfg.audit.dir.clone()) else {
-        return Report::error(format!(
-            "no log directory: give --dir or set audit.dir in {}",
-            config.display()
-        ));
-    };
+    let dir = a.dir.clone().unwrap_or_else(|| audit.dir.clone());
     let Some(key_path) = a
         .signing_key
         .clone()
-        .or_else(|| cfg.audit.signing_key_file.clone())
+        .or_else(|| audit.signing_key_file.clone())
     else {
         return Report::error(format!(
             "no signing key: give --signing-key or set audit.signing_key_file in {} (medgemmactl setup creates one)",
@@ -158,15 +156,11 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
 /// replaces are given to the owner of the log directory, the daemon's user.
 /// Returns how it was recorded.
 fn record_export(cfg: &DaemonConfig, dir: &Path, ok: bool) -> Result<&'static str, String> {
-    let socket = cfg
-        .server
-        .admin_socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
-    let body = serde_json::json!({ "ok": ok });
+    let socket = cfg.admin_socket();
+    let body = serde_json::to_value(ExportReport { ok }).map_err(|e| e.to_string())?;
     match UnixStream::connect(&socket) {
         Ok(stream) => {
-            return status_cmd::request(stream, "POST", "/admin/audit/export", Some(&body))
+            return status_cmd::request(stream, "POST", EXPORT_ROUTE, Some(&body))
                 .map(|_| "by medgemmad")
                 .map_err(|e| format!("{e}; fix the daemon, then export again"));
         }
@@ -179,12 +173,8 @@ fn record_export(cfg: &DaemonConfig, dir: &Path, ok: bool) -> Result<&'static st
         }
     }
     // The daemon is not running: write the record here.
-    let Some(key_file) = cfg.audit.key_file.as_deref() else {
-        return Err(
-            "medgemmad is not running and audit.key_file is not set; start medgemmad or set it"
-                .to_owned(),
-        );
-    };
+    let audit = cfg.audit();
+    let key_file = audit.key_file.as_path();
     let owner = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = std::fs::metadata("/proc/self").map_err(|e| format!("/proc/self: {e}"))?;
     let actor = ActorId::new(&format!("uid-{}", me.uid())).map_err(|e| e.to_string())?;

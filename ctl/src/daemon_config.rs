@@ -1,75 +1,70 @@
-//! The parts of the daemon's configuration file (`medgemmad.toml`) that
-//! `medgemmactl` needs: socket, model and audit paths. Read leniently (other
-//! keys are the daemon's business; it validates them strictly).
+//! The daemon's configuration as `medgemmactl` reads it: the very types the
+//! daemon reads (`medgemma_protocol::config`, main file and drop-ins),
+//! strictly, with the package's paths where there is no file yet.
+//!
+//! Owns: where `medgemmactl` finds the daemon's paths. Must never: keep a
+//! second copy of a key, a default or a path.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use medgemma_protocol::config::{AuditSection, Config, ConfigError};
+use medgemma_protocol::paths;
 
-/// What `medgemmactl` reads from the daemon's configuration.
-#[derive(Debug, Default, Deserialize)]
+/// The configuration, or its absence.
+#[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// `[model]`.
-    #[serde(default)]
-    pub model: ModelPart,
-    /// `[server]`.
-    #[serde(default)]
-    pub server: ServerPart,
-    /// `[audit]`.
-    #[serde(default)]
-    pub audit: AuditPart,
+    /// The parsed configuration (normalised, not checked); `None` when the
+    /// main file does not exist yet (before `setup`).
+    pub config: Option<Config>,
 }
-
-/// `[model]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct ModelPart {
-    /// The model directory or GGUF file.
-    pub path: Option<PathBuf>,
-    /// The pins written by `setup`.
-    pub pins_file: Option<PathBuf>,
-}
-
-/// `[server]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct ServerPart {
-    /// The admin socket.
-    pub admin_socket: Option<PathBuf>,
-}
-
-/// `[audit]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct AuditPart {
-    /// The log directory.
-    pub dir: Option<PathBuf>,
-    /// The chain key file.
-    pub key_file: Option<PathBuf>,
-    /// The content key file.
-    pub content_key_file: Option<PathBuf>,
-    /// The export signing key.
-    pub signing_key_file: Option<PathBuf>,
-}
-
-/// Default admin socket when the configuration names none.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/medgemma/admin.sock";
 
 impl DaemonConfig {
-    /// Reads `path`; `Ok(None)` when it does not exist.
-    pub fn load(path: &Path) -> Result<Option<Self>, String> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| {
-                format!(
-                    "cannot parse {}: {}",
-                    path.display(),
-                    e.to_string().trim_end()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    /// Reads `path` and its drop-ins; a missing main file is not an error.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Ok(Self { config: None });
         }
+        let mut config = Config::load(path)?.config;
+        config.normalize();
+        Ok(Self {
+            config: Some(config),
+        })
     }
 
-    /// Reads `path`, or the defaults when it does not exist.
-    pub fn load_or_default(path: &Path) -> Result<Self, String> {
-        Ok(Self::load(path)?.unwrap_or_default())
+    /// The admin socket: `server.admin_socket`, else the package's.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.config
+            .as_ref()
+            .and_then(|c| c.server.admin_socket.clone())
+            .unwrap_or_else(|| PathBuf::from(paths::ADMIN_SOCKET))
+    }
+
+    /// `[audit]`, else the defaults (the package's paths).
+    pub fn audit(&self) -> AuditSection {
+        self.config
+            .as_ref()
+            .map(|c| c.audit.clone())
+            .unwrap_or_default()
+    }
+
+    /// `model.path`, if configured.
+    pub fn model_path(&self) -> Option<&Path> {
+        self.config.as_ref().map(|c| c.model.path.as_path())
+    }
+
+    /// `model.pins_file`, if configured.
+    pub fn pins_file(&self) -> Option<&Path> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.model.pins_file.as_deref())
+    }
+
+    /// `engine.context_length`, else its default.
+    pub fn context_length(&self) -> usize {
+        self.config
+            .as_ref()
+            .map_or_else(medgemma_protocol::config::defaults::context_length, |c| {
+                c.engine.context_length
+            })
     }
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::daemon_config::{DEFAULT_ADMIN_SOCKET, DaemonConfig};
-use crate::setup_cmd::{Pins, hash_file};
+use medgemma_protocol::pins::{Pins, hash_file};
+
+use crate::daemon_config::DaemonConfig;
 use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
 
 /// `doctor`.
@@ -66,28 +67,17 @@ fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -
 pub fn run(config: &Path, a: &DoctorArgs) -> Report {
     let mut checks = Vec::new();
     let cfg = match DaemonConfig::load(config) {
-        Ok(Some(c)) => {
-            checks.push(ok(
-                "configuration",
-                format!("{} is readable", config.display()),
-            ));
+        Ok(c) => {
+            checks.push(config_check(config, &c));
             c
-        }
-        Ok(None) => {
-            checks.push(fail(
-                "configuration",
-                format!("{} does not exist", config.display()),
-                "run medgemmactl setup --model PATH, or give --config",
-            ));
-            DaemonConfig::default()
         }
         Err(e) => {
             checks.push(fail(
                 "configuration",
-                e,
-                "fix the file; medgemmad serve --config FILE names the bad key",
+                e.to_string(),
+                "fix the file (or the drop-in) the message names",
             ));
-            DaemonConfig::default()
+            DaemonConfig { config: None }
         }
     };
     gpu_checks(&cfg, &mut checks);
@@ -125,6 +115,29 @@ pub fn run(config: &Path, a: &DoctorArgs) -> Report {
     }
 }
 
+/// The configuration as the daemon will check it: values, then paths.
+fn config_check(path: &Path, cfg: &DaemonConfig) -> Check {
+    let Some(c) = &cfg.config else {
+        return fail(
+            "configuration",
+            format!("{} does not exist", path.display()),
+            "run medgemmactl setup --model PATH, or give --config",
+        );
+    };
+    let scripted = c.engine.backend == medgemma_protocol::config::BackendChoice::Scripted;
+    match c.check().and_then(|()| c.check_files(!scripted)) {
+        Ok(()) => ok(
+            "configuration",
+            format!("{} (and its drop-ins) is valid", path.display()),
+        ),
+        Err(e) => fail(
+            "configuration",
+            e.to_string(),
+            "fix the key the message names; medgemmad refuses to start until then",
+        ),
+    }
+}
+
 fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
     let fallback = "install the NVIDIA driver and reboot to use the GPU; until then the daemon runs on the CPU (slow)";
     match nvml_wrapper::Nvml::init() {
@@ -155,7 +168,8 @@ fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
             } else {
                 checks.push(fail("/dev/nvidia-uvm", "missing: CUDA cannot allocate memory", "modprobe nvidia-uvm (or run nvidia-modprobe -u -c=0) and add it to /etc/modules-load.d"));
             }
-            let need = crate::gpu_cmd::model_need(cfg, 8192);
+            let need = crate::gpu_cmd::model_config(cfg)
+                .map(|m| crate::gpu_cmd::model_need(&m, cfg.context_length() as u64));
             let mut best: Option<(u64, String)> = None;
             let mut holders = Vec::new();
             for i in 0..nvml.device_count().unwrap_or(0) {
@@ -204,29 +218,20 @@ fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
 }
 
 fn pins_check(cfg: &DaemonConfig, deep: bool) -> Check {
-    let Some(file) = &cfg.model.pins_file else {
+    let Some(file) = cfg.pins_file() else {
         return warn(
             "model pins",
             "no model.pins_file in the configuration",
             "run medgemmactl setup --model PATH to pin the model files",
         );
     };
-    let pins: Pins = match std::fs::read(file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-    {
-        Some(p) => p,
-        None => {
-            return fail(
-                "model pins",
-                format!("{} is missing or damaged", file.display()),
-                "run medgemmactl setup again",
-            );
-        }
+    let pins = match Pins::read(file) {
+        Ok(p) => p,
+        Err(e) => return fail("model pins", e.to_string(), "run medgemmactl setup again"),
     };
     for p in &pins.files {
         let bad = if deep {
-            hash_file(&p.path)
+            hash_file(&p.path, |_, _| {})
                 .map(|h| h.sha256 != p.sha256)
                 .unwrap_or(true)
         } else {
@@ -257,11 +262,7 @@ fn pins_check(cfg: &DaemonConfig, deep: bool) -> Check {
 }
 
 fn disk_check(cfg: &DaemonConfig) -> Check {
-    let dir = cfg
-        .audit
-        .dir
-        .clone()
-        .unwrap_or_else(|| "/var/lib/medgemma".into());
+    let dir = cfg.audit().dir;
     let probe = if dir.exists() {
         dir.clone()
     } else {
@@ -300,11 +301,7 @@ fn disk_check(cfg: &DaemonConfig) -> Check {
 }
 
 fn socket_check(cfg: &DaemonConfig) -> Check {
-    let path = cfg
-        .server
-        .admin_socket
-        .clone()
-        .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into());
+    let path = cfg.admin_socket();
     match std::fs::metadata(&path) {
         Ok(m) if !m.file_type().is_socket() => fail(
             "admin socket",
@@ -376,13 +373,8 @@ fn seccomp_check() -> Check {
 }
 
 fn audit_check(cfg: &DaemonConfig) -> Check {
-    let Some(dir) = &cfg.audit.dir else {
-        return fail(
-            "audit log",
-            "no audit.dir in the configuration",
-            "run medgemmactl setup",
-        );
-    };
+    let audit = cfg.audit();
+    let dir = &audit.dir;
     if !dir.is_dir() {
         return fail(
             "audit log",
@@ -390,11 +382,7 @@ fn audit_check(cfg: &DaemonConfig) -> Check {
             "run medgemmactl setup",
         );
     }
-    let key = cfg
-        .audit
-        .key_file
-        .clone()
-        .unwrap_or_else(|| "/var/lib/medgemma/audit-key/current".into());
+    let key = &audit.key_file;
     if !key.is_file() {
         return fail(
             "audit log",
@@ -402,11 +390,7 @@ fn audit_check(cfg: &DaemonConfig) -> Check {
             "run medgemmactl setup (the daemon refuses to start without it)",
         );
     }
-    let content = cfg
-        .audit
-        .content_key_file
-        .clone()
-        .unwrap_or_else(|| "/var/lib/medgemma/audit-key/content".into());
+    let content = &audit.content_key_file;
     if !content.is_file() {
         return fail(
             "audit log",
@@ -441,8 +425,9 @@ fn clock_check(cfg: &DaemonConfig) -> Check {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs() / 86_400);
-    if let (Some(dir), Some(today)) = (&cfg.audit.dir, today)
-        && let Ok(entries) = std::fs::read_dir(dir)
+    let dir = cfg.audit().dir;
+    if let Some(today) = today
+        && let Ok(entries) = std::fs::read_dir(&dir)
     {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

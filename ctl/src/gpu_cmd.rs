@@ -12,56 +12,58 @@ use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 
+use medgemma_model::config::Gemma3Config;
+use medgemma_model::probe::ModelProbe;
+
 use crate::daemon_config::DaemonConfig;
 use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
 
 /// `gpu`.
 #[derive(Debug, Args)]
 pub struct GpuArgs {
-    /// Context length the KV cache is sized for.
-    #[arg(long, default_value_t = 8192)]
-    context: u64,
+    /// Context length the KV cache is sized for (default: engine.context_length of the configuration).
+    #[arg(long)]
+    context: Option<u64>,
 }
 
 /// What the CPU fallback means, for people.
 pub const CPU_FALLBACK: &str = "Without an NVIDIA driver the daemon runs the model on the CPU: it works, but answers come at a few tokens per second with the 4B model. Install the NVIDIA driver (and reboot) to use a GPU; then run medgemmactl gpu again.";
 
-/// Bytes the model needs on the GPU, when the model validates: the same
-/// budget the daemon checks before it loads on CUDA
-/// (`medgemma_model::budget`: bf16 weights, the KV cache for `context`
-/// tokens, work space and margin), so both give the same answer.
-pub fn model_need(cfg: &DaemonConfig, context: u64) -> Option<(u64, String)> {
+/// Bytes the model needs on the GPU: the same budget the daemon checks
+/// before it loads on CUDA (`medgemma_model::budget`: bf16 weights, the KV
+/// cache for `context` tokens, work space and margin), so both give the
+/// same answer.
+pub fn model_need(model: &Gemma3Config, context: u64) -> (u64, String) {
     use medgemma_model::budget::{self, BudgetRequest, DType};
-    let mc = model_config(cfg)?;
     let context = usize::try_from(context)
         .unwrap_or(usize::MAX)
-        .min(mc.max_position_embeddings);
+        .min(model.max_position_embeddings);
     let req = BudgetRequest::new(context, 1, DType::BF16);
-    let b = budget::estimate(&mc, &req);
-    Some((b.total(), b.describe(&req)))
+    let b = budget::estimate(model, &req);
+    (b.total(), b.describe(&req))
 }
 
-/// The configured model's Gemma 3 configuration (`config.json` beside
-/// safetensors, or the GGUF's metadata), if it can be read.
-pub fn model_config(cfg: &DaemonConfig) -> Option<medgemma_model::config::Gemma3Config> {
-    use medgemma_model::config::Gemma3Config;
-    let path = cfg.model.path.as_ref()?;
-    if path.is_dir() {
-        Gemma3Config::from_file(&path.join("config.json")).ok()
-    } else {
-        let f = medgemma_model::gguf::GgufFile::open(path).ok()?;
-        Gemma3Config::from_gguf(&f, path).ok()
-    }
+/// The configured model's Gemma 3 configuration, if the model can be probed.
+pub fn model_config(cfg: &DaemonConfig) -> Option<Gemma3Config> {
+    ModelProbe::open(cfg.model_path()?).ok().map(|p| p.config)
 }
 
-/// `engine.max_concurrent_generations`' upper bound (the daemon's config check).
-const MAX_AT_ONCE: usize = 32;
+/// `engine.max_concurrent_generations`' upper bound (from the configuration schema).
+fn max_at_once() -> usize {
+    medgemma_protocol::config::maximum("engine.max_concurrent_generations")
+        .and_then(|m| usize::try_from(m).ok())
+        .unwrap_or(1)
+}
 
 /// Runs `gpu`.
 pub fn run(config: &Path, a: &GpuArgs) -> Report {
-    let cfg = DaemonConfig::load_or_default(config).unwrap_or_default();
-    let need = model_need(&cfg, a.context);
+    let cfg = match DaemonConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => return Report::error(e.to_string()),
+    };
     let model = model_config(&cfg);
+    let context = a.context.unwrap_or(cfg.context_length() as u64);
+    let need = model.as_ref().map(|m| model_need(m, context));
     let nvml = match Nvml::init() {
         Ok(n) => n,
         Err(e) => {
@@ -117,10 +119,10 @@ pub fn run(config: &Path, a: &GpuArgs) -> Report {
         let at_once = match (&model, free) {
             (Some(mc), Some(f)) => {
                 use medgemma_model::budget::{BudgetRequest, DType, sequences_that_fit};
-                let context = usize::try_from(a.context)
+                let context = usize::try_from(context)
                     .unwrap_or(usize::MAX)
                     .min(mc.max_position_embeddings);
-                let req = BudgetRequest::new(context, MAX_AT_ONCE, DType::BF16);
+                let req = BudgetRequest::new(context, max_at_once(), DType::BF16);
                 Some(sequences_that_fit(mc, &req, f))
             }
             _ => None,
@@ -154,7 +156,7 @@ pub fn run(config: &Path, a: &GpuArgs) -> Report {
         match (fits, at_once) {
             (Some(true), Some(n)) if n > 0 => text.push_str(&format!(
                 "  the model fits, with room for {n}{} conversations at once (engine.max_concurrent_generations)\n",
-                if n == MAX_AT_ONCE { " (the most allowed)" } else { "" }
+                if n == max_at_once() { " (the most allowed)" } else { "" }
             )),
             (Some(true), _) => text.push_str("  the model fits\n"),
             (Some(false), _) => text.push_str("  the model does NOT fit in the free memory\n"),

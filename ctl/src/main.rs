@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod audit_cmd;
+mod config_cmd;
 mod daemon_config;
 mod doctor_cmd;
 mod gpu_cmd;
@@ -53,7 +54,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// The daemon's configuration file (paths of the sockets, the model and the audit log).
-    #[arg(long, global = true, default_value = "/etc/medgemma/medgemmad.toml")]
+    #[arg(long, global = true, default_value = medgemma_protocol::paths::CONFIG_FILE)]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -72,6 +73,9 @@ enum Command {
     /// Export or verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Print the documented example configuration, or the configuration in effect.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Write the man pages into a directory.
     Man {
         /// The directory (created if missing).
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Gpu(args) => gpu_cmd::run(&cli.config, &args),
         Command::Doctor(args) => doctor_cmd::run(&cli.config, &args),
         Command::Audit(cmd) => audit_cmd::run(&cli.config, cmd),
+        Command::Config(cmd) => config_cmd::run(&cli.config, &cmd),
         Command::Man { out } => man(&out),
         Command::Completions { shell } => completions(&shell),
     };

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::daemon_config::{DEFAULT_ADMIN_SOCKET, DaemonConfig};
+use medgemma_protocol::admin::{ErrorBody, STATUS_ROUTE};
+use medgemma_protocol::status::{AdminStatus, HealthState};
+
+use crate::daemon_config::DaemonConfig;
 use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
 
 /// `status`.
@@ -28,15 +31,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `status`.
 pub fn run(config: &Path, args: &StatusArgs) -> Report {
-    let cfg = match DaemonConfig::load_or_default(config) {
-        Ok(c) => c,
-        Err(e) => return Report::error(e),
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => match DaemonConfig::load(config) {
+            Ok(c) => c.admin_socket(),
+            Err(e) => return Report::error(e.to_string()),
+        },
     };
-    let socket = args
-        .socket
-        .clone()
-        .or(cfg.server.admin_socket)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
     match fetch(&socket) {
         Ok(doc) => report(&doc),
         Err(why) => Report {
@@ -51,10 +52,13 @@ pub fn run(config: &Path, args: &StatusArgs) -> Report {
 }
 
 /// One `GET /admin/status` on `socket`.
-pub fn fetch(socket: &Path) -> Result<serde_json::Value, String> {
+pub fn fetch(socket: &Path) -> Result<AdminStatus, String> {
     let stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    request(stream, "GET", "/admin/status", None)
+    let doc = request(stream, "GET", STATUS_ROUTE, None)?;
+    serde_json::from_value(doc).map_err(|e| {
+        format!("the daemon's status does not have the expected form ({e}); is medgemmactl the same version as medgemmad?")
+    })
 }
 
 /// One request on a connected admin socket; the answer's JSON body when the
@@ -114,9 +118,8 @@ pub fn request(
         .split_once("\r\n\r\n")
         .ok_or("the answer is not HTTP")?;
     if !head.starts_with("HTTP/1.1 200") {
-        let why = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        let why = serde_json::from_str::<ErrorBody>(body)
+            .map(|b| b.error.message)
             .unwrap_or_default();
         return Err(format!(
             "the daemon answered {} {why}",
@@ -126,89 +129,79 @@ pub fn request(
     serde_json::from_str(body).map_err(|e| format!("the answer is not JSON: {e}"))
 }
 
-fn report(doc: &serde_json::Value) -> Report {
-    let healthy = doc["health"]["status"] == "healthy";
-    let reasons: Vec<String> = doc["health"]["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    let mib = |v: &serde_json::Value| {
-        v.as_u64()
-            .map_or("-".to_owned(), |b| format!("{} MiB", b / (1024 * 1024)))
-    };
+fn report(doc: &AdminStatus) -> Report {
+    let healthy = doc.health.status == HealthState::Healthy;
+    let mib = |b: Option<u64>| b.map_or("-".to_owned(), |b| format!("{} MiB", b >> 20));
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     let mut text = format!(
         "medgemmad {} (pid {}), up {} s: {}\n",
-        s(&doc["version"]),
-        s(&doc["pid"]),
-        s(&doc["uptime_s"]),
+        doc.version,
+        doc.pid,
+        doc.uptime_s,
         if healthy { "healthy" } else { "DEGRADED" },
     );
-    for r in &reasons {
+    for r in &doc.health.reasons {
         text.push_str(&format!("  degraded: {r}\n"));
     }
+    let pins = &doc.model_files.pins;
     text.push_str(&format!(
         "model:    {} ({}, {} parameters), fingerprint {}\n          pins: {}\n",
-        s(&doc["model"]["label"]),
-        s(&doc["model"]["format"]),
-        s(&doc["model"]["parameters"]),
-        s(&doc["model"]["fingerprint"]),
-        match doc["model"]["pins"]["ok"].as_bool() {
+        doc.model.label,
+        doc.model.format,
+        doc.model.parameters,
+        doc.model_files.fingerprint,
+        match pins.ok {
             Some(true) => format!(
                 "ok ({} files, sizes checked)",
-                s(&doc["model"]["pins"]["files"])
+                pins.files.map_or("-".to_owned(), |n| n.to_string())
             ),
-            Some(false) => format!("MISMATCH: {}", s(&doc["model"]["pins"]["detail"])),
-            None => s(&doc["model"]["pins"]["detail"]),
+            Some(false) => format!("MISMATCH: {}", or_dash(pins.detail.clone())),
+            None => or_dash(pins.detail.clone()),
         }
     ));
     text.push_str(&format!(
         "backend:  {}: {}\n",
-        s(&doc["backend"]["kind"]),
-        s(&doc["backend"]["reason"]),
+        doc.backend.kind, doc.backend.reason
     ));
-    let gpu = &doc["backend"]["gpu"];
-    if gpu.is_object() {
+    if let Some(gpu) = &doc.backend.gpu {
         text.push_str(&format!(
             "gpu:      {}; {} of {} in use after warm-up ({} s); model budget {}\n",
-            s(&doc["backend"]["device"]),
-            mib(&gpu["memory_used_bytes"]),
-            mib(&gpu["memory_total_bytes"]),
-            gpu["warm_up_s"]
-                .as_f64()
-                .map_or("-".to_owned(), |w| format!("{w:.1}")),
-            mib(&gpu["budget_bytes"]),
+            gpu.device(),
+            mib(gpu.memory_used_bytes),
+            mib(Some(gpu.memory_total_bytes)),
+            gpu.warm_up_s.map_or("-".to_owned(), |w| format!("{w:.1}")),
+            mib(Some(gpu.budget_bytes)),
         ));
     }
+    let sandbox = if doc.sandbox.enforced {
+        "enforced".to_owned()
+    } else if doc.sandbox.insecure_no_sandbox {
+        "OFF (--insecure-no-sandbox)".to_owned()
+    } else {
+        format!("NOT ENFORCED: {}", doc.sandbox.problems.join("; "))
+    };
     text.push_str(&format!(
-        "memory:   {} resident, {} peak\nsandbox:  {}\n",
-        mib(&doc["memory"]["rss_bytes"]),
-        mib(&doc["memory"]["peak_rss_bytes"]),
-        doc["sandbox"],
+        "memory:   {} resident, {} peak\nsandbox:  {sandbox}\n",
+        mib(doc.memory.rss_bytes),
+        mib(doc.memory.peak_rss_bytes),
     ));
+    let q = &doc.queue;
     text.push_str(&format!(
         "queue:    {} waiting of {}, {} running of {}, {} served, {} refused; {} conversations\nspeed:    {} tokens/s (last answer)\naudit:    {}, next record {}, head {}\n",
-        s(&doc["queue"]["waiting"]),
-        s(&doc["queue"]["capacity"]),
-        s(&doc["queue"]["active"]),
-        s(&doc["queue"]["max_concurrent"]),
-        s(&doc["queue"]["served"]),
-        s(&doc["queue"]["rejected"]),
-        s(&doc["conversations"]["count"]),
-        s(&doc["recent_tokens_per_s"]),
-        s(&doc["audit"]["dir"]),
-        s(&doc["audit"]["chain"]["next_seq"]),
-        s(&doc["audit"]["chain"]["head"]),
+        q.waiting,
+        q.capacity,
+        q.active,
+        q.max_concurrent,
+        q.served,
+        q.rejected,
+        doc.conversations.count,
+        doc.recent_tokens_per_s
+            .map_or("-".to_owned(), |s| s.to_string()),
+        doc.audit.dir.display(),
+        doc.audit.chain.next_seq,
+        doc.audit.chain.head,
     ));
-    let mut json = doc.clone();
+    let mut json = serde_json::to_value(doc).unwrap_or_default();
     json["running"] = serde_json::Value::Bool(true);
     Report {
         code: if healthy { EXIT_OK } else { EXIT_DEGRADED },

@@ -466,8 +466,11 @@ fn setup_pins_creates_keys_once_and_refuses_an_altered_model() {
         // One conversation at a time on the CPU.
         assert_eq!(v["backend"]["max_concurrent_generations"], 1, "{v}");
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(
-            text.contains("backend = \"cpu\"\nmax_concurrent_generations = 1\n"),
+        let written: toml::Table = text.parse().unwrap();
+        assert_eq!(written["engine"]["backend"].as_str(), Some("cpu"), "{text}");
+        assert_eq!(
+            written["engine"]["max_concurrent_generations"].as_integer(),
+            Some(1),
             "{text}"
         );
     }

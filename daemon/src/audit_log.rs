@@ -23,6 +23,8 @@ use medgemma_audit::{
 };
 use medgemma_model::generate::FinishReason as ModelFinish;
 
+use medgemma_protocol::status::ChainHead;
+
 use crate::config::AuditSection;
 
 /// The actor recorded for OpenAI-API clients (they carry no client cookie).
@@ -53,19 +55,6 @@ pub struct Auditor {
     hasher: ContentHasher,
     model: ModelFingerprint,
     dir: PathBuf,
-}
-
-/// A snapshot of the chain's end for the admin status.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ChainHead {
-    /// The sequence number the next record gets.
-    pub next_seq: u64,
-    /// MAC of the last record (hex).
-    pub head: String,
-    /// The boot id of this run.
-    pub boot_id: String,
-    /// Torn tails cut off when the log was opened.
-    pub recovered_cuts: u64,
 }
 
 impl Auditor {

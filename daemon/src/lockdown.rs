@@ -26,6 +26,8 @@ use medgemma_sandbox::{
     SeccompPolicy,
 };
 
+use medgemma_protocol::status::SandboxStatus;
+
 use crate::config::{ResolvedBackend, Settings};
 
 /// Environment variables that survive `clean_process`: systemd's
@@ -297,13 +299,13 @@ pub fn narrow_http(mode: SeccompMode) -> Result<impl Fn() + Send + Sync + 'stati
     sandbox::thread_start_hook(Role::Http, mode)
 }
 
-/// The sandbox as `/api/status` shows it, read from the kernel at the time
-/// of the call: [`SandboxState::current`] serialized, plus `enforced` (true
+/// The sandbox as the status documents show it, read from the kernel at
+/// the time of the call: [`SandboxState::current`], plus `enforced` (true
 /// only when nothing falls short of the full lockdown: not insecure, seccomp
 /// enforcing, Landlock fully enforced, no capability, no root id) and
 /// `problems` (sentences). Landlock's rules are reduced to their number:
-/// the status page never shows full paths.
-pub fn status_json() -> serde_json::Value {
+/// the status never shows full paths.
+pub fn sandbox_status() -> SandboxStatus {
     match SandboxState::current() {
         Ok(state) => {
             let mut problems = state.problems();
@@ -313,20 +315,28 @@ pub fn status_json() -> serde_json::Value {
             if state.seccomp.is_none() && !state.insecure_no_sandbox {
                 problems.push("seccomp was not applied".to_owned());
             }
-            let mut v = serde_json::to_value(&state).unwrap_or_default();
-            if let Some(rules) = v.pointer_mut("/landlock/rules") {
+            let mut kernel = match serde_json::to_value(&state) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            if let Some(rules) = kernel.get_mut("landlock").and_then(|l| l.get_mut("rules")) {
                 let n = rules.as_array().map_or(0, Vec::len);
                 *rules = n.into();
             }
-            v["enforced"] = problems.is_empty().into();
-            v["problems"] = problems.into();
-            v
+            kernel.remove("insecure_no_sandbox");
+            SandboxStatus {
+                enforced: problems.is_empty(),
+                insecure_no_sandbox: state.insecure_no_sandbox,
+                problems,
+                kernel,
+            }
         }
-        Err(e) => serde_json::json!({
-            "enforced": false,
-            "insecure_no_sandbox": false,
-            "problems": [format!("the sandbox state cannot be read: {e}")],
-        }),
+        Err(e) => SandboxStatus {
+            enforced: false,
+            insecure_no_sandbox: false,
+            problems: vec![format!("the sandbox state cannot be read: {e}")],
+            kernel: serde_json::Map::new(),
+        },
     }
 }
 
@@ -428,10 +438,8 @@ mod tests {
         );
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let path = dir.join("c.toml");
-        crate::config::Config::parse(&text, &path)
-            .unwrap()
-            .resolve(&path)
-            .unwrap()
+        std::fs::write(&path, text).unwrap();
+        Settings::load(&path).unwrap()
     }
 
     #[test]

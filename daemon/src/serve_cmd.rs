@@ -44,24 +44,22 @@
 //! model is ready, or report a sandbox state the process does not have.
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use medgemma_model::backend;
-use medgemma_model::load::{self, LoadError};
 use medgemma_sandbox::{self as sandbox, SandboxError, SeccompMode};
 
 use crate::audit_log::{self, AuditOpenError, Auditor};
-use crate::config::{BackendDecision, Config, ConfigError, ResolvedBackend, Settings};
-use crate::engine::{Engine, EngineError, ModelEngine};
-use crate::gpu::{self, GpuError};
-use crate::lockdown;
+use crate::config::{ConfigError, ResolvedBackend, Settings};
+use crate::engine::gpu::{self, GpuError};
+use crate::engine::load::{self as engine_load, EngineJob, LoadFailure};
+use crate::engine::worker::{self, WorkerError};
 use crate::server::admin::{self, AdminError};
 use crate::server::listener::{self, ListenerError};
-use crate::server::worker::{self, WorkerError};
 use crate::server::{self, ServerConfig, ServerError};
+use crate::{lockdown, log};
 
 /// Arguments of `medgemmad serve`.
 #[derive(Debug, Args)]
@@ -131,7 +129,8 @@ impl ServeError {
         match self {
             Self::Config(_) => 2,
             Self::Load(WorkerError::Load(e))
-                if matches!(e.downcast_ref::<LoadFailure>(), Some(LoadFailure::Gpu(_))) =>
+                if e.downcast_ref::<LoadFailure>()
+                    .is_some_and(LoadFailure::is_gpu_refusal) =>
             {
                 gpu::EXIT_GPU_UNUSABLE
             }
@@ -146,19 +145,6 @@ impl ServeError {
     }
 }
 
-/// Why the model engine could not be built.
-#[derive(Debug, thiserror::Error)]
-enum LoadFailure {
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("cannot narrow the engine thread's sandbox: {0}")]
-    Sandbox(#[from] SandboxError),
-    #[error("{}", gpu::refusal(.0))]
-    Gpu(#[from] GpuError),
-}
-
 /// Runs the daemon.
 pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     // 1. Clean fds and environment, keeping systemd's sockets and protocol.
@@ -167,7 +153,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     sandbox::clean_process(&keep, lockdown::ENV_ALLOW)?;
     let mode = if args.insecure_no_sandbox {
         sandbox::declare_insecure_no_sandbox();
-        say(format_args!("{}", lockdown::INSECURE_WARNING));
+        log::warn(format_args!("{}", lockdown::INSECURE_WARNING));
         None
     } else if args.seccomp_log {
         Some(SeccompMode::Log)
@@ -176,16 +162,21 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
 
     // 2. Configuration; the service user while /etc/passwd is readable.
-    let mut settings = Config::load(&args.config)?.resolve(&args.config)?;
+    let mut settings = Settings::load(&args.config)?;
     //    The GPU driver, while single-threaded: libcuda must load before
     //    CUDA is touched, and the driver's environment is set now (gpu.rs).
     for line in gpu::prepare(&mut settings)? {
-        say(format_args!("gpu: {line}"));
+        log::info(format_args!("gpu: {line}"));
     }
     let settings = Arc::new(settings);
-    say(format_args!(
+    log::info(format_args!(
         "configuration {} is valid: model \"{}\"{}, backend {:?} ({}); audit directory {}",
-        settings.source.display(),
+        settings
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
         settings.model.label,
         if settings.model.demo { " (demo)" } else { "" },
         settings.backend.backend,
@@ -202,7 +193,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     let fingerprint =
         audit_log::model_fingerprint(settings.model.pins_file.as_deref(), &settings.model.label);
     let auditor = Arc::new(Auditor::open(&settings.audit, fingerprint)?);
-    say(format_args!(
+    log::info(format_args!(
         "audit log {} open: next record {}",
         settings.audit.dir.display(),
         auditor.head().next_seq
@@ -213,7 +204,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     check_model_files(&settings)?;
     let passed = listener::by_name(activated.into_iter().map(|l| (l.name, l.fd)).collect());
     for name in &passed.ignored {
-        say(format_args!(
+        log::info(format_args!(
             "socket activation: ignoring the passed socket named {name:?} (medgemmad uses \"ui\" and \"admin\")"
         ));
     }
@@ -235,14 +226,14 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let (notifier, notify_problem) = lockdown::Notifier::connect();
     if let Some(problem) = notify_problem {
-        say(format_args!("{problem}"));
+        log::warn(format_args!("{problem}"));
     }
 
     // 4.-7. Drop root, harden, Landlock, seccomp on every thread.
     if let Some(mode) = mode {
         let policy = lockdown::landlock_policy(&settings);
         for line in lockdown::lock_down(user.as_ref(), &policy, mode)? {
-            say(format_args!("sandbox: {line}"));
+            log::info(format_args!("sandbox: {line}"));
         }
     }
 
@@ -260,7 +251,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         Err(_) => medgemma_audit::ShutdownReason::Error,
     };
     if let Err(e) = auditor.shutdown(reason) {
-        say(format_args!("audit: cannot record the shutdown: {e}"));
+        log::error(format_args!("audit: cannot record the shutdown: {e}"));
     }
     if let Some(path) = admin.as_ref().and_then(|a| a.path.as_ref()) {
         let _ = std::fs::remove_file(path);
@@ -306,15 +297,15 @@ fn serve(
 ) -> Result<(), ServeError> {
     // 8a. The engine thread (it narrows itself to the engine role before
     //     loading), ready before anything is served.
-    let loader = loader(settings, mode);
+    let loader = engine_load::loader(EngineJob::new(settings), mode);
     let t0 = Instant::now();
     let started = worker::start(loader, settings.engine.queue_length);
     auditor
         .model_load(t0.elapsed(), started.is_ok())
         .map_err(|e| ServeError::Audit(e.into()))?;
     let engine = started.map_err(ServeError::Load)?;
-    let info = engine.info();
-    say(format_args!(
+    let info = engine.snapshot().info;
+    log::info(format_args!(
         "ready: {} parameters ({}), context {} tokens, backend {}; serving on {}",
         info.model.parameters,
         info.model.format,
@@ -334,14 +325,19 @@ fn serve(
         builder.on_thread_start(lockdown::narrow_http(mode)?);
     }
     let runtime = builder.build().map_err(ServeError::Runtime)?;
-    let sandboxed = lockdown::status_json();
-    say(format_args!(
-        "sandbox enforced: {}; problems: {}",
-        sandboxed["enforced"], sandboxed["problems"]
-    ));
+    let sandboxed = lockdown::sandbox_status();
+    let line = format_args!(
+        "sandbox enforced: {}; problems: {:?}",
+        sandboxed.enforced, sandboxed.problems
+    );
+    if sandboxed.enforced {
+        log::info(line);
+    } else {
+        log::warn(line);
+    }
     let config = ServerConfig {
         settings: Arc::clone(settings),
-        sandbox: lockdown::status_json,
+        sandbox: lockdown::sandbox_status,
         audit: Arc::clone(auditor),
         admin,
     };
@@ -354,7 +350,7 @@ fn serve(
                 every.tick().await;
                 loop {
                     every.tick().await;
-                    say(format_args!("{}", lockdown::INSECURE_WARNING));
+                    log::warn(format_args!("{}", lockdown::INSECURE_WARNING));
                 }
             });
         }
@@ -385,105 +381,8 @@ fn serve(
     // The engine thread ends with its last handle; it may still be finishing a
     // cancelled token, which the process exit cuts short.
     runtime.shutdown_timeout(server::SHUTDOWN_GRACE);
-    say(format_args!("stopped"));
+    log::info(format_args!("stopped"));
     Ok(())
-}
-
-/// The engine for the configured backend, built on the engine thread.
-fn loader(
-    settings: &Settings,
-    mode: Option<SeccompMode>,
-) -> impl FnOnce() -> Result<Box<dyn Engine>, LoadFailure> + Send + 'static {
-    let path = settings.model.path.clone();
-    let tokenizer = settings.model.tokenizer_path.clone();
-    let context = settings.engine.context_length;
-    let decision = settings.backend.clone();
-    let sequences = settings.engine.max_concurrent_generations;
-    let gpu_job = gpu::GpuJob {
-        sequences,
-        cache_dir: settings.sandbox.cache_dir.clone(),
-    };
-    move || {
-        // First thing on the engine thread, before the backend starts its
-        // own threads (they inherit the engine role).
-        if let Some(mode) = mode {
-            lockdown::narrow_engine_thread(mode)?;
-        }
-        if decision.backend == ResolvedBackend::Cuda {
-            let t0 = Instant::now();
-            match gpu::load_engine(&path, tokenizer.as_deref(), context, &decision, &gpu_job) {
-                Ok(gpu::Loaded::Gpu(engine)) => {
-                    say(format_args!(
-                        "model loaded and warmed up on the GPU in {:.1} s",
-                        t0.elapsed().as_secs_f64()
-                    ));
-                    return Ok(engine);
-                }
-                Ok(gpu::Loaded::CpuInstead(reason)) => {
-                    say(format_args!("falling back to the CPU: {reason}"));
-                    let cpu = BackendDecision {
-                        backend: ResolvedBackend::Cpu,
-                        reason,
-                        ..decision
-                    };
-                    return load_engine(&path, tokenizer.as_deref(), context, sequences, cpu);
-                }
-                Err(e) => return Err(LoadFailure::Gpu(e)),
-            }
-        }
-        load_engine(&path, tokenizer.as_deref(), context, sequences, decision)
-    }
-}
-
-/// Loads the configured backend's engine (on the engine thread).
-fn load_engine(
-    path: &Path,
-    tokenizer: Option<&Path>,
-    context: usize,
-    sequences: usize,
-    decision: BackendDecision,
-) -> Result<Box<dyn Engine>, LoadFailure> {
-    match decision.backend {
-        ResolvedBackend::Cpu => {
-            say(format_args!("loading model {} on the CPU", file_name(path)));
-            let t0 = Instant::now();
-            let loaded = load::load_model(
-                path,
-                tokenizer,
-                &backend::cpu_device(),
-                backend::cpu_dtype(),
-            )?;
-            say(format_args!(
-                "model loaded in {:.1} s",
-                t0.elapsed().as_secs_f64()
-            ));
-            let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), decision.reason)?
-                .with_max_batch(sequences);
-            Ok(Box::new(engine) as Box<dyn Engine>)
-        }
-        ResolvedBackend::Cuda => {
-            unreachable!("the loader handles the CUDA backend before calling load_engine")
-        }
-        #[cfg(feature = "test-engine")]
-        ResolvedBackend::Scripted => {
-            Ok(Box::new(server::scripted::ScriptedEngine::new(context)) as Box<dyn Engine>)
-        }
-        #[cfg(not(feature = "test-engine"))]
-        ResolvedBackend::Scripted => {
-            unreachable!("config::resolve refuses \"scripted\" without the test-engine feature")
-        }
-    }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |f| f.to_string_lossy().into_owned(),
-    )
-}
-
-fn say(what: std::fmt::Arguments<'_>) {
-    eprintln!("medgemmad: {what}");
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
@@ -495,8 +394,8 @@ async fn shutdown_signal() {
         return;
     };
     tokio::select! {
-        _ = term.recv() => say(format_args!("SIGTERM received")),
-        _ = tokio::signal::ctrl_c() => say(format_args!("SIGINT received")),
+        _ = term.recv() => log::info(format_args!("SIGTERM received")),
+        _ = tokio::signal::ctrl_c() => log::info(format_args!("SIGINT received")),
     }
 }
 
@@ -507,7 +406,7 @@ async fn engine_stopped(engine: worker::EngineHandle) {
     while engine.is_alive() {
         tick.tick().await;
     }
-    say(format_args!("the engine thread has stopped; shutting down"));
+    log::error(format_args!("the engine thread has stopped; shutting down"));
 }
 
 /// Sends `WATCHDOG=1` every `every` while the runtime turns and the engine
@@ -525,7 +424,7 @@ async fn watchdog_pings(
         if engine.is_alive() {
             notify_systemd(&notifier, "WATCHDOG=1");
         } else {
-            say(format_args!(
+            log::error(format_args!(
                 "the engine thread has stopped; asking systemd to restart the service"
             ));
             notify_systemd(&notifier, "WATCHDOG=trigger");
@@ -538,6 +437,6 @@ async fn watchdog_pings(
 /// on the socket connected before the sandbox (`socket(2)` is denied now).
 fn notify_systemd(notifier: &lockdown::Notifier, state: &str) {
     if let Err(e) = notifier.notify(state) {
-        say(format_args!("cannot notify systemd ({e}); continuing"));
+        log::warn(format_args!("cannot notify systemd ({e}); continuing"));
     }
 }

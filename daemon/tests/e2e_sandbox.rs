@@ -559,15 +559,13 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
     let admin = dir.path().join("admin.sock");
     // Pins as `medgemmactl setup` writes them: the status reads them back
     // from inside the sandbox (Landlock must allow the file).
-    let files: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("model"))
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("model"))
         .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            json!({ "path": p, "size": std::fs::metadata(&p).unwrap().len() })
-        })
+        .map(|e| medgemma_protocol::pins::hash_file(&e.unwrap().path(), |_, _| {}).unwrap())
         .collect();
     let pins = dir.path().join("model.pins.json");
-    std::fs::write(&pins, json!({ "files": files }).to_string()).unwrap();
+    let doc = medgemma_protocol::pins::Pins::new(dir.path().join("model"), files);
+    std::fs::write(&pins, doc.to_json()).unwrap();
     set_path(&config, "server", "admin_socket", &admin);
     set_path(&config, "model", "pins_file", &pins);
     let d = Daemon::start_with(dir, &config, &[], READY);
@@ -589,8 +587,8 @@ async fn medgemmactl_status_of_the_sandboxed_daemon_is_healthy() {
         v["queue"]["max_concurrent"], 2,
         "the batched loop runs: {v}"
     );
-    assert_eq!(v["model"]["pins"]["ok"], true, "{v}");
-    assert_eq!(v["model"]["pins"]["files"], 2, "{v}");
+    assert_eq!(v["model_files"]["pins"]["ok"], true, "{v}");
+    assert_eq!(v["model_files"]["pins"]["files"], 2, "{v}");
 }
 
 /// Both sockets from systemd, picked by `FileDescriptorName=` as the .deb's

@@ -1,7 +1,9 @@
-//! End-to-end tests of the HTTP layer against the real `medgemmad serve`
-//! binary with the scripted engine (`engine.backend = "scripted"`: a fixed
-//! reasoning trace and answer, 20 ms per word), so event order, cancel,
-//! queueing and limits are deterministic. Needs `--features test-engine`.
+//! End-to-end tests of the HTTP layer with the scripted engine
+//! (`engine.backend = "scripted"`: a fixed reasoning trace and answer, 20 ms
+//! per word), so event order, cancel, queueing and limits are deterministic.
+//! Most run the daemon's server in this process (`server::run` on a real
+//! Unix socket); the tests of the log and of SIGTERM start the real binary.
+//! Needs `--features test-engine`.
 
 #![cfg(feature = "test-engine")]
 
@@ -17,7 +19,13 @@ use serde_json::json;
 
 const READY: Duration = Duration::from_secs(30);
 
-fn scripted() -> Daemon {
+/// The server in this process with the scripted engine.
+fn scripted() -> Server {
+    Server::start(&Setup::default())
+}
+
+/// The real binary (for what needs a process: its log, signals).
+fn scripted_daemon() -> Daemon {
     Daemon::start(&Setup::default(), READY)
 }
 
@@ -223,7 +231,7 @@ async fn cancel_endpoint_stops_generation() {
 
 #[tokio::test]
 async fn closing_the_connection_cancels_and_frees_the_engine() {
-    let d = scripted();
+    let d = scripted_daemon();
     // 1000 scripted tokens would take 20 s.
     let resp = send(
         &d.socket,
@@ -258,13 +266,10 @@ async fn closing_the_connection_cancels_and_frees_the_engine() {
 
 #[tokio::test]
 async fn full_queue_answers_503_with_retry_after() {
-    let d = Daemon::start(
-        &Setup {
-            queue_length: 1,
-            ..Setup::default()
-        },
-        READY,
-    );
+    let d = Server::start(&Setup {
+        queue_length: 1,
+        ..Setup::default()
+    });
     let long = || {
         post_json(
             "/api/chat",
@@ -291,7 +296,7 @@ async fn full_queue_answers_503_with_retry_after() {
     assert_eq!(codes, ["queue_full"; 3]);
     let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
     assert_eq!(status["queue"]["active"], 1);
-    assert_eq!(status["queue"]["length"], 1);
+    assert_eq!(status["queue"]["waiting"], 1);
     assert_eq!(status["queue"]["rejected"], 3);
     // The OpenAI API shares the queue.
     let oai = request("POST", "/v1/chat/completions")
@@ -517,14 +522,11 @@ async fn bad_bodies_get_json_errors() {
 
 #[tokio::test]
 async fn context_full_is_reported_before_generating() {
-    let d = Daemon::start(
-        &Setup {
-            context_length: 64,
-            max_new_tokens: 8,
-            ..Setup::default()
-        },
-        READY,
-    );
+    let d = Server::start(&Setup {
+        context_length: 64,
+        max_new_tokens: 8,
+        ..Setup::default()
+    });
     let long = "word ".repeat(80);
     let events = chat(&d.socket, json!({"conversation_id": null, "message": long})).await;
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
@@ -565,13 +567,10 @@ async fn context_full_is_reported_before_generating() {
 
 #[tokio::test]
 async fn deleted_and_idle_conversations_are_gone() {
-    let d = Daemon::start(
-        &Setup {
-            idle_timeout_secs: 1,
-            ..Setup::default()
-        },
-        READY,
-    );
+    let d = Server::start(&Setup {
+        idle_timeout_secs: 1,
+        ..Setup::default()
+    });
     let events = chat(
         &d.socket,
         json!({"conversation_id": null, "message": "hi", "max_new_tokens": 2}),
@@ -695,7 +694,7 @@ async fn openai_api_streams_and_answers_with_reasoning_content() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_gracefully_and_removes_the_socket() {
-    let mut d = scripted();
+    let mut d = scripted_daemon();
     let resp = send(
         &d.socket,
         post_json(

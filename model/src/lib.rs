@@ -33,6 +33,7 @@ pub mod kv_cache;
 mod linear;
 pub mod load;
 mod mmap;
+pub mod probe;
 pub mod quant;
 pub mod random;
 pub mod sampling;

@@ -1,9 +1,9 @@
-//! Resolving a model path into a ready model: a Hugging Face directory
-//! (config.json + safetensors [+ tokenizer.json]) or a single `.gguf` file
-//! (config, weights and tokenizer in one).
+//! Loading a probed model ([`crate::probe::ModelProbe`]) onto a device: its
+//! weights as Burn tensors and its tokenizer (the one given, else
+//! `tokenizer.json` beside a directory's weights, else the GGUF's own).
 //!
-//! Owns: which files make up a model. Must never: open anything but the
-//! given path and the files inside a given directory.
+//! Owns: turning a probe into a ready model. Must never: decide what a path
+//! holds (the probe does), or open anything the probe did not name.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,8 +13,9 @@ use burn::tensor::{DType, Device};
 use crate::config::{ConfigError, Gemma3Config};
 use crate::gemma3::Gemma3;
 use crate::generate::GenerateOptions;
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::GgufError;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::probe::{ModelFormat, ModelProbe, ProbeError};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{GemmaTokenizer, TokenizerError};
 use crate::weights::{CpuWeights, WeightSource, WeightsError};
@@ -22,14 +23,9 @@ use crate::weights::{CpuWeights, WeightSource, WeightsError};
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The path is neither a directory nor a `.gguf` file.
-    #[error(
-        "model path {path} is neither a model directory nor a .gguf file; give the folder holding config.json or the .gguf file"
-    )]
-    NotAModel {
-        /// The path.
-        path: PathBuf,
-    },
+    /// The path does not hold a model (see [`ProbeError`]).
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -125,49 +121,58 @@ pub fn load_model_with(
     dtype: DType,
     cpu_weights: CpuWeights,
 ) -> Result<LoadedModel, LoadError> {
+    load_probed(ModelProbe::open(path)?, tokenizer, device, dtype, cpu_weights)
+}
+
+/// Loads a probed model (its configuration and GGUF header are not read
+/// again); `tokenizer` overrides the tokenizer found with the model.
+pub fn load_probed(
+    probe: ModelProbe,
+    tokenizer: Option<&Path>,
+    device: &Device,
+    dtype: DType,
+    cpu_weights: CpuWeights,
+) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
     let explicit_tok = tokenizer.map(GemmaTokenizer::from_file).transpose()?;
-    let (model, found_tok, format) = if path.is_dir() {
-        let cfg = Gemma3Config::from_file(&path.join("config.json"))?;
-        let mut src = WeightSource::open_safetensors_dir(path)?;
-        src.set_cpu_weights(cpu_weights);
-        let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
-        let tok_path = path.join("tokenizer.json");
-        let tok = if explicit_tok.is_none() && tok_path.is_file() {
-            Some(GemmaTokenizer::from_file(&tok_path)?)
-        } else {
-            None
-        };
-        (model, tok, "safetensors")
-    } else if path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let file = GgufFile::open(path)?;
-        let cfg = Gemma3Config::from_gguf(&file, path)?;
-        let tok = if explicit_tok.is_none() {
-            let (t, info) = tokenizer_from_gguf(&file)?;
-            Some(GemmaTokenizer::from_tokenizers(t, info.add_bos)?)
-        } else {
-            None
-        };
-        let mut src = WeightSource::from_gguf(path, file);
-        src.set_cpu_weights(cpu_weights);
-        let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
-        (model, tok, "gguf")
-    } else {
-        return Err(LoadError::NotAModel {
-            path: path.to_owned(),
-        });
+    let ModelProbe {
+        path,
+        format,
+        config: cfg,
+        tokenizer: beside,
+        gguf,
+        ..
+    } = probe;
+    let (model, found_tok) = match (format, gguf) {
+        (ModelFormat::Gguf, Some(file)) => {
+            let tok = if explicit_tok.is_none() {
+                let (t, info) = tokenizer_from_gguf(&file)?;
+                Some(GemmaTokenizer::from_tokenizers(t, info.add_bos)?)
+            } else {
+                None
+            };
+            let mut src = WeightSource::from_gguf(&path, file);
+            src.set_cpu_weights(cpu_weights);
+            (Gemma3::load(&cfg, &mut src, device, dtype)?, tok)
+        }
+        _ => {
+            let mut src = WeightSource::open_safetensors_dir(&path)?;
+            src.set_cpu_weights(cpu_weights);
+            let model = Gemma3::load(&cfg, &mut src, device, dtype)?;
+            let tok = match (&explicit_tok, beside) {
+                (None, Some(t)) => Some(GemmaTokenizer::from_file(&t)?),
+                _ => None,
+            };
+            (model, tok)
+        }
     };
     let cfg = model.config();
     let description = ModelDescription {
-        path: path.to_owned(),
-        format,
+        format: format.as_str(),
         layers: cfg.num_layers(),
         hidden_size: cfg.hidden_size,
         parameters: parameter_count(cfg),
+        path,
     };
     Ok(LoadedModel {
         model,

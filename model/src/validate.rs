@@ -14,8 +14,8 @@ use burn::tensor::{DType, Device, Tensor};
 use crate::backend;
 use crate::config::Gemma3Config;
 use crate::gemma3::{Gemma3, TensorSource};
-use crate::gguf::GgufFile;
 use crate::load::{LoadError, parameter_count};
+use crate::probe::ModelProbe;
 use crate::weights::{WeightSource, WeightsError};
 
 /// What a valid model holds.
@@ -38,29 +38,25 @@ pub struct Validated {
 /// # Errors
 /// The loader's errors, naming the file and the tensor.
 pub fn validate_weights(path: &Path) -> Result<Validated, LoadError> {
-    let (cfg, mut src, format) = if path.is_dir() {
-        let cfg = Gemma3Config::from_file(&path.join("config.json"))?;
-        (
-            cfg,
-            WeightSource::open_safetensors_dir(path)?,
-            "safetensors",
-        )
-    } else if path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let file = GgufFile::open(path)?;
-        let cfg = Gemma3Config::from_gguf(&file, path)?;
-        (cfg, WeightSource::from_gguf(path, file), "gguf")
-    } else {
-        return Err(LoadError::NotAModel {
-            path: path.to_owned(),
-        });
+    validate_probed(ModelProbe::open(path)?)
+}
+
+/// [`validate_weights`] for a probed model.
+pub fn validate_probed(probe: ModelProbe) -> Result<Validated, LoadError> {
+    let ModelProbe {
+        path,
+        format,
+        config: cfg,
+        gguf,
+        ..
+    } = probe;
+    let mut src = match gguf {
+        Some(file) => WeightSource::from_gguf(&path, file),
+        None => WeightSource::open_safetensors_dir(&path)?,
     };
     let tensors = check_source(&cfg, &mut src)?;
     Ok(Validated {
-        format,
+        format: format.as_str(),
         parameters: parameter_count(&cfg),
         config: cfg,
         tensors,

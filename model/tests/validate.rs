@@ -92,6 +92,8 @@ fn something_else_is_not_a_model() {
     std::fs::write(&f, "hello").unwrap();
     assert!(matches!(
         validate_weights(&f),
-        Err(LoadError::NotAModel { .. })
+        Err(LoadError::Probe(
+            medgemma_model::probe::ProbeError::NotAModel { .. }
+        ))
     ));
 }

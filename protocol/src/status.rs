@@ -157,10 +157,14 @@ pub struct GpuStatus {
     pub uuid: String,
     /// Installed memory.
     pub memory_total_bytes: u64,
+    /// Installed memory in MiB (what the UI shows).
+    pub memory_total_mib: u64,
     /// Free memory before the model loaded.
     pub memory_free_at_start_bytes: u64,
     /// Memory in use on the whole GPU after the warm-up (all processes).
     pub memory_used_bytes: Option<u64>,
+    /// The same in MiB.
+    pub memory_used_mib: Option<u64>,
     /// What the budget said the model needs.
     pub budget_bytes: u64,
     /// The budget, described.
@@ -178,6 +182,12 @@ impl GpuStatus {
     /// "GPU 0: NVIDIA H200 (GPU-…)".
     pub fn device(&self) -> String {
         format!("GPU {}: {} ({})", self.index, self.name, self.uuid)
+    }
+
+    /// Records the memory in use after the warm-up (bytes and MiB).
+    pub fn set_memory_used(&mut self, bytes: Option<u64>) {
+        self.memory_used_bytes = bytes;
+        self.memory_used_mib = bytes.map(|b| b >> 20);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin socket (`server.admin_socket`) for `medgemmactl`: JSON over
-//! HTTP/1.1, two routes: `GET /admin/status` and `POST /admin/audit/export`
+//! HTTP/1.1, the routes of `medgemma_protocol::admin`: `GET /admin/status`
+//! (the document `server::status` builds) and `POST /admin/audit/export`
 //! (records an audit-log export, made by `medgemmactl audit export`, in the
 //! log the daemon writes).
 //!
@@ -10,7 +11,7 @@
 //! sandbox). Anyone else is disconnected without an answer. The socket is
 //! never proxied: the loopback proxy only reaches the UI socket.
 //!
-//! Owns: the admin status document and its health verdict. Must never: show
+//! Owns: the admin socket and who may use it. Must never: show
 //! conversation content or ids, or serve any UI route.
 
 use std::collections::HashSet;
@@ -19,7 +20,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -28,10 +28,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::broadcast;
 
+use medgemma_protocol::admin::{EXPORT_ROUTE, ExportRecorded, ExportReport, STATUS_ROUTE};
+
 use super::http::{ApiError, Body, json, read_json};
-use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, log};
-use crate::audit_log;
-use crate::config::BackendChoice;
+use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, status};
+use crate::{audit_log, log};
 
 /// Why the admin socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +203,7 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
     {
         Ok(l) => l,
         Err(e) => {
-            log::event(format_args!(
+            log::error(format_args!(
                 "admin socket unusable ({e}); medgemmactl status will not answer"
             ));
             return;
@@ -215,7 +216,7 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
                 r = listener.accept() => match r {
                     Ok((s, _)) => s,
                     Err(e) => {
-                        log::event(format_args!("admin accept failed ({e})"));
+                        log::warn(format_args!("admin accept failed ({e})"));
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
@@ -228,7 +229,7 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
                 .map(|c| c.uid())
             else {
                 let who = peer.map(|c| c.uid());
-                log::event(format_args!("admin: refused a connection from uid {who:?}"));
+                log::warn(format_args!("admin: refused a connection from uid {who:?}"));
                 continue;
             };
             let state = Arc::clone(&state);
@@ -254,26 +255,14 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/admin/status") => status(&state),
-        (_, "/admin/status") => ApiError::method_not_allowed("GET").into_response(),
+        (&Method::GET, STATUS_ROUTE) => json(StatusCode::OK, &status::admin_document(&state)),
+        (_, STATUS_ROUTE) => ApiError::method_not_allowed("GET").into_response(),
         (&Method::POST, EXPORT_ROUTE) => record_export(&state, uid, req).await,
         (_, EXPORT_ROUTE) => ApiError::method_not_allowed("POST").into_response(),
         _ => ApiError::not_found().into_response(),
     };
-    log::event(format_args!("admin {method} {}", resp.status().as_u16()));
+    log::info(format_args!("admin {method} {}", resp.status().as_u16()));
     Ok(resp)
-}
-
-/// `medgemmactl audit export` reports each export here so that the log
-/// records it (the daemon is the log's only writer while it runs).
-pub const EXPORT_ROUTE: &str = "/admin/audit/export";
-
-/// The body of [`EXPORT_ROUTE`]: whether the export worked. Nothing else
-/// is taken from the client: the actor is the peer's uid.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportReport {
-    ok: bool,
 }
 
 async fn record_export(state: &AppState, uid: u32, req: Request<Incoming>) -> Response<Body> {
@@ -283,9 +272,12 @@ async fn record_export(state: &AppState, uid: u32, req: Request<Incoming>) -> Re
     };
     let actor = audit_log::admin_actor(uid);
     match state.audit.export(actor, report.ok).await {
-        Ok(head) => json(
+        Ok(audit) => json(
             StatusCode::OK,
-            &serde_json::json!({ "recorded": true, "audit": head }),
+            &ExportRecorded {
+                recorded: true,
+                audit,
+            },
         ),
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -294,102 +286,4 @@ async fn record_export(state: &AppState, uid: u32, req: Request<Incoming>) -> Re
         )
         .into_response(),
     }
-}
-
-/// What `medgemmactl status` shows.
-pub fn status_document(state: &AppState) -> serde_json::Value {
-    let info = state.engine.info();
-    let settings = &state.settings;
-    let (rss, peak) = super::status::memory();
-    let q = state.engine.queue();
-    let pins = pin_check(settings.model.pins_file.as_deref());
-    let mut reasons: Vec<String> = Vec::new();
-    if info.backend == "cpu" && settings.engine.backend == BackendChoice::Auto {
-        reasons.push(format!("running on the CPU: {}", info.backend_reason));
-    }
-    let gpu_failures = crate::gpu::consecutive_failures();
-    if gpu_failures >= crate::gpu::FAILURES_DEGRADED {
-        reasons.push(format!(
-            "the last {gpu_failures} requests failed on the GPU; run medgemmactl gpu and check the kernel log for NVIDIA Xid errors"
-        ));
-    }
-    let sandbox = (state.sandbox)();
-    if sandbox.get("enforced").and_then(serde_json::Value::as_bool) != Some(true) {
-        reasons.push("the kernel sandbox is not enforced".to_owned());
-    }
-    if pins.get("ok").and_then(serde_json::Value::as_bool) == Some(false) {
-        reasons.push("a model file does not match its pin".to_owned());
-    }
-    let speed = f64::from_bits(state.recent_tokens_per_s.load(Ordering::Relaxed));
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_s": state.started.elapsed().as_secs(),
-        "health": {
-            "status": if reasons.is_empty() { "healthy" } else { "degraded" },
-            "reasons": reasons,
-        },
-        "model": {
-            "label": settings.model.label,
-            "demo": settings.model.demo,
-            "path": settings.model.path,
-            "format": info.model.format,
-            "parameters": info.model.parameters,
-            "context_limit": info.context_limit,
-            "fingerprint": state.audit.model().as_str(),
-            "pins": pins,
-        },
-        "backend": {
-            "kind": info.backend,
-            "reason": info.backend_reason,
-            "device": crate::gpu::selected().map(crate::gpu::GpuInfo::device),
-            "gpu": crate::gpu::selected().map(crate::gpu::GpuInfo::status_json),
-            "gpu_failures_in_a_row": gpu_failures,
-        },
-        "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
-        "sandbox": sandbox,
-        "queue": {
-            "waiting": q.waiting,
-            "capacity": q.capacity,
-            "active": q.active,
-            "max_concurrent": state.engine.running(),
-            "served": q.served,
-            "rejected": q.rejected,
-        },
-        "conversations": { "count": state.conversations.len() },
-        "recent_tokens_per_s": (speed > 0.0).then_some((speed * 10.0).round() / 10.0),
-        "audit": {
-            "dir": state.audit.dir(),
-            "chain": state.audit.head(),
-        },
-    })
-}
-
-fn status(state: &AppState) -> Response<Body> {
-    json(StatusCode::OK, &status_document(state))
-}
-
-/// Compares the pinned sizes with the files now (cheap; `medgemmactl
-/// doctor` re-hashes them).
-fn pin_check(pins_file: Option<&Path>) -> serde_json::Value {
-    let Some(file) = pins_file else {
-        return serde_json::json!({ "file": null, "ok": null, "detail": "no model.pins_file configured; run medgemmactl setup" });
-    };
-    let doc: Option<serde_json::Value> = std::fs::read(file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(doc) = doc else {
-        return serde_json::json!({ "file": file, "ok": false, "detail": "the pins file is missing or not JSON" });
-    };
-    let files = doc["files"].as_array().cloned().unwrap_or_default();
-    for f in &files {
-        let path = f["path"].as_str().unwrap_or("");
-        let size = f["size"].as_u64();
-        let now = std::fs::metadata(path).ok().map(|m| m.len());
-        if size.is_none() || now != size {
-            return serde_json::json!({ "file": file, "ok": false, "checked": "sizes",
-                "detail": format!("{path} is missing or its size differs from the pin") });
-        }
-    }
-    serde_json::json!({ "file": file, "ok": true, "checked": "sizes", "files": files.len() })
 }

@@ -26,12 +26,13 @@ use medgemma_model::sampling::SamplingParams;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::AppState;
 use super::conversations::{ConversationError, Conversations, is_id, short};
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
-use super::worker::{SubmitError, WorkerMsg};
-use super::{AppState, log};
 use crate::audit_log::{self, Auditor, TurnRecord};
+use crate::engine::worker::{SubmitError, TurnError, WorkerMsg};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+use crate::log;
 use medgemma_audit::{ActorId, ConversationId, Digest, Outcome};
 
 /// Google's documented switch for MedGemma's thinking mode (spec model.md §7):
@@ -175,7 +176,7 @@ pub async fn chat(
     if admitted.created
         && let Err(e) = state.audit.conversation_start(&actor, &audit_conv).await
     {
-        log::event(format_args!(
+        log::error(format_args!(
             "audit: cannot record a conversation start: {e}"
         ));
         state
@@ -296,7 +297,7 @@ impl Recorder {
         match audit.answer(record).await {
             Ok(()) => true,
             Err(e) => {
-                log::event(format_args!("audit: cannot record an answer: {e}"));
+                log::error(format_args!("audit: cannot record an answer: {e}"));
                 false
             }
         }
@@ -304,8 +305,7 @@ impl Recorder {
 }
 
 /// The outcome recorded for a failed turn.
-pub fn failed_outcome(e: &super::worker::TurnError) -> Outcome {
-    use super::worker::TurnError;
+pub fn failed_outcome(e: &TurnError) -> Outcome {
     match e {
         TurnError::ContextFull { .. } | TurnError::Invalid(_) => Outcome::Rejected,
         TurnError::Engine(_) | TurnError::Panicked => Outcome::Error,
@@ -365,7 +365,7 @@ async fn pump(
                 sse_event("answer", &serde_json::json!({ "delta": delta }))
             }
             WorkerMsg::Done(summary) => {
-                log::turn(short(&turn.id), &summary, queued_for);
+                log::turn(short(&turn.id), &summary.counts(), queued_for);
                 // On disk before the client hears the answer is complete.
                 if !record.done(&summary).await {
                     let _ = tx.send(audit_error_event()).await;

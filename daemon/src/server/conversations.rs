@@ -126,6 +126,11 @@ impl Conversations {
         self.lock().len()
     }
 
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout

@@ -70,10 +70,10 @@ pub fn run(args: ForwardArgs) -> Result<(), ForwardError> {
                     source,
                 })?;
         let local = listener.local_addr()?;
-        eprintln!(
-            "medgemmad forward: http://{local}/ -> {}",
+        crate::log::info(format_args!(
+            "forward: http://{local}/ -> {}",
             args.to.display()
-        );
+        ));
         let to = Arc::new(args.to);
         let limit = Arc::new(Semaphore::new(MAX_FORWARDED));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -85,7 +85,7 @@ pub fn run(args: ForwardArgs) -> Result<(), ForwardError> {
                 accepted = listener.accept() => match accepted {
                     Ok(c) => c,
                     Err(e) => {
-                        eprintln!("medgemmad forward: accept failed: {e}");
+                        crate::log::warn(format_args!("forward: accept failed: {e}"));
                         continue;
                     }
                 },

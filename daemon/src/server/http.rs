@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
+use medgemma_protocol::admin::{ErrorBody, ErrorDetail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -70,7 +71,7 @@ pub struct ApiError {
     /// Seconds for `Retry-After` (503 only).
     pub retry_after: Option<u32>,
     /// `Allow` header value (405 only).
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -100,9 +101,9 @@ impl ApiError {
     }
 
     /// 405 with `Allow`.
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: &str) -> Self {
         Self {
-            allow: Some(allow),
+            allow: Some(allow.to_owned()),
             ..Self::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -121,7 +122,13 @@ impl ApiError {
 
     /// The JSON body as a value (also used inside SSE `error` events).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": { "code": self.code, "message": self.message } })
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        };
+        serde_json::to_value(body).unwrap_or_default()
     }
 
     /// The HTTP response.
@@ -131,9 +138,8 @@ impl ApiError {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(allow) = self.allow {
-            resp.headers_mut()
-                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(hyper::header::ALLOW, allow);
         }
         resp
     }

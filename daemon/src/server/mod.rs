@@ -9,16 +9,8 @@
 //! and `run` returns once every handler has dropped its "done" sender (or
 //! after [`SHUTDOWN_GRACE`]).
 //!
-//! Routes (see each module):
-//!
-//! | method | path | module |
-//! |---|---|---|
-//! | GET, HEAD | `/`, UI assets | [`assets`] |
-//! | GET | `/api/status` | [`status`] |
-//! | POST | `/api/chat`, `/api/chat/cancel` | [`chat`] |
-//! | DELETE | `/api/conversations/{id}` | [`chat`] |
-//! | GET | `/v1/models` | [`openai`] |
-//! | POST | `/v1/chat/completions` | [`openai`] |
+//! Routes: the table [`ROUTES`] (path, methods, handler), and the UI's
+//! embedded assets ([`assets`], GET and HEAD) for any other path.
 //!
 //! Every request first passes the Host allow-list, and every state-changing
 //! one the Origin check ([`security`]); every response carries the security
@@ -35,13 +27,9 @@ pub mod conversations;
 pub mod forward;
 pub mod http;
 pub mod listener;
-mod log;
 mod openai;
-#[cfg(feature = "test-engine")]
-pub mod scripted;
 mod security;
-mod status;
-pub mod worker;
+pub mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,12 +45,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
+use medgemma_protocol::status::SandboxStatus;
+
 use crate::audit_log::Auditor;
 use crate::config::Settings;
+pub use crate::engine::EngineHandle;
+use crate::log;
 use conversations::Conversations;
 use http::{ApiError, Body};
 use security::HostPolicy;
-pub use worker::EngineHandle;
 
 /// Connections served at once. A browser opens about six per host and the
 /// appliance has a handful of users; beyond this, new connections wait in
@@ -99,8 +90,8 @@ pub struct ServerConfig {
     /// The validated configuration.
     pub settings: Arc<Settings>,
     /// Reads the sandbox state as the process really has it, at the time of
-    /// each `/api/status` request (`lockdown::status_json`).
-    pub sandbox: fn() -> serde_json::Value,
+    /// each status request (`lockdown::sandbox_status`).
+    pub sandbox: fn() -> SandboxStatus,
     /// The open audit log: every answer is recorded before it is returned.
     pub audit: Arc<Auditor>,
     /// The admin socket (`server.admin_socket`), already bound, if configured.
@@ -116,8 +107,8 @@ pub struct AppState {
     pub engine: EngineHandle,
     /// Conversations in memory.
     pub conversations: Arc<Conversations>,
-    /// Reads the sandbox state for `/api/status`.
-    pub sandbox: fn() -> serde_json::Value,
+    /// Reads the sandbox state for the status documents.
+    pub sandbox: fn() -> SandboxStatus,
     /// When serving began.
     pub started: Instant,
     /// The same, as Unix seconds.
@@ -184,7 +175,7 @@ pub async fn run(
     let result = tokio::select! {
         res = server.accept_loop() => res,
         _ = shutdown => {
-            log::event(format_args!("shutting down: cancelling running turns, closing connections"));
+            log::info(format_args!("shutting down: cancelling running turns, closing connections"));
             Ok(())
         }
     };
@@ -202,7 +193,7 @@ pub async fn run(
         .await
         .is_err()
     {
-        log::event(format_args!(
+        log::info(format_args!(
             "shutdown: connections still open after {SHUTDOWN_GRACE:?}; closing them"
         ));
     }
@@ -251,7 +242,7 @@ impl Listener {
             match self.listener.accept().await {
                 Ok((stream, _)) => return Ok(stream),
                 Err(e) if is_transient(&e) => {
-                    log::event(format_args!("accept failed ({e}); retrying in {backoff:?}"));
+                    log::info(format_args!("accept failed ({e}); retrying in {backoff:?}"));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -307,7 +298,7 @@ async fn sweep_conversations(store: Arc<Conversations>, mut shutdown: broadcast:
             _ = tick.tick() => {
                 let n = store.sweep();
                 if n > 0 {
-                    log::event(format_args!("forgot {n} idle conversation(s)"));
+                    log::info(format_args!("forgot {n} idle conversation(s)"));
                 }
             }
             _ = shutdown.recv() => return,
@@ -330,7 +321,84 @@ async fn handle(
     Ok(resp)
 }
 
-const CONVERSATIONS_PREFIX: &str = "/api/conversations/";
+/// What serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handler {
+    Status,
+    Chat,
+    Cancel,
+    DeleteConversation,
+    Models,
+    Completions,
+}
+
+/// One API route: its path (a trailing `/` is a prefix followed by an id),
+/// the methods it answers and its handler. The path is also its name in the
+/// log.
+#[derive(Debug)]
+struct Route {
+    path: &'static str,
+    methods: &'static [Method],
+    handler: Handler,
+}
+
+/// Every API route, in one place (the UI's assets are served for any other path).
+const ROUTES: &[Route] = &[
+    Route {
+        path: "/api/status",
+        methods: &[Method::GET],
+        handler: Handler::Status,
+    },
+    Route {
+        path: "/api/chat",
+        methods: &[Method::POST],
+        handler: Handler::Chat,
+    },
+    Route {
+        path: "/api/chat/cancel",
+        methods: &[Method::POST],
+        handler: Handler::Cancel,
+    },
+    Route {
+        path: "/api/conversations/{id}",
+        methods: &[Method::DELETE],
+        handler: Handler::DeleteConversation,
+    },
+    Route {
+        path: "/v1/models",
+        methods: &[Method::GET],
+        handler: Handler::Models,
+    },
+    Route {
+        path: "/v1/chat/completions",
+        methods: &[Method::POST],
+        handler: Handler::Completions,
+    },
+];
+
+impl Route {
+    /// The route for `path` and the id it carries, if any.
+    fn find(path: &str) -> Option<(&'static Route, Option<&str>)> {
+        ROUTES
+            .iter()
+            .find_map(|r| match r.path.strip_suffix("{id}") {
+                Some(prefix) => path
+                    .strip_prefix(prefix)
+                    .filter(|id| !id.is_empty())
+                    .map(|id| (r, Some(id))),
+                None => (r.path == path).then_some((r, None)),
+            })
+    }
+
+    /// The `Allow` value of a 405.
+    fn allow(&self) -> String {
+        self.methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 /// Dispatches a request; returns the route's name for the log.
 async fn route(
@@ -339,15 +407,16 @@ async fn route(
 ) -> (&'static str, Result<Response<Body>, ApiError>) {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let asset = assets::find(&path);
-    let name = match path.as_str() {
-        "/api/status" => "/api/status",
-        "/api/chat" => "/api/chat",
-        "/api/chat/cancel" => "/api/chat/cancel",
-        "/v1/models" => "/v1/models",
-        "/v1/chat/completions" => "/v1/chat/completions",
-        p if p.starts_with(CONVERSATIONS_PREFIX) => "/api/conversations/{id}",
-        _ => asset.map_or("(unknown path)", |a| a.path),
+    let api = Route::find(&path);
+    let asset = if api.is_none() {
+        assets::find(&path)
+    } else {
+        None
+    };
+    let name = match (&api, asset) {
+        (Some((r, _)), _) => r.path,
+        (None, Some(a)) => a.path,
+        (None, None) => "(unknown path)",
     };
 
     let host = match security::check_host(&req, &state.hosts) {
@@ -361,21 +430,19 @@ async fn route(
     }
     let client = security::client_id(req.headers());
 
-    let result = match (name, &method) {
-        ("/api/status", &Method::GET) => Ok(status::status(&state)),
-        ("/api/chat", &Method::POST) => chat::chat(state, req, client).await,
-        ("/api/chat/cancel", &Method::POST) => chat::cancel(state, req, client).await,
-        ("/api/conversations/{id}", &Method::DELETE) => {
-            chat::delete(&state, &path[CONVERSATIONS_PREFIX.len()..], client)
+    let result = match api {
+        Some((r, _)) if !r.methods.contains(&method) => {
+            Err(ApiError::method_not_allowed(&r.allow()))
         }
-        ("/v1/models", &Method::GET) => Ok(openai::models(&state)),
-        ("/v1/chat/completions", &Method::POST) => openai::completions(state, req).await,
-        ("/api/status" | "/v1/models", _) => Err(ApiError::method_not_allowed("GET")),
-        ("/api/chat" | "/api/chat/cancel" | "/v1/chat/completions", _) => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
-        ("/api/conversations/{id}", _) => Err(ApiError::method_not_allowed("DELETE")),
-        _ => match asset {
+        Some((r, id)) => match r.handler {
+            Handler::Status => Ok(status::public(&state)),
+            Handler::Chat => chat::chat(Arc::clone(&state), req, client).await,
+            Handler::Cancel => chat::cancel(Arc::clone(&state), req, client).await,
+            Handler::DeleteConversation => chat::delete(&state, id.unwrap_or(""), client),
+            Handler::Models => Ok(openai::models(&state)),
+            Handler::Completions => openai::completions(Arc::clone(&state), req).await,
+        },
+        None => match asset {
             Some(a) if method == Method::GET || method == Method::HEAD => {
                 let mut resp = assets::respond(a, req.headers(), method == Method::HEAD);
                 if a.path == "/index.html" {
@@ -388,4 +455,21 @@ async fn route(
         },
     };
     (name, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_found_by_path_and_ids_by_prefix() {
+        let (r, id) = Route::find("/api/chat").unwrap();
+        assert_eq!((r.handler, id), (Handler::Chat, None));
+        let (r, id) = Route::find("/api/conversations/abc").unwrap();
+        assert_eq!((r.handler, id), (Handler::DeleteConversation, Some("abc")));
+        assert!(Route::find("/api/conversations/").is_none());
+        assert!(Route::find("/api/chats").is_none());
+        assert!(Route::find("/").is_none());
+        assert_eq!(Route::find("/v1/models").unwrap().0.allow(), "GET");
+    }
 }

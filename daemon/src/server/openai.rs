@@ -24,15 +24,16 @@ use medgemma_model::generate::FinishReason;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::AppState;
 use super::chat::{Recorder, audit_error, check_limits, failed_outcome, sampling, submit_error};
 use super::conversations::random_id;
 use super::http::{
     ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, read_json, sse_data,
 };
-use super::worker::{TurnError, WorkerMsg};
-use super::{AppState, log};
 use crate::audit_log;
+use crate::engine::worker::{TurnError, WorkerMsg};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+use crate::log;
 
 /// Frames buffered towards a slow client.
 const STREAM_BUFFER: usize = 64;
@@ -247,7 +248,7 @@ pub async fn completions(
     let actor = audit_log::api_actor();
     let conversation = audit_log::conversation_id(&meta.id);
     if let Err(e) = state.audit.conversation_start(&actor, &conversation).await {
-        log::event(format_args!(
+        log::error(format_args!(
             "audit: cannot record a conversation start: {e}"
         ));
         return Err(audit_error());
@@ -302,7 +303,7 @@ pub async fn completions(
                 WorkerMsg::Event(ChatEvent::Reasoning(d)) => reasoning.push_str(&d),
                 WorkerMsg::Event(ChatEvent::Answer(d)) => answer.push_str(&d),
                 WorkerMsg::Done(s) => {
-                    log::turn("openai", &s, queued_for);
+                    log::turn("openai", &s.counts(), queued_for);
                     if !record.done(&s).await {
                         return Err(audit_error());
                     }
@@ -389,7 +390,7 @@ async fn stream(
                     .await;
             }
             WorkerMsg::Done(s) => {
-                log::turn("openai", &s, queued_for);
+                log::turn("openai", &s.counts(), queued_for);
                 // On disk before the client hears the answer is complete.
                 if !record.done(&s).await {
                     let _ = tx.send(sse_data(&audit_error().body().to_string())).await;

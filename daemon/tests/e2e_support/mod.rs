@@ -1,9 +1,13 @@
-//! Shared by the `e2e_*` tests: start the real `medgemmad serve` binary on a
-//! temporary Unix socket with a generated configuration, and talk HTTP/1.1
-//! to it over the socket (hyper's client on a tokio `UnixStream`).
+//! Shared by the `e2e_*` tests: run the server on a temporary Unix socket
+//! with a generated configuration, and talk HTTP/1.1 to it over the socket
+//! (hyper's client on a tokio `UnixStream`).
 //!
-//! Every daemon is killed when its [`Daemon`] is dropped; its stderr is
-//! echoed into the test's output and kept for assertions.
+//! Two ways to run it: [`Server`] calls the daemon library's `server::run`
+//! in this process (what the HTTP tests need: routes, streams, limits);
+//! [`Daemon`] starts the real `medgemmad serve` binary (what needs a
+//! process: the sandbox, signals, exit codes, the log). A [`Daemon`] is
+//! killed when dropped; its stderr is echoed into the test's output and kept
+//! for assertions.
 
 #![allow(dead_code)] // each test file uses a different part
 
@@ -149,6 +153,81 @@ content_key_file = {content_key:?}
     let path = dir.join("medgemmad.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The daemon's server in this process: the same `server::run` that
+/// `medgemmad serve` calls, on a runtime of its own, without the sandbox (as
+/// `--insecure-no-sandbox`, and reported as such).
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts the engine and the server; returns once the socket accepts.
+    pub fn start(setup: &Setup) -> Server {
+        use medgemmad::engine::load::{EngineJob, loader};
+        let dir = tempfile::Builder::new()
+            .prefix("mgd-e2e")
+            .tempdir()
+            .unwrap();
+        let config = write_config(dir.path(), setup);
+        medgemma_sandbox::declare_insecure_no_sandbox();
+        let settings = Arc::new(medgemmad::config::Settings::load(&config).unwrap());
+        let fingerprint = medgemmad::audit_log::model_fingerprint(None, &settings.model.label);
+        let audit =
+            Arc::new(medgemmad::audit_log::Auditor::open(&settings.audit, fingerprint).unwrap());
+        let engine = medgemmad::engine::worker::start(
+            loader(EngineJob::new(&settings), None),
+            settings.engine.queue_length,
+        )
+        .unwrap();
+        let socket = dir.path().join("ui.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let config = medgemmad::server::ServerConfig {
+            settings,
+            sandbox: medgemmad::lockdown::sandbox_status,
+            audit,
+            admin: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                medgemmad::server::run(listener, engine, config, shutdown)
+                    .await
+                    .unwrap();
+            });
+        });
+        Server {
+            dir,
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A running `medgemmad serve`.

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Config, ConfigError, schema};
+use super::{Config, ConfigError, resolve, schema};
 
 /// A validated `engine.device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +247,18 @@ impl Config {
     }
 }
 
+/// The declared upper limit of a numeric key, e.g.
+/// `maximum("engine.max_concurrent_generations") == Some(32)`: for callers
+/// that size things by a limit (`medgemmactl gpu`), so it has one source.
+pub fn maximum(key: &str) -> Option<u64> {
+    let root = schema();
+    let mut node = &root;
+    for part in key.split('.') {
+        node = resolve(&root, node).get("properties")?.get(part)?;
+    }
+    resolve(&root, node).get("maximum")?.as_u64()
+}
+
 /// Walks `schema` (resolving `$ref`s against `root`) alongside `value` and
 /// checks every number against its declared `minimum`/`maximum`.
 fn check_ranges(
@@ -296,28 +308,6 @@ fn check_ranges(
         }
     }
     Ok(())
-}
-
-/// Follows a `$ref` into `$defs`, and a lone `allOf: [{$ref}]` wrapper.
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
-    if let Some(name) = schema
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("#/$defs/"))
-    {
-        return root
-            .get("$defs")
-            .and_then(|d| d.get(name))
-            .unwrap_or(schema);
-    }
-    if let Some([only]) = schema
-        .get("allOf")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-    {
-        return resolve(root, only);
-    }
-    schema
 }
 
 fn absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
@@ -467,6 +457,14 @@ mod tests {
             assert!(err.to_string().contains(message), "{line}: {err}");
         }
         config("max_concurrent_generations = 32").check().unwrap();
+    }
+
+    #[test]
+    fn declared_limits_can_be_read_by_key() {
+        assert_eq!(maximum("engine.max_concurrent_generations"), Some(32));
+        assert_eq!(maximum("engine.context_length"), Some(131_072));
+        assert_eq!(maximum("engine.backend"), None);
+        assert_eq!(maximum("nope.key"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::{Config, schema};
+use super::{Config, resolve, schema};
 
 /// Width of the comment lines.
 const WIDTH: usize = 78;
@@ -172,27 +172,6 @@ impl<'de> serde::Deserialize<'de> for Nested {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(KeyOrder).map(Nested)
     }
-}
-
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
-    if let Some(name) = schema
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("#/$defs/"))
-    {
-        return root
-            .get("$defs")
-            .and_then(|d| d.get(name))
-            .unwrap_or(schema);
-    }
-    if let Some([only]) = schema
-        .get("allOf")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-    {
-        return resolve(root, only);
-    }
-    schema
 }
 
 fn text(schema: &Value, field: &str) -> String {

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
-pub use check::GpuSelector;
+pub use check::{GpuSelector, maximum};
 pub use example::example_toml;
 pub use load::Loaded;
 
@@ -413,4 +413,30 @@ pub mod defaults {
 /// sets).
 pub fn schema() -> serde_json::Value {
     schemars::schema_for!(Config).to_value()
+}
+
+/// Follows a `$ref` into the schema's `$defs`, and a lone `allOf: [{$ref}]`
+/// wrapper; anything else is returned as it is.
+fn resolve<'a>(
+    root: &'a serde_json::Value,
+    schema: &'a serde_json::Value,
+) -> &'a serde_json::Value {
+    if let Some(name) = schema
+        .get("$ref")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        return root
+            .get("$defs")
+            .and_then(|d| d.get(name))
+            .unwrap_or(schema);
+    }
+    if let Some([only]) = schema
+        .get("allOf")
+        .and_then(serde_json::Value::as_array)
+        .map(Vec::as_slice)
+    {
+        return resolve(root, only);
+    }
+    schema
 }

@@ -19,7 +19,7 @@ use medgemma_model::chat::Message;
 use medgemma_model::generate::{FinishReason, Flow};
 use medgemma_model::load::ModelDescription;
 
-use crate::engine::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo};
+use super::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo};
 
 /// Words of the scripted thinking trace.
 pub const REASONING: &[&str] = &["Considering ", "the ", "question ", "step ", "by ", "step."];
@@ -63,6 +63,7 @@ impl Engine for ScriptedEngine {
             context_limit: self.context_limit,
             backend: "scripted".to_owned(),
             backend_reason: "engine.backend = \"scripted\": a test double, not a model".to_owned(),
+            gpu: None,
         }
     }
 

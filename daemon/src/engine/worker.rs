@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 use medgemma_model::generate::Flow;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::engine::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId};
+use medgemma_protocol::status::QueueStatus;
+
+use super::health::EngineHealth;
+use super::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId};
+use crate::log;
 
 /// Why the engine thread could not start.
 #[derive(Debug, thiserror::Error)]
@@ -160,19 +164,19 @@ impl Drop for AliveGuard<'_> {
     }
 }
 
-/// A snapshot of [`QueueStats`].
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct QueueSnapshot {
-    /// Jobs queued and not started.
-    pub waiting: usize,
-    /// Room in the queue (besides the running job).
-    pub capacity: usize,
-    /// Jobs generating now.
-    pub active: usize,
-    /// Jobs finished since start.
-    pub served: usize,
-    /// Jobs refused because the queue was full.
-    pub rejected: usize,
+/// What the status pages read of the engine, in one piece.
+#[derive(Debug, Clone)]
+pub struct EngineSnapshot {
+    /// What was loaded and where it runs.
+    pub info: Arc<EngineInfo>,
+    /// The queue's counters now.
+    pub queue: QueueStatus,
+    /// GPU failures in a row (0 off the GPU).
+    pub gpu_failures_in_a_row: usize,
+    /// Whether the GPU's record says degraded.
+    pub gpu_degraded: bool,
+    /// Whether the engine thread still runs.
+    pub alive: bool,
 }
 
 /// Upper bound of the jobs that run at once (the configuration allows up to
@@ -188,6 +192,7 @@ pub struct EngineHandle {
     /// Jobs the engine runs at once.
     running: usize,
     info: Arc<EngineInfo>,
+    health: Option<Arc<EngineHealth>>,
 }
 
 impl EngineHandle {
@@ -208,15 +213,27 @@ impl EngineHandle {
     }
 
     /// Queue counters now.
-    pub fn queue(&self) -> QueueSnapshot {
+    pub fn queue(&self) -> QueueStatus {
         let in_flight = self.stats.in_flight.load(Ordering::Relaxed);
         let active = self.stats.active.load(Ordering::Relaxed);
-        QueueSnapshot {
+        QueueStatus {
             waiting: in_flight.saturating_sub(active),
             capacity: self.capacity,
             active,
+            max_concurrent: self.running,
             served: self.stats.served.load(Ordering::Relaxed),
             rejected: self.stats.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Everything the status pages show of the engine, read now.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            info: Arc::clone(&self.info),
+            queue: self.queue(),
+            gpu_failures_in_a_row: self.health.as_ref().map_or(0, |h| h.failures_in_a_row()),
+            gpu_degraded: self.health.as_ref().is_some_and(|h| h.degraded()),
+            alive: self.is_alive(),
         }
     }
 
@@ -268,7 +285,8 @@ where
     L: FnOnce() -> Result<Box<dyn Engine>, E> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let (ready_tx, ready_rx) = sync_channel::<Result<(EngineInfo, usize), WorkerError>>(1);
+    type Ready = (EngineInfo, usize, Option<Arc<EngineHealth>>);
+    let (ready_tx, ready_rx) = sync_channel::<Result<Ready, WorkerError>>(1);
     let (tx, rx) = sync_channel::<Job>(queue_length + MAX_RUNNING);
     let stats = Arc::new(QueueStats {
         engine_alive: AtomicBool::new(true),
@@ -287,7 +305,7 @@ where
                 }
             };
             let running = engine.max_batch().clamp(1, MAX_RUNNING);
-            let _ = ready_tx.send(Ok((engine.info(), running)));
+            let _ = ready_tx.send(Ok((engine.info(), running, engine.health())));
             drop(ready_tx);
             if running > 1 {
                 serve_batched(engine.as_mut(), &rx, &thread_stats, running);
@@ -296,7 +314,7 @@ where
             }
         })
         .map_err(WorkerError::Spawn)?;
-    let (info, running) = match ready_rx.recv() {
+    let (info, running, health) = match ready_rx.recv() {
         Ok(Ok(ready)) => ready,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(WorkerError::DiedWhileLoading),
@@ -307,6 +325,7 @@ where
         capacity: queue_length,
         running,
         info: Arc::new(info),
+        health,
     })
 }
 
@@ -318,9 +337,9 @@ fn serve_jobs(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats) {
         let last = run_job(engine, &job, limit);
         finish_job(stats, &job, last);
         if !engine.usable() {
-            eprintln!(
-                "medgemmad: the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
-            );
+            log::error(format_args!(
+                "the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
+            ));
             return;
         }
     }
@@ -486,9 +505,9 @@ fn serve_batched(engine: &mut dyn Engine, rx: &Receiver<Job>, stats: &QueueStats
             for (_, job) in batch.drain(..) {
                 finish_job(stats, &job, Some(WorkerMsg::Failed(TurnError::Panicked)));
             }
-            eprintln!(
-                "medgemmad: the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
-            );
+            log::error(format_args!(
+                "the engine cannot recover (repeated GPU failures); stopping it so that the service restarts"
+            ));
             return;
         }
     }
@@ -504,7 +523,6 @@ mod tests {
     use medgemma_model::sampling::SamplingParams;
 
     use super::*;
-    use crate::engine::ChatSummary;
 
     /// What every test double reports.
     fn test_info() -> EngineInfo {
@@ -519,67 +537,43 @@ mod tests {
             context_limit: 100,
             backend: "test".into(),
             backend_reason: "test".into(),
+            gpu: None,
         }
     }
 
-    /// Answers each turn once the test sends a `()` through `gate`.
+    /// What every test double answers for `info` and `count_prompt_tokens`.
+    macro_rules! test_basics {
+        () => {
+            fn info(&self) -> EngineInfo {
+                test_info()
+            }
+            fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
+                Ok(messages.len())
+            }
+        };
+    }
+
+    /// Answers each turn once the test sends a `()` through `gate`; after
+    /// `answers_left` turns it says it cannot go on (as the model engine
+    /// does after repeated GPU failures).
     struct GatedEngine {
         gate: mpsc::Receiver<()>,
+        answers_left: usize,
     }
 
     impl Engine for GatedEngine {
-        fn info(&self) -> EngineInfo {
-            test_info()
-        }
-        fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
-            Ok(messages.len())
-        }
+        test_basics!();
         fn chat(
             &mut self,
             _req: &ChatRequest,
             _on_event: &mut dyn FnMut(ChatEvent) -> Flow,
         ) -> Result<ChatSummary, EngineError> {
             let _ = self.gate.recv();
-            Ok(ChatSummary {
-                prompt_tokens: 1,
-                completion_tokens: 0,
-                finish: FinishReason::Stop,
-                time_to_first_token: Duration::ZERO,
-                decode_tokens_per_s: 0.0,
-                context_used: 1,
-                context_limit: 100,
-                reasoning: None,
-                answer: String::new(),
-                thinking_unterminated: false,
-            })
-        }
-    }
-
-    /// Answers every turn, and says after `answers` turns that it cannot
-    /// go on (as the model engine does after repeated GPU failures).
-    struct WearingEngine {
-        answers: usize,
-    }
-
-    impl Engine for WearingEngine {
-        fn info(&self) -> EngineInfo {
-            test_info()
-        }
-        fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
-            Ok(messages.len())
-        }
-        fn chat(
-            &mut self,
-            req: &ChatRequest,
-            on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-        ) -> Result<ChatSummary, EngineError> {
-            self.answers = self.answers.saturating_sub(1);
-            let (tx, gate) = mpsc::channel();
-            tx.send(()).unwrap();
-            GatedEngine { gate }.chat(req, on_event)
+            self.answers_left = self.answers_left.saturating_sub(1);
+            Ok(summary(0, FinishReason::Stop))
         }
         fn usable(&self) -> bool {
-            self.answers > 0
+            self.answers_left > 0
         }
     }
 
@@ -611,12 +605,7 @@ mod tests {
     }
 
     impl Engine for LockstepEngine {
-        fn info(&self) -> EngineInfo {
-            test_info()
-        }
-        fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError> {
-            Ok(messages.len())
-        }
+        test_basics!();
         fn chat(
             &mut self,
             _req: &ChatRequest,
@@ -649,7 +638,7 @@ mod tests {
         fn step(
             &mut self,
             on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow,
-        ) -> Vec<crate::engine::TurnOutcome> {
+        ) -> Vec<super::super::TurnOutcome> {
             let active = self.turns.iter().filter(|t| !t.ended()).count();
             self.steps.lock().unwrap().push(active);
             // Time for a client to leave between steps.
@@ -816,8 +805,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_engine_that_cannot_recover_ends_its_thread() {
+        let (open, gate) = mpsc::channel();
+        for _ in 0..2 {
+            open.send(()).unwrap();
+        }
         let engine = start(
-            || Ok::<_, std::io::Error>(Box::new(WearingEngine { answers: 2 }) as Box<dyn Engine>),
+            move || {
+                Ok::<_, std::io::Error>(Box::new(GatedEngine {
+                    gate,
+                    answers_left: 2,
+                }) as Box<dyn Engine>)
+            },
             4,
         )
         .unwrap();
@@ -869,7 +867,12 @@ mod tests {
     async fn next_turn_sent_right_after_done_is_not_refused() {
         let (open, gate) = mpsc::channel();
         let engine = start(
-            move || Ok::<_, std::io::Error>(Box::new(GatedEngine { gate }) as Box<dyn Engine>),
+            move || {
+                Ok::<_, std::io::Error>(Box::new(GatedEngine {
+                    gate,
+                    answers_left: usize::MAX,
+                }) as Box<dyn Engine>)
+            },
             1,
         )
         .unwrap();

@@ -12,9 +12,8 @@
 //!    at run time) finds the configured GPU and its free memory, and
 //!    `medgemma_model::budget` says whether weights + KV cache + work space
 //!    fit.
-//! 3. `load_engine`: loads in bf16, warms up (one short prefill and decode,
-//!    so the first clinician does not wait for kernel compilation), and
-//!    reports the GPU for `/api/status`.
+//! 3. `engine::load` then loads in bf16 and warms up (one short prefill and
+//!    decode, so the first clinician does not wait for kernel compilation).
 //!
 //! Any "no" is one sentence with the numbers ("the model needs 9.6 GiB
 //! (…) but GPU 0 (NVIDIA L4) has 6.2 GiB free of 22.0 GiB"). With
@@ -29,25 +28,17 @@
 //! initialise CUDA before [`prepare`] said the driver loads, or log text.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use medgemma_model::budget::{self, BudgetRequest};
 use medgemma_model::config::Gemma3Config;
+use medgemma_protocol::config::GpuSelector;
+use medgemma_protocol::status::GpuStatus;
 use medgemma_sandbox::{DriverMissing, SandboxError};
 
-use crate::config::{BackendDecision, GpuSelector, ResolvedBackend, Settings};
-use crate::engine::Engine;
+use crate::config::{ResolvedBackend, Settings};
 
 /// Exit code of `medgemmad serve` when `backend = "cuda"` and no usable GPU.
 pub const EXIT_GPU_UNUSABLE: u8 = 7;
-
-/// Consecutive GPU failures after which the status says degraded.
-pub const FAILURES_DEGRADED: usize = 3;
-/// GPU failures in a row after which the engine stops so that the service
-/// restarts (a sticky CUDA error fails every later request; a fresh process
-/// gets a fresh context).
-pub const FAILURES_RESTART: usize = 5;
 
 /// Why the GPU cannot run the model.
 #[derive(Debug, thiserror::Error)]
@@ -130,72 +121,6 @@ pub fn refusal(err: &GpuError) -> String {
     format!(
         "engine.backend = \"cuda\" but {err}. Fix that, or set backend = \"auto\" to run on the CPU meanwhile"
     )
-}
-
-/// The GPU the model runs on, as `/api/status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GpuInfo {
-    /// Ordinal (PCI bus order, as `nvidia-smi`).
-    pub index: u32,
-    /// Product name.
-    pub name: String,
-    /// GPU UUID.
-    pub uuid: String,
-    /// Installed memory.
-    pub memory_total_bytes: u64,
-    /// Free memory before the model loaded.
-    pub memory_free_at_start_bytes: u64,
-    /// Memory in use on the whole GPU after the warm-up (all processes).
-    pub memory_used_bytes: Option<u64>,
-    /// What the budget said the model needs.
-    pub budget_bytes: u64,
-    /// The budget, described.
-    pub budget: String,
-    /// Seconds the warm-up took (kernel compilation and autotuning).
-    pub warm_up_s: Option<f64>,
-    /// Conversations generated at once: `engine.max_concurrent_generations`,
-    /// or fewer when only fewer KV caches fit.
-    pub sequences: usize,
-    /// `engine.max_concurrent_generations`.
-    pub sequences_configured: usize,
-}
-
-impl GpuInfo {
-    /// "GPU 0: NVIDIA H200 (GPU-…)".
-    pub fn device(&self) -> String {
-        format!("GPU {}: {} ({})", self.index, self.name, self.uuid)
-    }
-
-    /// The `backend.gpu` object of `/api/status` (the UI reads the MiB fields).
-    pub fn status_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        v["memory_total_mib"] = (self.memory_total_bytes >> 20).into();
-        v["memory_used_mib"] = self.memory_used_bytes.map(|b| b >> 20).into();
-        v
-    }
-}
-
-static SELECTED: OnceLock<GpuInfo> = OnceLock::new();
-static CONSECUTIVE_FAILURES: AtomicUsize = AtomicUsize::new(0);
-
-/// The GPU the engine runs on, once it loaded there.
-pub fn selected() -> Option<&'static GpuInfo> {
-    SELECTED.get()
-}
-
-/// A request failed on the GPU.
-pub fn record_failure() {
-    CONSECUTIVE_FAILURES.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A request succeeded on the GPU.
-pub fn record_success() {
-    CONSECUTIVE_FAILURES.store(0, Ordering::Relaxed);
-}
-
-/// Requests that failed on the GPU in a row.
-pub fn consecutive_failures() -> usize {
-    CONSECUTIVE_FAILURES.load(Ordering::Relaxed)
 }
 
 /// Step 1, on `main` before the sandbox: if CUDA is a candidate, check that
@@ -295,7 +220,7 @@ pub fn check_fit(
     facts: GpuFacts,
     model: &Gemma3Config,
     req: &BudgetRequest,
-) -> Result<GpuInfo, GpuError> {
+) -> Result<GpuStatus, GpuError> {
     let n = budget::sequences_that_fit(model, req, facts.free);
     let fitted = BudgetRequest {
         sequences: n.max(1),
@@ -310,13 +235,15 @@ pub fn check_fit(
             total: budget::gib(facts.total),
         });
     }
-    Ok(GpuInfo {
+    Ok(GpuStatus {
         index: facts.index,
         name: facts.name,
         uuid: facts.uuid,
         memory_total_bytes: facts.total,
+        memory_total_mib: facts.total >> 20,
         memory_free_at_start_bytes: facts.free,
         memory_used_bytes: None,
+        memory_used_mib: None,
         budget_bytes: budget.total(),
         budget: budget.describe(&fitted),
         warm_up_s: None,
@@ -325,17 +252,15 @@ pub fn check_fit(
     })
 }
 
-impl GpuInfo {
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
-    /// Why fewer conversations run at once than configured, if they do.
-    pub fn concurrency_note(&self) -> Option<String> {
-        (self.sequences < self.sequences_configured).then(|| {
-            format!(
-                "the GPU's free memory holds KV caches for {} of the {} concurrent generations configured (engine.max_concurrent_generations); {} run at once",
-                self.sequences, self.sequences_configured, self.sequences
-            )
-        })
-    }
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+/// Why fewer conversations run at once than configured, if they do.
+pub fn concurrency_note(gpu: &GpuStatus) -> Option<String> {
+    (gpu.sequences < gpu.sequences_configured).then(|| {
+        format!(
+            "the GPU's free memory holds KV caches for {} of the {} concurrent generations configured (engine.max_concurrent_generations); {} run at once",
+            gpu.sequences, gpu.sequences_configured, gpu.sequences
+        )
+    })
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
@@ -345,7 +270,7 @@ pub fn select(
     selector: &GpuSelector,
     model: &Gemma3Config,
     req: &BudgetRequest,
-) -> Result<GpuInfo, GpuError> {
+) -> Result<GpuStatus, GpuError> {
     let facts = query(selector)?;
     check_fit(facts, model, req)
 }
@@ -392,160 +317,6 @@ pub fn used_memory(index: u32) -> Option<u64> {
     d.memory_info().ok().map(|m| m.used)
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
-/// The model configuration at `path` (directory or GGUF), to size the budget.
-pub fn model_config(path: &Path) -> Result<Gemma3Config, GpuError> {
-    let read = || -> Result<Gemma3Config, Box<dyn std::error::Error>> {
-        if path.is_dir() {
-            Ok(Gemma3Config::from_file(&path.join("config.json"))?)
-        } else {
-            let f = medgemma_model::gguf::GgufFile::open(path)?;
-            Ok(Gemma3Config::from_gguf(&f, path)?)
-        }
-    };
-    read().map_err(|e| GpuError::ModelConfig(e.to_string()))
-}
-
-/// What the engine thread needs besides the model paths.
-#[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
-pub struct GpuJob {
-    /// Sequences generating at once (each holds a KV cache).
-    pub sequences: usize,
-    /// `sandbox.cache_dir`, for cubecl's cache root.
-    pub cache_dir: Option<PathBuf>,
-}
-
-/// What [`load_engine`] ended with.
-pub enum Loaded {
-    /// The engine, on the GPU, warmed up.
-    Gpu(Box<dyn Engine>),
-    /// `auto` and the GPU cannot be used: load on the CPU, for this reason.
-    CpuInstead(String),
-}
-
-impl std::fmt::Debug for Loaded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Gpu(_) => f.write_str("Gpu(..)"),
-            Self::CpuInstead(r) => f.debug_tuple("CpuInstead").field(r).finish(),
-        }
-    }
-}
-
-/// Step 3, on the engine thread (after [`prepare`] kept CUDA): selects the
-/// GPU, checks the budget, loads in bf16 and warms up. With `auto`, any
-/// failure becomes [`Loaded::CpuInstead`] with its sentence; with `cuda` it
-/// is the error the daemon exits on.
-pub fn load_engine(
-    path: &Path,
-    tokenizer: Option<&Path>,
-    context: usize,
-    decision: &BackendDecision,
-    job: &GpuJob,
-) -> Result<Loaded, GpuError> {
-    match try_gpu(path, tokenizer, context, decision, job) {
-        Ok(engine) => Ok(Loaded::Gpu(engine)),
-        Err(e) if decision.required => Err(e),
-        Err(e) => Ok(Loaded::CpuInstead(fallback_reason(&e))),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn try_gpu(
-    _path: &Path,
-    _tokenizer: Option<&Path>,
-    _context: usize,
-    _decision: &BackendDecision,
-    _job: &GpuJob,
-) -> Result<Box<dyn Engine>, GpuError> {
-    Err(GpuError::NotBuilt)
-}
-
-#[cfg(feature = "cuda")]
-fn try_gpu(
-    path: &Path,
-    tokenizer: Option<&Path>,
-    context: usize,
-    decision: &BackendDecision,
-    job: &GpuJob,
-) -> Result<Box<dyn Engine>, GpuError> {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-
-    use medgemma_model::{backend, load};
-
-    use crate::engine::ModelEngine;
-
-    let cfg = model_config(path)?;
-    let context = context.min(cfg.max_position_embeddings);
-    let req = BudgetRequest::new(context, job.sequences.max(1), backend::cuda_dtype());
-    let mut info = select(&decision.gpu, &cfg, &req)?;
-    let gpu = format!("GPU {} ({})", info.index, info.name);
-    if let Some(dirs) = cache_dirs(job.cache_dir.as_deref())
-        && !backend::set_cubecl_cache_dir(&dirs.cubecl)
-    {
-        eprintln!(
-            "medgemmad: gpu: cubecl was configured before the daemon could set its cache root; autotune results go to its default place"
-        );
-    }
-    let failed = |stage: &'static str, what: String| GpuError::Failed {
-        gpu: gpu.clone(),
-        stage,
-        what,
-    };
-    let device = backend::cuda_device(info.index as usize);
-    let loaded = catch_unwind(AssertUnwindSafe(|| {
-        load::load_model(path, tokenizer, &device, backend::cuda_dtype())
-    }))
-    .map_err(|p| failed("loading the model", panic_text(p.as_ref())))?
-    .map_err(|e| failed("loading the model", e.to_string()))?;
-    let mut reason = format!(
-        "{}: {gpu} has {} free and the model needs {}",
-        decision.reason,
-        budget::gib(info.memory_free_at_start_bytes),
-        info.budget
-    );
-    if let Some(note) = info.concurrency_note() {
-        eprintln!("medgemmad: gpu: {note}");
-        reason.push_str("; ");
-        reason.push_str(&note);
-    }
-    let mut engine = ModelEngine::new(loaded, context, "cuda".to_owned(), reason)
-        .map_err(|e| failed("starting the engine", e.to_string()))?
-        .with_max_batch(info.sequences)
-        .on_gpu();
-    let warm = engine
-        .warm_up()
-        .map_err(|e| failed("warming up", e.to_string()))?;
-    info.warm_up_s = Some(warm.as_secs_f64());
-    info.memory_used_bytes = used_memory(info.index);
-    eprintln!(
-        "medgemmad: gpu: {} ready; warm-up {:.1} s; {} in use on the GPU",
-        info.device(),
-        warm.as_secs_f64(),
-        info.memory_used_bytes.map_or("?".to_owned(), budget::gib)
-    );
-    set_selected(info);
-    Ok(Box::new(engine))
-}
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
-/// Records the GPU the engine runs on (once).
-pub fn set_selected(info: GpuInfo) {
-    let _ = SELECTED.set(info);
-}
-
-/// A panic payload as a short string for the log (panics in Burn/cubecl
-/// carry shapes and driver errors, never request text).
-pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    let s = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    s.chars().take(300).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use medgemma_model::budget::DType;
@@ -575,8 +346,8 @@ mod tests {
         let ok = check_fit(l4(20), &m, &req).unwrap();
         assert_eq!(ok.budget_bytes, 10_311_842_150);
         assert_eq!(ok.memory_free_at_start_bytes, 20 << 30);
-        assert_eq!(ok.status_json()["memory_total_mib"], 24 * 1024);
-        assert_eq!(ok.concurrency_note(), None);
+        assert_eq!(ok.memory_total_mib, 24 * 1024);
+        assert_eq!(concurrency_note(&ok), None);
     }
 
     #[test]
@@ -592,7 +363,7 @@ mod tests {
             "{}",
             ok.budget
         );
-        let note = ok.concurrency_note().unwrap();
+        let note = concurrency_note(&ok).unwrap();
         assert!(
             note.starts_with(&format!(
                 "the GPU's free memory holds KV caches for {} of the 32 concurrent generations configured",
@@ -600,7 +371,7 @@ mod tests {
             )),
             "{note}"
         );
-        assert_eq!(ok.status_json()["sequences_configured"], 32);
+        assert_eq!(ok.sequences_configured, 32);
         // Not even one: the error describes the budget of one.
         let err = check_fit(l4(6), &m, &req).unwrap_err();
         assert!(

@@ -1,5 +1,5 @@
-//! The chat engine the server talks to: messages in, reasoning and answer
-//! deltas out.
+//! [`ModelEngine`]: the real engine over a loaded Gemma 3 model: messages
+//! in, reasoning and answer deltas out.
 //!
 //! Owns: the loaded model and tokenizer, the chat template, thinking-trace
 //! parsing, and the turns being generated: one at a time ([`Engine::chat`])
@@ -10,161 +10,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use medgemma_model::chat::{self, ChatError, Message};
-use medgemma_model::generate::{self, FinishReason, Flow, GenerateError, PREFILL_CHUNK, Sequence};
-use medgemma_model::load::{LoadedModel, ModelDescription};
+use medgemma_model::chat::{self, Message};
+use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence};
+use medgemma_model::load::LoadedModel;
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::thinking::{Channel, ThinkingParser};
-use medgemma_model::tokenizer::{DecodeState, GemmaTokenizer, TokenizerError};
+use medgemma_model::tokenizer::{DecodeState, GemmaTokenizer};
 
-/// One chat turn to answer.
-#[derive(Debug, Clone)]
-pub struct ChatRequest {
-    /// The whole conversation so far, ending with the user's turn (reasoning already removed from model turns).
-    pub messages: Vec<Message>,
-    /// Upper bound on generated tokens.
-    pub max_new_tokens: usize,
-    /// Token choice.
-    pub sampling: SamplingParams,
-    /// Set to stop generation early.
-    pub cancel: Arc<AtomicBool>,
-}
+use medgemma_protocol::status::GpuStatus;
 
-/// A piece of the streamed answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChatEvent {
-    /// Text of the model's thinking trace.
-    Reasoning(String),
-    /// Text of the answer.
-    Answer(String),
-}
-
-/// What a finished turn produced (counts and the full texts for the caller's history).
-#[derive(Debug, Clone)]
-pub struct ChatSummary {
-    /// Tokens in the rendered prompt.
-    pub prompt_tokens: usize,
-    /// Tokens generated (including the end token).
-    pub completion_tokens: usize,
-    /// Why generation ended.
-    pub finish: FinishReason,
-    /// Time to the first token.
-    pub time_to_first_token: Duration,
-    /// Decode speed.
-    pub decode_tokens_per_s: f64,
-    /// Context used after this turn (prompt + completion).
-    pub context_used: usize,
-    /// Context limit.
-    pub context_limit: usize,
-    /// The thinking trace, if any.
-    pub reasoning: Option<String>,
-    /// The answer.
-    pub answer: String,
-    /// The trace was still open when generation ended.
-    pub thinking_unterminated: bool,
-}
-
-/// Static facts about the engine for status displays.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EngineInfo {
-    /// What was loaded.
-    pub model: ModelDescription,
-    /// Context limit in tokens.
-    pub context_limit: usize,
-    /// "cpu" or a CUDA device description.
-    pub backend: String,
-    /// Why this backend was chosen.
-    pub backend_reason: String,
-}
-
-/// Why a turn failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The conversation is malformed.
-    #[error(transparent)]
-    Chat(#[from] ChatError),
-    /// The tokenizer failed.
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    /// The conversation would not fit.
-    #[error(
-        "this conversation needs {needed} tokens but the context holds {limit}; start a new conversation"
-    )]
-    ContextFull {
-        /// Prompt tokens plus at least one answer token.
-        needed: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The model failed.
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    /// The model has no tokenizer.
-    #[error("the model was loaded without a tokenizer; configure tokenizer_path")]
-    NoTokenizer,
-    /// The GPU failed during this request (a CUDA error surfaces as a panic
-    /// in Burn); the request stops, the daemon keeps serving.
-    #[error(
-        "the GPU failed while answering; this request was stopped and the service continues. Try again; if it repeats, an administrator should run `medgemmactl gpu` and check the kernel log for NVIDIA Xid errors"
-    )]
-    Gpu,
-    /// The engine answers one turn at a time ([`Engine::max_batch`] is 1);
-    /// the engine thread never asks it to batch.
-    #[error("this engine answers one turn at a time; this is a bug, please report it")]
-    NotBatched,
-}
-
-/// A turn the engine is generating in its batch ([`Engine::begin`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TurnId(pub u64);
-
-/// How a turn that left the batch ended.
-pub type TurnOutcome = (TurnId, Result<ChatSummary, EngineError>);
-
-/// Anything that answers chat turns (the real engine; test doubles in tests only).
-pub trait Engine: Send {
-    /// Static facts.
-    fn info(&self) -> EngineInfo;
-    /// Prompt tokens the conversation would take (for context meters).
-    fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError>;
-    /// Answers one turn, streaming events through `on_event` (only while no
-    /// turn is running in the batch).
-    fn chat(
-        &mut self,
-        req: &ChatRequest,
-        on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-    ) -> Result<ChatSummary, EngineError>;
-    /// Turns that may generate at once through [`Engine::begin`] and
-    /// [`Engine::step`]; 1 (the default) means [`Engine::chat`] only.
-    fn max_batch(&self) -> usize {
-        1
-    }
-    /// Adds a turn to the running batch: runs its prompt and streams its
-    /// first token. Never called when [`Engine::max_batch`] is 1.
-    fn begin(
-        &mut self,
-        _req: &ChatRequest,
-        _on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-    ) -> Result<TurnId, EngineError> {
-        Err(EngineError::NotBatched)
-    }
-    /// One decode step for every running turn (sharing each weight read),
-    /// streaming through `on_event`; then removes and returns every turn that
-    /// has ended (stop token, length, context, cancel or failure), including
-    /// turns that ended in [`Engine::begin`].
-    fn step(&mut self, _on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow) -> Vec<TurnOutcome> {
-        Vec::new()
-    }
-    /// Ends a running turn before its next token (its client went away).
-    fn cancel(&mut self, _turn: TurnId) {}
-    /// Whether the engine can still answer. `false` ends the engine thread;
-    /// the daemon then exits (code 8) so that systemd restarts it.
-    fn usable(&self) -> bool {
-        true
-    }
-}
+use super::health::{EngineHealth, panic_text};
+use super::{
+    ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId, TurnOutcome,
+};
+use crate::log;
 
 /// The real engine over a loaded Gemma 3 model.
 #[derive(Debug)]
@@ -173,7 +33,9 @@ pub struct ModelEngine {
     context_limit: usize,
     backend: String,
     backend_reason: String,
-    on_gpu: bool,
+    /// On the GPU: its record (a panic while generating is a GPU failure
+    /// of the turns it hit, counted here) and its facts for the status.
+    gpu: Option<(Arc<EngineHealth>, GpuStatus)>,
     max_batch: usize,
     /// Prompt tokens per prefill pass ([`PREFILL_CHUNK`]).
     prefill_chunk: usize,
@@ -212,7 +74,7 @@ impl ModelEngine {
             context_limit,
             backend,
             backend_reason,
-            on_gpu: false,
+            gpu: None,
             max_batch: 1,
             prefill_chunk: PREFILL_CHUNK,
             turns: Vec::new(),
@@ -227,12 +89,25 @@ impl ModelEngine {
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
-    /// Marks the model as running on the GPU: a panic while generating is
-    /// then a GPU failure of the turns it hit ([`EngineError::Gpu`]), counted
-    /// for the status page, instead of unwinding into the engine thread.
-    pub fn on_gpu(mut self) -> Self {
-        self.on_gpu = true;
+    /// Marks the model as running on `gpu`: a panic while generating is
+    /// then a GPU failure of the turns it hit ([`EngineError::Gpu`]),
+    /// counted in `health`, instead of unwinding into the engine thread.
+    pub fn on_gpu(mut self, health: Arc<EngineHealth>, gpu: GpuStatus) -> Self {
+        self.gpu = Some((health, gpu));
         self
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+    /// Replaces the GPU facts shown in the status (after the warm-up).
+    pub fn set_gpu_status(&mut self, status: GpuStatus) {
+        if let Some((_, g)) = &mut self.gpu {
+            *g = status;
+        }
+    }
+
+    /// The GPU's record, when on the GPU.
+    fn gpu_health(&self) -> Option<&EngineHealth> {
+        self.gpu.as_ref().map(|(h, _)| h.as_ref())
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
@@ -356,25 +231,25 @@ fn stream_token(
     emit(parser.push(id, &delta), on_event)
 }
 
-/// Runs `f`; on the GPU, a panic (how Burn reports CUDA errors: out of
-/// memory, launch failures) becomes [`EngineError::Gpu`] for the turns it
-/// hit, and the engine thread goes on.
-fn guarded<T>(on_gpu: bool, f: impl FnOnce() -> T) -> Result<T, EngineError> {
-    if !on_gpu {
+/// Runs `f`; on the GPU (`health` given), a panic (how Burn reports CUDA
+/// errors: out of memory, launch failures) becomes [`EngineError::Gpu`] for
+/// the turns it hit, and the engine thread goes on.
+fn guarded<T>(health: Option<&EngineHealth>, f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    let Some(health) = health else {
         return Ok(f());
-    }
+    };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => {
-            crate::gpu::record_success();
+            health.record_success();
             Ok(v)
         }
         Err(payload) => {
-            crate::gpu::record_failure();
-            eprintln!(
-                "medgemmad: GPU failure during a request ({} in a row): {}",
-                crate::gpu::consecutive_failures(),
-                crate::gpu::panic_text(payload.as_ref())
-            );
+            health.record_failure();
+            log::error(format_args!(
+                "GPU failure during a request ({} in a row): {}",
+                health.failures_in_a_row(),
+                panic_text(payload.as_ref())
+            ));
             Err(EngineError::Gpu)
         }
     }
@@ -387,6 +262,7 @@ impl Engine for ModelEngine {
             context_limit: self.context_limit,
             backend: self.backend.clone(),
             backend_reason: self.backend_reason.clone(),
+            gpu: self.gpu.as_ref().map(|(_, g)| g.clone()),
         }
     }
 
@@ -395,11 +271,15 @@ impl Engine for ModelEngine {
     }
 
     fn usable(&self) -> bool {
-        !(self.on_gpu && crate::gpu::consecutive_failures() >= crate::gpu::FAILURES_RESTART)
+        !self.gpu_health().is_some_and(EngineHealth::must_restart)
     }
 
     fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    fn health(&self) -> Option<Arc<EngineHealth>> {
+        self.gpu.as_ref().map(|(h, _)| Arc::clone(h))
     }
 
     /// The same path as a batch of one: [`Engine::begin`], then
@@ -450,7 +330,7 @@ impl Engine for ModelEngine {
         }
         // The first chunk now (a short prompt is then prefilled and has its
         // first token); the rest one chunk per step, between decode steps.
-        guarded(self.on_gpu, || {
+        guarded(self.gpu_health(), || {
             seq.prefill_chunk(model, self.prefill_chunk, &mut |id| {
                 stream_token(tok, &stop_ids, &mut text, &mut parser, id, on_event)
             })
@@ -472,7 +352,7 @@ impl Engine for ModelEngine {
         let Self {
             loaded,
             turns,
-            on_gpu,
+            gpu,
             prefill_chunk,
             context_limit,
             ..
@@ -506,7 +386,8 @@ impl Engine for ModelEngine {
                 ..
             } = t;
             let id = *id;
-            let chunk = guarded(*on_gpu, || {
+            let health = gpu.as_ref().map(|(h, _)| h.as_ref());
+            let chunk = guarded(health, || {
                 seq.prefill_chunk(model, *prefill_chunk, &mut |tid| {
                     stream_token(tok, stop_ids, text, parser, tid, &mut |ev| on_event(id, ev))
                 })
@@ -528,7 +409,7 @@ impl Engine for ModelEngine {
                 seqs.push(&mut t.seq);
                 streams.push((t.id, &mut t.text, &mut t.parser));
             }
-            guarded(*on_gpu, || {
+            guarded(gpu.as_ref().map(|(h, _)| h.as_ref()), || {
                 generate::decode_step(model, &mut seqs, |i, id| {
                     let (turn, text, parser) = &mut streams[i];
                     stream_token(tok, stop_ids, text, parser, id, &mut |ev| {

@@ -1,0 +1,81 @@
+//! [`EngineHealth`]: how the GPU has fared, shared between the engine
+//! thread (which records each GPU step's outcome) and the status pages
+//! (which read it), instead of process-wide statics.
+//!
+//! Owns: the failure counters and their thresholds. Must never: hold
+//! anything of a request (only counts).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// GPU failures in a row after which the status says degraded.
+pub const FAILURES_DEGRADED: usize = 3;
+
+/// GPU failures in a row after which the engine stops so that the service
+/// restarts (a sticky CUDA error fails every later request; a fresh process
+/// gets a fresh context).
+pub const FAILURES_RESTART: usize = 5;
+
+/// The GPU's record since start.
+#[derive(Debug, Default)]
+pub struct EngineHealth {
+    failures_in_a_row: AtomicUsize,
+}
+
+impl EngineHealth {
+    /// A GPU step failed.
+    pub fn record_failure(&self) {
+        self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A GPU step succeeded.
+    pub fn record_success(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// GPU failures in a row now.
+    pub fn failures_in_a_row(&self) -> usize {
+        self.failures_in_a_row.load(Ordering::Relaxed)
+    }
+
+    /// Whether the status should say degraded.
+    pub fn degraded(&self) -> bool {
+        self.failures_in_a_row() >= FAILURES_DEGRADED
+    }
+
+    /// Whether the engine should stop so that the service restarts.
+    pub fn must_restart(&self) -> bool {
+        self.failures_in_a_row() >= FAILURES_RESTART
+    }
+}
+
+/// A panic payload as a short string for the log (panics in Burn/cubecl
+/// carry shapes and driver errors, never request text).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let s = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    s.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_degrade_then_restart_and_a_success_resets() {
+        let h = EngineHealth::default();
+        for _ in 0..FAILURES_DEGRADED {
+            assert!(!h.degraded());
+            h.record_failure();
+        }
+        assert!(h.degraded() && !h.must_restart());
+        h.record_success();
+        assert_eq!(h.failures_in_a_row(), 0);
+        for _ in 0..FAILURES_RESTART {
+            h.record_failure();
+        }
+        assert!(h.must_restart());
+    }
+}
