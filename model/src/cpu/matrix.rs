@@ -333,11 +333,11 @@ fn gemv(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is in `Isa::available()`, which found AVX-512
         // F/BW/VL, AVX2, FMA and F16C.
-        Isa::Avx512 => unsafe { kernels::avx512::gemv(ty, w, row_bytes, x, k, out) },
+        Isa::Avx512 => unsafe { super::x86::gemv_avx512(ty, w, row_bytes, x, k, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is in `Isa::available()`, which found AVX2, FMA
         // and F16C.
-        Isa::Avx2 => unsafe { kernels::avx2::gemv(ty, w, row_bytes, x, k, out) },
+        Isa::Avx2 => unsafe { super::x86::gemv_avx2(ty, w, row_bytes, x, k, out) },
         _ => kernels::portable::gemv(ty, w, row_bytes, x, k, out),
     };
 }
@@ -347,10 +347,10 @@ fn dequant_rows(isa: Isa, ty: GgmlType, w: &[u8], row_bytes: usize, k: usize, ou
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gemv`.
-        Isa::Avx512 => unsafe { kernels::avx512::dequant_rows(ty, w, row_bytes, k, out) },
+        Isa::Avx512 => unsafe { super::x86::dequant_rows_avx512(ty, w, row_bytes, k, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gemv`.
-        Isa::Avx2 => unsafe { kernels::avx2::dequant_rows(ty, w, row_bytes, k, out) },
+        Isa::Avx2 => unsafe { super::x86::dequant_rows_avx2(ty, w, row_bytes, k, out) },
         _ => kernels::portable::dequant_rows(ty, w, row_bytes, k, out),
     };
 }

@@ -35,6 +35,8 @@
 
 mod kernels;
 mod matrix;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use matrix::{CpuMatrix, WeightBytes};
 
