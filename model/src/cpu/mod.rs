@@ -35,6 +35,7 @@
 
 mod kernels;
 mod matrix;
+mod random;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
