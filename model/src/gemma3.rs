@@ -780,6 +780,8 @@ mod tests {
     }
 
     #[test]
+    // `&[2..5]` is a list of one image block, not a range to expand.
+    #[allow(clippy::single_range_in_vec_init)]
     fn image_blocks_see_themselves_both_ways_within_the_window() {
         // Positions 0..6, block 2..5. Global: query 2 sees 3 and 4 (later,
         // same block) but not 5; query 5 is causal.
