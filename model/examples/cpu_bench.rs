@@ -62,6 +62,21 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time all threads of this process have run, in seconds: the sum of
+/// `/proc/self/task/*/schedstat`'s run times (proc(5), nanoseconds). Unlike
+/// wall time it does not grow while other processes hold the cores, so
+/// runs on a busy machine still compare.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
 struct Args {
     model: PathBuf,
     random_4b: Option<GgmlType>,
@@ -167,10 +182,15 @@ fn main() {
     )
     .expect("warm-up runs");
 
+    let cpu0 = cpu_seconds();
+    let mut cpu_first = None;
     let g = generate(&model, &mut model.new_cache(), &ids, &opts, &cancel, |_| {
+        cpu_first.get_or_insert_with(cpu_seconds);
         Flow::Continue
     })
     .expect("generation runs");
+    let cpu_end = cpu_seconds();
+    let cpu_first = cpu_first.unwrap_or(cpu_end);
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -189,6 +209,10 @@ fn main() {
         "decode_s": g.decode.as_secs_f64(),
         "decode_tokens_per_s": g.decode_tokens_per_s(),
         "peak_rss_mib": peak_rss_mib(),
+        "prefill_cpu_s": cpu_first - cpu0,
+        "decode_cpu_s": cpu_end - cpu_first,
+        // The first token comes from the prefill.
+        "decode_steps": g.tokens.len().saturating_sub(1),
         "first_generated_ids": &g.tokens[..8.min(g.tokens.len())],
     });
     if a.json {
