@@ -286,7 +286,8 @@ fn min_max(values: &[f32]) -> Vec<u8> {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    if !(hi > lo) {
+    // No finite values (lo = +inf) or a flat slice: nothing to window.
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return vec![0; values.len()];
     }
     values.iter().map(|&v| window_u8(v, lo, hi)).collect()
