@@ -335,8 +335,10 @@ pub fn validate(probe: ModelProbe, tokenizer: Option<&Path>) -> Result<String, S
         let file = medgemma_model::gguf::GgufFile::open(&probe.path).map_err(|e| e.to_string())?;
         medgemma_model::gguf_tokenizer::tokenizer_from_gguf(&file).map_err(|e| e.to_string())?;
     }
+    let directory = (probe.format == medgemma_model::probe::ModelFormat::Safetensors)
+        .then(|| probe.path.clone());
     let v = medgemma_model::validate::validate_probed(probe).map_err(|e| e.to_string())?;
-    Ok(format!(
+    let mut summary = format!(
         "{}, {} layers, hidden size {}, {} tensors checked, {} parameters",
         if v.format == "gguf" {
             "GGUF"
@@ -347,7 +349,20 @@ pub fn validate(probe: ModelProbe, tokenizer: Option<&Path>) -> Result<String, S
         v.config.hidden_size,
         v.tensors,
         v.parameters
-    ))
+    );
+    // The image path: the vision tower's tensors, checked the same way.
+    let vision = match &directory {
+        Some(dir) => medgemma_model::vision::validate(dir).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    match vision {
+        Some(t) => summary.push_str(&format!(
+            "; vision tower: {} layers, {} tensors checked, {} parameters (images enabled)",
+            t.config.num_layers, t.tensors, t.parameters
+        )),
+        None => summary.push_str("; no vision tower (text only)"),
+    }
+    Ok(summary)
 }
 
 /// Creates the keys `audit` names that do not exist yet.

@@ -1,19 +1,23 @@
 //! `medgemmad generate`: one prompt through the engine, for admins and tests.
 //!
 //! Prints the answer (streamed) or, with `--json`, one object with ids, text,
-//! reasoning and speeds. Errors never repeat the prompt text.
+//! reasoning and speeds. `--image FILE` (repeatable; PNG, JPEG or DICOM) puts
+//! images before the question, encoded by the model's vision tower. Errors
+//! never repeat the prompt text or describe an image's content.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use clap::Args;
-use medgemma_model::chat::{self, Message, Role};
+use medgemma_model::chat::{self, Message, MultimodalMessage, Part, Role};
 use medgemma_model::gemma3::Logits;
-use medgemma_model::generate::{self, Flow};
+use medgemma_model::generate::{self, Flow, PREFILL_CHUNK};
+use medgemma_model::image::{self, ImageError, Limits};
 use medgemma_model::load::{self, LoadError};
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::thinking::ThinkingParser;
+use medgemma_model::vision::{ImagePrefill, VisionError, VisionTower};
 use medgemma_model::{backend, tokenizer::TokenizerError};
 
 /// Arguments of `medgemmad generate`.
@@ -62,6 +66,11 @@ pub struct GenerateArgs {
     /// With --json: include the full logits at the last prompt position.
     #[arg(long, requires = "json")]
     logits: bool,
+    /// An image (PNG, JPEG or single-frame DICOM) placed before the question;
+    /// repeat for several. Needs a model directory with a vision tower. With
+    /// --prompt-ids the ids must already hold one image block per image.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+    image: Vec<PathBuf>,
 }
 
 /// Why `generate` failed.
@@ -87,6 +96,30 @@ pub enum GenerateCmdError {
     /// Output failed.
     #[error("cannot write the answer: {0}")]
     Output(std::io::Error),
+    /// An image file cannot be read.
+    #[error("cannot read the image {path}: {source}")]
+    ImageFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An image cannot be decoded.
+    #[error("the image {path} cannot be used: {source}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// Why (sizes and formats, never content).
+        source: ImageError,
+    },
+    /// The vision tower failed or is missing.
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    /// Images were given for a model without a vision tower.
+    #[error(
+        "--image needs a model directory whose config.json has a vision_config (MedGemma 1.5 4B IT has one); a .gguf file holds the text decoder only"
+    )]
+    NoVision,
 }
 
 impl GenerateCmdError {
@@ -110,8 +143,57 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateCmdError> {
     )?;
     let tok = loaded.tokenizer.as_ref();
 
+    let tower = if args.image.is_empty() {
+        None
+    } else if args.model.is_dir() {
+        Some(VisionTower::load(
+            &args.model,
+            &device,
+            backend::cpu_dtype(),
+        )?)
+    } else {
+        return Err(GenerateCmdError::NoVision);
+    };
+    let pixels = match &tower {
+        Some(t) => args
+            .image
+            .iter()
+            .map(|path| {
+                let bytes = std::fs::read(path).map_err(|source| GenerateCmdError::ImageFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let decoded = image::decode(&bytes, &Limits::default()).map_err(|source| {
+                    GenerateCmdError::Image {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Ok(image::to_pixel_values(
+                    &decoded.image,
+                    t.config().image_size,
+                ))
+            })
+            .collect::<Result<Vec<_>, GenerateCmdError>>()?,
+        None => Vec::new(),
+    };
+
     let prompt_ids = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
+        (None, Some(text)) if tower.is_some() => {
+            let tok = tok.ok_or(GenerateCmdError::NoTokenizer)?;
+            let tokens = tower
+                .as_ref()
+                .map(|t| t.config().image_tokens())
+                .ok_or(GenerateCmdError::NoVision)?;
+            let mut parts: Vec<Part> = pixels.iter().map(|_| Part::Image).collect();
+            parts.push(Part::Text(text.clone()));
+            let msgs = [MultimodalMessage {
+                role: Role::User,
+                parts,
+            }];
+            chat::encode_chat_multimodal(tok, &msgs, &tokens, true)?
+        }
         (None, Some(text)) => {
             let tok = tok.ok_or(GenerateCmdError::NoTokenizer)?;
             if args.raw {
@@ -146,11 +228,24 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateCmdError> {
     let mut write_err = None;
     let stop_ids = opts.stop_ids.clone();
     let mut cache = loaded.model.new_cache();
+    // With images: the prompt runs through the image prefill (bidirectional
+    // inside each image block); generation continues from its last token.
+    let generated_from: Vec<u32> = match &tower {
+        Some(t) => {
+            let rows = t.encode(&pixels)?;
+            let mut pre =
+                ImagePrefill::new(prompt_ids.clone(), rows, t.config().image_token_index)?;
+            pre.run(&loaded.model, &mut cache, PREFILL_CHUNK);
+            pre.last_token().into_iter().collect()
+        }
+        None => prompt_ids.clone(),
+    };
+    let image_cache = tower.as_ref().map(|_| cache.clone());
     let cancel = AtomicBool::new(false);
     let gen_result = generate::generate(
         &loaded.model,
         &mut cache,
-        &prompt_ids,
+        &generated_from,
         &opts,
         &cancel,
         |id| {
@@ -191,8 +286,16 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateCmdError> {
     // After `generate`, which refuses ids outside the vocabulary (the
     // embedding lookup would panic on them) and empty or too long prompts.
     let last_logits = if args.logits {
-        let mut cache = loaded.model.new_cache();
-        let l = loaded.model.forward(&prompt_ids, &mut cache, Logits::Last);
+        let l = match image_cache {
+            // The image prompt's cache stands before its last token.
+            Some(mut cache) => loaded
+                .model
+                .forward(&generated_from, &mut cache, Logits::Last),
+            None => {
+                let mut cache = loaded.model.new_cache();
+                loaded.model.forward(&prompt_ids, &mut cache, Logits::Last)
+            }
+        };
         Some(l.into_data().try_into_vec::<f32>().unwrap_or_default())
     } else {
         None
@@ -207,6 +310,7 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateCmdError> {
     if args.json {
         let mut obj = serde_json::json!({
             "prompt_ids": prompt_ids,
+            "images": pixels.len(),
             "generated_ids": gen_result.tokens,
             "finish_reason": gen_result.finish,
             "prefill_tokens_per_s": gen_result.prefill_tokens_per_s(),

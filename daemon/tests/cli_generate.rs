@@ -379,3 +379,100 @@ fn real_270m_seeded_sampling_is_reproducible() {
         "seeds 1, 2, 3 all gave seed 7's tokens {a:?}"
     );
 }
+
+/// `--image`: two images (PNG and JPEG) through the vision tower of a tiny
+/// random `Gemma3ForConditionalGeneration` (made with transformers,
+/// `scripts/fixtures/gen_vision.py`), the prompt ids with their image
+/// blocks as the Hugging Face processor made them: the last-position logits
+/// match transformers' within 1e-4, so preprocessing, encoder, projector
+/// and the bidirectional image prefill all run through the CLI.
+#[test]
+fn images_through_the_vision_tower_match_the_transformers_reference() {
+    let dir = fixture("vision_tiny_a");
+    let exp = expected("vision_tiny_a");
+    let images: Vec<PathBuf> = exp["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| fixture("vision_images").join(n.as_str().unwrap()))
+        .collect();
+    let ids = csv(&u32s(&exp["prompt_ids"]));
+    let mut args = vec![
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &ids,
+        "--max-new-tokens",
+        "1",
+        "--json",
+        "--logits",
+    ];
+    for i in &images {
+        args.extend(["--image", i.to_str().unwrap()]);
+    }
+    let out = generate(&args);
+    assert!(out.status.success(), "{}", failure(&out));
+    let v = json(&out);
+    assert_eq!(v["images"], 2);
+    let got: Vec<f64> = v["last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = exp["last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    // The causal-only logits are far: the image blocks were bidirectional.
+    let causal: Vec<f64> = exp["last_logits_causal_only"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let off = got
+        .iter()
+        .zip(&causal)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(off > 0.1, "{off}");
+
+    // A GGUF holds no vision tower: a sentence, exit 2.
+    let junk = tempfile::tempdir().unwrap();
+    let gguf = junk.path().join("m.gguf");
+    std::fs::write(&gguf, b"GGUF").unwrap();
+    let out = generate(&[
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt-ids",
+        "2",
+        "--image",
+        images[0].to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", failure(&out));
+    assert!(stderr(&out).contains("vision"), "{}", stderr(&out));
+    // A file that is not an image: named, exit 2, nothing of its content.
+    let text = junk.path().join("notes.png");
+    std::fs::write(&text, b"Patient CANARY-img-42 has a rash").unwrap();
+    let out = generate(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &ids,
+        "--image",
+        text.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", failure(&out));
+    assert!(stderr(&out).contains("notes.png"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("CANARY-img-42"), "{}", stderr(&out));
+}

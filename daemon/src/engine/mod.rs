@@ -171,12 +171,25 @@ pub trait Engine: Send {
     /// Prompt tokens the conversation would take (for context meters).
     fn count_prompt_tokens(&self, messages: &[Message]) -> Result<usize, EngineError>;
     /// Answers one turn, streaming events through `on_event` (only while no
-    /// turn is running in the batch).
+    /// turn is running in the batch). By default the same path as a batch
+    /// of one: [`Engine::begin`], then [`Engine::step`] until the turn ends;
+    /// engines that answer one turn at a time implement it instead.
     fn chat(
         &mut self,
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-    ) -> Result<ChatSummary, EngineError>;
+    ) -> Result<ChatSummary, EngineError> {
+        let id = self.begin(req, on_event)?;
+        loop {
+            if let Some((_, result)) = self
+                .step(&mut |_, ev| on_event(ev))
+                .into_iter()
+                .find(|(t, _)| *t == id)
+            {
+                return result;
+            }
+        }
+    }
     /// Turns that may generate at once through [`Engine::begin`] and
     /// [`Engine::step`]; 1 (the default) means [`Engine::chat`] only.
     fn max_batch(&self) -> usize {

@@ -290,26 +290,6 @@ impl Engine for ModelEngine {
         self.weights = Some(check);
     }
 
-    /// The same path as a batch of one: [`Engine::begin`], then
-    /// [`Engine::step`] until the turn ends.
-    fn chat(
-        &mut self,
-        req: &ChatRequest,
-        on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-    ) -> Result<ChatSummary, EngineError> {
-        debug_assert!(self.turns.is_empty(), "chat while a batch runs");
-        let id = self.begin(req, on_event)?;
-        loop {
-            if let Some((_, result)) = self
-                .step(&mut |_, ev| on_event(ev))
-                .into_iter()
-                .find(|(t, _)| *t == id)
-            {
-                return result;
-            }
-        }
-    }
-
     fn begin(
         &mut self,
         req: &ChatRequest,

@@ -607,13 +607,6 @@ mod tests {
 
     impl Engine for LockstepEngine {
         test_basics!();
-        fn chat(
-            &mut self,
-            _req: &ChatRequest,
-            _on_event: &mut dyn FnMut(ChatEvent) -> Flow,
-        ) -> Result<ChatSummary, EngineError> {
-            panic!("a batching engine is never asked to chat by the worker");
-        }
         fn max_batch(&self) -> usize {
             2
         }
