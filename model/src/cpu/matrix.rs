@@ -41,7 +41,9 @@ pub enum WeightBytes {
         len: usize,
     },
     /// Bytes made at load time (quantized from bf16, or random weights).
-    Owned(Arc<[u8]>),
+    /// A `Vec` behind the `Arc`: moving a large buffer in costs nothing,
+    /// where `Arc<[u8]>` would copy it (twice the memory while loading).
+    Owned(Arc<Vec<u8>>),
 }
 
 impl WeightBytes {
@@ -53,7 +55,7 @@ impl WeightBytes {
                 .checked_add(*len)
                 .and_then(|end| map.get(*start..end))
                 .unwrap_or(&[]),
-            Self::Owned(b) => b,
+            Self::Owned(b) => b.as_slice(),
         }
     }
 
