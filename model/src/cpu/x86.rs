@@ -1,22 +1,24 @@
 //! x86-64 kernels: the AVX2 and AVX-512 lanes of the generic kernel, and
-//! hand-written AVX-512 kernels for the formats GGUF files mostly use
-//! (`Q8_0`, `Q4_0`, `Q5_0`, `Q4_K`, `Q6_K`, and `BF16` checkpoints).
+//! fused kernels for the formats GGUF files mostly use (`Q8_0`, `Q4_0`,
+//! `Q5_0`, `Q4_K`, `Q6_K`, and `BF16` checkpoints), written once over
+//! sixteen values ([`Wide`]) and built for AVX-512 and for AVX2.
 //!
-//! The hand-written kernels never write the f32 weights anywhere: each
-//! block's integers are widened and converted in registers, multiplied with
-//! the activations, and the block's scale is applied once to the block's
-//! sum (`Σ (d·q)·x = d·Σ q·x`; with a minimum, `− m·Σ x` from the
+//! The fused kernels never write the f32 weights anywhere: each block's
+//! integers are unpacked in SSE registers, widened and converted, multiplied
+//! with the activations, and the block's scale is applied once to the
+//! block's sum (`Σ (d·q)·x = d·Σ q·x`; with a minimum, `− m·Σ x` from the
 //! precomputed sums of 32 activations). The integers and their layout are
 //! ggml's (`ggml-common.h`), decoded as `crate::quant` decodes them; the
 //! result equals dequantize-then-multiply up to the order of the f32 sums
 //! (`tests/cpu_kernels.rs` checks every format on every instruction set).
+//! X rows are checked once per weight row ([`X`]), not at every load.
 //!
 //! Owns: the `unsafe` of the intrinsics. Must never: be reached without the
 //! CPU features it is compiled for (the [`Avx2`] and [`Avx512`] tokens are
 //! made only by the `#[target_feature]` entry points below, which
 //! `matrix.rs` calls only after `Isa::available()` found those features),
 //! or load past a slice (every load reads a subslice checked to be long
-//! enough).
+//! enough, or an activation row below the length checked for it).
 
 use std::arch::x86_64::*;
 
