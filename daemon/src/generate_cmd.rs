@@ -134,6 +134,10 @@ impl GenerateCmdError {
 
 /// Runs the command.
 pub fn run(args: GenerateArgs) -> Result<(), GenerateCmdError> {
+    // Said before loading anything: a single file (GGUF) has no vision tower.
+    if !args.image.is_empty() && !args.model.is_dir() {
+        return Err(GenerateCmdError::NoVision);
+    }
     let device = backend::cpu_device();
     let loaded = load::load_model(
         &args.model,
