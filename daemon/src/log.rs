@@ -31,6 +31,8 @@ use medgemma_model::generate::FinishReason;
 pub struct TurnCounts {
     /// Tokens in the rendered prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the conversation's kept cache.
+    pub reused_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// Why generation ended.
@@ -129,8 +131,9 @@ pub fn request(conn: u64, method: &Method, route: &str, status: StatusCode, elap
 /// A turn ended. `conv` is a short conversation id or the API name.
 pub fn turn(conv: &str, s: &TurnCounts, queued_for: Duration) {
     info(format_args!(
-        "turn conv={conv} prompt_tokens={} completion_tokens={} finish={:?} queue_ms={} ttft_ms={} tok_s={:.1}",
+        "turn conv={conv} prompt_tokens={} reused_tokens={} completion_tokens={} finish={:?} queue_ms={} ttft_ms={} tok_s={:.1}",
         s.prompt_tokens,
+        s.reused_tokens,
         s.completion_tokens,
         s.finish,
         queued_for.as_millis(),

@@ -14,7 +14,10 @@ use medgemma_model::backend;
 use medgemma_model::load::{self, LoadError};
 use medgemma_sandbox::{Role, SandboxError, SeccompMode};
 
-use medgemma_protocol::config::PinMismatch;
+use medgemma_model::budget::{self, CpuBudgetRequest};
+use medgemma_model::probe::{ModelFormat, ModelProbe};
+use medgemma_model::weights::CpuWeights;
+use medgemma_protocol::config::{CpuWeightsChoice, PinMismatch};
 
 use super::gpu::{self, GpuError};
 use super::verify::{VerifyError, Verifying};
@@ -43,6 +46,11 @@ pub enum LoadFailure {
     /// A model file does not match its pin (`model.on_pin_mismatch = "refuse"`).
     #[error("the model is not the one pinned: {0}")]
     PinMismatch(String),
+    /// The model does not fit in the memory available on the CPU.
+    #[error(
+        "the model does not fit in this machine's memory on the CPU: it needs {0}; lower engine.context_length, set engine.cpu_weights = \"q8_0\" for a bf16 model, use a smaller quantized GGUF, or free memory"
+    )]
+    CpuMemory(String),
 }
 
 impl LoadFailure {
@@ -64,6 +72,8 @@ pub struct EngineJob {
     cache_dir: Option<PathBuf>,
     pins_file: Option<PathBuf>,
     on_pin_mismatch: PinMismatch,
+    cpu_weights: CpuWeights,
+    keep_context: bool,
 }
 
 impl EngineJob {
@@ -78,6 +88,12 @@ impl EngineJob {
             cache_dir: settings.sandbox.cache_dir.clone(),
             pins_file: settings.model.pins_file.clone(),
             on_pin_mismatch: settings.model.on_pin_mismatch,
+            cpu_weights: match settings.engine.cpu_weights {
+                CpuWeightsChoice::Stored => CpuWeights::AsStored,
+                CpuWeightsChoice::Q8_0 => CpuWeights::Q8_0,
+                CpuWeightsChoice::F32 => CpuWeights::F32,
+            },
+            keep_context: settings.engine.keep_context,
         }
     }
 }
@@ -168,26 +184,123 @@ fn backend(job: &EngineJob) -> Result<Box<dyn Engine>, LoadFailure> {
     }
 }
 
-/// Loads the model on the CPU.
+/// Loads the model on the CPU, after its memory budget: weights as
+/// `engine.cpu_weights` keeps them, KV caches for the context and each
+/// concurrent answer (one more for the kept conversation caches when
+/// `engine.keep_context` is on), work space, against `MemAvailable`.
+/// Fewer concurrent answers run when fewer fit; none fitting is a refusal.
 fn cpu(job: &EngineJob, decision: BackendDecision) -> Result<Box<dyn Engine>, LoadFailure> {
     log::info(format_args!(
         "loading model {} on the CPU",
         file_name(&job.path)
     ));
     let t0 = Instant::now();
-    let loaded = load::load_model(
-        &job.path,
+    let probe = ModelProbe::open(&job.path).map_err(LoadError::from)?;
+    let context = job.context.min(probe.config.max_position_embeddings);
+    let plan = cpu_plan(&probe, job, context, budget::mem_available())?;
+    let cfg = probe.config.clone();
+    let loaded = load::load_probed(
+        probe,
         job.tokenizer.as_deref(),
         &backend::cpu_device(),
         backend::cpu_dtype(),
+        job.cpu_weights,
     )?;
     log::info(format_args!(
-        "model loaded in {:.1} s",
-        t0.elapsed().as_secs_f64()
+        "model loaded in {:.1} s; CPU memory budget {}",
+        t0.elapsed().as_secs_f64(),
+        plan.described
     ));
-    let engine = ModelEngine::new(loaded, job.context, "cpu".to_owned(), decision.reason)?
-        .with_max_batch(job.sequences);
+    let kept_cap = if plan.keep {
+        budget::kv_cache_bytes(&cfg, context, 1, backend::cpu_dtype())
+    } else {
+        0
+    };
+    let reason = format!("{}; memory: {}", decision.reason, plan.described);
+    let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), reason)?
+        .with_max_batch(plan.sequences)
+        .with_kept_context(kept_cap);
     Ok(Box::new(engine))
+}
+
+/// What the CPU budget allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CpuPlan {
+    /// Concurrent answers.
+    sequences: usize,
+    /// Whether conversations keep their caches between turns.
+    keep: bool,
+    /// The budget in words, for the log and the status.
+    described: String,
+}
+
+/// The CPU budget of `job` against `available` bytes (`None`: unknown, so
+/// the configuration is taken as it is, and the log says so).
+fn cpu_plan(
+    probe: &ModelProbe,
+    job: &EngineJob,
+    context: usize,
+    available: Option<u64>,
+) -> Result<CpuPlan, LoadFailure> {
+    let (weight_bytes, held) = match (probe.format, job.cpu_weights) {
+        // The files' bytes: what reading them in place maps (a checkpoint's
+        // vision tower included, so this errs on the safe side).
+        (ModelFormat::Gguf, _) => (probe.bytes, "GGUF as stored"),
+        (_, CpuWeights::AsStored) => (probe.bytes, "as stored"),
+        (_, mode) => (
+            budget::safetensors_weight_bytes(&probe.config, mode, budget::DType::BF16),
+            if mode == CpuWeights::Q8_0 {
+                "q8_0"
+            } else {
+                "f32"
+            },
+        ),
+    };
+    let wanted = job.sequences.max(1) + usize::from(job.keep_context);
+    let req = CpuBudgetRequest::new(context, wanted, weight_bytes, held);
+    let Some(available) = available else {
+        return Ok(CpuPlan {
+            sequences: job.sequences.max(1),
+            keep: job.keep_context,
+            described: format!(
+                "{} (available memory unknown: /proc/meminfo unreadable)",
+                budget::gib(budget::estimate_cpu(&probe.config, &req).total())
+            ),
+        });
+    };
+    let fit = budget::cpu_sequences_that_fit(&probe.config, &req, available);
+    if fit == 0 {
+        let one = CpuBudgetRequest::new(context, 1, weight_bytes, held);
+        return Err(LoadFailure::CpuMemory(
+            budget::estimate_cpu(&probe.config, &one).describe_cpu(&one, available),
+        ));
+    }
+    // The kept caches give way first, then concurrent answers.
+    let keep = job.keep_context && fit >= 2;
+    let sequences = (fit - usize::from(keep)).min(job.sequences.max(1));
+    let used = CpuBudgetRequest::new(context, sequences + usize::from(keep), weight_bytes, held);
+    let mut described = budget::estimate_cpu(&probe.config, &used).describe_cpu(&used, available);
+    if keep {
+        described.push_str(" (one sequence's KV cache is for kept conversations)");
+    }
+    if sequences < job.sequences.max(1) {
+        log::warn(format_args!(
+            "cpu: {sequences} of engine.max_concurrent_generations = {} fit in memory",
+            job.sequences
+        ));
+        described.push_str(&format!(
+            "; {sequences} of {} concurrent answers fit",
+            job.sequences
+        ));
+    }
+    if job.keep_context && !keep {
+        described.push_str("; no memory left to keep conversations between turns");
+    }
+    Ok(CpuPlan {
+        sequences,
+        keep,
+        described,
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -201,15 +314,28 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::Arc;
 
-    use medgemma_model::budget::{self, BudgetRequest};
-    use medgemma_model::probe::ModelProbe;
+    use medgemma_model::budget::BudgetRequest;
 
     use super::health::{EngineHealth, panic_text};
 
     let probe = ModelProbe::open(&job.path).map_err(|e| GpuError::ModelConfig(e.to_string()))?;
     let context = job.context.min(probe.config.max_position_embeddings);
-    let req = BudgetRequest::new(context, job.sequences.max(1), backend::cuda_dtype());
+    // One more full-context KV cache for the kept conversations.
+    let wanted = job.sequences.max(1) + usize::from(job.keep_context);
+    let req = BudgetRequest::new(context, wanted, backend::cuda_dtype());
     let mut info = gpu::select(&job.decision.gpu, &probe.config, &req)?;
+    let keep = job.keep_context && info.sequences >= 2;
+    if keep {
+        info.sequences -= 1;
+    }
+    if job.keep_context {
+        info.sequences_configured = job.sequences.max(1);
+    }
+    let kept_cap = if keep {
+        budget::kv_cache_bytes(&probe.config, context, 1, backend::cuda_dtype())
+    } else {
+        0
+    };
     let name = format!("GPU {} ({})", info.index, info.name);
     if let Some(dirs) = gpu::cache_dirs(job.cache_dir.as_deref())
         && !backend::set_cubecl_cache_dir(&dirs.cubecl)
@@ -251,6 +377,7 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
     let mut engine = ModelEngine::new(loaded, context, "cuda".to_owned(), reason)
         .map_err(|e| failed("starting the engine", e.to_string()))?
         .with_max_batch(info.sequences)
+        .with_kept_context(kept_cap)
         .on_gpu(health, info.clone());
     let warm = engine
         .warm_up()
@@ -272,4 +399,92 @@ fn file_name(path: &Path) -> String {
         || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medgemma_protocol::config::GpuSelector;
+
+    fn job(path: PathBuf, sequences: usize, keep_context: bool) -> EngineJob {
+        EngineJob {
+            path,
+            tokenizer: None,
+            context: 8192,
+            sequences,
+            decision: BackendDecision {
+                backend: ResolvedBackend::Cpu,
+                reason: "test".into(),
+                gpu: GpuSelector::Index(0),
+                required: false,
+            },
+            cache_dir: None,
+            pins_file: None,
+            on_pin_mismatch: PinMismatch::Refuse,
+            cpu_weights: CpuWeights::AsStored,
+            keep_context,
+        }
+    }
+
+    /// The CPU budget of the real 270M GGUF: plenty of memory runs what is
+    /// configured plus the kept caches; less gives way (kept caches first,
+    /// then concurrency); too little is a refusal that says what to change.
+    #[test]
+    fn the_cpu_budget_gives_way_then_refuses_with_a_sentence() {
+        let dir = std::env::var_os("MEDGEMMA_ASSETS")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
+            });
+        let Some(gguf) = dir
+            .map(|d| d.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"))
+            .filter(|p| p.is_file())
+        else {
+            assert!(
+                std::env::var_os("MEDGEMMA_ASSETS").is_none(),
+                "the 270M GGUF is missing"
+            );
+            eprintln!("SKIP: real test assets not found; run scripts/fetch-assets.sh");
+            return;
+        };
+        let probe = ModelProbe::open(&gguf).unwrap();
+        let j = job(gguf, 4, true);
+        let need = |n: usize| {
+            let req = CpuBudgetRequest::new(8192, n, probe.bytes, "GGUF as stored");
+            budget::estimate_cpu(&probe.config, &req).total()
+        };
+        let plenty = cpu_plan(&probe, &j, 8192, Some(64 << 30)).unwrap();
+        assert_eq!(
+            (plenty.sequences, plenty.keep),
+            (4, true),
+            "{}",
+            plenty.described
+        );
+        assert!(
+            plenty.described.contains("kept conversations"),
+            "{}",
+            plenty.described
+        );
+        // Room for four sequences' KV: three answers and the kept caches.
+        let four = cpu_plan(&probe, &j, 8192, Some(need(4))).unwrap();
+        assert_eq!((four.sequences, four.keep), (3, true), "{}", four.described);
+        assert!(four.described.contains("3 of 4"), "{}", four.described);
+        // Room for one: one answer, nothing kept.
+        let one = cpu_plan(&probe, &j, 8192, Some(need(1))).unwrap();
+        assert_eq!((one.sequences, one.keep), (1, false), "{}", one.described);
+        assert!(
+            one.described.contains("no memory left to keep"),
+            "{}",
+            one.described
+        );
+        // Unknown memory: the configuration as it is.
+        let unknown = cpu_plan(&probe, &j, 8192, None).unwrap();
+        assert_eq!((unknown.sequences, unknown.keep), (4, true));
+        // Too little for one.
+        let e = cpu_plan(&probe, &j, 8192, Some(need(1) / 2)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, LoadFailure::CpuMemory(_)), "{text}");
+        assert!(text.contains("engine.context_length"), "{text}");
+        assert!(text.contains("available"), "{text}");
+    }
 }

@@ -20,6 +20,7 @@
 
 pub mod gpu;
 pub mod health;
+pub mod kept;
 pub mod load;
 pub mod model;
 #[cfg(feature = "test-engine")]
@@ -39,6 +40,7 @@ use medgemma_model::tokenizer::TokenizerError;
 use medgemma_protocol::status::GpuStatus;
 
 pub use health::EngineHealth;
+pub use kept::KeptContext;
 pub use model::ModelEngine;
 pub use worker::{EngineHandle, EngineSnapshot};
 
@@ -53,6 +55,10 @@ pub struct ChatRequest {
     pub sampling: SamplingParams,
     /// Set to stop generation early.
     pub cancel: Arc<AtomicBool>,
+    /// The conversation's kept KV cache (`engine.keep_context`): the turn
+    /// continues it when the prompt extends it and leaves its own there.
+    /// `None` for a request without a conversation (the OpenAI API).
+    pub kept: Option<KeptContext>,
 }
 
 /// A piece of the streamed answer.
@@ -87,6 +93,9 @@ pub struct ChatSummary {
     pub answer: String,
     /// The trace was still open when generation ended.
     pub thinking_unterminated: bool,
+    /// Prompt tokens taken from the conversation's kept cache instead of
+    /// being prefilled (0 when nothing was kept or it did not match).
+    pub reused_tokens: usize,
 }
 
 impl ChatSummary {
@@ -94,6 +103,7 @@ impl ChatSummary {
     pub fn counts(&self) -> crate::log::TurnCounts {
         crate::log::TurnCounts {
             prompt_tokens: self.prompt_tokens,
+            reused_tokens: self.reused_tokens,
             completion_tokens: self.completion_tokens,
             finish: self.finish,
             time_to_first_token: self.time_to_first_token,

@@ -21,6 +21,7 @@ use medgemma_model::tokenizer::{DecodeState, GemmaTokenizer};
 use medgemma_protocol::status::GpuStatus;
 
 use super::health::{EngineHealth, panic_text};
+use super::kept::{KeptContext, KeptLedger};
 use super::{
     ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId, TurnOutcome,
 };
@@ -44,6 +45,8 @@ pub struct ModelEngine {
     /// The turns in the batch, in the order they joined.
     turns: Vec<Turn>,
     next_id: u64,
+    /// The kept conversation caches (weak handles) and their cap.
+    kept: KeptLedger,
 }
 
 /// One turn in the batch: its generation and the text state of its stream.
@@ -57,6 +60,8 @@ struct Turn {
     cancel: Arc<AtomicBool>,
     /// The error that ended the turn, if one did.
     failed: Option<EngineError>,
+    /// Where the conversation keeps its cache for its next turn.
+    kept: Option<KeptContext>,
 }
 
 impl ModelEngine {
@@ -82,7 +87,21 @@ impl ModelEngine {
             prefill_chunk: PREFILL_CHUNK,
             turns: Vec::new(),
             next_id: 0,
+            kept: KeptLedger::new(0),
         })
+    }
+
+    /// Keeps conversations' KV caches between their turns, at most
+    /// `cap_bytes` of them together (`engine.keep_context`; 0 keeps none).
+    pub fn with_kept_context(mut self, cap_bytes: u64) -> Self {
+        self.kept = KeptLedger::new(cap_bytes);
+        self
+    }
+
+    /// Kept conversation caches now: how many and their bytes, and the cap.
+    pub fn kept_usage(&mut self) -> (usize, u64, u64) {
+        let (n, bytes) = self.kept.usage();
+        (n, bytes, self.kept.cap())
     }
 
     /// Lets up to `n` turns generate together (`engine.max_concurrent_generations`).
@@ -133,6 +152,7 @@ impl ModelEngine {
             max_new_tokens: 8,
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
+            kept: None,
         };
         if self.max_batch > 1 {
             let mut ids = Vec::new();
@@ -170,8 +190,12 @@ impl ModelEngine {
     }
 
     /// The summary of an ended turn; streams the text its decoder still held.
+    /// The summary of an ended turn; streams the text its decoder still
+    /// held, and leaves the conversation's cache in its slot (a failed turn
+    /// leaves nothing: the next one prefills in full).
     fn finish_turn(
-        tok: &GemmaTokenizer,
+        loaded: &LoadedModel,
+        kept: &mut KeptLedger,
         context_limit: usize,
         mut turn: Turn,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
@@ -179,23 +203,31 @@ impl ModelEngine {
         if let Some(e) = turn.failed.take() {
             return Err(e);
         }
+        let tok = loaded.tokenizer.as_ref().ok_or(EngineError::NoTokenizer)?;
         let tail = turn.text.flush(tok);
         if !tail.is_empty() {
             let _ = emit(turn.parser.push_text(&tail), on_event);
         }
         let parsed = turn.parser.finish();
-        let (g, _cache) = turn.seq.into_parts();
+        let reused = turn.seq.reused_tokens();
+        let (g, conversation) = turn.seq.into_conversation();
+        if let Some(slot) = &turn.kept {
+            let bytes = conversation.bytes(&loaded.model);
+            kept.keep(slot, conversation, bytes);
+        }
+        let prompt_tokens = reused + g.prompt_tokens;
         Ok(ChatSummary {
-            prompt_tokens: g.prompt_tokens,
+            prompt_tokens,
             completion_tokens: g.tokens.len(),
             finish: g.finish,
             time_to_first_token: g.prefill,
             decode_tokens_per_s: g.decode_tokens_per_s(),
-            context_used: g.prompt_tokens + g.tokens.len(),
+            context_used: prompt_tokens + g.tokens.len(),
             context_limit,
             reasoning: parsed.reasoning,
             answer: parsed.answer,
             thinking_unterminated: parsed.thinking_unterminated,
+            reused_tokens: reused,
         })
     }
 }
@@ -310,7 +342,15 @@ impl Engine for ModelEngine {
         let special = *tok.special();
         let stop_ids = opts.stop_ids.clone();
         let model = &self.loaded.model;
-        let mut seq = Sequence::new(model, model.new_cache(), &prompt, opts)?;
+        // The conversation's kept cache, when this prompt extends it; the
+        // turn keeps the cache as it stood after its prompt (the history
+        // drops the reasoning, so the answer's tokens are not the next
+        // prompt's), and the next turn prefills the answer and its question.
+        let keep = req.kept.as_ref().filter(|_| self.kept.cap() > 0);
+        let mut seq = Sequence::resume(model, keep.and_then(KeptContext::take), &prompt, opts)?;
+        if keep.is_some() {
+            seq.keep_prompt_cache();
+        }
         let mut text = DecodeState::default();
         let mut parser = ThinkingParser::new(special.think_start, special.think_end);
         if req.cancel.load(Ordering::Relaxed) {
@@ -332,6 +372,7 @@ impl Engine for ModelEngine {
             parser,
             cancel: Arc::clone(&req.cancel),
             failed: None,
+            kept: keep.cloned(),
         });
         Ok(id)
     }
@@ -343,6 +384,7 @@ impl Engine for ModelEngine {
             gpu,
             prefill_chunk,
             context_limit,
+            kept,
             ..
         } = self;
         let Some(tok) = loaded.tokenizer.as_ref() else {
@@ -419,7 +461,8 @@ impl Engine for ModelEngine {
             .into_iter()
             .map(|t| {
                 let id = t.id;
-                let result = Self::finish_turn(tok, *context_limit, t, &mut |ev| on_event(id, ev));
+                let result =
+                    Self::finish_turn(loaded, kept, *context_limit, t, &mut |ev| on_event(id, ev));
                 (id, result)
             })
             .collect()
@@ -464,6 +507,7 @@ mod tests {
             max_new_tokens: tokens,
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
+            kept: None,
         }
     }
 
@@ -476,6 +520,66 @@ mod tests {
             })
             .collect();
         (text, s.prompt_tokens, s.completion_tokens)
+    }
+
+    /// A conversation's second turn on the real model continues the cache
+    /// its first turn kept: only the answer and the new question are
+    /// prefilled, and the tokens are those of an engine that prefills the
+    /// whole conversation. A second conversation past the cap empties the
+    /// first one's cache; a dropped conversation's cache is gone.
+    #[test]
+    fn a_follow_up_prefills_only_its_new_tokens_and_answers_as_a_full_prefill() {
+        let Some(loaded) = real_270m() else {
+            return;
+        };
+        let mut e = ModelEngine::new(loaded, 512, "cpu".into(), "test".into())
+            .unwrap()
+            .with_kept_context(u64::MAX);
+        let first = "A 67-year-old has crushing chest pain for an hour. What first?";
+        let slot = KeptContext::new();
+        let turn = |e: &mut ModelEngine, messages: Vec<Message>, kept: Option<&KeptContext>| {
+            let mut events = Vec::new();
+            let req = ChatRequest {
+                messages,
+                kept: kept.cloned(),
+                ..request("", 12)
+            };
+            let s = e
+                .chat(&req, &mut |ev| {
+                    events.push(ev);
+                    Flow::Continue
+                })
+                .unwrap();
+            (said(&events, &s), s.reused_tokens)
+        };
+        let ((answer1, p1, _), reused) = turn(&mut e, vec![Message::user(first)], Some(&slot));
+        assert_eq!(reused, 0);
+        assert!(slot.bytes() > 0, "the first turn kept nothing");
+        let history = vec![
+            Message::user(first),
+            Message::assistant(answer1.trim()),
+            Message::user("And if the ECG shows ST elevation?"),
+        ];
+        let (kept_turn, reused) = turn(&mut e, history.clone(), Some(&slot));
+        assert_eq!(reused, p1, "the whole first prompt comes from the cache");
+        assert!(kept_turn.1 > p1);
+        let (full_turn, reused) = turn(&mut e, history, None);
+        assert_eq!(reused, 0);
+        assert_eq!(kept_turn, full_turn, "kept cache and full prefill differ");
+
+        // The cap: room for one conversation's cache only.
+        let one = slot.bytes();
+        let mut e = e.with_kept_context(one + one / 2);
+        let a = KeptContext::new();
+        let b = KeptContext::new();
+        turn(&mut e, vec![Message::user(first)], Some(&a));
+        assert!(a.bytes() > 0);
+        turn(&mut e, vec![Message::user(first)], Some(&b));
+        assert!(b.bytes() > 0);
+        assert_eq!(a.bytes(), 0, "the oldest kept cache was not emptied");
+        assert_eq!(e.kept_usage().0, 1);
+        drop(b);
+        assert_eq!(e.kept_usage(), (0, 0, one + one / 2));
     }
 
     /// The engine's own schedule on the real model: a turn is decoding when

@@ -145,6 +145,7 @@ impl Engine for ScriptedEngine {
             thinking_unterminated: !reasoning.is_empty() && generated < REASONING.len() + 1,
             reasoning: (!reasoning.is_empty()).then_some(reasoning),
             answer: answer.trim_end().to_owned(),
+            reused_tokens: 0,
         })
     }
 }

@@ -682,6 +682,7 @@ mod tests {
             reasoning: None,
             answer: String::new(),
             thinking_unterminated: false,
+            reused_tokens: 0,
         }
     }
 
@@ -845,6 +846,7 @@ mod tests {
             max_new_tokens: 1,
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
+            kept: None,
         }
     }
 

@@ -200,6 +200,7 @@ pub async fn chat(
         max_new_tokens,
         sampling: sampling(temperature),
         cancel: Arc::clone(&cancel),
+        kept: Some(admitted.kept),
     };
     let worker_rx = match state.engine.submit(request) {
         Ok(rx) => rx,
@@ -403,6 +404,7 @@ async fn pump(
 fn done_event(s: &ChatSummary, queued_for: Duration) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": s.prompt_tokens,
+        "reused_tokens": s.reused_tokens,
         "completion_tokens": s.completion_tokens,
         "tokens_per_s": (s.decode_tokens_per_s * 10.0).round() / 10.0,
         "time_to_first_token_ms": (queued_for + s.time_to_first_token).as_millis() as u64,

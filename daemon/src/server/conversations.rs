@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use medgemma_model::chat::Message;
 
+use crate::engine::KeptContext;
+
 /// Conversations kept at once. Each holds at most one context of text (tens
 /// of KiB), so this bounds memory; beyond it new conversations get a 503
 /// until idle ones expire.
@@ -86,6 +88,8 @@ struct Conversation {
     client: Option<String>,
     /// The running turn's cancel flag.
     active: Option<Arc<AtomicBool>>,
+    /// Its KV cache kept between turns; dropped with the conversation.
+    kept: KeptContext,
 }
 
 /// A turn that [`Conversations::begin_turn`] admitted.
@@ -97,6 +101,8 @@ pub struct Admitted {
     pub created: bool,
     /// The previous turns.
     pub history: Vec<Message>,
+    /// The conversation's kept KV cache (a shared handle).
+    pub kept: KeptContext,
 }
 
 /// All conversations of this process.
@@ -164,6 +170,7 @@ impl Conversations {
                     id: id.to_owned(),
                     created: false,
                     history: conv.turns.clone(),
+                    kept: conv.kept.clone(),
                 })
             }
             None => {
@@ -174,6 +181,7 @@ impl Conversations {
                     }
                 }
                 let id = random_id()?;
+                let kept = KeptContext::new();
                 map.insert(
                     id.clone(),
                     Conversation {
@@ -181,12 +189,14 @@ impl Conversations {
                         last_used: now,
                         client: client.map(str::to_owned),
                         active: Some(cancel),
+                        kept: kept.clone(),
                     },
                 );
                 Ok(Admitted {
                     id,
                     created: true,
                     history: Vec::new(),
+                    kept,
                 })
             }
         }

@@ -268,6 +268,8 @@ pub async fn completions(
         max_new_tokens,
         sampling: params,
         cancel,
+        // Stateless: every request sends its whole conversation.
+        kept: None,
     };
     let mut worker = state.engine.submit(request).map_err(submit_error)?;
 

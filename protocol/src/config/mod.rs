@@ -213,6 +213,49 @@ pub struct EngineSection {
     #[serde(default = "defaults::max_new_tokens")]
     #[schemars(range(min = 1, max = 131_071), extend("x-unit" = "tokens"))]
     pub max_new_tokens: usize,
+    /// How the CPU holds the weight matrices (the GPU always computes in
+    /// bf16 and ignores this). "stored": as the file stores them, read in
+    /// place: a GGUF's quantized blocks stay quantized, the official
+    /// safetensors release runs as bf16. "q8_0": bf16/f16/f32 matrices are
+    /// rounded to 8 bits once at load (about half the memory of bf16 and
+    /// faster; the README gives the measured fidelity cost). "f32": every
+    /// matrix widened to f32 (4× bf16's memory; the fidelity reference).
+    #[serde(default)]
+    pub cpu_weights: CpuWeightsChoice,
+    /// Keep each conversation's KV cache between its turns, so a follow-up
+    /// question prefills only its new tokens instead of the whole
+    /// conversation. The cache belongs to its conversation and is dropped
+    /// with it (deleted, idled out, logged out); the memory budget counts
+    /// one more full-context sequence for the kept caches, and the oldest
+    /// kept cache is dropped first when they would exceed it.
+    #[serde(default = "defaults::keep_context")]
+    pub keep_context: bool,
+}
+
+/// The `engine.cpu_weights` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CpuWeightsChoice {
+    /// As the file stores them (GGUF blocks, bf16).
+    #[default]
+    #[serde(rename = "stored")]
+    Stored,
+    /// Quantized to Q8_0 once at load.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Widened to f32 (the fidelity reference).
+    #[serde(rename = "f32")]
+    F32,
+}
+
+impl CpuWeightsChoice {
+    /// The value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Q8_0 => "q8_0",
+            Self::F32 => "f32",
+        }
+    }
 }
 
 impl Default for EngineSection {
@@ -224,6 +267,8 @@ impl Default for EngineSection {
             max_concurrent_generations: defaults::max_concurrent(),
             queue_length: defaults::queue_length(),
             max_new_tokens: defaults::max_new_tokens(),
+            cpu_weights: CpuWeightsChoice::default(),
+            keep_context: defaults::keep_context(),
         }
     }
 }
@@ -415,6 +460,10 @@ pub mod defaults {
     /// `engine.max_new_tokens`: 1024.
     pub fn max_new_tokens() -> usize {
         1024
+    }
+    /// `engine.keep_context`: on.
+    pub fn keep_context() -> bool {
+        true
     }
     /// `server.ui_socket`.
     pub fn ui_socket() -> PathBuf {

@@ -1,0 +1,149 @@
+//! A conversation's KV cache kept between its turns (`engine.keep_context`),
+//! so a follow-up question prefills only its new tokens.
+//!
+//! Owns: the ownership rule and the memory cap. The conversation owns its
+//! [`KeptContext`] (the only strong handle besides its running request);
+//! the engine keeps only weak handles in a [`KeptLedger`], oldest first, and
+//! empties the oldest when the kept caches together would pass the cap. So a
+//! kept cache is freed when its conversation is deleted, idles out or its
+//! user logs out, and can never outlive it.
+//! Must never: hold a strong handle in the engine, or keep a cache for a
+//! request that has no conversation (the OpenAI API is stateless).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use medgemma_model::generate::ConversationCache;
+
+/// The cache and its size in bytes.
+type Slot = Mutex<Option<(ConversationCache, u64)>>;
+
+/// A conversation's kept cache: a shared slot, empty until a turn ends.
+/// Clones share the slot; the conversation holds one, its running request
+/// another.
+#[derive(Debug, Clone, Default)]
+pub struct KeptContext(Arc<Slot>);
+
+impl KeptContext {
+    /// An empty slot for a new conversation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(slot: &Slot) -> MutexGuard<'_, Option<(ConversationCache, u64)>> {
+        // Every update is one assignment, so a poisoned slot is whole.
+        slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the kept cache out (the turn that continues it owns it now).
+    pub fn take(&self) -> Option<ConversationCache> {
+        Self::lock(&self.0).take().map(|(c, _)| c)
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        Self::lock(&self.0).as_ref().map_or(0, |(_, b)| *b)
+    }
+}
+
+/// The engine's view of every kept cache: weak handles, oldest first, and
+/// the cap on their total size.
+#[derive(Debug, Default)]
+pub struct KeptLedger {
+    cap: u64,
+    kept: VecDeque<Weak<Slot>>,
+}
+
+impl KeptLedger {
+    /// A ledger that keeps at most `cap` bytes (0: keeps nothing).
+    pub fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            kept: VecDeque::new(),
+        }
+    }
+
+    /// The cap in bytes.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Kept caches alive now and their bytes (dead handles are dropped).
+    pub fn usage(&mut self) -> (usize, u64) {
+        self.kept.retain(|w| w.strong_count() > 0);
+        let bytes = self
+            .kept
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| KeptContext::lock(&s).as_ref().map_or(0, |(_, b)| *b))
+            .sum();
+        (self.kept.len(), bytes)
+    }
+
+    /// Puts `cache` (of `bytes`) into `into`, emptying the oldest other kept
+    /// caches while the total would pass the cap; a cache larger than the
+    /// cap alone is not kept. Returns whether it was kept.
+    pub fn keep(&mut self, into: &KeptContext, cache: ConversationCache, bytes: u64) -> bool {
+        // This slot's previous entry (it was taken at the turn's start).
+        self.kept
+            .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&into.0)));
+        if bytes == 0 || bytes > self.cap || cache.is_empty() {
+            return false;
+        }
+        let (_, mut used) = self.usage();
+        while used + bytes > self.cap {
+            let Some(oldest) = self.kept.pop_front() else {
+                break;
+            };
+            if let Some(slot) = oldest.upgrade()
+                && let Some((_, b)) = KeptContext::lock(&slot).take()
+            {
+                used = used.saturating_sub(b);
+            }
+        }
+        *KeptContext::lock(&into.0) = Some((cache, bytes));
+        self.kept.push_back(Arc::downgrade(&into.0));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `ConversationCache::default()` is empty, so the ledger's arithmetic is
+    // tested through `KeptContext` slots filled by hand.
+    fn fill(k: &KeptContext, bytes: u64) {
+        *KeptContext::lock(&k.0) = Some((ConversationCache::default(), bytes));
+    }
+
+    #[test]
+    fn an_empty_cache_or_one_above_the_cap_is_not_kept() {
+        let mut ledger = KeptLedger::new(100);
+        let k = KeptContext::new();
+        assert!(!ledger.keep(&k, ConversationCache::default(), 10));
+        assert_eq!(k.bytes(), 0);
+        assert_eq!(ledger.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_dropped_conversation_frees_its_entry() {
+        let mut ledger = KeptLedger::new(100);
+        let a = KeptContext::new();
+        fill(&a, 60);
+        ledger.kept.push_back(Arc::downgrade(&a.0));
+        assert_eq!(ledger.usage(), (1, 60));
+        drop(a);
+        assert_eq!(ledger.usage(), (0, 0));
+    }
+
+    #[test]
+    fn taking_the_cache_leaves_the_slot_empty() {
+        let a = KeptContext::new();
+        fill(&a, 5);
+        let shared = a.clone();
+        assert!(shared.take().is_some());
+        assert_eq!(a.bytes(), 0);
+        assert!(a.take().is_none());
+    }
+}
