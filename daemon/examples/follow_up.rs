@@ -46,6 +46,7 @@ fn main() {
                 sampling: SamplingParams::default(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 kept: Some(slot.clone()),
+                images: Vec::new(),
             };
             let s = engine.chat(&req, &mut |_| Flow::Continue).expect("answers");
             ttft.push((s.prompt_tokens, s.reused_tokens, s.time_to_first_token));

@@ -118,6 +118,10 @@ pub struct ModelStatus {
     pub max_new_tokens: usize,
     /// Whether a system prompt is configured.
     pub system_prompt: bool,
+    /// Whether the model reads images (its vision tower is loaded): the UI
+    /// offers to attach them, `/api/chat` and the OpenAI API accept them.
+    #[serde(default)]
+    pub images: bool,
 }
 
 /// The model's files, for administrators.

@@ -16,6 +16,7 @@ use medgemma_sandbox::{Role, SandboxError, SeccompMode};
 
 use medgemma_model::budget::{self, CpuBudgetRequest};
 use medgemma_model::probe::{ModelFormat, ModelProbe};
+use medgemma_model::vision::{VisionConfig, VisionError, VisionTower};
 use medgemma_model::weights::CpuWeights;
 use medgemma_protocol::config::{CpuWeightsChoice, PinMismatch};
 
@@ -46,6 +47,9 @@ pub enum LoadFailure {
     /// A model file does not match its pin (`model.on_pin_mismatch = "refuse"`).
     #[error("the model is not the one pinned: {0}")]
     PinMismatch(String),
+    /// The model's vision tower cannot be loaded.
+    #[error(transparent)]
+    Vision(#[from] VisionError),
     /// The model does not fit in the memory available on the CPU.
     #[error(
         "the model does not fit in this machine's memory on the CPU: it needs {0}; lower engine.context_length, set engine.cpu_weights = \"q8_0\" for a bf16 model, use a smaller quantized GGUF, or free memory"
@@ -217,10 +221,43 @@ fn cpu(job: &EngineJob, decision: BackendDecision) -> Result<Box<dyn Engine>, Lo
         0
     };
     let reason = format!("{}; memory: {}", decision.reason, plan.described);
-    let engine = ModelEngine::new(loaded, context, "cpu".to_owned(), reason)?
+    let mut engine = ModelEngine::new(loaded, context, "cpu".to_owned(), reason)?
         .with_max_batch(plan.sequences)
         .with_kept_context(kept_cap);
+    if let Some(tower) = vision_tower(job, &backend::cpu_device(), backend::cpu_dtype())? {
+        engine = engine.with_vision(tower);
+    }
     Ok(Box::new(engine))
+}
+
+/// The vision configuration of a model directory, if it has one (a GGUF
+/// file holds the text decoder only).
+fn vision_config(path: &Path) -> Result<Option<VisionConfig>, VisionError> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    Ok(VisionConfig::from_file(&path.join("config.json"))?)
+}
+
+/// Loads the model's vision tower onto `device`, when it has one.
+fn vision_tower(
+    job: &EngineJob,
+    device: &medgemma_model::burn::tensor::Device,
+    dtype: budget::DType,
+) -> Result<Option<VisionTower>, VisionError> {
+    if vision_config(&job.path)?.is_none() {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let tower = VisionTower::load(&job.path, device, dtype)?;
+    log::info(format_args!(
+        "vision tower loaded in {:.1} s ({} layers, {}×{} pixels per image): images are read",
+        t0.elapsed().as_secs_f64(),
+        tower.config().num_layers,
+        tower.config().image_size,
+        tower.config().image_size
+    ));
+    Ok(Some(tower))
 }
 
 /// What the CPU budget allows.
@@ -256,6 +293,11 @@ fn cpu_plan(
             },
         ),
     };
+    // The vision tower, held in the CPU's compute dtype.
+    let weight_bytes = weight_bytes
+        + vision_config(&job.path).ok().flatten().map_or(0, |v| {
+            v.parameter_count() * budget::dtype_bytes(backend::cpu_dtype())
+        });
     let wanted = job.sequences.max(1) + usize::from(job.keep_context);
     let req = CpuBudgetRequest::new(context, wanted, weight_bytes, held);
     let Some(available) = available else {
@@ -379,6 +421,14 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
         .with_max_batch(info.sequences)
         .with_kept_context(kept_cap)
         .on_gpu(health, info.clone());
+    let tower = catch_unwind(AssertUnwindSafe(|| {
+        vision_tower(job, &device, backend::cuda_dtype())
+    }))
+    .map_err(|p| failed("loading the vision tower", panic_text(p.as_ref())))?
+    .map_err(|e| failed("loading the vision tower", e.to_string()))?;
+    if let Some(tower) = tower {
+        engine = engine.with_vision(tower);
+    }
     let warm = engine
         .warm_up()
         .map_err(|e| failed("warming up", e.to_string()))?;

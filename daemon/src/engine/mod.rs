@@ -34,9 +34,11 @@ use std::time::Duration;
 
 use medgemma_model::chat::{ChatError, Message};
 use medgemma_model::generate::{FinishReason, Flow, GenerateError};
+use medgemma_model::image::RgbImage;
 use medgemma_model::load::ModelDescription;
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::tokenizer::TokenizerError;
+use medgemma_model::vision::VisionError;
 use medgemma_protocol::status::GpuStatus;
 
 pub use health::EngineHealth;
@@ -59,6 +61,18 @@ pub struct ChatRequest {
     /// continues it when the prompt extends it and leaves its own there.
     /// `None` for a request without a conversation (the OpenAI API).
     pub kept: Option<KeptContext>,
+    /// Images, each in a message of `messages` (before its text), in the
+    /// order they appear; held in memory for the turn only.
+    pub images: Vec<TurnImage>,
+}
+
+/// An image of a request, decoded and checked (`medgemma_model::image`).
+#[derive(Debug, Clone)]
+pub struct TurnImage {
+    /// The index in [`ChatRequest::messages`] of the message it belongs to.
+    pub message: usize,
+    /// The pixels at their own size (the engine resizes for its tower).
+    pub image: Arc<RgbImage>,
 }
 
 /// A piece of the streamed answer.
@@ -128,6 +142,9 @@ pub struct EngineInfo {
     /// The model's files checked against their pins while loading (none for
     /// the scripted double).
     pub weights: Option<verify::WeightsCheck>,
+    /// The vision tower's input side in pixels, when the model reads
+    /// images (`None`: text only).
+    pub image_size: Option<usize>,
 }
 
 /// Why a turn failed.
@@ -165,6 +182,19 @@ pub enum EngineError {
     /// the engine thread never asks it to batch.
     #[error("this engine answers one turn at a time; this is a bug, please report it")]
     NotBatched,
+    /// Images were sent to a model without a vision tower.
+    #[error(
+        "this model reads text only: send the question without images, or configure a model directory whose config.json has a vision_config (MedGemma 1.5 4B IT)"
+    )]
+    NoVision,
+    /// An image names a message the request does not have (a caller's bug).
+    #[error(
+        "an image belongs to a message the request does not have; this is a bug, please report it"
+    )]
+    ImageOutsideMessages,
+    /// The vision tower failed on the request's images.
+    #[error(transparent)]
+    Vision(#[from] VisionError),
 }
 
 /// A turn the engine is generating in its batch ([`Engine::begin`]).

@@ -11,12 +11,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use medgemma_model::chat::{self, Message};
+use medgemma_model::chat::{self, Message, MultimodalMessage, Part};
 use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence};
+use medgemma_model::image::{self as image_prep, PixelValues};
 use medgemma_model::load::LoadedModel;
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::thinking::{Channel, ThinkingParser};
 use medgemma_model::tokenizer::{DecodeState, GemmaTokenizer};
+use medgemma_model::vision::{ImagePrefill, VisionTower};
 
 use medgemma_protocol::status::GpuStatus;
 
@@ -47,6 +49,8 @@ pub struct ModelEngine {
     next_id: u64,
     /// The kept conversation caches (weak handles) and their cap.
     kept: KeptLedger,
+    /// The vision tower, when the model has one (images are refused otherwise).
+    vision: Option<VisionTower>,
 }
 
 /// One turn in the batch: its generation and the text state of its stream.
@@ -62,6 +66,9 @@ struct Turn {
     failed: Option<EngineError>,
     /// Where the conversation keeps its cache for its next turn.
     kept: Option<KeptContext>,
+    /// Prompt tokens run before the sequence began (an image prompt's
+    /// prefill) and the time that took with the images' encoding.
+    before: (usize, std::time::Duration),
 }
 
 impl ModelEngine {
@@ -88,7 +95,64 @@ impl ModelEngine {
             turns: Vec::new(),
             next_id: 0,
             kept: KeptLedger::new(0),
+            vision: None,
         })
+    }
+
+    /// Reads images with `tower` (the model's vision tower).
+    pub fn with_vision(mut self, tower: VisionTower) -> Self {
+        self.vision = Some(tower);
+        self
+    }
+
+    /// The prompt of an image request, its images' rows run through the
+    /// model: the cache after every prompt token but the last, that token,
+    /// the prompt's length and the time it took. The images' blocks attend
+    /// to themselves both ways (spec model.md §5).
+    fn prefill_images(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<(medgemma_model::kv_cache::KvCache, u32, usize), EngineError> {
+        let tower = self.vision.as_ref().ok_or(EngineError::NoVision)?;
+        let tok = self.tokenizer()?;
+        let cfg = tower.config();
+        let mut messages: Vec<MultimodalMessage> =
+            req.messages.iter().cloned().map(Into::into).collect();
+        let mut pixels: Vec<PixelValues> = Vec::with_capacity(req.images.len());
+        // Images go before their message's text, in order.
+        for (i, m) in messages.iter_mut().enumerate() {
+            let here: Vec<Part> = req
+                .images
+                .iter()
+                .filter(|im| im.message == i)
+                .map(|im| {
+                    pixels.push(image_prep::to_pixel_values(&im.image, cfg.image_size));
+                    Part::Image
+                })
+                .collect();
+            m.parts.splice(0..0, here);
+        }
+        if pixels.len() != req.images.len() {
+            return Err(EngineError::ImageOutsideMessages);
+        }
+        let prompt = chat::encode_chat_multimodal(tok, &messages, &cfg.image_tokens(), true)?;
+        if prompt.len() >= self.context_limit {
+            return Err(EngineError::ContextFull {
+                needed: prompt.len() + 1,
+                limit: self.context_limit,
+            });
+        }
+        let model = &self.loaded.model;
+        guarded(self.gpu_health(), || {
+            let rows = tower.encode(&pixels)?;
+            let mut pre = ImagePrefill::new(prompt.clone(), rows, cfg.image_token_index)?;
+            let mut cache = model.new_cache();
+            pre.run(model, &mut cache, self.prefill_chunk);
+            let last = pre
+                .last_token()
+                .ok_or(EngineError::Chat(chat::ChatError::Empty))?;
+            Ok((cache, last, prompt.len()))
+        })?
     }
 
     /// Keeps conversations' KV caches between their turns, at most
@@ -153,6 +217,7 @@ impl ModelEngine {
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             kept: None,
+            images: Vec::new(),
         };
         if self.max_batch > 1 {
             let mut ids = Vec::new();
@@ -215,12 +280,12 @@ impl ModelEngine {
             let bytes = conversation.bytes(&loaded.model);
             kept.keep(slot, conversation, bytes);
         }
-        let prompt_tokens = reused + g.prompt_tokens;
+        let prompt_tokens = turn.before.0 + reused + g.prompt_tokens;
         Ok(ChatSummary {
             prompt_tokens,
             completion_tokens: g.tokens.len(),
             finish: g.finish,
-            time_to_first_token: g.prefill,
+            time_to_first_token: turn.before.1 + g.prefill,
             decode_tokens_per_s: g.decode_tokens_per_s(),
             context_used: prompt_tokens + g.tokens.len(),
             context_limit,
@@ -299,6 +364,7 @@ impl Engine for ModelEngine {
             backend_reason: self.backend_reason.clone(),
             gpu: self.gpu.as_ref().map(|(_, g)| g.clone()),
             weights: self.weights.clone(),
+            image_size: self.vision.as_ref().map(|t| t.config().image_size),
         }
     }
 
@@ -327,8 +393,21 @@ impl Engine for ModelEngine {
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<TurnId, EngineError> {
+        let started = std::time::Instant::now();
+        // With images: their prompt runs here, all but its last token, and
+        // the sequence continues from that token. Not kept between turns
+        // (the ids of two different images are the same placeholders, so a
+        // kept cache could not tell them apart).
+        let image_prompt = if req.images.is_empty() {
+            None
+        } else {
+            Some(self.prefill_images(req)?)
+        };
         let tok = self.tokenizer()?;
-        let prompt = chat::encode_chat(tok, &req.messages, true)?;
+        let prompt = match &image_prompt {
+            Some((_, last, _)) => vec![*last],
+            None => chat::encode_chat(tok, &req.messages, true)?,
+        };
         if prompt.len() >= self.context_limit {
             return Err(EngineError::ContextFull {
                 needed: prompt.len() + 1,
@@ -346,11 +425,24 @@ impl Engine for ModelEngine {
         // turn keeps the cache as it stood after its prompt (the history
         // drops the reasoning, so the answer's tokens are not the next
         // prompt's), and the next turn prefills the answer and its question.
-        let keep = req.kept.as_ref().filter(|_| self.kept.cap() > 0);
-        let mut seq = Sequence::resume(model, keep.and_then(KeptContext::take), &prompt, opts)?;
-        if keep.is_some() {
-            seq.keep_prompt_cache();
-        }
+        let keep = req
+            .kept
+            .as_ref()
+            .filter(|_| self.kept.cap() > 0 && image_prompt.is_none());
+        let (mut seq, before) = match image_prompt {
+            Some((cache, _, len)) => (
+                Sequence::new(model, cache, &prompt, opts)?,
+                (len - 1, started.elapsed()),
+            ),
+            None => {
+                let mut seq =
+                    Sequence::resume(model, keep.and_then(KeptContext::take), &prompt, opts)?;
+                if keep.is_some() {
+                    seq.keep_prompt_cache();
+                }
+                (seq, (0, std::time::Duration::ZERO))
+            }
+        };
         let mut text = DecodeState::default();
         let mut parser = ThinkingParser::new(special.think_start, special.think_end);
         if req.cancel.load(Ordering::Relaxed) {
@@ -373,6 +465,7 @@ impl Engine for ModelEngine {
             cancel: Arc::clone(&req.cancel),
             failed: None,
             kept: keep.cloned(),
+            before,
         });
         Ok(id)
     }
@@ -508,6 +601,7 @@ mod tests {
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             kept: None,
+            images: Vec::new(),
         }
     }
 

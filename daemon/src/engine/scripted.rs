@@ -68,6 +68,7 @@ impl Engine for ScriptedEngine {
             backend_reason: "engine.backend = \"scripted\": a test double, not a model".to_owned(),
             gpu: None,
             weights: None,
+            image_size: None,
         }
     }
 

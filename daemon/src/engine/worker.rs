@@ -539,6 +539,7 @@ mod tests {
             backend_reason: "test".into(),
             gpu: None,
             weights: None,
+            image_size: None,
         }
     }
 
@@ -847,6 +848,7 @@ mod tests {
             sampling: SamplingParams::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             kept: None,
+            images: Vec::new(),
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! `POST /api/chat` takes `{"conversation_id": string|null, "message":
 //! string, "max_new_tokens"?: int, "temperature"?: number, "thinking"?:
-//! bool}` and answers `text/event-stream` with, in this order:
+//! bool, "images"?: [data: URL]}` (PNG, JPEG or DICOM before the text; see
+//! `images`) and answers `text/event-stream` with, in this order:
 //! `event: conversation` `{"conversation_id"}`; any number of
 //! `event: reasoning` / `event: answer` `{"delta"}`; then `event: done`
 //! with the counts, or `event: error` `{"code", "message"}` (e.g.
@@ -22,16 +23,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use medgemma_model::chat::Message;
+use medgemma_model::image::RgbImage;
 use medgemma_model::sampling::SamplingParams;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::AppState;
 use super::conversations::{ConversationError, Conversations, is_id, short};
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
+use super::{AppState, images};
 use crate::audit_log::{self, Auditor, TurnRecord};
 use crate::engine::worker::{SubmitError, TurnError, WorkerMsg};
-use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+use crate::engine::{ChatEvent, ChatRequest, ChatSummary, TurnImage};
 use crate::log;
 use medgemma_audit::{ActorId, ConversationId, Digest, Outcome};
 
@@ -60,6 +62,9 @@ struct ChatBody {
     temperature: Option<f32>,
     #[serde(default)]
     thinking: Option<bool>,
+    /// Images (`data:` URLs: PNG, JPEG, DICOM) before the message's text.
+    #[serde(default)]
+    images: Vec<String>,
 }
 
 /// The `POST /api/chat/cancel` body.
@@ -150,7 +155,12 @@ pub async fn chat(
     client: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
-    let body: ChatBody = super::http::read_json(req).await?;
+    let mut body: ChatBody =
+        super::http::read_json_up_to(req, super::http::MAX_CHAT_BODY_BYTES).await?;
+    // The allowance above 256 KiB is for images only.
+    if body.message.len() > super::http::MAX_BODY_BYTES {
+        return Err(super::http::text_too_large());
+    }
     if body.message.trim().is_empty() {
         return Err(ApiError::bad_request(
             "The message is empty; type a question.",
@@ -162,6 +172,25 @@ pub async fn chat(
         return Err(conversation_error(ConversationError::NotFound));
     }
 
+    // Images are checked and decoded before the turn is admitted: a bad
+    // image is a 400 that leaves the conversation as it was.
+    let image_size = if body.images.is_empty() {
+        None
+    } else {
+        images::check_count(body.images.len(), 0)?;
+        Some(
+            state
+                .engine
+                .snapshot()
+                .info
+                .image_size
+                .ok_or_else(images::not_supported)?,
+        )
+    };
+    let received = match image_size {
+        Some(size) => images::decode_all(std::mem::take(&mut body.images), size).await?,
+        None => Vec::new(),
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let admitted = state
         .conversations
@@ -184,7 +213,21 @@ pub async fn chat(
             .abort_turn(&admitted.id, admitted.created);
         return Err(audit_error());
     }
-    let input = state.audit.digest(&body.message);
+    if let Err(e) = images::check_count(received.len(), admitted.images.len()) {
+        state
+            .conversations
+            .abort_turn(&admitted.id, admitted.created);
+        return Err(e);
+    }
+    let input = if received.is_empty() {
+        state.audit.digest(&body.message)
+    } else {
+        state.audit.digest(&format!(
+            "{}{}",
+            body.message,
+            images::digest_suffix(&received)
+        ))
+    };
     let user = Message::user(body.message);
     let mut messages: Vec<Message> = system_message(
         state.settings.system_prompt.as_deref(),
@@ -192,7 +235,22 @@ pub async fn chat(
     )
     .into_iter()
     .collect();
+    // Each image at its message's place (after the system message, if any).
+    let offset = messages.len();
+    let mut turn_images: Vec<TurnImage> = admitted
+        .images
+        .iter()
+        .map(|(i, image)| TurnImage {
+            message: offset + i,
+            image: Arc::clone(image),
+        })
+        .collect();
     messages.extend(admitted.history);
+    let new_images: Vec<Arc<RgbImage>> = received.into_iter().map(|r| r.image).collect();
+    turn_images.extend(new_images.iter().map(|image| TurnImage {
+        message: messages.len(),
+        image: Arc::clone(image),
+    }));
     messages.push(user.clone());
 
     let request = ChatRequest {
@@ -201,6 +259,7 @@ pub async fn chat(
         sampling: sampling(temperature),
         cancel: Arc::clone(&cancel),
         kept: Some(admitted.kept),
+        images: turn_images,
     };
     let worker_rx = match state.engine.submit(request) {
         Ok(rx) => rx,
@@ -217,7 +276,7 @@ pub async fn chat(
     let turn = Turn {
         store: Arc::clone(&state.conversations),
         id: admitted.id,
-        user: Some(user),
+        user: Some((user, new_images)),
     };
     let record = Recorder {
         state: Arc::clone(&state),
@@ -322,13 +381,14 @@ fn audit_error_event() -> Bytes {
 struct Turn {
     store: Arc<Conversations>,
     id: String,
-    user: Option<Message>,
+    /// The user's message and its images, until the turn ends.
+    user: Option<(Message, Vec<Arc<RgbImage>>)>,
 }
 
 impl Turn {
     fn finish(&mut self, answer: String) {
-        if let Some(user) = self.user.take() {
-            self.store.finish_turn(&self.id, user, answer);
+        if let Some((user, images)) = self.user.take() {
+            self.store.finish_turn(&self.id, user, images, answer);
         }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use medgemma_model::chat::Message;
+use medgemma_model::image::RgbImage;
 
 use crate::engine::KeptContext;
 
@@ -90,6 +91,8 @@ struct Conversation {
     active: Option<Arc<AtomicBool>>,
     /// Its KV cache kept between turns; dropped with the conversation.
     kept: KeptContext,
+    /// Images of its user turns: (index in `turns`, pixels), in memory only.
+    images: Vec<(usize, Arc<RgbImage>)>,
 }
 
 /// A turn that [`Conversations::begin_turn`] admitted.
@@ -103,6 +106,8 @@ pub struct Admitted {
     pub history: Vec<Message>,
     /// The conversation's kept KV cache (a shared handle).
     pub kept: KeptContext,
+    /// The previous turns' images: (index in `history`, pixels).
+    pub images: Vec<(usize, Arc<RgbImage>)>,
 }
 
 /// All conversations of this process.
@@ -171,6 +176,7 @@ impl Conversations {
                     created: false,
                     history: conv.turns.clone(),
                     kept: conv.kept.clone(),
+                    images: conv.images.clone(),
                 })
             }
             None => {
@@ -190,6 +196,7 @@ impl Conversations {
                         client: client.map(str::to_owned),
                         active: Some(cancel),
                         kept: kept.clone(),
+                        images: Vec::new(),
                     },
                 );
                 Ok(Admitted {
@@ -197,6 +204,7 @@ impl Conversations {
                     created: true,
                     history: Vec::new(),
                     kept,
+                    images: Vec::new(),
                 })
             }
         }
@@ -206,12 +214,14 @@ impl Conversations {
     /// (reasoning already removed) join the history. An empty answer (stopped
     /// before any answer text) leaves the history as it was, so user and model
     /// turns keep alternating.
-    pub fn finish_turn(&self, id: &str, user: Message, answer: String) {
+    pub fn finish_turn(&self, id: &str, user: Message, images: Vec<Arc<RgbImage>>, answer: String) {
         let mut map = self.lock();
         if let Some(conv) = map.get_mut(id) {
             conv.active = None;
             conv.last_used = Instant::now();
             if !answer.trim().is_empty() {
+                let at = conv.turns.len();
+                conv.images.extend(images.into_iter().map(|im| (at, im)));
                 conv.turns.push(user);
                 conv.turns.push(Message::assistant(answer));
             }
@@ -314,11 +324,11 @@ mod tests {
             store.begin_turn(Some(&t.id), None, flag()).unwrap_err(),
             ConversationError::Busy
         );
-        store.finish_turn(&t.id, Message::user("q"), "a".into());
+        store.finish_turn(&t.id, Message::user("q"), Vec::new(), "a".into());
         let t2 = store.begin_turn(Some(&t.id), None, flag()).unwrap();
         assert_eq!(t2.history.len(), 2);
         // Stopped before any answer: history unchanged.
-        store.finish_turn(&t.id, Message::user("q2"), String::new());
+        store.finish_turn(&t.id, Message::user("q2"), Vec::new(), String::new());
         assert_eq!(
             store
                 .begin_turn(Some(&t.id), None, flag())

@@ -31,6 +31,10 @@ use tokio::sync::mpsc;
 /// clinical document; the model's context is far smaller anyway).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// Largest body of a chat request, which may carry images as base64 `data:`
+/// URLs: four 20 MiB files (base64 is 4/3 of the bytes) and the text.
+pub const MAX_CHAT_BODY_BYTES: usize = 4 * (20 << 20) / 3 * 4 + MAX_BODY_BYTES;
+
 /// How long a client may take to send the body once the headers arrived
 /// (hyper's `header_read_timeout` covers the headers).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,6 +156,28 @@ const DRAIN_MAX_BYTES: usize = 4 * MAX_BODY_BYTES;
 /// and decodes it. Requires `Content-Type: application/json`, which a
 /// cross-site form or `no-cors` fetch cannot send without a CORS preflight.
 pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    read_json_up_to(req, MAX_BODY_BYTES).await
+}
+
+/// The 413 for text above [`MAX_BODY_BYTES`] in a body that may be larger
+/// because of its images.
+pub fn text_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "The text of the request is larger than {} KiB; shorten the message or start a new conversation.",
+            MAX_BODY_BYTES / 1024
+        ),
+    )
+}
+
+/// [`read_json`] with a body of at most `limit` bytes (chat requests with
+/// images: [`MAX_CHAT_BODY_BYTES`]).
+pub async fn read_json_up_to<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -169,10 +195,17 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!(
-                "The request body is larger than {} KiB; shorten the message or start a new conversation.",
-                MAX_BODY_BYTES / 1024
-            ),
+            if limit > MAX_BODY_BYTES {
+                format!(
+                    "The request body is larger than {} MiB; send fewer or smaller images, or a shorter message.",
+                    limit >> 20
+                )
+            } else {
+                format!(
+                    "The request body is larger than {} KiB; shorten the message or start a new conversation.",
+                    limit / 1024
+                )
+            },
         )
     };
     let declared = req
@@ -180,15 +213,15 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|&n| n > MAX_BODY_BYTES as u64) {
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
         // Read (and drop) a moderately large body before answering, so the
         // client finishes sending and gets the 413 and its sentence instead
         // of a connection reset in the middle of its upload. A larger one
         // is refused at once.
-        if n <= DRAIN_MAX_BYTES as u64 {
+        if n <= (limit + DRAIN_MAX_BYTES) as u64 {
             let _ = tokio::time::timeout(
                 BODY_READ_TIMEOUT,
-                Limited::new(req.into_body(), DRAIN_MAX_BYTES).collect(),
+                Limited::new(req.into_body(), limit + DRAIN_MAX_BYTES).collect(),
             )
             .await;
         }
@@ -196,7 +229,7 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
     }
     let collected = tokio::time::timeout(
         BODY_READ_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+        Limited::new(req.into_body(), limit).collect(),
     )
     .await;
     let bytes = match collected {

@@ -26,6 +26,7 @@ mod chat;
 pub mod conversations;
 pub mod forward;
 pub mod http;
+mod images;
 pub mod listener;
 mod openai;
 mod security;

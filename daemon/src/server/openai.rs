@@ -24,15 +24,13 @@ use medgemma_model::generate::FinishReason;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::AppState;
 use super::chat::{Recorder, audit_error, check_limits, failed_outcome, sampling, submit_error};
 use super::conversations::random_id;
-use super::http::{
-    ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, read_json, sse_data,
-};
+use super::http::{ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, sse_data};
+use super::{AppState, images};
 use crate::audit_log;
 use crate::engine::worker::{TurnError, WorkerMsg};
-use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
+use crate::engine::{ChatEvent, ChatRequest, ChatSummary, TurnImage};
 use crate::log;
 
 /// Frames buffered towards a slow client.
@@ -85,7 +83,18 @@ struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    image_url: Option<ImageUrl>,
 }
+
+/// An `image_url` part's URL: a `data:` URL only (nothing is fetched).
+#[derive(Debug, Deserialize)]
+struct ImageUrl {
+    url: String,
+}
+
+/// The messages and each image's `data:` URL with the index of its message.
+type Converted = (Vec<Message>, Vec<(usize, String)>);
 
 /// The model id clients see: the label in lower case, words joined by '-'.
 pub fn model_id(label: &str) -> String {
@@ -128,8 +137,9 @@ pub fn models(state: &AppState) -> Response<Body> {
     )
 }
 
-fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Vec<Message>, ApiError> {
+fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Converted, ApiError> {
     let mut out: Vec<Message> = Vec::with_capacity(input.len() + 1);
+    let mut images = Vec::new();
     for (i, m) in input.into_iter().enumerate() {
         let text = match m.content {
             None => String::new(),
@@ -137,12 +147,20 @@ fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Vec<Messag
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();
                 for p in parts {
-                    if p.kind != "text" {
-                        return Err(ApiError::bad_request(format!(
-                            "Message {i} has a content part of a type this server does not accept; send text parts only (images are not supported yet)."
-                        )));
+                    match (p.kind.as_str(), p.image_url) {
+                        ("text", _) => text.push_str(p.text.as_deref().unwrap_or("")),
+                        ("image_url", Some(u)) if m.role == "user" => images.push((i, u.url)),
+                        ("image_url", _) => {
+                            return Err(ApiError::bad_request(format!(
+                                "Message {i} has an image_url part that is not in a user message or has no url; put images in user messages as {{\"type\": \"image_url\", \"image_url\": {{\"url\": \"data:image/png;base64,...\"}}}}."
+                            )));
+                        }
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "Message {i} has a content part of a type this server does not accept; send text and image_url parts only."
+                            )));
+                        }
                     }
-                    text.push_str(p.text.as_deref().unwrap_or(""));
                 }
                 text
             }
@@ -165,10 +183,15 @@ fn to_messages(system: Option<&str>, input: Vec<InMessage>) -> Result<Vec<Messag
             Some(first) if first.role == medgemma_model::chat::Role::System => {
                 first.content = format!("{sys}\n\n{}", first.content);
             }
-            _ => out.insert(0, Message::system(sys)),
+            _ => {
+                out.insert(0, Message::system(sys));
+                for (i, _) in &mut images {
+                    *i += 1;
+                }
+            }
         }
     }
-    Ok(out)
+    Ok((out, images))
 }
 
 /// The text whose digest is the input of an API request: every message the
@@ -210,7 +233,8 @@ pub async fn completions(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let started = std::time::Instant::now();
-    let body: CompletionRequest = read_json(req).await?;
+    let body: CompletionRequest =
+        super::http::read_json_up_to(req, super::http::MAX_CHAT_BODY_BYTES).await?;
     if body.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(
             "n must be 1: this server returns one choice.",
@@ -238,7 +262,32 @@ pub async fn completions(
     if let Some(seed) = body.seed {
         params.seed = seed;
     }
-    let messages = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
+    let (messages, urls) = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
+    // The allowance above 256 KiB is for images only.
+    if messages.iter().map(|m| m.content.len()).sum::<usize>() > super::http::MAX_BODY_BYTES {
+        return Err(super::http::text_too_large());
+    }
+    let images = if urls.is_empty() {
+        Vec::new()
+    } else {
+        let size = state
+            .engine
+            .snapshot()
+            .info
+            .image_size
+            .ok_or_else(images::not_supported)?;
+        let per_message = urls
+            .iter()
+            .fold(std::collections::HashMap::new(), |mut m, (i, _)| {
+                *m.entry(*i).or_insert(0usize) += 1;
+                m
+            });
+        images::check_count(per_message.values().copied().max().unwrap_or(0), 0)?;
+        images::check_count(0, urls.len())?;
+        let (at, urls): (Vec<usize>, Vec<String>) = urls.into_iter().unzip();
+        let received = images::decode_all(urls, size).await?;
+        at.into_iter().zip(received).collect::<Vec<_>>()
+    };
     // Each request is a conversation of its own in the audit log.
     let meta = Meta {
         id: format!("chatcmpl-{}", random_id().unwrap_or_default()),
@@ -253,7 +302,19 @@ pub async fn completions(
         ));
         return Err(audit_error());
     }
-    let input = state.audit.digest(&input_text(&messages));
+    let received: Vec<images::Received> = images.iter().map(|(_, r)| r.clone()).collect();
+    let input = state.audit.digest(&format!(
+        "{}{}",
+        input_text(&messages),
+        images::digest_suffix(&received)
+    ));
+    let images: Vec<TurnImage> = images
+        .into_iter()
+        .map(|(message, r)| TurnImage {
+            message,
+            image: r.image,
+        })
+        .collect();
     let record = Recorder {
         state: Arc::clone(&state),
         actor,
@@ -270,6 +331,7 @@ pub async fn completions(
         cancel,
         // Stateless: every request sends its whole conversation.
         kept: None,
+        images,
     };
     let mut worker = state.engine.submit(request).map_err(submit_error)?;
 
@@ -445,7 +507,7 @@ mod tests {
             role: "user".into(),
             content: Some(Content::Text("hi".into())),
         }];
-        let m = to_messages(Some("Be careful."), input).unwrap();
+        let (m, _) = to_messages(Some("Be careful."), input).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].content, "Be careful.");
     }

@@ -66,6 +66,7 @@ fn model(state: &AppState, engine: &EngineSnapshot) -> ModelStatus {
         context_limit: info.context_limit,
         max_new_tokens: settings.engine.max_new_tokens,
         system_prompt: settings.system_prompt.is_some(),
+        images: info.image_size.is_some(),
     }
 }
 
