@@ -1249,7 +1249,7 @@
         signal: controller.signal,
       });
       if (!res.ok) {
-        await failedResponse(res, giveBack, current);
+        await failedResponse(res, giveBack, current, images.length > 0);
         return;
       }
       if (mode === 'edit' && current()) endEdit();
@@ -1296,7 +1296,8 @@
     }
   }
 
-  async function failedResponse(res, giveBack, current) {
+  // `withImages`: the refused request carried images.
+  async function failedResponse(res, giveBack, current, withImages) {
     let body = null;
     try { body = await res.json(); } catch (_) { body = null; }
     const err = errorOf(body);
@@ -1307,7 +1308,9 @@
     giveBack();
     if (!current()) return;
     if (err.code === 'loading') pollStatus(); // show the progress now, not at the next poll
-    showNotice(errorNotice(err, res.status, res.headers));
+    // Too large with images: the images, not the text, are what to cut.
+    const tooLarge = err.code === 'body_too_large' || (!str(err.code) && res.status === 413);
+    showNotice(tooLarge && withImages ? { key: 'err.body_too_large.images' } : errorNotice(err, res.status, res.headers));
   }
 
   function stop() {

@@ -42,7 +42,8 @@ images; false or absent: the UI hides its attach button). A chat body may
 carry "images": a list of data: URLs (image/png, image/jpeg,
 application/dicom; base64), in the order attached, at most 4 (else 400
 too_many_images), each at most 20 MiB decoded (else 400 image_too_large;
-both limits can be lowered through /__mock/status),
+these limits and the 128 MiB body limit (413 body_too_large) can be
+lowered through /__mock/status),
 each a real file of its type (PNG signature, JPEG SOI, DICOM's "DICM" at
 byte 128) and a DICOM of one frame (else 400 image_invalid, whose message
 says which image and why). The text is still required. The mock keeps no
@@ -58,7 +59,8 @@ and the answer (longest match, Chinese and English) from a small fixture list.
 Test-only endpoints (not part of the daemon):
   GET  /__mock/state   what the mock saw (cancels, deletes, exports, chat bodies, ...)
   POST /__mock/status  {"sandbox": "off"|"on"|"missing", "state", "stage", "progress", "default_style",
-                        "images": true|false|null (null: no model.images), "max_images", "max_image_bytes"}
+                        "images": true|false|null (null: no model.images), "max_images", "max_image_bytes",
+                        "max_body_bytes"}
   POST /__mock/auth    {"enabled", "idle_logout_s", "clear_lockouts"}
   POST /__mock/reset   forgets every conversation and session
 
@@ -103,6 +105,7 @@ CHAT_FIELDS = {"conversation_id", "message", "thinking", "style", "language", "m
                "temperature", "regenerate", "replace_last", "images"}
 MAX_IMAGES = 4  # per message
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # per image, decoded
+MAX_BODY_BYTES = 128 * 1024 * 1024  # a chat body: 4 images of 20 MiB in base64, and the text
 IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "application/dicom": "DICOM"}
 DATA_URL = re.compile(r"data:([a-z]+/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]*)")
 STYLES = ["structured", "brief"]
@@ -268,6 +271,7 @@ class MockState:
         self.images = True  # model.images in the status; None: absent
         self.max_images = MAX_IMAGES  # the daemon's limits (a test lowers them below the page's)
         self.max_image_bytes = MAX_IMAGE_BYTES
+        self.max_body_bytes = MAX_BODY_BYTES
         self.accounts = False
         self.idle_logout_s = 900
         self.sessions = {}  # token -> {"user", "seen"}
@@ -637,6 +641,7 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.images = body.get("images", STATE.images)
                 STATE.max_images = body.get("max_images", STATE.max_images)
                 STATE.max_image_bytes = body.get("max_image_bytes", STATE.max_image_bytes)
+                STATE.max_body_bytes = body.get("max_body_bytes", STATE.max_body_bytes)
             elif path == "/__mock/auth":
                 STATE.accounts = body.get("enabled", STATE.accounts)
                 STATE.idle_logout_s = body.get("idle_logout_s", STATE.idle_logout_s)
@@ -704,6 +709,12 @@ class Handler(BaseHTTPRequestHandler):
         return self.error(400, "invalid_request", message)
 
     def chat(self, owner):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > STATE.max_body_bytes:
+            self.rfile.read(n)  # the client finishes sending and gets the sentence, as from the daemon
+            return self.error(413, "body_too_large",
+                              f"The request body is larger than {STATE.max_body_bytes // 1024} KiB; "
+                              "shorten the message or start a new conversation.")
         body = self.read_json()
         if not isinstance(body, dict):
             return self.error(400, "invalid_json", "The request body is not a JSON object.")

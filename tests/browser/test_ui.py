@@ -1743,6 +1743,22 @@ def image_errors_keep_the_question_and_images(c):
     c.set_lang("zh")
     assert c.text("#alert").startswith("图像过大："), c.text("#alert")
     c.set_lang("en")
+    # A body over the server's limit: with images, the sentence says to cut those.
+    try:
+        c.mock_post("/__mock/status", {"max_body_bytes": 64 * 1024})
+        p.click("#notice-dismiss")
+        p.eval("document.getElementById('input').focus()")
+        p.press_enter()
+        p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+        assert c.text("#alert") == ("The question and its images are too large together for the server. "
+                                    "Send fewer or smaller images."), c.text("#alert")
+        c.set_lang("zh")
+        assert c.text("#alert") == "问题与图像合计超出服务器的上限。请减少图像数量或发送更小的图像。"
+        c.set_lang("en")
+        assert p.eval("document.getElementById('input').value") == question
+        assert tile_names(c) == ["rgb_300x220.png", "ct_two_frames.dcm"]
+    finally:
+        c.mock_post("/__mock/status", {"max_body_bytes": 128 * 1024 * 1024})
     p.click("#notice-dismiss")
     # Without the refused file it goes through.
     p.click(f"{TILES}:nth-child(2) .att-remove")
