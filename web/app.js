@@ -1,13 +1,15 @@
 // MedGemma web UI: login, status bar and model loading, conversation list,
-// streaming chat (reasoning, answer, terms), regenerate, edit-and-resend,
-// copy buttons, export (Markdown download, print view), theme and language.
+// streaming chat (reasoning, answer, terms), images with a question (button,
+// drop, paste; thumbnails), regenerate, edit-and-resend, copy buttons, export
+// (Markdown download, print view), theme and language.
 //
 // Talks only to its own origin: /api/status, /api/login, /api/logout,
 // /api/chat (SSE over fetch), /api/chat/cancel and /api/conversations[/{id}
 // [/export]]. Model text reaches the page only through textContent and
 // MedMarkdown.render (which never creates markup from text). Must never: put
-// patient text in storage, URLs or logs (localStorage holds only the
-// language, theme and reasoning switch).
+// patient text or images in storage, URLs or logs (localStorage holds only the
+// language, theme and reasoning switch; images live in this page's memory as
+// data URLs, never in localStorage, sessionStorage, IndexedDB or caches).
 'use strict';
 
 (function () {
@@ -18,6 +20,17 @@
   const CONTEXT_WARN_RATIO = 0.8;
   const COPY_FEEDBACK_MS = 2000;
   const DELETE_CONFIRM_MS = 4000;
+  const MAX_IMAGES = 4; // per message, as the daemon enforces (too_many_images)
+  const MAX_IMAGE_MIB = 20; // per file, as the daemon enforces (image_too_large)
+  const THUMB_PX = 192; // longest side of a thumbnail (shown at half that or less)
+  // What each accepted kind of file is sent as.
+  const IMAGE_KINDS = {
+    png: { mime: 'image/png', label: 'PNG' },
+    jpeg: { mime: 'image/jpeg', label: 'JPEG' },
+    dicom: { mime: 'application/dicom', label: 'DICOM' },
+  };
+  // Server codes about images: the UI's sentence leads, the server's says which image and why.
+  const IMAGE_CODES = new Set(['image_invalid', 'too_many_images', 'image_too_large']);
   const REASONING_KEY = 'medgemma.reasoning';
   // Codes whose notice offers a fresh conversation: this one cannot go on.
   const OFFER_NEW = new Set(['context_full', 'conversation_not_found', 'invalid_conversation']);
@@ -67,6 +80,11 @@
     editCancel: $('edit-cancel'),
     form: $('composer'),
     input: $('input'),
+    attach: $('attach'),
+    attachInput: $('attach-input'),
+    attachMsg: $('attach-msg'),
+    attachments: $('attachments'),
+    dropHint: $('drop-hint'),
     send: $('send'),
     stop: $('stop'),
     ctxText: $('ctx-text'),
@@ -98,6 +116,15 @@
     loginTimer: null,
     listSig: '',
     listSeq: 0,
+    // Images waiting in the composer, in the order attached: {kind, name, dataUrl, thumb}.
+    // Page memory only.
+    attachments: [],
+    attachPending: 0, // files being read
+    attachQueue: Promise.resolve(), // batches are read one after another, in order
+    attachEpoch: 0, // bumped when the view is reset: a read still running is dropped
+    attachDone: 0, // batches handled (<html data-attach-done>, which tests wait on)
+    imagesOk: false, // the loaded model reads images (status model.images === true)
+    dragDepth: 0,
   };
   const turnOf = new WeakMap(); // article.turn -> Turn
 
@@ -144,6 +171,10 @@
       ? { key, args: { seconds: Math.ceil(retry) } } : { key: key + '.noretry' });
     if (code === 'queue_full' || (!code && (httpStatus === 429 || httpStatus === 503))) return withRetry('error.busy');
     if (code === 'loading' || code === 'locked_out') return withRetry('err.' + code);
+    if (IMAGE_CODES.has(code)) {
+      const detail = str(err.message);
+      return detail ? { key: 'err.' + code, args: { detail } } : { key: 'err.' + code + '.nodetail' };
+    }
     if (code && window.I18n.has('err.' + code)) return { key: 'err.' + code, offerNew: OFFER_NEW.has(code) };
     const message = str(err.message);
     if (message) return { message, offerNew: OFFER_NEW.has(code) };
@@ -305,6 +336,7 @@
     renderChips();
     renderLoading();
     renderAuth();
+    renderAttach();
     renderStyle();
     renderList();
     renderConvBar();
@@ -549,11 +581,242 @@
     });
   }
 
+  // ---- images attached to a question ----------------------------------------------
+  //
+  // Attached by the button (a file input), dropped on the composer, or pasted.
+  // Each is read into a data URL (sent in the chat body, as the daemon
+  // expects) and, for PNG and JPEG, a small thumbnail drawn on a canvas; a
+  // DICOM file gets a labelled tile instead (the daemon decodes it, the page
+  // never renders one). Everything stays in this page's memory.
+
+  const imagesAvailable = () => state.imagesOk && !state.loginShown;
+
+  // Shown when the daemon says the loaded model reads images (model.images).
+  function renderAttach() {
+    const s = currentStatus();
+    if (s) { // unknown (a failed poll): keep what was shown
+      const ok = isObj(s.model) && s.model.images === true;
+      if (!ok && state.imagesOk && state.attachments.length) {
+        setAttachments([]);
+        showAttachMsg([{ key: 'attach.removed' }]);
+      }
+      state.imagesOk = ok;
+    }
+    ui.attach.hidden = !state.imagesOk;
+  }
+
+  // The picture of an attachment: its thumbnail, or a labelled tile (DICOM).
+  function imagePreview(a) {
+    if (a.thumb) {
+      const img = el('img', 'att-thumb');
+      img.alt = a.name;
+      img.draggable = false;
+      img.src = a.thumb;
+      return img;
+    }
+    const tile = el('div', 'att-tile');
+    tile.appendChild(el('span', 'att-kind', IMAGE_KINDS[a.kind].label));
+    tile.appendChild(bind(el('span', 'att-note'), 'attach.noPreview'));
+    return tile;
+  }
+
+  function renderAttachments() {
+    ui.attachments.replaceChildren();
+    state.attachments.forEach((a, i) => {
+      const li = el('li', 'attachment');
+      li.dataset.kind = a.kind;
+      li.appendChild(imagePreview(a));
+      const side = el('div', 'att-side');
+      const name = el('span', 'att-name', a.name);
+      name.id = 'att-name-' + i;
+      name.title = a.name;
+      side.appendChild(name);
+      const rm = bind(el('button', 'btn btn-small att-remove'), 'attach.remove');
+      rm.type = 'button';
+      rm.setAttribute('aria-describedby', name.id);
+      rm.addEventListener('click', () => removeAttachment(a));
+      side.appendChild(rm);
+      li.appendChild(side);
+      ui.attachments.appendChild(li);
+    });
+    ui.attachments.hidden = state.attachments.length === 0;
+    updateSend();
+  }
+
+  function setAttachments(list) {
+    state.attachments = list.slice();
+    renderAttachments();
+  }
+
+  function removeAttachment(a) {
+    const i = state.attachments.indexOf(a);
+    if (i === -1) return;
+    state.attachments.splice(i, 1);
+    clearAttachMsg();
+    renderAttachments();
+    const buttons = ui.attachments.querySelectorAll('.att-remove');
+    (buttons[Math.min(i, buttons.length - 1)] || ui.input).focus();
+  }
+
+  // Why files were not attached: one sentence each, in the chosen language.
+  function showAttachMsg(items) {
+    ui.attachMsg.replaceChildren(...items.map((n) => bind(el('p'), n.key, n.args)));
+    ui.attachMsg.hidden = items.length === 0;
+  }
+
+  function clearAttachMsg() {
+    showAttachMsg([]);
+  }
+
+  // The kind a file says it is (its type, else its name), or null.
+  function kindByName(file) {
+    const type = String(file.type || '').toLowerCase();
+    if (type === 'image/png') return 'png';
+    if (type === 'image/jpeg' || type === 'image/pjpeg') return 'jpeg';
+    if (type === 'application/dicom') return 'dicom';
+    const m = /\.([a-z0-9]+)$/i.exec(String(file.name || ''));
+    const ext = m ? m[1].toLowerCase() : '';
+    if (ext === 'png') return 'png';
+    if (ext === 'jpg' || ext === 'jpeg') return 'jpeg';
+    if (ext === 'dcm' || ext === 'dicom') return 'dicom';
+    return null;
+  }
+
+  // The kind its first bytes show (PNG signature, JPEG SOI, DICOM's "DICM" at 128), or null.
+  async function sniffKind(file) {
+    const b = new Uint8Array(await file.slice(0, 132).arrayBuffer());
+    const at = (offset, bytes) => bytes.every((v, i) => b[offset + i] === v);
+    if (at(0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'png';
+    if (at(0, [0xff, 0xd8, 0xff])) return 'jpeg';
+    if (b.length >= 132 && at(128, [0x44, 0x49, 0x43, 0x4d])) return 'dicom';
+    return null;
+  }
+
+  function readDataUrl(file, mime) {
+    return new Promise((resolve, reject) => {
+      const r = new FileReader();
+      r.onload = () => {
+        const s = String(r.result);
+        const comma = s.indexOf(',');
+        if (comma === -1) reject(new Error('not a data URL'));
+        else resolve('data:' + mime + ';base64,' + s.slice(comma + 1));
+      };
+      r.onerror = () => reject(r.error);
+      r.readAsDataURL(file);
+    });
+  }
+
+  // A small JPEG of a PNG or JPEG file; rejects when the browser cannot decode it.
+  async function thumbnail(file) {
+    const bmp = await createImageBitmap(file);
+    try {
+      const scale = Math.min(1, THUMB_PX / Math.max(bmp.width, bmp.height));
+      const canvas = el('canvas');
+      canvas.width = Math.max(1, Math.round(bmp.width * scale));
+      canvas.height = Math.max(1, Math.round(bmp.height * scale));
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#ffffff'; // transparent PNG pixels on white, as a viewer shows them
+      g.fillRect(0, 0, canvas.width, canvas.height);
+      g.drawImage(bmp, 0, 0, canvas.width, canvas.height);
+      return canvas.toDataURL('image/jpeg', 0.85);
+    } finally {
+      bmp.close();
+    }
+  }
+
+  // Attaches `files` in order; what does not fit is refused with a sentence.
+  function addFiles(files) {
+    const list = Array.from(files || []);
+    if (!list.length) return;
+    if (!imagesAvailable()) {
+      showAttachMsg([{ key: 'attach.off' }]);
+      attachDone();
+      return;
+    }
+    state.attachPending += list.length;
+    updateSend();
+    const epoch = state.attachEpoch;
+    state.attachQueue = state.attachQueue.then(() => readBatch(list, epoch)).catch(() => {});
+  }
+
+  async function readBatch(list, epoch) {
+    const refused = [];
+    const overflow = [];
+    const live = () => epoch === state.attachEpoch; // false once the view was reset (logout)
+    for (const file of list) {
+      const name = String(file.name || '') || 'image';
+      try {
+        if (!live()) continue;
+        if (state.attachments.length >= MAX_IMAGES) {
+          overflow.push(name);
+          continue;
+        }
+        if (file.size > MAX_IMAGE_MIB * 1024 * 1024) {
+          refused.push({ key: 'attach.tooLarge', args: { name, max: MAX_IMAGE_MIB } });
+          continue;
+        }
+        const sniffed = file.size ? await sniffKind(file) : null;
+        const kind = sniffed || kindByName(file);
+        if (!kind) {
+          refused.push({ key: 'attach.type', args: { name } });
+          continue;
+        }
+        // A DICOM file is checked by the daemon; a PNG or JPEG must decode here.
+        const thumb = kind === 'dicom' ? null : (sniffed ? await thumbnail(file) : null);
+        if (!file.size || (kind !== 'dicom' && !thumb)) {
+          refused.push({ key: 'attach.unreadable', args: { name } });
+          continue;
+        }
+        const dataUrl = await readDataUrl(file, IMAGE_KINDS[kind].mime);
+        if (!live()) continue;
+        if (state.attachments.length >= MAX_IMAGES) {
+          overflow.push(name);
+          continue;
+        }
+        state.attachments.push({ kind, name, dataUrl, thumb });
+        renderAttachments();
+      } catch (_) {
+        refused.push({ key: 'attach.unreadable', args: { name } });
+      } finally {
+        state.attachPending--;
+      }
+    }
+    if (overflow.length) refused.push({ key: 'attach.tooMany', args: { names: overflow.join(', '), max: MAX_IMAGES } });
+    if (live()) showAttachMsg(refused);
+    updateSend();
+    attachDone();
+  }
+
+  function attachDone() {
+    ui.html.dataset.attachDone = String(++state.attachDone);
+  }
+
+  // Only the last question keeps its images whole (edit-and-resend sends
+  // them again); the questions before it keep their thumbnails.
+  function dropOldImageData() {
+    const last = lastTurn();
+    for (const root of ui.turns.children) {
+      const turn = turnOf.get(root);
+      if (turn && turn !== last && turn.images.some((a) => a.dataUrl)) {
+        turn.images = turn.images.map((a) => ({ kind: a.kind, name: a.name, thumb: a.thumb }));
+      }
+    }
+  }
+
+  function setDropping(on) {
+    ui.form.classList.toggle('dropping', on);
+    ui.dropHint.hidden = !on;
+  }
+
+  const draggingFiles = (e) => !!e.dataTransfer && Array.from(e.dataTransfer.types || []).includes('Files');
+
   // ---- one question and its answer --------------------------------------------
 
   class Turn {
-    constructor(question, { reasoningOpen = true } = {}) {
+    // `images`: the attachments sent with the question (see state.attachments).
+    constructor(question, { reasoningOpen = true, images = [] } = {}) {
       this.question = question;
+      this.images = images;
       this.reasoning = '';
       this.answer = '';
       this.answerStarted = false;
@@ -565,6 +828,20 @@
       const user = el('div', 'msg msg-user');
       user.appendChild(bind(el('div', 'who'), 'conv.you'));
       user.appendChild(el('div', 'bubble bubble-user', question));
+      if (images.length) {
+        const row = el('ul', 'turn-images');
+        row.setAttribute('aria-label', t('conv.images'));
+        row.dataset.i18nAriaLabel = 'conv.images';
+        for (const a of images) {
+          const li = el('li', 'turn-image');
+          li.appendChild(imagePreview(a));
+          const name = el('span', 'att-name', a.name);
+          name.title = a.name;
+          li.appendChild(name);
+          row.appendChild(li);
+        }
+        user.appendChild(row);
+      }
       const userTools = el('div', 'user-tools');
       this.editBtn = bind(el('button', 'btn btn-small edit'), 'edit.button');
       this.editBtn.type = 'button';
@@ -828,7 +1105,7 @@
   }
 
   function updateSend() {
-    ui.send.disabled = state.busy || !modelReady();
+    ui.send.disabled = state.busy || !modelReady() || state.attachPending > 0;
   }
 
   function setBusy(busy) {
@@ -848,13 +1125,15 @@
 
   // The chat request body. `thinking` is understood by every daemon; the rest
   // only by one with the conversation API (see modern()).
-  function chatBody(mode, message) {
+  function chatBody(mode, message, images) {
     const body = { conversation_id: state.conversationId, message, thinking: ui.showReasoning.checked };
     if (modern()) {
       body.style = state.style;
       body.language = window.I18n.lang;
       if (mode === 'regenerate') body.regenerate = true;
       if (mode === 'edit') body.replace_last = true;
+      // Data URLs in the order attached; no field without images.
+      if (images.length) body.images = images.map((a) => a.dataUrl);
     }
     return body;
   }
@@ -872,7 +1151,11 @@
       question = replaced.question;
     } else {
       question = ui.input.value;
-      if (!question.trim()) return;
+      if (!question.trim()) {
+        if (state.attachments.length) showAttachMsg([{ key: 'attach.needText' }]);
+        return;
+      }
+      if (state.attachPending) return; // the Send button is disabled meanwhile
       if (state.editing) {
         replaced = lastTurn();
         if (replaced && state.conversationId) mode = 'edit';
@@ -884,25 +1167,35 @@
     }
     hideNotice();
     const gen = ++state.generation;
-    const turn = new Turn(question, { reasoningOpen: ui.showReasoning.checked });
+    // A regenerated answer is to the same question and images (the daemon has them).
+    const images = mode === 'regenerate' ? [] : state.attachments.slice();
+    const turn = new Turn(question, { reasoningOpen: ui.showReasoning.checked,
+      images: mode === 'regenerate' ? replaced.images : images });
     keepScrolled(() => {
       if (replaced) replaced.root.replaceWith(turn.root);
       else ui.turns.appendChild(turn.root);
       updateEmpty();
     });
     ui.pane.scrollTop = ui.pane.scrollHeight;
-    if (mode !== 'regenerate') ui.input.value = '';
+    if (mode !== 'regenerate') {
+      ui.input.value = '';
+      setAttachments([]);
+      clearAttachMsg();
+    }
     const controller = new AbortController();
     state.controller = controller;
     setBusy(true);
 
     const current = () => gen === state.generation;
-    // Nothing came back: put the view back as it was, and the question in the input.
+    // Nothing came back: put the view back as it was, and the question and
+    // its images in the composer.
     const giveBack = () => {
       if (replaced) turn.root.replaceWith(replaced.root);
       else turn.root.remove();
       updateEmpty();
-      if (mode !== 'regenerate' && !ui.input.value && !state.loginShown) ui.input.value = question;
+      if (mode === 'regenerate' || state.loginShown) return;
+      if (!ui.input.value) ui.input.value = question;
+      if (images.length && !state.attachments.length && !state.attachPending) setAttachments(images);
     };
     let finished = false;
 
@@ -951,12 +1244,12 @@
       const res = await fetch('/api/chat', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-        body: JSON.stringify(chatBody(mode, mode === 'regenerate' ? '' : question)),
+        body: JSON.stringify(chatBody(mode, mode === 'regenerate' ? '' : question, images)),
         cache: 'no-store',
         signal: controller.signal,
       });
       if (!res.ok) {
-        await failedResponse(res, giveBack, current);
+        await failedResponse(res, giveBack, current, images.length > 0);
         return;
       }
       if (mode === 'edit' && current()) endEdit();
@@ -998,11 +1291,13 @@
         state.controller = null;
         setBusy(false);
       }
+      dropOldImageData();
       if (current() && !state.loginShown) loadList();
     }
   }
 
-  async function failedResponse(res, giveBack, current) {
+  // `withImages`: the refused request carried images.
+  async function failedResponse(res, giveBack, current, withImages) {
     let body = null;
     try { body = await res.json(); } catch (_) { body = null; }
     const err = errorOf(body);
@@ -1013,7 +1308,9 @@
     giveBack();
     if (!current()) return;
     if (err.code === 'loading') pollStatus(); // show the progress now, not at the next poll
-    showNotice(errorNotice(err, res.status, res.headers));
+    // Too large with images: the images, not the text, are what to cut.
+    const tooLarge = err.code === 'body_too_large' || (!str(err.code) && res.status === 413);
+    showNotice(tooLarge && withImages ? { key: 'err.body_too_large.images' } : errorNotice(err, res.status, res.headers));
   }
 
   function stop() {
@@ -1040,6 +1337,9 @@
     last.root.classList.add('editing');
     last.root.querySelector('.bubble-user').scrollIntoView({ block: 'nearest' });
     ui.input.value = last.question;
+    // Its images come back too: Send replaces the question and them.
+    setAttachments(imagesAvailable() ? last.images.filter((a) => a.dataUrl) : []);
+    clearAttachMsg();
     ui.input.focus();
     ui.input.setSelectionRange(ui.input.value.length, ui.input.value.length);
     updateTurnActions();
@@ -1056,7 +1356,10 @@
   function cancelEdit(keepText) {
     if (!state.editing) return;
     endEdit();
-    if (!keepText) ui.input.value = '';
+    if (!keepText) {
+      ui.input.value = '';
+      setAttachments([]);
+    }
     ui.input.focus();
   }
 
@@ -1204,6 +1507,9 @@
     clearConversation();
     state.conversations = [];
     ui.input.value = '';
+    state.attachEpoch++;
+    setAttachments([]);
+    clearAttachMsg();
     closePrintView();
     renderList();
   }
@@ -1396,6 +1702,56 @@
     e.preventDefault();
   });
   ui.stop.addEventListener('click', stop);
+  ui.attach.addEventListener('click', () => ui.attachInput.click());
+  ui.attachInput.addEventListener('change', () => {
+    addFiles(ui.attachInput.files);
+    ui.attachInput.value = ''; // the same file can be chosen again after removing it
+  });
+  // Files dropped on the composer are attached; dropped anywhere else, the
+  // browser must not open them in place of the page.
+  document.addEventListener('dragover', (e) => {
+    if (!draggingFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = 'none';
+  });
+  document.addEventListener('drop', (e) => {
+    if (draggingFiles(e)) e.preventDefault();
+  });
+  ui.form.addEventListener('dragenter', (e) => {
+    if (!draggingFiles(e) || !imagesAvailable()) return;
+    e.preventDefault();
+    state.dragDepth++;
+    setDropping(true);
+  });
+  ui.form.addEventListener('dragover', (e) => {
+    if (!draggingFiles(e) || !imagesAvailable()) return;
+    e.preventDefault();
+    e.stopPropagation();
+    e.dataTransfer.dropEffect = 'copy';
+  });
+  ui.form.addEventListener('dragleave', (e) => {
+    if (!draggingFiles(e)) return;
+    state.dragDepth = Math.max(0, state.dragDepth - 1);
+    if (state.dragDepth === 0) setDropping(false);
+  });
+  ui.form.addEventListener('drop', (e) => {
+    if (!draggingFiles(e)) return;
+    e.preventDefault();
+    e.stopPropagation();
+    state.dragDepth = 0;
+    setDropping(false);
+    addFiles(e.dataTransfer.files);
+  });
+  // Pasted images (a screenshot, an image copied from a viewer). Text pasted
+  // with them still goes into the input.
+  document.addEventListener('paste', (e) => {
+    if (state.loginShown || !e.clipboardData || ui.login.contains(e.target)) return;
+    const files = Array.from(e.clipboardData.files || []);
+    if (!files.length) return;
+    const withText = Array.from(e.clipboardData.types || []).includes('text/plain');
+    if (!withText) e.preventDefault();
+    if (imagesAvailable() || !withText) addFiles(files);
+  });
   ui.newConv.addEventListener('click', newConversation);
   ui.noticeNew.addEventListener('click', newConversation);
   ui.noticeDismiss.addEventListener('click', hideNotice);

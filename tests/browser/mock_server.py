@@ -7,7 +7,8 @@ and implements the UI's API contract with scripted answers:
   GET    /api/status                      state (loading|ready|failed), loading progress,
                                           styles, default_style, queue, auth, sandbox, ...
   POST   /api/login, /api/logout          accounts (off unless --accounts or /__mock/auth)
-  POST   /api/chat                        SSE: conversation, reasoning, answer, done (with terms) | error
+  POST   /api/chat                        SSE: conversation, reasoning, answer, done (with terms) | error;
+                                          "images": data: URLs (PNG, JPEG, DICOM), checked as the daemon does
   POST   /api/chat/cancel
   GET    /api/conversations               this browser's (or user's) conversations, newest first
   GET    /api/conversations/{id}          its messages
@@ -36,6 +37,19 @@ The message text picks the script:
         or "心梗"          a myocardial-infarction answer
   anything else            a pneumonia answer (reasoning, Markdown table, lists, code)
 
+Images (issue 17): /api/status has model.images (true: the model reads
+images; false or absent: the UI hides its attach button). A chat body may
+carry "images": a list of data: URLs (image/png, image/jpeg,
+application/dicom; base64), in the order attached, at most 4 (else 400
+too_many_images), each at most 20 MiB decoded (else 400 image_too_large;
+these limits and the 128 MiB body limit (413 body_too_large) can be
+lowered through /__mock/status),
+each a real file of its type (PNG signature, JPEG SOI, DICOM's "DICM" at
+byte 128) and a DICOM of one frame (else 400 image_invalid, whose message
+says which image and why). The text is still required. The mock keeps no
+image: it records each one's type, size and SHA-256 in the chat body it
+saw, and the answer starts with the kinds of image it read.
+
 Answers follow the request: "thinking": false sends no reasoning; "language"
 ("en"/"zh") and "style" ("structured": definition, mechanism, differential
 diagnosis, advice; "brief": a few lines) pick the text; a regenerated answer
@@ -44,12 +58,14 @@ and the answer (longest match, Chinese and English) from a small fixture list.
 
 Test-only endpoints (not part of the daemon):
   GET  /__mock/state   what the mock saw (cancels, deletes, exports, chat bodies, ...)
-  POST /__mock/status  {"sandbox": "off"|"on"|"missing", "state", "stage", "progress", "default_style"}
+  POST /__mock/status  {"sandbox": "off"|"on"|"missing", "state", "stage", "progress", "default_style",
+                        "images": true|false|null (null: no model.images), "max_images", "max_image_bytes",
+                        "max_body_bytes"}
   POST /__mock/auth    {"enabled", "idle_logout_s", "clear_lockouts"}
   POST /__mock/reset   forgets every conversation and session
 
 With --legacy it answers as the daemon did before this contract: /api/status
-without state, styles, auth or loading (and queue.length for queue.waiting),
+without state, styles, auth, loading or model.images (and queue.length for queue.waiting),
 a chat body with unknown fields refused (invalid_json), and no conversation
 list, export or login routes. The UI must still chat against it.
 
@@ -58,6 +74,9 @@ Standard library only. Usage: mock_server.py --web DIR [--port 0] [--accounts]
 """
 
 import argparse
+import base64
+import binascii
+import hashlib
 import json
 import math
 import mimetypes
@@ -83,7 +102,12 @@ LOCKOUT_BASE_S = 30
 CLIENT_COOKIE = "mgd_client"
 SESSION_COOKIE = "mgd_session"
 CHAT_FIELDS = {"conversation_id", "message", "thinking", "style", "language", "max_new_tokens",
-               "temperature", "regenerate", "replace_last"}
+               "temperature", "regenerate", "replace_last", "images"}
+MAX_IMAGES = 4  # per message
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # per image, decoded
+MAX_BODY_BYTES = 128 * 1024 * 1024  # a chat body: 4 images of 20 MiB in base64, and the text
+IMAGE_MIMES = {"image/png": "PNG", "image/jpeg": "JPEG", "application/dicom": "DICOM"}
+DATA_URL = re.compile(r"data:([a-z]+/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]*)")
 STYLES = ["structured", "brief"]
 LEGACY_CHAT_FIELDS = {"conversation_id", "message", "max_new_tokens", "temperature", "thinking"}
 
@@ -244,6 +268,10 @@ class MockState:
         self.stage = None
         self.progress = None
         self.default_style = "structured"
+        self.images = True  # model.images in the status; None: absent
+        self.max_images = MAX_IMAGES  # the daemon's limits (a test lowers them below the page's)
+        self.max_image_bytes = MAX_IMAGE_BYTES
+        self.max_body_bytes = MAX_BODY_BYTES
         self.accounts = False
         self.idle_logout_s = 900
         self.sessions = {}  # token -> {"user", "seen"}
@@ -291,6 +319,51 @@ def turns(conv):
     return sum(1 for m in conv["messages"] if m["role"] == "user")
 
 
+def dicom_frames(data):
+    """NumberOfFrames (0028,0008) of an explicit-VR little-endian DICOM file; 1 when absent."""
+    i = data.find(b"\x28\x00\x08\x00IS", 132)
+    if i < 0:
+        return 1
+    n = int.from_bytes(data[i + 6:i + 8], "little")
+    try:
+        return int(data[i + 8:i + 8 + n].strip(b" \x00") or b"1")
+    except ValueError:
+        return 1
+
+
+def check_images(images, max_images=MAX_IMAGES, max_bytes=MAX_IMAGE_BYTES):
+    """([{"mime", "bytes", "sha256"}, ...], None) or (None, (code, message)), as the daemon checks them."""
+    if not isinstance(images, list):
+        return None, ("image_invalid", "images must be a list of data: URLs.")
+    if len(images) > max_images:
+        return None, ("too_many_images", f"This message has {len(images)} images; the limit is {max_images}.")
+    too_large = f"is larger than the limit of {max_bytes / 1048576:g} MiB per image."
+    out = []
+    for i, url in enumerate(images, 1):
+        m = DATA_URL.fullmatch(url) if isinstance(url, str) else None
+        if not m or m.group(1) not in IMAGE_MIMES:
+            return None, ("image_invalid", f"Image {i} is not a PNG, JPEG or DICOM data: URL.")
+        if len(m.group(2)) // 4 * 3 > max_bytes + 2:
+            return None, ("image_too_large", f"Image {i} {too_large}")
+        try:
+            data = base64.b64decode(m.group(2), validate=True)
+        except (ValueError, binascii.Error):
+            return None, ("image_invalid", f"Image {i} is not valid base64.")
+        if len(data) > max_bytes:
+            return None, ("image_too_large", f"Image {i} {too_large}")
+        kind = IMAGE_MIMES[m.group(1)]
+        ok = {"PNG": data.startswith(b"\x89PNG\r\n\x1a\n"), "JPEG": data.startswith(b"\xff\xd8\xff"),
+              "DICOM": data[128:132] == b"DICM"}[kind]
+        if not ok:
+            return None, ("image_invalid", f"Image {i} is not a {kind} file.")
+        frames = dicom_frames(data) if kind == "DICOM" else 1
+        if frames > 1:
+            return None, ("image_invalid",
+                          f"Image {i} is a DICOM file with {frames} frames; send a single frame (one slice).")
+        out.append({"mime": m.group(1), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return out, None
+
+
 def status_body(user):
     sandbox = {
         "off": {"enforced": False, "insecure_no_sandbox": True, "landlock": "disabled", "seccomp": "disabled"},
@@ -311,6 +384,8 @@ def status_body(user):
             "default_style": STATE.default_style,
             "auth": {"required": STATE.accounts, "user": user, "idle_logout_s": STATE.idle_logout_s},
         }
+        if STATE.images is not None:
+            body["model"]["images"] = STATE.images
         if STATE.model_state == "loading":
             body["loading"] = {"stage": STATE.stage or "reading weights", "progress": STATE.progress or 0.0}
         else:
@@ -322,6 +397,7 @@ def status_body(user):
     if STATE.legacy:
         for key in ("state", "styles", "default_style", "auth", "loading"):
             body.pop(key, None)
+        body["model"].pop("images", None)
         body["queue"]["length"] = body["queue"].pop("waiting")
     return body
 
@@ -562,6 +638,10 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.stage = body.get("stage", STATE.stage)
                 STATE.progress = body.get("progress", STATE.progress)
                 STATE.default_style = body.get("default_style", STATE.default_style)
+                STATE.images = body.get("images", STATE.images)
+                STATE.max_images = body.get("max_images", STATE.max_images)
+                STATE.max_image_bytes = body.get("max_image_bytes", STATE.max_image_bytes)
+                STATE.max_body_bytes = body.get("max_body_bytes", STATE.max_body_bytes)
             elif path == "/__mock/auth":
                 STATE.accounts = body.get("enabled", STATE.accounts)
                 STATE.idle_logout_s = body.get("idle_logout_s", STATE.idle_logout_s)
@@ -629,6 +709,12 @@ class Handler(BaseHTTPRequestHandler):
         return self.error(400, "invalid_request", message)
 
     def chat(self, owner):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > STATE.max_body_bytes:
+            self.rfile.read(n)  # the client finishes sending and gets the sentence, as from the daemon
+            return self.error(413, "body_too_large",
+                              f"The request body is larger than {STATE.max_body_bytes // 1024} KiB; "
+                              "shorten the message or start a new conversation.")
         body = self.read_json()
         if not isinstance(body, dict):
             return self.error(400, "invalid_json", "The request body is not a JSON object.")
@@ -664,6 +750,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.chat_error("regenerate and replace_last need a conversation_id.")
         if not regenerate and not message.strip():
             return self.chat_error("The message is empty; type a question.")
+        images = []
+        if "images" in body:
+            images, refusal = check_images(body["images"], STATE.max_images, STATE.max_image_bytes)
+            if refusal is None and images and STATE.images is not True:
+                refusal = ("image_invalid", "The model loaded does not read images; send the question without them.")
+            if refusal is not None:
+                return self.error(400, *refusal)
+            body = dict(body, images=images)  # what was received, never the image itself
         with STATE.lock:
             STATE.chats += 1
             STATE.chat_bodies.append(body)
@@ -718,13 +812,13 @@ class Handler(BaseHTTPRequestHandler):
             conv["cancel"] = False
             attempt = conv["attempts"]
         try:
-            self.stream(cid, conv, question, thinking, conv["style"] or "structured", language, attempt)
+            self.stream(cid, conv, question, thinking, conv["style"] or "structured", language, attempt, images)
         finally:
             with STATE.lock:
                 conv["busy"] = False
                 conv["updated"] = time.time()
 
-    def stream(self, cid, conv, question, thinking, style, language, attempt):
+    def stream(self, cid, conv, question, thinking, style, language, attempt, images=()):
         self.send_response(200)
         self.common_headers()
         self.send_header("Content-Type", "text/event-stream")
@@ -826,6 +920,10 @@ class Handler(BaseHTTPRequestHandler):
                 if thinking:
                     stream("reasoning", (REASONING_MI if topic == "mi" else REASONING)[language])
                 answer = ANSWERS[(topic, language, style)]
+                if images:
+                    kinds = [IMAGE_MIMES[i["mime"]] for i in images]
+                    answer = (f"Images read: {', '.join(kinds)}.\n\n" if language == "en"
+                              else f"已读取图像：{'、'.join(kinds)}。\n\n") + answer
                 if attempt:
                     answer += ("\n\n_Regenerated answer, attempt {0}._" if language == "en"
                                else "\n\n_重新生成的回答，第 {0} 次。_").format(attempt + 1)

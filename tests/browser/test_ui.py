@@ -17,7 +17,9 @@ failure.
 """
 
 import argparse
+import base64
 import glob
+import hashlib
 import http.cookiejar
 import json
 import os
@@ -1367,6 +1369,437 @@ def idle_logout_returns_to_the_login_screen(c):
         time.sleep(1.2)
         p.eval("document.dispatchEvent(new Event('visibilitychange'))")
         p.wait_for("!document.getElementById('login').hidden", 3, what="the status poll to notice")
+    finally:
+        accounts(c, False)
+        c.load()
+
+
+# ---- issue 17: images with a question -----------------------------------------
+
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+IMG_PNG = os.path.join(FIXTURES, "vision_images", "rgb_300x220.png")
+IMG_PNG_GREY = os.path.join(FIXTURES, "vision_images", "grey_97x141.png")
+IMG_PNG_RGBA = os.path.join(FIXTURES, "vision_images", "rgba_64x40.png")
+IMG_JPG = os.path.join(FIXTURES, "vision_images", "photo_420_257x511.jpg")
+DCM_CT = os.path.join(FIXTURES, "vision_dicom", "ct_rescaled.dcm")
+DCM_MR = os.path.join(FIXTURES, "vision_dicom", "mr_window.dcm")
+DCM_TWO_FRAMES = os.path.join(FIXTURES, "vision_dicom", "ct_two_frames.dcm")
+TILES = "#attachments .attachment"
+DATA_PREFIX = {"png": "data:image/png;base64,", "jpeg": "data:image/jpeg;base64,",
+               "dicom": "data:application/dicom;base64,"}
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sha256(path):
+    return hashlib.sha256(file_bytes(path)).hexdigest()
+
+
+def attach_done(c):
+    return int(c.page.eval("document.documentElement.dataset.attachDone || '0'"))
+
+
+def wait_attached(c, before, what="the files to be read"):
+    c.page.wait_for(f"Number(document.documentElement.dataset.attachDone || 0) > {before}", 10, what=what)
+
+
+def choose_files(c, paths):
+    """Picks `paths` in the attach button's file input, as the file dialog does."""
+    before = attach_done(c)
+    obj = c.page.send("Runtime.evaluate", {"expression": "document.getElementById('attach-input')"})["result"]
+    c.page.send("DOM.setFileInputFiles", {"files": paths, "objectId": obj["objectId"]})
+    wait_attached(c, before)
+
+
+def paste_files(c, files, text=None, target="#input"):
+    """Pastes [(name, type, path)] (and `text`) with a real ClipboardEvent and
+    DataTransfer; returns whether the page prevented the default paste."""
+    payload = [[name, mime, base64.b64encode(file_bytes(path)).decode()] for name, mime, path in files]
+    before = attach_done(c)
+    prevented = c.page.eval(f"""(() => {{
+        const dt = new DataTransfer();
+        for (const [name, type, b64] of {json.dumps(payload)}) {{
+            const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+            dt.items.add(new File([bytes], name, {{type}}));
+        }}
+        const text = {json.dumps(text)};
+        if (text !== null) dt.setData('text/plain', text);
+        const ev = new ClipboardEvent('paste', {{clipboardData: dt, bubbles: true, cancelable: true}});
+        document.querySelector({json.dumps(target)}).dispatchEvent(ev);
+        return ev.defaultPrevented;
+    }})()""")
+    wait_attached(c, before, "the pasted files to be read")
+    return prevented
+
+
+def drag_files(c, paths, selector="#input", drop=True):
+    """Drags files from disk over `selector` with the browser's own drag and
+    drop (Input.dispatchDragEvent); drops them when `drop`."""
+    box = c.page.eval(f"""(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();
+        return {{x: r.left + r.width / 2, y: r.top + r.height / 2}}; }})()""")
+    data = {"items": [], "files": list(paths), "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver") + (("drop",) if drop else ()):
+        c.page.send("Input.dispatchDragEvent", {"type": kind, "x": box["x"], "y": box["y"], "data": data})
+
+
+def tiles(c):
+    return c.page.eval(f"""[...document.querySelectorAll('{TILES}')].map((li) => {{
+        const img = li.querySelector('img.att-thumb'), tile = li.querySelector('.att-tile');
+        return {{kind: li.dataset.kind, name: li.querySelector('.att-name').textContent,
+                 img: img ? {{src: img.src.slice(0, 23), w: img.naturalWidth, h: img.naturalHeight, alt: img.alt}} : null,
+                 tile: tile ? tile.textContent : null}}; }})""")
+
+
+def tile_names(c):
+    return [x["name"] for x in tiles(c)]
+
+
+def attach_msg(c):
+    return c.page.eval("document.getElementById('attach-msg').hidden ? '' : "
+                       "[...document.querySelectorAll('#attach-msg p')].map((p) => p.textContent).join('\\n')")
+
+
+def clear_tiles(c):
+    while c.page.eval(f"document.querySelectorAll('{TILES}').length"):
+        c.page.eval(f"document.querySelector('{TILES} .att-remove').click()")
+
+
+def decode_data_url(url):
+    head, b64 = url.split(",", 1)
+    return head + ",", base64.b64decode(b64, validate=True)
+
+
+@test()
+def attach_button_follows_model_images(c):
+    # Shown only when /api/status says the loaded model reads images.
+    p = c.page
+    c.load()
+    status = p.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
+    reads = (status.get("model") or {}).get("images") is True
+    assert c.visible("#attach") == reads, (status.get("model"), c.visible("#attach"))
+    assert not c.visible("#attachments") and not c.visible("#attach-msg")
+    if not c.mock:
+        return
+    assert reads, "the mock's model reads images by default"
+    try:
+        for value in (False, None):  # false, then absent (a daemon before images)
+            c.mock_post("/__mock/status", {"images": value})
+            c.load()
+            assert not c.visible("#attach"), value
+            # Dropped files are not taken (the drop is refused, the page stays), pasted ones neither.
+            drag_files(c, [IMG_PNG])
+            assert not p.eval("document.getElementById('composer').classList.contains('dropping')")
+            assert paste_files(c, [("image.png", "image/png", IMG_PNG)]) is True
+            assert tiles(c) == [] and attach_msg(c) == \
+                "The model loaded now does not read images, so nothing was attached.", attach_msg(c)
+            c.set_lang("zh")
+            assert attach_msg(c) == "当前加载的模型不能读取图像，因此未附加任何文件。", attach_msg(c)
+            c.set_lang("en")
+            assert p.eval("document.documentElement.dataset.ready") == "1", "the drop navigated away"
+        # A model without images loaded while images wait in the composer: they go, with a sentence.
+        c.mock_post("/__mock/status", {"images": True})
+        c.load()
+        choose_files(c, [IMG_PNG])
+        assert tile_names(c) == ["rgb_300x220.png"]
+        c.mock_post("/__mock/status", {"images": False})
+        p.eval("document.dispatchEvent(new Event('visibilitychange'))")
+        p.wait_for("document.getElementById('attach').hidden", 3, what="the attach button to go")
+        assert tiles(c) == [] and not c.visible("#attachments")
+        assert attach_msg(c) == "The model loaded now does not read images; the attached images were removed."
+    finally:
+        c.mock_post("/__mock/status", {"images": True})
+    c.load()
+    assert c.visible("#attach") and c.text("#attach") == "Attach image"
+
+
+@test(mock_only=True)
+def attach_by_button_shows_thumbnails_and_removes(c):
+    p = c.page
+    c.load()
+    c.new_conversation()
+    choose_files(c, [IMG_PNG, IMG_JPG, DCM_CT])
+    got = tiles(c)
+    assert [x["name"] for x in got] == ["rgb_300x220.png", "photo_420_257x511.jpg", "ct_rescaled.dcm"], got
+    assert [x["kind"] for x in got] == ["png", "jpeg", "dicom"], got
+    # Real thumbnails of the decoded pixels (longest side 192, the aspect kept) ...
+    assert got[0]["img"] == {"src": "data:image/jpeg;base64,", "w": 192, "h": 141, "alt": "rgb_300x220.png"}, got[0]
+    assert got[1]["img"] == {"src": "data:image/jpeg;base64,", "w": 97, "h": 192, "alt": "photo_420_257x511.jpg"}, \
+        got[1]
+    # ... and for DICOM a labelled tile with the file name, not a rendering.
+    assert got[2]["img"] is None and got[2]["tile"] == "DICOMno preview", got[2]
+    assert c.visible("#attachments") and not c.visible("#attach-msg")
+    c.shots("28-attachments")
+    c.set_lang("zh")
+    assert p.eval(f"[...document.querySelectorAll('{TILES} .att-remove')].map(b => b.textContent)") == ["移除"] * 3
+    assert c.text(f"{TILES}[data-kind=dicom] .att-note") == "无预览" and c.text("#attach") == "附加图像"
+    c.set_lang("en")
+    # Remove the middle one: the others keep their order, focus goes to the next Remove.
+    p.click(f"{TILES}:nth-child(2) .att-remove")
+    assert tile_names(c) == ["rgb_300x220.png", "ct_rescaled.dcm"]
+    assert p.eval("document.activeElement.closest('.attachment').dataset.kind") == "dicom"
+    # The same file can be chosen again after its removal.
+    p.click(f"{TILES}:nth-child(1) .att-remove")
+    choose_files(c, [IMG_PNG])
+    assert tile_names(c) == ["ct_rescaled.dcm", "rgb_300x220.png"]
+    clear_tiles(c)
+    assert not c.visible("#attachments") and p.eval("document.activeElement.id") == "input"
+
+
+@test(mock_only=True)
+def paste_and_drop_attach_images(c):
+    p = c.page
+    c.load()
+    # A pasted screenshot: attached, and nothing else pasted.
+    assert paste_files(c, [("image.png", "image/png", IMG_PNG_GREY)]) is True
+    assert tile_names(c) == ["image.png"] and tiles(c)[0]["img"]["w"] == 97, tiles(c)
+    # An image copied with text: both arrive (the text by the browser's own paste).
+    assert paste_files(c, [("photo.jpg", "image/jpeg", IMG_JPG)], text="chest film") is False
+    assert tile_names(c) == ["image.png", "photo.jpg"]
+    # Files dragged over the composer: it says where to drop them ...
+    drag_files(c, [DCM_MR, IMG_PNG], drop=False)
+    assert p.eval("document.getElementById('composer').classList.contains('dropping')")
+    assert c.visible("#drop-hint") and c.text("#drop-hint") == "Drop PNG, JPEG or DICOM images here"
+    c.shots("29-drop-hint")
+    c.set_lang("zh")
+    assert c.text("#drop-hint") == "将 PNG、JPEG 或 DICOM 图像拖放到此处"
+    c.set_lang("en")
+    # ... and takes them in order when dropped.
+    drag_files(c, [DCM_MR, IMG_PNG])
+    p.wait_for(f"document.querySelectorAll('{TILES}').length === 4", 5, what="the dropped files")
+    assert tile_names(c) == ["image.png", "photo.jpg", "mr_window.dcm", "rgb_300x220.png"]
+    assert not c.visible("#drop-hint")
+    assert not p.eval("document.getElementById('composer').classList.contains('dropping')")
+    # Dropped beside the composer: not attached, and the browser does not open the file in place of the page.
+    clear_tiles(c)
+    drag_files(c, [IMG_PNG], selector="#conversation")
+    time.sleep(0.3)
+    assert tiles(c) == [] and p.eval("document.documentElement.dataset.ready") == "1"
+    assert p.eval("location.pathname") == "/"
+
+
+@test(mock_only=True)
+def image_limits_are_refused_in_both_languages(c):
+    p = c.page
+    c.load()
+    # Five chosen: four attached, the fifth refused by name.
+    choose_files(c, [IMG_PNG, IMG_JPG, DCM_CT, IMG_PNG_GREY, IMG_PNG_RGBA])
+    assert tile_names(c) == ["rgb_300x220.png", "photo_420_257x511.jpg", "ct_rescaled.dcm", "grey_97x141.png"]
+    assert attach_msg(c) == "Not attached: rgba_64x40.png. At most 4 images can go with one message.", attach_msg(c)
+    c.set_lang("zh")
+    assert attach_msg(c) == "未附加：rgba_64x40.png。每条消息最多可附带 4 张图像。", attach_msg(c)
+    c.set_lang("en")
+    c.shots("30-too-many-images")
+    paste_files(c, [("image.png", "image/png", IMG_PNG_RGBA)])
+    assert attach_msg(c) == "Not attached: image.png. At most 4 images can go with one message."
+    assert len(tiles(c)) == 4
+    clear_tiles(c)
+    # 20 MiB is allowed, a byte more is not; other types and undecodable images are refused.
+    tmp = tempfile.mkdtemp(prefix="medgemma-attach-")
+    try:
+        dicom = file_bytes(DCM_CT)
+        exact = os.path.join(tmp, "exactly-20-mib.dcm")
+        over = os.path.join(tmp, "over-20-mib.dcm")
+        for path, size in ((exact, 20 * 1024 * 1024), (over, 20 * 1024 * 1024 + 1)):
+            with open(path, "wb") as f:
+                f.write(dicom)
+                f.truncate(size)
+        notes = os.path.join(tmp, "notes.txt")
+        with open(notes, "w") as f:
+            f.write("not an image")
+        broken = os.path.join(tmp, "broken.png")
+        with open(broken, "wb") as f:
+            f.write(file_bytes(IMG_PNG)[:400])  # the PNG signature, then cut off
+        choose_files(c, [over, notes, broken, exact])
+        assert tile_names(c) == ["exactly-20-mib.dcm"], tiles(c)
+        assert attach_msg(c).split("\n") == [
+            "Not attached: over-20-mib.dcm is larger than 20 MiB. Send a smaller image (one slice, or a lower resolution).",
+            "Not attached: notes.txt is not a PNG, JPEG or DICOM file.",
+            "Not attached: broken.png could not be read as an image.",
+        ], attach_msg(c)
+        c.set_lang("zh")
+        assert attach_msg(c).split("\n") == [
+            "未附加：over-20-mib.dcm 超过 20 MiB。请发送更小的图像（单个切片或较低分辨率）。",
+            "未附加：notes.txt 不是 PNG、JPEG 或 DICOM 文件。",
+            "未附加：无法将 broken.png 读取为图像。",
+        ], attach_msg(c)
+        c.set_lang("en")
+        c.shots("30b-refused-files")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    clear_tiles(c)
+    assert not c.visible("#attach-msg"), "the sentences outlive the images they were about"
+    # Images alone are not a question: the text is still required.
+    choose_files(c, [IMG_PNG])
+    sent = len(c.chat_bodies)
+    p.eval("document.getElementById('input').value = ''; document.getElementById('input').focus()")
+    p.press_enter()
+    assert attach_msg(c) == "Type a question to send with the images.", attach_msg(c)
+    c.set_lang("zh")
+    assert attach_msg(c) == "请输入与图像一起发送的问题。"
+    c.set_lang("en")
+    time.sleep(0.2)
+    assert len(c.chat_bodies) == sent and tile_names(c) == ["rgb_300x220.png"]
+    clear_tiles(c)
+
+
+@test(mock_only=True)
+def images_are_sent_with_the_question_then_cleared(c):
+    p = c.page
+    c.load()
+    c.new_conversation()
+    choose_files(c, [IMG_PNG, DCM_CT])
+    paste_files(c, [("photo.jpg", "image/jpeg", IMG_JPG)])
+    order = [IMG_PNG, DCM_CT, IMG_JPG]
+    question = "What does this chest image show?"
+    c.ask(question)
+    body = c.chat_bodies[-1]
+    assert body["message"] == question and len(body["images"]) == 3, {k: v for k, v in body.items() if k != "images"}
+    for url, path, kind in zip(body["images"], order, ("png", "dicom", "jpeg")):
+        head, data = decode_data_url(url)
+        assert head == DATA_PREFIX[kind] and data == file_bytes(path), (head, path)
+    got = c.mock_get("/__mock/state")["chat_bodies"][-1]["images"]
+    assert [(x["mime"], x["sha256"]) for x in got] == [
+        ("image/png", sha256(IMG_PNG)), ("application/dicom", sha256(DCM_CT)), ("image/jpeg", sha256(IMG_JPG))], got
+    assert c.text(f"{LAST_Q} .answer").startswith("Images read: PNG, DICOM, JPEG."), c.text(f"{LAST_Q} .answer")
+    # Sent, so the composer is empty again; the question shows its thumbnails.
+    assert tiles(c) == [] and not c.visible("#attachments") and p.eval("document.getElementById('input').value") == ""
+    shown = p.eval(f"""[...document.querySelectorAll('{LAST_Q} .turn-image')].map((li) => {{
+        const img = li.querySelector('img');
+        return {{name: li.querySelector('.att-name').textContent, img: img ? img.src.slice(0, 23) : null,
+                 w: img ? img.naturalWidth : 0, tile: (li.querySelector('.att-tile') || {{}}).textContent || null}}; }})""")
+    assert shown == [
+        {"name": "rgb_300x220.png", "img": "data:image/jpeg;base64,", "w": 192, "tile": None},
+        {"name": "ct_rescaled.dcm", "img": None, "w": 0, "tile": "DICOMno preview"},
+        {"name": "photo.jpg", "img": "data:image/jpeg;base64,", "w": 97, "tile": None},
+    ], shown
+    assert p.eval(f"document.querySelector('{LAST_Q} .turn-images').getAttribute('aria-label')") == \
+        "Images sent with this question"
+    p.eval(f"document.querySelector('{LAST_Q} .msg-user').scrollIntoView({{block: 'start'}})")
+    c.shots("31-sent-images")
+    # Edit-and-resend brings the images back into the composer; Send replaces them too.
+    p.click(f"{LAST_Q} .edit")
+    assert tile_names(c) == ["rgb_300x220.png", "ct_rescaled.dcm", "photo.jpg"]
+    p.click(f"{TILES}:nth-child(2) .att-remove")
+    p.eval("document.getElementById('input').select()")
+    p.insert_text("And on this film alone?")
+    p.press_enter()
+    p.wait_for("document.documentElement.dataset.busy === '0'", 15, what="the edited answer")
+    body = c.chat_bodies[-1]
+    assert body["replace_last"] is True and [decode_data_url(u)[1] for u in body["images"]] == \
+        [file_bytes(IMG_PNG), file_bytes(IMG_JPG)], {k: v for k, v in body.items() if k != "images"}
+    assert p.eval(f"[...document.querySelectorAll('{LAST_Q} .turn-image .att-name')].map(e => e.textContent)") == \
+        ["rgb_300x220.png", "photo.jpg"]
+    assert c.turn_count() == 1 and tiles(c) == []
+    # Regenerate asks again without sending them (the daemon has the question); they stay shown.
+    p.click(f"{LAST_Q} .regenerate")
+    p.wait_for("document.documentElement.dataset.busy === '0'", 15, what="the regenerated answer")
+    assert c.chat_bodies[-1]["regenerate"] is True and "images" not in c.chat_bodies[-1]
+    assert p.eval(f"document.querySelectorAll('{LAST_Q} .turn-image').length") == 2
+    # A question without images sends no "images" field; the earlier thumbnails stay.
+    c.ask("Any follow-up advice?")
+    assert "images" not in c.chat_bodies[-1], c.chat_bodies[-1]
+    assert p.eval("document.querySelectorAll('#turns .turn-image').length") == 2
+    assert p.eval(f"document.querySelectorAll('{LAST_Q} .turn-images').length") == 0
+
+
+@test(mock_only=True)
+def image_errors_keep_the_question_and_images(c):
+    p = c.page
+    c.load()
+    c.new_conversation()
+    # A DICOM file of two frames: the server refuses it; nothing is lost.
+    choose_files(c, [IMG_PNG, DCM_TWO_FRAMES])
+    question = "Compare these two CT slices."
+    c.ask(question)
+    p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+    detail = "Image 2 is a DICOM file with 2 frames; send a single frame (one slice)."
+    assert c.text("#alert") == "The server could not use an image: " + detail, c.text("#alert")
+    assert p.eval("document.getElementById('input').value") == question
+    assert tile_names(c) == ["rgb_300x220.png", "ct_two_frames.dcm"] and c.turn_count() == 0
+    c.set_lang("zh")
+    assert c.text("#alert") == "服务器无法使用其中一张图像：" + detail, c.text("#alert")
+    c.set_lang("en")
+    c.shots("32-image-refused")
+    # The server's own limits (lower than the page's here): each code has its sentence, and the composer stays.
+    try:
+        for limits, code_text in (({"max_images": 1}, "Too many images for one message: "
+                                                      "This message has 2 images; the limit is 1."),
+                                  ({"max_image_bytes": 65536}, "An image is too large: "
+                                                               "Image 1 is larger than the limit of 0.0625 MiB per image.")):
+            c.mock_post("/__mock/status", limits)
+            p.click("#notice-dismiss")
+            p.eval("document.getElementById('input').focus()")
+            p.press_enter()
+            p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+            assert c.text("#alert") == code_text, c.text("#alert")
+            assert p.eval("document.getElementById('input').value") == question
+            assert tile_names(c) == ["rgb_300x220.png", "ct_two_frames.dcm"]
+            c.mock_post("/__mock/status", {"max_images": 4, "max_image_bytes": 20 * 1024 * 1024})
+    finally:
+        c.mock_post("/__mock/status", {"max_images": 4, "max_image_bytes": 20 * 1024 * 1024})
+    c.set_lang("zh")
+    assert c.text("#alert").startswith("图像过大："), c.text("#alert")
+    c.set_lang("en")
+    # A body over the server's limit: with images, the sentence says to cut those.
+    try:
+        c.mock_post("/__mock/status", {"max_body_bytes": 64 * 1024})
+        p.click("#notice-dismiss")
+        p.eval("document.getElementById('input').focus()")
+        p.press_enter()
+        p.wait_for("!document.getElementById('notice').hidden", 3, what="the notice")
+        assert c.text("#alert") == ("The question and its images are too large together for the server. "
+                                    "Send fewer or smaller images."), c.text("#alert")
+        c.set_lang("zh")
+        assert c.text("#alert") == "问题与图像合计超出服务器的上限。请减少图像数量或发送更小的图像。"
+        c.set_lang("en")
+        assert p.eval("document.getElementById('input').value") == question
+        assert tile_names(c) == ["rgb_300x220.png", "ct_two_frames.dcm"]
+    finally:
+        c.mock_post("/__mock/status", {"max_body_bytes": 128 * 1024 * 1024})
+    p.click("#notice-dismiss")
+    # Without the refused file it goes through.
+    p.click(f"{TILES}:nth-child(2) .att-remove")
+    p.eval("document.getElementById('input').focus()")
+    p.press_enter()
+    p.wait_for("document.documentElement.dataset.busy === '0' && document.querySelectorAll('#turns > .turn').length === 1",
+               15, what="the answer")
+    assert not c.visible("#notice") and tiles(c) == []
+    assert len(c.chat_bodies[-1]["images"]) == 1 and c.text(f"{LAST_Q} .answer").startswith("Images read: PNG.")
+
+
+@test(mock_only=True)
+def images_never_reach_storage_and_leave_with_the_user(c):
+    p = c.page
+    # After the tests above attached, sent and refused images: no storage API holds any.
+    stored = p.eval("""(async () => {
+        const entries = (s) => Object.keys(s).map((k) => [k, s.getItem(k)]);
+        const dbs = indexedDB.databases ? await indexedDB.databases() : [];
+        const cacheNames = self.caches ? await caches.keys() : [];
+        const est = await navigator.storage.estimate();
+        return {local: entries(localStorage), session: entries(sessionStorage), dbs: dbs.map((d) => d.name),
+                caches: cacheNames, details: est.usageDetails || {}, cookie: document.cookie};
+    })()""", await_promise=True)
+    assert {k for k, _ in stored["local"]} <= {"medgemma.lang", "medgemma.theme", "medgemma.reasoning"}, stored["local"]
+    assert all(len(v or "") < 16 for _, v in stored["local"]), stored["local"]
+    assert stored["session"] == [] and stored["dbs"] == [] and stored["caches"] == [], stored
+    assert not any(stored["details"].get(k) for k in ("indexedDB", "caches", "serviceWorkerRegistrations")), stored
+    assert "base64" not in json.dumps(stored)
+    # Logging out takes the waiting images with it: the next person sees none.
+    try:
+        accounts(c, True)
+        c.load()
+        login_as(c, "dr.li", TEST_USERS["dr.li"])
+        choose_files(c, [IMG_PNG, DCM_CT])
+        p.eval("document.getElementById('input').focus()")
+        p.insert_text("A question about these images.")
+        p.click("#logout")
+        p.wait_for("!document.getElementById('login').hidden", 3, what="the login screen")
+        assert tiles(c) == [] and not c.visible("#attachments")
+        login_as(c, "dr.wang", TEST_USERS["dr.wang"])
+        assert tiles(c) == [] and p.eval("document.getElementById('input').value") == ""
     finally:
         accounts(c, False)
         c.load()
