@@ -3,13 +3,25 @@
 //!
 //! `POST /api/chat` takes `{"conversation_id": string|null, "message":
 //! string, "max_new_tokens"?: int, "temperature"?: number, "thinking"?:
-//! bool}` and answers `text/event-stream` with, in this order:
-//! `event: conversation` `{"conversation_id"}`; any number of
-//! `event: reasoning` / `event: answer` `{"delta"}`; then `event: done`
-//! with the counts, or `event: error` `{"code", "message"}` (e.g.
-//! `context_full`, checked before generating). Errors found before the
-//! stream starts (bad body, unknown conversation, full queue) are plain JSON
-//! errors with their HTTP status.
+//! bool, "style"?: "structured"|"brief"|null, "language"?: "en"|"zh",
+//! "regenerate"?: bool, "replace_last"?: bool}` and answers
+//! `text/event-stream` with, in this order: `event: conversation`
+//! `{"conversation_id"}`; any number of `event: reasoning` / `event:
+//! answer` `{"delta"}`; then `event: done` with the counts and the `terms`
+//! found in the question and the answer, or `event: error` `{"code",
+//! "message"}` (e.g. `context_full`, checked before generating). Errors
+//! found before the stream starts (bad body, unknown conversation, full
+//! queue, the model still loading) are plain JSON errors with their HTTP
+//! status.
+//!
+//! `thinking: true` puts Google's thinking switch in front of the system
+//! prompt (spec model.md §7) and streams the trace; `false` asks for no
+//! trace and sends none (the model may still think unprompted: the trace is
+//! then kept from the client). The system prompt is the configured one,
+//! then the answer-style preset of the conversation's style in the UI's
+//! language. `regenerate` asks the last question again (its old answer is
+//! replaced); `replace_last` replaces the last question and its answer.
+//! The reasoning trace is never sent back to the model as history.
 //!
 //! Owns: turning a request into a [`ChatRequest`] and the stream back into
 //! events and history. Must never: log message text, or keep a turn's text
@@ -26,14 +38,17 @@ use medgemma_model::sampling::SamplingParams;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::AppState;
-use super::conversations::{ConversationError, Conversations, is_id, short};
+use super::conversations::{
+    ConversationError, Conversations, StoredAnswer, TurnMode, TurnRequest, Undo, is_id, short,
+};
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
+use super::{AppState, Caller};
 use crate::audit_log::{self, Auditor, TurnRecord};
 use crate::engine::worker::{SubmitError, TurnError, WorkerMsg};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary};
 use crate::log;
 use medgemma_audit::{ActorId, ConversationId, Digest, Outcome};
+use medgemma_protocol::config::AnswerStyle;
 
 /// Google's documented switch for MedGemma's thinking mode (spec model.md §7):
 /// a prefix of the system prompt.
@@ -60,6 +75,35 @@ struct ChatBody {
     temperature: Option<f32>,
     #[serde(default)]
     thinking: Option<bool>,
+    #[serde(default)]
+    style: Option<AnswerStyle>,
+    #[serde(default)]
+    language: Option<Language>,
+    #[serde(default)]
+    regenerate: bool,
+    #[serde(default)]
+    replace_last: bool,
+}
+
+/// The UI's language, which picks the language of the style preset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// English.
+    #[default]
+    En,
+    /// Chinese.
+    Zh,
+}
+
+impl Language {
+    /// The code of the presets' file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::En => "en",
+            Self::Zh => "zh",
+        }
+    }
 }
 
 /// The `POST /api/chat/cancel` body.
@@ -104,14 +148,34 @@ pub fn sampling(temperature: f32) -> SamplingParams {
     }
 }
 
-/// The system message: the configured prompt, with the thinking switch in front when asked.
-pub fn system_message(configured: Option<&str>, thinking: bool) -> Option<Message> {
-    match (configured, thinking) {
-        (Some(text), true) => Some(Message::system(format!("{THINKING_INSTRUCTION} {text}"))),
-        (Some(text), false) => Some(Message::system(text)),
-        (None, true) => Some(Message::system(THINKING_INSTRUCTION)),
-        (None, false) => None,
+/// The system message: the thinking switch in front when asked, then the
+/// configured prompt, then the answer-style preset.
+pub fn system_message(
+    configured: Option<&str>,
+    preset: Option<&str>,
+    thinking: bool,
+) -> Option<Message> {
+    let body = [configured, preset]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    match (body.is_empty(), thinking) {
+        (false, true) => Some(Message::system(format!("{THINKING_INSTRUCTION} {body}"))),
+        (false, false) => Some(Message::system(body)),
+        (true, true) => Some(Message::system(THINKING_INSTRUCTION)),
+        (true, false) => None,
     }
+}
+
+/// The preset of `style` in `language`, if presets are configured.
+pub fn preset(state: &AppState, style: AnswerStyle, language: Language) -> Option<&str> {
+    state
+        .settings
+        .presets
+        .iter()
+        .find(|(s, l, _)| *s == style && *l == language.as_str())
+        .map(|(_, _, text)| text.as_str())
 }
 
 /// Maps a refused submission to its HTTP error.
@@ -130,11 +194,15 @@ pub fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
-fn conversation_error(e: ConversationError) -> ApiError {
+/// Maps a conversation store refusal to its HTTP error.
+pub fn conversation_error(e: ConversationError) -> ApiError {
     let status = match e {
         ConversationError::NotFound => StatusCode::NOT_FOUND,
         ConversationError::Busy => StatusCode::CONFLICT,
         ConversationError::TooMany | ConversationError::Random => StatusCode::SERVICE_UNAVAILABLE,
+        ConversationError::NothingToRegenerate | ConversationError::NothingToReplace => {
+            StatusCode::BAD_REQUEST
+        }
     };
     let mut err = ApiError::new(status, e.code(), e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -147,11 +215,26 @@ fn conversation_error(e: ConversationError) -> ApiError {
 pub async fn chat(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
-    client: Option<String>,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     let body: ChatBody = super::http::read_json(req).await?;
-    if body.message.trim().is_empty() {
+    let mode = match (body.regenerate, body.replace_last) {
+        (true, true) => {
+            return Err(ApiError::bad_request(
+                "regenerate and replace_last cannot be combined.",
+            ));
+        }
+        (true, false) => TurnMode::Regenerate,
+        (false, true) => TurnMode::ReplaceLast,
+        (false, false) => TurnMode::New,
+    };
+    if mode != TurnMode::New && body.conversation_id.is_none() {
+        return Err(ApiError::bad_request(
+            "regenerate and replace_last need a conversation_id.",
+        ));
+    }
+    if mode != TurnMode::Regenerate && body.message.trim().is_empty() {
         return Err(ApiError::bad_request(
             "The message is empty; type a question.",
         ));
@@ -161,17 +244,24 @@ pub async fn chat(
     if body.conversation_id.as_deref().is_some_and(|id| !is_id(id)) {
         return Err(conversation_error(ConversationError::NotFound));
     }
+    let engine = state.engine.require()?;
+    let thinking = body.thinking.unwrap_or(false);
+    let language = body.language.unwrap_or_default();
 
     let cancel = Arc::new(AtomicBool::new(false));
     let admitted = state
         .conversations
-        .begin_turn(
-            body.conversation_id.as_deref(),
-            client.as_deref(),
-            Arc::clone(&cancel),
-        )
+        .begin_turn(TurnRequest {
+            id: body.conversation_id.as_deref(),
+            owner: caller.owner.as_deref(),
+            message: body.message,
+            mode,
+            style: body.style,
+            default_style: state.settings.answers.default_style,
+            cancel: Arc::clone(&cancel),
+        })
         .map_err(conversation_error)?;
-    let actor = audit_log::browser_actor(client.as_deref());
+    let actor = caller.actor.clone();
     let audit_conv = audit_log::conversation_id(&admitted.id);
     if admitted.created
         && let Err(e) = state.audit.conversation_start(&actor, &audit_conv).await
@@ -181,19 +271,20 @@ pub async fn chat(
         ));
         state
             .conversations
-            .abort_turn(&admitted.id, admitted.created);
+            .abort_turn(&admitted.id, admitted.created, admitted.undo);
         return Err(audit_error());
     }
-    let input = state.audit.digest(&body.message);
-    let user = Message::user(body.message);
+    let question = admitted.question;
+    let input = state.audit.digest(&question);
     let mut messages: Vec<Message> = system_message(
         state.settings.system_prompt.as_deref(),
-        body.thinking.unwrap_or(false),
+        preset(&state, admitted.style, language),
+        thinking,
     )
     .into_iter()
     .collect();
     messages.extend(admitted.history);
-    messages.push(user.clone());
+    messages.push(Message::user(question.clone()));
 
     let request = ChatRequest {
         messages,
@@ -201,13 +292,14 @@ pub async fn chat(
         sampling: sampling(temperature),
         cancel: Arc::clone(&cancel),
     };
-    let worker_rx = match state.engine.submit(request) {
+    let worker_rx = match engine.submit(request) {
         Ok(rx) => rx,
         Err(e) => {
-            // The client never learns this conversation's id: forget it.
+            // The turn never started: give back what it replaced, and
+            // forget a conversation the client never learns of.
             state
                 .conversations
-                .abort_turn(&admitted.id, admitted.created);
+                .abort_turn(&admitted.id, admitted.created, admitted.undo);
             return Err(submit_error(e));
         }
     };
@@ -216,7 +308,9 @@ pub async fn chat(
     let turn = Turn {
         store: Arc::clone(&state.conversations),
         id: admitted.id,
-        user: Some(user),
+        mode,
+        question: Some(question),
+        thinking,
     };
     let record = Recorder {
         state: Arc::clone(&state),
@@ -321,21 +415,25 @@ fn audit_error_event() -> Bytes {
 struct Turn {
     store: Arc<Conversations>,
     id: String,
-    user: Option<Message>,
+    mode: TurnMode,
+    question: Option<String>,
+    /// The client asked for the reasoning trace.
+    thinking: bool,
 }
 
 impl Turn {
-    fn finish(&mut self, answer: String) {
-        if let Some(user) = self.user.take() {
-            self.store.finish_turn(&self.id, user, answer);
+    fn finish(&mut self, answer: StoredAnswer) {
+        if let Some(question) = self.question.take() {
+            self.store
+                .finish_turn(&self.id, self.mode, question, answer);
         }
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if self.user.is_some() {
-            self.store.abort_turn(&self.id, false);
+        if self.question.is_some() {
+            self.store.abort_turn(&self.id, false, Undo::Nothing);
         }
     }
 }
@@ -358,6 +456,7 @@ async fn pump(
                 queued_for = q;
                 continue;
             }
+            WorkerMsg::Event(ChatEvent::Reasoning(_)) if !turn.thinking => continue,
             WorkerMsg::Event(ChatEvent::Reasoning(delta)) => {
                 sse_event("reasoning", &serde_json::json!({ "delta": delta }))
             }
@@ -371,8 +470,19 @@ async fn pump(
                     let _ = tx.send(audit_error_event()).await;
                     return;
                 }
-                let done = done_event(&summary, queued_for);
-                turn.finish(summary.answer);
+                let question = turn.question.as_deref().unwrap_or("");
+                let terms = record
+                    .state
+                    .terms()
+                    .find(&format!("{question}\n{}", summary.answer));
+                let mut done = done_event(&summary, queued_for);
+                done["terms"] = serde_json::to_value(&terms).unwrap_or_default();
+                let reasoning = summary.reasoning.clone().filter(|_| turn.thinking);
+                turn.finish(StoredAnswer {
+                    content: summary.answer,
+                    reasoning,
+                    terms,
+                });
                 let _ = tx.send(sse_event("done", &done)).await;
                 return;
             }
@@ -417,7 +527,7 @@ fn done_event(s: &ChatSummary, queued_for: Duration) -> serde_json::Value {
 pub async fn cancel(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
-    client: Option<String>,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let body: CancelBody = super::http::read_json(req).await?;
     if !is_id(&body.conversation_id) {
@@ -425,7 +535,7 @@ pub async fn cancel(
     }
     let cancelled = state
         .conversations
-        .cancel(&body.conversation_id, client.as_deref())
+        .cancel(&body.conversation_id, caller.owner.as_deref())
         .map_err(conversation_error)?;
     Ok(json(
         StatusCode::OK,
@@ -434,17 +544,13 @@ pub async fn cancel(
 }
 
 /// `DELETE /api/conversations/{id}`: stops any running turn and forgets the conversation.
-pub fn delete(
-    state: &AppState,
-    id: &str,
-    client: Option<String>,
-) -> Result<Response<Body>, ApiError> {
+pub fn delete(state: &AppState, id: &str, caller: &Caller) -> Result<Response<Body>, ApiError> {
     if !is_id(id) {
         return Err(conversation_error(ConversationError::NotFound));
     }
     state
         .conversations
-        .delete(id, client.as_deref())
+        .delete(id, caller.owner.as_deref())
         .map_err(conversation_error)?;
     let mut resp = Response::new(super::http::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -1,29 +1,40 @@
 //! Conversations held in memory between turns.
 //!
 //! A conversation is keyed by an unguessable id (128 bits from the OS random
-//! source), holds its previous user and model turns with the reasoning trace
-//! removed, and is forgotten after `server.session_idle_timeout_secs` without
-//! a turn. At most one turn runs per conversation; its cancel flag lives here
-//! so `POST /api/chat/cancel` and `DELETE /api/conversations/{id}` can stop it.
+//! source) and holds its turns: each question with its answer, the answer's
+//! reasoning trace (shown again when the conversation is opened from the
+//! list, never sent back to the model) and the terms found in it; its
+//! answer style; and the time of its last turn. It is forgotten after
+//! `server.session_idle_timeout_secs` without a turn, when it is deleted,
+//! and when its owner's last login session ends. At most one turn runs per
+//! conversation; its cancel flag lives here so `POST /api/chat/cancel` and
+//! `DELETE /api/conversations/{id}` can stop it.
 //!
-//! A conversation started by a browser remembers the browser's client-id
-//! cookie and answers "not found" to any other client, so a leaked id alone
-//! is not enough to continue someone else's conversation from a browser.
+//! A conversation belongs to its owner: the account of a login session, or
+//! (without accounts) the browser's client-id cookie. Anyone else gets "not
+//! found", so a leaked id alone is not enough to read, continue, cancel or
+//! delete someone else's conversation.
 //!
 //! Owns: conversation text in memory. Must never: write it anywhere, log it,
-//! or keep it past the idle timeout or a delete.
+//! or keep it past the idle timeout, a delete or its owner's logout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use medgemma_model::chat::Message;
+use medgemma_protocol::config::AnswerStyle;
+
+use super::terms::FoundTerm;
 
 /// Conversations kept at once. Each holds at most one context of text (tens
 /// of KiB), so this bounds memory; beyond it new conversations get a 503
 /// until idle ones expire.
 pub const MAX_CONVERSATIONS: usize = 512;
+
+/// Characters of the first question shown as a conversation's title.
+pub const TITLE_CHARS: usize = 60;
 
 /// Bytes of randomness in an id (128 bits: unguessable, never reused).
 const ID_BYTES: usize = 16;
@@ -31,7 +42,7 @@ const ID_BYTES: usize = 16;
 /// Why a conversation could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConversationError {
-    /// Unknown, expired, deleted, or another client's.
+    /// Unknown, expired, deleted, or someone else's.
     #[error("this conversation does not exist or has expired; start a new conversation")]
     NotFound,
     /// A turn is already running.
@@ -43,6 +54,12 @@ pub enum ConversationError {
     /// The OS random source failed.
     #[error("the system random source failed; the service cannot create conversations")]
     Random,
+    /// `regenerate` without an answer to regenerate.
+    #[error("there is no answer to regenerate in this conversation")]
+    NothingToRegenerate,
+    /// `replace_last` without a question to replace.
+    #[error("there is no question to replace in this conversation")]
+    NothingToReplace,
 }
 
 impl ConversationError {
@@ -53,6 +70,7 @@ impl ConversationError {
             Self::Busy => "conversation_busy",
             Self::TooMany => "too_many_conversations",
             Self::Random => "random_source_failed",
+            Self::NothingToRegenerate | Self::NothingToReplace => "invalid_request",
         }
     }
 }
@@ -77,15 +95,75 @@ pub fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// A finished answer as the conversation keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The answer text (what the model sees again as history).
+    pub content: String,
+    /// The reasoning trace, shown when the conversation is opened again;
+    /// never part of the history the model sees.
+    pub reasoning: Option<String>,
+    /// Terms found in the question and the answer.
+    pub terms: Vec<FoundTerm>,
+}
+
+/// One question and its answer (none when it was lost to an error after a
+/// regenerate began).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTurn {
+    /// The question.
+    pub user: String,
+    /// The answer.
+    pub answer: Option<StoredAnswer>,
+}
+
+/// How a turn relates to the conversation's last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnMode {
+    /// A new question.
+    New,
+    /// The last question again, replacing its answer.
+    Regenerate,
+    /// A new question replacing the last question and its answer.
+    ReplaceLast,
+}
+
+/// What [`Conversations::begin_turn`] removed, given back by
+/// [`Conversations::abort_turn`] when the turn never started.
+#[derive(Debug)]
+pub enum Undo {
+    /// Nothing was removed.
+    Nothing,
+    /// The last turn's answer (regenerate).
+    Answer(StoredAnswer),
+    /// The last turn (replace).
+    Turn(StoredTurn),
+}
+
 #[derive(Debug)]
 struct Conversation {
-    /// Alternating user / assistant turns, reasoning removed.
-    turns: Vec<Message>,
+    turns: Vec<StoredTurn>,
     last_used: Instant,
-    /// The browser's client id, if a browser started it.
-    client: Option<String>,
+    updated_unix: u64,
+    style: AnswerStyle,
+    /// Who may use it; `None`: anyone (no owner was known).
+    owner: Option<String>,
     /// The running turn's cancel flag.
     active: Option<Arc<AtomicBool>>,
+}
+
+impl Conversation {
+    /// The history the model sees: answered turns, without reasoning.
+    fn history(&self, upto: usize) -> Vec<Message> {
+        let mut out = Vec::with_capacity(upto * 2);
+        for t in &self.turns[..upto] {
+            if let Some(a) = t.answer.as_ref().filter(|a| !a.content.trim().is_empty()) {
+                out.push(Message::user(t.user.clone()));
+                out.push(Message::assistant(a.content.clone()));
+            }
+        }
+        out
+    }
 }
 
 /// A turn that [`Conversations::begin_turn`] admitted.
@@ -95,8 +173,57 @@ pub struct Admitted {
     pub id: String,
     /// Whether this turn created the conversation.
     pub created: bool,
-    /// The previous turns.
+    /// The previous turns, as the model sees them.
     pub history: Vec<Message>,
+    /// The question of this turn (the stored one when regenerating).
+    pub question: String,
+    /// The conversation's answer style.
+    pub style: AnswerStyle,
+    /// What to give back if the turn never starts.
+    pub undo: Undo,
+}
+
+/// What [`Conversations::begin_turn`] is asked.
+#[derive(Debug)]
+pub struct TurnRequest<'a> {
+    /// The conversation, or `None` for a new one.
+    pub id: Option<&'a str>,
+    /// Who asks.
+    pub owner: Option<&'a str>,
+    /// The question (ignored when regenerating).
+    pub message: String,
+    /// New, regenerate or replace.
+    pub mode: TurnMode,
+    /// The style asked for (kept for the conversation), if any.
+    pub style: Option<AnswerStyle>,
+    /// The style of a new conversation without one asked for.
+    pub default_style: AnswerStyle,
+    /// The running turn's cancel flag.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// A conversation in the list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Its id.
+    pub id: String,
+    /// The first question, cut to [`TITLE_CHARS`] characters.
+    pub title: String,
+    /// Questions asked.
+    pub turns: usize,
+    /// When its last turn ended (Unix seconds).
+    pub updated_unix: u64,
+    /// Its answer style.
+    pub style: &'static str,
+}
+
+/// A conversation's content, to show or export.
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    /// Its answer style.
+    pub style: AnswerStyle,
+    /// Its turns.
+    pub turns: Vec<StoredTurn>,
 }
 
 /// All conversations of this process.
@@ -104,6 +231,13 @@ pub struct Admitted {
 pub struct Conversations {
     map: Mutex<HashMap<String, Conversation>>,
     idle_timeout: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Conversations {
@@ -140,81 +274,133 @@ impl Conversations {
         c.active.is_none() && now.duration_since(c.last_used) >= self.idle_timeout
     }
 
-    /// Starts a turn: in conversation `id`, or in a new one when `id` is `None`.
-    pub fn begin_turn(
-        &self,
-        id: Option<&str>,
-        client: Option<&str>,
-        cancel: Arc<AtomicBool>,
-    ) -> Result<Admitted, ConversationError> {
+    /// Starts a turn (see [`TurnRequest`]).
+    pub fn begin_turn(&self, req: TurnRequest<'_>) -> Result<Admitted, ConversationError> {
         let now = Instant::now();
         let mut map = self.lock();
-        match id {
-            Some(id) => {
-                let conv = map.get_mut(id).ok_or(ConversationError::NotFound)?;
-                if self.expired(conv, now) || !same_client(conv.client.as_deref(), client) {
-                    return Err(ConversationError::NotFound);
-                }
-                if conv.active.is_some() {
-                    return Err(ConversationError::Busy);
-                }
-                conv.active = Some(cancel);
-                conv.last_used = now;
-                Ok(Admitted {
-                    id: id.to_owned(),
-                    created: false,
-                    history: conv.turns.clone(),
-                })
+        let Some(id) = req.id else {
+            if req.mode != TurnMode::New {
+                return Err(ConversationError::NotFound);
             }
-            None => {
+            if map.len() >= MAX_CONVERSATIONS {
+                map.retain(|_, c| !self.expired(c, now));
                 if map.len() >= MAX_CONVERSATIONS {
-                    map.retain(|_, c| !self.expired(c, now));
-                    if map.len() >= MAX_CONVERSATIONS {
-                        return Err(ConversationError::TooMany);
+                    return Err(ConversationError::TooMany);
+                }
+            }
+            let id = random_id()?;
+            let style = req.style.unwrap_or(req.default_style);
+            map.insert(
+                id.clone(),
+                Conversation {
+                    turns: Vec::new(),
+                    last_used: now,
+                    updated_unix: unix_now(),
+                    style,
+                    owner: req.owner.map(str::to_owned),
+                    active: Some(req.cancel),
+                },
+            );
+            return Ok(Admitted {
+                id,
+                created: true,
+                history: Vec::new(),
+                question: req.message,
+                style,
+                undo: Undo::Nothing,
+            });
+        };
+        let conv = map.get_mut(id).ok_or(ConversationError::NotFound)?;
+        if self.expired(conv, now) || !same_owner(conv.owner.as_deref(), req.owner) {
+            return Err(ConversationError::NotFound);
+        }
+        if conv.active.is_some() {
+            return Err(ConversationError::Busy);
+        }
+        let (question, undo, upto) = match req.mode {
+            TurnMode::New => (req.message, Undo::Nothing, conv.turns.len()),
+            TurnMode::Regenerate => {
+                let last = conv
+                    .turns
+                    .last_mut()
+                    .ok_or(ConversationError::NothingToRegenerate)?;
+                let answer = last
+                    .answer
+                    .take()
+                    .ok_or(ConversationError::NothingToRegenerate)?;
+                let question = last.user.clone();
+                (question, Undo::Answer(answer), conv.turns.len() - 1)
+            }
+            TurnMode::ReplaceLast => {
+                let last = conv
+                    .turns
+                    .pop()
+                    .ok_or(ConversationError::NothingToReplace)?;
+                (req.message, Undo::Turn(last), conv.turns.len())
+            }
+        };
+        if let Some(style) = req.style {
+            conv.style = style;
+        }
+        conv.active = Some(req.cancel);
+        conv.last_used = now;
+        Ok(Admitted {
+            id: id.to_owned(),
+            created: false,
+            history: conv.history(upto),
+            question,
+            style: conv.style,
+            undo,
+        })
+    }
+
+    /// Ends a turn that produced `answer`. A regenerated turn's answer
+    /// replaces the old one; a new or replacing question joins the history
+    /// with its answer. An empty answer (stopped before any answer text)
+    /// leaves the history as it was, so questions and answers alternate.
+    pub fn finish_turn(&self, id: &str, mode: TurnMode, question: String, answer: StoredAnswer) {
+        let mut map = self.lock();
+        let Some(conv) = map.get_mut(id) else {
+            return;
+        };
+        conv.active = None;
+        conv.last_used = Instant::now();
+        conv.updated_unix = unix_now();
+        if answer.content.trim().is_empty() {
+            return;
+        }
+        match mode {
+            TurnMode::Regenerate => match conv.turns.last_mut() {
+                Some(last) => last.answer = Some(answer),
+                None => conv.turns.push(StoredTurn {
+                    user: question,
+                    answer: Some(answer),
+                }),
+            },
+            TurnMode::New | TurnMode::ReplaceLast => conv.turns.push(StoredTurn {
+                user: question,
+                answer: Some(answer),
+            }),
+        }
+    }
+
+    /// Ends a turn without an answer. `undo` gives back what the turn
+    /// removed (it never started); a conversation this turn created and
+    /// that the client never learnt of (`forget_if_new`) is removed.
+    pub fn abort_turn(&self, id: &str, forget_if_new: bool, undo: Undo) {
+        let mut map = self.lock();
+        if let Some(conv) = map.get_mut(id) {
+            conv.active = None;
+            conv.last_used = Instant::now();
+            match undo {
+                Undo::Nothing => {}
+                Undo::Answer(a) => {
+                    if let Some(last) = conv.turns.last_mut() {
+                        last.answer = Some(a);
                     }
                 }
-                let id = random_id()?;
-                map.insert(
-                    id.clone(),
-                    Conversation {
-                        turns: Vec::new(),
-                        last_used: now,
-                        client: client.map(str::to_owned),
-                        active: Some(cancel),
-                    },
-                );
-                Ok(Admitted {
-                    id,
-                    created: true,
-                    history: Vec::new(),
-                })
+                Undo::Turn(t) => conv.turns.push(t),
             }
-        }
-    }
-
-    /// Ends a turn that produced `answer`: the user's message and the answer
-    /// (reasoning already removed) join the history. An empty answer (stopped
-    /// before any answer text) leaves the history as it was, so user and model
-    /// turns keep alternating.
-    pub fn finish_turn(&self, id: &str, user: Message, answer: String) {
-        let mut map = self.lock();
-        if let Some(conv) = map.get_mut(id) {
-            conv.active = None;
-            conv.last_used = Instant::now();
-            if !answer.trim().is_empty() {
-                conv.turns.push(user);
-                conv.turns.push(Message::assistant(answer));
-            }
-        }
-    }
-
-    /// Ends a turn without an answer; a conversation this turn created and
-    /// that the client never learnt of (`forget_if_new`) is removed.
-    pub fn abort_turn(&self, id: &str, forget_if_new: bool) {
-        let mut map = self.lock();
-        if let Some(conv) = map.get_mut(id) {
-            conv.active = None;
-            conv.last_used = Instant::now();
             if forget_if_new && conv.turns.is_empty() {
                 map.remove(id);
             }
@@ -222,11 +408,11 @@ impl Conversations {
     }
 
     /// Asks the running turn to stop; `Ok(false)` when none runs.
-    pub fn cancel(&self, id: &str, client: Option<&str>) -> Result<bool, ConversationError> {
+    pub fn cancel(&self, id: &str, owner: Option<&str>) -> Result<bool, ConversationError> {
         let map = self.lock();
         let conv = map
             .get(id)
-            .filter(|c| same_client(c.client.as_deref(), client))
+            .filter(|c| same_owner(c.owner.as_deref(), owner))
             .ok_or(ConversationError::NotFound)?;
         Ok(match &conv.active {
             Some(flag) => {
@@ -238,10 +424,10 @@ impl Conversations {
     }
 
     /// Stops any running turn and forgets the conversation.
-    pub fn delete(&self, id: &str, client: Option<&str>) -> Result<(), ConversationError> {
+    pub fn delete(&self, id: &str, owner: Option<&str>) -> Result<(), ConversationError> {
         let mut map = self.lock();
         match map.get(id) {
-            Some(c) if same_client(c.client.as_deref(), client) => {
+            Some(c) if same_owner(c.owner.as_deref(), owner) => {
                 if let Some(flag) = &c.active {
                     flag.store(true, Ordering::Relaxed);
                 }
@@ -250,6 +436,61 @@ impl Conversations {
             }
             _ => Err(ConversationError::NotFound),
         }
+    }
+
+    /// The owner's conversations with at least one question, newest first.
+    pub fn list(&self, owner: Option<&str>) -> Vec<Summary> {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut out: Vec<Summary> = map
+            .iter()
+            .filter(|(_, c)| {
+                !c.turns.is_empty() && !self.expired(c, now) && owner_is(c.owner.as_deref(), owner)
+            })
+            .map(|(id, c)| Summary {
+                id: id.clone(),
+                title: c.turns[0].user.chars().take(TITLE_CHARS).collect(),
+                turns: c.turns.len(),
+                updated_unix: c.updated_unix,
+                style: c.style.as_str(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.updated_unix.cmp(&a.updated_unix).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// A conversation's content, for its owner.
+    pub fn transcript(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Transcript, ConversationError> {
+        let now = Instant::now();
+        let map = self.lock();
+        match map.get(id) {
+            Some(c) if same_owner(c.owner.as_deref(), owner) && !self.expired(c, now) => {
+                Ok(Transcript {
+                    style: c.style,
+                    turns: c.turns.clone(),
+                })
+            }
+            _ => Err(ConversationError::NotFound),
+        }
+    }
+
+    /// Stops and forgets every conversation of `owner` (its last login
+    /// session ended); returns how many.
+    pub fn drop_owner(&self, owner: &str) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, c| {
+            let mine = c.owner.as_deref() == Some(owner);
+            if mine && let Some(flag) = &c.active {
+                flag.store(true, Ordering::Relaxed);
+            }
+            !mine
+        });
+        before - map.len()
     }
 
     /// Forgets every idle conversation past the timeout; returns how many.
@@ -271,12 +512,18 @@ impl Conversations {
     }
 }
 
-/// A conversation without a client id is anyone's; one with an id is its browser's.
-fn same_client(owner: Option<&str>, client: Option<&str>) -> bool {
+/// A conversation without an owner is anyone's; one with an owner is only its owner's.
+fn same_owner(owner: Option<&str>, caller: Option<&str>) -> bool {
     match owner {
         None => true,
-        Some(owner) => client == Some(owner),
+        Some(owner) => caller == Some(owner),
     }
+}
+
+/// For the list: only conversations that name this caller (an ownerless
+/// conversation belongs to no list).
+fn owner_is(owner: Option<&str>, caller: Option<&str>) -> bool {
+    owner.is_some() && owner == caller
 }
 
 #[cfg(test)]
@@ -285,6 +532,31 @@ mod tests {
 
     fn flag() -> Arc<AtomicBool> {
         Arc::new(AtomicBool::new(false))
+    }
+
+    fn ask<'a>(
+        id: Option<&'a str>,
+        owner: Option<&'a str>,
+        text: &str,
+        mode: TurnMode,
+    ) -> TurnRequest<'a> {
+        TurnRequest {
+            id,
+            owner,
+            message: text.to_owned(),
+            mode,
+            style: None,
+            default_style: AnswerStyle::Structured,
+            cancel: flag(),
+        }
+    }
+
+    fn answer(text: &str) -> StoredAnswer {
+        StoredAnswer {
+            content: text.to_owned(),
+            reasoning: Some("thinking".into()),
+            terms: Vec::new(),
+        }
     }
 
     #[test]
@@ -297,52 +569,111 @@ mod tests {
     }
 
     #[test]
-    fn one_turn_at_a_time_and_history_alternates() {
+    fn one_turn_at_a_time_and_history_alternates_without_reasoning() {
         let store = Conversations::new(Duration::from_secs(60));
-        let t = store.begin_turn(None, None, flag()).unwrap();
-        assert_eq!(
-            store.begin_turn(Some(&t.id), None, flag()).unwrap_err(),
-            ConversationError::Busy
-        );
-        store.finish_turn(&t.id, Message::user("q"), "a".into());
-        let t2 = store.begin_turn(Some(&t.id), None, flag()).unwrap();
-        assert_eq!(t2.history.len(), 2);
-        // Stopped before any answer: history unchanged.
-        store.finish_turn(&t.id, Message::user("q2"), String::new());
+        let t = store
+            .begin_turn(ask(None, None, "q", TurnMode::New))
+            .unwrap();
         assert_eq!(
             store
-                .begin_turn(Some(&t.id), None, flag())
-                .unwrap()
-                .history
-                .len(),
-            2
+                .begin_turn(ask(Some(&t.id), None, "q", TurnMode::New))
+                .unwrap_err(),
+            ConversationError::Busy
         );
+        store.finish_turn(&t.id, TurnMode::New, t.question, answer("a"));
+        let t2 = store
+            .begin_turn(ask(Some(&t.id), None, "q2", TurnMode::New))
+            .unwrap();
+        assert_eq!(t2.history.len(), 2);
+        assert_eq!(t2.history[1].content, "a", "no reasoning in the history");
+        // Stopped before any answer: history unchanged.
+        store.finish_turn(&t.id, TurnMode::New, "q2".into(), answer(""));
+        let t3 = store
+            .begin_turn(ask(Some(&t.id), None, "q3", TurnMode::New))
+            .unwrap();
+        assert_eq!(t3.history.len(), 2);
     }
 
     #[test]
-    fn another_browser_cannot_use_a_browser_conversation() {
+    fn regenerate_and_replace_act_on_the_last_turn() {
         let store = Conversations::new(Duration::from_secs(60));
-        let t = store.begin_turn(None, Some("c1"), flag()).unwrap();
-        store.abort_turn(&t.id, false);
+        let t = store
+            .begin_turn(ask(None, Some("u"), "q1", TurnMode::New))
+            .unwrap();
+        let id = t.id.clone();
+        store.finish_turn(&id, TurnMode::New, t.question, answer("a1"));
+        let t = store
+            .begin_turn(ask(Some(&id), Some("u"), "q2", TurnMode::New))
+            .unwrap();
+        store.finish_turn(&id, TurnMode::New, t.question, answer("a2"));
+
+        let r = store
+            .begin_turn(ask(Some(&id), Some("u"), "", TurnMode::Regenerate))
+            .unwrap();
+        assert_eq!(r.question, "q2");
         assert_eq!(
-            store
-                .begin_turn(Some(&t.id), Some("c2"), flag())
-                .unwrap_err(),
-            ConversationError::NotFound
+            r.history.len(),
+            2,
+            "the answer being replaced is not history"
         );
-        assert_eq!(
-            store.begin_turn(Some(&t.id), None, flag()).unwrap_err(),
-            ConversationError::NotFound
-        );
-        assert!(store.begin_turn(Some(&t.id), Some("c1"), flag()).is_ok());
+        // Refused before it started: the old answer comes back.
+        store.abort_turn(&id, false, r.undo);
+        let tr = store.transcript(&id, Some("u")).unwrap();
+        assert_eq!(tr.turns[1].answer.as_ref().unwrap().content, "a2");
+        let r = store
+            .begin_turn(ask(Some(&id), Some("u"), "", TurnMode::Regenerate))
+            .unwrap();
+        store.finish_turn(&id, TurnMode::Regenerate, r.question, answer("a2 again"));
+        let tr = store.transcript(&id, Some("u")).unwrap();
+        assert_eq!(tr.turns.len(), 2);
+        assert_eq!(tr.turns[1].answer.as_ref().unwrap().content, "a2 again");
+
+        let e = store
+            .begin_turn(ask(Some(&id), Some("u"), "q2 fixed", TurnMode::ReplaceLast))
+            .unwrap();
+        assert_eq!(e.history.len(), 2);
+        store.finish_turn(&id, TurnMode::ReplaceLast, e.question, answer("a3"));
+        let tr = store.transcript(&id, Some("u")).unwrap();
+        assert_eq!(tr.turns.len(), 2);
+        assert_eq!(tr.turns[1].user, "q2 fixed");
+        assert_eq!(store.list(Some("u"))[0].title, "q1");
+        assert_eq!(store.list(Some("u"))[0].turns, 2);
+    }
+
+    #[test]
+    fn another_owner_cannot_see_or_use_a_conversation() {
+        let store = Conversations::new(Duration::from_secs(60));
+        let t = store
+            .begin_turn(ask(None, Some("c1"), "q", TurnMode::New))
+            .unwrap();
+        store.finish_turn(&t.id, TurnMode::New, t.question, answer("a"));
+        for other in [Some("c2"), None] {
+            assert_eq!(
+                store
+                    .begin_turn(ask(Some(&t.id), other, "q", TurnMode::New))
+                    .unwrap_err(),
+                ConversationError::NotFound
+            );
+            assert!(store.transcript(&t.id, other).is_err());
+            assert!(store.cancel(&t.id, other).is_err());
+            assert!(store.delete(&t.id, other).is_err());
+            assert!(store.list(other).is_empty());
+        }
+        assert_eq!(store.list(Some("c1")).len(), 1);
+        assert_eq!(store.drop_owner("c1"), 1);
+        assert!(store.transcript(&t.id, Some("c1")).is_err());
     }
 
     #[test]
     fn idle_conversations_expire_but_running_ones_do_not() {
         let store = Conversations::new(Duration::from_millis(1));
-        let idle = store.begin_turn(None, None, flag()).unwrap();
-        store.abort_turn(&idle.id, false);
-        let _running = store.begin_turn(None, None, flag()).unwrap();
+        let idle = store
+            .begin_turn(ask(None, None, "q", TurnMode::New))
+            .unwrap();
+        store.abort_turn(&idle.id, false, Undo::Nothing);
+        let _running = store
+            .begin_turn(ask(None, None, "q", TurnMode::New))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.sweep(), 1);
         assert_eq!(store.len(), 1);
@@ -352,7 +683,9 @@ mod tests {
     fn cancel_and_delete_set_the_flag() {
         let store = Conversations::new(Duration::from_secs(60));
         let f = flag();
-        let t = store.begin_turn(None, None, Arc::clone(&f)).unwrap();
+        let mut req = ask(None, None, "q", TurnMode::New);
+        req.cancel = Arc::clone(&f);
+        let t = store.begin_turn(req).unwrap();
         assert!(store.cancel(&t.id, None).unwrap());
         assert!(f.load(Ordering::Relaxed));
         store.delete(&t.id, None).unwrap();
