@@ -191,8 +191,15 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
     if !sandbox.enforced {
         reasons.push("the kernel sandbox is not enforced".to_owned());
     }
-    if pins.ok == Some(false) {
-        reasons.push("a model file does not match its pin".to_owned());
+    let weights = engine.info.weights.as_ref();
+    if pins.ok == Some(false) || weights.and_then(|w| w.verified) == Some(false) {
+        reasons.push(format!(
+            "a model file does not match its pin: {}",
+            weights.filter(|w| w.verified == Some(false)).map_or_else(
+                || pins.detail.clone().unwrap_or_default(),
+                |w| w.detail.clone()
+            )
+        ));
     }
     if let Some(problem) = &accounts.problem {
         reasons.push(format!("the accounts file cannot be read: {problem}"));
@@ -217,6 +224,8 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
         model_files: ModelFiles {
             path: settings.model.path.clone(),
             fingerprint: state.audit.model().as_str().to_owned(),
+            verified_at_load: weights.and_then(|w| w.verified),
+            load_check: weights.map(|w| w.detail.clone()),
             pins,
         },
         backend: engine.as_ref().map(backend),
