@@ -191,7 +191,7 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
     if !sandbox.enforced {
         reasons.push("the kernel sandbox is not enforced".to_owned());
     }
-    let weights = engine.info.weights.as_ref();
+    let weights = engine.as_ref().and_then(|e| e.info.weights.as_ref());
     if pins.ok == Some(false) || weights.and_then(|w| w.verified) == Some(false) {
         reasons.push(format!(
             "a model file does not match its pin: {}",
