@@ -106,16 +106,17 @@ pub fn request_with(
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
         )
     };
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
-        .map_err(|e| {
-            if closed(&e) {
-                REFUSED.to_owned()
-            } else {
-                format!("cannot send the request: {e}")
-            }
-        })?;
+    // One write: a route that does not read the body would otherwise close
+    // with the body unread, and the kernel would reset the connection
+    // before its answer is read.
+    let request = format!("{head}{body}");
+    stream.write_all(request.as_bytes()).map_err(|e| {
+        if closed(&e) {
+            REFUSED.to_owned()
+        } else {
+            format!("cannot send the request: {e}")
+        }
+    })?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(|e| {
         if closed(&e) {
