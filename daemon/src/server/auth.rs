@@ -98,19 +98,21 @@ fn fixed(name: &str) -> ActorId {
 #[derive(Debug)]
 struct Session {
     user: User,
-    /// Unix seconds it began (an account change after it ends it).
-    started_unix: u64,
+    /// The account as the session began ([`account_stamp`]): any later
+    /// change (a new password, disabled) ends a password session, even one
+    /// in the same second as the login.
+    account_changed: String,
     last_seen: Instant,
     method: LoginMethod,
 }
 
 impl Session {
-    /// The time an account change must not be later than: a password
-    /// session's start; an SSO session only needs the account enabled.
-    fn valid_since(&self) -> u64 {
+    /// The account change stamp a session needs: a password session's
+    /// stamp at login; an SSO session only needs the account enabled.
+    fn valid_stamp(&self) -> Option<&str> {
         match self.method {
-            LoginMethod::Password => self.started_unix,
-            LoginMethod::Sso => u64::MAX,
+            LoginMethod::Password => Some(&self.account_changed),
+            LoginMethod::Sso => None,
         }
     }
 }
@@ -159,11 +161,16 @@ pub struct Auth {
     failures: Mutex<HashMap<String, Failures>>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// What a session remembers of its account to notice a change: the time of
+/// the last change and (hashed again) the password hash, which a new
+/// password always changes (a fresh salt), so a change within the second of
+/// a login is not missed.
+fn account_stamp(a: &Account) -> String {
+    sha256_hex(&format!(
+        "{}\n{}",
+        a.changed_unix,
+        a.password.as_deref().unwrap_or("")
+    ))
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -298,7 +305,7 @@ impl Auth {
                     let s = sessions.get_mut(&key)?;
                     if now.duration_since(s.last_seen) >= self.idle {
                         Some(LogoutReason::Idle)
-                    } else if !self.still_valid(&s.user, s.started_unix) {
+                    } else if !self.still_valid(&s.user, s.valid_stamp()) {
                         Some(LogoutReason::AccountChanged)
                     } else {
                         if touch {
@@ -340,7 +347,7 @@ impl Auth {
                                 key,
                                 Session {
                                     user: user.clone(),
-                                    started_unix: unix_now(),
+                                    account_changed: account_stamp(&account),
                                     last_seen: now,
                                     method: LoginMethod::Sso,
                                 },
@@ -376,12 +383,13 @@ impl Auth {
         Some(name)
     }
 
-    /// Whether an account still allows a session begun at `started_unix`.
-    fn still_valid(&self, user: &User, started_unix: u64) -> bool {
+    /// Whether an account still allows a session that saw the account's
+    /// change stamp `stamp` (`None`: enabled is enough).
+    fn still_valid(&self, user: &User, stamp: Option<&str>) -> bool {
         self.with_accounts(|l| {
             l.file
                 .by_id(&user.id)
-                .is_some_and(|a| a.enabled && a.changed_unix <= started_unix)
+                .is_some_and(|a| a.enabled && stamp.is_none_or(|c| account_stamp(a) == c))
         })
     }
 
@@ -493,7 +501,7 @@ impl Auth {
                 sha256_hex(&token),
                 Session {
                     user: user.clone(),
-                    started_unix: unix_now(),
+                    account_changed: account_stamp(&account),
                     last_seen: Instant::now(),
                     method: LoginMethod::Password,
                 },
@@ -623,7 +631,7 @@ impl Auth {
             .filter_map(|(k, s)| {
                 if now.duration_since(s.last_seen) >= self.idle {
                     Some((k.clone(), LogoutReason::Idle))
-                } else if !self.still_valid(&s.user, s.valid_since()) {
+                } else if !self.still_valid(&s.user, s.valid_stamp()) {
                     Some((k.clone(), LogoutReason::AccountChanged))
                 } else {
                     None
