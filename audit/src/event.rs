@@ -40,6 +40,19 @@ pub enum Event {
         /// The model it talks to.
         model: ModelFingerprint,
     },
+    /// A question was accepted for answering. On disk before the first
+    /// token of its answer leaves the appliance, so an answer never exists
+    /// without its record (the `answer` record follows when it ends).
+    Request {
+        /// Who asked.
+        actor: ActorId,
+        /// The conversation it belongs to.
+        conversation: ConversationId,
+        /// The model asked.
+        model: ModelFingerprint,
+        /// Keyed hash of the question.
+        input: Digest,
+    },
     /// One generated answer.
     Answer(Answer),
     /// Something left the appliance (a conversation or the audit log).
@@ -219,6 +232,7 @@ impl Event {
     pub fn names(&self, who: &ActorId) -> bool {
         match self {
             Self::ConversationStart { actor, .. }
+            | Self::Request { actor, .. }
             | Self::Export { actor, .. }
             | Self::Login { actor, .. }
             | Self::Lockout { actor, .. }

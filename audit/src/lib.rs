@@ -2,9 +2,9 @@
 //!
 //! Hospital IT must be able to prove who used the appliance when, without the
 //! log becoming a store of patient data. This crate writes one JSON line per
-//! event (startup, model load, conversation start, each answer, export,
-//! login, lockout, logout, account change, token use, recovery, retention,
-//! shutdown), chains the lines with HMACs under a key
+//! event (startup, model load, conversation start, each request and its
+//! answer, export, login, lockout, logout, account change, token use,
+//! recovery, retention, shutdown), chains the lines with HMACs under a key
 //! that evolves forward, and exports signed, verifiable extracts.
 //!
 //! It must never store conversation text: text enters only through

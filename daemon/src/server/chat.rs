@@ -23,6 +23,12 @@
 //! replaced); `replace_last` replaces the last question and its answer.
 //! The reasoning trace is never sent back to the model as history.
 //!
+//! The turn's `request` audit record is on disk (fsynced by the audit
+//! writer) before the turn goes to the engine, so no token leaves without
+//! it; when it cannot be written the request fails with 503 `audit_failed`
+//! and nothing is generated. A client beyond its share (see
+//! [`super::conversations`]) gets 429 `client_limit`.
+//!
 //! Owns: turning a request into a [`ChatRequest`] and the stream back into
 //! events and history. Must never: log message text, or keep a turn's text
 //! anywhere but the conversation store.
@@ -39,7 +45,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::conversations::{
-    ConversationError, Conversations, StoredAnswer, TurnMode, TurnRequest, Undo, is_id, short,
+    ConversationError, Conversations, Running, StoredAnswer, TurnMode, TurnRequest, Undo, is_id,
+    short,
 };
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
 use super::{AppState, Caller};
@@ -200,6 +207,7 @@ pub fn conversation_error(e: ConversationError) -> ApiError {
         ConversationError::NotFound => StatusCode::NOT_FOUND,
         ConversationError::Busy => StatusCode::CONFLICT,
         ConversationError::TooMany | ConversationError::Random => StatusCode::SERVICE_UNAVAILABLE,
+        ConversationError::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
         ConversationError::NothingToRegenerate | ConversationError::NothingToReplace => {
             StatusCode::BAD_REQUEST
         }
@@ -216,6 +224,7 @@ pub async fn chat(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
     caller: Caller,
+    peer: Option<u32>,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     let body: ChatBody = super::http::read_json(req).await?;
@@ -248,12 +257,17 @@ pub async fn chat(
     let thinking = body.thinking.unwrap_or(false);
     let language = body.language.unwrap_or_default();
 
+    let running = state
+        .conversations
+        .start_running(caller.owner.as_deref())
+        .map_err(conversation_error)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let admitted = state
         .conversations
         .begin_turn(TurnRequest {
             id: body.conversation_id.as_deref(),
             owner: caller.owner.as_deref(),
+            peer,
             message: body.message,
             mode,
             style: body.style,
@@ -276,6 +290,16 @@ pub async fn chat(
     }
     let question = admitted.question;
     let input = state.audit.digest(&question);
+    // The request's record is on disk before any token can leave; without
+    // it the turn does not start (a full or failing audit log stops
+    // answers rather than letting them out unrecorded).
+    if let Err(e) = state.audit.request(&actor, &audit_conv, input).await {
+        log::error(format_args!("audit: cannot record a request: {e}"));
+        state
+            .conversations
+            .abort_turn(&admitted.id, admitted.created, admitted.undo);
+        return Err(audit_error());
+    }
     let mut messages: Vec<Message> = system_message(
         state.settings.system_prompt.as_deref(),
         preset(&state, admitted.style, language),
@@ -311,6 +335,9 @@ pub async fn chat(
         mode,
         question: Some(question),
         thinking,
+        created: admitted.created,
+        started: false,
+        undo: Some(admitted.undo),
     };
     let record = Recorder {
         state: Arc::clone(&state),
@@ -318,6 +345,7 @@ pub async fn chat(
         conversation: audit_conv,
         input,
         started,
+        running: std::sync::Mutex::new(Some(running)),
     };
     tokio::spawn(pump(turn, worker_rx, tx, record));
     Ok(event_stream(ChannelBody::new(rx, cancel)))
@@ -344,6 +372,10 @@ pub struct Recorder {
     pub input: Digest,
     /// When the request arrived.
     pub started: Instant,
+    /// Counts the turn against its client's running turns until its last
+    /// record is written (before its last event leaves, so the client may
+    /// ask again as soon as it has the answer).
+    pub running: std::sync::Mutex<Option<Running>>,
 }
 
 impl Recorder {
@@ -377,6 +409,13 @@ impl Recorder {
         output: Digest,
     ) -> bool {
         let audit: &Arc<Auditor> = &self.state.audit;
+        // The turn has ended: it no longer counts against its client.
+        drop(
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let record = TurnRecord {
             actor: self.actor.clone(),
             conversation: self.conversation.clone(),
@@ -411,7 +450,9 @@ fn audit_error_event() -> Bytes {
     sse_event("error", &err.body()["error"])
 }
 
-/// A running turn; dropped without [`Turn::finish`] it ends without an answer.
+/// A running turn; dropped without [`Turn::finish`] it ends without an
+/// answer, and one that never started (cancelled while queued, the engine
+/// gone) gives back what it replaced and frees the conversation it created.
 struct Turn {
     store: Arc<Conversations>,
     id: String,
@@ -419,6 +460,12 @@ struct Turn {
     question: Option<String>,
     /// The client asked for the reasoning trace.
     thinking: bool,
+    /// This turn created the conversation.
+    created: bool,
+    /// The engine took the prompt.
+    started: bool,
+    /// What `begin_turn` removed (a regenerated answer, a replaced turn).
+    undo: Option<Undo>,
 }
 
 impl Turn {
@@ -433,7 +480,10 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         if self.question.is_some() {
-            self.store.abort_turn(&self.id, false, Undo::Nothing);
+            let undo = self.undo.take().filter(|_| !self.started);
+            let forget = self.created && !self.started;
+            self.store
+                .abort_turn(&self.id, forget, undo.unwrap_or(Undo::Nothing));
         }
     }
 }
@@ -454,6 +504,7 @@ async fn pump(
         let frame = match msg {
             WorkerMsg::Started { queued_for: q } => {
                 queued_for = q;
+                turn.started = true;
                 continue;
             }
             WorkerMsg::Event(ChatEvent::Reasoning(_)) if !turn.thinking => continue,

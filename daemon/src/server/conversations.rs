@@ -15,6 +15,14 @@
 //! found", so a leaked id alone is not enough to read, continue, cancel or
 //! delete someone else's conversation.
 //!
+//! One client cannot take what everyone shares: a browser session or
+//! account keeps at most [`MAX_CONVERSATIONS_PER_CLIENT`] conversations and
+//! runs at most [`MAX_RUNNING_PER_CLIENT`] turns at once (chat and API
+//! together), and the connections of one peer (a local user id on the UI
+//! socket) keep at most [`MAX_CONVERSATIONS_PER_PEER`]. A conversation
+//! whose first request never started (cancelled while queued, refused by
+//! the engine or the audit log) is forgotten at once.
+//!
 //! Owns: conversation text in memory. Must never: write it anywhere, log it,
 //! or keep it past the idle timeout, a delete or its owner's logout.
 
@@ -32,6 +40,19 @@ use super::terms::FoundTerm;
 /// of KiB), so this bounds memory; beyond it new conversations get a 503
 /// until idle ones expire.
 pub const MAX_CONVERSATIONS: usize = 512;
+
+/// Conversations one client (a browser session, an account) keeps at once.
+pub const MAX_CONVERSATIONS_PER_CLIENT: usize = 32;
+
+/// Conversations the connections of one peer keep at once: half of
+/// [`MAX_CONVERSATIONS`], so one local program (or one proxy's clients)
+/// cannot take every slot.
+pub const MAX_CONVERSATIONS_PER_PEER: usize = MAX_CONVERSATIONS / 2;
+
+/// Turns one client (a browser session, an account) runs at once: a
+/// question and a regenerate in another tab; more only fills the shared
+/// engine queue.
+pub const MAX_RUNNING_PER_CLIENT: usize = 2;
 
 /// Characters of the first question shown as a conversation's title.
 pub const TITLE_CHARS: usize = 60;
@@ -51,6 +72,12 @@ pub enum ConversationError {
     /// [`MAX_CONVERSATIONS`] reached.
     #[error("too many open conversations on this appliance; try again in a few minutes")]
     TooMany,
+    /// A per-client limit reached ([`MAX_CONVERSATIONS_PER_CLIENT`],
+    /// [`MAX_CONVERSATIONS_PER_PEER`], [`MAX_RUNNING_PER_CLIENT`]).
+    #[error(
+        "too many conversations or answers at once for this client; delete old conversations or wait for an answer to finish"
+    )]
+    ClientLimit,
     /// The OS random source failed.
     #[error("the system random source failed; the service cannot create conversations")]
     Random,
@@ -69,6 +96,7 @@ impl ConversationError {
             Self::NotFound => "conversation_not_found",
             Self::Busy => "conversation_busy",
             Self::TooMany => "too_many_conversations",
+            Self::ClientLimit => "client_limit",
             Self::Random => "random_source_failed",
             Self::NothingToRegenerate | Self::NothingToReplace => "invalid_request",
         }
@@ -148,6 +176,8 @@ struct Conversation {
     style: AnswerStyle,
     /// Who may use it; `None`: anyone (no owner was known).
     owner: Option<String>,
+    /// The peer (uid on the UI socket) that created it.
+    peer: Option<u32>,
     /// The running turn's cancel flag.
     active: Option<Arc<AtomicBool>>,
 }
@@ -190,6 +220,8 @@ pub struct TurnRequest<'a> {
     pub id: Option<&'a str>,
     /// Who asks.
     pub owner: Option<&'a str>,
+    /// The connection's peer (uid on the UI socket), if known.
+    pub peer: Option<u32>,
     /// The question (ignored when regenerating).
     pub message: String,
     /// New, regenerate or replace.
@@ -231,6 +263,31 @@ pub struct Transcript {
 pub struct Conversations {
     map: Mutex<HashMap<String, Conversation>>,
     idle_timeout: Duration,
+    /// Turns running per client (owner), for [`MAX_RUNNING_PER_CLIENT`].
+    running: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A running turn of one client, counted until dropped
+/// ([`Conversations::start_running`]).
+#[derive(Debug)]
+pub struct Running {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    owner: Option<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&owner);
+            }
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -246,7 +303,31 @@ impl Conversations {
         Self {
             map: Mutex::new(HashMap::new()),
             idle_timeout,
+            running: Arc::default(),
         }
+    }
+
+    /// Counts a turn of `owner` as running until the returned guard is
+    /// dropped; [`ConversationError::ClientLimit`] when the owner already
+    /// runs [`MAX_RUNNING_PER_CLIENT`]. Callers without an owner are not
+    /// counted (the engine queue bounds them).
+    pub fn start_running(&self, owner: Option<&str>) -> Result<Running, ConversationError> {
+        let Some(owner) = owner else {
+            return Ok(Running {
+                counts: Arc::clone(&self.running),
+                owner: None,
+            });
+        };
+        let mut counts = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(owner.to_owned()).or_insert(0);
+        if *n >= MAX_RUNNING_PER_CLIENT {
+            return Err(ConversationError::ClientLimit);
+        }
+        *n += 1;
+        Ok(Running {
+            counts: Arc::clone(&self.running),
+            owner: Some(owner.to_owned()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Conversation>> {
@@ -274,6 +355,32 @@ impl Conversations {
         c.active.is_none() && now.duration_since(c.last_used) >= self.idle_timeout
     }
 
+    /// Below `limit` conversations matching `same`, or
+    /// [`ConversationError::ClientLimit`]. At the limit, the client's
+    /// expired conversations and those without a question or a running turn
+    /// (stopped before any answer: nothing to show in the list) make room
+    /// first.
+    fn make_room(
+        &self,
+        map: &mut HashMap<String, Conversation>,
+        now: Instant,
+        same: &dyn Fn(&Conversation) -> bool,
+        limit: usize,
+    ) -> Result<(), ConversationError> {
+        let held = |map: &HashMap<String, Conversation>| map.values().filter(|c| same(c)).count();
+        if held(map) < limit {
+            return Ok(());
+        }
+        map.retain(|_, c| {
+            !same(c) || !(self.expired(c, now) || (c.turns.is_empty() && c.active.is_none()))
+        });
+        if held(map) < limit {
+            Ok(())
+        } else {
+            Err(ConversationError::ClientLimit)
+        }
+    }
+
     /// Starts a turn (see [`TurnRequest`]).
     pub fn begin_turn(&self, req: TurnRequest<'_>) -> Result<Admitted, ConversationError> {
         let now = Instant::now();
@@ -288,6 +395,14 @@ impl Conversations {
                     return Err(ConversationError::TooMany);
                 }
             }
+            if let Some(owner) = req.owner {
+                let mine = |c: &Conversation| c.owner.as_deref() == Some(owner);
+                self.make_room(&mut map, now, &mine, MAX_CONVERSATIONS_PER_CLIENT)?;
+            }
+            if let Some(peer) = req.peer {
+                let theirs = |c: &Conversation| c.peer == Some(peer);
+                self.make_room(&mut map, now, &theirs, MAX_CONVERSATIONS_PER_PEER)?;
+            }
             let id = random_id()?;
             let style = req.style.unwrap_or(req.default_style);
             map.insert(
@@ -298,6 +413,7 @@ impl Conversations {
                     updated_unix: unix_now(),
                     style,
                     owner: req.owner.map(str::to_owned),
+                    peer: req.peer,
                     active: Some(req.cancel),
                 },
             );
@@ -543,6 +659,7 @@ mod tests {
         TurnRequest {
             id,
             owner,
+            peer: None,
             message: text.to_owned(),
             mode,
             style: None,
@@ -557,6 +674,69 @@ mod tests {
             reasoning: Some("thinking".into()),
             terms: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_client_and_a_peer_keep_at_most_their_share() {
+        let store = Conversations::new(Duration::from_secs(60));
+        for _ in 0..MAX_CONVERSATIONS_PER_CLIENT {
+            let t = store
+                .begin_turn(ask(None, Some("c1"), "q", TurnMode::New))
+                .unwrap();
+            store.finish_turn(&t.id, TurnMode::New, t.question, answer("a"));
+        }
+        assert_eq!(
+            store
+                .begin_turn(ask(None, Some("c1"), "q", TurnMode::New))
+                .unwrap_err(),
+            ConversationError::ClientLimit
+        );
+        // Another client is not affected; deleting one frees a place.
+        store
+            .begin_turn(ask(None, Some("c2"), "q", TurnMode::New))
+            .unwrap();
+        let first = store.list(Some("c1"))[0].id.clone();
+        store.delete(&first, Some("c1")).unwrap();
+        store
+            .begin_turn(ask(None, Some("c1"), "q", TurnMode::New))
+            .unwrap();
+
+        // One peer, many clients: half of the store at most.
+        let store = Conversations::new(Duration::from_secs(60));
+        let owners: Vec<String> = (0..MAX_CONVERSATIONS_PER_PEER)
+            .map(|i| format!("c{i}"))
+            .collect();
+        for owner in &owners {
+            let mut r = ask(None, Some(owner), "q", TurnMode::New);
+            r.peer = Some(1000);
+            store.begin_turn(r).unwrap();
+        }
+        let mut r = ask(None, Some("new"), "q", TurnMode::New);
+        r.peer = Some(1000);
+        assert_eq!(
+            store.begin_turn(r).unwrap_err(),
+            ConversationError::ClientLimit
+        );
+        let mut r = ask(None, Some("new"), "q", TurnMode::New);
+        r.peer = Some(1001);
+        store.begin_turn(r).unwrap();
+    }
+
+    #[test]
+    fn running_turns_per_client_are_counted_until_dropped() {
+        let store = Conversations::new(Duration::from_secs(60));
+        let a = store.start_running(Some("c1")).unwrap();
+        let b = store.start_running(Some("c1")).unwrap();
+        assert_eq!(
+            store.start_running(Some("c1")).unwrap_err(),
+            ConversationError::ClientLimit
+        );
+        let _other = store.start_running(Some("c2")).unwrap();
+        let _anonymous: Vec<_> = (0..5).map(|_| store.start_running(None).unwrap()).collect();
+        drop(a);
+        let _c = store.start_running(Some("c1")).unwrap();
+        drop(b);
+        assert!(store.start_running(Some("c1")).is_ok());
     }
 
     #[test]

@@ -696,7 +696,7 @@ async fn dispatch(
         };
     };
     match handler {
-        Handler::Chat => chat::chat(Arc::clone(state), req, caller).await,
+        Handler::Chat => chat::chat(Arc::clone(state), req, caller, peer_uid).await,
         Handler::Cancel => chat::cancel(Arc::clone(state), req, caller).await,
         Handler::ListConversations => Ok(transcripts::list(state, &caller)),
         Handler::GetConversation => transcripts::get(state, id, &caller),

@@ -245,6 +245,10 @@ pub async fn completions(
         params.seed = seed;
     }
     let engine = state.engine.require()?;
+    let running = state
+        .conversations
+        .start_running(caller.owner.as_deref())
+        .map_err(super::chat::conversation_error)?;
     let messages = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
     let question = messages
         .iter()
@@ -266,12 +270,18 @@ pub async fn completions(
         return Err(audit_error());
     }
     let input = state.audit.digest(&input_text(&messages));
+    // On disk before any token can leave (see chat.rs).
+    if let Err(e) = state.audit.request(&actor, &conversation, input).await {
+        log::error(format_args!("audit: cannot record a request: {e}"));
+        return Err(audit_error());
+    }
     let record = Recorder {
         state: Arc::clone(&state),
         actor,
         conversation,
         input,
         started,
+        running: std::sync::Mutex::new(Some(running)),
     };
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guard = CancelOnDrop::new(Arc::clone(&cancel));

@@ -319,7 +319,24 @@ pub struct Daemon {
 pub const UNSANDBOXED: &[&str] = &["--insecure-no-sandbox"];
 
 fn spawn_logged(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
-    let mut child = Command::new(BIN)
+    spawn_command(Command::new(BIN), config, args)
+}
+
+/// `medgemmad serve` through `sh`, with SIGXFSZ ignored (kept across
+/// `exec`): a file size limit set later (`prlimit --fsize`) then makes the
+/// daemon's writes fail with EFBIG, as on a full disk, instead of killing it.
+fn spawn_xfsz_ignored(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\"", BIN]);
+    spawn_command(sh, config, args)
+}
+
+fn spawn_command(
+    mut command: Command,
+    config: &Path,
+    args: &[&str],
+) -> (Child, Arc<Mutex<String>>) {
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .args(args)
@@ -363,6 +380,38 @@ impl Daemon {
         timeout: Duration,
     ) -> Daemon {
         let (child, log) = spawn_logged(config, args);
+        Self::wait_ready(child, log, dir, timeout)
+    }
+
+    /// [`Daemon::start`] with SIGXFSZ ignored, for [`Daemon::limit_file_size`].
+    pub fn start_xfsz_ignored(setup: &Setup, timeout: Duration) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("mgd-e2e")
+            .tempdir()
+            .unwrap();
+        let config = write_config(dir.path(), setup);
+        let (child, log) = spawn_xfsz_ignored(&config, UNSANDBOXED);
+        Self::wait_ready(child, log, dir, timeout)
+    }
+
+    /// Lets the daemon's files grow no further than `bytes` (RLIMIT_FSIZE,
+    /// set from outside with `prlimit`): a full disk as its writes see it.
+    pub fn limit_file_size(&self, bytes: u64) {
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--fsize={bytes}:{bytes}"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit failed");
+    }
+
+    fn wait_ready(
+        child: Child,
+        log: Arc<Mutex<String>>,
+        dir: tempfile::TempDir,
+        timeout: Duration,
+    ) -> Daemon {
         let mut d = Daemon {
             child,
             socket: dir.path().join("ui.sock"),
