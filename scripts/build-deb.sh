@@ -118,7 +118,10 @@ for want in 'path = "/srv/medgemma/medgemma-1.5-4b-it"' \
   'signing_key_file = "/var/lib/medgemma/export-key/signing.pk8"' \
   'user = "medgemma"' \
   'state_dir = "/var/lib/medgemma/state"' \
-  'cache_dir = "/var/cache/medgemma"'; do
+  'cache_dir = "/var/cache/medgemma"' \
+  'styles_dir = "/etc/medgemma/styles"' \
+  'terms_dir = "/var/lib/medgemma/terms"' \
+  'accounts_dir = "/var/lib/medgemma/accounts"'; do
   grep -qxF "$want" "$conf" || {
     echo "build-deb: packaging/medgemmad.example.toml changed: cannot set $want" >&2
     exit 1
@@ -126,6 +129,12 @@ for want in 'path = "/srv/medgemma/medgemma-1.5-4b-it"' \
 done
 chmod 0644 "$conf"
 install -m 0644 packaging/system-prompt.txt "$root/etc/medgemma/system-prompt.txt"
+# The answer-style presets (answers.styles_dir above): every style in each
+# UI language, conffiles like the system prompt.
+install -d -m 0755 "$root/etc/medgemma/styles"
+for preset in packaging/styles/*.txt; do
+  install -m 0644 "$preset" "$root/etc/medgemma/styles/"
+done
 install -m 0644 packaging/medgemmad.example.toml "$doc/examples/medgemmad.example.toml"
 
 # systemd units, sysusers.d, tmpfiles.d.
@@ -158,7 +167,12 @@ chmod 0644 "$doc"/README.Debian "$doc"/changelog.Debian.gz
 
 # Maintainer scripts and conffiles.
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$root/DEBIAN/"
-printf '/etc/medgemma/medgemmad.toml\n/etc/medgemma/system-prompt.txt\n' >"$root/DEBIAN/conffiles"
+{
+  printf '/etc/medgemma/medgemmad.toml\n/etc/medgemma/system-prompt.txt\n'
+  for preset in packaging/styles/*.txt; do
+    printf '/etc/medgemma/styles/%s\n' "$(basename "$preset")"
+  done
+} >"$root/DEBIAN/conffiles"
 
 # Depends: the shared libraries the binaries link (computed by
 # dpkg-shlibdeps from the build machine's Debian 12 packages: libc6,

@@ -168,6 +168,15 @@ echo "upgrade took $(($(date +%s) - t0)) s"
 [ "$(in_root dpkg-query -W -f '${Version}' medgemma)" = "$(dpkg-deb -f "$deb_a" Version)" ] || fail "upgrade did not happen"
 grep -q '^label = "MedGemma 1.5 4B (ward 3)"$' "$root/etc/medgemma/medgemmad.toml" || fail "the conffile edit was lost on upgrade"
 ok "upgraded; the administrator's conffile edit survived"
+# The answer-style presets are where the packaged configuration points, as conffiles.
+styles_dir="$(sed -n 's/^styles_dir = "\(.*\)"$/\1/p' "$root/etc/medgemma/medgemmad.toml")"
+[ "$styles_dir" = /etc/medgemma/styles ] || fail "answers.styles_dir is '$styles_dir', not the packaged presets"
+for preset in "$repo"/packaging/styles/*.txt; do
+  name="$(basename "$preset")"
+  cmp -s "$preset" "$root$styles_dir/$name" || fail "preset $name not installed in $styles_dir"
+  dpkg-deb -I "$deb_a" conffiles | grep -qxF "$styles_dir/$name" || fail "preset $name is not a conffile"
+done
+ok "the answer-style presets are installed in $styles_dir as conffiles"
 grep -E 'start|restart|daemon-reload' "$root/tmp/systemctl-calls.log" 2>/dev/null &&
   fail "a maintainer script tried to start a unit without systemd running"
 ok "postinst started nothing: no /run/systemd/system in the root, no systemctl/deb-systemd-invoke call"

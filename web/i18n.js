@@ -114,6 +114,7 @@
       'err.conversation_not_found': 'This conversation is no longer on the server (it expired or was deleted). Start a new conversation.',
       'err.conversation_busy': 'This conversation is still answering. Wait for it to finish or press Stop.',
       'err.too_many_conversations': 'Too many conversations are open on the server. Delete some, or try again later.',
+      'err.client_limit': 'You have too many conversations or answers at once. Delete old conversations, or wait for an answer to finish.',
       'err.invalid_conversation': 'This conversation cannot be continued. Start a new conversation.',
       'err.shutting_down': 'The service is restarting. Try again in a minute.',
       'err.audit_failed': 'The audit log cannot be written, so the appliance cannot answer. Tell the administrator.',
@@ -152,6 +153,10 @@
       'err.too_many_images.nodetail': 'Too many images for one message. Remove some and send again.',
       'err.image_too_large': 'An image is too large: {detail}',
       'err.image_too_large.nodetail': 'An image is too large. Send a smaller image.',
+      'err.role_not_allowed': 'This is an auditor account: it can export and verify the audit log, not ask questions.',
+      'err.sso_only': 'This appliance logs you in through the hospital’s single sign-on. Open it at the address your administrator gave.',
+      'err.daemon_unreachable': 'The MedGemma service is not running or is still starting. Wait a moment and reload.',
+      'err.invalid_token': 'The API token is missing or no longer valid. Ask the administrator for a new one.',
     },
     zh: {
       'app.title': 'MedGemma',
@@ -263,6 +268,7 @@
       'err.conversation_not_found': '服务器上已没有此对话（已过期或已删除），请开始新对话。',
       'err.conversation_busy': '本对话仍在回答中，请等待完成或点击“停止”。',
       'err.too_many_conversations': '服务器上打开的对话过多，请删除部分对话或稍后重试。',
+      'err.client_limit': '您同时打开的对话或正在生成的回答过多。请删除旧对话，或等待回答完成。',
       'err.invalid_conversation': '本对话无法继续，请开始新对话。',
       'err.shutting_down': '服务正在重启，请一分钟后重试。',
       'err.audit_failed': '无法写入审计日志，因此系统无法回答。请联系管理员。',
@@ -301,6 +307,10 @@
       'err.too_many_images.nodetail': '单条消息附带的图像过多。请移除部分图像后重新发送。',
       'err.image_too_large': '图像过大：{detail}',
       'err.image_too_large.nodetail': '图像过大，请发送更小的图像。',
+      'err.role_not_allowed': '这是审计员账户：只能导出和校验审计日志，不能提问。',
+      'err.sso_only': '本系统通过医院的统一身份认证登录。请使用管理员提供的地址打开。',
+      'err.daemon_unreachable': 'MedGemma 服务未运行或仍在启动。请稍候并刷新页面。',
+      'err.invalid_token': 'API 令牌缺失或已失效。请向管理员申请新的令牌。',
     },
   };
 

@@ -40,6 +40,19 @@ pub enum Event {
         /// The model it talks to.
         model: ModelFingerprint,
     },
+    /// A question was accepted for answering. On disk before the first
+    /// token of its answer leaves the appliance, so an answer never exists
+    /// without its record (the `answer` record follows when it ends).
+    Request {
+        /// Who asked.
+        actor: ActorId,
+        /// The conversation it belongs to.
+        conversation: ConversationId,
+        /// The model asked.
+        model: ModelFingerprint,
+        /// Keyed hash of the question.
+        input: Digest,
+    },
     /// One generated answer.
     Answer(Answer),
     /// Something left the appliance (a conversation or the audit log).
@@ -52,6 +65,47 @@ pub enum Event {
         conversation: Option<ConversationId>,
         /// Whether it worked.
         outcome: Outcome,
+    },
+    /// A login through the UI (password or single sign-on), or a refused one.
+    Login {
+        /// The account (its pseudonymous id; `unknown-account` when the
+        /// name matches none, so the log never holds a name).
+        actor: ActorId,
+        /// How the user authenticated.
+        method: LoginMethod,
+        /// `ok`, or `rejected` for a wrong password, a disabled account or
+        /// a locked-out name.
+        outcome: Outcome,
+    },
+    /// Repeated wrong passwords locked a user name out.
+    Lockout {
+        /// The account (or `unknown-account`).
+        actor: ActorId,
+        /// For how long, in seconds.
+        seconds: u32,
+    },
+    /// A login session ended.
+    Logout {
+        /// The account.
+        actor: ActorId,
+        /// Why it ended.
+        reason: LogoutReason,
+    },
+    /// An administrator changed an account.
+    AccountChange {
+        /// Who made the change (`uid-<n>` of the administrator).
+        actor: ActorId,
+        /// The account changed.
+        account: ActorId,
+        /// What changed.
+        change: AccountChangeKind,
+    },
+    /// A request authenticated with a personal API token.
+    TokenUse {
+        /// The token's account.
+        actor: ActorId,
+        /// The token's id (never the token).
+        token: ActorId,
     },
     /// The daemon is stopping.
     Shutdown {
@@ -129,6 +183,70 @@ pub enum ExportKind {
     Conversation,
     /// (Part of) this audit log.
     AuditLog,
+}
+
+/// How a user authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginMethod {
+    /// User name and password.
+    Password,
+    /// The hospital's single sign-on, through the trusted reverse proxy.
+    Sso,
+}
+
+/// Why a login session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutReason {
+    /// The user logged out.
+    Requested,
+    /// No request within the idle timeout.
+    Idle,
+    /// The account was disabled or removed, or its password changed.
+    AccountChanged,
+}
+
+/// What an administrator changed in an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountChangeKind {
+    /// Created.
+    Created,
+    /// Disabled: it can no longer log in or use its tokens.
+    Disabled,
+    /// Enabled again.
+    Enabled,
+    /// Its password was set.
+    PasswordChanged,
+    /// A personal API token was created.
+    TokenCreated,
+    /// A personal API token was revoked.
+    TokenRevoked,
+}
+
+impl Event {
+    /// Whether this record names `who`, as the actor or as the account an
+    /// administrator changed (what `export` filters by).
+    #[must_use]
+    pub fn names(&self, who: &ActorId) -> bool {
+        match self {
+            Self::ConversationStart { actor, .. }
+            | Self::Request { actor, .. }
+            | Self::Export { actor, .. }
+            | Self::Login { actor, .. }
+            | Self::Lockout { actor, .. }
+            | Self::Logout { actor, .. }
+            | Self::TokenUse { actor, .. } => actor == who,
+            Self::Answer(a) => &a.actor == who,
+            Self::AccountChange { actor, account, .. } => actor == who || account == who,
+            Self::Startup { .. }
+            | Self::ModelLoad { .. }
+            | Self::Shutdown { .. }
+            | Self::Recovery(_)
+            | Self::Retention(_) => false,
+        }
+    }
 }
 
 /// Why the daemon stopped.

@@ -26,8 +26,9 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuditError;
+use crate::event::Event;
 use crate::record::{LineError, file_name, list_log_files, parse_file_name, parse_line};
-use crate::types::{LogDay, Mac, Sha256, Timestamp};
+use crate::types::{ActorId, LogDay, Mac, Sha256, Timestamp};
 use crate::verify::FailureReason;
 
 /// Name of the manifest in an export directory.
@@ -53,6 +54,10 @@ pub(crate) struct Manifest {
     /// MAC of the last exported record (the chain head).
     pub(crate) head: Option<Mac>,
     pub(crate) files: Vec<ManifestFile>,
+    /// Set when the export holds only the records that name this account
+    /// (`export_for`): the sequence then has gaps where other records were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) actor: Option<ActorId>,
 }
 
 impl Manifest {
@@ -135,6 +140,26 @@ pub fn export(
     out_dir: &Path,
     signing_key: &[u8],
 ) -> Result<ExportSummary, AuditError> {
+    export_for(dir_in, since, until, out_dir, signing_key, None)
+}
+
+/// [`export`], keeping only the records that name `actor` (as the one who
+/// acted, or as the account an administrator changed) when it is given.
+/// Each kept record is copied byte for byte, so its MAC still verifies with
+/// the initial key; the manifest names the account, and [`crate::verify`]
+/// then accepts gaps in the sequence (the other records) but checks the
+/// chain wherever two kept records are neighbours.
+///
+/// # Errors
+/// As [`export`].
+pub fn export_for(
+    dir_in: &Path,
+    since: SystemTime,
+    until: SystemTime,
+    out_dir: &Path,
+    signing_key: &[u8],
+    actor: Option<&ActorId>,
+) -> Result<ExportSummary, AuditError> {
     let pair = Ed25519KeyPair::from_pkcs8(signing_key).map_err(|_| AuditError::SigningKey)?;
     let since = Timestamp::from_system_time(since)?;
     let until = Timestamp::from_system_time(until)?;
@@ -173,6 +198,9 @@ pub fn export(
             if failed.is_some() || r.seq < a || r.seq > b {
                 return;
             }
+            if actor.is_some_and(|who| !r.event.names(who)) {
+                return;
+            }
             prev_of_first.get_or_insert(r.prev);
             let result = match outputs.last_mut() {
                 Some(o) if o.day == day => o.push(line, r),
@@ -199,6 +227,7 @@ pub fn export(
         prev_of_first,
         head: None,
         files: Vec::with_capacity(outputs.len()),
+        actor: actor.cloned(),
     };
     for o in outputs {
         let entry = o.finish()?;
@@ -238,6 +267,7 @@ struct RecordInfo {
     ts: Timestamp,
     prev: Mac,
     mac: Mac,
+    event: Event,
 }
 
 /// Calls `f(day, line, info)` for every complete record, in order.
@@ -268,6 +298,7 @@ fn for_each_record(
                         ts: p.record.ts,
                         prev: p.record.prev,
                         mac: p.mac,
+                        event: p.record.event,
                     },
                 ),
                 // The daemon may be writing the newest file's last line.

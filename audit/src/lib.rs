@@ -2,7 +2,8 @@
 //!
 //! Hospital IT must be able to prove who used the appliance when, without the
 //! log becoming a store of patient data. This crate writes one JSON line per
-//! event (startup, model load, conversation start, each answer, export,
+//! event (startup, model load, conversation start, each request and its
+//! answer, export, login, lockout, logout, account change, token use,
 //! recovery, retention, shutdown), chains the lines with HMACs under a key
 //! that evolves forward, and exports signed, verifiable extracts.
 //!
@@ -141,10 +142,12 @@ mod writer;
 
 pub use error::AuditError;
 pub use event::{
-    Answer, Event, ExportKind, FinishReason, Outcome, Recovery, Retention, ShutdownReason,
+    AccountChangeKind, Answer, Event, ExportKind, FinishReason, LoginMethod, LogoutReason, Outcome,
+    Recovery, Retention, ShutdownReason,
 };
 pub use export::{
-    ExportSummary, MANIFEST_NAME, SIGNATURE_NAME, export, generate_signing_key, signing_public_key,
+    ExportSummary, MANIFEST_NAME, SIGNATURE_NAME, export, export_for, generate_signing_key,
+    signing_public_key,
 };
 pub use keys::{ContentHasher, EpochKey, HKDF_SALT, InitialKey, create_content_key, create_key};
 pub use types::{

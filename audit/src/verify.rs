@@ -38,6 +38,10 @@ pub struct Checks {
     pub manifest: bool,
     /// The manifest's Ed25519 signature (only with a public key).
     pub signature: bool,
+    /// The export holds one account's records only (`export_for`):
+    /// sequence numbers may skip the other records, and the chain is
+    /// checked between neighbouring records only.
+    pub filtered: bool,
 }
 
 /// Why verification failed. Never carries record content.
@@ -90,6 +94,8 @@ pub enum FailureReason {
     /// The file's records (count, sequence range or head MAC) differ from
     /// the manifest.
     ManifestMismatch,
+    /// An export made for one account holds a record that does not name it.
+    OutsideFilter,
 }
 
 impl From<LineError> for FailureReason {
@@ -139,6 +145,9 @@ impl fmt::Display for FailureReason {
             Self::ManifestMismatch => {
                 f.write_str("the file's records differ from what the manifest says")
             }
+            Self::OutsideFilter => f.write_str(
+                "the record does not name the account this export was made for (added)",
+            ),
         }
     }
 }
@@ -208,6 +217,7 @@ pub fn verify(
     let mut v = Verifier {
         initial: key,
         key: None,
+        filter: None,
         expected: None,
         retention: Vec::new(),
         first: None,
@@ -248,6 +258,10 @@ pub fn verify(
         if let (Some(seq), Some(prev)) = (m.first_seq, m.prev_of_first) {
             v.expected = Some((seq, prev));
         }
+        if let Some(actor) = &m.actor {
+            v.filter = Some(actor.clone());
+            v.report.checks.filtered = true;
+        }
     }
     for (i, (day, file)) in files.iter().enumerate() {
         let entry = manifest.as_ref().and_then(|m| m.files.get(i));
@@ -268,6 +282,8 @@ pub fn verify(
 struct Verifier<'k> {
     initial: Option<&'k InitialKey>,
     key: Option<EpochKey>,
+    /// The account a filtered export was made for.
+    filter: Option<crate::types::ActorId>,
     /// Next sequence number and `prev` expected.
     expected: Option<(u64, Mac)>,
     /// `(through_seq, head)` of every retention record seen.
@@ -319,7 +335,24 @@ impl Verifier<'_> {
                 Err(e) => return Ok(fail(Some(line_no), e.into())),
             };
             let r = &p.record;
+            let filtered = self.filter.is_some();
             match self.expected {
+                // A filtered export skips other accounts' records: the
+                // sequence only has to grow, and `prev` links only
+                // neighbours.
+                Some((seq, _)) if filtered && r.seq < seq => {
+                    return Ok(fail(
+                        Some(line_no),
+                        FailureReason::Sequence {
+                            expected: seq,
+                            found: r.seq,
+                        },
+                    ));
+                }
+                Some((seq, prev)) if filtered && r.seq == seq && r.prev != prev => {
+                    return Ok(fail(Some(line_no), FailureReason::BrokenChain));
+                }
+                Some(_) if filtered => {}
                 Some((seq, _)) if r.seq != seq => {
                     return Ok(fail(
                         Some(line_no),
@@ -340,12 +373,19 @@ impl Verifier<'_> {
             if r.ts.day() > day {
                 return Ok(fail(Some(line_no), FailureReason::WrongFile));
             }
+            if let Some(who) = &self.filter
+                && !r.event.names(who)
+            {
+                return Ok(fail(Some(line_no), FailureReason::OutsideFilter));
+            }
             if let Some(initial) = self.initial {
                 let key = self.key.get_or_insert_with(|| {
                     let mut k = EpochKey::from_initial(initial);
                     k.advance_to(r.seq);
                     k
                 });
+                // A filtered export skips records: derive this one's key.
+                key.advance_to(r.seq);
                 if !key.verify_mac(&p.body, &p.mac) {
                     return Ok(fail(Some(line_no), FailureReason::BadMac));
                 }

@@ -49,6 +49,11 @@ pub struct ExportArgs {
     /// The Ed25519 signing key, PKCS#8 (default: `audit.signing_key_file`).
     #[arg(long, visible_alias = "key-file")]
     signing_key: Option<PathBuf>,
+    /// Only the records that name this account (its user name, or its id
+    /// `acct-…`): its logins, questions, exports, token use and the changes
+    /// made to it. Each record keeps its MAC; the manifest names the account.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 /// `audit verify`.
@@ -65,12 +70,21 @@ pub struct VerifyArgs {
     /// The export signer's public key (hex or 32 raw bytes; `setup` writes `signing.pub`).
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// Ask the running daemon to verify its live log over the admin socket
+    /// (no read access to the log needed); PATH is then ignored.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: an auditor account's API token, in a file (an auditor
+    /// is let in by its token instead of the admin group).
+    #[arg(long, requires = "daemon")]
+    token_file: Option<PathBuf>,
 }
 
 /// Runs an audit subcommand.
 pub fn run(config: &Path, cmd: AuditCommand) -> Report {
     match cmd {
         AuditCommand::Export(a) => export(config, &a),
+        AuditCommand::Verify(a) if a.daemon => verify_by_daemon(config, &a),
         AuditCommand::Verify(a) => verify(&a),
     }
 }
@@ -105,7 +119,16 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
             ));
         }
     };
-    let exported = medgemma_audit::export(&dir, since, until, &a.out, &key);
+    let actor = match a
+        .user
+        .as_deref()
+        .map(|u| resolve_account(&cfg, u))
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => return Report::error(e),
+    };
+    let exported = medgemma_audit::export_for(&dir, since, until, &a.out, &key, actor.as_ref());
     // Every export attempt, good or failed, is itself an `export` record.
     let recorded = record_export(&cfg, &dir, exported.is_ok());
     let recorded = match recorded {
@@ -150,19 +173,34 @@ fn export(config: &Path, a: &ExportArgs) -> Report {
     }
 }
 
-/// Appends the `export` record: through the daemon's admin socket while it
-/// runs (it is the log's only writer), else by opening the log here (the
-/// writer lock keeps a starting daemon out meanwhile). Files this creates or
-/// replaces are given to the owner of the log directory, the daemon's user.
-/// Returns how it was recorded.
+/// Appends the `export` record (see [`record`]).
 fn record_export(cfg: &DaemonConfig, dir: &Path, ok: bool) -> Result<&'static str, String> {
-    let socket = cfg.admin_socket();
     let body = serde_json::to_value(ExportReport { ok }).map_err(|e| e.to_string())?;
+    record(cfg, dir, EXPORT_ROUTE, &body, |actor| Event::Export {
+        actor,
+        kind: ExportKind::AuditLog,
+        conversation: None,
+        outcome: if ok { Outcome::Ok } else { Outcome::Error },
+    })
+    .map_err(|e| format!("{e}; fix the daemon, then export again"))
+}
+
+/// Appends one record: through the daemon's admin socket (`route` with
+/// `body`) while it runs, else `event(actor)` written here (the writer
+/// lock keeps a starting daemon out meanwhile); the actor is this
+/// process's uid. Files this creates or replaces are given to the owner of
+/// the log directory, the daemon's user. Returns how it was recorded.
+pub fn record(
+    cfg: &DaemonConfig,
+    dir: &Path,
+    route: &str,
+    body: &serde_json::Value,
+    event: impl FnOnce(ActorId) -> Event,
+) -> Result<&'static str, String> {
+    let socket = cfg.admin_socket();
     match UnixStream::connect(&socket) {
         Ok(stream) => {
-            return status_cmd::request(stream, "POST", EXPORT_ROUTE, Some(&body))
-                .map(|_| "by medgemmad")
-                .map_err(|e| format!("{e}; fix the daemon, then export again"));
+            return status_cmd::request(stream, "POST", route, Some(body)).map(|_| "by medgemmad");
         }
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
         Err(e) => {
@@ -180,13 +218,7 @@ fn record_export(cfg: &DaemonConfig, dir: &Path, ok: bool) -> Result<&'static st
     let actor = ActorId::new(&format!("uid-{}", me.uid())).map_err(|e| e.to_string())?;
     let mut log =
         AuditLog::open(dir, key_file, AuditOptions::default()).map_err(|e| e.to_string())?;
-    log.append(Event::Export {
-        actor,
-        kind: ExportKind::AuditLog,
-        conversation: None,
-        outcome: if ok { Outcome::Ok } else { Outcome::Error },
-    })
-    .map_err(|e| e.to_string())?;
+    log.append(event(actor)).map_err(|e| e.to_string())?;
     drop(log);
     if me.uid() != owner.uid() {
         give_to_owner(dir, key_file, owner.uid(), owner.gid())?;
@@ -207,6 +239,93 @@ fn give_to_owner(dir: &Path, key_file: &Path, uid: u32, gid: u32) -> Result<(), 
         chown(&entry.path())?;
     }
     chown(key_file)
+}
+
+/// The audit actor of an account given by name (accounts file, then the
+/// names file beside the log) or by id.
+fn resolve_account(cfg: &DaemonConfig, user: &str) -> Result<ActorId, String> {
+    use medgemma_protocol::accounts::{AccountsFile, read_names};
+    if user.starts_with("acct-") {
+        return ActorId::new(user).map_err(|e| e.to_string());
+    }
+    let file = AccountsFile::read(&cfg.auth().accounts_dir).map_err(|e| e.to_string())?;
+    let id = match file.by_name(user) {
+        Some(a) => a.id.clone(),
+        None => read_names(&cfg.audit().dir)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .rev()
+            .find(|e| e.name == user)
+            .map(|e| e.id)
+            .ok_or_else(|| {
+                format!("no account is or was named {user:?} (medgemmactl user list)")
+            })?,
+    };
+    ActorId::new(&id).map_err(|e| e.to_string())
+}
+
+/// `audit verify --daemon`: the daemon checks its live log.
+fn verify_by_daemon(config: &Path, a: &VerifyArgs) -> Report {
+    use medgemma_protocol::admin::{AUDIT_VERIFY_ROUTE, VerifyAnswer, VerifyRequest};
+    let cfg = match DaemonConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => return Report::error(e.to_string()),
+    };
+    let initial_key = match (&a.initial_key, &a.initial_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => return Report::error(format!("cannot read {}: {e}", f.display())),
+        },
+        (None, None) => None,
+    };
+    let token = match a
+        .token_file
+        .as_deref()
+        .map(std::fs::read_to_string)
+        .transpose()
+    {
+        Ok(t) => t.map(|t| t.trim().to_owned()),
+        Err(e) => return Report::error(format!("cannot read the token file: {e}")),
+    };
+    let socket = cfg.admin_socket();
+    let stream = match UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            return Report::error(format!(
+                "cannot reach medgemmad on {}: {e}",
+                socket.display()
+            ));
+        }
+    };
+    let body = match serde_json::to_value(VerifyRequest { initial_key }) {
+        Ok(b) => b,
+        Err(e) => return Report::error(e.to_string()),
+    };
+    let answer = status_cmd::request_with(
+        stream,
+        "POST",
+        AUDIT_VERIFY_ROUTE,
+        Some(&body),
+        token.as_deref(),
+    )
+    .and_then(|v| serde_json::from_value::<VerifyAnswer>(v).map_err(|e| e.to_string()));
+    match answer {
+        Ok(v) => Report {
+            code: if v.ok { EXIT_OK } else { EXIT_DEGRADED },
+            text: match &v.failure {
+                None => format!(
+                    "OK: {} records in {} files (verified by medgemmad); checks: {}",
+                    v.records,
+                    v.files,
+                    v.checks.join(", ")
+                ),
+                Some(f) => format!("FAILED: {f}\n(checked {} records before it)", v.records),
+            },
+            json: serde_json::to_value(&v).unwrap_or_default(),
+        },
+        Err(e) => Report::error(format!("medgemmad could not verify the log: {e}")),
+    }
 }
 
 fn verify(a: &VerifyArgs) -> Report {

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use medgemma_protocol::config::{AuditSection, Config, ConfigError};
+use medgemma_protocol::config::{AuditSection, AuthSection, Config, ConfigError};
 use medgemma_protocol::paths;
 
 /// The configuration, or its absence.
@@ -45,6 +45,22 @@ impl DaemonConfig {
             .as_ref()
             .map(|c| c.audit.clone())
             .unwrap_or_default()
+    }
+
+    /// `[auth]`, else the defaults (the package's paths).
+    pub fn auth(&self) -> AuthSection {
+        self.config
+            .as_ref()
+            .map(|c| c.auth.clone())
+            .unwrap_or_default()
+    }
+
+    /// `answers.terms_dir`, else the package's.
+    pub fn terms_dir(&self) -> PathBuf {
+        self.config
+            .as_ref()
+            .and_then(|c| c.answers.terms_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(paths::TERMS_DIR))
     }
 
     /// `model.path`, if configured.

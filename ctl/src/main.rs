@@ -30,6 +30,8 @@ mod doctor_cmd;
 mod gpu_cmd;
 mod setup_cmd;
 mod status_cmd;
+mod terms_cmd;
+mod user_cmd;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -46,7 +48,7 @@ const EXIT_CODES_HELP: &str = "Exit codes: 0 ok/healthy; 1 degraded, warnings or
 2 daemon not running (status), failures (doctor), no NVIDIA driver (gpu); \
 3 the command could not run; 64 wrong arguments.";
 
-/// Administer the MedGemma appliance: set it up, check it, export and verify its audit log.
+/// Administer the MedGemma appliance: set it up, check it, manage its accounts and terminology, export and verify its audit log.
 #[derive(Debug, Parser)]
 #[command(name = "medgemmactl", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -73,6 +75,12 @@ enum Command {
     /// Export or verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Manage the accounts: add, disable, enable, passwd, list, API tokens.
+    #[command(subcommand)]
+    User(user_cmd::UserCommand),
+    /// Import the hospital's terminology (ICD-11, ICD-10, SNOMED CT, synonyms) for term alignment.
+    #[command(subcommand)]
+    Terms(terms_cmd::TermsCommand),
     /// Print the documented example configuration, or the configuration in effect.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -126,6 +134,8 @@ fn main() -> ExitCode {
         Command::Gpu(args) => gpu_cmd::run(&cli.config, &args),
         Command::Doctor(args) => doctor_cmd::run(&cli.config, &args),
         Command::Audit(cmd) => audit_cmd::run(&cli.config, cmd),
+        Command::User(cmd) => user_cmd::run(&cli.config, &cmd),
+        Command::Terms(cmd) => terms_cmd::run(&cli.config, &cmd),
         Command::Config(cmd) => config_cmd::run(&cli.config, &cmd),
         Command::Man { out } => man(&out),
         Command::Completions { shell } => completions(&shell),

@@ -19,6 +19,8 @@
 //!    is none; otherwise setup's own drop-in (`medgemmad.d/50-setup.toml`),
 //!    so its choices take effect and the administrator's edits to the main
 //!    file stay as they are. The result is read back and checked.
+//! 7. With `--user`, the first account (as `medgemmactl user add`): there
+//!    is no default account and no default password.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -27,7 +29,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use medgemma_model::probe::ModelProbe;
 use medgemma_protocol::config::{
-    AuditSection, BackendChoice, Config, EngineSection, ModelSection, SandboxSection, ServerSection,
+    AnswersSection, AuditSection, AuthSection, BackendChoice, Config, EngineSection, ModelSection,
+    SandboxSection, ServerSection,
 };
 use medgemma_protocol::paths;
 use medgemma_protocol::pins::{Pin, Pins, hash_file};
@@ -60,6 +63,15 @@ pub struct SetupArgs {
     /// (default: the package's, /run/medgemma/ui.sock and /run/medgemma-admin/admin.sock).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Create the first account too (as `medgemmactl user add`; skipped when it exists).
+    #[arg(long)]
+    user: Option<String>,
+    /// The first account's role.
+    #[arg(long, value_enum, default_value = "clinician", requires = "user")]
+    role: crate::user_cmd::RoleArg,
+    /// Read the first account's password from standard input instead of the terminal.
+    #[arg(long, requires = "user")]
+    password_stdin: bool,
 }
 
 /// The label of a new configuration.
@@ -185,7 +197,13 @@ fn setup(config_path: &Path, a: &SetupArgs) -> Result<Report, Report> {
     config.engine.max_concurrent_generations = backend.concurrent;
     let written = write_config(&config_out, existing.is_some(), &config)?;
 
-    Ok(report(
+    // 7. The first account, when asked for.
+    let account = match &a.user {
+        Some(name) => Some(first_account(&config_out, name, a)?),
+        None => None,
+    };
+
+    let mut done = report(
         &model,
         &summary,
         &pins,
@@ -194,6 +212,31 @@ fn setup(config_path: &Path, a: &SetupArgs) -> Result<Report, Report> {
         &config.audit,
         &keys,
         &written,
+    );
+    if let Some(line) = account {
+        done.text.push_str(&format!("account: {line}\n"));
+        done.json["account"] = serde_json::Value::String(line);
+    }
+    Ok(done)
+}
+
+/// Creates the first account unless one of that name exists; says what happened.
+fn first_account(config: &Path, name: &str, a: &SetupArgs) -> Result<String, Report> {
+    let cfg = DaemonConfig::load(config)
+        .map_err(|e| Report::error(format!("the configuration cannot be read: {e}")))?;
+    let existing = medgemma_protocol::accounts::AccountsFile::read(&cfg.auth().accounts_dir)
+        .map_err(|e| Report::error(e.to_string()))?;
+    if existing.by_name(name).is_some() {
+        return Ok(format!("{name} exists and was kept"));
+    }
+    let password = crate::user_cmd::read_password(a.password_stdin).map_err(Report::error)?;
+    let (account, _) = crate::user_cmd::add_account(&cfg, name, a.role.into(), Some(&password))
+        .map_err(Report::error)?;
+    Ok(format!(
+        "{} created ({}, id {})",
+        account.name,
+        account.role.as_str(),
+        account.id
     ))
 }
 
@@ -228,6 +271,14 @@ fn new_config(state: &Path, run_dir: Option<&Path>, model: &Path) -> Config {
             ..AuditSection::default()
         },
         sandbox: SandboxSection::default(),
+        answers: AnswersSection {
+            terms_dir: Some(state.join("terms")),
+            ..AnswersSection::default()
+        },
+        auth: AuthSection {
+            accounts_dir: state.join("accounts"),
+            ..AuthSection::default()
+        },
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Args;
 
 use medgemma_protocol::admin::{ErrorBody, STATUS_ROUTE};
-use medgemma_protocol::status::{AdminStatus, HealthState};
+use medgemma_protocol::status::{AdminStatus, HealthState, ModelState};
 
 use crate::daemon_config::DaemonConfig;
 use crate::{EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, Report};
@@ -64,10 +64,21 @@ pub fn fetch(socket: &Path) -> Result<AdminStatus, String> {
 /// One request on a connected admin socket; the answer's JSON body when the
 /// status is 200, else a sentence.
 pub fn request(
+    stream: UnixStream,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    request_with(stream, method, path, body, None)
+}
+
+/// [`request`] with an `Authorization: Bearer` token (an auditor's).
+pub fn request_with(
     mut stream: UnixStream,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
+    token: Option<&str>,
 ) -> Result<serde_json::Value, String> {
     stream
         .set_read_timeout(Some(TIMEOUT))
@@ -79,8 +90,11 @@ pub fn request(
     } else {
         "Content-Type: application/json\r\n"
     };
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{auth}{content_type}Content-Length: {}\r\n\r\n",
         body.len()
     );
     const REFUSED: &str = "the daemon closed the connection without answering (access refused: run as root or as a member of server.admin_group)";
@@ -92,16 +106,17 @@ pub fn request(
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
         )
     };
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
-        .map_err(|e| {
-            if closed(&e) {
-                REFUSED.to_owned()
-            } else {
-                format!("cannot send the request: {e}")
-            }
-        })?;
+    // One write: a route that does not read the body would otherwise close
+    // with the body unread, and the kernel would reset the connection
+    // before its answer is read.
+    let request = format!("{head}{body}");
+    stream.write_all(request.as_bytes()).map_err(|e| {
+        if closed(&e) {
+            REFUSED.to_owned()
+        } else {
+            format!("cannot send the request: {e}")
+        }
+    })?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(|e| {
         if closed(&e) {
@@ -143,12 +158,29 @@ fn report(doc: &AdminStatus) -> Report {
     for r in &doc.health.reasons {
         text.push_str(&format!("  degraded: {r}\n"));
     }
+    match (doc.state, &doc.loading) {
+        (ModelState::Loading, Some(l)) => text.push_str(&format!(
+            "state:    loading the model: {}{}\n",
+            l.stage,
+            l.progress
+                .map(|p| format!(" ({:.0} %)", p * 100.0))
+                .unwrap_or_default()
+        )),
+        (ModelState::Loading, None) => text.push_str("state:    loading the model\n"),
+        (ModelState::Failed, _) => text.push_str(&format!(
+            "state:    FAILED: {}\n",
+            or_dash(doc.failure.clone())
+        )),
+        (ModelState::Ready, _) => text.push_str("state:    ready\n"),
+    }
     let pins = &doc.model_files.pins;
     text.push_str(&format!(
         "model:    {} ({}, {} parameters), fingerprint {}\n          pins: {}\n",
         doc.model.label,
-        doc.model.format,
-        doc.model.parameters,
+        or_dash(doc.model.format.clone()),
+        doc.model
+            .parameters
+            .map_or("-".to_owned(), |p| p.to_string()),
         doc.model_files.fingerprint,
         match pins.ok {
             Some(true) => format!(
@@ -159,11 +191,11 @@ fn report(doc: &AdminStatus) -> Report {
             None => or_dash(pins.detail.clone()),
         }
     ));
-    text.push_str(&format!(
-        "backend:  {}: {}\n",
-        doc.backend.kind, doc.backend.reason
-    ));
-    if let Some(gpu) = &doc.backend.gpu {
+    match &doc.backend {
+        Some(b) => text.push_str(&format!("backend:  {}: {}\n", b.kind, b.reason)),
+        None => text.push_str("backend:  - (known once the model is loaded)\n"),
+    }
+    if let Some(gpu) = doc.backend.as_ref().and_then(|b| b.gpu.as_ref()) {
         text.push_str(&format!(
             "gpu:      {}; {} of {} in use after warm-up ({} s); model budget {}\n",
             gpu.device(),
@@ -200,6 +232,27 @@ fn report(doc: &AdminStatus) -> Report {
         doc.audit.dir.display(),
         doc.audit.chain.next_seq,
         doc.audit.chain.head,
+    ));
+    let a = &doc.accounts;
+    let sessions = if a.sessions.is_empty() {
+        "no active session".to_owned()
+    } else {
+        a.sessions
+            .iter()
+            .map(|s| format!("{} {}", s.user, s.sessions))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    text.push_str(&format!(
+        "accounts: mode {}, {} accounts; sessions: {sessions}\nterms:    {} phrases{}\n",
+        a.mode,
+        a.accounts,
+        doc.terms.phrases,
+        if doc.terms.systems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", doc.terms.systems.join(", "))
+        },
     ));
     let mut json = serde_json::to_value(doc).unwrap_or_default();
     json["running"] = serde_json::Value::Bool(true);

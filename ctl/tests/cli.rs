@@ -79,6 +79,12 @@ impl Drop for Daemon {
 }
 
 fn start_daemon() -> Daemon {
+    start_daemon_with("open", None)
+}
+
+/// A daemon with `auth.mode = auth`; `before` runs on its directory (after
+/// the configuration is written) before the daemon starts.
+fn start_daemon_with(auth: &str, before: Option<&dyn Fn(&Path)>) -> Daemon {
     let dir = tempfile::Builder::new().prefix("mgctl").tempdir().unwrap();
     let d = dir.path();
     let keys = d.join("audit-key");
@@ -94,7 +100,7 @@ fn start_daemon() -> Daemon {
     std::fs::write(d.join("placeholder.gguf"), b"not a model").unwrap();
     let p = |name: &str| format!("{:?}", d.join(name).display().to_string());
     let text = format!(
-        "[model]\npath = {}\nlabel = \"Scripted\"\ndemo = true\n\n[engine]\nbackend = \"scripted\"\ncontext_length = 4096\nmax_new_tokens = 100\n\n[server]\nui_socket = {}\nadmin_socket = {}\n\n[audit]\ndir = {}\nkey_file = {}\ncontent_key_file = {}\nsigning_key_file = {}\n",
+        "[model]\npath = {}\nlabel = \"Scripted\"\ndemo = true\n\n[engine]\nbackend = \"scripted\"\ncontext_length = 4096\nmax_new_tokens = 100\n\n[server]\nui_socket = {}\nadmin_socket = {}\n\n[audit]\ndir = {}\nkey_file = {}\ncontent_key_file = {}\nsigning_key_file = {}\n\n[answers]\nterms_dir = {}\n\n[auth]\nmode = \"{auth}\"\naccounts_dir = {}\n",
         p("placeholder.gguf"),
         p("ui.sock"),
         p("admin.sock"),
@@ -102,8 +108,13 @@ fn start_daemon() -> Daemon {
         p("audit-key/current"),
         p("audit-key/content"),
         p("signing.pk8"),
+        p("terms"),
+        p("accounts"),
     );
     std::fs::write(d.join("medgemmad.toml"), text).unwrap();
+    if let Some(before) = before {
+        before(d);
+    }
     let mut child = Command::new(daemon_bin())
         .args(["serve", "--insecure-no-sandbox", "--config"])
         .arg(d.join("medgemmad.toml"))
@@ -543,7 +554,11 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "jsonl")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("audit-"))
+        })
         .collect();
     files.sort();
     files
@@ -673,7 +688,7 @@ fn status_from_a_non_admin_user_is_refused_by_peer_credentials() {
         .log
         .lock()
         .unwrap()
-        .contains("admin: refused a connection from uid Some(65534)")
+        .contains("admin: refused a connection from uid 65534")
     {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
@@ -685,4 +700,787 @@ fn status_from_a_non_admin_user_is_refused_by_peer_credentials() {
     // Root, on the same socket, is answered.
     let o = ctl(&["--json", "status", "--socket", &d.admin()]);
     assert_eq!(json(&o)["running"], true);
+}
+
+/// `medgemmactl` with `stdin` on its standard input.
+fn ctl_stdin(stdin: &str, args: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(CTL)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run medgemmactl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// One login over the UI socket; the session cookie (`mgd_session=…`).
+fn ui_login(sock: &Path, user: &str, password: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({ "user": user, "password": password }).to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "POST /api/login HTTP/1.1\r\nHost: localhost:6006\r\nOrigin: http://localhost:6006\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .ok_or(out)
+}
+
+const LI_PASSWORD: &str = "CANARY-ctl-pw-li-correct-horse";
+
+#[test]
+fn users_are_added_listed_disabled_and_audited_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("audit-key");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::create_dir_all(d.join("audit")).unwrap();
+    let initial = medgemma_audit::create_key(&keys.join("current")).unwrap();
+    let text = format!(
+        "[model]\npath = \"/srv/m.gguf\"\nlabel = \"M\"\ndemo = true\n\n[server]\nadmin_socket = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\n\n[auth]\naccounts_dir = {:?}\n",
+        d.join("admin.sock").display().to_string(),
+        d.join("audit").display().to_string(),
+        keys.join("current").display().to_string(),
+        d.join("accounts").display().to_string(),
+    );
+    let config = d.join("medgemmad.toml");
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+
+    // No terminal and no --password-stdin: refused, nothing written.
+    let o = ctl_stdin("", &["--config", &config, "user", "add", "dr.li"]);
+    assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--password-stdin"));
+    let o = ctl_stdin(
+        "short\n",
+        &[
+            "--config",
+            &config,
+            "user",
+            "add",
+            "dr.li",
+            "--password-stdin",
+        ],
+    );
+    assert_eq!(code(&o), 3, "a password under 10 characters is refused");
+    let o = ctl_stdin(
+        &format!("{LI_PASSWORD}\n"),
+        &[
+            "--config",
+            &config,
+            "--json",
+            "user",
+            "add",
+            "dr.li",
+            "--password-stdin",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let id = json(&o)["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("acct-"), "{id}");
+    let o = ctl_stdin(
+        &format!("{LI_PASSWORD}\n"),
+        &[
+            "--config",
+            &config,
+            "user",
+            "add",
+            "dr.li",
+            "--password-stdin",
+        ],
+    );
+    assert_eq!(code(&o), 3, "a second dr.li");
+    let o = ctl(&[
+        "--config",
+        &config,
+        "--json",
+        "user",
+        "add",
+        "audit.kim",
+        "--role",
+        "auditor",
+        "--no-password",
+    ]);
+    assert_eq!(code(&o), 0);
+    let o = ctl(&["--config", &config, "user", "disable", "dr.li"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let o = ctl(&["--config", &config, "--json", "user", "list"]);
+    let list = json(&o);
+    assert_eq!(list["accounts"][0]["name"], "dr.li");
+    assert_eq!(list["accounts"][0]["enabled"], false);
+    assert_eq!(list["accounts"][1]["role"], "auditor");
+    assert_eq!(list["accounts"][1]["password"], false);
+    let o = ctl(&[
+        "--config", &config, "--json", "user", "token", "create", "dr.li", "--label", "scripts",
+    ]);
+    let token = json(&o)["token"].as_str().unwrap().to_owned();
+    let token_id = json(&o)["id"].as_str().unwrap().to_owned();
+    let o = ctl(&[
+        "--config", &config, "--json", "user", "token", "list", "dr.li",
+    ]);
+    assert_eq!(json(&o)["tokens"][0]["id"], token_id.as_str());
+    assert!(!stdout(&o).contains(&token), "a token is shown once only");
+    let o = ctl(&[
+        "--config", &config, "user", "token", "revoke", "dr.li", &token_id,
+    ]);
+    assert_eq!(code(&o), 0);
+
+    // Every change is in the chain, under the pseudonymous id; the names sit beside it.
+    let recs = records(&d.join("audit"));
+    let changes: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "account_change")
+        .map(|r| r["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "created",
+            "created",
+            "disabled",
+            "token_created",
+            "token_revoked"
+        ]
+    );
+    assert_eq!(
+        recs.iter()
+            .find(|r| r["event"] == "account_change")
+            .unwrap()["account"],
+        id.as_str()
+    );
+    let names = std::fs::read_to_string(d.join("audit/account-names.jsonl")).unwrap();
+    assert!(names.contains("\"dr.li\"") && names.contains(&id));
+    let report = medgemma_audit::verify(&d.join("audit"), Some(&initial), None).unwrap();
+    assert!(report.is_ok(), "{:?}", report.failure);
+    // No password and no token anywhere on disk.
+    let secret = token.rsplit('_').next().unwrap();
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+                assert!(
+                    !bytes.contains("CANARY-ctl-pw") && !bytes.contains(secret),
+                    "{}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn with_a_daemon_account_changes_end_sessions_status_counts_them_and_exports_filter_by_user() {
+    let d = start_daemon_with(
+        "accounts",
+        Some(&|dir: &Path| {
+            let config = dir.join("medgemmad.toml").display().to_string();
+            for name in ["dr.li", "dr.wang"] {
+                let o = ctl_stdin(
+                    &format!("{LI_PASSWORD}\n"),
+                    &["--config", &config, "user", "add", name, "--password-stdin"],
+                );
+                assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+            }
+            let o = ctl(&[
+                "--config",
+                &config,
+                "user",
+                "add",
+                "audit.kim",
+                "--role",
+                "auditor",
+                "--no-password",
+            ]);
+            assert_eq!(code(&o), 0);
+        }),
+    );
+    let config = d.config();
+    let sock = d.dir.path().join("ui.sock");
+    ui_login(&sock, "dr.li", LI_PASSWORD).unwrap();
+    ui_login(&sock, "dr.li", LI_PASSWORD).unwrap();
+    ui_login(&sock, "dr.wang", LI_PASSWORD).unwrap();
+    let o = ctl(&["--config", &config, "--json", "status"]);
+    let sessions = json(&o)["accounts"]["sessions"].clone();
+    assert_eq!(
+        sessions,
+        serde_json::json!([{"user": "dr.li", "sessions": 2}, {"user": "dr.wang", "sessions": 1}])
+    );
+    let o = ctl(&["--config", &config, "status"]);
+    assert!(
+        stdout(&o).contains("sessions: dr.li 2, dr.wang 1"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Disabled through the daemon: recorded by it, and li's sessions end at once.
+    let o = ctl(&["--config", &config, "--json", "user", "disable", "dr.li"]);
+    assert_eq!(json(&o)["recorded"], "by medgemmad", "{}", stdout(&o));
+    let o = ctl(&["--config", &config, "--json", "status"]);
+    assert_eq!(
+        json(&o)["accounts"]["sessions"],
+        serde_json::json!([{"user": "dr.wang", "sessions": 1}])
+    );
+    assert!(ui_login(&sock, "dr.li", LI_PASSWORD).is_err());
+
+    // The export for li holds li's records only, and verifies with the initial key.
+    let out = d.dir.path().join("export-li");
+    let o = ctl(&[
+        "--config",
+        &config,
+        "audit",
+        "export",
+        "--since",
+        "2000-01-01",
+        "--out",
+        &out.display().to_string(),
+        "--user",
+        "dr.li",
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let li = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(d.dir.path().join("accounts/accounts.json")).unwrap(),
+    )
+    .unwrap()["accounts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exported = records(&out);
+    assert!(exported.len() >= 4, "{exported:?}");
+    for r in &exported {
+        assert!(
+            r["actor"] == li.as_str() || r["account"] == li.as_str(),
+            "{r}"
+        );
+    }
+    let o = ctl(&[
+        "--json",
+        "audit",
+        "verify",
+        &out.display().to_string(),
+        "--initial-key-file",
+        &d.dir.path().join("initial-key.txt").display().to_string(),
+        "--public-key",
+        &d.dir.path().join("signing.pub").display().to_string(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["checks"]["macs"], true);
+
+    // An auditor's token lets the daemon verify its own log through the admin socket.
+    let o = ctl(&[
+        "--config",
+        &config,
+        "--json",
+        "user",
+        "token",
+        "create",
+        "audit.kim",
+    ]);
+    let token_file = d.dir.path().join("kim.token");
+    std::fs::write(&token_file, json(&o)["token"].as_str().unwrap()).unwrap();
+    let o = ctl(&[
+        "--config",
+        &config,
+        "audit",
+        "verify",
+        "--daemon",
+        "--token-file",
+        &token_file.display().to_string(),
+        "--initial-key-file",
+        &d.dir.path().join("initial-key.txt").display().to_string(),
+        "ignored",
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout(&o).contains("verified by medgemmad") && stdout(&o).contains("macs"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn terms_are_imported_listed_reloaded_and_removed() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/terms");
+    let d = start_daemon();
+    let config = d.config();
+    for (kind, file) in [
+        ("icd11", "SimpleTabulation-ICD-11-MMS-en.txt"),
+        ("icd11", "SimpleTabulation-ICD-11-MMS-zh.txt"),
+        ("icd10", "icd10cm-codes-2025.txt"),
+        ("snomed", "sct2_Description_Snapshot-en_INT_20240101.txt"),
+        ("synonyms", "synonyms.tsv"),
+    ] {
+        let o = ctl(&[
+            "--config",
+            &config,
+            "--json",
+            "terms",
+            "import",
+            kind,
+            &fixtures.join(file).display().to_string(),
+        ]);
+        assert_eq!(
+            code(&o),
+            0,
+            "{file}: {}{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            json(&o)["daemon"].as_str().unwrap().contains("now knows"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let o = ctl(&["--config", &config, "--json", "terms", "list"]);
+    let names: Vec<&str> = json(&o)["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|s| Box::leak(s.to_owned().into_boxed_str()) as &str)
+        .collect();
+    assert_eq!(
+        names,
+        ["icd10", "icd11-en", "icd11-zh", "snomed-en", "synonyms"]
+    );
+    let o = ctl(&["--config", &config, "--json", "status"]);
+    let systems = json(&o)["terms"]["systems"].clone();
+    assert_eq!(
+        systems,
+        serde_json::json!(["ICD-10-CM", "ICD-11", "SNOMED CT"])
+    );
+    let o = ctl(&["--config", &config, "terms", "remove", "snomed-en"]);
+    assert_eq!(code(&o), 0);
+    let o = ctl(&["--config", &config, "--json", "status"]);
+    assert_eq!(
+        json(&o)["terms"]["systems"],
+        serde_json::json!(["ICD-10-CM", "ICD-11"])
+    );
+    let o = ctl(&[
+        "--config",
+        &config,
+        "terms",
+        "import",
+        "icd11",
+        &fixtures.join("synonyms.tsv").display().to_string(),
+    ]);
+    assert_eq!(code(&o), 3, "a synonyms file is no ICD-11 tabulation");
+}
+
+/// One chat turn over the UI socket (raw HTTP/1.1); the `done` event's data.
+fn chat_done(sock: &Path, message: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({ "message": message, "max_new_tokens": 3 }).to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "POST /api/chat HTTP/1.1\r\nHost: localhost:6006\r\nOrigin: http://localhost:6006\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let data = out
+        .split("event: done\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .and_then(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no done event: {out}"));
+    serde_json::from_str(data).unwrap()
+}
+
+/// Every byte of every file under `dir`, as text.
+fn all_text_under(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
+const LI_NEW_PASSWORD: &str = "CANARY-ctl-pw-li-battery-staple";
+const WRONG_GUESS: &str = "CANARY-ctl-pw-wrong-guess";
+
+#[test]
+fn passwd_enable_and_a_clinician_token_through_the_daemon_never_show_a_secret() {
+    let d = start_daemon_with(
+        "accounts",
+        Some(&|dir: &Path| {
+            let config = dir.join("medgemmad.toml").display().to_string();
+            let o = ctl_stdin(
+                &format!("{LI_PASSWORD}\n"),
+                &[
+                    "--config",
+                    &config,
+                    "user",
+                    "add",
+                    "dr.li",
+                    "--password-stdin",
+                ],
+            );
+            assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        }),
+    );
+    let config = d.config();
+    let sock = d.dir.path().join("ui.sock");
+    // Everything medgemmactl prints, on either stream, is kept and searched.
+    let mut printed = String::new();
+    let mut keep = |o: Output| -> Output {
+        printed.push_str(&String::from_utf8_lossy(&o.stdout));
+        printed.push_str(&String::from_utf8_lossy(&o.stderr));
+        o
+    };
+
+    ui_login(&sock, "dr.li", LI_PASSWORD).unwrap();
+    assert!(ui_login(&sock, "dr.li", WRONG_GUESS).is_err());
+
+    // A new password, set through the daemon: the old one stops working,
+    // the new one works, li's sessions end.
+    let o = keep(ctl_stdin(
+        &format!("{LI_NEW_PASSWORD}\n"),
+        &[
+            "--config",
+            &config,
+            "--json",
+            "user",
+            "passwd",
+            "dr.li",
+            "--password-stdin",
+        ],
+    ));
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&o)["recorded"], "by medgemmad", "{}", stdout(&o));
+    let o = keep(ctl(&["--config", &config, "--json", "status"]));
+    assert_eq!(
+        json(&o)["accounts"]["sessions"],
+        serde_json::json!([]),
+        "a new password ends the account's sessions"
+    );
+    assert!(ui_login(&sock, "dr.li", LI_PASSWORD).is_err());
+    ui_login(&sock, "dr.li", LI_NEW_PASSWORD).unwrap();
+    // A short password is refused, and the refusal does not repeat it.
+    let o = keep(ctl_stdin(
+        "CANARY-9\n",
+        &[
+            "--config",
+            &config,
+            "user",
+            "passwd",
+            "dr.li",
+            "--password-stdin",
+        ],
+    ));
+    assert_eq!(code(&o), 3);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("CANARY-9"));
+
+    // Disabled: no login; enabled again: the (new) password works.
+    let o = keep(ctl(&["--config", &config, "user", "disable", "dr.li"]));
+    assert_eq!(code(&o), 0);
+    assert!(ui_login(&sock, "dr.li", LI_NEW_PASSWORD).is_err());
+    let o = keep(ctl(&[
+        "--config", &config, "--json", "user", "enable", "dr.li",
+    ]));
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&o)["recorded"], "by medgemmad", "{}", stdout(&o));
+    ui_login(&sock, "dr.li", LI_NEW_PASSWORD).unwrap();
+    let o = keep(ctl(&["--config", &config, "--json", "user", "list"]));
+    assert_eq!(json(&o)["accounts"][0]["enabled"], true);
+
+    // A clinician's token is no auditor's: the daemon refuses to verify for it.
+    // (`token create` shows the token once, by design: not kept.)
+    let o = ctl(&[
+        "--config", &config, "--json", "user", "token", "create", "dr.li",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let token = json(&o)["token"].as_str().unwrap().to_owned();
+    let secret = token.rsplit('_').next().unwrap().to_owned();
+    assert!(secret.len() >= 32, "{token}");
+    let token_file = d.dir.path().join("li.token");
+    std::fs::write(&token_file, &token).unwrap();
+    // The token is what authorizes on the admin socket only for a peer that
+    // is not an administrator by its uid: run medgemmactl as nobody.
+    let as_nobody = my_uid() == 0 && Path::new("/usr/bin/setpriv").exists();
+    if as_nobody {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.admin(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    } else {
+        eprintln!("SKIPPED the token checks as a non-admin peer: needs root and setpriv");
+    }
+    let verify = |file: &Path| {
+        Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", CTL])
+            .args([
+                "--config",
+                &config,
+                "audit",
+                "verify",
+                "--daemon",
+                "--token-file",
+                &file.display().to_string(),
+                "--initial-key-file",
+                &d.dir.path().join("initial-key.txt").display().to_string(),
+                "ignored",
+            ])
+            .output()
+            .unwrap()
+    };
+    if as_nobody {
+        let o = keep(verify(&token_file));
+        assert_ne!(code(&o), 0, "a clinician's token: {}", stdout(&o));
+        assert!(!stdout(&o).contains("verified by medgemmad"));
+    }
+    // A revoked token (an auditor's) is refused too.
+    let o = keep(ctl(&[
+        "--config",
+        &config,
+        "user",
+        "add",
+        "audit.kim",
+        "--role",
+        "auditor",
+        "--no-password",
+    ]));
+    assert_eq!(code(&o), 0);
+    let o = ctl(&[
+        "--config",
+        &config,
+        "--json",
+        "user",
+        "token",
+        "create",
+        "audit.kim",
+    ]);
+    let kim_token = json(&o)["token"].as_str().unwrap().to_owned();
+    let kim_id = json(&o)["id"].as_str().unwrap().to_owned();
+    let kim_file = d.dir.path().join("kim.token");
+    std::fs::write(&kim_file, &kim_token).unwrap();
+    if as_nobody {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kim_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = keep(verify(&kim_file));
+        assert_eq!(
+            code(&o),
+            0,
+            "an auditor's token: {}{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            stdout(&o).contains("verified by medgemmad"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let o = keep(ctl(&[
+        "--config",
+        &config,
+        "user",
+        "token",
+        "revoke",
+        "audit.kim",
+        &kim_id,
+    ]));
+    assert_eq!(code(&o), 0);
+    if as_nobody {
+        let o = keep(verify(&kim_file));
+        assert_ne!(code(&o), 0, "a revoked token: {}", stdout(&o));
+    }
+    let kim_secret = kim_token.rsplit('_').next().unwrap().to_owned();
+
+    // The chain has every change and the refused login, under the account's id.
+    let li = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(d.dir.path().join("accounts/accounts.json")).unwrap(),
+    )
+    .unwrap()["accounts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recs = records(&d.dir.path().join("audit"));
+    let changes: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "account_change" && r["account"] == li.as_str())
+        .map(|r| r["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "created",
+            "password_changed",
+            "disabled",
+            "enabled",
+            "token_created"
+        ]
+    );
+    let logins: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "login" && r["actor"] == li.as_str())
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        logins,
+        ["ok", "rejected", "rejected", "ok", "rejected", "ok"],
+        "{recs:#?}"
+    );
+
+    // No password and no token in the daemon's log, medgemmactl's output,
+    // the audit log, the accounts file or anything else on disk.
+    let log = d.log.lock().unwrap().clone();
+    for (what, text) in [
+        ("the daemon's log", &log),
+        ("medgemmactl's output", &printed),
+    ] {
+        for s in [
+            LI_PASSWORD,
+            LI_NEW_PASSWORD,
+            WRONG_GUESS,
+            "CANARY-9",
+            &secret,
+            &kim_secret,
+        ] {
+            assert!(!text.contains(s), "{s} in {what}");
+        }
+    }
+    // (The test itself wrote the tokens to li.token and kim.token.)
+    std::fs::remove_file(&token_file).unwrap();
+    std::fs::remove_file(&kim_file).unwrap();
+    let stored = all_text_under(d.dir.path());
+    for s in [
+        LI_PASSWORD,
+        LI_NEW_PASSWORD,
+        WRONG_GUESS,
+        "CANARY-9",
+        &secret,
+        &kim_secret,
+    ] {
+        assert!(!stored.contains(s), "{s} stored on disk");
+    }
+}
+
+#[test]
+fn terms_in_every_layout_are_found_in_a_chat() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/terms");
+    let d = start_daemon();
+    let config = d.config();
+    let f = |name: &str| fixtures.join(name).display().to_string();
+    let imports: [Vec<String>; 4] = [
+        vec![
+            "icd10".into(),
+            f("icd10-clinical-zh.tsv"),
+            "--name".into(),
+            "icd10-zh".into(),
+            "--system".into(),
+            "ICD-10".into(),
+        ],
+        vec![
+            "snomed".into(),
+            f("sct2_Description_Snapshot-en_INT_20240101.txt"),
+            "--language-refset".into(),
+            f("der2_cRefset_LanguageSnapshot-en_INT_20240101.txt"),
+        ],
+        vec!["icd10".into(), f("icd10cm-codes-2025.txt")],
+        vec!["synonyms".into(), f("synonyms.tsv")],
+    ];
+    for args in &imports {
+        let mut all = vec!["--config", &config, "--json", "terms", "import"];
+        all.extend(args.iter().map(String::as_str));
+        let o = ctl(&all);
+        assert_eq!(
+            code(&o),
+            0,
+            "{args:?}: {}{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v = json(&o);
+        assert!(v["phrases"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["daemon"].as_str().unwrap().contains("now knows"), "{v}");
+    }
+    let o = ctl(&["--config", &config, "--json", "terms", "list"]);
+    let tables = json(&o)["tables"].clone();
+    let names: Vec<&str> = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["icd10", "icd10-zh", "snomed-en", "synonyms"]);
+
+    // The daemon finds them: a colloquial Chinese phrase (synonyms), the
+    // Chinese clinical list's title, and SNOMED CT's preferred term.
+    let done = chat_done(
+        &d.dir.path().join("ui.sock"),
+        "心梗 还是 肺栓塞? Myocardial infarction",
+    );
+    let terms = done["terms"].as_array().expect("terms in done").clone();
+    let has = |system: &str, code: &str| {
+        terms
+            .iter()
+            .any(|t| t["system"] == system && t["code"].as_str().unwrap_or("").starts_with(code))
+    };
+    assert!(
+        has("ICD-10-CM", "I21"),
+        "心梗 through the synonyms: {terms:?}"
+    );
+    assert!(
+        has("ICD-10", "I26"),
+        "肺栓塞 from the Chinese list: {terms:?}"
+    );
+    assert!(has("SNOMED CT", ""), "SNOMED CT's term: {terms:?}");
+
+    // Removed: gone from the list and from the answers.
+    let o = ctl(&["--config", &config, "terms", "remove", "icd10-zh"]);
+    assert_eq!(code(&o), 0);
+    let o = ctl(&["--config", &config, "terms", "remove", "no-such-table"]);
+    assert_ne!(code(&o), 0);
+    let done = chat_done(&d.dir.path().join("ui.sock"), "肺栓塞");
+    assert!(
+        !done["terms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["system"] == "ICD-10"),
+        "{done}"
+    );
 }

@@ -308,6 +308,24 @@ impl Auditor {
         self.append_async(event).await
     }
 
+    /// The `request` record of one turn, waited for until it is on disk
+    /// (the writer thread fsyncs it): written before the turn's first
+    /// token is sent.
+    pub async fn request(
+        self: &Arc<Self>,
+        actor: &ActorId,
+        conversation: &ConversationId,
+        input: Digest,
+    ) -> Result<(), AuditError> {
+        let event = Event::Request {
+            actor: actor.clone(),
+            conversation: conversation.clone(),
+            model: self.model(),
+            input,
+        };
+        self.append_async(event).await
+    }
+
     /// The `answer` record of one turn.
     pub async fn answer(self: &Arc<Self>, turn: TurnRecord) -> Result<(), AuditError> {
         let event = Event::Answer(Answer {

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use medgemma_protocol::config::{
-    AuditSection, BackendChoice, Config, ConfigError, EngineSection, GpuSelector, ModelSection,
-    SandboxSection, ServerSection,
+    AnswerStyle, AnswersSection, AuditSection, AuthMode, AuthSection, BackendChoice, Config,
+    ConfigError, EngineSection, GpuSelector, ModelSection, SandboxSection, ServerSection,
 };
 
 /// Which backend runs and why, decided from `engine.backend` and the build
@@ -64,6 +64,16 @@ pub struct Settings {
     pub backend: BackendDecision,
     /// The system prompt text, if a file was configured.
     pub system_prompt: Option<String>,
+    /// `[answers]`.
+    pub answers: AnswersSection,
+    /// The answer-style presets read from `answers.styles_dir`: (style,
+    /// language, text); empty without the directory.
+    pub presets: Vec<(AnswerStyle, &'static str, String)>,
+    /// `[auth]`.
+    pub auth: AuthSection,
+    /// `auth.sso_proxy_user` resolved to its uid (read from /etc/passwd
+    /// before the sandbox).
+    pub sso_proxy_uid: Option<u32>,
 }
 
 impl Settings {
@@ -90,12 +100,22 @@ impl Settings {
             .as_deref()
             .map(read_system_prompt)
             .transpose()?;
+        let presets = match &config.answers.styles_dir {
+            Some(dir) => read_presets(dir)?,
+            None => Vec::new(),
+        };
+        let sso_proxy_uid = match (config.auth.mode, &config.auth.sso_proxy_user) {
+            (AuthMode::Sso, Some(user)) => Some(resolve_uid(user)?),
+            _ => None,
+        };
         let Config {
             model,
             engine,
             server,
             audit,
             sandbox,
+            answers,
+            auth,
         } = config;
         Ok(Self {
             source: source.to_owned(),
@@ -107,6 +127,10 @@ impl Settings {
             sandbox,
             backend,
             system_prompt,
+            answers,
+            presets,
+            auth,
+            sso_proxy_uid,
         })
     }
 
@@ -162,6 +186,62 @@ fn resolve_backend(
             "\"scripted\" is a test double that only debug builds with the test-engine feature have; use \"auto\", \"cpu\" or \"cuda\"",
         )),
     }
+}
+
+/// Every answer-style preset of `dir` (their sizes were checked with the
+/// other files): `<style>.<language>.txt` for each style and language.
+fn read_presets(dir: &Path) -> Result<Vec<(AnswerStyle, &'static str, String)>, ConfigError> {
+    const KEY: &str = "answers.styles_dir";
+    let mut out = Vec::new();
+    for style in AnswerStyle::ALL {
+        for language in medgemma_protocol::config::LANGUAGES {
+            let path = dir.join(medgemma_protocol::config::style_file_name(style, language));
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    KEY,
+                    format!("cannot read {} as UTF-8 text: {e}", path.display()),
+                )
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(ConfigError::invalid(
+                    KEY,
+                    format!(
+                        "{} is empty; write the preset or remove the key",
+                        path.display()
+                    ),
+                ));
+            }
+            out.push((style, language, text.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The uid of a user name (or a numeric uid) from /etc/passwd.
+fn resolve_uid(user: &str) -> Result<u32, ConfigError> {
+    const KEY: &str = "auth.sso_proxy_user";
+    let user = user.trim();
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| ConfigError::invalid(KEY, format!("cannot read /etc/passwd: {e}")))?;
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[0] == user).then(|| f[2].parse::<u32>().ok())?
+        })
+        .next()
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                KEY,
+                format!(
+                    "{user:?} is not a user in /etc/passwd; name the user the reverse proxy runs as"
+                ),
+            )
+        })
 }
 
 /// The system prompt's text (its size was checked with the other files).

@@ -50,8 +50,8 @@ pub const INSECURE_WARNING: &str = "WARNING: --insecure-no-sandbox: running WITH
      patient data";
 
 /// The Landlock policy of this configuration: what the daemon may touch
-/// once sandboxed. Read-only: the model (file or directory), the tokenizer
-/// and the system prompt. Read-write: the audit directory, the directories of
+/// once sandboxed. Read-only: the model (file or directory), the tokenizer,
+/// the system prompt, the accounts directory and the terminology directory. Read-write: the audit directory, the directories of
 /// the UI and admin sockets (the daemon removes its socket files on exit),
 /// the audit key directory, `sandbox.state_dir` and `sandbox.cache_dir`.
 /// With the CUDA backend, [`cuda_paths`] adds the GPU's device nodes and
@@ -92,6 +92,15 @@ pub fn landlock_policy(settings: &Settings, gpu_libraries: &[PathBuf]) -> Landlo
     if settings.audit.content_key_file.is_file() {
         read_only.push(settings.audit.content_key_file.clone());
     }
+    // The accounts file (`medgemmactl user` replaces it by rename, so the
+    // rule is on its directory) and the imported terminology: read again
+    // while serving, never written by the daemon.
+    read_only.extend(
+        std::iter::once(&settings.auth.accounts_dir)
+            .chain(settings.answers.terms_dir.as_ref())
+            .filter(|d| d.is_dir())
+            .cloned(),
+    );
     read_write.extend(settings.sandbox.state_dir.iter().cloned());
     read_write.extend(settings.sandbox.cache_dir.iter().cloned());
 

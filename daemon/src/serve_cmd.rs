@@ -22,11 +22,14 @@
 //!    7. seccomp on every thread, the engine's role CPU or CUDA (exit 6).
 //! 8. Only then threads: the audit writer (records are fsynced there, never
 //!    on an async worker), the engine thread (narrows itself to the engine
-//!    role, CPU or CUDA, loads the model, reports "ready"; exit 3 on
-//!    failure), then main
-//!    narrows to the HTTP role and builds the async runtime, whose threads
-//!    narrow themselves at start; serve until SIGTERM or SIGINT, then shut
-//!    down gracefully and remove the socket files this process created.
+//!    role, CPU or CUDA, and loads the model), then main narrows to the HTTP
+//!    role and builds the async runtime, whose threads narrow themselves at
+//!    start; serve at once, the UI and `/api/status` showing the model
+//!    loading (chat answers 503 `loading`) until the engine reports ready
+//!    (or failed: the status says so for [`LOAD_FAILED_LINGER`], then exit
+//!    3, or 7 for an unusable GPU with `backend = "cuda"`); serve until
+//!    SIGTERM or SIGINT, then shut down gracefully and remove the socket
+//!    files this process created.
 //!
 //! `--insecure-no-sandbox` skips steps 4 to 7 and says so loudly (stderr at
 //! startup and every 10 minutes, `insecure_no_sandbox: true` in
@@ -45,7 +48,8 @@
 //! systemd restarts the service).
 //!
 //! Owns: the order of startup and shutdown. Must never: serve before the
-//! model is ready, or report a sandbox state the process does not have.
+//! sandbox is complete, answer a question before the model is ready, or
+//! report a sandbox state the process does not have.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -62,8 +66,13 @@ use crate::engine::load::{self as engine_load, EngineJob, LoadFailure};
 use crate::engine::worker::{self, WorkerError};
 use crate::server::admin::{self, AdminError};
 use crate::server::listener::{self, ListenerError};
-use crate::server::{self, ServerConfig, ServerError};
+use crate::server::{self, EngineSlot, ServerConfig, ServerError};
 use crate::{lockdown, log};
+
+/// How long a daemon whose model failed to load keeps serving its status
+/// (the UI shows "the model could not be loaded") before it exits with the
+/// load failure's code.
+pub const LOAD_FAILED_LINGER: Duration = Duration::from_secs(5);
 
 /// Arguments of `medgemmad serve`.
 #[derive(Debug, Args)]
@@ -319,32 +328,17 @@ fn serve(
     notifier: &lockdown::Notifier,
 ) -> Result<(), ServeError> {
     // 8a. The engine thread (it narrows itself to the engine role before
-    //     loading), ready before anything is served.
+    //     loading); it loads while the server already answers.
+    let slot = Arc::new(EngineSlot::loading("starting the engine"));
     let role = lockdown::engine_role(settings);
-    let loader = engine_load::loader(EngineJob::new(settings), mode.map(|m| (role, m)));
+    let inner = engine_load::loader(EngineJob::new(settings), mode.map(|m| (role, m)));
+    let stage = Arc::clone(&slot);
+    let loader = move || {
+        stage.stage("loading the model", None);
+        inner()
+    };
     let t0 = Instant::now();
-    let started = worker::start(loader, settings.engine.queue_length);
-    // The log names the weights that answer: their digests, taken while loading.
-    if let Some(w) = started
-        .as_ref()
-        .ok()
-        .and_then(|e| e.snapshot().info.weights.clone())
-    {
-        auditor.set_model(&w.fingerprint);
-    }
-    auditor
-        .model_load(t0.elapsed(), started.is_ok())
-        .map_err(|e| ServeError::Audit(e.into()))?;
-    let engine = started.map_err(ServeError::Load)?;
-    let info = engine.snapshot().info;
-    log::info(format_args!(
-        "ready: {} parameters ({}), context {} tokens, backend {}; serving on {}",
-        info.model.parameters,
-        info.model.format,
-        info.context_limit,
-        info.backend,
-        settings.server.ui_socket.display()
-    ));
+    let starting = worker::spawn(loader, settings.engine.queue_length).map_err(ServeError::Load)?;
 
     // 8b. Main narrows itself to the HTTP role, and so does every runtime
     // thread at its start (workers and blocking pool); serve until a signal.
@@ -373,6 +367,7 @@ fn serve(
         audit: Arc::clone(auditor),
         admin,
     };
+    let load_error: Arc<std::sync::Mutex<Option<WorkerError>>> = Arc::default();
     runtime.block_on(async move {
         ui.set_nonblocking(true).map_err(ServeError::Runtime)?;
         let listener = tokio::net::UnixListener::from_std(ui).map_err(ServeError::Runtime)?;
@@ -386,7 +381,11 @@ fn serve(
                 }
             });
         }
-        notify_systemd(notifier, "READY=1\nSTATUS=serving");
+        log::info(format_args!(
+            "serving on {} while the model loads",
+            settings.server.ui_socket.display()
+        ));
+        notify_systemd(notifier, "READY=1\nSTATUS=loading the model");
         let watchdog = lockdown::watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -397,19 +396,78 @@ fn serve(
             settings.audit.retention_days,
         ));
         if let Some(every) = watchdog.filter(|_| notifier.is_connected()) {
-            tokio::spawn(watchdog_pings(notifier.clone(), engine.clone(), every));
+            tokio::spawn(watchdog_pings(notifier.clone(), Arc::clone(&slot), every));
         }
-        let monitor = engine.clone();
+        // The engine reports: ready (serve questions) or failed (say so,
+        // then stop with the failure's exit code).
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Option<worker::EngineHandle>>();
+        {
+            let slot = Arc::clone(&slot);
+            let auditor = Arc::clone(auditor);
+            let failed = Arc::clone(&load_error);
+            let settings = Arc::clone(settings);
+            let notifier = notifier.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = starting.wait();
+                // The log names the weights that answer: their digests, taken while loading.
+                if let Some(w) = started
+                    .as_ref()
+                    .ok()
+                    .and_then(|e| e.snapshot().info.weights.clone())
+                {
+                    auditor.set_model(&w.fingerprint);
+                }
+                if let Err(e) = auditor.model_load(t0.elapsed(), started.is_ok()) {
+                    log::error(format_args!("audit: cannot record the model load: {e}"));
+                }
+                let handle = match started {
+                    Ok(engine) => {
+                        let info = engine.snapshot().info;
+                        slot.ready(engine.clone());
+                        log::info(format_args!(
+                            "ready: {} parameters ({}), context {} tokens, backend {}; serving on {}",
+                            info.model.parameters,
+                            info.model.format,
+                            info.context_limit,
+                            info.backend,
+                            settings.server.ui_socket.display()
+                        ));
+                        notify_systemd(&notifier, "STATUS=serving");
+                        Some(engine)
+                    }
+                    Err(e) => {
+                        log::error(format_args!(
+                            "cannot load the model: {e}; the status shows it for {} s, then medgemmad stops",
+                            LOAD_FAILED_LINGER.as_secs()
+                        ));
+                        slot.failed(e.to_string());
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        None
+                    }
+                };
+                let _ = loaded_tx.send(handle);
+            });
+        }
         let stop = async move {
+            let engine_gone = async {
+                match loaded_rx.await {
+                    Ok(Some(engine)) => engine_stopped(engine).await,
+                    // Failed to load (or the loader ended): stop after the linger.
+                    _ => tokio::time::sleep(LOAD_FAILED_LINGER).await,
+                }
+            };
             tokio::select! {
                 () = shutdown_signal() => {}
-                () = engine_stopped(monitor) => {}
+                () = engine_gone => {}
             }
         };
-        let alive = engine.clone();
-        server::run(listener, engine, config, stop).await?;
+        let watched = Arc::clone(&slot);
+        server::run(listener, Arc::clone(&slot), config, stop).await?;
         notify_systemd(notifier, "STOPPING=1");
-        if !alive.is_alive() {
+        if let Some(e) = load_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(ServeError::Load(e));
+        }
+        if watched.handle().is_some_and(|e| !e.is_alive()) {
             return Err(ServeError::EngineStopped);
         }
         Ok::<(), ServeError>(())
@@ -468,19 +526,22 @@ async fn engine_stopped(engine: worker::EngineHandle) {
 }
 
 /// Sends `WATCHDOG=1` every `every` while the runtime turns and the engine
-/// thread lives. Once the engine thread has ended the daemon can no longer
-/// answer: it asks systemd to act now (`WATCHDOG=trigger`), which restarts
-/// the service (`Restart=on-failure`).
-async fn watchdog_pings(
-    notifier: lockdown::Notifier,
-    engine: worker::EngineHandle,
-    every: Duration,
-) {
+/// thread loads or lives. Once the engine thread has ended the daemon can no
+/// longer answer: it asks systemd to act now (`WATCHDOG=trigger`), which
+/// restarts the service (`Restart=on-failure`). A model that failed to load
+/// stops the daemon by itself.
+async fn watchdog_pings(notifier: lockdown::Notifier, slot: Arc<EngineSlot>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        if engine.is_alive() {
+        let alive = match slot.handle() {
+            Some(engine) => engine.is_alive(),
+            None => slot.state().0 == medgemma_protocol::status::ModelState::Loading,
+        };
+        if alive {
             notify_systemd(&notifier, "WATCHDOG=1");
+        } else if slot.handle().is_none() {
+            return;
         } else {
             log::error(format_args!(
                 "the engine thread has stopped; asking systemd to restart the service"

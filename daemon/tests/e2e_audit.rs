@@ -1,5 +1,7 @@
 //! The daemon writes the audit log: startup, model load, conversation start,
+//! one `request` record per turn (on disk before its first token is sent),
 //! one `answer` record per turn (on disk before `done` is sent), shutdown;
+//! a failing audit log (a full disk) stops answers before they start;
 //! it refuses to start without the key file; and canary patient texts sent
 //! through both APIs never reach the audit files, the key files or stderr.
 //! Needs `--features test-engine` (scripted engine).
@@ -144,6 +146,12 @@ async fn answers_are_recorded_before_done_and_no_text_is_stored() {
     let recs = records(&dir);
     let answers: Vec<_> = recs.iter().filter(|r| r["event"] == "answer").collect();
     assert_eq!(answers.len(), 6, "{recs:#?}");
+    let requests: Vec<_> = recs.iter().filter(|r| r["event"] == "request").collect();
+    assert_eq!(requests.len(), 6, "every turn's request is recorded too");
+    for (q, a) in requests.iter().zip(&answers) {
+        assert_eq!(q["input"], a["input"]);
+        assert_eq!(q["conversation"], a["conversation"]);
+    }
     assert_eq!(answers[2]["actor"], "api");
     assert_eq!(answers[4]["outcome"], "rejected");
     let starts = recs
@@ -181,6 +189,110 @@ async fn answers_are_recorded_before_done_and_no_text_is_stored() {
         assert!(!stored.contains(tag), "{tag} stored on disk");
         assert!(!log.contains(tag), "{tag} in the daemon's stderr");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_is_on_disk_before_the_first_token_and_a_full_disk_stops_answers() {
+    let d = Daemon::start_xfsz_ignored(&Setup::default(), READY);
+    let dir = d.dir.path().to_owned();
+    let cookie = client_cookie(0x5a);
+    let ask = |conversation: Option<&str>| {
+        with_cookie(
+            post_json(
+                "/api/chat",
+                &json!({ "conversation_id": conversation, "message": CANARIES[0], "max_new_tokens": 20, "thinking": true }),
+            ),
+            &cookie,
+        )
+    };
+
+    // The request record is on disk when the first token arrives; the
+    // answer record is not there yet.
+    let mut sse = Sse::new(send(&d.socket, ask(None)).await);
+    let conv = sse.next().await.unwrap().json()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = sse.next().await.unwrap();
+    assert!(
+        first.name == "reasoning" || first.name == "answer",
+        "{first:?}"
+    );
+    let recs = records(&dir);
+    let request = recs
+        .iter()
+        .rfind(|r| r["event"] == "request")
+        .expect("a request record before the first token");
+    assert_eq!(request["conversation"], conv.as_str());
+    assert_eq!(request["actor"], "5a".repeat(16));
+    assert_eq!(request["input"].as_str().unwrap().len(), 64);
+    assert!(!recs.iter().any(|r| r["event"] == "answer"), "{recs:#?}");
+    let rest = sse.collect().await;
+    assert_eq!(rest.last().unwrap().name, "done");
+    let answer = recs_answer_input(&records(&dir));
+    assert_eq!(
+        answer, request["input"],
+        "request and answer name the same question"
+    );
+
+    // The disk is full: no audit file may grow. The next question of the
+    // same conversation (no conversation_start to write) is refused before
+    // anything is generated, with a sentence, and the daemon keeps serving.
+    let size = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    d.limit_file_size(size);
+    let resp = send(&d.socket, ask(Some(&conv))).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, v) = json_of(resp).await;
+    assert_eq!(v["error"]["code"], "audit_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit log"),
+        "{v}"
+    );
+    // A new conversation and the OpenAI API are refused the same way.
+    let resp = send(&d.socket, ask(None)).await;
+    assert_eq!(
+        error_code(resp, StatusCode::SERVICE_UNAVAILABLE).await,
+        "audit_failed"
+    );
+    let body = json!({ "model": "x", "messages": [{ "role": "user", "content": CANARIES[1] }] });
+    let resp = send(&d.socket, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(
+        error_code(resp, StatusCode::SERVICE_UNAVAILABLE).await,
+        "audit_failed"
+    );
+    let (status, _) = json_of(send(&d.socket, get("/api/status")).await).await;
+    assert_eq!(status, StatusCode::OK, "the daemon still serves its status");
+    // The refused turn gave its conversation back as it was: one answer.
+    let (status, c) = json_of(
+        send(
+            &d.socket,
+            with_cookie(get(&format!("/api/conversations/{conv}")), &cookie),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["messages"].as_array().unwrap().len(), 2, "{c}");
+    assert!(
+        d.log().contains("audit: cannot record a request"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("CANARY-"), "no text in the log");
+}
+
+fn recs_answer_input(recs: &[serde_json::Value]) -> serde_json::Value {
+    recs.iter()
+        .rfind(|r| r["event"] == "answer")
+        .expect("answer record")["input"]
+        .clone()
 }
 
 fn nix_kill(pid: u32) {

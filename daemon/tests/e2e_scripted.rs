@@ -101,7 +101,7 @@ async fn chat_streams_conversation_reasoning_answer_done_in_order() {
     let d = scripted();
     let events = chat(
         &d.socket,
-        json!({"conversation_id": null, "message": "Hello there", "max_new_tokens": 12}),
+        json!({"conversation_id": null, "message": "Hello there", "max_new_tokens": 12, "thinking": true}),
     )
     .await;
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
@@ -137,14 +137,16 @@ async fn chat_streams_conversation_reasoning_answer_done_in_order() {
         "Considering the question step by step."
     );
 
-    // "thinking": true puts Google's thinking switch in a system message
-    // (scripted count: its 6 words + 4 turn markers).
-    let thinking = chat(&d.socket, json!({"conversation_id": null, "message": "Hello there", "max_new_tokens": 1, "thinking": true})).await;
+    // "thinking": true put Google's thinking switch in front of the system
+    // message (scripted count: its 6 words); without it no trace is sent.
+    let plain = chat(&d.socket, json!({"conversation_id": null, "message": "Hello there", "max_new_tokens": 8, "thinking": false})).await;
+    assert!(
+        !plain.iter().any(|e| e.name == "reasoning"),
+        "no trace asked for, none sent"
+    );
     assert_eq!(
-        e2e_support::done(&thinking)["prompt_tokens"]
-            .as_u64()
-            .unwrap(),
-        done["prompt_tokens"].as_u64().unwrap() + 10
+        e2e_support::done(&plain)["prompt_tokens"].as_u64().unwrap() + 6,
+        done["prompt_tokens"].as_u64().unwrap()
     );
 }
 
@@ -525,6 +527,7 @@ async fn context_full_is_reported_before_generating() {
     let d = Server::start(&Setup {
         context_length: 64,
         max_new_tokens: 8,
+        styles: false,
         ..Setup::default()
     });
     let long = "word ".repeat(80);

@@ -21,6 +21,19 @@ pub const SETUP_DROP_IN: &str = "50-setup.toml";
 /// The system prompt shipped as a conffile.
 pub const SYSTEM_PROMPT_FILE: &str = "/etc/medgemma/system-prompt.txt";
 
+/// The answer-style presets (conffiles): `<style>.<language>.txt`.
+pub const STYLES_DIR: &str = "/etc/medgemma/styles";
+
+/// The terminology `medgemmactl terms import` writes (read-only for the daemon).
+pub const TERMS_DIR: &str = "/var/lib/medgemma/terms";
+
+/// The accounts file's directory (`medgemmactl user`; read-only for the daemon).
+pub const ACCOUNTS_DIR: &str = "/var/lib/medgemma/accounts";
+
+/// The file beside the audit log that maps the pseudonymous account ids of
+/// the records to user names (the log itself holds no names).
+pub const ACCOUNT_NAMES_FILE: &str = "account-names.jsonl";
+
 /// Where hospital IT copies the model (the configuration's example).
 pub const MODEL_DIR: &str = "/srv/medgemma/medgemma-1.5-4b-it";
 

@@ -24,13 +24,17 @@ pub struct PublicStatus {
     pub version: String,
     /// Seconds since serving began.
     pub uptime_s: u64,
+    /// Whether the model is loading, ready or failed to load.
+    pub state: ModelState,
+    /// While loading: what the engine is doing.
+    pub loading: Option<LoadingStatus>,
     /// The model as clinicians see it.
     pub model: ModelStatus,
     /// The context limit in tokens (top level too: the context meter needs it
-    /// before the first turn).
-    pub context_limit: usize,
-    /// Where the model runs and why.
-    pub backend: BackendStatus,
+    /// before the first turn); known once the model is loaded.
+    pub context_limit: Option<usize>,
+    /// Where the model runs and why; known once the model is loaded.
+    pub backend: Option<BackendStatus>,
     /// This process's memory.
     pub memory: MemoryStatus,
     /// The engine's queue.
@@ -39,6 +43,59 @@ pub struct PublicStatus {
     pub conversations: ConversationsStatus,
     /// The sandbox as the kernel enforces it, read at the time of the request.
     pub sandbox: SandboxStatus,
+    /// The answer styles offered (`answers.styles_dir`), in order.
+    pub styles: Vec<String>,
+    /// The style of a new conversation, when styles are offered.
+    pub default_style: Option<String>,
+    /// Whether a login is needed, and who is logged in on this browser.
+    pub auth: AuthStatus,
+    /// The terminology terms are aligned with.
+    pub terms: TermsStatus,
+}
+
+/// Where the model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    /// The engine is loading the model; chat answers 503 `loading`.
+    Loading,
+    /// Answering.
+    Ready,
+    /// The model could not be loaded; chat answers 503 `model_failed`.
+    Failed,
+}
+
+/// What the engine does while the model loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadingStatus {
+    /// The step, in a few words ("loading the weights").
+    pub stage: String,
+    /// Steps done of all the steps (0 to 1); none when unknown.
+    pub progress: Option<f64>,
+}
+
+/// Login, as the UI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthStatus {
+    /// `auth.mode`: "accounts", "sso" or "open".
+    pub mode: String,
+    /// Whether a login is needed to chat.
+    pub required: bool,
+    /// The user logged in on this browser (none when nobody is).
+    pub user: Option<String>,
+    /// The user's role ("clinician" or "auditor").
+    pub role: Option<String>,
+    /// Seconds without a request after which a session ends.
+    pub idle_logout_s: u64,
+}
+
+/// The terminology loaded for term alignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermsStatus {
+    /// Phrases known.
+    pub phrases: usize,
+    /// The systems they map to ("ICD-10", "ICD-11", "SNOMED CT").
+    pub systems: Vec<String>,
 }
 
 /// `GET /admin/status`.
@@ -52,12 +109,18 @@ pub struct AdminStatus {
     pub uptime_s: u64,
     /// Healthy, or degraded with the reasons.
     pub health: Health,
+    /// Whether the model is loading, ready or failed to load.
+    pub state: ModelState,
+    /// While loading: what the engine is doing.
+    pub loading: Option<LoadingStatus>,
+    /// Why the model could not be loaded.
+    pub failure: Option<String>,
     /// The model as clinicians see it.
     pub model: ModelStatus,
     /// The model's files: path, fingerprint, pins.
     pub model_files: ModelFiles,
-    /// Where the model runs and why.
-    pub backend: BackendStatus,
+    /// Where the model runs and why; known once the model is loaded.
+    pub backend: Option<BackendStatus>,
     /// This process's memory.
     pub memory: MemoryStatus,
     /// The sandbox as the kernel enforces it.
@@ -70,6 +133,32 @@ pub struct AdminStatus {
     pub recent_tokens_per_s: Option<f64>,
     /// The audit log.
     pub audit: AuditStatus,
+    /// Accounts and active login sessions (counts only).
+    pub accounts: AccountsStatus,
+    /// The terminology terms are aligned with.
+    pub terms: TermsStatus,
+}
+
+/// Accounts and sessions, for administrators: counts, never content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountsStatus {
+    /// `auth.mode`.
+    pub mode: String,
+    /// Accounts in the accounts file (enabled or not).
+    pub accounts: usize,
+    /// Active login sessions per user, users with none left out.
+    pub sessions: Vec<UserSessions>,
+    /// Why the accounts file cannot be read, if it cannot.
+    pub problem: Option<String>,
+}
+
+/// The active sessions of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSessions {
+    /// The user name.
+    pub user: String,
+    /// Active login sessions (browsers).
+    pub sessions: usize,
 }
 
 /// The health verdict of the admin status.
@@ -104,16 +193,17 @@ pub struct ModelStatus {
     pub notice: Option<String>,
     /// The model's file or directory name (never the full path).
     pub file: String,
-    /// "safetensors" or "gguf" (or "test" for the scripted double).
-    pub format: String,
+    /// "safetensors" or "gguf" (or "test" for the scripted double); known
+    /// once loaded, as are the numbers below.
+    pub format: Option<String>,
     /// Text-decoder parameters.
-    pub parameters: u64,
+    pub parameters: Option<u64>,
     /// Decoder layers.
-    pub layers: usize,
+    pub layers: Option<usize>,
     /// Residual width.
-    pub hidden_size: usize,
+    pub hidden_size: Option<usize>,
     /// Context limit in tokens.
-    pub context_limit: usize,
+    pub context_limit: Option<usize>,
     /// Upper bound of the tokens of one answer.
     pub max_new_tokens: usize,
     /// Whether a system prompt is configured.

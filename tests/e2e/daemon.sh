@@ -3,9 +3,17 @@
 # model on a private Unix socket and `medgemmad forward` on a free loopback
 # port, and stops both on exit.
 #
+# The daemon has the packaged answer-style presets and the terminology
+# fixtures of tests/fixtures/terms (imported with `medgemmactl terms
+# import`). Accounts: E2E_AUTH=open (the default: nobody logs in) or
+# E2E_AUTH=accounts, which creates the clinician account e2e-clinician with a
+# personal API token before the daemon starts.
+#
 # After `e2e_start [queue_length] [max_new_tokens]`:
 #   E2E_PORT   the loopback port    E2E_URL   http://127.0.0.1:$E2E_PORT
 #   E2E_DIR    the private folder (config, socket, daemon.log)
+#   E2E_CTL    medgemmactl          E2E_CONFIG the daemon's configuration
+#   E2E_TOKEN  e2e-clinician's API token (E2E_AUTH=accounts)
 
 e2e_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
@@ -62,13 +70,38 @@ max_new_tokens = $max_new
 
 [server]
 ui_socket = "$E2E_DIR/ui.sock"
+admin_socket = "$E2E_DIR/admin.sock"
 listen_port = $E2E_PORT
 
 [audit]
 dir = "$E2E_DIR/state/audit"
 key_file = "$E2E_DIR/state/audit-key/current"
 content_key_file = "$E2E_DIR/state/audit-key/content"
+
+[answers]
+styles_dir = "$e2e_root/packaging/styles"
+terms_dir = "$E2E_DIR/state/terms"
+
+[auth]
+mode = "${E2E_AUTH:-open}"
+accounts_dir = "$E2E_DIR/state/accounts"
 TOML
+  E2E_CTL="$ctl"
+  E2E_CONFIG="$E2E_DIR/medgemmad.toml"
+  local fixtures="$e2e_root/tests/fixtures/terms"
+  "$ctl" --config "$E2E_CONFIG" terms import icd10 "$fixtures/icd10cm-codes-2025.txt" >> "$E2E_DIR/setup.log" 2>&1 &&
+    "$ctl" --config "$E2E_CONFIG" terms import icd11 "$fixtures/SimpleTabulation-ICD-11-MMS-en.txt" >> "$E2E_DIR/setup.log" 2>&1 &&
+    "$ctl" --config "$E2E_CONFIG" terms import synonyms "$fixtures/synonyms.tsv" >> "$E2E_DIR/setup.log" 2>&1 ||
+    { cat "$E2E_DIR/setup.log" >&2; echo "e2e: medgemmactl terms import failed" >&2; return 1; }
+  E2E_TOKEN=""
+  if [ "${E2E_AUTH:-open}" = accounts ]; then
+    # No default password exists: the test makes its own, and a token.
+    python3 -c 'import secrets; print(secrets.token_urlsafe(18))' |
+      "$ctl" --config "$E2E_CONFIG" user add e2e-clinician --password-stdin >> "$E2E_DIR/setup.log" 2>&1 ||
+      { cat "$E2E_DIR/setup.log" >&2; echo "e2e: medgemmactl user add failed" >&2; return 1; }
+    E2E_TOKEN="$("$ctl" --config "$E2E_CONFIG" --json user token create e2e-clinician --label e2e |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
+  fi
   trap e2e_stop EXIT
   # As root the daemon would drop to the `medgemma` user; these tests test
   # HTTP, daemon/tests/e2e_sandbox.rs tests the sandbox.

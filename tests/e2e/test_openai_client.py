@@ -1,28 +1,96 @@
 """The official `openai` Python client against medgemmad, through the
-loopback forwarder (tests/e2e/run.sh starts both and sets MEDGEMMA_BASE_URL).
+loopback forwarder (tests/e2e/run.sh starts both with accounts on and sets
+MEDGEMMA_BASE_URL, MEDGEMMA_API_TOKEN: a personal token `medgemmactl user
+token create` made for the account e2e-clinician).
 
 Asserts the wire format, not what the small demo model says."""
 
+import glob
+import json
 import os
+import subprocess
 
 import openai
 import pytest
 
 BASE_URL = os.environ.get("MEDGEMMA_BASE_URL")
+TOKEN = os.environ.get("MEDGEMMA_API_TOKEN", "")
+CTL = os.environ.get("MEDGEMMACTL")
+CONFIG = os.environ.get("MEDGEMMA_CONFIG")
+E2E_DIR = os.environ.get("MEDGEMMA_E2E_DIR")
 
 pytestmark = pytest.mark.skipif(not BASE_URL, reason="run through tests/e2e/run.sh")
 
 
 @pytest.fixture(scope="module")
 def client():
-    # The appliance has no API keys: the Unix socket's permissions and the
-    # loopback proxy decide who can connect. The client insists on a value.
-    return openai.OpenAI(base_url=BASE_URL, api_key="unused", max_retries=0, timeout=120)
+    # The personal token goes as Authorization: Bearer, as for any OpenAI server.
+    return openai.OpenAI(base_url=BASE_URL, api_key=TOKEN, max_retries=0, timeout=120)
+
+
+def ctl(*args):
+    out = subprocess.run([CTL, "--config", CONFIG, "--json", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def audit_records():
+    records = []
+    for path in sorted(glob.glob(os.path.join(E2E_DIR, "state", "audit", "audit-*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
 
 
 @pytest.fixture(scope="module")
 def model_id(client):
     return client.models.list().data[0].id
+
+
+def test_a_request_without_a_valid_token_is_refused():
+    assert TOKEN.startswith("mgd_tok-"), "run.sh made a token"
+    for key in ("", "sk-not-ours", TOKEN[:-4] + "0000"):
+        c = openai.OpenAI(base_url=BASE_URL, api_key=key or "x", max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError) as e:
+            c.models.list()
+        assert e.value.status_code == 401
+        assert e.value.body["code"] == "invalid_token"
+
+
+def test_token_use_is_audited_with_the_accounts_pseudonym_never_the_token(client):
+    client.models.list()
+    account = next(a for a in ctl("user", "list")["accounts"] if a["name"] == "e2e-clinician")
+    records = audit_records()
+    uses = [r for r in records if r["event"] == "token_use"]
+    assert uses and uses[-1]["actor"] == account["id"], uses[-1:]
+    assert uses[-1]["token"] == TOKEN.split("_")[1]
+    secret = TOKEN.rsplit("_", 1)[1]
+    for path in glob.glob(os.path.join(E2E_DIR, "**", "*"), recursive=True):
+        if os.path.isfile(path) and not path.endswith(".sock"):
+            with open(path, "rb") as f:
+                assert secret.encode() not in f.read(), f"the token's secret is in {path}"
+
+
+def test_a_revoked_token_stops_working_at_once(client):
+    made = ctl("user", "token", "create", "e2e-clinician", "--label", "short-lived")
+    short = openai.OpenAI(base_url=BASE_URL, api_key=made["token"], max_retries=0, timeout=30)
+    assert short.models.list().data
+    ctl("user", "token", "revoke", "e2e-clinician", made["id"])
+    with pytest.raises(openai.AuthenticationError):
+        short.models.list()
+    # The other token still works.
+    assert client.models.list().data
+
+
+def test_terms_come_back_in_the_extension_field(client, model_id):
+    r = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Is crushing chest pain a heart attack?"}],
+        max_tokens=4,
+    )
+    terms = r.choices[0].message.model_extra.get("terms")
+    assert terms and terms[0]["phrase"] == "heart attack", terms
+    assert {"preferred", "code", "system"} <= set(terms[0]), terms
+    assert any(t["code"] == "I21.9" for t in terms), terms
 
 
 def test_models_lists_the_one_model(client):

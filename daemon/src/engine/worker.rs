@@ -285,7 +285,28 @@ where
     L: FnOnce() -> Result<Box<dyn Engine>, E> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    type Ready = (EngineInfo, usize, Option<Arc<EngineHealth>>);
+    spawn(load, queue_length)?.wait()
+}
+
+type Ready = (EngineInfo, usize, Option<Arc<EngineHealth>>);
+
+/// An engine thread that is loading: [`Starting::wait`] blocks until it is
+/// ready (the daemon serves its status meanwhile).
+#[derive(Debug)]
+pub struct Starting {
+    ready_rx: Receiver<Result<Ready, WorkerError>>,
+    tx: SyncSender<Job>,
+    stats: Arc<QueueStats>,
+    capacity: usize,
+}
+
+/// [`start`] without waiting: the thread is started and loads; the caller
+/// waits with [`Starting::wait`] when it is ready to.
+pub fn spawn<L, E>(load: L, queue_length: usize) -> Result<Starting, WorkerError>
+where
+    L: FnOnce() -> Result<Box<dyn Engine>, E> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let (ready_tx, ready_rx) = sync_channel::<Result<Ready, WorkerError>>(1);
     let (tx, rx) = sync_channel::<Job>(queue_length + MAX_RUNNING);
     let stats = Arc::new(QueueStats {
@@ -314,19 +335,31 @@ where
             }
         })
         .map_err(WorkerError::Spawn)?;
-    let (info, running, health) = match ready_rx.recv() {
-        Ok(Ok(ready)) => ready,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(WorkerError::DiedWhileLoading),
-    };
-    Ok(EngineHandle {
+    Ok(Starting {
+        ready_rx,
         tx,
         stats,
         capacity: queue_length,
-        running,
-        info: Arc::new(info),
-        health,
     })
+}
+
+impl Starting {
+    /// Blocks until the engine is ready (or failed to load).
+    pub fn wait(self) -> Result<EngineHandle, WorkerError> {
+        let (info, running, health) = match self.ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(WorkerError::DiedWhileLoading),
+        };
+        Ok(EngineHandle {
+            tx: self.tx,
+            stats: self.stats,
+            capacity: self.capacity,
+            running,
+            info: Arc::new(info),
+            health,
+        })
+    }
 }
 
 /// The engine thread's loop: one job at a time until every sender is gone.

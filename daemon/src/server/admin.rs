@@ -1,15 +1,21 @@
 //! The admin socket (`server.admin_socket`) for `medgemmactl`: JSON over
 //! HTTP/1.1, the routes of `medgemma_protocol::admin`: `GET /admin/status`
-//! (the document `server::status` builds) and `POST /admin/audit/export`
+//! (the document `server::status` builds), `POST /admin/audit/export`
 //! (records an audit-log export, made by `medgemmactl audit export`, in the
-//! log the daemon writes).
+//! log the daemon writes), `POST /admin/audit/verify` (verifies the live
+//! log), `POST /admin/accounts/event` (records an account change made by
+//! `medgemmactl user` and reads the accounts file again) and
+//! `POST /admin/terms/reload` (reads the terminology again).
 //!
 //! The socket file is mode 0660 and belongs to `server.admin_group`; on top
 //! of that every connection is authorized by its peer credentials
 //! (`SO_PEERCRED`): root, a process whose group is the admin group, or a user
 //! listed as a member of it in /etc/group (read at startup, before the
-//! sandbox). Anyone else is disconnected without an answer. The socket is
-//! never proxied: the loopback proxy only reaches the UI socket.
+//! sandbox) may use every route. Any other peer may use only the two audit
+//! routes, and only with the personal API token of an account whose role is
+//! auditor (`Authorization: Bearer`): an auditor exports and verifies the
+//! log without a shell on the appliance or an administrator's rights. The
+//! socket is never proxied: the loopback proxy only reaches the UI socket.
 //!
 //! Owns: the admin socket and who may use it. Must never: show
 //! conversation content or ids, or serve any UI route.
@@ -28,7 +34,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::broadcast;
 
-use medgemma_protocol::admin::{EXPORT_ROUTE, ExportRecorded, ExportReport, STATUS_ROUTE};
+use medgemma_audit::{AccountChangeKind, Event};
+use medgemma_protocol::admin::{
+    ACCOUNT_EVENT_ROUTE, AUDIT_VERIFY_ROUTE, AccountEvent, EXPORT_ROUTE, EventRecorded,
+    ExportRecorded, ExportReport, STATUS_ROUTE, TERMS_RELOAD_ROUTE, TermsReloaded, VerifyAnswer,
+    VerifyRequest,
+};
 
 use super::http::{ApiError, Body, json, read_json};
 use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, status};
@@ -223,18 +234,21 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
                 },
                 _ = shutdown.recv() => return,
             };
-            let peer = stream.peer_cred().ok();
-            let Some(uid) = peer
-                .filter(|c| authorizer.allows(c.uid(), c.gid()))
-                .map(|c| c.uid())
-            else {
-                let who = peer.map(|c| c.uid());
-                log::warn(format_args!("admin: refused a connection from uid {who:?}"));
+            let Some(peer) = stream.peer_cred().ok() else {
+                log::warn(format_args!(
+                    "admin: refused a connection without peer credentials"
+                ));
                 continue;
             };
+            let (uid, admin) = (peer.uid(), authorizer.allows(peer.uid(), peer.gid()));
+            if !admin && !state.auth.required() {
+                // No accounts, so no auditor token: nothing to serve.
+                log::warn(format_args!("admin: refused a connection from uid {uid}"));
+                continue;
+            }
             let state = Arc::clone(&state);
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(Arc::clone(&state), uid, req));
+                let service = service_fn(move |req| handle(Arc::clone(&state), uid, admin, req));
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
@@ -248,29 +262,185 @@ pub fn spawn(admin: &AdminSocket, state: Arc<AppState>, mut shutdown: broadcast:
     });
 }
 
+/// Who is asking on the admin socket.
+enum AdminCaller {
+    /// Root or the admin group: every route.
+    Admin(u32),
+    /// An auditor account (by its token): the audit routes.
+    Auditor(medgemma_audit::ActorId),
+}
+
 async fn handle(
     state: Arc<AppState>,
     uid: u32,
+    admin: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, STATUS_ROUTE) => json(StatusCode::OK, &status::admin_document(&state)),
-        (_, STATUS_ROUTE) => ApiError::method_not_allowed("GET").into_response(),
-        (&Method::POST, EXPORT_ROUTE) => record_export(&state, uid, req).await,
-        (_, EXPORT_ROUTE) => ApiError::method_not_allowed("POST").into_response(),
+    let path = req.uri().path().to_owned();
+    let audit_route = path == EXPORT_ROUTE || path == AUDIT_VERIFY_ROUTE;
+    let caller = if admin {
+        Some(AdminCaller::Admin(uid))
+    } else if audit_route {
+        state
+            .auth
+            .auditor_of_token(req.headers())
+            .map(|u| AdminCaller::Auditor(u.actor()))
+    } else {
+        None
+    };
+    let resp = match (caller, &method, path.as_str()) {
+        (None, _, _) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            "Only root, the admin group, or an auditor account's token (audit routes) may use the admin socket.",
+        )
+        .into_response(),
+        (Some(_), &Method::GET, STATUS_ROUTE) => {
+            json(StatusCode::OK, &status::admin_document(&state))
+        }
+        (Some(_), _, STATUS_ROUTE) => ApiError::method_not_allowed("GET").into_response(),
+        (Some(c), &Method::POST, EXPORT_ROUTE) => record_export(&state, c, req).await,
+        (Some(_), &Method::POST, AUDIT_VERIFY_ROUTE) => verify(&state, req).await,
+        (Some(AdminCaller::Admin(uid)), &Method::POST, ACCOUNT_EVENT_ROUTE) => {
+            account_event(&state, uid, req).await
+        }
+        (Some(AdminCaller::Admin(_)), &Method::POST, TERMS_RELOAD_ROUTE) => {
+            reload_terms(&state).await
+        }
+        (
+            Some(_),
+            _,
+            EXPORT_ROUTE | AUDIT_VERIFY_ROUTE | ACCOUNT_EVENT_ROUTE | TERMS_RELOAD_ROUTE,
+        ) => ApiError::method_not_allowed("POST").into_response(),
         _ => ApiError::not_found().into_response(),
     };
     log::info(format_args!("admin {method} {}", resp.status().as_u16()));
     Ok(resp)
 }
 
-async fn record_export(state: &AppState, uid: u32, req: Request<Incoming>) -> Response<Body> {
+/// `POST /admin/audit/verify`: the live log, checked as `medgemmactl audit
+/// verify` checks it (every MAC when the initial key is given).
+async fn verify(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    let body: VerifyRequest = match read_json(req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let key = match body
+        .initial_key
+        .as_deref()
+        .map(|k| medgemma_audit::InitialKey::parse(k.trim()))
+        .transpose()
+    {
+        Ok(k) => k,
+        Err(_) => {
+            return ApiError::bad_request(
+                "The initial key is not valid; give it as setup showed it.",
+            )
+            .into_response();
+        }
+    };
+    let dir = state.audit.dir().to_owned();
+    let report = tokio::task::block_in_place(|| medgemma_audit::verify(&dir, key.as_ref(), None));
+    match report {
+        Ok(r) => {
+            let c = r.checks;
+            let checks = [
+                ("form", c.form),
+                ("sequence", c.sequence),
+                ("chain", c.chain),
+                ("dates", c.dates),
+                ("macs", c.macs),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+            json(
+                StatusCode::OK,
+                &VerifyAnswer {
+                    ok: r.is_ok(),
+                    records: r.records,
+                    files: r.files,
+                    checks,
+                    failure: r.failure.map(|f| f.to_string()),
+                },
+            )
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_failed",
+            format!("the audit log could not be read: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// `POST /admin/accounts/event`: records an account change, then reads the
+/// accounts file again and ends the sessions the change invalidates.
+async fn account_event(state: &AppState, uid: u32, req: Request<Incoming>) -> Response<Body> {
+    let event: AccountEvent = match read_json(req).await {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
+    };
+    let change = match event.change.as_str() {
+        "created" => AccountChangeKind::Created,
+        "disabled" => AccountChangeKind::Disabled,
+        "enabled" => AccountChangeKind::Enabled,
+        "password_changed" => AccountChangeKind::PasswordChanged,
+        "token_created" => AccountChangeKind::TokenCreated,
+        "token_revoked" => AccountChangeKind::TokenRevoked,
+        _ => {
+            return ApiError::bad_request("change must be one of created, disabled, enabled, password_changed, token_created, token_revoked.")
+                .into_response();
+        }
+    };
+    let Ok(account) = medgemma_audit::ActorId::new(&event.account) else {
+        return ApiError::bad_request("account must be an account id (acct-…).").into_response();
+    };
+    let record = Event::AccountChange {
+        actor: audit_log::admin_actor(uid),
+        account,
+        change,
+    };
+    if let Err(e) = state.audit.append_async(record).await {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_failed",
+            format!("the account change could not be recorded in the audit log: {e}"),
+        )
+        .into_response();
+    }
+    state.auth.refresh();
+    let sessions_ended = state.auth.sweep(&state.audit, &state.conversations).await;
+    json(
+        StatusCode::OK,
+        &EventRecorded {
+            recorded: true,
+            sessions_ended,
+        },
+    )
+}
+
+/// `POST /admin/terms/reload`.
+async fn reload_terms(state: &Arc<AppState>) -> Response<Body> {
+    let (phrases, problems) = tokio::task::block_in_place(|| state.reload_terms());
+    json(StatusCode::OK, &TermsReloaded { phrases, problems })
+}
+
+async fn record_export(
+    state: &AppState,
+    caller: AdminCaller,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let report: ExportReport = match read_json(req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let actor = audit_log::admin_actor(uid);
+    let actor = match caller {
+        AdminCaller::Admin(uid) => audit_log::admin_actor(uid),
+        AdminCaller::Auditor(actor) => actor,
+    };
     match state.audit.export(actor, report.ok).await {
         Ok(audit) => json(
             StatusCode::OK,

@@ -3,14 +3,33 @@
 //!
 //! `POST /api/chat` takes `{"conversation_id": string|null, "message":
 //! string, "max_new_tokens"?: int, "temperature"?: number, "thinking"?:
-//! bool, "images"?: [data: URL]}` (PNG, JPEG or DICOM before the text; see
-//! `images`) and answers `text/event-stream` with, in this order:
-//! `event: conversation` `{"conversation_id"}`; any number of
-//! `event: reasoning` / `event: answer` `{"delta"}`; then `event: done`
-//! with the counts, or `event: error` `{"code", "message"}` (e.g.
-//! `context_full`, checked before generating). Errors found before the
-//! stream starts (bad body, unknown conversation, full queue) are plain JSON
-//! errors with their HTTP status.
+//! bool, "style"?: "structured"|"brief"|null, "language"?: "en"|"zh",
+//! "regenerate"?: bool, "replace_last"?: bool, "images"?: [data: URL]}`
+//! (PNG, JPEG or DICOM before the text; `images`; a regenerate reuses the
+//! stored question's) and answers
+//! `text/event-stream` with, in this order: `event: conversation`
+//! `{"conversation_id"}`; any number of `event: reasoning` / `event:
+//! answer` `{"delta"}`; then `event: done` with the counts and the `terms`
+//! found in the question and the answer, or `event: error` `{"code",
+//! "message"}` (e.g. `context_full`, checked before generating). Errors
+//! found before the stream starts (bad body, unknown conversation, full
+//! queue, the model still loading) are plain JSON errors with their HTTP
+//! status.
+//!
+//! `thinking: true` puts Google's thinking switch in front of the system
+//! prompt (spec model.md §7) and streams the trace; `false` asks for no
+//! trace and sends none (the model may still think unprompted: the trace is
+//! then kept from the client). The system prompt is the configured one,
+//! then the answer-style preset of the conversation's style in the UI's
+//! language. `regenerate` asks the last question again (its old answer is
+//! replaced); `replace_last` replaces the last question and its answer.
+//! The reasoning trace is never sent back to the model as history.
+//!
+//! The turn's `request` audit record is on disk (fsynced by the audit
+//! writer) before the turn goes to the engine, so no token leaves without
+//! it; when it cannot be written the request fails with 503 `audit_failed`
+//! and nothing is generated. A client beyond its share (see
+//! [`super::conversations`]) gets 429 `client_limit`.
 //!
 //! Owns: turning a request into a [`ChatRequest`] and the stream back into
 //! events and history. Must never: log message text, or keep a turn's text
@@ -28,14 +47,18 @@ use medgemma_model::sampling::SamplingParams;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::conversations::{ConversationError, Conversations, is_id, short};
+use super::conversations::{
+    ConversationError, Conversations, Running, StoredAnswer, TurnMode, TurnRequest, Undo, is_id,
+    short,
+};
 use super::http::{ApiError, Body, ChannelBody, event_stream, json, sse_event};
-use super::{AppState, images};
+use super::{AppState, Caller, images};
 use crate::audit_log::{self, Auditor, TurnRecord};
 use crate::engine::worker::{SubmitError, TurnError, WorkerMsg};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary, TurnImage};
 use crate::log;
 use medgemma_audit::{ActorId, ConversationId, Digest, Outcome};
+use medgemma_protocol::config::AnswerStyle;
 
 /// Google's documented switch for MedGemma's thinking mode (spec model.md §7):
 /// a prefix of the system prompt.
@@ -62,9 +85,38 @@ struct ChatBody {
     temperature: Option<f32>,
     #[serde(default)]
     thinking: Option<bool>,
+    #[serde(default)]
+    style: Option<AnswerStyle>,
+    #[serde(default)]
+    language: Option<Language>,
+    #[serde(default)]
+    regenerate: bool,
+    #[serde(default)]
+    replace_last: bool,
     /// Images (`data:` URLs: PNG, JPEG, DICOM) before the message's text.
     #[serde(default)]
     images: Vec<String>,
+}
+
+/// The UI's language, which picks the language of the style preset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// English.
+    #[default]
+    En,
+    /// Chinese.
+    Zh,
+}
+
+impl Language {
+    /// The code of the presets' file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::En => "en",
+            Self::Zh => "zh",
+        }
+    }
 }
 
 /// The `POST /api/chat/cancel` body.
@@ -109,14 +161,34 @@ pub fn sampling(temperature: f32) -> SamplingParams {
     }
 }
 
-/// The system message: the configured prompt, with the thinking switch in front when asked.
-pub fn system_message(configured: Option<&str>, thinking: bool) -> Option<Message> {
-    match (configured, thinking) {
-        (Some(text), true) => Some(Message::system(format!("{THINKING_INSTRUCTION} {text}"))),
-        (Some(text), false) => Some(Message::system(text)),
-        (None, true) => Some(Message::system(THINKING_INSTRUCTION)),
-        (None, false) => None,
+/// The system message: the thinking switch in front when asked, then the
+/// configured prompt, then the answer-style preset.
+pub fn system_message(
+    configured: Option<&str>,
+    preset: Option<&str>,
+    thinking: bool,
+) -> Option<Message> {
+    let body = [configured, preset]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    match (body.is_empty(), thinking) {
+        (false, true) => Some(Message::system(format!("{THINKING_INSTRUCTION} {body}"))),
+        (false, false) => Some(Message::system(body)),
+        (true, true) => Some(Message::system(THINKING_INSTRUCTION)),
+        (true, false) => None,
     }
+}
+
+/// The preset of `style` in `language`, if presets are configured.
+pub fn preset(state: &AppState, style: AnswerStyle, language: Language) -> Option<&str> {
+    state
+        .settings
+        .presets
+        .iter()
+        .find(|(s, l, _)| *s == style && *l == language.as_str())
+        .map(|(_, _, text)| text.as_str())
 }
 
 /// Maps a refused submission to its HTTP error.
@@ -135,11 +207,16 @@ pub fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
-fn conversation_error(e: ConversationError) -> ApiError {
+/// Maps a conversation store refusal to its HTTP error.
+pub fn conversation_error(e: ConversationError) -> ApiError {
     let status = match e {
         ConversationError::NotFound => StatusCode::NOT_FOUND,
         ConversationError::Busy => StatusCode::CONFLICT,
         ConversationError::TooMany | ConversationError::Random => StatusCode::SERVICE_UNAVAILABLE,
+        ConversationError::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
+        ConversationError::NothingToRegenerate | ConversationError::NothingToReplace => {
+            StatusCode::BAD_REQUEST
+        }
     };
     let mut err = ApiError::new(status, e.code(), e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -152,7 +229,8 @@ fn conversation_error(e: ConversationError) -> ApiError {
 pub async fn chat(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
-    client: Option<String>,
+    caller: Caller,
+    peer: Option<u32>,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     let mut body: ChatBody =
@@ -161,7 +239,22 @@ pub async fn chat(
     if body.message.len() > super::http::MAX_BODY_BYTES {
         return Err(super::http::text_too_large());
     }
-    if body.message.trim().is_empty() {
+    let mode = match (body.regenerate, body.replace_last) {
+        (true, true) => {
+            return Err(ApiError::bad_request(
+                "regenerate and replace_last cannot be combined.",
+            ));
+        }
+        (true, false) => TurnMode::Regenerate,
+        (false, true) => TurnMode::ReplaceLast,
+        (false, false) => TurnMode::New,
+    };
+    if mode != TurnMode::New && body.conversation_id.is_none() {
+        return Err(ApiError::bad_request(
+            "regenerate and replace_last need a conversation_id.",
+        ));
+    }
+    if mode != TurnMode::Regenerate && body.message.trim().is_empty() {
         return Err(ApiError::bad_request(
             "The message is empty; type a question.",
         ));
@@ -171,36 +264,47 @@ pub async fn chat(
     if body.conversation_id.as_deref().is_some_and(|id| !is_id(id)) {
         return Err(conversation_error(ConversationError::NotFound));
     }
-
+    let engine = state.engine.require()?;
     // Images are checked and decoded before the turn is admitted: a bad
     // image is a 400 that leaves the conversation as it was.
-    let image_size = if body.images.is_empty() {
-        None
+    if mode == TurnMode::Regenerate && !body.images.is_empty() {
+        return Err(ApiError::bad_request(
+            "regenerate answers the stored question with its own images; send no images with it.",
+        ));
+    }
+    let received = if body.images.is_empty() {
+        Vec::new()
     } else {
         images::check_count(body.images.len(), 0)?;
-        Some(
-            state
-                .engine
-                .snapshot()
-                .info
-                .image_size
-                .ok_or_else(images::not_supported)?,
-        )
+        let size = engine
+            .snapshot()
+            .info
+            .image_size
+            .ok_or_else(images::not_supported)?;
+        images::decode_all(std::mem::take(&mut body.images), size).await?
     };
-    let received = match image_size {
-        Some(size) => images::decode_all(std::mem::take(&mut body.images), size).await?,
-        None => Vec::new(),
-    };
+    let thinking = body.thinking.unwrap_or(false);
+    let language = body.language.unwrap_or_default();
+
+    let running = state
+        .conversations
+        .start_running(caller.owner.as_deref())
+        .map_err(conversation_error)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let admitted = state
         .conversations
-        .begin_turn(
-            body.conversation_id.as_deref(),
-            client.as_deref(),
-            Arc::clone(&cancel),
-        )
+        .begin_turn(TurnRequest {
+            id: body.conversation_id.as_deref(),
+            owner: caller.owner.as_deref(),
+            peer,
+            message: body.message,
+            mode,
+            style: body.style,
+            default_style: state.settings.answers.default_style,
+            cancel: Arc::clone(&cancel),
+        })
         .map_err(conversation_error)?;
-    let actor = audit_log::browser_actor(client.as_deref());
+    let actor = caller.actor.clone();
     let audit_conv = audit_log::conversation_id(&admitted.id);
     if admitted.created
         && let Err(e) = state.audit.conversation_start(&actor, &audit_conv).await
@@ -210,35 +314,52 @@ pub async fn chat(
         ));
         state
             .conversations
-            .abort_turn(&admitted.id, admitted.created);
+            .abort_turn(&admitted.id, admitted.created, admitted.undo);
         return Err(audit_error());
     }
-    if let Err(e) = images::check_count(received.len(), admitted.images.len()) {
+    let question = admitted.question;
+    let new_images: Vec<Arc<RgbImage>> = if mode == TurnMode::Regenerate {
+        admitted.question_images
+    } else {
+        received.iter().map(|r| Arc::clone(&r.image)).collect()
+    };
+    if let Err(e) = images::check_count(new_images.len(), admitted.history_images.len()) {
         state
             .conversations
-            .abort_turn(&admitted.id, admitted.created);
+            .abort_turn(&admitted.id, admitted.created, admitted.undo);
         return Err(e);
     }
+    // The images' digests join the question's in the audited input (a
+    // regenerate's stored images were digested when they were sent).
     let input = if received.is_empty() {
-        state.audit.digest(&body.message)
+        state.audit.digest(&question)
     } else {
         state.audit.digest(&format!(
-            "{}{}",
-            body.message,
+            "{question}{}",
             images::digest_suffix(&received)
         ))
     };
-    let user = Message::user(body.message);
+    // The request's record is on disk before any token can leave; without
+    // it the turn does not start (a full or failing audit log stops
+    // answers rather than letting them out unrecorded).
+    if let Err(e) = state.audit.request(&actor, &audit_conv, input).await {
+        log::error(format_args!("audit: cannot record a request: {e}"));
+        state
+            .conversations
+            .abort_turn(&admitted.id, admitted.created, admitted.undo);
+        return Err(audit_error());
+    }
     let mut messages: Vec<Message> = system_message(
         state.settings.system_prompt.as_deref(),
-        body.thinking.unwrap_or(false),
+        preset(&state, admitted.style, language),
+        thinking,
     )
     .into_iter()
     .collect();
     // Each image at its message's place (after the system message, if any).
     let offset = messages.len();
     let mut turn_images: Vec<TurnImage> = admitted
-        .images
+        .history_images
         .iter()
         .map(|(i, image)| TurnImage {
             message: offset + i,
@@ -246,12 +367,11 @@ pub async fn chat(
         })
         .collect();
     messages.extend(admitted.history);
-    let new_images: Vec<Arc<RgbImage>> = received.into_iter().map(|r| r.image).collect();
     turn_images.extend(new_images.iter().map(|image| TurnImage {
         message: messages.len(),
         image: Arc::clone(image),
     }));
-    messages.push(user.clone());
+    messages.push(Message::user(question.clone()));
 
     let request = ChatRequest {
         messages,
@@ -261,13 +381,14 @@ pub async fn chat(
         kept: Some(admitted.kept),
         images: turn_images,
     };
-    let worker_rx = match state.engine.submit(request) {
+    let worker_rx = match engine.submit(request) {
         Ok(rx) => rx,
         Err(e) => {
-            // The client never learns this conversation's id: forget it.
+            // The turn never started: give back what it replaced, and
+            // forget a conversation the client never learns of.
             state
                 .conversations
-                .abort_turn(&admitted.id, admitted.created);
+                .abort_turn(&admitted.id, admitted.created, admitted.undo);
             return Err(submit_error(e));
         }
     };
@@ -276,7 +397,12 @@ pub async fn chat(
     let turn = Turn {
         store: Arc::clone(&state.conversations),
         id: admitted.id,
-        user: Some((user, new_images)),
+        mode,
+        question: Some((question, new_images)),
+        thinking,
+        created: admitted.created,
+        started: false,
+        undo: Some(admitted.undo),
     };
     let record = Recorder {
         state: Arc::clone(&state),
@@ -284,6 +410,7 @@ pub async fn chat(
         conversation: audit_conv,
         input,
         started,
+        running: std::sync::Mutex::new(Some(running)),
     };
     tokio::spawn(pump(turn, worker_rx, tx, record));
     Ok(event_stream(ChannelBody::new(rx, cancel)))
@@ -310,6 +437,10 @@ pub struct Recorder {
     pub input: Digest,
     /// When the request arrived.
     pub started: Instant,
+    /// Counts the turn against its client's running turns until its last
+    /// record is written (before its last event leaves, so the client may
+    /// ask again as soon as it has the answer).
+    pub running: std::sync::Mutex<Option<Running>>,
 }
 
 impl Recorder {
@@ -343,6 +474,13 @@ impl Recorder {
         output: Digest,
     ) -> bool {
         let audit: &Arc<Auditor> = &self.state.audit;
+        // The turn has ended: it no longer counts against its client.
+        drop(
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let record = TurnRecord {
             actor: self.actor.clone(),
             conversation: self.conversation.clone(),
@@ -377,26 +515,41 @@ fn audit_error_event() -> Bytes {
     sse_event("error", &err.body()["error"])
 }
 
-/// A running turn; dropped without [`Turn::finish`] it ends without an answer.
+/// A running turn; dropped without [`Turn::finish`] it ends without an
+/// answer, and one that never started (cancelled while queued, the engine
+/// gone) gives back what it replaced and frees the conversation it created.
 struct Turn {
     store: Arc<Conversations>,
     id: String,
-    /// The user's message and its images, until the turn ends.
-    user: Option<(Message, Vec<Arc<RgbImage>>)>,
+    mode: TurnMode,
+    /// The question and its images, until the turn ends.
+    question: Option<(String, Vec<Arc<RgbImage>>)>,
+    /// The client asked for the reasoning trace.
+    thinking: bool,
+    /// This turn created the conversation.
+    created: bool,
+    /// The engine took the prompt.
+    started: bool,
+    /// What `begin_turn` removed (a regenerated answer, a replaced turn).
+    undo: Option<Undo>,
 }
 
 impl Turn {
-    fn finish(&mut self, answer: String) {
-        if let Some((user, images)) = self.user.take() {
-            self.store.finish_turn(&self.id, user, images, answer);
+    fn finish(&mut self, answer: StoredAnswer) {
+        if let Some((question, images)) = self.question.take() {
+            self.store
+                .finish_turn(&self.id, self.mode, question, images, answer);
         }
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if self.user.is_some() {
-            self.store.abort_turn(&self.id, false);
+        if self.question.is_some() {
+            let undo = self.undo.take().filter(|_| !self.started);
+            let forget = self.created && !self.started;
+            self.store
+                .abort_turn(&self.id, forget, undo.unwrap_or(Undo::Nothing));
         }
     }
 }
@@ -417,8 +570,10 @@ async fn pump(
         let frame = match msg {
             WorkerMsg::Started { queued_for: q } => {
                 queued_for = q;
+                turn.started = true;
                 continue;
             }
+            WorkerMsg::Event(ChatEvent::Reasoning(_)) if !turn.thinking => continue,
             WorkerMsg::Event(ChatEvent::Reasoning(delta)) => {
                 sse_event("reasoning", &serde_json::json!({ "delta": delta }))
             }
@@ -432,8 +587,19 @@ async fn pump(
                     let _ = tx.send(audit_error_event()).await;
                     return;
                 }
-                let done = done_event(&summary, queued_for);
-                turn.finish(summary.answer);
+                let question = turn.question.as_ref().map_or("", |(q, _)| q.as_str());
+                let terms = record
+                    .state
+                    .terms()
+                    .find(&format!("{question}\n{}", summary.answer));
+                let mut done = done_event(&summary, queued_for);
+                done["terms"] = serde_json::to_value(&terms).unwrap_or_default();
+                let reasoning = summary.reasoning.clone().filter(|_| turn.thinking);
+                turn.finish(StoredAnswer {
+                    content: summary.answer,
+                    reasoning,
+                    terms,
+                });
                 let _ = tx.send(sse_event("done", &done)).await;
                 return;
             }
@@ -479,7 +645,7 @@ fn done_event(s: &ChatSummary, queued_for: Duration) -> serde_json::Value {
 pub async fn cancel(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
-    client: Option<String>,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let body: CancelBody = super::http::read_json(req).await?;
     if !is_id(&body.conversation_id) {
@@ -487,7 +653,7 @@ pub async fn cancel(
     }
     let cancelled = state
         .conversations
-        .cancel(&body.conversation_id, client.as_deref())
+        .cancel(&body.conversation_id, caller.owner.as_deref())
         .map_err(conversation_error)?;
     Ok(json(
         StatusCode::OK,
@@ -496,17 +662,13 @@ pub async fn cancel(
 }
 
 /// `DELETE /api/conversations/{id}`: stops any running turn and forgets the conversation.
-pub fn delete(
-    state: &AppState,
-    id: &str,
-    client: Option<String>,
-) -> Result<Response<Body>, ApiError> {
+pub fn delete(state: &AppState, id: &str, caller: &Caller) -> Result<Response<Body>, ApiError> {
     if !is_id(id) {
         return Err(conversation_error(ConversationError::NotFound));
     }
     state
         .conversations
-        .delete(id, client.as_deref())
+        .delete(id, caller.owner.as_deref())
         .map_err(conversation_error)?;
     let mut resp = Response::new(super::http::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -72,8 +72,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What to do.
     pub message: String,
-    /// Seconds for `Retry-After` (503 only).
+    /// Seconds for `Retry-After` (503 and 429).
     pub retry_after: Option<u32>,
+    /// Seconds for the body's `retry_after_s` (429 `locked_out`).
+    pub retry_after_s: Option<u32>,
     /// `Allow` header value (405 only).
     pub allow: Option<String>,
 }
@@ -86,6 +88,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            retry_after_s: None,
             allow: None,
         }
     }
@@ -130,6 +133,7 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message.clone(),
+                retry_after_s: self.retry_after_s,
             },
         };
         serde_json::to_value(body).unwrap_or_default()

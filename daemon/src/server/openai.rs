@@ -4,7 +4,12 @@
 //! Stateless: the client sends the whole conversation each time. Reasoning
 //! (MedGemma's thinking trace) is returned apart from the answer as
 //! `reasoning_content` in `message` / `delta`, as several OpenAI-compatible
-//! servers do. The request's `model` is not checked: this server has one
+//! servers do; a client asks for it with Google's switch in its system
+//! message (`SYSTEM INSTRUCTION: think silently if needed.`, spec model.md
+//! §7). When a terminology is loaded, the terms found in the last user
+//! message and the answer come back in the extension field `terms` of the
+//! `message` (and of the last chunk's `delta` when streamed). With accounts,
+//! every request needs `Authorization: Bearer` with a personal token. The request's `model` is not checked: this server has one
 //! model, listed by `/v1/models`. Unknown request fields are ignored (the
 //! client sends many); images, tools and `n > 1` are refused with a 400.
 //!
@@ -27,7 +32,7 @@ use tokio::sync::mpsc;
 use super::chat::{Recorder, audit_error, check_limits, failed_outcome, sampling, submit_error};
 use super::conversations::random_id;
 use super::http::{ApiError, Body, CancelOnDrop, ChannelBody, event_stream, json, sse_data};
-use super::{AppState, images};
+use super::{AppState, Caller, images};
 use crate::audit_log;
 use crate::engine::worker::{TurnError, WorkerMsg};
 use crate::engine::{ChatEvent, ChatRequest, ChatSummary, TurnImage};
@@ -231,6 +236,7 @@ fn usage(s: &ChatSummary) -> serde_json::Value {
 pub async fn completions(
     state: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let started = std::time::Instant::now();
     let body: CompletionRequest =
@@ -262,6 +268,11 @@ pub async fn completions(
     if let Some(seed) = body.seed {
         params.seed = seed;
     }
+    let engine = state.engine.require()?;
+    let running = state
+        .conversations
+        .start_running(caller.owner.as_deref())
+        .map_err(super::chat::conversation_error)?;
     let (messages, urls) = to_messages(state.settings.system_prompt.as_deref(), body.messages)?;
     // The allowance above 256 KiB is for images only.
     if messages.iter().map(|m| m.content.len()).sum::<usize>() > super::http::MAX_BODY_BYTES {
@@ -270,8 +281,7 @@ pub async fn completions(
     let images = if urls.is_empty() {
         Vec::new()
     } else {
-        let size = state
-            .engine
+        let size = engine
             .snapshot()
             .info
             .image_size
@@ -288,13 +298,18 @@ pub async fn completions(
         let received = images::decode_all(urls, size).await?;
         at.into_iter().zip(received).collect::<Vec<_>>()
     };
+    let question = messages
+        .iter()
+        .rfind(|m| m.role == medgemma_model::chat::Role::User)
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
     // Each request is a conversation of its own in the audit log.
     let meta = Meta {
         id: format!("chatcmpl-{}", random_id().unwrap_or_default()),
         created: unix_now(),
         model: model_id(&state.settings.model.label),
     };
-    let actor = audit_log::api_actor();
+    let actor = caller.actor;
     let conversation = audit_log::conversation_id(&meta.id);
     if let Err(e) = state.audit.conversation_start(&actor, &conversation).await {
         log::error(format_args!(
@@ -315,12 +330,18 @@ pub async fn completions(
             image: r.image,
         })
         .collect();
+    // On disk before any token can leave (see chat.rs).
+    if let Err(e) = state.audit.request(&actor, &conversation, input).await {
+        log::error(format_args!("audit: cannot record a request: {e}"));
+        return Err(audit_error());
+    }
     let record = Recorder {
         state: Arc::clone(&state),
         actor,
         conversation,
         input,
         started,
+        running: std::sync::Mutex::new(Some(running)),
     };
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guard = CancelOnDrop::new(Arc::clone(&cancel));
@@ -333,7 +354,7 @@ pub async fn completions(
         kept: None,
         images,
     };
-    let mut worker = state.engine.submit(request).map_err(submit_error)?;
+    let mut worker = engine.submit(request).map_err(submit_error)?;
 
     // Wait for the engine to accept the prompt (or refuse it).
     let queued_for = match worker.recv().await {
@@ -357,7 +378,15 @@ pub async fn completions(
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(stream(meta, worker, tx, include_usage, queued_for, record));
+        tokio::spawn(stream(
+            meta,
+            worker,
+            tx,
+            include_usage,
+            queued_for,
+            record,
+            question,
+        ));
         Ok(event_stream(ChannelBody::new(rx, guard.disarm())))
     } else {
         let (mut reasoning, mut answer) = (String::new(), String::new());
@@ -375,6 +404,9 @@ pub async fn completions(
                         serde_json::json!({ "role": "assistant", "content": s.answer });
                     if let Some(r) = &s.reasoning {
                         message["reasoning_content"] = serde_json::Value::String(r.clone());
+                    }
+                    if let Some(terms) = terms_of(&state, &question, &s.answer) {
+                        message["terms"] = terms;
                     }
                     return Ok(json(
                         StatusCode::OK,
@@ -426,6 +458,16 @@ impl Meta {
     }
 }
 
+/// The `terms` extension field: the terms found in the question and the
+/// answer; none when no terminology is loaded.
+fn terms_of(state: &AppState, question: &str, answer: &str) -> Option<serde_json::Value> {
+    let terms = state.terms();
+    if terms.is_empty() {
+        return None;
+    }
+    serde_json::to_value(terms.find(&format!("{question}\n{answer}"))).ok()
+}
+
 async fn stream(
     meta: Meta,
     mut worker: mpsc::UnboundedReceiver<WorkerMsg>,
@@ -433,6 +475,7 @@ async fn stream(
     include_usage: bool,
     queued_for: Duration,
     record: Recorder,
+    question: String,
 ) {
     let _ = tx
         .send(meta.chunk(
@@ -460,8 +503,12 @@ async fn stream(
                     let _ = tx.send(sse_data(&audit_error().body().to_string())).await;
                     break;
                 }
+                let mut delta = serde_json::json!({});
+                if let Some(terms) = terms_of(&record.state, &question, &s.answer) {
+                    delta["terms"] = terms;
+                }
                 let _ = tx
-                    .send(meta.chunk(serde_json::json!({}), Some(finish_reason(s.finish))))
+                    .send(meta.chunk(delta, Some(finish_reason(s.finish))))
                     .await;
                 if include_usage {
                     let chunk = serde_json::json!({

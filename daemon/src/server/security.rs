@@ -9,7 +9,9 @@
 //! - **Origin check** on every state-changing request (POST, DELETE, ...).
 //!   Browsers send `Origin` on every cross-origin request and on every
 //!   same-origin POST/DELETE, so a request with an `Origin` must be
-//!   same-origin (`http://` + its own allowed `Host`). A request without
+//!   same-origin (`http://` + its own allowed `Host`), or one of
+//!   `server.allowed_origins` (a TLS reverse proxy in front of the UI, whose
+//!   host is then accepted in `Host` too). A request without
 //!   `Origin` cannot come from a modern browser's fetch or form; it is
 //!   accepted only if it also carries no cookie, i.e. it is a program such as
 //!   the OpenAI client or curl that holds no browser credentials. A request
@@ -37,34 +39,75 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
 /// The client-id cookie's name.
 pub const CLIENT_COOKIE: &str = "mgd_client";
 
-/// Which `Host` values are this server.
+/// Which `Host` values are this server, and which origins are its pages.
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
     port: u16,
     names: Vec<String>,
+    /// `server.allowed_origins`: (origin, host name, port).
+    origins: Vec<(String, String, u16)>,
 }
 
 impl HostPolicy {
-    /// Loopback names plus `extra` (lower-case bare names) on `port`.
-    pub fn new(port: u16, extra: &[String]) -> Self {
+    /// Loopback names plus `extra` (lower-case bare names) on `port`, and
+    /// the reverse proxies' `origins` (lower-case `scheme://host[:port]`).
+    pub fn new(port: u16, extra: &[String], origins: &[String]) -> Self {
         let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
         names.extend(extra.iter().cloned());
-        Self { port, names }
+        let origins = origins
+            .iter()
+            .filter_map(|o| {
+                medgemma_protocol::config::split_origin(o)
+                    .map(|(_, host, port)| (o.clone(), host.to_owned(), port))
+            })
+            .collect();
+        Self {
+            port,
+            names,
+            origins,
+        }
     }
 
-    /// Whether `host` (a `Host` header value) names this server.
+    /// Whether `host` (a `Host` header value) names this server: a
+    /// loopback or allowed name on `server.listen_port`, or the host of an
+    /// allowed origin (with its port, or none).
     pub fn allows(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         let (name, port) = split_host_port(&host);
-        let port_ok = match port {
-            Some(p) => p.parse::<u16>().ok() == Some(self.port),
-            // No port means the scheme's default, 80 for http.
-            None => self.port == 80,
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) => Some(p),
+                Err(_) => return false,
+            },
+            None => None,
         };
-        port_ok && self.names.iter().any(|n| n == name)
+        let proxied = self
+            .origins
+            .iter()
+            .any(|(_, h, p)| h == name && port.is_none_or(|port| port == *p));
+        self.direct(&host) || proxied
+    }
+
+    /// Whether `host` is a loopback or allowed name on the listen port
+    /// (reached through the loopback proxy, over plain http).
+    fn direct(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let (name, port) = split_host_port(&host);
+        // No port means the scheme's default, 80 for http.
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok(),
+            None => Some(80),
+        };
+        port == Some(self.port) && self.names.iter().any(|n| n == name)
+    }
+
+    /// Whether `origin` is an allowed reverse proxy's origin.
+    fn allows_origin(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.origins.iter().any(|(o, _, _)| *o == origin)
     }
 }
 
@@ -122,7 +165,7 @@ pub fn is_state_changing(method: &Method) -> bool {
 }
 
 /// The Origin rule for state-changing requests (see the module docs).
-pub fn check_origin(headers: &HeaderMap, host: &str) -> Result<(), ApiError> {
+pub fn check_origin(headers: &HeaderMap, host: &str, policy: &HostPolicy) -> Result<(), ApiError> {
     let forbidden =
         |message: &str| ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", message);
     const OTHER_SITE: &str = "Requests from other web sites are refused; open the assistant's own page and use it there.";
@@ -135,10 +178,10 @@ pub fn check_origin(headers: &HeaderMap, host: &str) -> Result<(), ApiError> {
     match headers.get(ORIGIN) {
         Some(origin) => {
             let expected = format!("http://{host}");
-            if origin
-                .to_str()
-                .is_ok_and(|o| o.eq_ignore_ascii_case(&expected))
-            {
+            if origin.to_str().is_ok_and(|o| {
+                (o.eq_ignore_ascii_case(&expected) && policy.direct(host))
+                    || policy.allows_origin(o)
+            }) {
                 Ok(())
             } else {
                 Err(forbidden(OTHER_SITE))
@@ -209,13 +252,19 @@ mod tests {
 
     #[test]
     fn host_allow_list() {
-        let p = HostPolicy::new(6006, &["ward3.example".to_owned()]);
+        let p = HostPolicy::new(
+            6006,
+            &["ward3.example".to_owned()],
+            &["https://medgemma.hospital.example".to_owned()],
+        );
         for ok in [
             "localhost:6006",
             "127.0.0.1:6006",
             "[::1]:6006",
             "LOCALHOST:6006",
             "ward3.example:6006",
+            "medgemma.hospital.example",
+            "medgemma.hospital.example:443",
         ] {
             assert!(p.allows(ok), "{ok}");
         }
@@ -226,6 +275,8 @@ mod tests {
             "127.0.0.1:6007",
             "[::1]",
             "localhost:6006:1",
+            "medgemma.hospital.example:6006",
+            "evil.hospital.example",
             "",
         ] {
             assert!(!p.allows(bad), "{bad}");
@@ -243,24 +294,29 @@ mod tests {
     #[test]
     fn origin_rule() {
         let host = "localhost:6006";
-        assert!(check_origin(&headers(&[("origin", "http://localhost:6006")]), host).is_ok());
+        let p = HostPolicy::new(6006, &[], &["https://medgemma.hospital.example".to_owned()]);
+        let check =
+            |h: &[(&'static str, &'static str)], host: &str| check_origin(&headers(h), host, &p);
+        assert!(check(&[("origin", "http://localhost:6006")], host).is_ok());
+        assert!(check(&[], host).is_ok(), "programs without cookies");
+        assert!(check(&[("origin", "http://evil.example")], host).is_err());
+        assert!(check(&[("origin", "null")], host).is_err());
+        assert!(check(&[("cookie", "mgd_client=x")], host).is_err());
         assert!(
-            check_origin(&headers(&[]), host).is_ok(),
-            "programs without cookies"
-        );
-        assert!(check_origin(&headers(&[("origin", "http://evil.example")]), host).is_err());
-        assert!(check_origin(&headers(&[("origin", "null")]), host).is_err());
-        assert!(check_origin(&headers(&[("cookie", "mgd_client=x")]), host).is_err());
-        assert!(
-            check_origin(
-                &headers(&[
+            check(
+                &[
                     ("origin", "http://localhost:6006"),
                     ("sec-fetch-site", "cross-site")
-                ]),
+                ],
                 host
             )
             .is_err()
         );
+        // Behind the hospital's TLS proxy.
+        let proxied = "medgemma.hospital.example";
+        assert!(check(&[("origin", "https://medgemma.hospital.example")], proxied).is_ok());
+        assert!(check(&[("origin", "http://medgemma.hospital.example")], proxied).is_err());
+        assert!(check(&[("origin", "https://evil.example")], proxied).is_err());
     }
 
     #[test]

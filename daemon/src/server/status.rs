@@ -1,4 +1,5 @@
-//! The two status documents, built from one engine snapshot:
+//! The two status documents, built from one engine snapshot (none while
+//! the model loads: the model's numbers and the backend are then absent):
 //! `GET /api/status` ([`PublicStatus`], the UI's status panel) and
 //! `GET /admin/status` on the admin socket ([`AdminStatus`], `medgemmactl
 //! status`, with the health verdict). Their types live in
@@ -14,15 +15,16 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use hyper::{Response, StatusCode};
-use medgemma_protocol::config::BackendChoice;
+use hyper::{HeaderMap, Response, StatusCode};
+use medgemma_protocol::config::{AnswerStyle, BackendChoice};
 use medgemma_protocol::pins::Pins;
 use medgemma_protocol::status::{
     AdminStatus, AuditStatus, BackendStatus, ConversationsStatus, DEMO_NOTICE, Health, HealthState,
-    MemoryStatus, ModelFiles, ModelStatus, PublicStatus,
+    MemoryStatus, ModelFiles, ModelStatus, PublicStatus, QueueStatus,
 };
 
 use super::AppState;
+use super::auth::User;
 use super::http::{Body, json};
 use super::openai::model_id;
 use crate::engine::EngineSnapshot;
@@ -47,26 +49,31 @@ pub fn memory() -> MemoryStatus {
     }
 }
 
-fn model(state: &AppState, engine: &EngineSnapshot) -> ModelStatus {
+fn model(state: &AppState, engine: Option<&EngineSnapshot>) -> ModelStatus {
     let settings = &state.settings;
-    let info = &engine.info;
+    let info = engine.map(|e| &e.info);
+    let file = |path: &Path| {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     ModelStatus {
         id: model_id(&settings.model.label),
         label: settings.model.label.clone(),
         demo: settings.model.demo,
         notice: settings.model.demo.then(|| DEMO_NOTICE.to_owned()),
-        file: Path::new(&info.model.path)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        format: info.model.format.to_owned(),
-        parameters: info.model.parameters,
-        layers: info.model.layers,
-        hidden_size: info.model.hidden_size,
-        context_limit: info.context_limit,
+        file: match info {
+            Some(i) => file(Path::new(&i.model.path)),
+            None => file(&settings.model.path),
+        },
+        format: info.map(|i| i.model.format.to_owned()),
+        parameters: info.map(|i| i.model.parameters),
+        layers: info.map(|i| i.model.layers),
+        hidden_size: info.map(|i| i.model.hidden_size),
+        context_limit: info.map(|i| i.context_limit),
         max_new_tokens: settings.engine.max_new_tokens,
         system_prompt: settings.system_prompt.is_some(),
-        images: info.image_size.is_some(),
+        images: info.is_some_and(|i| i.image_size.is_some()),
     }
 }
 
@@ -88,52 +95,104 @@ fn conversations(state: &AppState) -> ConversationsStatus {
     }
 }
 
-/// The `GET /api/status` document.
-pub fn public_document(state: &AppState) -> PublicStatus {
-    let engine = state.engine.snapshot();
+/// The queue: the engine's counters, or an empty queue of the configured
+/// size while the model loads.
+fn queue(state: &AppState, engine: Option<&EngineSnapshot>) -> QueueStatus {
+    engine.map_or(
+        QueueStatus {
+            waiting: 0,
+            capacity: state.settings.engine.queue_length,
+            active: 0,
+            max_concurrent: state.settings.engine.max_concurrent_generations,
+            served: 0,
+            rejected: 0,
+        },
+        |e| e.queue,
+    )
+}
+
+/// The styles offered and the default, when presets are configured.
+fn styles(state: &AppState) -> (Vec<String>, Option<String>) {
+    if state.settings.presets.is_empty() {
+        return (Vec::new(), None);
+    }
+    let styles = AnswerStyle::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    (
+        styles,
+        Some(state.settings.answers.default_style.as_str().to_owned()),
+    )
+}
+
+/// The `GET /api/status` document for a browser whose user is `user`.
+pub fn public_document(state: &AppState, user: Option<&User>) -> PublicStatus {
+    let engine = state.engine.handle().map(|e| e.snapshot());
+    let (model_state, loading, _) = state.engine.state();
+    let (styles, default_style) = styles(state);
     PublicStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_s: state.started.elapsed().as_secs(),
-        model: model(state, &engine),
-        context_limit: engine.info.context_limit,
-        backend: backend(&engine),
+        state: model_state,
+        loading,
+        model: model(state, engine.as_ref()),
+        context_limit: engine.as_ref().map(|e| e.info.context_limit),
+        backend: engine.as_ref().map(backend),
         memory: memory(),
-        queue: engine.queue,
+        queue: queue(state, engine.as_ref()),
         conversations: conversations(state),
         sandbox: (state.sandbox)(),
+        styles,
+        default_style,
+        auth: state.auth.status(user),
+        terms: state.terms().status(),
     }
 }
 
-/// `GET /api/status`.
-pub fn public(state: &AppState) -> Response<Body> {
-    json(StatusCode::OK, &public_document(state))
+/// `GET /api/status`. Reading it does not extend the caller's idle timer.
+pub async fn public(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer_uid: Option<u32>,
+) -> Response<Body> {
+    let user = state
+        .auth
+        .session_user(&state.audit, headers, peer_uid, false, &state.conversations)
+        .await;
+    json(StatusCode::OK, &public_document(state, user.as_ref()))
 }
 
 /// The `GET /admin/status` document, with the health verdict: degraded when
-/// the CPU runs what `auto` meant for the GPU, the GPU keeps failing, the
-/// sandbox falls short, or a model file no longer matches its pin.
+/// the model failed to load, the CPU runs what `auto` meant for the GPU, the
+/// GPU keeps failing, the sandbox falls short, a model file no longer
+/// matches its pin, or the accounts file cannot be read.
 pub fn admin_document(state: &AppState) -> AdminStatus {
-    let engine = state.engine.snapshot();
+    let engine = state.engine.handle().map(|e| e.snapshot());
+    let (model_state, loading, failure) = state.engine.state();
     let settings = &state.settings;
     let pins = Pins::check_sizes(settings.model.pins_file.as_deref());
     let sandbox = (state.sandbox)();
+    let accounts = state.auth.admin_status();
     let mut reasons: Vec<String> = Vec::new();
-    if engine.info.backend == "cpu" && settings.engine.backend == BackendChoice::Auto {
-        reasons.push(format!(
-            "running on the CPU: {}",
-            engine.info.backend_reason
-        ));
+    if let Some(why) = &failure {
+        reasons.push(format!("the model could not be loaded: {why}"));
     }
-    if engine.gpu_degraded {
-        reasons.push(format!(
-            "the last {} requests failed on the GPU; run medgemmactl gpu and check the kernel log for NVIDIA Xid errors",
-            engine.gpu_failures_in_a_row
-        ));
+    if let Some(e) = &engine {
+        if e.info.backend == "cpu" && settings.engine.backend == BackendChoice::Auto {
+            reasons.push(format!("running on the CPU: {}", e.info.backend_reason));
+        }
+        if e.gpu_degraded {
+            reasons.push(format!(
+                "the last {} requests failed on the GPU; run medgemmactl gpu and check the kernel log for NVIDIA Xid errors",
+                e.gpu_failures_in_a_row
+            ));
+        }
     }
     if !sandbox.enforced {
         reasons.push("the kernel sandbox is not enforced".to_owned());
     }
-    let weights = engine.info.weights.as_ref();
+    let weights = engine.as_ref().and_then(|e| e.info.weights.as_ref());
     if pins.ok == Some(false) || weights.and_then(|w| w.verified) == Some(false) {
         reasons.push(format!(
             "a model file does not match its pin: {}",
@@ -142,6 +201,9 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
                 |w| w.detail.clone()
             )
         ));
+    }
+    if let Some(problem) = &accounts.problem {
+        reasons.push(format!("the accounts file cannot be read: {problem}"));
     }
     let speed = f64::from_bits(state.recent_tokens_per_s.load(Ordering::Relaxed));
     AdminStatus {
@@ -156,7 +218,10 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
             },
             reasons,
         },
-        model: model(state, &engine),
+        state: model_state,
+        loading,
+        failure,
+        model: model(state, engine.as_ref()),
         model_files: ModelFiles {
             path: settings.model.path.clone(),
             fingerprint: state.audit.model().as_str().to_owned(),
@@ -164,15 +229,17 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
             load_check: weights.map(|w| w.detail.clone()),
             pins,
         },
-        backend: backend(&engine),
+        backend: engine.as_ref().map(backend),
         memory: memory(),
         sandbox,
-        queue: engine.queue,
+        queue: queue(state, engine.as_ref()),
         conversations: conversations(state),
         recent_tokens_per_s: (speed > 0.0).then_some((speed * 10.0).round() / 10.0),
         audit: AuditStatus {
             dir: state.audit.dir().to_owned(),
             chain: state.audit.head(),
         },
+        accounts,
+        terms: state.terms().status(),
     }
 }

@@ -42,6 +42,16 @@ pub struct Setup {
     pub idle_timeout_secs: u64,
     /// Raw TOML appended to `[engine]` (for broken-config tests).
     pub extra_engine: String,
+    /// `auth.mode`: the HTTP tests run "open" unless they test accounts.
+    pub auth_mode: &'static str,
+    /// Raw TOML appended to `[auth]`.
+    pub extra_auth: String,
+    /// `answers.styles_dir` = the packaged presets (packaging/styles).
+    pub styles: bool,
+    /// `answers.terms_dir`.
+    pub terms_dir: Option<PathBuf>,
+    /// Raw TOML appended to `[server]`.
+    pub extra_server: String,
 }
 
 impl Default for Setup {
@@ -57,8 +67,23 @@ impl Default for Setup {
             max_new_tokens: 1000,
             idle_timeout_secs: 600,
             extra_engine: String::new(),
+            auth_mode: "open",
+            extra_auth: String::new(),
+            styles: true,
+            terms_dir: None,
+            extra_server: String::new(),
         }
     }
+}
+
+/// The packaged answer-style presets.
+pub fn styles_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/styles")
+}
+
+/// The terminology fixtures (small excerpts in the official layouts).
+pub fn terms_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/terms")
 }
 
 /// The real Gemma 3 270M GGUF from `scripts/fetch-assets.sh`, if present.
@@ -130,11 +155,18 @@ max_new_tokens = {max_new}
 ui_socket = {sock:?}
 listen_port = 6006
 session_idle_timeout_secs = {idle}
-
+{extra_server}
 [audit]
 dir = {audit:?}
 key_file = {key_file:?}
 content_key_file = {content_key:?}
+
+[answers]
+{styles}{terms}
+[auth]
+mode = {auth:?}
+accounts_dir = {accounts:?}
+{extra_auth}
 "#,
         model = model.display().to_string(),
         label = setup.label,
@@ -149,6 +181,20 @@ content_key_file = {content_key:?}
         audit = audit.display().to_string(),
         key_file = key_file.display().to_string(),
         content_key = content_key.display().to_string(),
+        styles = if setup.styles {
+            format!("styles_dir = {:?}\n", styles_dir().display().to_string())
+        } else {
+            String::new()
+        },
+        terms = setup
+            .terms_dir
+            .as_ref()
+            .map(|t| format!("terms_dir = {:?}\n", t.display().to_string()))
+            .unwrap_or_default(),
+        auth = setup.auth_mode,
+        accounts = dir.join("accounts").display().to_string(),
+        extra_auth = setup.extra_auth,
+        extra_server = setup.extra_server,
     );
     let path = dir.join("medgemmad.toml");
     std::fs::write(&path, text).unwrap();
@@ -161,6 +207,7 @@ content_key_file = {content_key:?}
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    pub settings: Arc<medgemmad::config::Settings>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -168,6 +215,29 @@ pub struct Server {
 impl Server {
     /// Starts the engine and the server; returns once the socket accepts.
     pub fn start(setup: &Setup) -> Server {
+        Self::start_inner(setup, None)
+    }
+
+    /// Starts the server with its engine still loading: the test fills the
+    /// slot (`ready` with [`Server::engine`], or `failed`).
+    pub fn start_loading(setup: &Setup) -> (Server, Arc<medgemmad::server::EngineSlot>) {
+        let slot = Arc::new(medgemmad::server::EngineSlot::loading(
+            "starting the engine",
+        ));
+        (Self::start_inner(setup, Some(Arc::clone(&slot))), slot)
+    }
+
+    /// Starts an engine for this server's configuration (for [`Server::start_loading`]).
+    pub fn engine(&self) -> medgemmad::engine::EngineHandle {
+        use medgemmad::engine::load::{EngineJob, loader};
+        medgemmad::engine::worker::start(
+            loader(EngineJob::new(&self.settings), None),
+            self.settings.engine.queue_length,
+        )
+        .unwrap()
+    }
+
+    fn start_inner(setup: &Setup, slot: Option<Arc<medgemmad::server::EngineSlot>>) -> Server {
         use medgemmad::engine::load::{EngineJob, loader};
         let dir = tempfile::Builder::new()
             .prefix("mgd-e2e")
@@ -179,16 +249,20 @@ impl Server {
         let fingerprint = medgemmad::audit_log::label_fingerprint(&settings.model.label);
         let audit =
             Arc::new(medgemmad::audit_log::Auditor::open(&settings.audit, fingerprint).unwrap());
-        let engine = medgemmad::engine::worker::start(
-            loader(EngineJob::new(&settings), None),
-            settings.engine.queue_length,
-        )
-        .unwrap();
+        let engine: medgemmad::server::EngineArg = match slot {
+            Some(slot) => slot.into(),
+            None => medgemmad::engine::worker::start(
+                loader(EngineJob::new(&settings), None),
+                settings.engine.queue_length,
+            )
+            .unwrap()
+            .into(),
+        };
         let socket = dir.path().join("ui.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         listener.set_nonblocking(true).unwrap();
         let config = medgemmad::server::ServerConfig {
-            settings,
+            settings: Arc::clone(&settings),
             sandbox: medgemmad::lockdown::sandbox_status,
             audit,
             admin: None,
@@ -213,6 +287,7 @@ impl Server {
         Server {
             dir,
             socket,
+            settings,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -244,7 +319,24 @@ pub struct Daemon {
 pub const UNSANDBOXED: &[&str] = &["--insecure-no-sandbox"];
 
 fn spawn_logged(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
-    let mut child = Command::new(BIN)
+    spawn_command(Command::new(BIN), config, args)
+}
+
+/// `medgemmad serve` through `sh`, with SIGXFSZ ignored (kept across
+/// `exec`): a file size limit set later (`prlimit --fsize`) then makes the
+/// daemon's writes fail with EFBIG, as on a full disk, instead of killing it.
+fn spawn_xfsz_ignored(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\"", BIN]);
+    spawn_command(sh, config, args)
+}
+
+fn spawn_command(
+    mut command: Command,
+    config: &Path,
+    args: &[&str],
+) -> (Child, Arc<Mutex<String>>) {
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .args(args)
@@ -288,6 +380,38 @@ impl Daemon {
         timeout: Duration,
     ) -> Daemon {
         let (child, log) = spawn_logged(config, args);
+        Self::wait_ready(child, log, dir, timeout)
+    }
+
+    /// [`Daemon::start`] with SIGXFSZ ignored, for [`Daemon::limit_file_size`].
+    pub fn start_xfsz_ignored(setup: &Setup, timeout: Duration) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("mgd-e2e")
+            .tempdir()
+            .unwrap();
+        let config = write_config(dir.path(), setup);
+        let (child, log) = spawn_xfsz_ignored(&config, UNSANDBOXED);
+        Self::wait_ready(child, log, dir, timeout)
+    }
+
+    /// Lets the daemon's files grow no further than `bytes` (RLIMIT_FSIZE,
+    /// set from outside with `prlimit`): a full disk as its writes see it.
+    pub fn limit_file_size(&self, bytes: u64) {
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--fsize={bytes}:{bytes}"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit failed");
+    }
+
+    fn wait_ready(
+        child: Child,
+        log: Arc<Mutex<String>>,
+        dir: tempfile::TempDir,
+        timeout: Duration,
+    ) -> Daemon {
         let mut d = Daemon {
             child,
             socket: dir.path().join("ui.sock"),
@@ -416,6 +540,26 @@ pub fn post_json(path: &str, body: &serde_json::Value) -> Request<Full<Bytes>> {
 /// A GET.
 pub fn get(path: &str) -> Request<Full<Bytes>> {
     request("GET", path).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// `req` with a `Cookie` header.
+pub fn with_cookie(mut req: Request<Full<Bytes>>, cookie: &str) -> Request<Full<Bytes>> {
+    req.headers_mut()
+        .insert("cookie", cookie.parse().expect("a cookie header value"));
+    req
+}
+
+/// A browser's client-id cookie (no accounts).
+pub fn client_cookie(n: u8) -> String {
+    format!("mgd_client={}", format!("{n:02x}").repeat(16))
+}
+
+/// Sends a chat as a browser with `cookie` and collects every event.
+pub async fn chat_as(socket: &Path, cookie: &str, body: serde_json::Value) -> Vec<Event> {
+    let resp = send(socket, with_cookie(post_json("/api/chat", &body), cookie)).await;
+    let events = Sse::new(resp).collect().await;
+    assert_chat_order(&events);
+    events
 }
 
 /// Reads the whole body.

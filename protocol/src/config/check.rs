@@ -94,6 +94,10 @@ impl Config {
         for host in &mut self.server.allowed_hosts {
             *host = host.trim().to_ascii_lowercase();
         }
+        for origin in &mut self.server.allowed_origins {
+            *origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        }
+        self.auth.sso_header = self.auth.sso_header.trim().to_owned();
         self.sandbox.user = self.sandbox.user.trim().to_owned();
     }
 
@@ -152,6 +156,40 @@ impl Config {
                     ),
                 ));
             }
+        }
+        for origin in &server.allowed_origins {
+            if split_origin(origin).is_none() {
+                return Err(ConfigError::invalid(
+                    "server.allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin; write the scheme, host name and optional port only, e.g. \"https://medgemma.ward3.example\""
+                    ),
+                ));
+            }
+        }
+        let auth = &self.auth;
+        absolute("auth.accounts_dir", &auth.accounts_dir)?;
+        if auth.sso_header.is_empty()
+            || !auth
+                .sso_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::invalid(
+                "auth.sso_header",
+                "must be a header name of letters, digits and '-', e.g. \"X-Remote-User\"",
+            ));
+        }
+        if auth.mode == super::AuthMode::Sso
+            && auth
+                .sso_proxy_user
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "auth.sso_proxy_user",
+                "mode = \"sso\" needs the user the reverse proxy runs as (e.g. \"www-data\"): the header is trusted from that peer only",
+            ));
         }
         let audit = &self.audit;
         for (key, path) in [
@@ -235,6 +273,27 @@ impl Config {
             }
         }
         existing_dir("audit.dir", &self.audit.dir)?;
+        if let Some(dir) = &self.answers.styles_dir {
+            existing_dir("answers.styles_dir", dir)?;
+            for style in super::AnswerStyle::ALL {
+                for language in LANGUAGES {
+                    let file = dir.join(style_file_name(style, language));
+                    let ok = std::fs::metadata(&file)
+                        .is_ok_and(|m| m.is_file() && m.len() <= MAX_SYSTEM_PROMPT_BYTES);
+                    if !ok {
+                        return Err(ConfigError::invalid(
+                            "answers.styles_dir",
+                            format!(
+                                "{} must be a text file of at most {} KiB (one preset per style and language: {})",
+                                file.display(),
+                                MAX_SYSTEM_PROMPT_BYTES / 1024,
+                                preset_names()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         for (key, dir) in [
             ("sandbox.state_dir", &self.sandbox.state_dir),
             ("sandbox.cache_dir", &self.sandbox.cache_dir),
@@ -245,6 +304,39 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The UI languages a preset exists for (`<style>.<language>.txt`).
+pub const LANGUAGES: [&str; 2] = ["en", "zh"];
+
+/// The file name of a style preset, e.g. `structured.zh.txt`.
+pub fn style_file_name(style: super::AnswerStyle, language: &str) -> String {
+    format!("{}.{language}.txt", style.as_str())
+}
+
+fn preset_names() -> String {
+    super::AnswerStyle::ALL
+        .iter()
+        .flat_map(|s| LANGUAGES.iter().map(|l| style_file_name(*s, l)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Splits an origin (`scheme://host[:port]`, lower case) into its scheme,
+/// host name and port (the scheme's default when absent); `None` when it
+/// is not one.
+pub fn split_origin(origin: &str) -> Option<(&str, &str, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|p| *p > 0)?),
+        None => (rest, default),
+    };
+    is_host_name(host).then_some((scheme, host, port))
 }
 
 /// The declared upper limit of a numeric key, e.g.
@@ -547,6 +639,75 @@ mod tests {
             c.check_files(true).unwrap_err().key(),
             Some("model.system_prompt_file")
         );
+    }
+
+    #[test]
+    fn auth_and_origins_are_checked() {
+        let c = config("");
+        assert_eq!(
+            c.auth.mode,
+            super::super::AuthMode::Accounts,
+            "accounts by default"
+        );
+        assert_eq!(c.auth.idle_logout_secs, 900);
+        let mut c = config("");
+        c.auth.mode = super::super::AuthMode::Sso;
+        assert_eq!(c.check().unwrap_err().key(), Some("auth.sso_proxy_user"));
+        c.auth.sso_proxy_user = Some("www-data".into());
+        c.check().unwrap();
+        c.auth.sso_header = "X Remote".into();
+        assert_eq!(c.check().unwrap_err().key(), Some("auth.sso_header"));
+        let mut c = config("");
+        c.server.allowed_origins = vec!["https://medgemma.ward3.example".into()];
+        c.check().unwrap();
+        for bad in [
+            "medgemma.ward3.example",
+            "ftp://x.example",
+            "https://x.example/path",
+            "https://x.example:0",
+        ] {
+            c.server.allowed_origins = vec![bad.into()];
+            assert_eq!(
+                c.check().unwrap_err().key(),
+                Some("server.allowed_origins"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            split_origin("https://a.example"),
+            Some(("https", "a.example", 443))
+        );
+        assert_eq!(
+            split_origin("http://a.example:8443"),
+            Some(("http", "a.example", 8443))
+        );
+        let err = config("").to_owned();
+        let mut c = err;
+        c.auth.idle_logout_secs = 0;
+        assert_eq!(c.check().unwrap_err().key(), Some("auth.idle_logout_secs"));
+    }
+
+    #[test]
+    fn a_styles_dir_needs_every_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("");
+        c.model.path = dir.path().join("m.gguf");
+        std::fs::write(&c.model.path, b"GGUF").unwrap();
+        c.server.ui_socket = dir.path().join("ui.sock");
+        c.audit.dir = dir.path().to_owned();
+        c.answers.styles_dir = Some(dir.path().to_owned());
+        let err = c.check_files(true).unwrap_err();
+        assert_eq!(err.key(), Some("answers.styles_dir"), "{err}");
+        for style in super::super::AnswerStyle::ALL {
+            for lang in LANGUAGES {
+                std::fs::write(dir.path().join(style_file_name(style, lang)), "x").unwrap();
+            }
+        }
+        c.check_files(true).unwrap();
+        // The packaged presets are complete.
+        c.answers.styles_dir =
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/styles"));
+        c.check_files(true).unwrap();
     }
 
     #[test]

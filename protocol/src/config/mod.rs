@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
-pub use check::{GpuSelector, maximum};
+pub use check::{GpuSelector, LANGUAGES, maximum, split_origin, style_file_name};
 pub use example::example_toml;
 pub use load::Loaded;
 
@@ -116,6 +116,12 @@ pub struct Config {
     /// The kernel sandbox.
     #[serde(default)]
     pub sandbox: SandboxSection,
+    /// Answer styles and term alignment.
+    #[serde(default)]
+    pub answers: AnswersSection,
+    /// Who may use the appliance.
+    #[serde(default)]
+    pub auth: AuthSection,
 }
 
 /// `[model]`
@@ -331,6 +337,13 @@ pub struct ServerSection {
     /// rebinding.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Origins of a reverse proxy in front of the UI (scheme, name and
+    /// port only, e.g. "https://medgemma.ward3.example"): their host is
+    /// accepted in the Host header and they are accepted in the Origin of
+    /// state-changing requests. Session cookies set through an https origin
+    /// are marked Secure.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Seconds after its last turn before a conversation is forgotten.
     /// Conversations live in memory only.
     #[serde(default = "defaults::idle_timeout")]
@@ -346,6 +359,7 @@ impl Default for ServerSection {
             admin_group: None,
             listen_port: defaults::listen_port(),
             allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             session_idle_timeout_secs: defaults::idle_timeout(),
         }
     }
@@ -396,8 +410,9 @@ impl Default for AuditSection {
 
 /// `[sandbox]`
 ///
-/// Landlock's paths are derived from the other sections: the model files and
-/// system prompt read-only; the audit directory, the socket directories and
+/// Landlock's paths are derived from the other sections: the model files,
+/// system prompt, accounts and terminology read-only; the audit directory,
+/// the socket directories and
 /// the two directories below read-write; the GPU device nodes and driver
 /// files only with the CUDA backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -435,6 +450,141 @@ impl Default for SandboxSection {
             state_dir: None,
             cache_dir: None,
             min_landlock_abi: defaults::min_landlock_abi(),
+        }
+    }
+}
+
+/// `[answers]`
+///
+/// How answers are asked for and annotated: the answer-style presets (one
+/// system-prompt file per style and language) and the terminology the
+/// daemon aligns the terms of each question and answer with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersSection {
+    /// The answer style of a new conversation: "structured" (definition,
+    /// mechanism, differential diagnosis, advice) or "brief". Each
+    /// clinician may switch it per conversation.
+    #[serde(default)]
+    pub default_style: AnswerStyle,
+    /// A directory of answer-style presets: `<style>.<language>.txt`
+    /// (structured.en.txt, structured.zh.txt, brief.en.txt, brief.zh.txt),
+    /// UTF-8, at most 64 KiB each; the UI language picks the language. Read
+    /// at startup. Without it, no style is offered.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::STYLES_DIR))]
+    pub styles_dir: Option<PathBuf>,
+    /// The directory `medgemmactl terms import` fills with the hospital's
+    /// terminology (ICD-11, ICD-10, SNOMED CT, synonyms); read-only for the
+    /// daemon. Terms found in a question and its answer are shown beside
+    /// the answer. Empty or absent: no terms are shown.
+    #[serde(default)]
+    #[schemars(extend("x-package" = paths::TERMS_DIR))]
+    pub terms_dir: Option<PathBuf>,
+}
+
+/// The `answers.default_style` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerStyle {
+    /// Definition, mechanism, differential diagnosis, advice.
+    #[default]
+    Structured,
+    /// A few lines.
+    Brief,
+}
+
+impl AnswerStyle {
+    /// Every style, in the order the UI offers them.
+    pub const ALL: [AnswerStyle; 2] = [AnswerStyle::Structured, AnswerStyle::Brief];
+
+    /// The value as written in the file and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Structured => "structured",
+            Self::Brief => "brief",
+        }
+    }
+}
+
+/// `[auth]`
+///
+/// Accounts are managed with `medgemmactl user` (passwords hashed with
+/// Argon2id, per-user API tokens); no account and no password exist until
+/// an administrator creates one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// "accounts": clinicians log in with the accounts `medgemmactl user`
+    /// manages, and API clients send a personal token. "sso": a reverse
+    /// proxy on this host authenticates and names the user in sso_header,
+    /// trusted only on connections from sso_proxy_user (the name must be an
+    /// account). "open": nobody logs in (development; anyone who reaches the
+    /// UI may chat).
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The directory of the accounts file (`medgemmactl user` writes it;
+    /// read-only for the daemon).
+    #[serde(default = "defaults::accounts_dir")]
+    pub accounts_dir: PathBuf,
+    /// Seconds without a request after which a login session ends (its
+    /// conversations are dropped). Reading the status does not count.
+    #[serde(default = "defaults::idle_logout")]
+    #[schemars(range(min = 1, max = 86_400), extend("x-unit" = "seconds"))]
+    pub idle_logout_secs: u64,
+    /// Wrong passwords in a row after which a user name is locked out.
+    #[serde(default = "defaults::lockout_after")]
+    #[schemars(range(min = 1, max = 100))]
+    pub lockout_after_failures: u32,
+    /// Seconds of the first lockout; each further lockout of the same name
+    /// doubles it, up to an hour.
+    #[serde(default = "defaults::lockout_secs")]
+    #[schemars(range(min = 1, max = 3_600), extend("x-unit" = "seconds"))]
+    pub lockout_secs: u64,
+    /// "sso" only: the request header that names the user.
+    #[serde(default = "defaults::sso_header")]
+    pub sso_header: String,
+    /// "sso" only: the user (name or numeric uid) the reverse proxy runs as;
+    /// sso_header is read only on connections whose peer is this user.
+    #[serde(default)]
+    #[schemars(example = "www-data")]
+    pub sso_proxy_user: Option<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::default(),
+            accounts_dir: defaults::accounts_dir(),
+            idle_logout_secs: defaults::idle_logout(),
+            lockout_after_failures: defaults::lockout_after(),
+            lockout_secs: defaults::lockout_secs(),
+            sso_header: defaults::sso_header(),
+            sso_proxy_user: None,
+        }
+    }
+}
+
+/// The `auth.mode` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Local accounts and personal API tokens.
+    #[default]
+    Accounts,
+    /// A reverse proxy's single sign-on, trusted from one peer only.
+    Sso,
+    /// No login (development).
+    Open,
+}
+
+impl AuthMode {
+    /// The value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accounts => "accounts",
+            Self::Sso => "sso",
+            Self::Open => "open",
         }
     }
 }
@@ -496,6 +646,26 @@ pub mod defaults {
     /// `sandbox.user`.
     pub fn sandbox_user() -> String {
         paths::SERVICE_USER.to_owned()
+    }
+    /// `auth.accounts_dir`.
+    pub fn accounts_dir() -> PathBuf {
+        PathBuf::from(paths::ACCOUNTS_DIR)
+    }
+    /// `auth.idle_logout_secs`: 15 minutes, as hospital policies ask.
+    pub fn idle_logout() -> u64 {
+        15 * 60
+    }
+    /// `auth.lockout_after_failures`: 5.
+    pub fn lockout_after() -> u32 {
+        5
+    }
+    /// `auth.lockout_secs`: 30.
+    pub fn lockout_secs() -> u64 {
+        30
+    }
+    /// `auth.sso_header`.
+    pub fn sso_header() -> String {
+        "X-Remote-User".to_owned()
     }
     /// `sandbox.min_landlock_abi`: 1, the file system confined.
     pub fn min_landlock_abi() -> i32 {
