@@ -334,10 +334,9 @@ pub async fn chat(
     let input = if received.is_empty() {
         state.audit.digest(&question)
     } else {
-        state.audit.digest(&format!(
-            "{question}{}",
-            images::digest_suffix(&received)
-        ))
+        state
+            .audit
+            .digest(&format!("{question}{}", images::digest_suffix(&received)))
     };
     // The request's record is on disk before any token can leave; without
     // it the turn does not start (a full or failing audit log stops

@@ -485,7 +485,11 @@ impl Conversations {
         conv.last_used = now;
         let (history, history_images) = conv.history(upto);
         let question_images = match req.mode {
-            TurnMode::Regenerate => conv.turns.last().map(|t| t.images.clone()).unwrap_or_default(),
+            TurnMode::Regenerate => conv
+                .turns
+                .last()
+                .map(|t| t.images.clone())
+                .unwrap_or_default(),
             TurnMode::New | TurnMode::ReplaceLast => Vec::new(),
         };
         Ok(Admitted {
@@ -843,7 +847,13 @@ mod tests {
         let r = store
             .begin_turn(ask(Some(&id), Some("u"), "", TurnMode::Regenerate))
             .unwrap();
-        store.finish_turn(&id, TurnMode::Regenerate, r.question, Vec::new(), answer("a2 again"));
+        store.finish_turn(
+            &id,
+            TurnMode::Regenerate,
+            r.question,
+            Vec::new(),
+            answer("a2 again"),
+        );
         let tr = store.transcript(&id, Some("u")).unwrap();
         assert_eq!(tr.turns.len(), 2);
         assert_eq!(tr.turns[1].answer.as_ref().unwrap().content, "a2 again");
@@ -852,7 +862,13 @@ mod tests {
             .begin_turn(ask(Some(&id), Some("u"), "q2 fixed", TurnMode::ReplaceLast))
             .unwrap();
         assert_eq!(e.history.len(), 2);
-        store.finish_turn(&id, TurnMode::ReplaceLast, e.question, Vec::new(), answer("a3"));
+        store.finish_turn(
+            &id,
+            TurnMode::ReplaceLast,
+            e.question,
+            Vec::new(),
+            answer("a3"),
+        );
         let tr = store.transcript(&id, Some("u")).unwrap();
         assert_eq!(tr.turns.len(), 2);
         assert_eq!(tr.turns[1].user, "q2 fixed");
