@@ -101,15 +101,22 @@ async fn image_questions_answer_through_the_ui_api_and_the_openai_api() {
     .await;
     assert_chat_order(&events);
     let first = done(&events);
-    // The OpenAI API builds the same prompt for the same message.
+    // Without the image the prompt is one image block shorter: its soft
+    // tokens, <start_of_image>, <end_of_image> and the blank lines around;
+    // the same through the UI's API (with its answer-style preset) and the
+    // OpenAI API.
+    let text_events = chat(&d.socket, json!({"message": question, "max_new_tokens": 1})).await;
+    let ui_text_only = done(&text_events)["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        first["prompt_tokens"].as_u64().unwrap() - ui_text_only,
+        PER_IMAGE + 4,
+        "{first}"
+    );
     let same = prompt_tokens(
         &d.socket,
         json!([{"role": "user", "content": [image_part("rgb_300x220.png"), {"type": "text", "text": question}]}]),
     )
     .await;
-    assert_eq!(first["prompt_tokens"].as_u64(), Some(same), "{first}");
-    // Without the image the prompt is one image block shorter: its soft
-    // tokens, <start_of_image>, <end_of_image> and the blank lines around.
     let text_only = prompt_tokens(&d.socket, json!([{"role": "user", "content": question}])).await;
     assert_eq!(same - text_only, PER_IMAGE + 4);
     // Images earlier in a conversation stay in its prompt (OpenAI: the

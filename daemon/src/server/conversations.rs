@@ -819,6 +819,52 @@ mod tests {
     }
 
     #[test]
+    fn a_questions_images_stay_with_it_in_the_history_and_for_regenerate() {
+        let store = Conversations::new(Duration::from_secs(60));
+        let img = |v: u8| {
+            Arc::new(RgbImage {
+                width: 1,
+                height: 1,
+                pixels: vec![v, v, v],
+            })
+        };
+        let t = store
+            .begin_turn(ask(None, Some("u"), "q1", TurnMode::New))
+            .unwrap();
+        let id = t.id.clone();
+        store.finish_turn(
+            &id,
+            TurnMode::New,
+            t.question,
+            vec![img(1), img(2)],
+            answer("a1"),
+        );
+        let t = store
+            .begin_turn(ask(Some(&id), Some("u"), "q2", TurnMode::New))
+            .unwrap();
+        // Both images belong to the first question (history index 0).
+        assert_eq!(t.history_images.len(), 2);
+        assert!(t.history_images.iter().all(|(i, _)| *i == 0));
+        assert_eq!(t.history_images[1].1.pixels, vec![2, 2, 2]);
+        assert!(t.question_images.is_empty());
+        store.finish_turn(&id, TurnMode::New, t.question, vec![img(3)], answer("a2"));
+        // Regenerating the second question sends its own image again.
+        let r = store
+            .begin_turn(ask(Some(&id), Some("u"), "", TurnMode::Regenerate))
+            .unwrap();
+        assert_eq!(r.question_images.len(), 1);
+        assert_eq!(r.question_images[0].pixels, vec![3, 3, 3]);
+        assert_eq!(r.history_images.len(), 2);
+        store.abort_turn(&id, false, r.undo);
+        // Replacing it drops its image.
+        let e = store
+            .begin_turn(ask(Some(&id), Some("u"), "q2 new", TurnMode::ReplaceLast))
+            .unwrap();
+        assert!(e.question_images.is_empty());
+        assert_eq!(e.history_images.len(), 2);
+    }
+
+    #[test]
     fn regenerate_and_replace_act_on_the_last_turn() {
         let store = Conversations::new(Duration::from_secs(60));
         let t = store
