@@ -59,5 +59,11 @@ for label, key, best in rows:
     y = best(r[key] for r in theirs)
     r = (x / y) if (x and y) else float('nan')
     print(f"{label:22}{x:12.2f}{y:12.2f}{r:10.2f}")
-print("ratio = ours / llama.cpp")
+for label, key, n_key in [("prefill CPU ms/token", "prefill_cpu_s", "prompt_tokens"),
+                          ("decode CPU ms/token", "decode_cpu_s", "decode_steps")]:
+    x = min(r[key] * 1e3 / max(r[n_key], 1) for r in ours)
+    y = min(r[key] * 1e3 / max(r[n_key], 1) for r in theirs)
+    print(f"{label:22}{x:12.2f}{y:12.2f}{x / y:10.2f}")
+print("ratio = ours / llama.cpp (CPU ms/token: all threads' CPU time, lower is better;"
+      " it does not grow while another process holds a core)")
 PY

@@ -7,10 +7,17 @@
 #   MEDGEMMAD=path scripts/dev.sh  # use an already built binary (skips the build)
 #
 # Fetches the test assets (scripts/fetch-assets.sh), builds the release
-# binary, writes a development configuration into a private runtime folder,
-# starts `medgemmad serve` on a Unix socket there and `medgemmad forward`
-# from 127.0.0.1:$PORT to it, then waits; Ctrl-C stops both. No sandbox is
-# applied in this mode (the status page says so).
+# binaries, sets the appliance up in a private runtime folder with the same
+# `medgemmactl setup` an administrator runs (plus a drop-in with the
+# development settings), starts `medgemmad serve` there and `medgemmad
+# forward` from 127.0.0.1:$PORT to its socket, then waits; Ctrl-C stops both.
+#
+# The daemon runs the way the package runs it: started as root it drops to
+# an unprivileged user (`medgemma`, created like the package does when it is
+# missing, else `nobody`), then Landlock and seccomp are enforced; started as
+# another user it stays that user, sandboxed. The status page shows it green.
+# The demo model is a small base model that would ramble: its answers are
+# capped at 128 tokens so a whole answer appears in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,35 +49,52 @@ fi
 
 run="$(mktemp -d "${XDG_RUNTIME_DIR:-/tmp}/medgemmad-dev.XXXXXX")"
 chmod 700 "$run"
-# Audit keys, pins and the audit directory: the same `medgemmactl setup` an
-# admin runs (its configuration output is replaced by the dev one below).
+
+# Who the daemon runs as.
+user=""
+if [ "$(id -u)" = 0 ]; then
+  if ! getent passwd medgemma >/dev/null; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin medgemma 2>/dev/null || true
+  fi
+  if getent passwd medgemma >/dev/null; then user=medgemma; else user=nobody; fi
+fi
+tokenizer=""
+[ "$demo" = true ] && tokenizer="$assets/tokenizer/tokenizer.json"
+# The service user must be able to read the model: files under root's home
+# are not, so they are linked (or copied) into the runtime folder.
+if [ -n "$user" ] && ! runuser -u "$user" -- test -r "$model"; then
+  mkdir -p "$run/model"
+  for f in "$model" ${tokenizer:+"$tokenizer"}; do
+    ln "$f" "$run/model/" 2>/dev/null || cp -r "$f" "$run/model/"
+  done
+  model="$run/model/$(basename "$model")"
+  [ -n "$tokenizer" ] && tokenizer="$run/model/$(basename "$tokenizer")"
+  chmod -R a+rX "$run/model"
+fi
+
+# Keys, pins, audit directory and the configuration: `medgemmactl setup`, as an
+# administrator runs it; the development settings go into a drop-in.
 ctl="${MEDGEMMACTL:-$(dirname "$bin")/medgemmactl}"
-setup_args=(--model "$model" --state-dir "$run/state" --config-out "$run/setup.toml" --run-dir "$run" --label "$label")
-[ "$demo" = true ] && setup_args+=(--demo --tokenizer "$assets/tokenizer/tokenizer.json")
-"$ctl" setup "${setup_args[@]}"
-cat > "$run/medgemmad.toml" <<TOML
-# Written by scripts/dev.sh; see packaging/medgemmad.example.toml.
-[model]
-path = "$model"
-$tokenizer_line
-label = "$label"
-demo = $demo
-
-[engine]
-backend = "auto"
-context_length = 8192
-queue_length = 8
-max_new_tokens = 1024
-
-[server]
-ui_socket = "$run/ui.sock"
-listen_port = $port
-
-[audit]
-dir = "$run/state/audit"
-key_file = "$run/state/audit-key/current"
-content_key_file = "$run/state/audit-key/content"
-TOML
+setup_args=(--config "$run/medgemmad.toml" setup --model "$model" --state-dir "$run/state" --run-dir "$run" --label "$label")
+[ "$demo" = true ] && setup_args+=(--demo --tokenizer "$tokenizer")
+"$ctl" "${setup_args[@]}"
+mkdir -p "$run/medgemmad.d"
+max_new=1024
+[ "$demo" = true ] && max_new=128
+{
+  echo "# scripts/dev.sh: the loopback port, the demo's answer cap, the service user."
+  echo "[engine]"
+  echo "max_new_tokens = $max_new"
+  echo "[server]"
+  echo "listen_port = $port"
+  if [ -n "$user" ]; then
+    echo "[sandbox]"
+    echo "user = \"$user\""
+  fi
+} >"$run/medgemmad.d/90-dev.toml"
+# The daemon's user owns its runtime folder (sockets, audit log, keys).
+[ -n "$user" ] && chown -R "$user:" "$run" && chmod 755 "$run"
+"$ctl" --config "$run/medgemmad.toml" config show >/dev/null
 
 pids=()
 cleanup() {
@@ -80,12 +104,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# As root the daemon would drop to the `medgemma` service user, which a
-# development machine may lack: run it unsandboxed there (loudly). As any
-# other user it runs sandboxed (Landlock and seccomp, no drop).
-sandbox_args=()
-[ "$(id -u)" = 0 ] && sandbox_args=(--insecure-no-sandbox)
-"$bin" serve --config "$run/medgemmad.toml" "${sandbox_args[@]}" &
+"$bin" serve --config "$run/medgemmad.toml" &
 pids+=($!)
 # The socket appears once the daemon binds it; it serves once the model is loaded.
 for _ in $(seq 1 600); do

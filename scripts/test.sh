@@ -37,6 +37,9 @@ export MEDGEMMAD="$CARGO_TARGET_DIR/debug/medgemmad"
 step "e2e: official openai client through the loopback forwarder"
 tests/e2e/run.sh
 
+step "e2e: the README's main command (scripts/dev.sh) runs sandboxed and answers"
+tests/e2e/dev-demo.sh
+
 step "browser: headless Chromium against the mock server (scripted answers, XSS)"
 tests/browser/run.sh
 

@@ -84,7 +84,7 @@ pub fn run(config: &Path, a: &DoctorArgs) -> Report {
     checks.push(pins_check(&cfg, a.deep));
     checks.push(disk_check(&cfg));
     checks.push(socket_check(&cfg));
-    checks.push(landlock_check());
+    checks.push(landlock_check(&cfg));
     checks.push(seccomp_check());
     checks.push(audit_check(&cfg));
     checks.push(clock_check(&cfg));
@@ -336,20 +336,48 @@ fn socket_check(cfg: &DaemonConfig) -> Check {
     }
 }
 
-fn landlock_check() -> Check {
-    match std::fs::read_to_string("/sys/kernel/security/lsm") {
-        Ok(lsm) if lsm.split(',').any(|m| m.trim() == "landlock") => {
-            ok("landlock", format!("enabled (LSMs: {})", lsm.trim()))
+/// The running kernel's Landlock ABI against `sandbox.min_landlock_abi`,
+/// and what the daemon will not enforce with Landlock at that ABI (with what
+/// covers it).
+fn landlock_check(cfg: &DaemonConfig) -> Check {
+    let min = cfg
+        .config
+        .as_ref()
+        .map_or_else(medgemma_protocol::config::defaults::min_landlock_abi, |c| {
+            c.sandbox.min_landlock_abi
+        });
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    match medgemma_sandbox::kernel_abi() {
+        Ok(abi) if abi >= min => {
+            let abi = abi.min(medgemma_sandbox::NEWEST_KNOWN_LANDLOCK_ABI);
+            let gaps = medgemma_sandbox::gaps_at(abi);
+            let detail = if gaps.is_empty() {
+                format!("kernel ABI {abi} (minimum {min}): every right enforced")
+            } else {
+                let list: Vec<String> = gaps
+                    .iter()
+                    .map(|g| format!("{} (covered by {})", g.right, g.covered_by))
+                    .collect();
+                format!(
+                    "kernel ABI {abi} (minimum {min}); not enforced by Landlock at this ABI: {}",
+                    list.join("; ")
+                )
+            };
+            ok("landlock", detail)
         }
-        Ok(lsm) => fail(
+        Ok(abi) => fail(
             "landlock",
-            format!("not enabled (LSMs: {})", lsm.trim()),
-            "boot with lsm=landlock,... on the kernel command line (kernel 5.13 or later; 6.7+ for the full rule set)",
+            format!(
+                "the kernel's Landlock ABI is {abi}, below sandbox.min_landlock_abi = {min}: medgemmad will not start"
+            ),
+            "boot a kernel with a newer Landlock (Debian 13's 6.12 has ABI 6), or lower sandbox.min_landlock_abi to what this site accepts (the README lists what each ABI enforces)",
         ),
-        Err(e) => warn(
+        Err(e) => fail(
             "landlock",
-            format!("cannot read /sys/kernel/security/lsm: {e}"),
-            "mount securityfs, or check the kernel has CONFIG_SECURITY_LANDLOCK",
+            format!("Landlock is not available ({e}; LSMs: {lsm}): medgemmad will not start"),
+            "enable it at boot: add landlock to lsm= on the kernel command line (kernel 5.13 or later), then reboot",
         ),
     }
 }

@@ -212,6 +212,7 @@ fn new_config(state: &Path, run_dir: Option<&Path>, model: &Path) -> Config {
             demo: false,
             system_prompt_file: None,
             pins_file: Some(state.join("model.pins.json")),
+            on_pin_mismatch: Default::default(),
         },
         engine: EngineSection::default(),
         server: ServerSection {
@@ -224,6 +225,7 @@ fn new_config(state: &Path, run_dir: Option<&Path>, model: &Path) -> Config {
             key_file: state.join("audit-key/current"),
             content_key_file: state.join("audit-key/content"),
             signing_key_file: Some(state.join("export-key/signing.pk8")),
+            ..AuditSection::default()
         },
         sandbox: SandboxSection::default(),
     }

@@ -174,7 +174,7 @@ fn report(doc: &AdminStatus) -> Report {
         ));
     }
     let sandbox = if doc.sandbox.enforced {
-        "enforced".to_owned()
+        format!("enforced: {}", doc.sandbox.summary.join("; "))
     } else if doc.sandbox.insecure_no_sandbox {
         "OFF (--insecure-no-sandbox)".to_owned()
     } else {

@@ -14,7 +14,8 @@
 //! text anywhere but [`medgemma_audit::ContentHasher::hash`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use medgemma_audit::{
@@ -48,13 +49,43 @@ pub enum AuditOpenError {
     Audit(#[from] AuditError),
 }
 
+/// Why the audit writer thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// The OS refused the thread.
+    #[error("cannot start the audit writer thread: {0}")]
+    Spawn(std::io::Error),
+    /// Its start-up step (narrowing its seccomp role) failed.
+    #[error("cannot start the audit writer thread: {0}")]
+    Start(String),
+}
+
 /// The open audit log, shared by the request handlers.
 #[derive(Debug)]
 pub struct Auditor {
     log: Mutex<AuditLog>,
     hasher: ContentHasher,
-    model: ModelFingerprint,
+    /// The model's fingerprint: the label until the weights are checked
+    /// ([`Auditor::set_model`]).
+    model: RwLock<ModelFingerprint>,
     dir: PathBuf,
+    /// The writer thread's queue, once started ([`Auditor::start_writer`]).
+    writer: OnceLock<Sender<WriteJob>>,
+}
+
+/// Work for the writer thread, and where its outcome goes.
+enum WriteJob {
+    /// Append one record.
+    Append(Event, tokio::sync::oneshot::Sender<Result<(), AuditError>>),
+    /// Apply retention.
+    Retain(tokio::sync::oneshot::Sender<Result<Retained, AuditError>>),
+}
+
+/// What retention did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Files deleted.
+    pub files: usize,
 }
 
 impl Auditor {
@@ -69,13 +100,18 @@ impl Auditor {
                 cfg.content_key_file.clone(),
             ));
         }
-        let log = AuditLog::open(&cfg.dir, &cfg.key_file, AuditOptions::default())?;
+        let options = AuditOptions {
+            retention_days: cfg.retention_days,
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&cfg.dir, &cfg.key_file, options)?;
         let hasher = ContentHasher::load(&cfg.content_key_file)?;
         let me = Self {
             log: Mutex::new(log),
             hasher,
-            model,
+            model: RwLock::new(model),
             dir: cfg.dir.clone(),
+            writer: OnceLock::new(),
         };
         me.append(Event::Startup {
             software: software_version(),
@@ -94,11 +130,98 @@ impl Auditor {
         self.lock().append(event).map(|_| ())
     }
 
-    /// [`Auditor::append`] off the async runtime's worker threads.
+    /// Starts the thread that writes the records of requests
+    /// ([`Auditor::append_async`]), so their fsync never blocks an async
+    /// worker and never makes the runtime start a thread. Call it after the
+    /// sandbox is applied (a thread inherits Landlock only from the thread
+    /// that creates it after `landlock_restrict_self`); `on_start` runs
+    /// first on the new thread (it narrows the thread's seccomp role) and its
+    /// error is returned here. The thread ends when the last handle on the
+    /// auditor is dropped.
+    pub fn start_writer<E>(
+        self: &Arc<Self>,
+        on_start: impl FnOnce() -> Result<(), E> + Send + 'static,
+    ) -> Result<(), WriterError>
+    where
+        E: std::fmt::Display,
+    {
+        let (tx, rx) = channel::<WriteJob>();
+        let (ready_tx, ready_rx) = channel::<Result<(), String>>();
+        let auditor: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("medgemmad-audit".to_owned())
+            .spawn(move || {
+                let started = on_start().map_err(|e| e.to_string());
+                let ok = started.is_ok();
+                let _ = ready_tx.send(started);
+                if !ok {
+                    return;
+                }
+                while let Ok(job) = rx.recv() {
+                    let Some(auditor) = auditor.upgrade() else {
+                        return;
+                    };
+                    match job {
+                        WriteJob::Append(event, reply) => {
+                            let _ = reply.send(auditor.append(event));
+                        }
+                        WriteJob::Retain(reply) => {
+                            let _ = reply.send(auditor.apply_retention());
+                        }
+                    }
+                }
+            })
+            .map_err(WriterError::Spawn)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(WriterError::Start(e)),
+            Err(_) => return Err(WriterError::Start("the thread ended at once".to_owned())),
+        }
+        let _ = self.writer.set(tx);
+        Ok(())
+    }
+
+    /// [`Auditor::append`] on the writer thread, waiting for the record to
+    /// be on disk without blocking the async runtime (before the writer
+    /// starts, appends here: tests, start-up).
     pub async fn append_async(self: &Arc<Self>, event: Event) -> Result<(), AuditError> {
-        // The server runs on a multi-threaded runtime: fsync here without
-        // stalling the other connections.
-        tokio::task::block_in_place(|| self.append(event))
+        let Some(writer) = self.writer.get() else {
+            return self.append(event);
+        };
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        writer
+            .send(WriteJob::Append(event, reply))
+            .map_err(|_| self.writer_stopped())?;
+        outcome.await.map_err(|_| self.writer_stopped())?
+    }
+
+    /// Deletes the files older than `audit.retention_days`, after recording
+    /// the deletion in the log (blocking; at start and from the daily task
+    /// through [`Auditor::apply_retention_async`]).
+    pub fn apply_retention(&self) -> Result<Retained, AuditError> {
+        let report = self.lock().apply_retention(std::time::SystemTime::now())?;
+        Ok(Retained {
+            files: report.removed.len(),
+        })
+    }
+
+    /// [`Auditor::apply_retention`] on the writer thread.
+    pub async fn apply_retention_async(self: &Arc<Self>) -> Result<Retained, AuditError> {
+        let Some(writer) = self.writer.get() else {
+            return self.apply_retention();
+        };
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        writer
+            .send(WriteJob::Retain(reply))
+            .map_err(|_| self.writer_stopped())?;
+        outcome.await.map_err(|_| self.writer_stopped())?
+    }
+
+    fn writer_stopped(&self) -> AuditError {
+        AuditError::Write {
+            path: self.dir.clone(),
+            source: std::io::Error::other("the audit writer thread has stopped"),
+        }
     }
 
     /// The keyed digest of a text.
@@ -107,8 +230,21 @@ impl Auditor {
     }
 
     /// The model's fingerprint as recorded.
-    pub fn model(&self) -> &ModelFingerprint {
-        &self.model
+    pub fn model(&self) -> ModelFingerprint {
+        self.model
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |m| m.clone())
+    }
+
+    /// Records the weights' fingerprint (hex SHA-256 over the model files'
+    /// digests, `engine::verify`), once the model is loaded.
+    pub fn set_model(&self, fingerprint: &str) {
+        if let Ok(f) = ModelFingerprint::new(fingerprint) {
+            match self.model.write() {
+                Ok(mut m) => *m = f,
+                Err(p) => *p.into_inner() = f,
+            }
+        }
     }
 
     /// The log directory.
@@ -130,7 +266,7 @@ impl Auditor {
     /// The `model_load` record.
     pub fn model_load(&self, latency: Duration, ok: bool) -> Result<(), AuditError> {
         self.append(Event::ModelLoad {
-            model: self.model.clone(),
+            model: self.model(),
             latency_ms: millis(latency),
             outcome: if ok { Outcome::Ok } else { Outcome::Error },
         })
@@ -167,7 +303,7 @@ impl Auditor {
         let event = Event::ConversationStart {
             actor: actor.clone(),
             conversation: conversation.clone(),
-            model: self.model.clone(),
+            model: self.model(),
         };
         self.append_async(event).await
     }
@@ -177,7 +313,7 @@ impl Auditor {
         let event = Event::Answer(Answer {
             actor: turn.actor,
             conversation: turn.conversation,
-            model: self.model.clone(),
+            model: self.model(),
             tokens_in: clamp(turn.tokens_in),
             tokens_out: clamp(turn.tokens_out),
             finish: turn.finish,
@@ -251,17 +387,10 @@ pub fn conversation_id(id: &str) -> ConversationId {
     })
 }
 
-/// The fingerprint of the configured model: the SHA-256 of the pins file
-/// `medgemmactl setup` wrote (so it changes with any model file), else the
-/// label as a token.
-pub fn model_fingerprint(pins_file: Option<&Path>, label: &str) -> ModelFingerprint {
-    if let Some(bytes) = pins_file.and_then(|p| std::fs::read(p).ok()) {
-        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        if let Ok(f) = ModelFingerprint::new(&hex) {
-            return f;
-        }
-    }
+/// The model's name as a token: what the log records until the weights'
+/// fingerprint is known ([`Auditor::set_model`]), and for the scripted test
+/// double, which has none.
+pub fn label_fingerprint(label: &str) -> ModelFingerprint {
     let mut slug: String = label
         .chars()
         .map(|c| {
@@ -302,7 +431,7 @@ mod tests {
         assert_eq!(api_actor().as_str(), API_ACTOR);
         assert_eq!(browser_actor(None).as_str(), UNKNOWN_BROWSER_ACTOR);
         assert_eq!(
-            model_fingerprint(None, "MedGemma 1.5 4B").as_str(),
+            label_fingerprint("MedGemma 1.5 4B").as_str(),
             "medgemma-1-5-4b"
         );
     }

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medgemma_sandbox::{
-    self as sandbox, LandlockPolicy, ResolvedUser, Role, SandboxError, SandboxState, SeccompMode,
-    SeccompPolicy,
+    self as sandbox, LandlockOptions, LandlockPolicy, ResolvedUser, Role, SandboxError,
+    SandboxState, SeccompMode, SeccompPolicy,
 };
 
-use medgemma_protocol::status::SandboxStatus;
+use medgemma_protocol::status::{LandlockGap, LandlockStatus, SandboxStatus};
 
 use crate::config::{ResolvedBackend, Settings};
 
@@ -55,9 +55,10 @@ pub const INSECURE_WARNING: &str = "WARNING: --insecure-no-sandbox: running WITH
 /// the UI and admin sockets (the daemon removes its socket files on exit),
 /// the audit key directory, `sandbox.state_dir` and `sandbox.cache_dir`.
 /// With the CUDA backend, [`cuda_paths`] adds the GPU's device nodes and
-/// driver files. Everything else is denied (`EACCES`), including `Execute`
-/// everywhere.
-pub fn landlock_policy(settings: &Settings) -> LandlockPolicy {
+/// driver state, and `gpu_libraries` the driver's library files exactly as
+/// the loader resolved them before the lockdown (`engine::gpu::prepare`).
+/// Everything else is denied (`EACCES`), including `Execute` everywhere.
+pub fn landlock_policy(settings: &Settings, gpu_libraries: &[PathBuf]) -> LandlockPolicy {
     let mut read_only = vec![settings.model.path.clone()];
     read_only.extend(settings.model.tokenizer_path.iter().cloned());
     read_only.extend(settings.model.system_prompt_file.iter().cloned());
@@ -103,6 +104,7 @@ pub fn landlock_policy(settings: &Settings) -> LandlockPolicy {
     if uses_cuda(settings) {
         let cuda = cuda_paths();
         policy.read_only.extend(cuda.read_only);
+        policy.read_only.extend(gpu_libraries.iter().cloned());
         policy.devices.extend(cuda.devices);
         policy.proc_write_comm = true;
     }
@@ -124,14 +126,19 @@ fn uses_cuda(settings: &Settings) -> bool {
     settings.backend.backend == ResolvedBackend::Cuda
 }
 
-/// What the CUDA driver needs beyond the CPU engine (shared/spec/sandbox.md,
-/// "What CUDA needs inside the sandbox"). Only paths that exist on this
-/// machine are listed (`apply_landlock` refuses a missing path, and e.g.
-/// `/dev/nvidia-caps` only exists with MIG). The list is confirmed on a GPU
-/// machine with `scripts/gpu-sandbox-check.sh`.
+/// What the CUDA driver needs beyond the CPU engine and its libraries
+/// (shared/spec/sandbox.md, "What CUDA needs inside the sandbox"): device
+/// nodes and the driver's state in `/proc` and `/sys`. The libraries are
+/// not listed here: they are loaded before the lockdown and their files, as
+/// resolved, become rules (`medgemma_sandbox::preload_cuda_libraries`), so
+/// a driver in `/usr/local/nvidia/lib64` or `/usr/lib64` is found as the
+/// loader finds it. Only paths that exist on this machine are listed
+/// (`apply_landlock` refuses a missing path, and e.g. `/dev/nvidia-caps`
+/// only exists with MIG). The list is confirmed on a GPU machine with
+/// `scripts/gpu-sandbox-check.sh`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CudaPaths {
-    /// Driver state in `/proc` and `/sys`, driver libraries, NVRTC, headers.
+    /// Driver state in `/proc` and `/sys`, CUDA headers.
     pub read_only: Vec<PathBuf>,
     /// Device nodes: read, write and device ioctls (Landlock ABI 5).
     pub devices: Vec<PathBuf>,
@@ -181,31 +188,6 @@ pub fn cuda_paths() -> CudaPaths {
     .iter()
     .map(PathBuf::from)
     .collect();
-    // Driver libraries and NVRTC, wherever the distribution puts them.
-    const LIBS: &[&str] = &[
-        "libcuda.so",
-        "libnvidia-ptxjitcompiler.so",
-        "libnvidia-ml.so",
-        "libnvrtc",
-    ];
-    for dir in [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/usr/local/cuda/lib64",
-        "/usr/local/cuda/targets/x86_64-linux/lib",
-    ] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if LIBS.iter().any(|l| name.starts_with(l)) {
-                read_only.push(entry.path());
-            }
-        }
-    }
     devices.retain(|p| p.exists());
     read_only.retain(|p| p.exists());
     devices.sort();
@@ -223,14 +205,38 @@ pub fn service_user(settings: &Settings) -> Result<Option<ResolvedUser>, Sandbox
     sandbox::resolve_user(&settings.sandbox.user).map(Some)
 }
 
+/// The engine thread's seccomp role: the CPU engine has no device ioctls,
+/// executable mappings or `memfd_create`; the CUDA engine's ioctls are the
+/// NVIDIA driver's request numbers.
+pub fn engine_role(settings: &Settings) -> Role {
+    if uses_cuda(settings) {
+        Role::EngineCuda
+    } else {
+        Role::EngineCpu
+    }
+}
+
+/// What the daemon asks of Landlock: every right the kernel offers, at
+/// least `sandbox.min_landlock_abi`, at most `cap` (`serve
+/// --landlock-abi-cap`: tests of the lower ABIs on a newer kernel).
+pub fn landlock_options(settings: &Settings, cap: Option<i32>) -> LandlockOptions {
+    LandlockOptions {
+        min_abi: settings.sandbox.min_landlock_abi,
+        max_abi: cap,
+    }
+}
+
 /// Steps 4 to 7 of the startup: drop to `user` (when started as root),
 /// `no_new_privs`, not dumpable, no core dumps, Landlock from `policy`
-/// (refusing anything but full enforcement at the required ABI), then the
-/// process-wide seccomp filters. Must run while the process has one thread.
-/// Returns lines for the startup log.
+/// (every right the kernel offers; refusing anything but full enforcement,
+/// or an ABI below the minimum), then the process-wide seccomp filters for
+/// this `engine` role. Must run while the process has one thread. Returns
+/// lines for the startup log.
 pub fn lock_down(
     user: Option<&ResolvedUser>,
     policy: &LandlockPolicy,
+    landlock: &LandlockOptions,
+    engine: Role,
     mode: SeccompMode,
 ) -> Result<Vec<String>, SandboxError> {
     let mut log = Vec::new();
@@ -255,23 +261,18 @@ pub fn lock_down(
         "no_new_privs set, not dumpable, core dumps off (RLIMIT_CORE 1; core_pattern {:?})",
         hardened.core_pattern.unwrap_or_default()
     ));
-    let landlock = sandbox::apply_landlock(policy)?;
-    if !landlock.fully_enforced || landlock.kernel_abi < sandbox::REQUIRED_LANDLOCK_ABI {
-        // apply_landlock already refuses this; checked again because serving
-        // under a partial ruleset is the one thing this must never do.
+    let applied = sandbox::apply_landlock_with(policy, landlock)?;
+    if !applied.fully_enforced || applied.enforced_abi < applied.required_abi {
+        // apply_landlock_with already refuses this; checked again because
+        // serving under a partial ruleset is the one thing this must never do.
         return Err(SandboxError::LandlockNotEnforced {
             status: "below the required ABI or not fully enforced",
         });
     }
+    log.push(applied.summary());
+    let seccomp = sandbox::apply_seccomp(&SeccompPolicy::process_wide_for(engine), mode)?;
     log.push(format!(
-        "Landlock fully enforced (kernel ABI {}, required {}): {} rules",
-        landlock.kernel_abi,
-        landlock.required_abi,
-        landlock.rules.len()
-    ));
-    let seccomp = sandbox::apply_seccomp(&SeccompPolicy::process_wide(), mode)?;
-    log.push(format!(
-        "seccomp: {} filters on every thread ({} syscalls allowed, {} kill the process), mode {:?}",
+        "seccomp: {} filters on every thread ({} syscalls allowed, {} kill the process), mode {:?}, engine role {engine:?}",
         seccomp.filters_installed, seccomp.allowed_syscalls, seccomp.kill_list_len, seccomp.mode
     ));
     if mode == SeccompMode::Log {
@@ -284,16 +285,24 @@ pub fn lock_down(
     Ok(log)
 }
 
-/// Narrows the calling thread (the engine thread, first thing) to
-/// [`Role::Engine`]; the CPU backend's and the GPU driver's threads it
-/// creates inherit that.
-pub fn narrow_engine_thread(mode: SeccompMode) -> Result<(), SandboxError> {
-    sandbox::narrow_current_thread(&SeccompPolicy::for_role(Role::Engine), mode)
+/// Narrows the calling thread (the engine thread, first thing) to the
+/// engine `role`; the CPU backend's and the GPU driver's threads it creates
+/// inherit that.
+pub fn narrow_engine_thread(role: Role, mode: SeccompMode) -> Result<(), SandboxError> {
+    narrow_thread(role, mode)
+}
+
+/// Narrows the calling thread to `role` (a no-op when it already runs
+/// under it).
+pub fn narrow_thread(role: Role, mode: SeccompMode) -> Result<(), SandboxError> {
+    sandbox::narrow_current_thread(&SeccompPolicy::for_role(role), mode)
 }
 
 /// Narrows the calling thread (main, after the engine thread started) to
 /// [`Role::Http`] and returns the `on_thread_start` hook that narrows every
-/// tokio worker and blocking-pool thread the same way.
+/// tokio worker and blocking-pool thread the same way (a thread already
+/// under the role, one started from a narrowed thread, is left as it is: the
+/// filter stack cannot grow).
 pub fn narrow_http(mode: SeccompMode) -> Result<impl Fn() + Send + Sync + 'static, SandboxError> {
     sandbox::narrow_current_thread(&SeccompPolicy::for_role(Role::Http), mode)?;
     sandbox::thread_start_hook(Role::Http, mode)
@@ -319,15 +328,48 @@ pub fn sandbox_status() -> SandboxStatus {
                 Ok(serde_json::Value::Object(m)) => m,
                 _ => serde_json::Map::new(),
             };
-            if let Some(rules) = kernel.get_mut("landlock").and_then(|l| l.get_mut("rules")) {
-                let n = rules.as_array().map_or(0, Vec::len);
-                *rules = n.into();
-            }
             kernel.remove("insecure_no_sandbox");
+            kernel.remove("landlock");
+            let landlock = state.landlock.as_ref().map(|l| LandlockStatus {
+                kernel_abi: l.kernel_abi,
+                enforced_abi: l.enforced_abi,
+                required_abi: l.required_abi,
+                fully_enforced: l.fully_enforced,
+                rules: l.rules.len(),
+                not_enforced: l
+                    .not_enforced
+                    .iter()
+                    .map(|g| LandlockGap {
+                        right: g.right.to_owned(),
+                        since_abi: g.since_abi,
+                        guards: g.guards.to_owned(),
+                        covered_by: g.covered_by.to_owned(),
+                    })
+                    .collect(),
+            });
+            let mut summary = Vec::new();
+            if state.insecure_no_sandbox {
+                summary.push("OFF: --insecure-no-sandbox (development only)".to_owned());
+            }
+            if state.uid[1] != 0 {
+                summary.push(format!(
+                    "running as uid {} gid {}",
+                    state.uid[1], state.gid[1]
+                ));
+            }
+            summary.extend(state.landlock.as_ref().map(|l| l.summary()));
+            summary.extend(state.seccomp.as_ref().map(|s| {
+                format!(
+                    "seccomp {:?}: {} filters on this thread",
+                    s.mode, state.seccomp_filters
+                )
+            }));
             SandboxStatus {
                 enforced: problems.is_empty(),
                 insecure_no_sandbox: state.insecure_no_sandbox,
                 problems,
+                summary,
+                landlock,
                 kernel,
             }
         }
@@ -335,6 +377,8 @@ pub fn sandbox_status() -> SandboxStatus {
             enforced: false,
             insecure_no_sandbox: false,
             problems: vec![format!("the sandbox state cannot be read: {e}")],
+            summary: Vec::new(),
+            landlock: None,
             kernel: serde_json::Map::new(),
         },
     }
@@ -446,7 +490,7 @@ mod tests {
     fn policy_is_derived_from_the_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path(), "cpu");
-        let p = landlock_policy(&s);
+        let p = landlock_policy(&s, &[]);
         assert_eq!(p.read_only, vec![dir.path().join("m.gguf")]);
         // Audit dir and cache dir are the same here: listed once.
         assert_eq!(
@@ -461,8 +505,22 @@ mod tests {
     fn a_cuda_decision_opens_the_gpu_and_keeps_the_cache_writable() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), "cpu");
+        let libs = [PathBuf::from(
+            "/usr/local/nvidia/lib64/libnvidia-ml.so.580.159",
+        )];
+        let cpu = landlock_policy(&s, &libs);
+        assert!(
+            !cpu.read_only.contains(&libs[0]),
+            "no GPU files for the CPU"
+        );
+        assert_eq!(engine_role(&s), Role::EngineCpu);
         s.backend.backend = ResolvedBackend::Cuda;
-        let p = landlock_policy(&s);
+        assert_eq!(engine_role(&s), Role::EngineCuda);
+        let p = landlock_policy(&s, &libs);
+        assert!(
+            p.read_only.contains(&libs[0]),
+            "the driver's files as the loader resolved them"
+        );
         assert!(
             p.proc_write_comm,
             "cuInit writes /proc/<pid>/task/<tid>/comm"
@@ -483,9 +541,9 @@ mod tests {
         std::fs::write(&pins, "{}").unwrap();
         let mut s = settings(dir.path(), "cpu");
         s.model.pins_file = Some(pins.clone());
-        assert!(landlock_policy(&s).read_only.contains(&pins));
+        assert!(landlock_policy(&s, &[]).read_only.contains(&pins));
         std::fs::remove_file(&pins).unwrap();
-        assert!(!landlock_policy(&s).read_only.contains(&pins));
+        assert!(!landlock_policy(&s, &[]).read_only.contains(&pins));
     }
 
     #[test]

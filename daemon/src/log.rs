@@ -139,6 +139,38 @@ pub fn turn(conv: &str, s: &TurnCounts, queued_for: Duration) {
     ));
 }
 
+thread_local! {
+    /// Where this thread last panicked (set by the panic hook).
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Replaces the default panic hook, which prints the panic's message: a
+/// string-slicing panic quotes up to 256 bytes of the string, which may be a
+/// clinician's question. This hook logs the thread and the source location
+/// only, and keeps the location for [`last_panic_location`].
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map_or_else(
+            || "an unknown place".to_owned(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(at.clone()));
+        error(format_args!(
+            "internal error (a panic) in thread {thread} at {at}; its message is not logged, as it may quote request text"
+        ));
+    }));
+}
+
+/// Where the calling thread last panicked, if it did (for sentences about a
+/// caught panic: the location, never the message).
+pub fn last_panic_location() -> Option<String> {
+    LAST_PANIC.with(|p| p.borrow().clone())
+}
+
 /// A turn failed with `code` (a stable error code).
 pub fn turn_failed(conv: &str, code: &str) {
     warn(format_args!("turn conv={conv} failed code={code}"));

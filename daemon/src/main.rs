@@ -5,5 +5,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     medgemmad::log::init();
+    medgemmad::log::install_panic_hook();
     medgemmad::cli::run(medgemmad::cli::Cli::parse())
 }

@@ -16,10 +16,14 @@
 //!    socket (connected now: `socket(2)` is denied later).
 //! 4. Drop root to the service user (when started as root; otherwise stay
 //!    and say so). 5. `no_new_privs`, not dumpable, core dumps off.
-//!    6. Landlock derived from the configuration, fully enforced at the
-//!    required ABI or no start. 7. seccomp on every thread (exit 6).
-//! 8. Only then threads: the engine thread (narrows itself to the engine
-//!    role, loads the model, reports "ready"; exit 3 on failure), then main
+//!    6. Landlock derived from the configuration: every right the kernel
+//!    offers, fully enforced, at least `sandbox.min_landlock_abi` or no
+//!    start; what this ABI does not enforce is logged with what covers it.
+//!    7. seccomp on every thread, the engine's role CPU or CUDA (exit 6).
+//! 8. Only then threads: the audit writer (records are fsynced there, never
+//!    on an async worker), the engine thread (narrows itself to the engine
+//!    role, CPU or CUDA, loads the model, reports "ready"; exit 3 on
+//!    failure), then main
 //!    narrows to the HTTP role and builds the async runtime, whose threads
 //!    narrow themselves at start; serve until SIGTERM or SIGINT, then shut
 //!    down gracefully and remove the socket files this process created.
@@ -75,6 +79,11 @@ pub struct ServeArgs {
     /// `type=1326`) instead of denying them; the hostile calls still kill.
     #[arg(long)]
     seccomp_log: bool,
+    /// Testing: ask Landlock for the rights of at most this ABI even if the
+    /// kernel offers more (shows what an older kernel enforces); never
+    /// below `sandbox.min_landlock_abi`.
+    #[arg(long, value_name = "ABI", value_parser = clap::value_parser!(i32).range(1..=10))]
+    landlock_abi_cap: Option<i32>,
 }
 
 /// Why serving failed.
@@ -110,6 +119,9 @@ pub enum ServeError {
     /// The audit log cannot be opened or written.
     #[error(transparent)]
     Audit(#[from] AuditOpenError),
+    /// The audit writer thread cannot start.
+    #[error(transparent)]
+    AuditWriter(#[from] audit_log::WriterError),
     /// The admin socket cannot be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -139,6 +151,7 @@ impl ServeError {
             Self::Sandbox(_) => 6,
             Self::Listener(_) | Self::Admin(_) => 4,
             Self::Audit(_) => 5,
+            Self::AuditWriter(_) => 6,
             Self::Runtime(_) | Self::Server(_) => 1,
             Self::EngineStopped => 8,
         }
@@ -165,7 +178,8 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     let mut settings = Settings::load(&args.config)?;
     //    The GPU driver, while single-threaded: libcuda must load before
     //    CUDA is touched, and the driver's environment is set now (gpu.rs).
-    for line in gpu::prepare(&mut settings)? {
+    let gpu = gpu::prepare(&mut settings)?;
+    for line in &gpu.log {
         log::info(format_args!("gpu: {line}"));
     }
     let settings = Arc::new(settings);
@@ -190,14 +204,17 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     // 3. Open what is needed: the audit log (before the sandbox closes the
     //    file system), ...
-    let fingerprint =
-        audit_log::model_fingerprint(settings.model.pins_file.as_deref(), &settings.model.label);
-    let auditor = Arc::new(Auditor::open(&settings.audit, fingerprint)?);
+    let auditor = Arc::new(Auditor::open(
+        &settings.audit,
+        audit_log::label_fingerprint(&settings.model.label),
+    )?);
     log::info(format_args!(
         "audit log {} open: next record {}",
         settings.audit.dir.display(),
         auditor.head().next_seq
     ));
+    //    Retention now, then daily (`audit.retention_days`).
+    retention_done(auditor.apply_retention(), settings.audit.retention_days);
 
     //    ... the model files (checked), the UI and admin sockets, and the
     //    sd_notify socket (connected now: socket(2) is denied from step 7).
@@ -231,13 +248,19 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     // 4.-7. Drop root, harden, Landlock, seccomp on every thread.
     if let Some(mode) = mode {
-        let policy = lockdown::landlock_policy(&settings);
-        for line in lockdown::lock_down(user.as_ref(), &policy, mode)? {
+        let policy = lockdown::landlock_policy(&settings, &gpu.libraries);
+        let landlock = lockdown::landlock_options(&settings, args.landlock_abi_cap);
+        let engine = lockdown::engine_role(&settings);
+        for line in lockdown::lock_down(user.as_ref(), &policy, &landlock, engine, mode)? {
             log::info(format_args!("sandbox: {line}"));
         }
     }
 
-    // 8. Only now threads: the engine, the runtime; serve.
+    // 8. Only now threads: the audit writer, the engine, the runtime; serve.
+    auditor.start_writer(move || match mode {
+        Some(mode) => lockdown::narrow_thread(medgemma_sandbox::Role::Http, mode),
+        None => Ok(()),
+    })?;
     let result = serve(
         &settings,
         ui.listener,
@@ -297,9 +320,18 @@ fn serve(
 ) -> Result<(), ServeError> {
     // 8a. The engine thread (it narrows itself to the engine role before
     //     loading), ready before anything is served.
-    let loader = engine_load::loader(EngineJob::new(settings), mode);
+    let role = lockdown::engine_role(settings);
+    let loader = engine_load::loader(EngineJob::new(settings), mode.map(|m| (role, m)));
     let t0 = Instant::now();
     let started = worker::start(loader, settings.engine.queue_length);
+    // The log names the weights that answer: their digests, taken while loading.
+    if let Some(w) = started
+        .as_ref()
+        .ok()
+        .and_then(|e| e.snapshot().info.weights.clone())
+    {
+        auditor.set_model(&w.fingerprint);
+    }
     auditor
         .model_load(t0.elapsed(), started.is_ok())
         .map_err(|e| ServeError::Audit(e.into()))?;
@@ -360,6 +392,10 @@ fn serve(
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
         );
+        tokio::spawn(daily_retention(
+            Arc::clone(auditor),
+            settings.audit.retention_days,
+        ));
         if let Some(every) = watchdog.filter(|_| notifier.is_connected()) {
             tokio::spawn(watchdog_pings(notifier.clone(), engine.clone(), every));
         }
@@ -383,6 +419,28 @@ fn serve(
     runtime.shutdown_timeout(server::SHUTDOWN_GRACE);
     log::info(format_args!("stopped"));
     Ok(())
+}
+
+/// Applies retention once a day while serving.
+async fn daily_retention(auditor: Arc<Auditor>, days: u32) {
+    let mut every = tokio::time::interval(Duration::from_secs(24 * 3600));
+    every.tick().await; // the first tick is now; retention ran at start
+    loop {
+        every.tick().await;
+        retention_done(auditor.apply_retention_async().await, days);
+    }
+}
+
+/// Logs what retention did.
+fn retention_done(result: Result<audit_log::Retained, medgemma_audit::AuditError>, days: u32) {
+    match result {
+        Ok(r) if r.files > 0 => log::info(format_args!(
+            "audit retention: deleted {} file(s) older than {days} days (recorded in the log)",
+            r.files
+        )),
+        Ok(_) => {}
+        Err(e) => log::error(format_args!("audit retention failed: {e}")),
+    }
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).

@@ -22,6 +22,9 @@ const CANARIES: &[&str] = &[
     "CANARY-7f3a Mrs Jane Canary DOB 1961-02-03 MRN 000731 chest pain",
     "CANARY-91bc metformin 850mg creatinine 2.4 patient Zhang Wei",
     "CANARY-c0de HIV positive, lives at 12 Canary Wharf",
+    // The scripted engine panics with this message's text in the panic
+    // message (as a string-slicing panic would quote it).
+    "PANIC-TEST CANARY-d00d pregnant, 34 weeks, on warfarin",
 ];
 
 fn records(dir: &Path) -> Vec<serde_json::Value> {
@@ -29,6 +32,7 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("audit"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     for f in files {
@@ -125,16 +129,31 @@ async fn answers_are_recorded_before_done_and_no_text_is_stored() {
         }
     }
 
+    // A panic whose message quotes the request: the turn fails with a
+    // sentence, and the panic hook logs where, never what.
+    let events4 = chat(&d.socket, json!({ "message": CANARIES[3] })).await;
+    let last = events4.last().unwrap();
+    assert_eq!(last.name, "error");
+    assert_eq!(last.json()["code"], "engine_panic", "{}", last.data);
+    assert!(
+        d.log().contains("internal error (a panic)"),
+        "the panic is logged: {}",
+        d.log()
+    );
+
     let recs = records(&dir);
     let answers: Vec<_> = recs.iter().filter(|r| r["event"] == "answer").collect();
-    assert_eq!(answers.len(), 5, "{recs:#?}");
+    assert_eq!(answers.len(), 6, "{recs:#?}");
     assert_eq!(answers[2]["actor"], "api");
     assert_eq!(answers[4]["outcome"], "rejected");
     let starts = recs
         .iter()
         .filter(|r| r["event"] == "conversation_start")
         .count();
-    assert_eq!(starts, 4, "two browser conversations, two API requests");
+    assert_eq!(
+        starts, 5,
+        "three browser conversations (the panicked one too), two API requests"
+    );
     for a in &answers {
         assert_eq!(a["input"].as_str().unwrap().len(), 64);
         assert_eq!(a["output"].as_str().unwrap().len(), 64);
@@ -155,7 +174,10 @@ async fn answers_are_recorded_before_done_and_no_text_is_stored() {
     let stored = all_files_text(&dir);
     let log = d.log();
     for c in CANARIES {
-        let tag = &c[..11];
+        let tag = c
+            .split_whitespace()
+            .find(|w| w.starts_with("CANARY-"))
+            .unwrap();
         assert!(!stored.contains(tag), "{tag} stored on disk");
         assert!(!log.contains(tag), "{tag} in the daemon's stderr");
     }
@@ -217,7 +239,60 @@ async fn real_model_answers_are_recorded_without_text() {
     let stored = all_files_text(&dir);
     let log = d.log();
     for c in CANARIES {
-        let tag = &c[..11];
+        let tag = c
+            .split_whitespace()
+            .find(|w| w.starts_with("CANARY-"))
+            .unwrap();
         assert!(!stored.contains(tag) && !log.contains(tag), "{tag} leaked");
     }
+}
+
+/// Retention runs at start: files older than `audit.retention_days` are
+/// deleted after a `retention` record names them, and the chain still
+/// verifies with the initial key (a verifier tells retention from
+/// tampering).
+#[test]
+fn retention_deletes_expired_files_at_start_and_the_chain_verifies() {
+    use std::time::SystemTime;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Setup::default());
+    // A day of records written 200 days ago.
+    let past = SystemTime::now() - Duration::from_secs(200 * 86_400);
+    let options = medgemma_audit::AuditOptions {
+        clock: medgemma_audit::Clock::from_fn(move || past),
+        ..medgemma_audit::AuditOptions::default()
+    };
+    let audit = dir.path().join("audit");
+    let mut log =
+        medgemma_audit::AuditLog::open(&audit, &dir.path().join("audit-key/current"), options)
+            .unwrap();
+    log.append(medgemma_audit::Event::Shutdown {
+        reason: medgemma_audit::ShutdownReason::Signal,
+    })
+    .unwrap();
+    drop(log);
+    let old: Vec<_> = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    let root = dir.path().to_owned();
+    let mut d = Daemon::start_with(dir, &config, UNSANDBOXED, Duration::from_secs(30));
+    assert!(
+        d.log()
+            .contains("audit retention: deleted 1 file(s) older than 180 days"),
+        "{}",
+        d.log()
+    );
+    assert!(!old[0].exists(), "the expired file is gone");
+    nix_kill(d.pid());
+    d.wait_exit(Duration::from_secs(20));
+    let kinds = events(&root);
+    assert!(kinds.contains(&"retention".to_owned()), "{kinds:?}");
+    let initial = std::fs::read_to_string(root.join("initial-key.txt")).unwrap();
+    let key = medgemma_audit::InitialKey::parse(&initial).unwrap();
+    let report = medgemma_audit::verify(&audit, Some(&key), None).unwrap();
+    assert!(report.is_ok(), "{:?}", report.failure);
 }

@@ -236,3 +236,90 @@ async fn real_model_concurrent_turns_share_decode_steps_and_answer_as_alone() {
         "{log}"
     );
 }
+
+/// The model's files are hashed while the model loads and compared with
+/// their pins: a match serves and the audit log names the weights by their
+/// digests; one altered byte refuses to serve (exit 3) naming the file,
+/// unless `model.on_pin_mismatch = "degraded"`, which serves and says so.
+#[test]
+fn model_files_are_checked_against_their_pins_while_loading() {
+    use medgemma_protocol::pins::{Pins, hash_file};
+    let Some((gguf, tokenizer)) = real_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("gemma-3-270m.gguf");
+    std::fs::copy(&gguf, &model).unwrap();
+    let pin = hash_file(&model, |_, _| {}).unwrap();
+    let pins = dir.path().join("model.pins.json");
+    std::fs::write(&pins, Pins::new(model.clone(), vec![pin.clone()]).to_json()).unwrap();
+    let setup = Setup {
+        backend: "cpu",
+        model_path: Some(model.clone()),
+        tokenizer_path: Some(tokenizer),
+        label: "Gemma 3 270M (demo)",
+        context_length: 256,
+        max_new_tokens: 8,
+        ..Setup::default()
+    };
+    let config_with = |policy: &str| {
+        let d = tempfile::Builder::new()
+            .prefix("mgd-pins")
+            .tempdir()
+            .unwrap();
+        let config = write_config(d.path(), &setup);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[model]\n",
+            &format!("[model]\npins_file = {pins:?}\non_pin_mismatch = {policy:?}\n"),
+        );
+        std::fs::write(&config, text).unwrap();
+        (d, config)
+    };
+
+    // Pinned and unchanged: served; the log names the weights' fingerprint.
+    let (d, config) = config_with("refuse");
+    let audit = d.path().join("audit");
+    let daemon = Daemon::start_with(d, &config, UNSANDBOXED, READY);
+    let expected = medgemmad::engine::verify::fingerprint(&[pin]);
+    assert!(
+        daemon
+            .log()
+            .contains("model files checked: 1 files match their pins"),
+        "{}",
+        daemon.log()
+    );
+    let records: String = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    drop(daemon);
+    assert!(
+        records.contains(&format!("\"model\":\"{expected}\"")),
+        "model_load names the weights' digest: {records}"
+    );
+
+    // One byte altered: refused, the file named, exit 3.
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&model, &bytes).unwrap();
+    let (_d, config) = config_with("refuse");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (status, log) = run_to_exit(Some(&text), None, READY);
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("gemma-3-270m.gguf does not match its pinned SHA-256"),
+        "{log}"
+    );
+
+    // The same with "degraded": served, and said.
+    let (d, config) = config_with("degraded");
+    let daemon = Daemon::start_with(d, &config, UNSANDBOXED, READY);
+    assert!(
+        daemon
+            .log()
+            .contains("serving a model that is not the one pinned"),
+        "{}",
+        daemon.log()
+    );
+}

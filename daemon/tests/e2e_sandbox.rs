@@ -225,7 +225,7 @@ async fn sandboxed_daemon_drops_root_locks_down_every_thread_and_answers() {
         log.contains(&format!("sandbox: dropped root to user {:?}", user.name)),
         "{log}"
     );
-    assert!(log.contains("sandbox: Landlock fully enforced"), "{log}");
+    assert!(log.contains("sandbox: Landlock ABI "), "{log}");
     assert!(!log.contains("insecure-no-sandbox"), "{log}");
 
     // From outside: the process as the kernel reports it.
@@ -314,6 +314,111 @@ async fn sandboxed_daemon_drops_root_locks_down_every_thread_and_answers() {
     assert!(!socket.exists(), "socket left behind: {}", d.log());
 }
 
+/// The filter stack cannot grow: requests 11 s apart (tokio's idle
+/// blocking threads exit after 10 s, so new ones are made from narrowed
+/// threads) leave every thread at exactly four filters, read from outside
+/// after each quiet period (issue: it grew 5 → 7 over four such requests,
+/// and seccomp() fails once a thread holds 32 768 BPF instructions).
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_filters_stay_flat_over_idle_periods() {
+    const NAME: &str = "seccomp_filters_stay_flat_over_idle_periods";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let user = TestUser::get();
+    let (dir, config) = setup(&user);
+    let d = Daemon::start_with(dir, &config, &[], READY);
+    let pid = d.pid();
+    for round in 0..3 {
+        let events = chat(
+            &d.socket,
+            json!({"conversation_id": null, "message": format!("Round {round}: name a vital sign."), "max_new_tokens": 2}),
+        )
+        .await;
+        done(&events);
+        check_every_thread(pid);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        check_every_thread(pid);
+    }
+}
+
+/// Landlock graded by the kernel's ABI: for every ABI from the minimum up to
+/// the kernel's (`serve --landlock-abi-cap` asks for no more, as an older
+/// kernel would offer), the sandboxed daemon starts, answers, and reports
+/// exactly that ABI and the rights it does not enforce with what covers
+/// them; a minimum above the kernel's refuses to start (exit 6) naming both.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_landlock_abi_from_the_minimum_starts_and_reports_itself() {
+    const NAME: &str = "every_landlock_abi_from_the_minimum_starts_and_reports_itself";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    let kernel = medgemma_sandbox::kernel_abi().unwrap();
+    let user = TestUser::get();
+    for abi in 1..=kernel {
+        let (dir, config) = setup(&user);
+        let cap = abi.to_string();
+        let d = Daemon::start_with(dir, &config, &["--landlock-abi-cap", &cap], READY);
+        assert!(
+            d.log().contains(&format!(
+                "sandbox: Landlock ABI {abi} enforced (kernel {kernel}, minimum 1)"
+            )),
+            "{}",
+            d.log()
+        );
+        let (_, status) = json_of(send(&d.socket, get("/api/status")).await).await;
+        let ll = &status["sandbox"]["landlock"];
+        assert_eq!(status["sandbox"]["enforced"], true, "ABI {abi}: {status}");
+        assert_eq!(ll["enforced_abi"], abi, "{ll}");
+        assert_eq!(ll["kernel_abi"], kernel, "{ll}");
+        let gaps: Vec<i64> = ll["not_enforced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                assert!(!g["covered_by"].as_str().unwrap().is_empty(), "{g}");
+                g["since_abi"].as_i64().unwrap()
+            })
+            .collect();
+        assert!(gaps.iter().all(|&since| since > i64::from(abi)), "{ll}");
+        assert_eq!(
+            gaps.len(),
+            medgemma_sandbox::gaps_at(abi).len(),
+            "every right above ABI {abi} is listed: {ll}"
+        );
+        let summary = status["sandbox"]["summary"].to_string();
+        assert!(
+            summary.contains(&format!("Landlock ABI {abi} enforced")),
+            "{summary}"
+        );
+        done(
+            &chat(
+                &d.socket,
+                json!({"conversation_id": null, "message": "Hi", "max_new_tokens": 1}),
+            )
+            .await,
+        );
+    }
+    // A site that demands more than the kernel has: no start.
+    let (dir, config) = setup(&user);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "[sandbox]\n",
+        &format!("[sandbox]\nmin_landlock_abi = {}\n", kernel + 1),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    drop(dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains(&format!("{}", kernel + 1)), "{err}");
+    assert!(!err.contains("--insecure-no-sandbox"), "{err}");
+}
+
 /// Every thread runs in seccomp filter mode and is narrowed to its role:
 /// one filter more than the three process-wide ones.
 fn check_every_thread(pid: u32) {
@@ -333,8 +438,16 @@ fn check_every_thread(pid: u32) {
     assert!(threads.len() >= 3, "{threads:?}");
     for (name, mode, filters) in &threads {
         assert_eq!(mode, "2", "thread {name}: {threads:?}");
-        assert!(*filters >= 4, "thread {name} not narrowed: {threads:?}");
+        // The three process-wide filters and exactly one role filter: a
+        // thread started from a narrowed thread is not narrowed again.
+        assert_eq!(*filters, 4, "thread {name}: {threads:?}");
     }
+    assert!(
+        threads
+            .iter()
+            .any(|(n, _, _)| n.starts_with("medgemmad-audit")),
+        "{threads:?}"
+    );
     assert!(
         threads
             .iter()

@@ -3,8 +3,16 @@
 //!
 //! ```text
 //! cargo run --release -p medgemma-model --example cpu_bench -- \
-//!     [--model GGUF_OR_DIR] [--prompt-tokens 512] [--new-tokens 64] [--json]
+//!     [--model GGUF_OR_DIR | --random-4b Q4_K|Q8_0|BF16|...] \
+//!     [--cpu-weights as-stored|q8_0|f32] [--prompt-tokens 512] [--new-tokens 64] [--json]
 //! ```
+//!
+//! `--random-4b` builds the MedGemma 4B text decoder's shapes with random
+//! weights held in the given format (no checkpoint needed; the tokens are
+//! noise). `--cpu-weights` is the loader's mode for a checkpoint
+//! (`engine.cpu_weights`): as stored (default), bf16/f16/f32 matrices
+//! quantized to Q8_0 at load, or everything dequantized to f32 (the engine
+//! before the CPU kernels).
 //!
 //! The model defaults to the real Gemma 3 270M Q4_K_M GGUF in
 //! `$MEDGEMMA_ASSETS` (`scripts/fetch-assets.sh`). Threads: rayon's global
@@ -22,9 +30,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use medgemma_model::backend::{cpu_device, cpu_dtype};
-use medgemma_model::generate::{Flow, generate};
-use medgemma_model::load::load_model;
+use medgemma_model::config::Gemma3Config;
+use medgemma_model::gemma3::Gemma3;
+use medgemma_model::generate::{Flow, GenerateOptions, generate};
+use medgemma_model::load::load_model_with;
+use medgemma_model::quant::GgmlType;
 use medgemma_model::sampling::SamplingParams;
+use medgemma_model::weights::CpuWeights;
 
 /// One real clinical sentence in Gemma 3 ids (no `<bos>`), as in
 /// `scripts/bench/llamacpp_bench.py`.
@@ -50,8 +62,25 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time all threads of this process have run, in seconds: the sum of
+/// `/proc/self/task/*/schedstat`'s run times (proc(5), nanoseconds). Unlike
+/// wall time it does not grow while other processes hold the cores, so
+/// runs on a busy machine still compare.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
 struct Args {
     model: PathBuf,
+    random_4b: Option<GgmlType>,
+    cpu_weights: CpuWeights,
     prompt_tokens: usize,
     new_tokens: usize,
     json: bool,
@@ -66,6 +95,8 @@ fn args() -> Args {
         .unwrap_or_default();
     let mut a = Args {
         model: assets.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"),
+        random_4b: None,
+        cpu_weights: CpuWeights::AsStored,
         prompt_tokens: 512,
         new_tokens: 64,
         json: false,
@@ -75,6 +106,26 @@ fn args() -> Args {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--model" => a.model = PathBuf::from(value()),
+            "--random-4b" => {
+                a.random_4b = Some(match value().as_str() {
+                    "Q4_0" => GgmlType::Q4_0,
+                    "Q5_0" => GgmlType::Q5_0,
+                    "Q8_0" => GgmlType::Q8_0,
+                    "Q4_K" => GgmlType::Q4_K,
+                    "Q5_K" => GgmlType::Q5_K,
+                    "Q6_K" => GgmlType::Q6_K,
+                    "BF16" => GgmlType::BF16,
+                    other => panic!("unknown format {other}"),
+                })
+            }
+            "--cpu-weights" => {
+                a.cpu_weights = match value().as_str() {
+                    "as-stored" => CpuWeights::AsStored,
+                    "q8_0" => CpuWeights::Q8_0,
+                    "f32" => CpuWeights::F32,
+                    other => panic!("unknown --cpu-weights {other}"),
+                }
+            }
             "--prompt-tokens" => a.prompt_tokens = value().parse().expect("a number"),
             "--new-tokens" => a.new_tokens = value().parse().expect("a number"),
             "--json" => a.json = true,
@@ -88,18 +139,42 @@ fn main() {
     let a = args();
     let device = cpu_device();
     let t0 = Instant::now();
-    let m = load_model(&a.model, None, &device, cpu_dtype()).expect("the model loads");
+    let (model, mut opts, name) = match a.random_4b {
+        Some(ty) => {
+            let cfg = Gemma3Config::medgemma_4b();
+            let model = Gemma3::random_cpu(&cfg, ty, 0).expect("random weights");
+            let opts = GenerateOptions {
+                max_new_tokens: a.new_tokens,
+                sampling: SamplingParams::default(),
+                stop_ids: cfg.eos_token_ids.clone(),
+                ignore_eos: true,
+                context_limit: cfg.max_position_embeddings,
+                valid_vocab: cfg.vocab_size,
+                suppressed: Vec::new(),
+            };
+            (model, opts, format!("random MedGemma 4B shapes, {ty:?}"))
+        }
+        None => {
+            let m = load_model_with(&a.model, None, &device, cpu_dtype(), a.cpu_weights)
+                .expect("the model loads");
+            let opts = m.default_options(a.new_tokens, SamplingParams::default());
+            (m.model, opts, a.model.display().to_string())
+        }
+    };
     let load_s = t0.elapsed().as_secs_f64();
-    let ids = prompt(a.prompt_tokens);
-    let mut opts = m.default_options(a.new_tokens, SamplingParams::default());
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = prompt(a.prompt_tokens)
+        .into_iter()
+        .map(|i| i % vocab)
+        .collect();
     opts.ignore_eos = true;
     let cancel = AtomicBool::new(false);
 
     let mut warm = opts.clone();
     warm.max_new_tokens = 2;
     let _ = generate(
-        &m.model,
-        &mut m.model.new_cache(),
+        &model,
+        &mut model.new_cache(),
         &ids[..8.min(ids.len())],
         &warm,
         &cancel,
@@ -107,15 +182,15 @@ fn main() {
     )
     .expect("warm-up runs");
 
-    let g = generate(
-        &m.model,
-        &mut m.model.new_cache(),
-        &ids,
-        &opts,
-        &cancel,
-        |_| Flow::Continue,
-    )
+    let cpu0 = cpu_seconds();
+    let mut cpu_first = None;
+    let g = generate(&model, &mut model.new_cache(), &ids, &opts, &cancel, |_| {
+        cpu_first.get_or_insert_with(cpu_seconds);
+        Flow::Continue
+    })
     .expect("generation runs");
+    let cpu_end = cpu_seconds();
+    let cpu_first = cpu_first.unwrap_or(cpu_end);
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -123,7 +198,8 @@ fn main() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let result = serde_json::json!({
         "runtime": "medgemma-model cpu_bench",
-        "model": a.model.display().to_string(),
+        "model": name,
+        "cpu_weights": format!("{:?}", a.cpu_weights),
         "threads": threads,
         "load_s": load_s,
         "prompt_tokens": ids.len(),
@@ -133,6 +209,10 @@ fn main() {
         "decode_s": g.decode.as_secs_f64(),
         "decode_tokens_per_s": g.decode_tokens_per_s(),
         "peak_rss_mib": peak_rss_mib(),
+        "prefill_cpu_s": cpu_first - cpu0,
+        "decode_cpu_s": cpu_end - cpu_first,
+        // The first token comes from the prefill.
+        "decode_steps": g.tokens.len().saturating_sub(1),
         "first_generated_ids": &g.tokens[..8.min(g.tokens.len())],
     });
     if a.json {

@@ -82,19 +82,18 @@ fn bandwidth() -> f64 {
     (v.len() * 8) as f64 / best
 }
 
-/// CPU time this process has used (user + system), seconds, from
-/// /proc/self/stat (proc(5): fields 14 and 15, in clock ticks of 1/100 s).
+/// CPU time all threads of this process have run, seconds: the sum of
+/// each thread's `/proc/self/task/*/schedstat` run time (proc(5),
+/// nanoseconds), which does not count time spent waiting for a core.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // After the command name come the state (field 3, not a number, so
-    // skipped) and the numbers from field 4: utime (14) and stime (15) are
-    // indices 10 and 11.
-    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
 }
 
 /// Best of five parallel passes summing `bytes` as u64 words, seconds.

@@ -52,6 +52,22 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// CPU seconds this process has used (user + system, `/proc/self/stat`):
+/// on a shared machine wall time also counts other processes' turns, so
+/// CPU time / threads bounds what an idle machine would take.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'), from the state:
+    // utime is the 12th and stime the 13th, in clock ticks (100 per second).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let gguf = args.next().map(PathBuf::from).unwrap_or_else(|| {
@@ -89,12 +105,13 @@ fn main() {
         let t = Instant::now();
         let pv = image::preprocess(&png, &Limits::default()).expect("generated PNG decodes");
         let pre = ms(t);
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_s());
         let rows = tower.encode(&[pv]).expect("896 image");
         let _ = rows.into_data(); // wait for the result
         println!(
-            "run {run}: preprocess (PNG 1024×768 → 896²) {pre:.1} ms, encode one 896×896 image {:.0} ms",
-            ms(t)
+            "run {run}: preprocess (PNG 1024×768 → 896²) {pre:.1} ms, encode one 896×896 image {:.0} ms wall, {:.1} s CPU",
+            ms(t),
+            cpu_s() - c
         );
     }
     drop(tower);
@@ -144,7 +161,7 @@ fn main() {
         img.per_image + 4
     );
     for run in 0..runs {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_s());
         let pv = image::preprocess(&png, &Limits::default()).expect("generated PNG decodes");
         let rows = tower.encode(&[pv]).expect("896 image");
         let _ = rows.clone().into_data();
@@ -170,8 +187,9 @@ fn main() {
             )
             .0;
         println!(
-            "run {run}: time to first token {:.0} ms (preprocess + encode {enc:.0} ms, prefill + first token {:.0} ms; token {first})",
+            "run {run}: time to first token {:.0} ms wall, {:.1} s CPU (preprocess + encode {enc:.0} ms, prefill + first token {:.0} ms; token {first})",
             ms(t0),
+            cpu_s() - c0,
             ms(t1)
         );
     }

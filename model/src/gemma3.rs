@@ -780,11 +780,14 @@ mod tests {
     }
 
     #[test]
+    // `&[2..5]` is a list of one image block, not a range to expand.
+    #[allow(clippy::single_range_in_vec_init)]
     fn image_blocks_see_themselves_both_ways_within_the_window() {
         // Positions 0..6, block 2..5. Global: query 2 sees 3 and 4 (later,
         // same block) but not 5; query 5 is causal.
         let keys: Vec<usize> = (0..6).collect();
-        let m = mask(LayerType::Global, 100, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let block = vec![std::ops::Range { start: 2, end: 5 }];
+        let m = mask(LayerType::Global, 100, 0, 6, &keys, 1, block.as_slice()).unwrap();
         let row =
             |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
         assert_eq!(row(2), vec![true, true, true, true, true, false]);
@@ -793,7 +796,7 @@ mod tests {
         // Local, W = 2: query 4 sees 3 and 4 only (2 is in its block but
         // outside the window); query 2 sees 1, 2, 3, 4 (later block keys
         // are inside the window: j > i − W holds for every j > i).
-        let m = mask(LayerType::Local, 2, 0, 6, &keys, 1, &[2..5]).unwrap();
+        let m = mask(LayerType::Local, 2, 0, 6, &keys, 1, block.as_slice()).unwrap();
         let row =
             |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
         assert_eq!(row(4), vec![false, false, false, true, true, false]);

@@ -30,10 +30,7 @@ pub(crate) enum Linear {
     },
     /// On the CPU, in its storage format (`crate::cpu`); activations and
     /// results are f32 Burn tensors on `device`.
-    Cpu {
-        weight: CpuMatrix,
-        device: Device,
-    },
+    Cpu { weight: CpuMatrix, device: Device },
 }
 
 impl Linear {

@@ -121,7 +121,13 @@ pub fn load_model_with(
     dtype: DType,
     cpu_weights: CpuWeights,
 ) -> Result<LoadedModel, LoadError> {
-    load_probed(ModelProbe::open(path)?, tokenizer, device, dtype, cpu_weights)
+    load_probed(
+        ModelProbe::open(path)?,
+        tokenizer,
+        device,
+        dtype,
+        cpu_weights,
+    )
 }
 
 /// Loads a probed model (its configuration and GGUF header are not read

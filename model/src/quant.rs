@@ -395,7 +395,7 @@ pub(crate) fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 /// ggml's `get_scale_min_k4`: unpacks the j-th 6-bit (scale, min) pair from
 /// the 12-byte K-quant scale array.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

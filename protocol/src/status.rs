@@ -125,9 +125,14 @@ pub struct ModelStatus {
 pub struct ModelFiles {
     /// `model.path`.
     pub path: PathBuf,
-    /// The model fingerprint recorded in the audit log.
+    /// The model fingerprint recorded in the audit log: SHA-256 over the
+    /// model files' digests, taken while they loaded.
     pub fingerprint: String,
-    /// The pins compared with the files now.
+    /// The files hashed while loading matched their pins (`None`: no pins).
+    pub verified_at_load: Option<bool>,
+    /// What that check found, in a sentence.
+    pub load_check: Option<String>,
+    /// The pinned sizes compared with the files now.
     pub pins: PinCheck,
 }
 
@@ -235,11 +240,46 @@ pub struct SandboxStatus {
     pub insecure_no_sandbox: bool,
     /// One sentence per shortfall.
     pub problems: Vec<String>,
+    /// Lines for people: the privilege drop, Landlock (its ABI and what it
+    /// does not enforce at that ABI, with what covers it), seccomp.
+    pub summary: Vec<String>,
+    /// Landlock as applied (none without the sandbox).
+    pub landlock: Option<LandlockStatus>,
     /// The kernel's view (`medgemma-sandbox`'s state read back from
     /// `/proc`: ids, capabilities, seccomp and Landlock reports), with
     /// Landlock's rules reduced to their number.
     #[serde(flatten)]
     pub kernel: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Landlock as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockStatus {
+    /// The kernel's Landlock ABI.
+    pub kernel_abi: i32,
+    /// The ABI whose rights are enforced.
+    pub enforced_abi: i32,
+    /// `sandbox.min_landlock_abi`.
+    pub required_abi: i32,
+    /// The kernel reported full enforcement.
+    pub fully_enforced: bool,
+    /// Rules (paths are not shown).
+    pub rules: usize,
+    /// The rights this ABI lacks, each with what covers it.
+    pub not_enforced: Vec<LandlockGap>,
+}
+
+/// A Landlock right the enforced ABI lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockGap {
+    /// The right, e.g. `Truncate`.
+    pub right: String,
+    /// The ABI that introduced it.
+    pub since_abi: i32,
+    /// What it guards.
+    pub guards: String,
+    /// What covers it instead.
+    pub covered_by: String,
 }
 
 /// The audit log, for administrators.
@@ -276,6 +316,8 @@ mod tests {
             enforced: true,
             insecure_no_sandbox: false,
             problems: vec![],
+            summary: vec!["Landlock ABI 7 enforced".into()],
+            landlock: None,
             kernel,
         };
         let v = serde_json::to_value(&s).unwrap();

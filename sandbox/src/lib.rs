@@ -97,6 +97,7 @@ pub use error::SandboxError;
 pub use landlock::{
     LandlockGap, LandlockOptions, LandlockPolicy, LandlockReport, LandlockRight, MIN_LANDLOCK_ABI,
     NEWEST_KNOWN_LANDLOCK_ABI, REQUIRED_LANDLOCK_ABI, apply_landlock, apply_landlock_with,
+    choose_abi, gaps_at, kernel_abi,
 };
 pub use libraries::{
     LibraryMissing, LibraryRequest, LoadedFile, Preloaded, RequestedLibrary,

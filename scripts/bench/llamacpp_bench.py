@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """llama.cpp baseline benchmark (via llama-cpp-python) for a GGUF model.
 
-Prints ONE JSON line: load_s, prefill_tokens_per_s, decode_tokens_per_s, peak_rss_mb (+ details).
+Prints ONE JSON line: load_s, prefill_tokens_per_s, decode_tokens_per_s, peak_rss_mb,
+prefill_cpu_s, decode_cpu_s (+ details).
 
 The prompt is a fixed id sequence: <bos> followed by the ids of one real sentence (Gemma 3
 tokenizer, see SENTENCE) repeated until --prompt-tokens ids. Decoding is greedy (argmax over the
@@ -73,18 +74,22 @@ def main():
 
     llm.reset()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     llm.eval(ids)
     row = last_logits(llm)
     prefill_s = time.perf_counter() - t0
+    prefill_cpu_s = time.process_time() - c0
 
     out = []
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for _ in range(args.new_tokens):
         tok = int(np.argmax(row))
         out.append(tok)
         llm.eval([tok])
         row = last_logits(llm)
     decode_s = time.perf_counter() - t0
+    decode_cpu_s = time.process_time() - c0
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({
@@ -100,6 +105,11 @@ def main():
         "decode_s": round(decode_s, 4),
         "decode_tokens_per_s": round(args.new_tokens / decode_s, 2) if args.new_tokens else None,
         "peak_rss_mb": round(peak_rss_mb, 1),
+        # CPU time of all threads (process_time): grows with work, not with
+        # waiting for a core, though llama.cpp's threads also spin while they wait.
+        "prefill_cpu_s": round(prefill_cpu_s, 4),
+        "decode_cpu_s": round(decode_cpu_s, 4),
+        "decode_steps": args.new_tokens,
         "first_generated_ids": out[:8],
     }))
 

@@ -123,32 +123,53 @@ pub fn refusal(err: &GpuError) -> String {
     )
 }
 
-/// Step 1, on `main` before the sandbox: if CUDA is a candidate, check that
-/// the driver library loads (else fall back, or refuse with `cuda`) and set
-/// the driver's environment. Returns lines for the startup log.
-pub fn prepare(settings: &mut Settings) -> Result<Vec<String>, GpuError> {
-    let mut log = Vec::new();
+/// What [`prepare`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// Lines for the startup log.
+    pub log: Vec<String>,
+    /// The driver's library files as the loader resolved them (loaded now,
+    /// for the life of the process): Landlock rules for the engine.
+    pub libraries: Vec<PathBuf>,
+}
+
+/// Step 1, on `main` before the sandbox: if CUDA is a candidate, load the
+/// driver's libraries (libcuda, NVML, the PTX JIT, NVRTC) wherever the
+/// loader finds them (else fall back, or refuse with `cuda`), and set the
+/// driver's environment.
+pub fn prepare(settings: &mut Settings) -> Result<Prepared, GpuError> {
+    let mut out = Prepared::default();
     if settings.backend.backend != ResolvedBackend::Cuda {
-        return Ok(log);
+        return Ok(out);
     }
-    if let Err(missing) = medgemma_sandbox::probe_cuda_driver() {
-        let err = GpuError::NoDriver(missing);
-        if settings.backend.required {
-            return Err(err);
+    let preloaded = match medgemma_sandbox::preload_cuda_libraries() {
+        Ok(p) => p,
+        Err(missing) => {
+            let err = GpuError::NoDriver(missing);
+            if settings.backend.required {
+                return Err(err);
+            }
+            settings.backend.backend = ResolvedBackend::Cpu;
+            settings.backend.reason = fallback_reason(&err);
+            out.log.push(format!(
+                "falling back to the CPU: {}",
+                settings.backend.reason
+            ));
+            return Ok(out);
         }
-        settings.backend.backend = ResolvedBackend::Cpu;
-        settings.backend.reason = fallback_reason(&err);
-        log.push(format!(
-            "falling back to the CPU: {}",
-            settings.backend.reason
-        ));
-        return Ok(log);
-    }
-    log.push(format!(
-        "{} loads; {} is checked on the engine thread",
-        medgemma_sandbox::CUDA_DRIVER_LIBRARY,
+    };
+    out.log.extend(
+        preloaded
+            .log_lines()
+            .into_iter()
+            .map(|l| format!("driver library {l}")),
+    );
+    out.libraries = preloaded.landlock_read_only();
+    out.log.push(format!(
+        "the driver's libraries are loaded; {} is checked on the engine thread",
         settings.backend.gpu
     ));
+    let log = &mut out.log;
     // Ordinals as nvidia-smi and NVML number GPUs (CUDA's default is
     // "fastest first").
     medgemma_sandbox::set_env_single_threaded("CUDA_DEVICE_ORDER", "PCI_BUS_ID")?;
@@ -176,7 +197,7 @@ pub fn prepare(settings: &mut Settings) -> Result<Vec<String>, GpuError> {
             );
         }
     }
-    Ok(log)
+    Ok(out)
 }
 
 /// Where the GPU caches go under `sandbox.cache_dir`.

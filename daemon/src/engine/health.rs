@@ -48,15 +48,14 @@ impl EngineHealth {
     }
 }
 
-/// A panic payload as a short string for the log (panics in Burn/cubecl
-/// carry shapes and driver errors, never request text).
-pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    let s = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    s.chars().take(300).collect()
+/// A caught panic as a short sentence for the log and errors: where it
+/// happened (the panic hook kept the location), never its message, which
+/// may quote request text (the hook already logged the location and thread).
+pub fn panic_text(_payload: &(dyn std::any::Any + Send)) -> String {
+    crate::log::last_panic_location().map_or_else(
+        || "a panic (see the log)".to_owned(),
+        |at| format!("a panic at {at} (see the log)"),
+    )
 }
 
 #[cfg(test)]

@@ -12,9 +12,12 @@ use std::time::Instant;
 
 use medgemma_model::backend;
 use medgemma_model::load::{self, LoadError};
-use medgemma_sandbox::{SandboxError, SeccompMode};
+use medgemma_sandbox::{Role, SandboxError, SeccompMode};
+
+use medgemma_protocol::config::PinMismatch;
 
 use super::gpu::{self, GpuError};
+use super::verify::{VerifyError, Verifying};
 use super::{Engine, EngineError, ModelEngine};
 use crate::config::{BackendDecision, ResolvedBackend, Settings};
 use crate::{lockdown, log};
@@ -34,6 +37,12 @@ pub enum LoadFailure {
     /// `backend = "cuda"` and the GPU cannot run the model.
     #[error("{}", gpu::refusal(.0))]
     Gpu(#[from] GpuError),
+    /// The model's files could not be checked against their pins.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// A model file does not match its pin (`model.on_pin_mismatch = "refuse"`).
+    #[error("the model is not the one pinned: {0}")]
+    PinMismatch(String),
 }
 
 impl LoadFailure {
@@ -53,6 +62,8 @@ pub struct EngineJob {
     decision: BackendDecision,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU loader's kernel caches
     cache_dir: Option<PathBuf>,
+    pins_file: Option<PathBuf>,
+    on_pin_mismatch: PinMismatch,
 }
 
 impl EngineJob {
@@ -65,33 +76,63 @@ impl EngineJob {
             sequences: settings.engine.max_concurrent_generations,
             decision: settings.backend.clone(),
             cache_dir: settings.sandbox.cache_dir.clone(),
+            pins_file: settings.model.pins_file.clone(),
+            on_pin_mismatch: settings.model.on_pin_mismatch,
         }
     }
 }
 
 /// The loader to run on the engine thread (`worker::start`): narrows the
-/// thread to the engine role (`mode`; none without the sandbox), then
-/// builds the engine for the job's backend.
+/// thread to its seccomp role (`sandbox`: the role and mode; none without
+/// the sandbox), then builds the engine for the job's backend.
 pub fn loader(
     job: EngineJob,
-    mode: Option<SeccompMode>,
+    sandbox: Option<(Role, SeccompMode)>,
 ) -> impl FnOnce() -> Result<Box<dyn Engine>, LoadFailure> + Send + 'static {
     move || {
         // First thing on the engine thread, before the backend starts its
         // own threads (they inherit the engine role).
-        if let Some(mode) = mode {
-            lockdown::narrow_engine_thread(mode)?;
+        if let Some((role, mode)) = sandbox {
+            lockdown::narrow_engine_thread(role, mode)?;
         }
         build(job)
     }
 }
 
-/// Builds the engine for `job` on the calling thread.
+/// Builds the engine for `job` on the calling thread; meanwhile a thread
+/// hashes the model's files and compares them with their pins
+/// (`engine::verify`), and the engine carries the result.
 pub fn build(job: EngineJob) -> Result<Box<dyn Engine>, LoadFailure> {
+    if job.decision.backend == ResolvedBackend::Scripted {
+        return backend(&job);
+    }
+    let mut verifying = Verifying::start(&job.path, job.pins_file.as_deref());
+    let mut engine = backend(&job)?;
+    let check = verifying.finish()?;
+    if check.verified == Some(false) {
+        match job.on_pin_mismatch {
+            PinMismatch::Refuse => return Err(LoadFailure::PinMismatch(check.detail)),
+            PinMismatch::Degraded => log::warn(format_args!(
+                "model.on_pin_mismatch = \"degraded\": serving a model that is not the one pinned: {}",
+                check.detail
+            )),
+        }
+    } else {
+        log::info(format_args!(
+            "model files checked: {}; fingerprint {}",
+            check.detail, check.fingerprint
+        ));
+    }
+    engine.set_weights(check);
+    Ok(engine)
+}
+
+/// The engine of the job's backend.
+fn backend(job: &EngineJob) -> Result<Box<dyn Engine>, LoadFailure> {
     match job.decision.backend {
         ResolvedBackend::Cuda => {
             let t0 = Instant::now();
-            match try_gpu(&job) {
+            match try_gpu(job) {
                 Ok(engine) => {
                     log::info(format_args!(
                         "model loaded and warmed up on the GPU in {:.1} s",
@@ -108,13 +149,13 @@ pub fn build(job: EngineJob) -> Result<Box<dyn Engine>, LoadFailure> {
                         reason,
                         ..job.decision.clone()
                     };
-                    cpu(&job, decision)
+                    cpu(job, decision)
                 }
             }
         }
         ResolvedBackend::Cpu => {
             let decision = job.decision.clone();
-            cpu(&job, decision)
+            cpu(job, decision)
         }
         #[cfg(feature = "test-engine")]
         ResolvedBackend::Scripted => {

@@ -7,6 +7,7 @@
 //! | [`health`] | [`EngineHealth`]: GPU failures in a row and the GPU in use, shared with the status |
 //! | [`gpu`] | whether a GPU can run the model: driver, NVML, the memory budget, caches |
 //! | [`load`] | building the engine on the engine thread: CPU, or GPU with the CPU as fallback |
+//! | [`verify`] | the model's files hashed while loading, against their pins; the weights' fingerprint |
 //! | [`worker`] | the engine thread, its bounded queue and continuous batching; [`EngineHandle`] and its [`EngineSnapshot`] |
 //! | `scripted` | a test double (debug builds with `test-engine` only) |
 //!
@@ -23,6 +24,7 @@ pub mod load;
 pub mod model;
 #[cfg(feature = "test-engine")]
 pub mod scripted;
+pub mod verify;
 pub mod worker;
 
 use std::sync::Arc;
@@ -113,6 +115,9 @@ pub struct EngineInfo {
     pub backend_reason: String,
     /// On CUDA: the GPU, its memory, the budget and the warm-up.
     pub gpu: Option<GpuStatus>,
+    /// The model's files checked against their pins while loading (none for
+    /// the scripted double).
+    pub weights: Option<verify::WeightsCheck>,
 }
 
 /// Why a turn failed.
@@ -204,4 +209,7 @@ pub trait Engine: Send {
     fn health(&self) -> Option<Arc<EngineHealth>> {
         None
     }
+    /// Records what the check of the model's files found (shown in
+    /// [`Engine::info`]).
+    fn set_weights(&mut self, _check: verify::WeightsCheck) {}
 }

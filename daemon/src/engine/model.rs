@@ -36,6 +36,8 @@ pub struct ModelEngine {
     /// On the GPU: its record (a panic while generating is a GPU failure
     /// of the turns it hit, counted here) and its facts for the status.
     gpu: Option<(Arc<EngineHealth>, GpuStatus)>,
+    /// The check of the model's files ([`Engine::set_weights`]).
+    weights: Option<super::verify::WeightsCheck>,
     max_batch: usize,
     /// Prompt tokens per prefill pass ([`PREFILL_CHUNK`]).
     prefill_chunk: usize,
@@ -75,6 +77,7 @@ impl ModelEngine {
             backend,
             backend_reason,
             gpu: None,
+            weights: None,
             max_batch: 1,
             prefill_chunk: PREFILL_CHUNK,
             turns: Vec::new(),
@@ -263,6 +266,7 @@ impl Engine for ModelEngine {
             backend: self.backend.clone(),
             backend_reason: self.backend_reason.clone(),
             gpu: self.gpu.as_ref().map(|(_, g)| g.clone()),
+            weights: self.weights.clone(),
         }
     }
 
@@ -280,6 +284,10 @@ impl Engine for ModelEngine {
 
     fn health(&self) -> Option<Arc<EngineHealth>> {
         self.gpu.as_ref().map(|(h, _)| Arc::clone(h))
+    }
+
+    fn set_weights(&mut self, check: super::verify::WeightsCheck) {
+        self.weights = Some(check);
     }
 
     /// The same path as a batch of one: [`Engine::begin`], then

@@ -25,6 +25,9 @@ use super::{ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo
 pub const REASONING: &[&str] = &["Considering ", "the ", "question ", "step ", "by ", "step."];
 /// Words of the scripted answer, repeated until `max_new_tokens`.
 pub const ANSWER: &[&str] = &["This ", "is ", "a ", "scripted ", "answer. "];
+/// A user message starting with this makes the double panic with the
+/// message's text in the panic message (the canary test of the panic hook).
+pub const PANIC_TEST: &str = "PANIC-TEST";
 /// Time per scripted token.
 pub const TOKEN_DELAY: Duration = Duration::from_millis(20);
 
@@ -64,6 +67,7 @@ impl Engine for ScriptedEngine {
             backend: "scripted".to_owned(),
             backend_reason: "engine.backend = \"scripted\": a test double, not a model".to_owned(),
             gpu: None,
+            weights: None,
         }
     }
 
@@ -76,6 +80,13 @@ impl Engine for ScriptedEngine {
         req: &ChatRequest,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<ChatSummary, EngineError> {
+        // The canary test of the panic hook: a panic whose message quotes
+        // the request, as a string-slicing panic would.
+        if let Some(last) = req.messages.last()
+            && last.content.starts_with(PANIC_TEST)
+        {
+            panic!("scripted failure on {:?}", last.content);
+        }
         let prompt_tokens = count(&req.messages);
         if prompt_tokens >= self.context_limit {
             return Err(EngineError::ContextFull {

@@ -538,6 +538,7 @@ mod tests {
             backend: "test".into(),
             backend_reason: "test".into(),
             gpu: None,
+            weights: None,
         }
     }
 

@@ -132,8 +132,15 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
     if !sandbox.enforced {
         reasons.push("the kernel sandbox is not enforced".to_owned());
     }
-    if pins.ok == Some(false) {
-        reasons.push("a model file does not match its pin".to_owned());
+    let weights = engine.info.weights.as_ref();
+    if pins.ok == Some(false) || weights.and_then(|w| w.verified) == Some(false) {
+        reasons.push(format!(
+            "a model file does not match its pin: {}",
+            weights.filter(|w| w.verified == Some(false)).map_or_else(
+                || pins.detail.clone().unwrap_or_default(),
+                |w| w.detail.clone()
+            )
+        ));
     }
     let speed = f64::from_bits(state.recent_tokens_per_s.load(Ordering::Relaxed));
     AdminStatus {
@@ -152,6 +159,8 @@ pub fn admin_document(state: &AppState) -> AdminStatus {
         model_files: ModelFiles {
             path: settings.model.path.clone(),
             fingerprint: state.audit.model().as_str().to_owned(),
+            verified_at_load: weights.and_then(|w| w.verified),
+            load_check: weights.map(|w| w.detail.clone()),
             pins,
         },
         backend: backend(&engine),

@@ -176,7 +176,7 @@ impl Server {
         let config = write_config(dir.path(), setup);
         medgemma_sandbox::declare_insecure_no_sandbox();
         let settings = Arc::new(medgemmad::config::Settings::load(&config).unwrap());
-        let fingerprint = medgemmad::audit_log::model_fingerprint(None, &settings.model.label);
+        let fingerprint = medgemmad::audit_log::label_fingerprint(&settings.model.label);
         let audit =
             Arc::new(medgemmad::audit_log::Auditor::open(&settings.audit, fingerprint).unwrap());
         let engine = medgemmad::engine::worker::start(

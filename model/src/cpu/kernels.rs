@@ -1,18 +1,20 @@
-//! The inner loops of the CPU products, written once as plain Rust and
-//! compiled once per instruction set (see the `isa!` instances at the end).
+//! The inner loops of the CPU products.
 //!
 //! Each storage format is a [`Block`]: a number of values, a number of
 //! bytes, and a dequantizer that is `crate::quant`'s own (inlined here, so a
-//! block dequantizes bit for bit as [`crate::quant::dequantize`] does).
-//! [`gemv`] dequantizes one block of a weight row into a small stack buffer
-//! (it never leaves L1) and multiply-adds it into per-activation-row lane
-//! accumulators; [`dequant_rows`] fills an f32 panel for the prompt path.
-//! Several independent accumulator chains per row keep the FMA units busy
-//! while the next block streams in.
+//! block dequantizes bit for bit as [`crate::quant::dequantize`] does). The
+//! generic kernel ([`Dequant`]) dequantizes one block of a weight row into a
+//! small stack buffer (it never leaves L1) and multiply-adds it into
+//! per-activation-row lane accumulators; it is written once over [`Lanes`]
+//! and compiled for each instruction set. On x86-64 the formats GGUF files
+//! mostly use have hand-written kernels instead (`x86.rs`), which never
+//! materialize the f32 weights. [`gemv`] drives any of them over the rows
+//! of a matrix; [`dequant_rows`] fills an f32 panel for the prompt path.
 //!
-//! Owns: the arithmetic. Must never: allocate, read past the slices it is
-//! given (everything is bounds-checked slicing; no `unsafe` here), or be
-//! called through an instruction set the CPU lacks (`matrix.rs` checks).
+//! Owns: the arithmetic. Must never: allocate more than a few sums per
+//! call, read past the slices it is given (everything is bounds-checked
+//! slicing), or run an instruction set the CPU lacks (the tokens of
+//! [`Lanes`] exist only where it has it; `matrix.rs` checks).
 
 use half::f16;
 
@@ -105,30 +107,7 @@ pub(super) trait Lanes: Copy {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// The sum of the lanes.
     fn sum(self, a: Self::V) -> f32;
-    /// Asks for the cache line holding `p[0]` to be fetched (a hint; it
-    /// reads nothing).
-    #[inline(always)]
-    fn prefetch(self, p: &[u8]) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(b) = p.first() {
-            // SAFETY: `_mm_prefetch` is SSE, part of every x86-64 CPU; a
-            // prefetch does not read memory architecturally and cannot fault.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    std::ptr::from_ref(b).cast(),
-                )
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = p;
-    }
 }
-
-/// How far ahead of the row being multiplied the weights are prefetched:
-/// the hardware prefetcher alone leaves a streaming product at about half
-/// the memory's read speed (`examples/cpu_kernels.rs`).
-const PREFETCH_BYTES: usize = 8192;
-
 
 /// Plain Rust, eight lanes the compiler maps to the target's baseline
 /// vectors (SSE2 on x86-64: a multiply then an add; NEON on aarch64,
@@ -170,173 +149,112 @@ impl Lanes for Portable {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2, Avx512};
+/// Dot products of one weight row with up to four activation rows: one
+/// format's kernel.
+pub(super) trait RowDot: Copy {
+    /// Whether [`RowDot::dot`] needs the sums of each 32 activations (for
+    /// formats with a per-block minimum: `Σ (d·q − m)·x = d·Σ q·x − m·Σ x`).
+    const NEEDS_SUMS: bool = false;
+    /// `Σ_k row[k] · xs[r][k]` for each `r`; `sums[r][j]` is the sum of
+    /// `xs[r][32j..32j + 32]` when [`RowDot::NEEDS_SUMS`] (else empty).
+    fn dot<const R: usize>(self, row: &[u8], xs: [&[f32]; R], sums: [&[f32]; R]) -> [f32; R];
+}
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
+/// The generic kernel: each block dequantized by `B` into a stack buffer,
+/// then multiplied with `S`'s lanes.
+pub(super) struct Dequant<S, B>(S, std::marker::PhantomData<B>);
 
-    use super::Lanes;
-
-    /// AVX2 with FMA: eight lanes.
-    #[derive(Clone, Copy)]
-    pub(in crate::cpu) struct Avx2(());
-
-    impl Avx2 {
-        /// # Safety
-        ///
-        /// The CPU must have AVX2 and FMA.
-        #[inline(always)]
-        pub(in crate::cpu) unsafe fn new_unchecked() -> Self {
-            Self(())
-        }
-    }
-
-    // SAFETY (every block below): an `Avx2` exists only where the CPU has
-    // AVX2 and FMA (`new_unchecked`); loads read 8 values of a slice
-    // checked to hold them.
-    impl Lanes for Avx2 {
-        type V = __m256;
-        const N: usize = 8;
-        #[inline(always)]
-        fn zero(self) -> __m256 {
-            // SAFETY: see the impl.
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        fn load(self, s: &[f32]) -> __m256 {
-            let s = &s[..8];
-            // SAFETY: see the impl; `s` holds 8 values.
-            unsafe { _mm256_loadu_ps(s.as_ptr()) }
-        }
-        #[inline(always)]
-        fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-            // SAFETY: see the impl.
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn add(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: see the impl.
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sum(self, a: __m256) -> f32 {
-            // SAFETY: see the impl.
-            unsafe {
-                let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-            }
-        }
-    }
-
-    /// AVX-512 F: sixteen lanes.
-    #[derive(Clone, Copy)]
-    pub(in crate::cpu) struct Avx512(());
-
-    impl Avx512 {
-        /// # Safety
-        ///
-        /// The CPU must have AVX-512 F.
-        #[inline(always)]
-        pub(in crate::cpu) unsafe fn new_unchecked() -> Self {
-            Self(())
-        }
-    }
-
-    // SAFETY (every block below): an `Avx512` exists only where the CPU has
-    // AVX-512 F (`new_unchecked`); loads read 16 values of a slice checked
-    // to hold them.
-    impl Lanes for Avx512 {
-        type V = __m512;
-        const N: usize = 16;
-        #[inline(always)]
-        fn zero(self) -> __m512 {
-            // SAFETY: see the impl.
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        fn load(self, s: &[f32]) -> __m512 {
-            let s = &s[..16];
-            // SAFETY: see the impl; `s` holds 16 values.
-            unsafe { _mm512_loadu_ps(s.as_ptr()) }
-        }
-        #[inline(always)]
-        fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
-            // SAFETY: see the impl.
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn add(self, a: __m512, b: __m512) -> __m512 {
-            // SAFETY: see the impl.
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sum(self, a: __m512) -> f32 {
-            // SAFETY: see the impl.
-            unsafe { _mm512_reduce_add_ps(a) }
-        }
+impl<S: Copy, B> Clone for Dequant<S, B> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
-/// Dot products of one weight row (`row`, whole blocks plus, for element
-/// formats, a tail) with `R` activation rows of `k` values each, with `C`
-/// independent accumulators per row so consecutive multiply-adds do not
-/// wait on each other.
+impl<S: Copy, B> Copy for Dequant<S, B> {}
+
+impl<S: Lanes, B: Block> Dequant<S, B> {
+    #[inline(always)]
+    pub(super) fn new(s: S) -> Self {
+        Self(s, std::marker::PhantomData)
+    }
+}
+
+impl<S: Lanes, B: Block> RowDot for Dequant<S, B> {
+    #[inline(always)]
+    fn dot<const R: usize>(self, row: &[u8], xs: [&[f32]; R], _sums: [&[f32]; R]) -> [f32; R] {
+        let s = self.0;
+        let mut buf = [0.0f32; MAX_BLOCK];
+        // Independent accumulators per row so that consecutive
+        // multiply-adds do not wait on each other: four for one row, one
+        // each for four.
+        let mut acc = [[s.zero(); 4]; R];
+        let chains = 4 / R.max(1);
+        let mut blocks = row.chunks_exact(B::BYTES);
+        let mut k0 = 0;
+        for b in &mut blocks {
+            let w = &mut buf[..B::N];
+            B::dequant(b, w);
+            for (a, x) in acc.iter_mut().zip(xs) {
+                let Some(x) = x.get(k0..k0 + B::N) else {
+                    continue;
+                };
+                for (i, (w, x)) in w.chunks_exact(S::N).zip(x.chunks_exact(S::N)).enumerate() {
+                    let c = &mut a[i % chains];
+                    *c = s.mul_add(s.load(w), s.load(x), *c);
+                }
+            }
+            k0 += B::N;
+        }
+        let mut out = [0.0f32; R];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            let v = s.add(s.add(a[0], a[1]), s.add(a[2], a[3]));
+            *o = s.sum(v);
+        }
+        let tail = blocks.remainder();
+        if !tail.is_empty() {
+            let n = (tail.len() * B::N / B::BYTES).min(MAX_BLOCK);
+            let w = &mut buf[..n];
+            B::dequant_tail(tail, w);
+            for (o, x) in out.iter_mut().zip(xs) {
+                if let Some(x) = x.get(k0..k0 + n) {
+                    *o += w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Asks for the cache line holding `p[0]` to be fetched (a hint; reads
+/// nothing).
 #[inline(always)]
-fn dot_row<S: Lanes, B: Block, const R: usize, const C: usize>(
-    s: S,
-    row: &[u8],
-    xs: [&[f32]; R],
-    buf: &mut [f32; MAX_BLOCK],
-) -> [f32; R] {
-    let mut acc = [[s.zero(); C]; R];
-    let mut blocks = row.chunks_exact(B::BYTES);
-    let mut k0 = 0;
-    for b in &mut blocks {
-        let w = &mut buf[..B::N];
-        B::dequant(b, w);
-        for (a, x) in acc.iter_mut().zip(xs) {
-            let Some(x) = x.get(k0..k0 + B::N) else {
-                continue;
-            };
-            for (i, (w, x)) in w.chunks_exact(S::N).zip(x.chunks_exact(S::N)).enumerate() {
-                let c = &mut a[i % C];
-                *c = s.mul_add(s.load(w), s.load(x), *c);
-            }
-        }
-        k0 += B::N;
-    }
-    let mut out = [0.0f32; R];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        let mut v = a[0];
-        for c in &a[1..] {
-            v = s.add(v, *c);
-        }
-        *o = s.sum(v);
-    }
-    let tail = blocks.remainder();
-    if !tail.is_empty() {
-        let n = (tail.len() * B::N / B::BYTES).min(MAX_BLOCK);
-        let w = &mut buf[..n];
-        B::dequant_tail(tail, w);
-        for (o, x) in out.iter_mut().zip(xs) {
-            if let Some(x) = x.get(k0..k0 + n) {
-                *o += w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
-            }
+fn prefetch(p: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(b) = p.first() {
+        // SAFETY: `_mm_prefetch` is SSE, part of every x86-64 CPU; a
+        // prefetch does not read memory architecturally and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(b).cast(),
+            )
         }
     }
-    out
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
+
+/// How far ahead of the row being multiplied the weights are prefetched:
+/// the hardware prefetcher alone leaves a streaming product at about half
+/// the memory's read speed (`examples/cpu_kernels.rs`).
+const PREFETCH_BYTES: usize = 8192;
 
 /// `out[r][i] = Σ_k W[i][k] · x[r][k]` for the weight rows in `w` (each
 /// `row_bytes` long) and the activation rows `x` (`out.len()` rows of `k`).
 /// Each weight row is read from memory once; groups of four, two and one
 /// activation rows reuse it from L1.
 #[inline(always)]
-fn gemv<S: Lanes, B: Block>(
-    s: S,
+pub(super) fn gemv<D: RowDot>(
+    d: D,
     w: &[u8],
     row_bytes: usize,
     x: &[f32],
@@ -345,30 +263,37 @@ fn gemv<S: Lanes, B: Block>(
 ) {
     let n = out.len();
     let xr = |r: usize| x.get(r * k..(r + 1) * k).unwrap_or(&[]);
-    let mut buf = [0.0f32; MAX_BLOCK];
+    let sums: Vec<f32> = if D::NEEDS_SUMS {
+        (0..n)
+            .flat_map(|r| xr(r).chunks(32).map(|c| c.iter().sum::<f32>()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let per_row = k.div_ceil(32);
+    let sr = |r: usize| sums.get(r * per_row..(r + 1) * per_row).unwrap_or(&[]);
     for (i, row) in w.chunks_exact(row_bytes).enumerate() {
         let ahead = (i * row_bytes + PREFETCH_BYTES).min(w.len());
-        let ahead = &w[ahead..(ahead + row_bytes).min(w.len())];
-        for line in ahead.chunks(64) {
-            s.prefetch(line);
+        for line in w[ahead..(ahead + row_bytes).min(w.len())].chunks(64) {
+            prefetch(line);
         }
         let mut r = 0;
         while r + 4 <= n {
-            let y =
-                dot_row::<S, B, 4, 1>(s, row, [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)], &mut buf);
-            for (j, v) in y.into_iter().enumerate() {
+            let xs = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
+            let ss = [sr(r), sr(r + 1), sr(r + 2), sr(r + 3)];
+            for (j, v) in d.dot::<4>(row, xs, ss).into_iter().enumerate() {
                 out[r + j][i] = v;
             }
             r += 4;
         }
         if r + 2 <= n {
-            let y = dot_row::<S, B, 2, 2>(s, row, [xr(r), xr(r + 1)], &mut buf);
+            let y = d.dot::<2>(row, [xr(r), xr(r + 1)], [sr(r), sr(r + 1)]);
             out[r][i] = y[0];
             out[r + 1][i] = y[1];
             r += 2;
         }
         if r < n {
-            out[r][i] = dot_row::<S, B, 1, 4>(s, row, [xr(r)], &mut buf)[0];
+            out[r][i] = d.dot::<1>(row, [xr(r)], [sr(r)])[0];
         }
     }
 }
@@ -390,25 +315,64 @@ fn dequant_rows<B: Block>(w: &[u8], row_bytes: usize, k: usize, out: &mut [f32])
     }
 }
 
-/// Calls `$f::<Format>` for the [`Block`] of `$ty`; `false` for a type
-/// without one.
-macro_rules! by_type {
-    ($ty:expr, $f:ident, $($arg:expr),*) => {
-        match $ty {
-            GgmlType::F32 => $f::<F32>($($arg),*),
-            GgmlType::F16 => $f::<F16>($($arg),*),
-            GgmlType::BF16 => $f::<Bf16>($($arg),*),
-            GgmlType::Q4_0 => $f::<Q4_0>($($arg),*),
-            GgmlType::Q4_1 => $f::<Q4_1>($($arg),*),
-            GgmlType::Q5_0 => $f::<Q5_0>($($arg),*),
-            GgmlType::Q5_1 => $f::<Q5_1>($($arg),*),
-            GgmlType::Q8_0 => $f::<Q8_0>($($arg),*),
-            GgmlType::Q4_K => $f::<Q4K>($($arg),*),
-            GgmlType::Q5_K => $f::<Q5K>($($arg),*),
-            GgmlType::Q6_K => $f::<Q6K>($($arg),*),
-            _ => return false,
-        }
-    };
+/// [`gemv`] through the generic kernel of `ty` with lanes `s`; `false`
+/// when `ty` has no kernel.
+#[inline(always)]
+pub(super) fn generic_gemv<S: Lanes>(
+    s: S,
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    k: usize,
+    out: &mut [&mut [f32]],
+) -> bool {
+    macro_rules! run {
+        ($b:ty) => {
+            gemv(Dequant::<S, $b>::new(s), w, row_bytes, x, k, out)
+        };
+    }
+    match ty {
+        GgmlType::F32 => run!(F32),
+        GgmlType::F16 => run!(F16),
+        GgmlType::BF16 => run!(Bf16),
+        GgmlType::Q4_0 => run!(Q4_0),
+        GgmlType::Q4_1 => run!(Q4_1),
+        GgmlType::Q5_0 => run!(Q5_0),
+        GgmlType::Q5_1 => run!(Q5_1),
+        GgmlType::Q8_0 => run!(Q8_0),
+        GgmlType::Q4_K => run!(Q4K),
+        GgmlType::Q5_K => run!(Q5K),
+        GgmlType::Q6_K => run!(Q6K),
+        _ => return false,
+    }
+    true
+}
+
+/// [`dequant_rows`] for `ty`; `false` when `ty` has no kernel.
+#[inline(always)]
+pub(super) fn generic_dequant_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    k: usize,
+    out: &mut [f32],
+) -> bool {
+    match ty {
+        GgmlType::F32 => dequant_rows::<F32>(w, row_bytes, k, out),
+        GgmlType::F16 => dequant_rows::<F16>(w, row_bytes, k, out),
+        GgmlType::BF16 => dequant_rows::<Bf16>(w, row_bytes, k, out),
+        GgmlType::Q4_0 => dequant_rows::<Q4_0>(w, row_bytes, k, out),
+        GgmlType::Q4_1 => dequant_rows::<Q4_1>(w, row_bytes, k, out),
+        GgmlType::Q5_0 => dequant_rows::<Q5_0>(w, row_bytes, k, out),
+        GgmlType::Q5_1 => dequant_rows::<Q5_1>(w, row_bytes, k, out),
+        GgmlType::Q8_0 => dequant_rows::<Q8_0>(w, row_bytes, k, out),
+        GgmlType::Q4_K => dequant_rows::<Q4K>(w, row_bytes, k, out),
+        GgmlType::Q5_K => dequant_rows::<Q5K>(w, row_bytes, k, out),
+        GgmlType::Q6_K => dequant_rows::<Q6K>(w, row_bytes, k, out),
+        _ => return false,
+    }
+    true
 }
 
 /// Whether `ty` has a CPU kernel.
@@ -429,76 +393,30 @@ pub(super) fn supported(ty: GgmlType) -> bool {
     )
 }
 
-/// One instance of the kernels for an instruction set: `gemv` and
-/// `dequant_rows` over every format, compiled with `$features` enabled and
-/// the lanes `$lanes` (made by `$make`).
-macro_rules! isa {
-    ($module:ident, $lanes:ty, $make:expr $(, $features:literal)?) => {
-        pub(super) mod $module {
-            use super::*;
+/// The kernels at the target's baseline (SSE2 on x86-64, NEON on aarch64).
+pub(super) mod portable {
+    use super::*;
 
-            /// [`super::gemv`] for `ty`; `false` when `ty` has no kernel.
-            $(#[target_feature(enable = $features)])?
-            pub(in crate::cpu) fn gemv(
-                ty: GgmlType,
-                w: &[u8],
-                row_bytes: usize,
-                x: &[f32],
-                k: usize,
-                out: &mut [&mut [f32]],
-            ) -> bool {
-                by_type!(ty, gemv_of, w, row_bytes, x, k, out);
-                true
-            }
+    /// [`super::gemv`] for `ty`; `false` when `ty` has no kernel.
+    pub(in crate::cpu) fn gemv(
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        x: &[f32],
+        k: usize,
+        out: &mut [&mut [f32]],
+    ) -> bool {
+        generic_gemv(Portable, ty, w, row_bytes, x, k, out)
+    }
 
-            #[inline(always)]
-            fn gemv_of<B: Block>(
-                w: &[u8],
-                row_bytes: usize,
-                x: &[f32],
-                k: usize,
-                out: &mut [&mut [f32]],
-            ) {
-                let lanes: $lanes = $make;
-                super::gemv::<$lanes, B>(lanes, w, row_bytes, x, k, out);
-            }
-
-            /// [`super::dequant_rows`] for `ty`; `false` when `ty` has no kernel.
-            $(#[target_feature(enable = $features)])?
-            pub(in crate::cpu) fn dequant_rows(
-                ty: GgmlType,
-                w: &[u8],
-                row_bytes: usize,
-                k: usize,
-                out: &mut [f32],
-            ) -> bool {
-                by_type!(ty, dequant_of, w, row_bytes, k, out);
-                true
-            }
-
-            #[inline(always)]
-            fn dequant_of<B: Block>(w: &[u8], row_bytes: usize, k: usize, out: &mut [f32]) {
-                super::dequant_rows::<B>(w, row_bytes, k, out);
-            }
-        }
-    };
+    /// [`super::dequant_rows`] for `ty`; `false` when `ty` has no kernel.
+    pub(in crate::cpu) fn dequant_rows(
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        k: usize,
+        out: &mut [f32],
+    ) -> bool {
+        generic_dequant_rows(ty, w, row_bytes, k, out)
+    }
 }
-
-isa!(portable, Portable, Portable);
-#[cfg(target_arch = "x86_64")]
-isa!(
-    avx2,
-    Avx2,
-    // SAFETY: these functions run only where `Isa::available()` found the
-    // features they are compiled with (`matrix.rs` checks before calling).
-    unsafe { Avx2::new_unchecked() },
-    "avx2,fma,f16c"
-);
-#[cfg(target_arch = "x86_64")]
-isa!(
-    avx512,
-    Avx512,
-    // SAFETY: as above.
-    unsafe { Avx512::new_unchecked() },
-    "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
-);

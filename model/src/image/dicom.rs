@@ -286,7 +286,8 @@ fn min_max(values: &[f32]) -> Vec<u8> {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    if !(hi > lo) {
+    // No finite value leaves (∞, −∞); a constant slice has hi == lo.
+    if hi <= lo {
         return vec![0; values.len()];
     }
     values.iter().map(|&v| window_u8(v, lo, hi)).collect()

@@ -290,10 +290,22 @@ struct EncoderLayer {
     fc2: Linear,
 }
 
-/// Query rows per attention product: bounds the f32 score buffer
-/// (`heads × rows × 4096 × 4 B`, 256 MiB for 16 heads and 1024 rows) on
-/// the CPU, where the full 4096 × 4096 scores of 16 heads would take 1 GiB.
-const ATTENTION_ROWS: usize = 1024;
+/// Largest temporary the CPU path makes, in bytes. glibc's allocator serves
+/// blocks above 32 MiB (`DEFAULT_MMAP_THRESHOLD_MAX`) with a fresh `mmap`
+/// each time, so every such temporary costs page faults and zeroing: run
+/// whole, the encoder's 70 MB MLP activations and 1 GiB attention scores
+/// spent a quarter of its CPU time in the kernel (`vision_speed`, 42 s of
+/// 166 s). Row chunks below the threshold are recycled by the allocator.
+const CPU_CHUNK_BYTES: usize = 16 << 20;
+
+/// Largest f32 attention score buffer on an accelerator (`B × heads × rows × patches × 4 B`):
+/// one 896 image's whole 16 × 4096 × 4096 scores, in one product per layer.
+const DEVICE_SCORE_BYTES: usize = 1 << 30;
+
+/// Rows per chunk so that `rows × row_bytes` stays within `budget` (at least 1, at most `n`).
+fn chunk_rows(n: usize, row_bytes: usize, budget: usize) -> usize {
+    (budget / row_bytes.max(1)).clamp(1, n.max(1))
+}
 
 /// SigLIP encoder + Gemma 3 projector.
 #[derive(Debug, Clone)]
@@ -312,6 +324,9 @@ pub struct VisionTower {
     soft_emb_scale: Tensor<1>,
     /// `[D, text hidden]`, stored `[in, out]` (spec §3.2: no transpose).
     projection: Tensor<2>,
+    /// Row-chunk budgets in bytes: (attention scores, MLP activations); see
+    /// [`CPU_CHUNK_BYTES`] and [`DEVICE_SCORE_BYTES`].
+    chunk_bytes: (usize, usize),
 }
 
 impl VisionTower {
@@ -400,6 +415,11 @@ impl VisionTower {
             post_layernorm,
             soft_emb_scale,
             projection,
+            chunk_bytes: if *device == Device::flex() {
+                (CPU_CHUNK_BYTES, CPU_CHUNK_BYTES)
+            } else {
+                (DEVICE_SCORE_BYTES, usize::MAX)
+            },
         })
     }
 
@@ -480,10 +500,11 @@ impl VisionTower {
         // scale head_dim^-1/2; softmax in f32.
         let scale = (hd as f64).powf(-0.5);
         let kt = k.swap_dims(2, 3);
-        let mut outs = Vec::with_capacity(n.div_ceil(ATTENTION_ROWS));
+        let rows = chunk_rows(n, b * h * n * 4, self.chunk_bytes.0);
+        let mut outs = Vec::with_capacity(n.div_ceil(rows));
         let mut r = 0;
         while r < n {
-            let e = (r + ATTENTION_ROWS).min(n);
+            let e = (r + rows).min(n);
             let qc = q.clone().slice([0..b, 0..h, r..e, 0..hd]);
             let scores = qc.matmul(kt.clone()).mul_scalar(scale).cast(DType::F32);
             let probs = softmax(scores, 3).cast(self.dtype);
@@ -500,7 +521,18 @@ impl VisionTower {
 
         let residual = x.clone();
         let m = layer.layer_norm2.forward(x);
-        let m = layer.fc2.forward(gelu_approximate(layer.fc1.forward(m)));
+        let total = b * n;
+        let rows = chunk_rows(total, cfg.intermediate_size * 4, self.chunk_bytes.1);
+        let mlp = |m: Tensor<2>| layer.fc2.forward(gelu_approximate(layer.fc1.forward(m)));
+        let m = if rows >= total {
+            mlp(m)
+        } else {
+            let parts: Vec<Tensor<2>> = (0..total)
+                .step_by(rows)
+                .map(|r| mlp(m.clone().slice([r..(r + rows).min(total), 0..d])))
+                .collect();
+            Tensor::cat(parts, 0)
+        };
         residual + m
     }
 
@@ -592,6 +624,45 @@ pub fn validate(dir: &Path) -> Result<Option<VisionValidated>, VisionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_chunks_give_the_same_embeddings_as_whole_products() {
+        let mut cfg = VisionConfig::medgemma_4b();
+        (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_layers,
+            cfg.num_heads,
+        ) = (32, 48, 2, 4);
+        (
+            cfg.image_size,
+            cfg.mm_tokens_per_image,
+            cfg.text_hidden_size,
+        ) = (112, 16, 24);
+        let device = crate::backend::cpu_device();
+        let mut tower = VisionTower::random(&cfg, &device, DType::F32, 3);
+        let images: Vec<PixelValues> = (0..2)
+            .map(|i| PixelValues {
+                size: 112,
+                data: (0..3 * 112 * 112)
+                    .map(|j| ((j * 7 + i * 13) % 255) as f32 / 127.5 - 1.0)
+                    .collect(),
+            })
+            .collect();
+        let read = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+        tower.chunk_bytes = (usize::MAX, usize::MAX);
+        let whole = read(tower.encode(&images).unwrap());
+        // 64 patches: 5-row attention chunks (2 images × 4 heads × 64 × 4 B
+        // per row) and 7-row MLP chunks, neither dividing 64 or 128.
+        tower.chunk_bytes = (5 * 2 * 4 * 64 * 4, 7 * 48 * 4);
+        let chunked = read(tower.encode(&images).unwrap());
+        let d = whole
+            .iter()
+            .zip(&chunked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "chunked encoding differs by {d}");
+    }
 
     #[test]
     fn patches_follow_the_conv_weight_layout() {

@@ -144,11 +144,29 @@ pub struct ModelSection {
     #[schemars(extend("x-package" = paths::SYSTEM_PROMPT_FILE))]
     pub system_prompt_file: Option<PathBuf>,
     /// The SHA-256 pins of the model files (JSON, written by `medgemmactl
-    /// setup`, checked by `medgemmactl doctor`); its digest identifies the
-    /// model in the audit log.
+    /// setup`). The daemon hashes every model file while it loads and
+    /// compares each with its pin; the audit log identifies the model by
+    /// those digests.
     #[serde(default)]
     #[schemars(extend("x-package" = paths::PINS_FILE))]
     pub pins_file: Option<PathBuf>,
+    /// What a model file that does not match its pin does: "refuse" (the
+    /// daemon does not serve, exit 3, and says which file) or "degraded"
+    /// (it serves and says so in the log, the status and `medgemmactl
+    /// status`).
+    #[serde(default)]
+    pub on_pin_mismatch: PinMismatch,
+}
+
+/// The `model.on_pin_mismatch` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PinMismatch {
+    /// Do not serve a model that is not the one pinned.
+    #[default]
+    Refuse,
+    /// Serve it, and report the status as degraded.
+    Degraded,
 }
 
 /// `[engine]`
@@ -309,6 +327,14 @@ pub struct AuditSection {
     #[serde(default)]
     #[schemars(extend("x-package" = paths::SIGNING_KEY_FILE))]
     pub signing_key_file: Option<PathBuf>,
+    /// Days an audit file is kept. The daemon deletes older files at start
+    /// and once a day, after recording what it deletes in the log itself (so
+    /// a verifier can tell retention from tampering). China's Cybersecurity
+    /// Law (art. 21) asks for at least six months; export what you must keep
+    /// longer (`medgemmactl audit export`).
+    #[serde(default = "defaults::retention_days")]
+    #[schemars(range(min = 180, max = 36_500), extend("x-unit" = "days"))]
+    pub retention_days: u32,
 }
 
 impl Default for AuditSection {
@@ -318,6 +344,7 @@ impl Default for AuditSection {
             key_file: defaults::audit_key_file(),
             content_key_file: defaults::content_key_file(),
             signing_key_file: None,
+            retention_days: defaults::retention_days(),
         }
     }
 }
@@ -344,6 +371,16 @@ pub struct SandboxSection {
     #[serde(default)]
     #[schemars(extend("x-package" = paths::CACHE_DIR))]
     pub cache_dir: Option<PathBuf>,
+    /// The lowest Landlock ABI the daemon accepts; below it, it refuses to
+    /// start (exit 6). It always uses every right the kernel offers. ABI 1
+    /// (Linux 5.13) confines the file system; later ABIs add truncation (3),
+    /// TCP (4), device ioctls (5), abstract sockets and signals (6), which
+    /// the daemon's seccomp filters and the systemd unit also close (the
+    /// status lists what each gap is covered by). Debian 12: 2, Ubuntu
+    /// 24.04: 4, Debian 13: 6.
+    #[serde(default = "defaults::min_landlock_abi")]
+    #[schemars(range(min = 1, max = 10))]
+    pub min_landlock_abi: i32,
 }
 
 impl Default for SandboxSection {
@@ -352,6 +389,7 @@ impl Default for SandboxSection {
             user: defaults::sandbox_user(),
             state_dir: None,
             cache_dir: None,
+            min_landlock_abi: defaults::min_landlock_abi(),
         }
     }
 }
@@ -402,9 +440,17 @@ pub mod defaults {
     pub fn content_key_file() -> PathBuf {
         PathBuf::from(paths::CONTENT_KEY_FILE)
     }
+    /// `audit.retention_days`: 180 days.
+    pub fn retention_days() -> u32 {
+        180
+    }
     /// `sandbox.user`.
     pub fn sandbox_user() -> String {
         paths::SERVICE_USER.to_owned()
+    }
+    /// `sandbox.min_landlock_abi`: 1, the file system confined.
+    pub fn min_landlock_abi() -> i32 {
+        1
     }
 }
 
