@@ -24,7 +24,9 @@
 #             embedding grown to the real 262 208-token vocabulary (random
 #             rows) and the real tokenizer.json from the payload; PASS or FAIL
 #   kernels   medgemmad bench --kernels: each decode kernel against the Burn
-#             ops it replaces and its bandwidth floor, 1/8/32 rows, 4B shapes
+#             ops it replaces and its bandwidth floor, 1/8/32 rows, 4B shapes;
+#             and a 64-row f32 product, ours and Burn's, each against an f64
+#             product on the host (TF32 would show as ~1e-2, f32 as ~1e-5)
 #   fidelity  on GPU 0 (MEDGEMMA_TEST_DEVICE=cuda): reference_tiny (f32 in
 #             f32, no TF32: within 1e-3; bf16 compute within 0.15 of torch
 #             bf16, same argmax; greedy equal), batched_decode, and the window
@@ -288,6 +290,10 @@ if k:
     for r in k.get("kernels", []):
         ours, burn, floor = r["kernel_us"], r["burn_us"], r["floor_us"]
         print(f"{r['name']:40} {ours:9.1f} {burn:9.1f} {floor:9.1f} {floor / ours:10.2f} {burn / ours:9.2f} {r['max_abs_diff']:9.2e}")
+        if r.get("burn_max_abs_diff") is not None:
+            ok = r["max_abs_diff"] < 1e-3
+            print(f"  f32 against an f64 product: ours {r['max_abs_diff']:.2e}, Burn's {r['burn_max_abs_diff']:.2e} "
+                  f"(TF32 shows as ~1e-2 here): {'PASS' if ok else 'FAIL'}: f32 products without TF32")
 else:
     print("(no kernel micro-benchmark: see kernels.log)")
 

@@ -4,7 +4,9 @@
 //! 1. [`prepare`], on `main` before the sandbox (single-threaded): does the
 //!    driver library `libcuda.so.1` load at all (`medgemma_sandbox`'s
 //!    `dlopen` probe: touching a CUDA device without it panics on a thread
-//!    nobody can catch), and the driver's environment: `CUDA_DEVICE_ORDER`
+//!    nobody can catch), do CUDA kernels compile with the libdevice the
+//!    package ships ([`kernel_support`]: `CUDA_PATH` names its folder; no
+//!    toolkit is ever used), and the driver's environment: `CUDA_DEVICE_ORDER`
 //!    (ordinals as `nvidia-smi` numbers them) and `CUDA_CACHE_PATH` under
 //!    `sandbox.cache_dir`. Landlock then opens the GPU's device nodes and
 //!    driver files only when CUDA is still a candidate.
@@ -133,7 +135,8 @@ pub struct Prepared {
     /// Lines for the startup log.
     pub log: Vec<String>,
     /// The driver's library files as the loader resolved them (loaded now,
-    /// for the life of the process): Landlock rules for the engine.
+    /// for the life of the process), and the package's libdevice: Landlock
+    /// read rules for the engine.
     pub libraries: Vec<PathBuf>,
 }
 

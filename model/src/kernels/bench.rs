@@ -26,8 +26,14 @@ pub struct KernelRow {
     pub burn_us: f64,
     /// `bytes / bandwidth`, microseconds.
     pub floor_us: f64,
-    /// Largest |kernel − Burn| over the output.
+    /// Largest |kernel − Burn| over the output; for the f32 matmul row,
+    /// largest |ours − an f64 product on the host|.
     pub max_abs_diff: f32,
+    /// The f32 matmul row only: largest |Burn's matmul − the f64 product|.
+    /// TF32 (10-bit mantissa) shows here as ~1e-3 of the operands' scale,
+    /// f32 as ~1e-6: the GPU check of "f32 without TF32".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_max_abs_diff: Option<f32>,
 }
 
 fn filled<const D: usize>(
@@ -36,17 +42,78 @@ fn filled<const D: usize>(
     device: &Device,
     salt: u32,
 ) -> Tensor<D> {
-    // A cheap deterministic pattern in [-1, 1) (no RNG on the device needed).
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
+    let v = pattern(shape.iter().product(), salt);
+    Tensor::<D>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+}
+
+/// A cheap deterministic pattern in [-1, 1) (no RNG on the device needed).
+fn pattern(n: usize, salt: u32) -> Vec<f32> {
+    (0..n)
         .map(|i| {
             let h = (i as u32)
                 .wrapping_mul(2_654_435_761)
                 .wrapping_add(salt.wrapping_mul(97));
             (h >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         })
-        .collect();
-    Tensor::<D>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+        .collect()
+}
+
+/// `a · b` in f64 on the host, `a: [m, k]`, `b: [k, n]`, row-major.
+fn host_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let x = f64::from(a[i * k + p]);
+            let row = &b[p * n..(p + 1) * n];
+            for (o, y) in out[i * n..(i + 1) * n].iter_mut().zip(row) {
+                *o += x * f64::from(*y);
+            }
+        }
+    }
+    out
+}
+
+fn diff_to_host<const D: usize>(t: Tensor<D>, host: &[f64]) -> f32 {
+    let v: Vec<f32> = t.cast(DType::F32).into_data().iter::<f32>().collect();
+    v.iter()
+        .zip(host)
+        .map(|(x, y)| (f64::from(*x) - y).abs() as f32)
+        .fold(0.0, f32::max)
+}
+
+/// The f32 product of more rows than the skinny kernel takes (a prompt
+/// chunk, the fidelity tests' mode): ours (`kernels::matmul`, no TF32) and
+/// Burn's (tensor cores, TF32 where the GPU has it), each against f64.
+fn f32_matmul_row(
+    device: &Device,
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+    bandwidth: f64,
+) -> KernelRow {
+    let (a, b) = (pattern(m * k, 11), pattern(k * n, 12));
+    let want = host_product(&a, &b, m, k, n);
+    let at = Tensor::<2>::from_data(TensorData::new(a, [m, k]), (device, DType::F32));
+    let bt = Tensor::<2>::from_data(TensorData::new(b, [k, n]), (device, DType::F32));
+    let ours = diff_to_host(super::matmul(at.clone(), bt.clone()), &want);
+    let burn = diff_to_host(at.clone().matmul(bt.clone()), &want);
+    let kernel_us = time_us(device, reps, || {
+        let _ = super::matmul(at.clone(), bt.clone());
+    });
+    let burn_us = time_us(device, reps, || {
+        let _ = at.clone().matmul(bt.clone());
+    });
+    let bytes = ((m * k + k * n + m * n) * 4) as u64;
+    KernelRow {
+        name: format!("f32 matmul (no TF32) {m}x{k}·{k}x{n}"),
+        bytes,
+        kernel_us,
+        burn_us,
+        floor_us: bytes as f64 / bandwidth * 1e6,
+        max_abs_diff: ours,
+        burn_max_abs_diff: Some(burn),
+    }
 }
 
 /// Median wall time of `f` in microseconds over `reps` synced runs (after
@@ -143,6 +210,7 @@ pub fn micro_benchmarks(
                 burn_us,
                 floor_us: floor(bytes),
                 max_abs_diff: d,
+                burn_max_abs_diff: None,
             });
         }
     }
@@ -169,6 +237,7 @@ pub fn micro_benchmarks(
             burn_us,
             floor_us: floor(bytes),
             max_abs_diff: d,
+            burn_max_abs_diff: None,
         });
         let g = filled([m, mlp], dtype, device, 3000 + m as u32).mul_scalar(3.0);
         let u = filled([m, mlp], dtype, device, 4000 + m as u32);
@@ -190,8 +259,17 @@ pub fn micro_benchmarks(
             burn_us,
             floor_us: floor(bytes),
             max_abs_diff: d,
+            burn_max_abs_diff: None,
         });
     }
+    out.push(f32_matmul_row(
+        device,
+        64,
+        hidden,
+        shapes.projections.first().map_or(hidden, |p| p.1),
+        reps,
+        bandwidth,
+    ));
     Some(out)
 }
 
@@ -210,10 +288,15 @@ mod tests {
             mlp: 64,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2);
+        assert_eq!(rows.len(), 2 + 2 + 1);
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");
         }
+        // The CPU runtime has no TF32: both f32 products are f32 against f64.
+        let f32_row = rows.last().unwrap();
+        assert!(f32_row.name.starts_with("f32 matmul"), "{f32_row:?}");
+        assert!(f32_row.max_abs_diff < 1e-5, "{f32_row:?}");
+        assert!(f32_row.burn_max_abs_diff.unwrap() < 1e-5, "{f32_row:?}");
     }
 }

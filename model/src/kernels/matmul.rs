@@ -6,8 +6,12 @@
 //! (`cubek_matmul::multi_level::definition::adjust_dtypes`; CUDA registers
 //! TF32 from sm_80). That moved the tiny fixtures' f32 logits by up to
 //! 1.1e-2 on an H200. Here f32 products run cubek's `SimpleUnit` routine
-//! instead, plain f32 FMAs on the CUDA cores. bf16 and f16 keep Burn's
-//! tensor-core path (their accumulation is f32 either way).
+//! instead, plain f32 FMAs on the CUDA cores: its tile matmul is
+//! `TileMatmulKind::Register` and it never calls `adjust_dtypes` (cubek-matmul
+//! 0.3.1, `multi_level/routines/batch/simple_unit.rs`). bf16 and f16 keep
+//! Burn's tensor-core path (their accumulation is f32 either way). On a GPU,
+//! `medgemmad bench --kernels` compares both f32 products with an f64 one
+//! (`bench.rs`), and the f32 fidelity tests hold logits to 1e-3.
 //!
 //! Owns: which routine an f32 product takes. Must never: change the
 //! product's shape or dtype.
