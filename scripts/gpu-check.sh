@@ -13,6 +13,11 @@
 #     medgemmad looks for it) and packs all of it into DIR/gpu-check.tar.xz
 #     (`xz --lzma2=preset=9,dict=400MiB`: the binaries share most bytes).
 #   GPU machine:    MEDGEMMA_PREBUILT=DIR/gpu-check.tar.xz scripts/gpu-check.sh
+#   Prepared for a machine reached with a copy of the checkout: DIR under the
+#   ignored artifacts/ (e.g. artifacts/gpu), carried with the tree (archive
+#   ~40-45 MB + the tree's ~9 MB, under 64 MiB), then in ONE call, as root:
+#     OUT=<results dir> MEDGEMMA_PREBUILT=artifacts/gpu/gpu-check.tar.xz scripts/gpu-check.sh
+#   (about 8 minutes at most; GPU_CHECK_BUDGET_S=470 leaves room under 540 s).
 #
 # Steps (each with its own time limit inside GPU_CHECK_BUDGET_S, default 470):
 #   info      nvidia-smi, driver, `medgemmad --version` lists cuda, the
@@ -41,7 +46,9 @@
 # the test binaries get the payload's lib/medgemma/cuda, as the daemon would)
 # and no toolkit on PATH or LD_LIBRARY_PATH: a server with only the driver.
 #
-# Environment: OUT (results; default /tmp/gpu-check), GPU_CHECK_BUDGET_S,
+# Environment: OUT (results only, a few hundred kB; default /tmp/gpu-check),
+# GPU_CHECK_WORK (unpacked payload, ~0.5 GB; default /tmp/gpu-check-work),
+# GPU_CHECK_BUDGET_S,
 # GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,hf,table).
 # Exit: 0 every step that ran passed; 1 a step failed; 2 usage/prerequisite.
 set -uo pipefail
@@ -131,7 +138,11 @@ step() {
 
 # ---- the payload
 [ -n "${MEDGEMMA_PREBUILT:-}" ] || die "set MEDGEMMA_PREBUILT to the archive of scripts/gpu-check.sh --prepare"
-pay="$out/payload"
+# Unpacked binaries and the sandbox step's model stay out of $OUT (only
+# results go there: a caller may copy that folder back).
+work="${GPU_CHECK_WORK:-/tmp/gpu-check-work}"
+mkdir -p "$work"
+pay="$work/payload"
 rm -rf "$pay" && mkdir -p "$pay"
 python3 - "$MEDGEMMA_PREBUILT" "$pay" <<'PY' || die "cannot unpack $MEDGEMMA_PREBUILT"
 import lzma, sys, tarfile
@@ -144,7 +155,7 @@ bin="$pay/bin"
 
 # A server with only the driver: CUDA_PATH names an empty folder, no toolkit
 # on the search paths (medgemmad must bring its own libdevice).
-empty="$out/empty-cuda-path"
+empty="$work/empty-cuda-path"
 mkdir -p "$empty"
 export CUDA_PATH="$empty"
 PATH=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
@@ -169,7 +180,7 @@ fi
 
 # ---- sandbox (issue: the GPU path works where the appliance is installed)
 if want sandbox; then
-  sb="$out/sandbox"
+  sb="$work/sandbox"
   rm -rf "$sb" && mkdir -p "$sb/model" "$sb/keys"
   # The tiny bf16 fixture with the real vocabulary (tied embedding grown to
   # 262 208 rows: its 320 rows, then random ones of about ±0.01), and audit
