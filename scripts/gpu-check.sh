@@ -34,10 +34,11 @@
 #             product on the host (TF32 would show as ~1e-2, f32 as ~1e-5)
 #   fidelity  on GPU 0 (MEDGEMMA_TEST_DEVICE=cuda): reference_tiny (f32 in
 #             f32, no TF32: within 1e-3; bf16 compute within 0.15 of torch
-#             bf16, same argmax; greedy equal), batched_decode, and the window
+#             bf16, same argmax; greedy equal); after the bench (so that the
+#             budget never skips the bench): batched_decode, and the window
 #             mutant, which must fail
 #   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32, our
-#             kernels, then MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
+#             kernels; after the extras MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
 #   table     one table of all the above, with ratios
@@ -238,22 +239,34 @@ if want kernels; then
   step kernels 90 "$bin/medgemmad" bench --kernels --backend cuda --batch 1,8,32 || failed=1
 fi
 
-# ---- fidelity
+# ---- fidelity (reference_tiny: f32 within 1e-3, bf16 within 0.15 of torch)
+run_fidelity() { # NAME LIMIT: one fidelity test binary on GPU 0
+  local t=$1 limit=$2
+  if [ -x "$pay/tests/$t" ]; then
+    MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda CUDA_PATH="$shipped" \
+      step "fidelity-$t" "$limit" "$pay/tests/$t" --test-threads=1 --nocapture --skip real_270m || failed=1
+    grep -hE 'max \|Δlogit\||test result|panicked|FAILED' "$out/fidelity-$t.log" "$out/fidelity-$t.out" \
+      | tee -a "$summary" >&2
+  else
+    note "fidelity-$t: no binary"; failed=1
+  fi
+}
 if want fidelity; then
-  export MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda
-  for t in reference_tiny batched_decode; do
-    if [ -x "$pay/tests/$t" ]; then
-      CUDA_PATH="$shipped" step "fidelity-$t" 120 "$pay/tests/$t" --test-threads=1 --nocapture \
-        --skip real_270m || failed=1
-      grep -hE 'max \|Δlogit\||test result|panicked|FAILED' "$out/fidelity-$t.log" "$out/fidelity-$t.out" \
-        | tee -a "$summary" >&2
-    else
-      note "fidelity-$t: no binary"; failed=1
-    fi
-  done
+  run_fidelity reference_tiny 120
+fi
+
+# ---- bench (before the extras below, so the budget never skips it)
+if want bench; then
+  step bench 150 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --json || failed=1
+fi
+
+# ---- extras: batched = alone on the GPU, the window mutant (must fail),
+# the bench with Burn's ops only
+if want fidelity; then
+  run_fidelity batched_decode 90
   if [ -x "$pay/tests/reference_tiny_window_mutant" ]; then
-    if CUDA_PATH="$shipped" step fidelity-mutant 90 "$pay/tests/reference_tiny_window_mutant" \
-        --test-threads=1 --nocapture; then
+    if MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda CUDA_PATH="$shipped" \
+        step fidelity-mutant 90 "$pay/tests/reference_tiny_window_mutant" --test-threads=1 --nocapture; then
       note "fidelity-mutant: FAIL: a sliding window one key wider passed the GPU fidelity tests"
       failed=1
     else
@@ -261,12 +274,8 @@ if want fidelity; then
       grep -hE '^test .* FAILED$|differ' "$out/fidelity-mutant.out" "$out/fidelity-mutant.log" | head -8 | tee -a "$summary" >&2
     fi
   fi
-  unset MEDGEMMA_TEST_DEVICE
 fi
-
-# ---- bench
 if want bench; then
-  step bench 150 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --json || failed=1
   MEDGEMMA_PLAIN_BURN=1 step bench-plain 120 "$bin/medgemmad" bench --random-4b --backend cuda \
     --batch 1,8,32 --new-tokens 32 --json || true
 fi
