@@ -229,7 +229,8 @@ PY
     grep -E '^(PASS|FAIL)' "$out/sandbox.out" | tee -a "$summary" >&2
   else
     grep -E '^(PASS|FAIL)' "$out/sandbox.out" | tee -a "$summary" >&2
-    grep -q '^FAIL' "$out/sandbox.out" || note "FAIL: sandboxed daemon on CUDA: see $out/sandbox.out and sandbox.log"
+    grep -q '^FAIL' "$out/sandbox.out" \
+      || note "FAIL: sandboxed daemon on CUDA: $(tail -n 1 "$out/sandbox.log" | cut -c1-300) (see $out/sandbox.out)"
     failed=1
   fi
 fi
