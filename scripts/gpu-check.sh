@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
-# GPU check, for one machine with an NVIDIA GPU (made for: H200, 16 cores, no
-# internet, 10 minutes per command). One run does, in order, each step with
-# its own time limit inside an overall budget, writing everything to $OUT:
+# GPU check, for one machine with an NVIDIA GPU and no internet (made for: an
+# H200, 16 cores, at most 8 minutes for the whole run). Binaries come from
+# the build machine as ONE xz archive (that machine has no zstd; Python's
+# lzma unpacks it); nothing is built or downloaded there.
 #
-#   info      nvidia-smi, driver, libdevice (kernels with exp/tanh need it),
-#             `medgemmad --version` must list the cuda backend
-#   fidelity  the model's fidelity tests on GPU 0 (MEDGEMMA_TEST_DEVICE=cuda):
-#             tests/reference_tiny (f32 within 1e-3, bf16 compute within 0.15
-#             of torch bf16 with the same argmax, greedy tokens equal) and,
-#             when the 270M GGUF is there ($MEDGEMMA_ASSETS), tests/real_270m
-#             in f32 (greedy tokens equal transformers) and, for information
-#             only, in bf16; tests/batched_decode (batched = one at a time,
-#             chunked prefill between decode steps, greedy argmax on the GPU)
-#   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32 --json
-#   hf        scripts/bench/hf_random_4b.py (transformers, same shapes, eager
-#             and torch.compile), when python3 imports torch and transformers
-#   table     one table: medgemmad vs transformers, with ratios
+#   Build machine:  scripts/gpu-check.sh --prepare DIR
+#     builds (release, `cuda`) medgemmad, the fidelity test binaries
+#     reference_tiny and batched_decode, and reference_tiny_window_mutant:
+#     reference_tiny built from a copy of the tree whose sliding window is
+#     one key wider (keys j >= i - W instead of j > i - W), which must FAIL on
+#     the GPU; stages NVIDIA's libdevice as lib/medgemma/cuda (where
+#     medgemmad looks for it) and packs all of it into DIR/gpu-check.tar.xz
+#     (`xz --lzma2=preset=9,dict=400MiB`: the binaries share most bytes).
+#   GPU machine:    MEDGEMMA_PREBUILT=DIR/gpu-check.tar.xz scripts/gpu-check.sh
+#   Prepared for a machine reached with a copy of the checkout: DIR under the
+#   ignored artifacts/ (e.g. artifacts/gpu), carried with the tree (archive
+#   ~40-45 MB + the tree's ~9 MB, under 64 MiB), then in ONE call, as root:
+#     OUT=<results dir> MEDGEMMA_PREBUILT=artifacts/gpu/gpu-check.tar.xz scripts/gpu-check.sh
+#   (about 8 minutes at most; GPU_CHECK_BUDGET_S=470 leaves room under 540 s).
 #
-# Binaries: MEDGEMMA_PREBUILT=DIR holds medgemmad, reference_tiny,
-# real_270m and batched_decode (each may be .zst-compressed), made on a build machine with
-#   scripts/gpu-check.sh --prepare DIR
-# Without MEDGEMMA_PREBUILT it builds them here (scripts/build-release.sh and
-# cargo test --no-run; needs the offline LLVM of scripts/setup-llvm-cuda.sh and
-# a filled cargo registry: nothing is downloaded).
+# Steps (each with its own time limit inside GPU_CHECK_BUDGET_S, default 470):
+#   info      nvidia-smi, driver, `medgemmad --version` lists cuda, the
+#             shipped libdevice, which toolkits this machine has (not used)
+#   sandbox   scripts/gpu-sandbox-check.sh --enforce: `medgemmad serve` as
+#             systemd starts it (root dropping to the service user, Landlock
+#             and seccomp ENFORCED) on CUDA, asked one question through the UI
+#             socket; the model is tests/fixtures/tiny_a_bf16 with its
+#             embedding grown to the real 262 208-token vocabulary (random
+#             rows) and the real tokenizer.json from the payload; PASS or FAIL
+#   kernels   medgemmad bench --kernels: each decode kernel against the Burn
+#             ops it replaces and its bandwidth floor, 1/8/32 rows, 4B shapes;
+#             and a 64-row f32 product, ours and Burn's, each against an f64
+#             product on the host (TF32 would show as ~1e-2, f32 as ~1e-5)
+#   fidelity  on GPU 0 (MEDGEMMA_TEST_DEVICE=cuda): reference_tiny (f32 in
+#             f32, no TF32: within 1e-3; bf16 compute within 0.15 of torch
+#             bf16, same argmax; greedy equal); after the bench (so that the
+#             budget never skips the bench): batched_decode, and the window
+#             mutant, which must fail
+#   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32, our
+#             kernels; after the extras MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
+#   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
+#             python3 imports torch and transformers with CUDA
+#   table     one table of all the above, with ratios
+# Every step that runs medgemmad or a test binary does so with CUDA_PATH set
+# to an empty folder (medgemmad replaces it with its own libdevice folder;
+# the test binaries get the payload's lib/medgemma/cuda, as the daemon would)
+# and no toolkit on PATH or LD_LIBRARY_PATH: a server with only the driver.
 #
-# Environment: OUT (results; default /tmp/gpu-check), GPU_CHECK_BUDGET_S
-# (overall seconds, default 540), GPU_CHECK_STEPS (default
-# info,fidelity,bench,hf,table), MEDGEMMA_ASSETS (270M GGUF), CUDA_PATH.
+# Environment: OUT (results only, a few hundred kB; default /tmp/gpu-check),
+# GPU_CHECK_WORK (unpacked payload, ~0.5 GB; default /tmp/gpu-check-work),
+# GPU_CHECK_BUDGET_S,
+# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,hf,table).
 # Exit: 0 every step that ran passed; 1 a step failed; 2 usage/prerequisite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,34 +58,58 @@ root=$PWD
 
 die() { echo "gpu-check: $*" >&2; exit 2; }
 
-# ---- --prepare DIR: build the binaries for MEDGEMMA_PREBUILT (build machine)
+# ---- --prepare DIR (build machine)
 if [ "${1:-}" = "--prepare" ]; then
   dest="${2:?usage: scripts/gpu-check.sh --prepare DIR}"
   mkdir -p "$dest"
-  rel=$(scripts/build-release.sh) || die "release build failed"
-  # The release build's own environment: any difference (SOURCE_DATE_EPOCH,
-  # locale) would rebuild the shared CUDA stack for the next release build.
+  dest="$(cd "$dest" && pwd)"
+  rel=$(scripts/build-release.sh | tail -n 1) || die "release build failed"
+  # The release build's own environment, so nothing rebuilds the CUDA stack.
   MEDGEMMA_FEATURES=medgemmad/cuda
   # shellcheck source=scripts/release-env.sh
   source scripts/release-env.sh
-  tests=$(cargo test --release --locked --workspace --features medgemmad/cuda --no-run \
-      --test reference_tiny --test real_270m --test batched_decode --message-format=json 2>/dev/null \
-    | jq -r 'select(.reason=="compiler-artifact" and .profile.test==true and .executable!=null) | .executable') \
-    || die "test build failed"
-  for f in "$rel/medgemmad" $tests; do
-    name=$(basename "$f"); name=${name%%-*}
-    cp "$f" "$dest/$name" && strip "$dest/$name" 2>/dev/null
-    zstd -q -f -T0 -19 --rm "$dest/$name" -o "$dest/$name.zst" || die "zstd failed"
-  done
-  ls -l "$dest"
+  test_bins() { # (tree) prints the test executables
+    (cd "$1" && cargo test --release --locked --workspace --features medgemmad/cuda --no-run \
+        --test reference_tiny --test batched_decode --message-format=json 2>/dev/null) \
+      | jq -r 'select(.reason=="compiler-artifact" and .profile.test==true and .executable!=null) | .executable'
+  }
+  tests=$(test_bins "$root") || die "test build failed"
+  [ -n "$tests" ] || die "no test binaries built"
+  # The mutant: the same tree with the sliding window one key wider.
+  mutant="$CARGO_TARGET_DIR/gpu-check-mutant"
+  rm -rf "$mutant" && mkdir -p "$mutant"
+  git ls-files -z | xargs -0 cp --parents -t "$mutant"
+  grep -q '(kind == LayerType::Global || j + window > i)' "$mutant/model/src/gemma3.rs" \
+    || die "the window condition moved: update the mutant in scripts/gpu-check.sh"
+  sed -i 's/(kind == LayerType::Global || j + window > i)/(kind == LayerType::Global || j + window >= i)/' \
+    "$mutant/model/src/gemma3.rs"
+  mutant_tiny=$(test_bins "$mutant" | grep '/reference_tiny-') || die "mutant build failed"
+  stage="$(mktemp -d)"
+  trap 'rm -rf "$stage"' EXIT
+  mkdir -p "$stage/bin" "$stage/tests"
+  cp "$rel/medgemmad" "$stage/bin/"
+  # The real Gemma 3 tokenizer for the sandbox step (3.5 MB in the archive).
+  assets="${MEDGEMMA_ASSETS:-$HOME/.cache/medgemma-assets}"
+  mkdir -p "$stage/assets"
+  cp "$assets/tokenizer/tokenizer.json" "$stage/assets/" || die "no tokenizer.json under $assets"
+  cp -r "$rel/../lib" "$stage/lib"
+  [ -f "$stage/lib/medgemma/cuda/nvvm/libdevice/libdevice.10.bc" ] || die "no libdevice staged"
+  for f in $tests; do n=$(basename "$f"); cp "$f" "$stage/tests/${n%%-*}"; done
+  cp "$mutant_tiny" "$stage/tests/reference_tiny_window_mutant"
+  strip "$stage"/bin/* "$stage"/tests/* 2>/dev/null
+  tar -C "$stage" -cf - bin lib tests assets \
+    | xz -T1 --lzma2=preset=9,dict=400MiB >"$dest/gpu-check.tar.xz" || die "xz failed"
+  ls -l "$dest/gpu-check.tar.xz"
+  size=$(stat -c %s "$dest/gpu-check.tar.xz")
+  [ "$size" -le $((60 * 1024 * 1024)) ] || die "the archive is $size bytes, over 60 MiB"
   exit 0
 fi
 
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
-budget="${GPU_CHECK_BUDGET_S:-540}"
+budget="${GPU_CHECK_BUDGET_S:-470}"
 deadline=$((SECONDS + budget))
-steps=",${GPU_CHECK_STEPS:-info,fidelity,bench,hf,table},"
+steps=",${GPU_CHECK_STEPS:-info,sandbox,kernels,fidelity,bench,hf,table},"
 summary="$out/summary.txt"
 : >"$summary"
 failed=0
@@ -69,12 +117,12 @@ failed=0
 note() { echo "$*" | tee -a "$summary" >&2; }
 want() { [[ "$steps" == *",$1,"* ]]; }
 
-# step NAME LIMIT_S CMD...: runs CMD with stdout to $out/NAME.out and stderr to
-# $out/NAME.log, within LIMIT_S and the overall budget.
+# step NAME LIMIT_S CMD...: runs CMD with stdout to $out/NAME.out and stderr
+# to $out/NAME.log, within LIMIT_S and the overall budget.
 step() {
   local name=$1 limit=$2; shift 2
   local left=$((deadline - SECONDS))
-  if [ "$left" -lt 20 ]; then
+  if [ "$left" -lt 15 ]; then
     note "$name: SKIPPED (overall budget of ${budget}s spent)"
     return 99
   fi
@@ -89,80 +137,154 @@ step() {
   return $rc
 }
 
-# ---- binaries
-bin="$out/bin"
-mkdir -p "$bin"
-if [ -n "${MEDGEMMA_PREBUILT:-}" ]; then
-  for n in medgemmad reference_tiny real_270m batched_decode; do
-    if [ -f "$MEDGEMMA_PREBUILT/$n.zst" ]; then
-      zstd -q -d -f "$MEDGEMMA_PREBUILT/$n.zst" -o "$bin/$n" || die "cannot unpack $n"
-    elif [ -f "$MEDGEMMA_PREBUILT/$n" ]; then
-      cp "$MEDGEMMA_PREBUILT/$n" "$bin/$n"
-    fi
-    [ -f "$bin/$n" ] && chmod +x "$bin/$n"
-  done
-else
-  step build 480 "$0" --prepare "$out/prebuilt" || die "build failed (see $out/build.log)"
-  MEDGEMMA_PREBUILT="$out/prebuilt" exec "$0"
-fi
-[ -x "$bin/medgemmad" ] || die "no medgemmad in ${MEDGEMMA_PREBUILT}"
+# ---- the payload
+[ -n "${MEDGEMMA_PREBUILT:-}" ] || die "set MEDGEMMA_PREBUILT to the archive of scripts/gpu-check.sh --prepare"
+# Unpacked binaries and the sandbox step's model stay out of $OUT (only
+# results go there: a caller may copy that folder back).
+work="${GPU_CHECK_WORK:-/tmp/gpu-check-work}"
+mkdir -p "$work"
+pay="$work/payload"
+rm -rf "$pay" && mkdir -p "$pay"
+python3 - "$MEDGEMMA_PREBUILT" "$pay" <<'PY' || die "cannot unpack $MEDGEMMA_PREBUILT"
+import lzma, sys, tarfile
+with lzma.open(sys.argv[1]) as f, tarfile.open(fileobj=f) as t:
+    t.extractall(sys.argv[2])
+PY
+chmod +x "$pay"/bin/* "$pay"/tests/*
+bin="$pay/bin"
+[ -x "$bin/medgemmad" ] || die "no medgemmad in the payload"
+
+# A server with only the driver: CUDA_PATH names an empty folder, no toolkit
+# on the search paths (medgemmad must bring its own libdevice).
+empty="$work/empty-cuda-path"
+mkdir -p "$empty"
+export CUDA_PATH="$empty"
+PATH=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
+LD_LIBRARY_PATH=$(echo "${LD_LIBRARY_PATH:-}" | tr ':' '\n' | grep -v -i 'cuda-\|/cuda/\|cuda$' | paste -sd: -)
+export PATH LD_LIBRARY_PATH
+shipped="$pay/lib/medgemma/cuda"
 
 # ---- info
 if want info; then
   {
     nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,memory.free --format=csv 2>&1
     echo "--- medgemmad --version"; "$bin/medgemmad" --version
-    echo "--- libdevice (needed by kernels using exp/tanh/erf)"
-    found=""
-    for d in "${CUDA_PATH:-}" /usr/local/cuda /opt/cuda /usr/lib/cuda /usr; do
-      [ -n "$d" ] && [ -f "$d/nvvm/libdevice/libdevice.10.bc" ] && found="$d/nvvm/libdevice/libdevice.10.bc" && break
-    done
-    echo "${found:-NOT FOUND: set CUDA_PATH to a CUDA toolkit, or GELU/softmax kernels will fail}"
+    echo "--- libdevice shipped in the payload"
+    sha256sum "$shipped/nvvm/libdevice/libdevice.10.bc" 2>&1
+    echo "--- toolkits on this machine (NOT used: CUDA_PATH=$CUDA_PATH)"
+    ls -d /usr/local/cuda* /opt/cuda 2>/dev/null || echo none
+    echo "PATH=$PATH"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   } >"$out/info.txt" 2>&1
   cat "$out/info.txt" >&2
   grep -Eq '^backends:.*\bcuda\b' "$out/info.txt" || { note "info: medgemmad has no cuda backend"; failed=1; }
 fi
 
-# ---- fidelity
-if want fidelity; then
-  export MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda
-  if [ -x "$bin/reference_tiny" ]; then
-    step fidelity-tiny 180 "$bin/reference_tiny" --test-threads=1 --nocapture || failed=1
-    grep -E 'max \|Δlogit\||test result' "$out/fidelity-tiny.log" "$out/fidelity-tiny.out" | tee -a "$summary" >&2
+# ---- sandbox (issue: the GPU path works where the appliance is installed)
+if want sandbox; then
+  sb="$work/sandbox"
+  rm -rf "$sb" && mkdir -p "$sb/model" "$sb/keys"
+  # The tiny bf16 fixture with the real vocabulary (tied embedding grown to
+  # 262 208 rows: its 320 rows, then random ones of about ±0.01), and audit
+  # keys in the audit crate's formats (a throwaway chain key and content key).
+  python3 - "$root/tests/fixtures/tiny_a_bf16" "$sb" <<'PY' || { note "sandbox: cannot write the model"; failed=1; }
+import hashlib, json, os, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+VOCAB = 262208
+cfg = json.load(open(os.path.join(src, "config.json")))
+cfg["text_config"]["vocab_size"] = VOCAB
+json.dump(cfg, open(os.path.join(dst, "model", "config.json"), "w"), indent=1)
+f = open(os.path.join(src, "model.safetensors"), "rb")
+n = struct.unpack("<Q", f.read(8))[0]
+header = json.loads(f.read(n)); body = f.read()
+meta = header.pop("__metadata__", None)
+out_header, chunks, off = {}, [], 0
+for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    data = body[t["data_offsets"][0]:t["data_offsets"][1]]
+    if name.endswith("embed_tokens.weight"):
+        rows, dim = t["shape"]
+        extra = bytearray(os.urandom(2 * (VOCAB - rows) * dim))
+        table = bytes((0x3C | (b & 0x80)) for b in range(256))  # sign kept, exponent 2^-7..2^-6
+        extra[1::2] = bytes(extra[1::2]).translate(table)
+        data = data + bytes(extra)
+        t = dict(t, shape=[VOCAB, dim])
+    out_header[name] = dict(dtype=t["dtype"], shape=t["shape"], data_offsets=[off, off + len(data)])
+    chunks.append(data); off += len(data)
+if meta is not None:
+    out_header["__metadata__"] = meta
+h = json.dumps(out_header).encode(); h += b" " * (-len(h) % 8)
+with open(os.path.join(dst, "model", "model.safetensors"), "wb") as o:
+    o.write(struct.pack("<Q", len(h))); o.write(h)
+    for c in chunks: o.write(c)
+s = "medgemma-audit key file v1\nnext_seq=0\nkey=%s\nhead=%s\n" % (os.urandom(32).hex(), "00" * 32)
+s += "check=%s\n" % hashlib.sha256(s.encode()).digest()[:8].hex()
+for name, text in (("current", s), ("content", "medgemma-audit content key v1\nkey=%s\n" % os.urandom(32).hex())):
+    fd = os.open(os.path.join(dst, "keys", name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, text.encode()); os.close(fd)
+PY
+  chmod -R a+rX "$sb/model" "$pay/assets" "$pay/lib"
+  if [ "$(id -u)" != 0 ]; then
+    note "sandbox: FAIL: not root (the daemon must drop root itself)"; failed=1
+  elif step sandbox 150 scripts/gpu-sandbox-check.sh --enforce --no-strace --timeout 120 \
+      --bin "$bin/medgemmad" --model "$sb/model" --tokenizer "$pay/assets/tokenizer.json" --keys "$sb/keys"; then
+    grep -E '^(PASS|FAIL)' "$out/sandbox.out" | tee -a "$summary" >&2
   else
-    note "fidelity-tiny: no reference_tiny binary"; failed=1
+    grep -E '^(PASS|FAIL)' "$out/sandbox.out" | tee -a "$summary" >&2
+    grep -q '^FAIL' "$out/sandbox.out" \
+      || note "FAIL: sandboxed daemon on CUDA: $(tail -n 1 "$out/sandbox.log" | cut -c1-300) (see $out/sandbox.out)"
+    failed=1
   fi
-  gguf="${MEDGEMMA_ASSETS:-$HOME/.cache/medgemma-assets}/gemma-3-270m/gemma-3-270m-q4_k_m.gguf"
-  if [ -x "$bin/real_270m" ] && [ -f "$gguf" ]; then
-    step fidelity-270m-f32 150 "$bin/real_270m" --test-threads=1 || failed=1
-    grep -E 'test result' "$out/fidelity-270m-f32.out" | tee -a "$summary" >&2
-    MEDGEMMA_TEST_DTYPE=bf16 step fidelity-270m-bf16 120 "$bin/real_270m" --test-threads=1 \
-      || note "fidelity-270m-bf16: differences in bf16 are reported, not failed (see $out/fidelity-270m-bf16.out)"
-  else
-    note "fidelity-270m: skipped (no real_270m binary or no GGUF at $gguf)"
-  fi
-  if [ -x "$bin/batched_decode" ]; then
-    # The 270M case needs the GGUF; the tiny fixtures travel with the tree.
-    skip=(); [ -f "$gguf" ] || skip=(--skip real_270m)
-    step fidelity-batched 150 "$bin/batched_decode" --test-threads=1 --nocapture "${skip[@]}" || failed=1
-    grep -E 'max \|Δlogit\||test result' "$out/fidelity-batched.log" "$out/fidelity-batched.out" | tee -a "$summary" >&2
-  else
-    note "fidelity-batched: no batched_decode binary"; failed=1
-  fi
-  unset MEDGEMMA_TEST_DEVICE
 fi
 
-# ---- bench
+# ---- kernels
+if want kernels; then
+  step kernels 90 "$bin/medgemmad" bench --kernels --backend cuda --batch 1,8,32 || failed=1
+fi
+
+# ---- fidelity (reference_tiny: f32 within 1e-3, bf16 within 0.15 of torch)
+run_fidelity() { # NAME LIMIT: one fidelity test binary on GPU 0
+  local t=$1 limit=$2
+  if [ -x "$pay/tests/$t" ]; then
+    MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda CUDA_PATH="$shipped" \
+      step "fidelity-$t" "$limit" "$pay/tests/$t" --test-threads=1 --nocapture --skip real_270m || failed=1
+    grep -hE 'max \|Δlogit\||test result|panicked|FAILED' "$out/fidelity-$t.log" "$out/fidelity-$t.out" \
+      | tee -a "$summary" >&2
+  else
+    note "fidelity-$t: no binary"; failed=1
+  fi
+}
+if want fidelity; then
+  run_fidelity reference_tiny 120
+fi
+
+# ---- bench (before the extras below, so the budget never skips it)
 if want bench; then
-  step bench 240 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --json || failed=1
-  cp "$out/bench.out" "$out/medgemmad.json" 2>/dev/null
+  step bench 150 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --json || failed=1
+fi
+
+# ---- extras: batched = alone on the GPU, the window mutant (must fail),
+# the bench with Burn's ops only
+if want fidelity; then
+  run_fidelity batched_decode 90
+  if [ -x "$pay/tests/reference_tiny_window_mutant" ]; then
+    if MEDGEMMA_FIXTURES="$root/tests/fixtures" MEDGEMMA_TEST_DEVICE=cuda CUDA_PATH="$shipped" \
+        step fidelity-mutant 90 "$pay/tests/reference_tiny_window_mutant" --test-threads=1 --nocapture; then
+      note "fidelity-mutant: FAIL: a sliding window one key wider passed the GPU fidelity tests"
+      failed=1
+    else
+      note "fidelity-mutant: PASS: the window moved by one fails $(grep -c '^test .* FAILED$' "$out/fidelity-mutant.out") GPU tests"
+      grep -hE '^test .* FAILED$|differ' "$out/fidelity-mutant.out" "$out/fidelity-mutant.log" | head -8 | tee -a "$summary" >&2
+    fi
+  fi
+fi
+if want bench; then
+  MEDGEMMA_PLAIN_BURN=1 step bench-plain 120 "$bin/medgemmad" bench --random-4b --backend cuda \
+    --batch 1,8,32 --new-tokens 32 --json || true
 fi
 
 # ---- hf
 if want hf; then
   if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
-    step hf 300 python3 scripts/bench/hf_random_4b.py || failed=1
-    cp "$out/hf.out" "$out/transformers.json" 2>/dev/null
+    step hf 180 python3 scripts/bench/hf_random_4b.py --new-tokens 32 || true
   else
     note "hf: skipped (python3 cannot import torch and transformers with CUDA)"
   fi
@@ -170,53 +292,72 @@ fi
 
 # ---- table
 if want table; then
-  python3 - "$out/medgemmad.json" "$out/transformers.json" <<'PY' | tee -a "$summary" >&2
-import json, sys
+  python3 - "$out" <<'PY' | tee -a "$summary" >&2
+import json, os, sys
+out = sys.argv[1]
 
-def load(p):
+def last_json(name):
     try:
-        text = open(p).read().strip()
-        # the last JSON object on stdout
-        return json.loads(text.splitlines()[-1]) if text else None
+        lines = [l for l in open(os.path.join(out, name + ".out")).read().splitlines() if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
     except Exception:
         return None
 
-def prefill(d):
-    if not isinstance(d, dict): return None
-    p = d.get("prefill")
-    if isinstance(p, dict):
-        return p.get("tokens_per_s") or (p.get("tokens", 0) / (p["ms"] / 1e3) if p.get("ms") else None)
-    return d.get("prefill_tokens_per_s")
+k = last_json("kernels")
+if k:
+    bw = k.get("bandwidth_bytes_per_s") or 0
+    print(f"kernels (bandwidth probe {bw / 1e12:.2f} TB/s): median µs, floor = bytes / bandwidth")
+    print(f"{'kernel':40} {'ours':>9} {'burn':>9} {'floor':>9} {'floor/ours':>10} {'burn/ours':>9} {'max|Δ|':>9}")
+    for r in k.get("kernels", []):
+        ours, burn, floor = r["kernel_us"], r["burn_us"], r["floor_us"]
+        print(f"{r['name']:40} {ours:9.1f} {burn:9.1f} {floor:9.1f} {floor / ours:10.2f} {burn / ours:9.2f} {r['max_abs_diff']:9.2e}")
+        if r.get("burn_max_abs_diff") is not None:
+            ok = r["max_abs_diff"] < 1e-3
+            print(f"  f32 against an f64 product: ours {r['max_abs_diff']:.2e}, Burn's {r['burn_max_abs_diff']:.2e} "
+                  f"(TF32 shows as ~1e-2 here): {'PASS' if ok else 'FAIL'}: f32 products without TF32")
+else:
+    print("(no kernel micro-benchmark: see kernels.log)")
 
 def decode(d):
     if not isinstance(d, dict): return {}
-    # medgemmad bench: "batches": [{"batch", "aggregate_tokens_per_s", ...}]
     if isinstance(d.get("batches"), list):
-        return {r.get("batch"): r.get("aggregate_tokens_per_s") for r in d["batches"] if isinstance(r, dict)}
+        return {r.get("batch"): r.get("aggregate_tokens_per_s") for r in d["batches"]}
     rows = d.get("decode")
     if isinstance(rows, list):
-        return {r.get("batch"): r.get("tokens_per_s") for r in rows if isinstance(r, dict)}
-    if d.get("decode_tokens_per_s") is not None:
-        return {1: d["decode_tokens_per_s"]}
+        return {r.get("batch"): r.get("tokens_per_s") for r in rows}
     return {}
 
-ours, hf = load(sys.argv[1]), load(sys.argv[2])
-cols = [("medgemmad", ours)]
+def ttft_ms(d):
+    if not isinstance(d, dict): return None
+    if d.get("time_to_first_token_s") is not None: return d["time_to_first_token_s"] * 1e3
+    p = d.get("prefill")
+    return p.get("ms") if isinstance(p, dict) else None
+
+cols = [("medgemmad", last_json("bench")), ("plain burn", last_json("bench-plain"))]
+hf = last_json("hf")
 for mode, r in ((hf or {}).get("modes") or {}).items():
     cols.append((f"hf {mode}", r))
 def fmt(x): return "-" if x is None else f"{x:,.1f}"
-rows = [("prefill 512 tok/s", [prefill(c) for _, c in cols])]
+print()
+print(" | ".join(f"{h:>16}" for h in ["", *[n for n, _ in cols], *[f"ours/{n}" for n, _ in cols[1:]]]))
+rows = [("ttft 512 ms", [ttft_ms(c) for _, c in cols], True)]
 for b in (1, 8, 32):
-    rows.append((f"decode b{b} tok/s", [decode(c).get(b) for _, c in cols]))
-head = ["", *[n for n, _ in cols], *[f"ours/{n}" for n, _ in cols[1:]]]
-print(" | ".join(f"{h:>18}" for h in head))
-for name, vals in rows:
-    ratios = [(vals[0] / v) if vals[0] and v else None for v in vals[1:]]
-    print(" | ".join(f"{x:>18}" for x in [name, *map(fmt, vals), *[("-" if r is None else f"{r:.2f}x") for r in ratios]]))
-if ours is None:
-    print("(no medgemmad bench JSON: see bench.log)")
+    rows.append((f"decode b{b} tok/s", [decode(c).get(b) for _, c in cols], False))
+for name, vals, lower_better in rows:
+    ratios = []
+    for v in vals[1:]:
+        if vals[0] and v:
+            ratios.append(f"{(v / vals[0]) if lower_better else (vals[0] / v):.2f}x")
+        else:
+            ratios.append("-")
+    print(" | ".join(f"{x:>16}" for x in [name, *map(fmt, vals), *ratios]))
+b = cols[0][1]
+if isinstance(b, dict):
+    print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "
+          f"(probe {b.get('bandwidth_bytes_per_s', 0) / 1e12:.2f} TB/s); targets: b1 >= 400, b8 >= 2500, "
+          f"b32 >= 6000 tok/s, ttft <= 20 ms")
 PY
 fi
 
-note "results in $out; overall $((SECONDS))s of ${budget}s"
+note "results in $out; overall $SECONDS s of ${budget}s"
 exit $failed

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU sandbox check, for a machine with an NVIDIA GPU: starts `medgemmad
 # serve` with the CUDA backend under the FULL sandbox (root dropping to the
-# service user, Landlock, seccomp) in `--seccomp-log` mode, asks it one short
-# question, stops it, and reports:
+# service user, Landlock, seccomp) in `--seccomp-log` mode (or, with
+# `--enforce`, exactly as systemd starts it: seccomp enforced), asks it one
+# short question, stops it, and reports:
 #   - whether the GPU initialised (the daemon said "ready" with backend cuda
 #     and answered);
 #   - the syscalls outside the allow-lists it made (kernel log, audit
@@ -18,12 +19,14 @@
 #
 # Usage (as root):
 #   scripts/gpu-sandbox-check.sh --model PATH --keys DIR [--tokenizer PATH]
-#       [--bin PATH] [--user NAME] [--no-strace] [--timeout SECONDS]
+#       [--bin PATH] [--user NAME] [--no-strace] [--timeout SECONDS] [--enforce]
 #   --model      the model directory or .gguf file
 #   --keys       a directory with the audit keys `current` and `content`
 #                (from `medgemmactl setup`); copied, never modified
 #   --bin        medgemmad (default: $MEDGEMMAD or target/release/medgemmad)
 #   --user       the user the daemon drops to (default: medgemma, else nobody)
+#   --enforce    seccomp enforced (a call outside the lists kills the daemon)
+#                instead of logged; the last line says PASS or FAIL
 #
 # Exit: 0 the GPU initialised and nothing was denied or logged; 1 the GPU did
 # not initialise or something was denied/logged (see the report); 2 a
@@ -33,7 +36,7 @@ set -euo pipefail
 die() { echo "gpu-sandbox-check: $*" >&2; exit 2; }
 
 bin="${MEDGEMMAD:-target/release/medgemmad}"
-model="" tokenizer="" keys="" user="" use_strace=1 timeout=600
+model="" tokenizer="" keys="" user="" use_strace=1 timeout=600 enforce=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin="$2"; shift 2 ;;
@@ -42,8 +45,9 @@ while [ $# -gt 0 ]; do
     --keys) keys="$2"; shift 2 ;;
     --user) user="$2"; shift 2 ;;
     --no-strace) use_strace=0; shift ;;
+    --enforce) enforce=1; shift ;;
     --timeout) timeout="$2"; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -111,7 +115,8 @@ chmod 755 "$work"
 marker="medgemma-gpu-sandbox-check-$$-$(date +%s)"
 echo "$marker" > /dev/kmsg 2>/dev/null || true
 
-cmd=("$bin" serve --config "$work/medgemmad.toml" --seccomp-log)
+cmd=("$bin" serve --config "$work/medgemmad.toml")
+[ "$enforce" = 1 ] || cmd+=(--seccomp-log)
 if [ "$use_strace" = 1 ]; then
   # -f: the engine thread and the driver's threads; failed file and socket calls only.
   cmd=(strace -f -qq -o "$work/strace.log" -e trace=%file,%network,%desc -Z "${cmd[@]}")
@@ -167,7 +172,7 @@ echo "=== medgemma GPU sandbox check ($(date -u +%FT%TZ)) ==="
 echo "binary:  $bin ($("$bin" --version | tr '\n' ' '))"
 echo "GPU:     $(nvidia-smi -L | head -1)"
 echo "driver:  $(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)"
-echo "user:    $user; seccomp in log mode; strace: $([ "$use_strace" = 1 ] && echo yes || echo no)"
+echo "user:    $user; seccomp $([ "$enforce" = 1 ] && echo enforced || echo 'in log mode'); strace: $([ "$use_strace" = 1 ] && echo yes || echo no)"
 echo
 if [ "$ready" = 1 ] && grep -q "backend cuda" "$work/daemon.log" && [ "$answered" = 1 ]; then
   gpu_ok=1
@@ -207,7 +212,12 @@ echo
 
 if [ "$gpu_ok" = 1 ] && [ -z "$seccomp_lines" ] && [ -z "$landlock_lines" ] && [ -z "$strace_lines" ]; then
   echo "RESULT: OK: the CUDA engine runs under the full sandbox with nothing logged or denied"
+  [ "$enforce" = 1 ] && echo "PASS: sandboxed daemon (Landlock and seccomp enforced) answered on CUDA"
   exit 0
 fi
 echo "RESULT: NEEDS WORK: see the lists above"
+if [ "$enforce" = 1 ]; then
+  reason="$(grep -m1 -Ei 'cannot|falling back|denied|error' "$work/daemon.log" 2>/dev/null || true)"
+  echo "FAIL: sandboxed daemon on CUDA: ready=$ready answered=$answered${reason:+; daemon: $reason}"
+fi
 exit 1

@@ -5,12 +5,16 @@
 # the shared target folder (~20 min on 2 cores).
 #
 # In: MEDGEMMA_FEATURES (default "medgemmad/cuda"; "" for CPU only).
-# Out: CARGO_TARGET_DIR, features, and the variables below.
+# Out: CARGO_TARGET_DIR, features, MEDGEMMA_CUDA_SUPPORT (CUDA builds: the
+# folder holding nvvm/libdevice/libdevice.10.bc), and the variables below.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
 export CARGO_TERM_COLOR=never
 features="${MEDGEMMA_FEATURES-medgemmad/cuda}"
 if [[ "$features" == *cuda* ]]; then
-  scripts/setup-llvm-cuda.sh >/dev/null
+  # Its last line names the folder with NVIDIA's libdevice, which the CUDA
+  # build ships (scripts/build-release.sh stages it beside the binaries).
+  MEDGEMMA_CUDA_SUPPORT="$(scripts/setup-llvm-cuda.sh | sed -n 's/^MEDGEMMA_CUDA_SUPPORT=//p')"
+  export MEDGEMMA_CUDA_SUPPORT
   # cudarc fixes its bindings version at build time; CUDA 13.0 matches the
   # newest PTX ISA that LLVM 22 emits (spec burn.md). Pinned, never probed.
   export CUDARC_CUDA_VERSION=13000

@@ -6,7 +6,17 @@
 # that folder at Debian 12's LLVM 22 (bookworm-security) through a wrapper that
 # rewrites the absolute libz3 path, which the bundler cannot parse, to -lz3.
 #
-# Idempotent; needs root or sudo for apt. Prints the folder it prepared.
+# It also stages the one CUDA file the kernels need at run time: NVIDIA's
+# libdevice (nvvm/libdevice/libdevice.10.bc, the math functions exp, tanh,
+# erf... that cubecl's PTX compiler links into kernels). It comes verbatim
+# from NVIDIA's `nvidia-nvvm` wheel on PyPI (pinned by SHA-256; NVIDIA's CUDA
+# EULA, Attachment A, lists libdevice.10.bc as redistributable, see
+# packaging/debian/copyright); the package installs it in
+# /usr/lib/medgemma/cuda, where the daemon points CUDA_PATH.
+#
+# Idempotent; needs root or sudo for apt and pip for the wheel. Prints the
+# LLVM folder it prepared, then `MEDGEMMA_CUDA_SUPPORT=<folder>`: the folder
+# holding nvvm/libdevice/libdevice.10.bc and NVIDIA's license text.
 set -euo pipefail
 
 llvm=/usr/lib/llvm-22
@@ -46,3 +56,31 @@ fi
 # cudarc fixes its CUDA bindings version at build time: pin it (CUDA 13.0,
 # the newest PTX ISA LLVM 22 emits) instead of asking a toolkit we do not have.
 echo "$dir"
+
+# ---- libdevice, from the CUDA 13.0 NVVM wheel (the PTX ISA LLVM 22 targets).
+nvvm_wheel="nvidia_nvvm-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl"
+nvvm_wheel_sha256=c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0
+libdevice_sha256=91334d6e12748f6cb5bbf0a1cd965a56bcd93dc4f496d2e5c5f8c6e523094356
+support="$data/medgemma/cuda-support"
+libdevice="$support/nvvm/libdevice/libdevice.10.bc"
+if ! echo "$libdevice_sha256  $libdevice" | sha256sum -c --status 2>/dev/null \
+  || [ ! -s "$support/NVIDIA-CUDA-EULA.txt" ]; then
+  echo "setup-llvm-cuda: fetching libdevice from NVIDIA's nvidia-nvvm 13.0.88 wheel (PyPI)" >&2
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  printf 'nvidia-nvvm==13.0.88 --hash=sha256:%s\n' "$nvvm_wheel_sha256" >"$tmp/req.txt"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+    --platform manylinux2010_x86_64 --python-version 3.11 -r "$tmp/req.txt" -d "$tmp" >&2
+  [ -f "$tmp/$nvvm_wheel" ] || { echo "setup-llvm-cuda: pip did not fetch $nvvm_wheel" >&2; exit 1; }
+  mkdir -p "$(dirname "$libdevice")"
+  python3 - "$tmp/$nvvm_wheel" "$libdevice" "$support/NVIDIA-CUDA-EULA.txt" <<'PY'
+import sys, zipfile
+wheel, libdevice, eula = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    open(libdevice, "wb").write(z.read("nvidia/cu13/nvvm/libdevice/libdevice.10.bc"))
+    open(eula, "wb").write(z.read("nvidia_nvvm-13.0.88.dist-info/licenses/License.txt"))
+PY
+  echo "$libdevice_sha256  $libdevice" | sha256sum -c --status \
+    || { echo "setup-llvm-cuda: libdevice.10.bc does not have the pinned SHA-256" >&2; exit 1; }
+fi
+echo "MEDGEMMA_CUDA_SUPPORT=$support"

@@ -81,6 +81,15 @@ pub fn run(config: &Path, a: &DoctorArgs) -> Report {
         }
     };
     gpu_checks(&cfg, &mut checks);
+    let backend = cfg
+        .config
+        .as_ref()
+        .map(|c| c.engine.backend)
+        .unwrap_or_default();
+    checks.push(kernel_support_check(
+        backend,
+        medgemma_model::backend::cuda_support_dir(),
+    ));
     checks.push(pins_check(&cfg, a.deep));
     checks.push(disk_check(&cfg));
     checks.push(socket_check(&cfg));
@@ -214,6 +223,47 @@ fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
                 (None, _) => checks.push(warn("gpu memory", "no GPU found", fallback)),
             }
         }
+    }
+}
+
+/// Whether medgemmad's CUDA kernels will compile on this machine: they need
+/// NVIDIA's libdevice, which the package ships in `dir`
+/// (`/usr/lib/medgemma/cuda` beside `/usr/bin`), never a CUDA toolkit. The
+/// daemon asks the same before its sandbox and, in its CUDA build, also
+/// compiles a probe kernel with it.
+fn kernel_support_check(
+    backend: medgemma_protocol::config::BackendChoice,
+    dir: Option<std::path::PathBuf>,
+) -> Check {
+    use medgemma_protocol::config::BackendChoice;
+    const NAME: &str = "cuda kernels";
+    if matches!(backend, BackendChoice::Cpu | BackendChoice::Scripted) {
+        return ok(NAME, "not needed: engine.backend runs on the CPU");
+    }
+    let result = dir
+        .ok_or_else(|| "the path of medgemmactl cannot be read".to_owned())
+        .and_then(|d| {
+            medgemma_model::backend::cuda_kernel_support(&d)
+                .map(|()| d.join(medgemma_model::backend::LIBDEVICE_REL))
+        });
+    match result {
+        Ok(file) => ok(
+            NAME,
+            format!(
+                "NVIDIA's libdevice {} is in place: kernels compile without a CUDA toolkit",
+                file.display()
+            ),
+        ),
+        Err(reason) if backend == BackendChoice::Cuda => fail(
+            NAME,
+            reason,
+            "reinstall the medgemma package; until then medgemmad (engine.backend = \"cuda\") refuses to start",
+        ),
+        Err(reason) => warn(
+            NAME,
+            reason,
+            "reinstall the medgemma package; until then medgemmad runs on the CPU (slow) and says why",
+        ),
     }
 }
 
@@ -475,4 +525,42 @@ fn clock_check(cfg: &DaemonConfig) -> Check {
         }
     }
     ok("clock", "after 2025 and not behind the audit log")
+}
+
+#[cfg(test)]
+mod tests {
+    use medgemma_protocol::config::BackendChoice;
+
+    use super::*;
+
+    /// A server whose package lost its libdevice is told before the daemon
+    /// starts: a failure with `cuda`, a warning with `auto` (the daemon falls
+    /// back), nothing to check on the CPU.
+    #[test]
+    fn missing_libdevice_is_reported_before_the_daemon_starts() {
+        let empty = tempfile::tempdir().unwrap();
+        let dir = Some(empty.path().to_path_buf());
+        let cuda = kernel_support_check(BackendChoice::Cuda, dir.clone());
+        assert_eq!(cuda.level, Level::Fail);
+        assert!(cuda.detail.contains("libdevice.10.bc"), "{}", cuda.detail);
+        assert!(cuda.fix.as_deref().unwrap().contains("refuses to start"));
+        let auto = kernel_support_check(BackendChoice::Auto, dir.clone());
+        assert_eq!(auto.level, Level::Warn);
+        assert!(auto.fix.as_deref().unwrap().contains("runs on the CPU"));
+        assert_eq!(
+            kernel_support_check(BackendChoice::Cpu, dir).level,
+            Level::Ok
+        );
+    }
+
+    #[test]
+    fn a_libdevice_that_is_not_bitcode_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(medgemma_model::backend::LIBDEVICE_REL);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"<html>a download error page</html>").unwrap();
+        let c = kernel_support_check(BackendChoice::Cuda, Some(dir.path().to_path_buf()));
+        assert_eq!(c.level, Level::Fail);
+        assert!(c.detail.contains("is not LLVM bitcode"), "{}", c.detail);
+    }
 }

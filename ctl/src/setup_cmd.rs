@@ -10,8 +10,9 @@
 //!    (after the pins, so a half-copied file is named as such).
 //! 4. Pick the backend from the hardware: `auto` (CUDA, with the daemon's
 //!    own fallback) when NVML finds a GPU whose free memory holds the
-//!    model's budget (`medgemma_model::budget`, as the daemon computes it),
-//!    else `cpu`, with the reason and the numbers.
+//!    model's budget (`medgemma_model::budget`, as the daemon computes it)
+//!    and the CUDA kernels can compile (the package's libdevice is in
+//!    place), else `cpu`, with the reason and the numbers.
 //! 5. Create the audit keys once, where the configuration says: the chain
 //!    key (its initial key is shown once, to be kept offline), the content
 //!    key, the export signing key. Existing keys are kept.
@@ -652,10 +653,17 @@ fn pick_backend(model: &medgemma_model::config::Gemma3Config) -> BackendPick {
         }
     }
     let gib = medgemma_model::budget::gib;
+    let kernels = medgemma_model::backend::shipped_cuda_kernel_support();
     match best {
         None => cpu(format!(
             "the NVIDIA driver reports no GPU. {}",
             crate::gpu_cmd::CPU_FALLBACK
+        )),
+        // The kernels compile at run time with the libdevice the package
+        // ships (`medgemmactl doctor` checks the same).
+        Some((i, name, _)) if kernels.is_err() => cpu(format!(
+            "GPU {i} ({name}) is there, but CUDA kernels cannot be compiled: {}; medgemmad would run on the CPU, so setup configures the CPU",
+            kernels.err().unwrap_or_default()
         )),
         Some((i, name, free)) if free >= need => {
             let req = medgemma_model::budget::BudgetRequest::new(

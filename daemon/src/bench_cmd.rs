@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Model directory or .gguf file.
     #[arg(
         long,
-        required_unless_present = "random_4b",
+        required_unless_present_any = ["random_4b", "kernels"],
         conflicts_with = "random_4b"
     )]
     model: Option<PathBuf>,
@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// Print one JSON object on one line.
     #[arg(long)]
     json: bool,
+    /// Instead of the model, micro-benchmark our decode kernels at the 4B
+    /// shapes (rows = the --batch sizes) against the plain Burn ops and
+    /// their bandwidth floor (a build with the `cuda` feature).
+    #[arg(long, conflicts_with = "model")]
+    kernels: bool,
 }
 
 /// Why the benchmark failed.
@@ -85,6 +90,15 @@ pub enum BenchError {
     #[cfg(feature = "cuda")]
     #[error("--backend cuda needs the NVIDIA driver: {0}")]
     NoDriver(String),
+    /// The kernels cannot be compiled (libdevice missing or unusable).
+    #[cfg(feature = "cuda")]
+    #[error("--backend cuda cannot compile its kernels: {0}")]
+    NoKernelSupport(String),
+    /// `--kernels` where our kernels do not run.
+    #[error(
+        "--kernels measures this build's own CUDA kernels: use --backend cuda on a build with the `cuda` feature, without MEDGEMMA_PLAIN_BURN"
+    )]
+    NoKernels,
     /// A batch size of zero or an empty prompt.
     #[error("invalid benchmark arguments: {0}")]
     Args(String),
@@ -141,6 +155,14 @@ fn device_for(backend: BenchBackend) -> Result<(Device, DType, &'static str), Be
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<(Device, DType, &'static str), BenchError> {
+    // The kernels' libdevice: the one shipped beside this binary, whatever
+    // CUDA_PATH said (a server with only the driver has no toolkit).
+    let support = backend::cuda_support_dir().ok_or_else(|| {
+        BenchError::NoKernelSupport("the path of this executable cannot be read".into())
+    })?;
+    medgemma_sandbox::set_env_single_threaded(backend::CUDA_PATH_VAR, &support)
+        .map_err(|e| BenchError::NoKernelSupport(e.to_string()))?;
+    backend::cuda_kernel_support(&support).map_err(BenchError::NoKernelSupport)?;
     // Touching a CUDA device without a driver panics on a background thread.
     medgemma_sandbox::probe_cuda_driver().map_err(|e| BenchError::NoDriver(e.to_string()))?;
     Ok((
@@ -270,6 +292,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         ));
     }
     let (device, dtype, runtime) = device_for(args.backend)?;
+    if args.kernels {
+        return run_kernels(&args, &device, dtype, runtime);
+    }
     let mut device_memory = DeviceMemory::default();
 
     let t0 = Instant::now();
@@ -385,6 +410,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
 
     let result = serde_json::json!({
         "runtime": format!("medgemmad ({runtime})"),
+        "kernels": if backend::own_kernels() { "medgemma" } else { "plain burn" },
         "model": model_name,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load_s": load_s,
@@ -418,6 +444,40 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         writeln!(out, "{s}").map_err(BenchError::Output)?;
     }
     Ok(())
+}
+
+/// `--kernels`: each decode kernel against the Burn ops it replaces and its
+/// bandwidth floor, at the 4B shapes, one JSON object (`kernels`: rows).
+#[cfg(feature = "cuda")]
+fn run_kernels(
+    args: &BenchArgs,
+    device: &Device,
+    dtype: DType,
+    runtime: &str,
+) -> Result<(), BenchError> {
+    use medgemma_model::kernels::bench::{BenchShapes, micro_benchmarks};
+    let bandwidth = measure_bandwidth(device, args.bandwidth_mib)?;
+    let rows = micro_benchmarks(
+        device,
+        dtype,
+        &BenchShapes::medgemma_4b(),
+        &args.batch,
+        bandwidth,
+        20,
+    )
+    .ok_or(BenchError::NoKernels)?;
+    let result = serde_json::json!({
+        "runtime": format!("medgemmad ({runtime})"),
+        "bandwidth_bytes_per_s": bandwidth,
+        "kernels": rows,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{result}").map_err(BenchError::Output)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_kernels(_: &BenchArgs, _: &Device, _: DType, _: &str) -> Result<(), BenchError> {
+    Err(BenchError::NoKernels)
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ impl RmsNorm {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // One fused kernel on a CubeCL device (the GPU).
+        #[cfg(feature = "kernels")]
+        if let Some(y) = crate::kernels::rms_norm(&x, &self.scale, self.eps) {
+            return y;
+        }
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
@@ -104,6 +109,15 @@ impl RotaryTable {
         };
         (mk(cos), mk(sin))
     }
+}
+
+/// `gelu_tanh(gate) · up` (`Gemma3MLP`); one fused kernel on a CubeCL device.
+fn geglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "kernels")]
+    if let Some(y) = crate::kernels::geglu(&gate, &up) {
+        return y;
+    }
+    gelu_approximate(gate) * up
 }
 
 /// Half-split rotation: `[x1, x2] → [x1·cos − x2·sin, x2·cos + x1·sin]` on `[B, H, T, D]`.
@@ -469,11 +483,11 @@ impl Gemma3 {
             .pre_feedforward_layernorm
             .forward(x)
             .reshape([b * t, d]);
-        let gate = gelu_approximate(layer.mlp.gate_proj.forward(m.clone()));
+        let gate = layer.mlp.gate_proj.forward(m.clone());
         let m = layer
             .mlp
             .down_proj
-            .forward(gate * layer.mlp.up_proj.forward(m));
+            .forward(geglu(gate, layer.mlp.up_proj.forward(m)));
         let m = layer
             .post_feedforward_layernorm
             .forward(m.reshape([b, t, d]));
@@ -556,8 +570,7 @@ impl Gemma3 {
         // the `rep` query heads of each KV head into the row axis.
         let q = q.reshape([b, kv, rep * t, hd]);
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
-        let scores = q
-            .matmul(keys.swap_dims(2, 3))
+        let scores = crate::linear::matmul(q, keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
         let m =
@@ -573,7 +586,7 @@ impl Gemma3 {
             None => scores,
         };
         let probs = softmax(scores, 3).cast(self.dtype);
-        let out = probs.matmul(values); // [b, kv, rep*t, hd]
+        let out = crate::linear::matmul(probs, values); // [b, kv, rep*t, hd]
         out.reshape([b, h, t, hd])
             .swap_dims(1, 2)
             .reshape([b * t, h * hd])
@@ -686,11 +699,11 @@ impl Gemma3 {
 
         let residual = x.clone();
         let m = layer.pre_feedforward_layernorm.forward(x);
-        let gate = gelu_approximate(layer.mlp.gate_proj.forward_batch(m.clone()));
+        let gate = layer.mlp.gate_proj.forward_batch(m.clone());
         let m = layer
             .mlp
             .down_proj
-            .forward_batch(gate * layer.mlp.up_proj.forward_batch(m));
+            .forward_batch(geglu(gate, layer.mlp.up_proj.forward_batch(m)));
         residual + layer.post_feedforward_layernorm.forward(m)
     }
 }

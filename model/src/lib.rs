@@ -29,6 +29,8 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod image;
+#[cfg(feature = "kernels")]
+pub mod kernels;
 pub mod kv_cache;
 mod linear;
 pub mod load;

@@ -71,7 +71,9 @@ impl Linear {
     /// `x · Wᵀ` for `x: [N, in]` (N prompt tokens of one sequence).
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Self::Dense { weight, row_blocks } => row_blocked_product(weight, x, *row_blocks),
+            Self::Dense { weight, row_blocks } => {
+                gpu_product(weight, x, |w, x| row_blocked_product(w, x, *row_blocks))
+            }
             Self::Cpu { weight, device } => cpu_product(weight, x, device),
         }
     }
@@ -79,7 +81,9 @@ impl Linear {
     /// `x · Wᵀ` for `x: [B, in]`, one decode token of each of B sequences.
     pub(crate) fn forward_batch(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Self::Dense { weight, row_blocks } => batch_product(weight, x, *row_blocks),
+            Self::Dense { weight, row_blocks } => {
+                gpu_product(weight, x, |w, x| batch_product(w, x, *row_blocks))
+            }
             Self::Cpu { weight, device } => cpu_product(weight, x, device),
         }
     }
@@ -108,6 +112,37 @@ impl Linear {
             }
         }
     }
+}
+
+/// `x · Wᵀ` on a CubeCL device (the GPU; with the `kernels` feature): up to
+/// `SKINNY_MAX_ROWS` rows (decode steps) through our skinny matmul kernel,
+/// which streams `W` once at close to the memory bandwidth; more rows in f32
+/// through the matmul without TF32 (`kernels::matmul`), in bf16 through
+/// Burn's tensor-core matmul. Anywhere else `plain(w, x)`.
+fn gpu_product(
+    w: &Tensor<2>,
+    x: Tensor<2>,
+    plain: impl FnOnce(&Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
+    #[cfg(feature = "kernels")]
+    {
+        if let Some(y) = crate::kernels::skinny_matmul(w, &x) {
+            return y;
+        }
+        if x.dtype() == DType::F32 && crate::kernels::cube(&x).is_some() {
+            return crate::kernels::matmul(x, w.clone().transpose());
+        }
+    }
+    plain(w, x)
+}
+
+/// `a · b` (Burn's `matmul`), in f32 without TF32 on a CubeCL device (the
+/// attention products of `gemma3.rs`; `kernels::matmul`).
+pub(crate) fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "kernels")]
+    return crate::kernels::matmul(a, b);
+    #[cfg(not(feature = "kernels"))]
+    a.matmul(b)
 }
 
 /// `x · Wᵀ` through the CPU kernels: the activations' f32 values are read

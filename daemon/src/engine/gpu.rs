@@ -4,7 +4,9 @@
 //! 1. [`prepare`], on `main` before the sandbox (single-threaded): does the
 //!    driver library `libcuda.so.1` load at all (`medgemma_sandbox`'s
 //!    `dlopen` probe: touching a CUDA device without it panics on a thread
-//!    nobody can catch), and the driver's environment: `CUDA_DEVICE_ORDER`
+//!    nobody can catch), do CUDA kernels compile with the libdevice the
+//!    package ships ([`kernel_support`]: `CUDA_PATH` names its folder; no
+//!    toolkit is ever used), and the driver's environment: `CUDA_DEVICE_ORDER`
 //!    (ordinals as `nvidia-smi` numbers them) and `CUDA_CACHE_PATH` under
 //!    `sandbox.cache_dir`. Landlock then opens the GPU's device nodes and
 //!    driver files only when CUDA is still a candidate.
@@ -96,6 +98,10 @@ pub enum GpuError {
         /// The error (no text of any request: there is none yet).
         what: String,
     },
+    /// CUDA kernels cannot be compiled: NVIDIA's libdevice, which the
+    /// package ships, is missing or does not link (no toolkit is used).
+    #[error("CUDA kernels cannot be compiled: {0}")]
+    NoKernelSupport(String),
     /// The driver's environment could not be set.
     #[error(transparent)]
     Environment(#[from] SandboxError),
@@ -129,7 +135,8 @@ pub struct Prepared {
     /// Lines for the startup log.
     pub log: Vec<String>,
     /// The driver's library files as the loader resolved them (loaded now,
-    /// for the life of the process): Landlock rules for the engine.
+    /// for the life of the process), and the package's libdevice: Landlock
+    /// read rules for the engine.
     pub libraries: Vec<PathBuf>,
 }
 
@@ -142,22 +149,37 @@ pub fn prepare(settings: &mut Settings) -> Result<Prepared, GpuError> {
     if settings.backend.backend != ResolvedBackend::Cuda {
         return Ok(out);
     }
+    // `cuda` refuses to start; `auto` runs on the CPU and says why.
+    let fall_back = |settings: &mut Settings, mut out: Prepared, err: GpuError| {
+        if settings.backend.required {
+            return Err(err);
+        }
+        settings.backend.backend = ResolvedBackend::Cpu;
+        settings.backend.reason = fallback_reason(&err);
+        out.log.push(format!(
+            "falling back to the CPU: {}",
+            settings.backend.reason
+        ));
+        Ok(out)
+    };
     let preloaded = match medgemma_sandbox::preload_cuda_libraries() {
         Ok(p) => p,
-        Err(missing) => {
-            let err = GpuError::NoDriver(missing);
-            if settings.backend.required {
-                return Err(err);
-            }
-            settings.backend.backend = ResolvedBackend::Cpu;
-            settings.backend.reason = fallback_reason(&err);
-            out.log.push(format!(
-                "falling back to the CPU: {}",
-                settings.backend.reason
-            ));
-            return Ok(out);
-        }
+        Err(missing) => return fall_back(settings, out, GpuError::NoDriver(missing)),
     };
+    // Kernels compile at run time: NVIDIA's libdevice must be the one the
+    // package ships (CUDA_PATH names its folder, whatever the environment
+    // said) and must link, checked now, before the sandbox, rather than at
+    // the first kernel that calls exp or tanh.
+    let libdevice = match kernel_support(medgemma_model::backend::cuda_support_dir()) {
+        Ok(file) => file,
+        Err(err) => return fall_back(settings, out, err),
+    };
+    out.log.push(format!(
+        "CUDA kernels compile without a toolkit: NVIDIA's libdevice {} links ({}={})",
+        libdevice.display(),
+        medgemma_model::backend::CUDA_PATH_VAR,
+        std::env::var(medgemma_model::backend::CUDA_PATH_VAR).unwrap_or_default()
+    ));
     out.log.extend(
         preloaded
             .log_lines()
@@ -165,6 +187,7 @@ pub fn prepare(settings: &mut Settings) -> Result<Prepared, GpuError> {
             .map(|l| format!("driver library {l}")),
     );
     out.libraries = preloaded.landlock_read_only();
+    out.libraries.push(libdevice);
     out.log.push(format!(
         "the driver's libraries are loaded; {} is checked on the engine thread",
         settings.backend.gpu
@@ -198,6 +221,26 @@ pub fn prepare(settings: &mut Settings) -> Result<Prepared, GpuError> {
         }
     }
     Ok(out)
+}
+
+/// Points `CUDA_PATH` at `dir` (the package's kernel support folder) and
+/// asks `medgemma_model::backend::cuda_kernel_support` whether kernels that
+/// need libdevice compile with it (in a CUDA build: a probe kernel compiled to
+/// PTX on the CPU); `Ok` is the libdevice file. On `main`, single-threaded.
+pub fn kernel_support(dir: Option<PathBuf>) -> Result<PathBuf, GpuError> {
+    let dir = dir.ok_or_else(|| {
+        GpuError::NoKernelSupport(
+            "the path of this executable cannot be read, so its CUDA kernel support folder (../lib/medgemma/cuda) cannot be found; run the installed /usr/sbin/medgemmad".to_owned(),
+        )
+    })?;
+    medgemma_sandbox::set_env_single_threaded(medgemma_model::backend::CUDA_PATH_VAR, &dir)?;
+    check_kernel_support(&dir)
+}
+
+/// [`kernel_support`] without touching the environment.
+fn check_kernel_support(dir: &Path) -> Result<PathBuf, GpuError> {
+    medgemma_model::backend::cuda_kernel_support(dir).map_err(GpuError::NoKernelSupport)?;
+    Ok(dir.join(medgemma_model::backend::LIBDEVICE_REL))
 }
 
 /// Where the GPU caches go under `sandbox.cache_dir`.
@@ -352,6 +395,34 @@ mod tests {
             total: 24 << 30,
             free: free_gib << 30,
         }
+    }
+
+    /// A server whose package lost its libdevice (or a binary run outside
+    /// the package) is told before the sandbox, in one sentence: `auto` runs
+    /// on the CPU, `cuda` refuses to start with exit 7.
+    #[test]
+    fn missing_libdevice_is_a_sentence_before_any_kernel() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = check_kernel_support(empty.path()).unwrap_err();
+        let reason = fallback_reason(&err);
+        assert!(
+            reason.starts_with("engine.backend = \"auto\", but CUDA kernels cannot be compiled: NVIDIA's libdevice ("),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("nvvm/libdevice/libdevice.10.bc"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("reinstall the medgemma package"),
+            "{reason}"
+        );
+        assert!(!reason.contains('\n'), "{reason}");
+        assert_eq!(err.exit_code(), EXIT_GPU_UNUSABLE);
+        assert!(
+            refusal(&err)
+                .starts_with("engine.backend = \"cuda\" but CUDA kernels cannot be compiled")
+        );
     }
 
     #[test]

@@ -239,7 +239,9 @@ impl Linear {
 
     /// `x · Wᵀ + b` for `x: [N, in]`.
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight.clone().transpose()) + self.bias.clone().unsqueeze::<2>()
+        // f32 without TF32 on a GPU (`linear::matmul`).
+        crate::linear::matmul(x, self.weight.clone().transpose())
+            + self.bias.clone().unsqueeze::<2>()
     }
 }
 
@@ -476,7 +478,7 @@ impl VisionTower {
             (&self.device, DType::F32),
         )
         .cast(self.dtype);
-        let x = x.matmul(self.patch_weight.clone().transpose())
+        let x = crate::linear::matmul(x, self.patch_weight.clone().transpose())
             + self.patch_bias.clone().unsqueeze::<2>();
         let mut x = (x.reshape([b, n, d]) + self.position_embedding.clone().unsqueeze::<3>())
             .reshape([b * n, d]);
@@ -506,9 +508,11 @@ impl VisionTower {
         while r < n {
             let e = (r + rows).min(n);
             let qc = q.clone().slice([0..b, 0..h, r..e, 0..hd]);
-            let scores = qc.matmul(kt.clone()).mul_scalar(scale).cast(DType::F32);
+            let scores = crate::linear::matmul(qc, kt.clone())
+                .mul_scalar(scale)
+                .cast(DType::F32);
             let probs = softmax(scores, 3).cast(self.dtype);
-            outs.push(probs.matmul(v.clone()));
+            outs.push(crate::linear::matmul(probs, v.clone()));
             r = e;
         }
         let o = if outs.len() == 1 {
@@ -551,7 +555,7 @@ impl VisionTower {
         let ms = x.clone().powi_scalar(2).mean_dim(1);
         let x = x * (ms + cfg.layer_norm_eps).sqrt().recip();
         let x = x * self.soft_emb_scale.clone().unsqueeze::<2>();
-        x.cast(self.dtype).matmul(self.projection.clone())
+        crate::linear::matmul(x.cast(self.dtype), self.projection.clone())
     }
 }
 

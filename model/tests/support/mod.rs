@@ -118,11 +118,14 @@ fn cuda_device() -> medgemma_model::burn::tensor::Device {
     )
 }
 
-/// f32 tolerance on the GPU. cubecl's matmul tiles sum in another order than
-/// the CPU's and its exp/tanh differ in the last bits, so f32 logits agree to
-/// about 1e-4 on the CPU but are only held to 1e-3 on CUDA. That still fails
-/// on every structural bug: those move the tiny fixtures' logits by 0.4 to 6.7
-/// (tests/fixtures/README.md).
+/// f32 tolerance on the GPU. f32 products there run in f32 (no TF32: the
+/// `kernels` module routes them around cubek's TF32 promotion), but sum in
+/// another order than the CPU's and libdevice's exp/tanh differ in the last
+/// bits, so f32 logits are held to 1e-3 on CUDA (1e-4 on the CPU). TF32 moved
+/// them by 3.3e-3 to 1.1e-2 (an H200), so it would fail here; so does every
+/// structural bug: those move the tiny fixtures' logits by 0.4 to 6.7
+/// (tests/fixtures/README.md; `scripts/gpu-check.sh` runs a build whose
+/// sliding window is one key wider and expects it to fail).
 #[allow(dead_code)]
 pub const CUDA_F32_TOL: f32 = 1e-3;
 

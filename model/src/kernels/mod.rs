@@ -1,0 +1,144 @@
+//! Our own CubeCL kernels for the decode step, and the f32 matmul without
+//! TF32, on whichever CubeCL runtime a tensor lives on (CUDA in production,
+//! CubeCL's CPU runtime in the tests: `cube-cpu` feature).
+//!
+//! Each entry point takes Burn tensors and returns `Some(result)` when it ran
+//! its kernel, `None` when the tensor is not on a CubeCL device (the CPU's
+//! `flex` backend), or the shape or dtype is one the kernel does not cover:
+//! the caller then runs the plain Burn ops, which stay the reference every
+//! kernel is tested against (`tests` in each file, random inputs).
+//!
+//! burn-tensor's extension API hands a tensor's CubeCL primitive over:
+//! `Tensor::try_into_primitive::<Cube>()` gives the `CubeTensor` (client,
+//! buffer handle, shape and strides) a `#[cube(launch)]` kernel takes, and
+//! `Tensor::from_primitive::<Cube>` wraps the output back.
+//!
+//! `MEDGEMMA_PLAIN_BURN=1` in the environment turns every kernel off (the
+//! plain Burn ops run), for measuring what the kernels gain.
+//!
+//! Owns: the kernels and when they apply. Must never: change what a model
+//! computes beyond rounding (each kernel equals its Burn composition within
+//! the tolerances its tests state), or read anything but tensors.
+
+pub mod bench;
+mod geglu;
+mod matmul;
+mod norm;
+#[cfg(feature = "cuda")]
+pub(crate) mod ptx;
+mod skinny;
+
+use std::sync::OnceLock;
+
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::Cube;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::{ElemType, FloatKind};
+
+pub(crate) use geglu::geglu;
+pub(crate) use matmul::matmul;
+pub(crate) use norm::rms_norm;
+pub(crate) use skinny::skinny_matmul;
+
+/// Whether our kernels may run (`MEDGEMMA_PLAIN_BURN` unset or `0`).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("MEDGEMMA_PLAIN_BURN").is_none_or(|v| v.is_empty() || v == "0")
+    })
+}
+
+/// The tensor's CubeCL primitive, or `None` when it lives elsewhere (the
+/// tensor is cloned first: a handle, not its data).
+pub(crate) fn cube<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
+    t.clone().try_into_primitive::<Cube>().ok()
+}
+
+/// Wraps a kernel's output back into a Burn tensor.
+pub(crate) fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
+    Tensor::<D>::from_primitive::<Cube>(t)
+}
+
+/// The kernel element type of a float dtype we launch on (f32, bf16, f16).
+pub(crate) fn float_elem(dtype: DType) -> Option<ElemType> {
+    match dtype {
+        DType::F32 => Some(ElemType::Float(FloatKind::F32)),
+        DType::BF16 => Some(ElemType::Float(FloatKind::BF16)),
+        DType::F16 => Some(ElemType::Float(FloatKind::F16)),
+        _ => None,
+    }
+}
+
+/// The widest vector (elements) of at most `max_bytes` that divides `len`.
+pub(crate) fn vector_width(len: usize, dtype: DType, max_bytes: usize) -> usize {
+    let max = (max_bytes / dtype.size()).max(1);
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|w| *w <= max && len.is_multiple_of(*w))
+        .unwrap_or(1)
+}
+
+/// How a kernel splits one reduction over a cube: `(units, plane)`, the
+/// number of units (a power of two) and whether the runtime's planes can do
+/// the reduction (CUDA: 32-unit warps; CubeCL's CPU runtime: planes of one
+/// unit and no plane operations, so shared memory does it).
+pub(crate) fn reduce_units(t: &CubeTensor, want: u32) -> (u32, bool) {
+    let props = t.client.properties();
+    let max = props.hardware.max_units_per_cube.max(1);
+    let mut units = 1u32;
+    while units * 2 <= want.min(max) {
+        units *= 2;
+    }
+    let plane_dim = props.hardware.plane_size_max;
+    let plane = plane_dim > 1
+        && props
+            .features
+            .plane
+            .contains(cubecl::ir::features::Plane::Ops)
+        && units == plane_dim;
+    (units, plane)
+}
+
+/// Contiguous row-major, or a copy that is.
+pub(crate) fn contiguous(t: CubeTensor) -> CubeTensor {
+    burn_cubecl::kernel::into_contiguous(t)
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+pub(crate) mod test_support {
+    //! Random inputs on CubeCL's CPU runtime and the comparison with Burn.
+
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// CubeCL's CPU runtime (LLVM JIT on this machine).
+    pub(crate) fn device() -> Device {
+        Device::cpu()
+    }
+
+    /// Uniform random values in [-1, 1), made on the host from `seed`, in
+    /// `dtype` on `device`.
+    pub(crate) fn random<const D: usize>(
+        shape: [usize; D],
+        dtype: DType,
+        seed: u64,
+        device: &Device,
+    ) -> Tensor<D> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::<D>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+    }
+
+    /// The largest absolute difference, in f32.
+    pub(crate) fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        assert_eq!(a.dims(), b.dims(), "shapes differ");
+        let a: Vec<f32> = a.cast(DType::F32).into_data().iter::<f32>().collect();
+        let b: Vec<f32> = b.cast(DType::F32).into_data().iter::<f32>().collect();
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+}

@@ -1,0 +1,187 @@
+//! CUDA kernels compiled to PTX on the CPU, with no GPU and no driver: the
+//! check that NVIDIA's libdevice (shipped with the package, found through
+//! `CUDA_PATH`) links into a kernel, for `backend::cuda_kernel_support`.
+//!
+//! Owns: the offline compilation (cubecl's LLVM/PTX compiler, the one the
+//! CUDA runtime uses) of a probe kernel. Must never: touch a CUDA device.
+
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use cubecl::ir::features::Features;
+use cubecl::ir::nvidia::SmArch;
+use cubecl::ir::{DeviceIdentity, HardwareProperties, MemoryDeviceProperties};
+use cubecl::prelude::*;
+use cubecl::{Compiler, CubeKernel};
+use cubecl_llvm::nvptx::ptx_version::PtxVersion;
+use cubecl_llvm::{LlvmTarget, PlironArtifact, PlironCompiler, PlironOptions};
+
+/// Hopper (H100/H200), the appliance's reference GPU.
+const PROBE_ARCH: u32 = 90;
+/// CUDA 13.0 (driver 580), the newest PTX LLVM 22 emits (shared spec burn.md).
+const PROBE_DRIVER: i32 = 13000;
+
+/// `exp` and `tanh`: both are libdevice calls on NVPTX (`__nv_expf`,
+/// `__nv_tanhf`), the functions GELU and softmax need.
+#[cube(launch)]
+fn libdevice_probe_kernel(input: &[f32], output: &mut [f32]) {
+    if ABSOLUTE_POS < input.len() {
+        output[ABSOLUTE_POS] = input[ABSOLUTE_POS].exp() + input[ABSOLUTE_POS].tanh();
+    }
+}
+
+/// Device properties of a plane-32 GPU, enough for compiling without one.
+fn offline_properties() -> Arc<DeviceProperties> {
+    let hardware = HardwareProperties {
+        load_width: 128,
+        vector_register_count: None,
+        plane_size_min: 32,
+        plane_size_max: 32,
+        max_bindings: 32,
+        max_shared_memory_size: 48 * 1024,
+        max_cube_count: (u32::MAX, u16::MAX as u32, u16::MAX as u32),
+        max_units_per_cube: 1024,
+        max_cube_dim: (1024, 1024, 64),
+        num_streaming_multiprocessors: None,
+        num_tensor_cores: None,
+        min_tensor_cores_dim: None,
+        num_cpu_cores: None,
+        last_level_cache_size: None,
+        max_vector_size: VectorSize::MAX,
+        cube_mma_reserved_shared_memory: 0,
+    };
+    Arc::new(DeviceProperties::new(
+        Features::default(),
+        MemoryDeviceProperties::new(u64::MAX, 256),
+        hardware,
+        cubecl::profile::TimingMethod::Device,
+        DeviceIdentity {
+            name: "offline".to_string(),
+            fingerprint: "offline".to_string(),
+            physical: None,
+        },
+    ))
+}
+
+/// Compiles `kernel` to PTX for sm_`arch` with cubecl's NVPTX compiler.
+pub(crate) fn ptx_of(kernel: impl CubeKernel, arch: u32) -> Result<String, String> {
+    let mut compiler = PlironCompiler {
+        target: LlvmTarget::Nvptx,
+    };
+    let options = PlironOptions {
+        sm_arch: Some(SmArch::new(arch, true)),
+        ptx_version: PtxVersion::for_driver(PROBE_DRIVER),
+        ..Default::default()
+    };
+    match compiler.compile(kernel.define(), &options) {
+        Ok(PlironArtifact::NvptxCode(module)) => {
+            // SAFETY: cubecl NUL-terminates the PTX it hands to the driver
+            // (`NvptxModule::ptx`), and the module outlives the borrow.
+            let ptx = unsafe { CStr::from_ptr(module.ptx.as_ptr()) };
+            Ok(ptx.to_string_lossy().into_owned())
+        }
+        Ok(_) => Err("the NVPTX target produced no PTX".to_string()),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// Compiles the probe kernel (exp, tanh) to PTX for sm_90 with libdevice
+/// from `$CUDA_PATH`; returns the PTX. The library's bytes stay in cubecl's
+/// per-process cache afterwards, keyed by that path.
+pub(crate) fn libdevice_probe() -> Result<String, String> {
+    let settings = KernelSettings::new(
+        *CubeDim::new_1d(64),
+        ExecutionMode::Checked,
+        AddressType::U32,
+    );
+    let kernel = libdevice_probe_kernel::LibdeviceProbeKernel::new(
+        settings,
+        offline_properties(),
+        Arc::new(TargetProperties::default()),
+        BufferCompilationArg { inplace: None },
+        BufferCompilationArg { inplace: None },
+    );
+    let ptx = ptx_of(kernel, PROBE_ARCH)?;
+    // Linked libdevice leaves no external math function to resolve.
+    if ptx.contains(".extern .func") {
+        return Err("the PTX still calls an external function".to_string());
+    }
+    Ok(ptx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+    use crate::backend::{CUDA_PATH_VAR, LIBDEVICE_REL, cuda_kernel_support};
+
+    /// The folder with the libdevice the package ships, staged by
+    /// `scripts/setup-llvm-cuda.sh` (it prints `MEDGEMMA_CUDA_SUPPORT=...`).
+    fn shipped_support_dir() -> PathBuf {
+        let dir = std::env::var_os("MEDGEMMA_CUDA_SUPPORT")
+            .map(PathBuf::from)
+            .expect(
+                "set MEDGEMMA_CUDA_SUPPORT to the folder scripts/setup-llvm-cuda.sh prepared \
+             (it holds nvvm/libdevice/libdevice.10.bc from NVIDIA's nvidia-nvvm wheel)",
+            );
+        assert!(
+            dir.join(LIBDEVICE_REL).is_file(),
+            "no {LIBDEVICE_REL} under {}: run scripts/setup-llvm-cuda.sh",
+            dir.display()
+        );
+        dir
+    }
+
+    /// Runs [`probe_in_child`] in a fresh process whose only `CUDA_PATH` is
+    /// `cuda_path` (environment writes are not thread safe, so never here).
+    fn probe_with(cuda_path: &std::path::Path) -> String {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "kernels::ptx::tests::probe_in_child"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CUDA_PATH_VAR, cuda_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "child failed: {text}");
+        text
+    }
+
+    #[test]
+    #[ignore = "run by the libdevice tests in a child process with its own CUDA_PATH"]
+    fn probe_in_child() {
+        let dir = PathBuf::from(std::env::var_os(CUDA_PATH_VAR).unwrap());
+        match libdevice_probe() {
+            Ok(ptx) => println!(
+                "PROBE OK {} bytes of PTX, sm_90: {}, ex2.approx (inlined __nv_expf): {}",
+                ptx.len(),
+                ptx.contains(".target sm_90"),
+                ptx.contains("ex2.approx"),
+            ),
+            Err(e) => println!("PROBE ERR {e}"),
+        }
+        match cuda_kernel_support(&dir) {
+            Ok(()) => println!("SUPPORT OK"),
+            Err(e) => println!("SUPPORT ERR {e}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_cuda_path_cannot_compile_exp_and_says_so() {
+        let empty = tempfile::tempdir().unwrap();
+        let out = probe_with(empty.path());
+        assert!(out.contains("PROBE ERR"), "{out}");
+        assert!(out.contains("libdevice.10.bc was not found"), "{out}");
+        assert!(out.contains("SUPPORT ERR"), "{out}");
+    }
+
+    #[test]
+    fn the_shipped_libdevice_links_exp_and_tanh_for_sm_90() {
+        let out = probe_with(&shipped_support_dir());
+        assert!(out.contains("PROBE OK"), "{out}");
+        assert!(out.contains("sm_90: true"), "{out}");
+        assert!(out.contains("inlined __nv_expf): true"), "{out}");
+        assert!(out.contains("SUPPORT OK"), "{out}");
+    }
+}

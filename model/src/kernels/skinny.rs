@@ -1,0 +1,195 @@
+//! `y = x · Wᵀ` for a few rows of `x` (decode: one token per sequence, 1 to
+//! [`SKINNY_MAX_ROWS`]) with `W: [out, in]` in the checkpoint's layout: the
+//! product is bound by reading `W` once, so every weight row is streamed
+//! with 16-byte loads by the units of one plane, each unit keeping one f32
+//! accumulator per row of `x`, and the partial sums are reduced across the
+//! plane (or through shared memory where planes have one unit).
+//!
+//! Owns: the kernel and its launch. Must never: read `W` more than once per
+//! call, or accumulate in less than f32.
+
+use burn::tensor::Tensor;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use cubecl::prelude::*;
+
+use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
+
+/// The most rows of `x` the kernel takes (one accumulator per row and unit).
+pub(crate) const SKINNY_MAX_ROWS: usize = 32;
+
+/// Output columns (weight rows) per cube on a GPU: one plane each.
+const COLUMNS_PER_CUBE: u32 = 4;
+
+/// One cube computes `CUBE_DIM_Y` output columns; the `CUBE_DIM_X` units of
+/// each split the reduced axis and meet in a reduction.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_matmul_kernel<F: Float, N: Size>(
+    x: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w: &cubecl::prelude::Tensor<Vector<F, N>>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    k_vectors: u32,
+    columns: u32,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+    #[comptime] plane: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let col = (CUBE_POS_X * CUBE_DIM_Y) as usize + ty;
+    let kv = k_vectors as usize;
+    let n = columns as usize;
+    let in_range = col < n;
+
+    let mut acc = Array::<Vector<f32, N>>::new(rows);
+    #[unroll]
+    for m in 0..rows {
+        acc[m] = Vector::new(0.0f32);
+    }
+    if in_range {
+        let mut k = tx;
+        while k < kv {
+            let wv = Vector::<f32, N>::cast_from(w[col * kv + k]);
+            #[unroll]
+            for m in 0..rows {
+                acc[m] += Vector::<f32, N>::cast_from(x[m * kv + k]) * wv;
+            }
+            k += units;
+        }
+    }
+
+    let mut shared = Shared::<[f32]>::new_slice(comptime!(units * 8));
+    #[unroll]
+    for m in 0..rows {
+        let v = acc[m];
+        let mut s = 0.0f32;
+        #[unroll]
+        for i in 0..v.vector_size() {
+            s += v.extract(i);
+        }
+        if comptime!(plane) {
+            let total = plane_sum(s);
+            if tx == 0 && in_range {
+                out[m * n + col] = F::cast_from(total);
+            }
+        } else {
+            // Tree over the units of this column, in shared memory.
+            let base = ty * units;
+            shared[base + tx] = s;
+            sync_cube();
+            // A runtime variable (a comptime one cannot be mutated): CUBE_DIM_X = units.
+            let mut stride = (CUBE_DIM_X / 2) as usize;
+            while stride > 0 {
+                if tx < stride {
+                    shared[base + tx] = shared[base + tx] + shared[base + tx + stride];
+                }
+                sync_cube();
+                stride /= 2;
+            }
+            if tx == 0 && in_range {
+                out[m * n + col] = F::cast_from(shared[base]);
+            }
+            sync_cube();
+        }
+    }
+}
+
+/// `x · Wᵀ` for `x: [M, K]`, `W: [N, K]` (both in the same float dtype, on a
+/// CubeCL device, M ≤ [`SKINNY_MAX_ROWS`]); `None` otherwise.
+pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+    let [m, k] = x.dims();
+    let [n, kw] = w.dims();
+    if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
+        return None;
+    }
+    let dtype = x.dtype();
+    let elem = float_elem(dtype)?;
+    let (xc, wc) = (cube(x)?, cube(w)?);
+    let (xc, wc) = (contiguous(xc), contiguous(wc));
+    // 16-byte weight loads; past 8 rows 8-byte ones, so that the per-row
+    // vector accumulators (rows × width f32 per unit) stay in registers.
+    let vec = vector_width(k, dtype, if m <= 8 { 16 } else { 8 });
+    // A GPU reduces over one plane per column; the CPU runtime over at most
+    // its few units (and one column per cube).
+    let (units, plane) = reduce_units(&wc, 32);
+    let per_cube = if plane { COLUMNS_PER_CUBE } else { 1 };
+    let client = wc.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        wc.device.clone(),
+        burn::tensor::Shape::new([m, n]),
+        dtype,
+    );
+    let cubes = (n as u32).div_ceil(per_cube);
+    skinny_matmul_kernel::launch(
+        &client,
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(units, per_cube),
+        vec,
+        xc.into_tensor_arg(),
+        wc.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        (k / vec) as u32,
+        n as u32,
+        m,
+        units as usize,
+        plane,
+        elem,
+    );
+    Some(tensor(out))
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+mod tests {
+    use burn::tensor::DType;
+
+    use super::*;
+    use crate::kernels::test_support::{device, max_abs_diff, random};
+
+    /// Against Burn's own `x · Wᵀ` on the same device: decode shapes (rows
+    /// 1, 3 and the maximum), reduced axes with 8-, 4-, 2- and 1-wide vectors,
+    /// an output count that is not a multiple of the columns per cube.
+    #[test]
+    fn skinny_matmul_equals_burn_matmul() {
+        let dev = device();
+        for (i, &(m, k, n, dtype, tol)) in [
+            (1, 64, 50, DType::F32, 1e-5),
+            (3, 48, 7, DType::F32, 1e-5),
+            (SKINNY_MAX_ROWS, 36, 33, DType::F32, 1e-5),
+            (2, 30, 5, DType::F32, 1e-5),
+            (1, 27, 9, DType::F32, 1e-5),
+            (1, 128, 40, DType::BF16, 0.05),
+            (5, 64, 17, DType::BF16, 0.05),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = random([m, k], dtype, 10 + i as u64, &dev);
+            let w = random([n, k], dtype, 100 + i as u64, &dev);
+            let want = x
+                .clone()
+                .cast(DType::F32)
+                .matmul(w.clone().cast(DType::F32).transpose());
+            let got = skinny_matmul(&w, &x).expect("runs on the CubeCL CPU runtime");
+            assert_eq!(got.dtype(), dtype);
+            let d = max_abs_diff(got, want);
+            assert!(
+                d <= tol,
+                "m={m} k={k} n={n} {dtype:?}: differs by {d} > {tol}"
+            );
+        }
+    }
+
+    #[test]
+    fn skinny_matmul_declines_what_it_does_not_cover() {
+        let dev = device();
+        let x = random([SKINNY_MAX_ROWS + 1, 8], DType::F32, 1, &dev);
+        let w = random([4, 8], DType::F32, 2, &dev);
+        assert!(skinny_matmul(&w, &x).is_none(), "too many rows");
+        let flex = burn::tensor::Device::flex();
+        let x = random([1, 8], DType::F32, 1, &flex);
+        let w = random([4, 8], DType::F32, 2, &flex);
+        assert!(skinny_matmul(&w, &x).is_none(), "not a CubeCL device");
+    }
+}
