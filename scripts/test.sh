@@ -56,6 +56,9 @@ tests/browser/run.sh
 step "browser: headless Chromium against the real daemon"
 tests/browser/run-daemon.sh
 
+step "browser: an image question against the real daemon on a vision model"
+tests/browser/run-daemon-vision.sh
+
 step "package: release binaries and the .deb (scripts/build-deb.sh)"
 deb="$(scripts/build-deb.sh | tail -n 1)"
 ls -l "$deb"

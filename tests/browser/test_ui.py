@@ -52,11 +52,17 @@ DEVICE_NOTE = {"en": "Not a medical device.", "zh": "本系统不是医疗器械
 TESTS = []
 
 
-def test(mock_only=False, new_api=False):
+VISION_TESTS = set()
+
+
+def test(mock_only=False, new_api=False, vision=False):
     """mock_only: needs scripted answers or mock controls. new_api: needs the
-    conversation API (see the module doc)."""
+    conversation API (see the module doc). vision: needs a model that reads
+    images (`model.images` in the status; run-daemon-vision.sh serves one)."""
     def wrap(fn):
         TESTS.append((fn.__name__, fn, mock_only, new_api))
+        if vision:
+            VISION_TESTS.add(fn.__name__)
         return fn
     return wrap
 
@@ -1705,6 +1711,28 @@ def images_are_sent_with_the_question_then_cleared(c):
     assert p.eval(f"document.querySelectorAll('{LAST_Q} .turn-images').length") == 0
 
 
+@test(vision=True)
+def an_image_question_is_answered(c):
+    """Against any server whose model reads images: the mock (scripted
+    answer), or the real daemon on a vision model (run-daemon-vision.sh):
+    the image goes through the real decoder, tower and image prefill."""
+    p = c.page
+    c.load()
+    c.new_conversation()
+    choose_files(c, [IMG_PNG])
+    assert tile_names(c) == ["rgb_300x220.png"]
+    c.ask("What does this image show?", timeout=120)
+    # Finished with its counts, no error; the question keeps its thumbnail.
+    meta = c.text(f"{LAST_Q} .meta")
+    assert "tokens/s" in meta, meta
+    errors = p.eval(f"[...document.querySelectorAll('{LAST_Q} .turn-note.error')].map(e => e.textContent)")
+    assert errors == [], errors
+    assert p.eval(f"[...document.querySelectorAll('{LAST_Q} .turn-image .att-name')].map(e => e.textContent)") == \
+        ["rgb_300x220.png"]
+    assert tiles(c) == []
+    c.shots("33-image-answered")
+
+
 @test(mock_only=True)
 def image_errors_keep_the_question_and_images(c):
     p = c.page
@@ -1908,6 +1936,8 @@ def main():
         if not mock and args.new_api == "auto":
             status = page.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
             new_api = isinstance(status, dict) and isinstance(status.get("state"), str)
+        status = page.eval("fetch('/api/status').then(r => r.json())", await_promise=True)
+        reads_images = isinstance(status, dict) and bool((status.get("model") or {}).get("images"))
         if not mock:
             print(f"daemon at {base}: conversation API tests {'on' if new_api else 'off'}")
         for name, fn, mock_only, needs_api in TESTS:
@@ -1916,6 +1946,10 @@ def main():
             if mock_only and not mock:
                 skipped += 1
                 print(f"SKIP {name} (needs the mock server)")
+                continue
+            if name in VISION_TESTS and not reads_images:
+                skipped += 1
+                print(f"SKIP {name} (the model does not read images; tests/browser/run-daemon-vision.sh serves one)")
                 continue
             if needs_api and not new_api:
                 skipped += 1

@@ -49,17 +49,21 @@ e2e_start() {
   # The audit keys, pins and log directory come from the real admin path:
   # `medgemmactl setup` (its own config output is not used here).
   local ctl="${MEDGEMMACTL:-$(dirname "$E2E_BIN")/medgemmactl}"
-  "$ctl" setup --model "$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf" \
+  # E2E_MODEL / E2E_LABEL: another model (the browser's image test serves a
+  # vision fixture); the real 270M GGUF by default.
+  local model="${E2E_MODEL:-$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf}"
+  local label="${E2E_LABEL:-Gemma 3 270M}"
+  "$ctl" setup --model "$model" \
     --tokenizer "$assets/tokenizer/tokenizer.json" --state-dir "$E2E_DIR/state" \
-    --config-out "$E2E_DIR/setup.toml" --run-dir "$E2E_DIR" --demo --label "Gemma 3 270M" \
+    --config-out "$E2E_DIR/setup.toml" --run-dir "$E2E_DIR" --demo --label "$label" \
     > "$E2E_DIR/setup.log" 2>&1 || { cat "$E2E_DIR/setup.log" >&2; echo "e2e: medgemmactl setup failed" >&2; return 1; }
   E2E_PORT="$(e2e_free_port)"
   E2E_URL="http://127.0.0.1:$E2E_PORT"
   cat > "$E2E_DIR/medgemmad.toml" <<TOML
 [model]
-path = "$assets/gemma-3-270m/gemma-3-270m-q4_k_m.gguf"
+path = "$model"
 tokenizer_path = "$assets/tokenizer/tokenizer.json"
-label = "Gemma 3 270M"
+label = "$label"
 demo = true
 
 [engine]
