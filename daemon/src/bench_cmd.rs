@@ -22,6 +22,7 @@ use medgemma_model::generate::{self, Flow, GenerateOptions};
 use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::{self, LoadError};
 use medgemma_model::sampling::{SamplingParams, argmax};
+use medgemma_model::vision::{ImagePrefill, VisionConfig, VisionTower};
 
 /// Which device the benchmark runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +70,11 @@ pub struct BenchArgs {
     /// their bandwidth floor (a build with the `cuda` feature).
     #[arg(long, conflicts_with = "model")]
     kernels: bool,
+    /// Also time images: one 896×896 image through a vision tower of
+    /// MedGemma's real shapes (random weights) and the time to first token
+    /// of that image plus a 100-token question through the model.
+    #[arg(long)]
+    image: bool,
 }
 
 /// Why the benchmark failed.
@@ -385,6 +391,11 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         )?);
         device_memory.sample(&device);
     }
+    let image = if args.image {
+        Some(image_timing(&model, &device, dtype, args.backend)?)
+    } else {
+        None
+    };
     // Peak memory of the model's runs, before the bandwidth probe's buffers.
     let peak_rss = peak_rss_mib();
     drop(base);
@@ -427,6 +438,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         "bandwidth_probe": format!("best of 5 in-place f32 adds over {} MiB (3 x size bytes each), synced", args.bandwidth_mib),
         "bandwidth_fraction_batch1": b1_tps * b1_bytes as f64 / bandwidth,
         "peak_rss_mib": peak_rss,
+        "image": image,
         "device_memory": match device_memory.peak_reserved {
             Some(r) => serde_json::json!({
                 "source": "cubecl memory pool (Device::memory_pool_usage), sampled after load and each run",
@@ -444,6 +456,71 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         writeln!(out, "{s}").map_err(BenchError::Output)?;
     }
     Ok(())
+}
+
+/// `--image`: the encode time of one 896×896 image through a tower of the
+/// real shapes (random weights, projecting to this model's width) and the
+/// time to first token of that image plus a 100-token question (encode,
+/// image prefill with bidirectional image blocks, first token read back).
+/// On the GPU one untimed encode first compiles the kernels.
+fn image_timing(
+    model: &Gemma3,
+    device: &Device,
+    dtype: DType,
+    backend: BenchBackend,
+) -> Result<serde_json::Value, BenchError> {
+    let cfg = model.config();
+    let mut vcfg = VisionConfig::medgemma_4b();
+    vcfg.text_hidden_size = cfg.hidden_size;
+    let tower = VisionTower::random(&vcfg, device, dtype, 7);
+    // A smooth 1024×768 pattern, resized and normalised as a photo would be.
+    let (w, h) = (1024usize, 768usize);
+    let img = medgemma_model::image::RgbImage {
+        width: w,
+        height: h,
+        pixels: (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| [(x % 256) as u8, (y % 256) as u8, ((x / 7 + y / 5) % 256) as u8]))
+            .collect(),
+    };
+    let failed = |e: medgemma_model::vision::VisionError| BenchError::Device(e.to_string());
+    let encode = |pv| -> Result<Tensor<2>, BenchError> {
+        let rows = tower.encode(&[pv]).map_err(failed)?;
+        let _ = rows.clone().into_data(); // wait for the device
+        Ok(rows)
+    };
+    if backend == BenchBackend::Cuda {
+        encode(medgemma_model::image::to_pixel_values(&img, vcfg.image_size))?;
+    }
+    let t0 = Instant::now();
+    let rows = encode(medgemma_model::image::to_pixel_values(&img, vcfg.image_size))?;
+    let encode_s = t0.elapsed().as_secs_f64();
+    // <bos>, the image block, then 100 question tokens (the chat template's
+    // turn markers do not change the cost).
+    let marks = vcfg.image_tokens();
+    let mut ids = vec![cfg.bos_token_id, marks.start];
+    ids.extend(std::iter::repeat_n(marks.soft, marks.per_image));
+    ids.push(marks.end);
+    ids.extend(bench_prompt(101, cfg.vocab_size.min(262_144)).into_iter().skip(1));
+    let t1 = Instant::now();
+    let mut cache = model.new_cache();
+    let mut pre = ImagePrefill::new(ids.clone(), rows, vcfg.image_token_index).map_err(failed)?;
+    pre.run(model, &mut cache, generate::PREFILL_CHUNK);
+    let last = pre.last_token().unwrap_or(cfg.bos_token_id);
+    let row: Vec<f32> = model
+        .forward(&[last], &mut cache, Logits::Last)
+        .into_data()
+        .try_into_vec()
+        .map_err(|e| BenchError::Device(format!("{e:?}")))?;
+    let _first = argmax(&row);
+    let prefill_s = t1.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "tower": format!("SigLIP {} layers, width {}, {:.0}M parameters (random)", vcfg.num_layers, vcfg.hidden_size, vcfg.parameter_count() as f64 / 1e6),
+        "image_pixels": format!("{w}x{h} resized to {0}x{0}", vcfg.image_size),
+        "encode_s": encode_s,
+        "prompt_tokens": ids.len(),
+        "image_prefill_and_first_token_s": prefill_s,
+        "time_to_first_token_s": encode_s + prefill_s,
+    }))
 }
 
 /// `--kernels`: each decode kernel against the Burn ops it replaces and its
