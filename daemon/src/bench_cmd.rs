@@ -479,7 +479,15 @@ fn image_timing(
         width: w,
         height: h,
         pixels: (0..h)
-            .flat_map(|y| (0..w).flat_map(move |x| [(x % 256) as u8, (y % 256) as u8, ((x / 7 + y / 5) % 256) as u8]))
+            .flat_map(|y| {
+                (0..w).flat_map(move |x| {
+                    [
+                        (x % 256) as u8,
+                        (y % 256) as u8,
+                        ((x / 7 + y / 5) % 256) as u8,
+                    ]
+                })
+            })
             .collect(),
     };
     let failed = |e: medgemma_model::vision::VisionError| BenchError::Device(e.to_string());
@@ -489,10 +497,16 @@ fn image_timing(
         Ok(rows)
     };
     if backend == BenchBackend::Cuda {
-        encode(medgemma_model::image::to_pixel_values(&img, vcfg.image_size))?;
+        encode(medgemma_model::image::to_pixel_values(
+            &img,
+            vcfg.image_size,
+        ))?;
     }
     let t0 = Instant::now();
-    let rows = encode(medgemma_model::image::to_pixel_values(&img, vcfg.image_size))?;
+    let rows = encode(medgemma_model::image::to_pixel_values(
+        &img,
+        vcfg.image_size,
+    ))?;
     let encode_s = t0.elapsed().as_secs_f64();
     // <bos>, the image block, then 100 question tokens (the chat template's
     // turn markers do not change the cost).
@@ -500,7 +514,11 @@ fn image_timing(
     let mut ids = vec![cfg.bos_token_id, marks.start];
     ids.extend(std::iter::repeat_n(marks.soft, marks.per_image));
     ids.push(marks.end);
-    ids.extend(bench_prompt(101, cfg.vocab_size.min(262_144)).into_iter().skip(1));
+    ids.extend(
+        bench_prompt(101, cfg.vocab_size.min(262_144))
+            .into_iter()
+            .skip(1),
+    );
     let t1 = Instant::now();
     let mut cache = model.new_cache();
     let mut pre = ImagePrefill::new(ids.clone(), rows, vcfg.image_token_index).map_err(failed)?;
