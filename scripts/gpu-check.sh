@@ -37,7 +37,8 @@
 #             bf16, same argmax; greedy equal); after the bench (so that the
 #             budget never skips the bench): batched_decode, and the window
 #             mutant, which must fail
-#   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32, our
+#   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32 --image
+#             (with one image through a real-shape tower: encode, TTFT), our
 #             kernels; after the extras MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
@@ -258,7 +259,7 @@ fi
 
 # ---- bench (before the extras below, so the budget never skips it)
 if want bench; then
-  step bench 150 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --json || failed=1
+  step bench 150 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --image --json || failed=1
 fi
 
 # ---- extras: batched = alone on the GPU, the window mutant (must fail),
