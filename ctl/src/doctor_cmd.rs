@@ -275,6 +275,13 @@ fn pins_check(cfg: &DaemonConfig, deep: bool) -> Check {
             "run medgemmactl setup --model PATH to pin the model files",
         );
     };
+    if !file.exists() {
+        return fail(
+            "model pins",
+            format!("{} is missing", file.display()),
+            "run medgemmactl setup --model PATH to pin the model files",
+        );
+    }
     let pins = match Pins::read(file) {
         Ok(p) => p,
         Err(e) => return fail("model pins", e.to_string(), "run medgemmactl setup again"),
