@@ -69,6 +69,9 @@ pub fn run(config: &Path, a: &DoctorArgs) -> Report {
     let cfg = match DaemonConfig::load(config) {
         Ok(c) => {
             checks.push(config_check(config, &c));
+            if let Some(files) = model_files_check(&c) {
+                checks.push(files);
+            }
             c
         }
         Err(e) => {
@@ -133,11 +136,13 @@ fn config_check(path: &Path, cfg: &DaemonConfig) -> Check {
             "run medgemmactl setup --model PATH, or give --config",
         );
     };
-    let scripted = c.engine.backend == medgemma_protocol::config::BackendChoice::Scripted;
-    match c.check().and_then(|()| c.check_files(!scripted)) {
+    match c.check() {
         Ok(()) => ok(
             "configuration",
-            format!("{} (and its drop-ins) is valid", path.display()),
+            format!(
+                "{} is readable and valid (with its drop-ins)",
+                path.display()
+            ),
         ),
         Err(e) => fail(
             "configuration",
@@ -145,6 +150,22 @@ fn config_check(path: &Path, cfg: &DaemonConfig) -> Check {
             "fix the key the message names; medgemmad refuses to start until then",
         ),
     }
+}
+
+/// The files the configuration names (the model, its tokenizer): a fresh
+/// install has a valid configuration but no model yet, which is this
+/// check's failure, not the configuration's. `None` without a configuration.
+fn model_files_check(cfg: &DaemonConfig) -> Option<Check> {
+    let c = cfg.config.as_ref()?;
+    let scripted = c.engine.backend == medgemma_protocol::config::BackendChoice::Scripted;
+    Some(match c.check_files(!scripted) {
+        Ok(()) => ok("model files", format!("{} is there", c.model.path.display())),
+        Err(e) => fail(
+            "model files",
+            e.to_string(),
+            "copy the model in (safetensors directory or .gguf), then run medgemmactl setup --model PATH",
+        ),
+    })
 }
 
 fn gpu_checks(cfg: &DaemonConfig, checks: &mut Vec<Check>) {
