@@ -159,7 +159,10 @@ fn model_files_check(cfg: &DaemonConfig) -> Option<Check> {
     let c = cfg.config.as_ref()?;
     let scripted = c.engine.backend == medgemma_protocol::config::BackendChoice::Scripted;
     Some(match c.check_files(!scripted) {
-        Ok(()) => ok("model files", format!("{} is there", c.model.path.display())),
+        Ok(()) => ok(
+            "model files",
+            format!("{} is there", c.model.path.display()),
+        ),
         Err(e) => fail(
             "model files",
             e.to_string(),
