@@ -37,17 +37,17 @@ for _ in $(seq "$runs"); do
     --prompt-tokens "$prompt" --new-tokens "$new" --threads "$threads")")
 done
 
-python3 - "$load" "$runs" "${ours[@]}" "${theirs[@]}" <<'PY'
+python3 - "$(basename "$gguf")" "$load" "$runs" "${ours[@]}" "${theirs[@]}" <<'PY'
 import json, sys
-load, runs = sys.argv[1], int(sys.argv[2])
-rest = [json.loads(x) for x in sys.argv[3:]]
+name, load, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rest = [json.loads(x) for x in sys.argv[4:]]
 ours, theirs = rest[:runs], rest[runs:]
 for b in theirs:
     b.setdefault("peak_rss_mib", b.get("peak_rss_mb"))
 rows = [("load (s)", "load_s", min), ("prefill (tokens/s)", "prefill_tokens_per_s", max),
         ("decode (tokens/s)", "decode_tokens_per_s", max), ("peak RSS (MiB)", "peak_rss_mib", min)]
 a0 = ours[0]
-print(f"Gemma 3 270M GGUF, {a0['prompt_tokens']} prompt tokens, {a0['new_tokens']} new tokens, "
+print(f"{name}, {a0['prompt_tokens']} prompt tokens, {a0['new_tokens']} new tokens, "
       f"{a0['threads']} threads, {runs} alternating runs, load average at start {load}")
 for i, (a, b) in enumerate(zip(ours, theirs)):
     print(f"  run {i + 1}: ours prefill {a['prefill_tokens_per_s']:.1f} decode {a['decode_tokens_per_s']:.2f} "
