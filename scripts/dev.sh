@@ -77,7 +77,12 @@ fi
 ctl="${MEDGEMMACTL:-$(dirname "$bin")/medgemmactl}"
 setup_args=(--config "$run/medgemmad.toml" setup --model "$model" --state-dir "$run/state" --run-dir "$run" --label "$label")
 [ "$demo" = true ] && setup_args+=(--demo --tokenizer "$tokenizer")
-"$ctl" "${setup_args[@]}"
+# Clinicians log in (auth.mode = "accounts", as installed): the demo makes
+# one account, "demo", with a password made for this run and shown once
+# (there is no default password anywhere).
+password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')"
+setup_args+=(--user demo --password-stdin)
+printf '%s\n' "$password" | "$ctl" "${setup_args[@]}"
 mkdir -p "$run/medgemmad.d"
 max_new=1024
 [ "$demo" = true ] && max_new=128
@@ -116,4 +121,5 @@ done
 pids+=($!)
 
 echo "dev.sh: open http://localhost:$port/ once medgemmad says ready (Ctrl-C stops both)" >&2
+echo "dev.sh: log in as demo with the password $password (made for this run only)" >&2
 wait -n "${pids[@]}"

@@ -26,9 +26,11 @@ for _ in $(seq 1 600); do
 done
 [ -n "$ready" ] || fail "not ready after 300 s"
 
-python3 - "$port" <<'PY' || fail "status or answer"
-import json, sys, time, urllib.request
-port = sys.argv[1]
+password="$(sed -n 's/^dev.sh: log in as demo with the password \([^ ]*\) .*/\1/p' "$log" | head -n 1)"
+[ -n "$password" ] || fail "dev.sh did not show the demo account's password"
+python3 - "$port" "$password" <<'PY' || fail "status, login or answer"
+import json, sys, time, urllib.error, urllib.request
+port, password = sys.argv[1], sys.argv[2]
 base = f"http://localhost:{port}"
 status = json.load(urllib.request.urlopen(f"{base}/api/status"))
 sb = status["sandbox"]
@@ -37,11 +39,20 @@ assert sb["insecure_no_sandbox"] is False, sb
 assert sb["uid"][1] != 0, f"still root: {sb['uid']}"
 assert status["model"]["demo"] is True
 assert status["model"]["max_new_tokens"] == 128, status["model"]
-req = urllib.request.Request(
-    f"{base}/api/chat",
-    data=json.dumps({"conversation_id": None, "message": "What is a fever?"}).encode(),
-    headers={"Content-Type": "application/json", "Origin": base},
-)
+def post(path, body, cookie=None):
+    headers = {"Content-Type": "application/json", "Origin": base}
+    if cookie:
+        headers["Cookie"] = cookie
+    return urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), headers=headers)
+# Without logging in, no answer: the demo runs with accounts, as installed.
+try:
+    urllib.request.urlopen(post("/api/chat", {"conversation_id": None, "message": "What is a fever?"}))
+    raise AssertionError("answered without a login")
+except urllib.error.HTTPError as e:
+    assert e.code == 401, e.code
+login = urllib.request.urlopen(post("/api/login", {"user": "demo", "password": password}))
+cookie = login.headers["Set-Cookie"].split(";", 1)[0]
+req = post("/api/chat", {"conversation_id": None, "message": "What is a fever?"}, cookie)
 t0 = time.time()
 events = urllib.request.urlopen(req, timeout=300).read().decode()
 last = [b for b in events.split("\n\n") if b.strip()][-1]
