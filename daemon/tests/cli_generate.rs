@@ -29,6 +29,23 @@ fn u32s(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The largest |a − b| of two equally long vectors.
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 fn csv(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
@@ -113,24 +130,7 @@ fn tiny_a_prompt_ids_json_matches_the_transformers_reference() {
     assert_eq!(u32s(&v["generated_ids"]), u32s(&exp["greedy"]));
     assert_eq!(v["finish_reason"], "length", "{v}");
 
-    let got: Vec<f64> = v["last_logits"]
-        .as_array()
-        .expect("--logits gives last_logits")
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    let want: Vec<f64> = exp["last_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    assert_eq!(got.len(), want.len());
-    let d = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let d = max_abs_diff(&f64s(&v["last_logits"]), &f64s(&exp["last_logits"]));
     eprintln!("tiny_a via the CLI: last-position max |Δlogit| = {d:.3e}");
     assert!(d <= 1e-4, "last logits differ by {d}");
 
@@ -425,47 +425,20 @@ fn images_through_the_vision_tower_match_the_transformers_reference() {
         assert!(out.status.success(), "{}", failure(&out));
         let v = json(&out);
         assert_eq!(v["images"], files.len());
-        v["last_logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
+        f64s(&v["last_logits"])
     };
-    let worst_against = |got: &[f64], want: &[f64]| {
-        assert_eq!(got.len(), want.len());
-        got.iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
-    };
-    let want: Vec<f64> = exp["last_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let want = f64s(&exp["last_logits"]);
     assert_ne!(lossless, images, "the fixture has no JPEG any more");
     let got = logits_with(&lossless);
-    let worst = worst_against(&got, &want);
+    let worst = max_abs_diff(&got, &want);
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
     // The JPEG files themselves, through our decoder: close, not equal
     // (measured 0.029 on this fixture; a wrong channel order or resize
     // moves them by more than 1).
-    let jpeg = worst_against(&logits_with(&images), &want);
+    let jpeg = max_abs_diff(&logits_with(&images), &want);
     assert!(jpeg > 0.0 && jpeg < 0.1, "JPEG path: max |Δlogit| {jpeg}");
     // The causal-only logits are far: the image blocks were bidirectional.
-    let causal: Vec<f64> = exp["last_logits_causal_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    let off = got
-        .iter()
-        .zip(&causal)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let off = max_abs_diff(&got, &f64s(&exp["last_logits_causal_only"]));
     assert!(off > 0.1, "{off}");
 
     // A GGUF holds no vision tower: a sentence, exit 2.

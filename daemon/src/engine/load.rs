@@ -201,7 +201,12 @@ fn cpu(job: &EngineJob, decision: BackendDecision) -> Result<Box<dyn Engine>, Lo
     let t0 = Instant::now();
     let probe = ModelProbe::open(&job.path).map_err(LoadError::from)?;
     let context = job.context.min(probe.config.max_position_embeddings);
-    let plan = cpu_plan(&probe, job, context, budget::mem_available())?;
+    // Read once: the budget counts the tower, and it is loaded after the decoder.
+    let vision = vision_config(&job.path)?;
+    let vision_bytes = vision.as_ref().map_or(0, |v| {
+        v.parameter_count() * budget::dtype_bytes(backend::cpu_dtype())
+    });
+    let plan = cpu_plan(&probe, job, context, vision_bytes, budget::mem_available())?;
     let cfg = probe.config.clone();
     let loaded = load::load_probed(
         probe,
@@ -224,7 +229,12 @@ fn cpu(job: &EngineJob, decision: BackendDecision) -> Result<Box<dyn Engine>, Lo
     let mut engine = ModelEngine::new(loaded, context, "cpu".to_owned(), reason)?
         .with_max_batch(plan.sequences)
         .with_kept_context(kept_cap);
-    if let Some(tower) = vision_tower(job, &backend::cpu_device(), backend::cpu_dtype())? {
+    if let Some(tower) = vision_tower(
+        job,
+        vision.as_ref(),
+        &backend::cpu_device(),
+        backend::cpu_dtype(),
+    )? {
         engine = engine.with_vision(tower);
     }
     Ok(Box::new(engine))
@@ -239,13 +249,15 @@ fn vision_config(path: &Path) -> Result<Option<VisionConfig>, VisionError> {
     Ok(VisionConfig::from_file(&path.join("config.json"))?)
 }
 
-/// Loads the model's vision tower onto `device`, when it has one.
+/// Loads the model's vision tower onto `device`, when it has one (`config`,
+/// from [`vision_config`]).
 fn vision_tower(
     job: &EngineJob,
+    config: Option<&VisionConfig>,
     device: &medgemma_model::burn::tensor::Device,
     dtype: budget::DType,
 ) -> Result<Option<VisionTower>, VisionError> {
-    if vision_config(&job.path)?.is_none() {
+    if config.is_none() {
         return Ok(None);
     }
     let t0 = Instant::now();
@@ -271,12 +283,14 @@ struct CpuPlan {
     described: String,
 }
 
-/// The CPU budget of `job` against `available` bytes (`None`: unknown, so
-/// the configuration is taken as it is, and the log says so).
+/// The CPU budget of `job` (plus `vision_bytes` for a vision tower) against
+/// `available` bytes (`None`: unknown, so the configuration is taken as it
+/// is, and the log says so).
 fn cpu_plan(
     probe: &ModelProbe,
     job: &EngineJob,
     context: usize,
+    vision_bytes: u64,
     available: Option<u64>,
 ) -> Result<CpuPlan, LoadFailure> {
     let (weight_bytes, held) = match (probe.format, job.cpu_weights) {
@@ -293,11 +307,7 @@ fn cpu_plan(
             },
         ),
     };
-    // The vision tower, held in the CPU's compute dtype.
-    let weight_bytes = weight_bytes
-        + vision_config(&job.path).ok().flatten().map_or(0, |v| {
-            v.parameter_count() * budget::dtype_bytes(backend::cpu_dtype())
-        });
+    let weight_bytes = weight_bytes + vision_bytes;
     let wanted = job.sequences.max(1) + usize::from(job.keep_context);
     let req = CpuBudgetRequest::new(context, wanted, weight_bytes, held);
     let Some(available) = available else {
@@ -422,7 +432,8 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
         .with_kept_context(kept_cap)
         .on_gpu(health, info.clone());
     let tower = catch_unwind(AssertUnwindSafe(|| {
-        vision_tower(job, &device, backend::cuda_dtype())
+        vision_config(&job.path)
+            .and_then(|v| vision_tower(job, v.as_ref(), &device, backend::cuda_dtype()))
     }))
     .map_err(|p| failed("loading the vision tower", panic_text(p.as_ref())))?
     .map_err(|e| failed("loading the vision tower", e.to_string()))?;
@@ -481,20 +492,7 @@ mod tests {
     /// then concurrency); too little is a refusal that says what to change.
     #[test]
     fn the_cpu_budget_gives_way_then_refuses_with_a_sentence() {
-        let dir = std::env::var_os("MEDGEMMA_ASSETS")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
-            });
-        let Some(gguf) = dir
-            .map(|d| d.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"))
-            .filter(|p| p.is_file())
-        else {
-            assert!(
-                std::env::var_os("MEDGEMMA_ASSETS").is_none(),
-                "the 270M GGUF is missing"
-            );
-            eprintln!("SKIP: real test assets not found; run scripts/fetch-assets.sh");
+        let Some((gguf, _)) = super::super::test_270m_files() else {
             return;
         };
         let probe = ModelProbe::open(&gguf).unwrap();
@@ -503,7 +501,7 @@ mod tests {
             let req = CpuBudgetRequest::new(8192, n, probe.bytes, "GGUF as stored");
             budget::estimate_cpu(&probe.config, &req).total()
         };
-        let plenty = cpu_plan(&probe, &j, 8192, Some(64 << 30)).unwrap();
+        let plenty = cpu_plan(&probe, &j, 8192, 0, Some(64 << 30)).unwrap();
         assert_eq!(
             (plenty.sequences, plenty.keep),
             (4, true),
@@ -516,11 +514,11 @@ mod tests {
             plenty.described
         );
         // Room for four sequences' KV: three answers and the kept caches.
-        let four = cpu_plan(&probe, &j, 8192, Some(need(4))).unwrap();
+        let four = cpu_plan(&probe, &j, 8192, 0, Some(need(4))).unwrap();
         assert_eq!((four.sequences, four.keep), (3, true), "{}", four.described);
         assert!(four.described.contains("3 of 4"), "{}", four.described);
         // Room for one: one answer, nothing kept.
-        let one = cpu_plan(&probe, &j, 8192, Some(need(1))).unwrap();
+        let one = cpu_plan(&probe, &j, 8192, 0, Some(need(1))).unwrap();
         assert_eq!((one.sequences, one.keep), (1, false), "{}", one.described);
         assert!(
             one.described.contains("no memory left to keep"),
@@ -528,10 +526,10 @@ mod tests {
             one.described
         );
         // Unknown memory: the configuration as it is.
-        let unknown = cpu_plan(&probe, &j, 8192, None).unwrap();
+        let unknown = cpu_plan(&probe, &j, 8192, 0, None).unwrap();
         assert_eq!((unknown.sequences, unknown.keep), (4, true));
         // Too little for one.
-        let e = cpu_plan(&probe, &j, 8192, Some(need(1) / 2)).unwrap_err();
+        let e = cpu_plan(&probe, &j, 8192, 0, Some(need(1) / 2)).unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, LoadFailure::CpuMemory(_)), "{text}");
         assert!(text.contains("engine.context_length"), "{text}");

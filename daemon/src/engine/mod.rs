@@ -266,3 +266,23 @@ pub trait Engine: Send {
     /// [`Engine::info`]).
     fn set_weights(&mut self, _check: verify::WeightsCheck) {}
 }
+
+/// The real Gemma 3 270M GGUF and tokenizer (`scripts/fetch-assets.sh`) for
+/// the engine's tests; `None` (a skip, said on stderr) when they are absent
+/// and `MEDGEMMA_ASSETS` is not set, a failure when it is.
+#[cfg(test)]
+pub(crate) fn test_270m_files() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::path::PathBuf;
+    let explicit = std::env::var_os("MEDGEMMA_ASSETS").map(PathBuf::from);
+    let dir = explicit.clone().or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
+    })?;
+    let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
+    let tok = dir.join("tokenizer/tokenizer.json");
+    if !gguf.is_file() || !tok.is_file() {
+        assert!(explicit.is_none(), "MEDGEMMA_ASSETS lacks the 270M GGUF");
+        eprintln!("SKIP: real test assets not found; run scripts/fetch-assets.sh");
+        return None;
+    }
+    Some((gguf, tok))
+}

@@ -570,8 +570,6 @@ impl Engine for ModelEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use medgemma_model::backend::{cpu_device, cpu_dtype};
     use medgemma_model::load::load_model;
 
@@ -580,17 +578,7 @@ mod tests {
     /// The real Gemma 3 270M GGUF and tokenizer (`scripts/fetch-assets.sh`);
     /// `None` (a skip) when absent and `MEDGEMMA_ASSETS` is not set.
     fn real_270m() -> Option<LoadedModel> {
-        let explicit = std::env::var_os("MEDGEMMA_ASSETS").map(PathBuf::from);
-        let dir = explicit.clone().or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medgemma-assets"))
-        })?;
-        let gguf = dir.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
-        let tok = dir.join("tokenizer/tokenizer.json");
-        if !gguf.is_file() || !tok.is_file() {
-            assert!(explicit.is_none(), "MEDGEMMA_ASSETS lacks the 270M GGUF");
-            eprintln!("SKIP: real test assets not found; run scripts/fetch-assets.sh");
-            return None;
-        }
+        let (gguf, tok) = super::super::test_270m_files()?;
         Some(load_model(&gguf, Some(&tok), &cpu_device(), cpu_dtype()).expect("the 270M loads"))
     }
 
