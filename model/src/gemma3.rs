@@ -506,34 +506,75 @@ impl Gemma3 {
         cache: &mut LayerCache,
         span: Span<'_>,
     ) -> Tensor<2> {
+        let (kv, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let attn = &layer.self_attn;
+        let q = attn.q_proj.forward(a.clone());
+        let k = attn.k_proj.forward(a.clone());
+        let v = attn
+            .v_proj
+            .forward(a)
+            .reshape([b, t, kv, hd])
+            .swap_dims(1, 2);
+        // q/k norms per head, before RoPE; no norm on v. Rows are (b, t):
+        // row r takes table row r mod t.
+        let rope = RopeRows {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            cos4: cos.clone().unsqueeze::<4>(),
+            sin4: sin.clone().unsqueeze::<4>(),
+        };
+        let (q, k) = self.qk_norm_rope(attn, q, k, b, t, &rope);
+        let out = self.attend(layer.kind, q, k, v, cache, span);
+        attn.o_proj.forward(out)
+    }
+
+    /// Per-head q/k RMSNorm then RoPE of the projections `q: [b·t, H·hd]`,
+    /// `k: [b·t, KV·hd]`, returned as `[b, H, t, hd]` and `[b, KV, t, hd]`:
+    /// one fused kernel on a CubeCL device (`kernels::qk_norm_rope`), the
+    /// plain Burn ops otherwise.
+    fn qk_norm_rope(
+        &self,
+        attn: &Attention,
+        q: Tensor<2>,
+        k: Tensor<2>,
+        b: usize,
+        t: usize,
+        rope: &RopeRows,
+    ) -> (Tensor<4>, Tensor<4>) {
         let cfg = &self.cfg;
         let (h, kv, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let attn = &layer.self_attn;
-        let q = attn
-            .q_proj
-            .forward(a.clone())
-            .reshape([b, t, h, hd])
-            .swap_dims(1, 2);
-        let k = attn
-            .k_proj
-            .forward(a.clone())
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
-        let v = attn
-            .v_proj
-            .forward(a)
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
-        // q/k norms per head, before RoPE; no norm on v.
-        let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
-        let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
-        let k = apply_rope(attn.k_norm.forward(k), cos, sin);
-        let out = self.attend(layer.kind, q, k, v, cache, span);
-        attn.o_proj.forward(out)
+        let heads = |x: Tensor<2>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2);
+        #[cfg(feature = "kernels")]
+        if let Some((q, k)) = crate::kernels::qk_norm_rope(
+            &q,
+            &k,
+            &crate::kernels::QkNormRope {
+                q_scale: &attn.q_norm.scale,
+                k_scale: &attn.k_norm.scale,
+                eps: attn.q_norm.eps,
+                cos: &rope.cos,
+                sin: &rope.sin,
+                q_heads: h,
+                kv_heads: kv,
+            },
+        ) {
+            return (heads(q, h), heads(k, kv));
+        }
+        let q = apply_rope(
+            attn.q_norm.forward(heads(q, h)),
+            rope.cos4.clone(),
+            rope.sin4.clone(),
+        );
+        let k = apply_rope(
+            attn.k_norm.forward(heads(k, kv)),
+            rope.cos4.clone(),
+            rope.sin4.clone(),
+        );
+        (q, k)
     }
 
     /// Scaled dot-product attention of one sequence's queries `[b, H, T, hd]`
@@ -564,6 +605,17 @@ impl Gemma3 {
             values,
             positions,
         } = cache.append(k, v);
+        // Decode (one token): one kernel over the visible slots, read in
+        // place; every slot the cache hands out is visible (`positions` is
+        // `None`), so there is no mask.
+        #[cfg(feature = "kernels")]
+        if t == 1 && b == 1 && positions.is_none() {
+            let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+            let q1 = q.clone().reshape([1, h * hd]);
+            if let Some(out) = crate::kernels::decode_attention(&q1, &keys, &values, h, scale) {
+                return out;
+            }
+        }
         let s = keys.dims()[2];
 
         // GQA without copying K/V: query heads 2j, 2j+1 share KV head j, so fold
@@ -617,16 +669,21 @@ impl Gemma3 {
         let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let table = |rope: &RotaryTable| {
             let (c, s) = rope.tables_at(positions.iter().copied(), self.dtype, &self.device);
-            (c.reshape([n, 1, 1, hd]), s.reshape([n, 1, 1, hd]))
+            RopeRows {
+                cos4: c.clone().reshape([n, 1, 1, hd]),
+                sin4: s.clone().reshape([n, 1, 1, hd]),
+                cos: c,
+                sin: s,
+            }
         };
         let global = table(&self.rope_global);
         let local = table(&self.rope_local);
         for (li, layer) in self.layers.iter().enumerate() {
-            let (cos, sin) = match layer.kind {
+            let rope = match layer.kind {
                 LayerType::Global => &global,
                 LayerType::Local => &local,
             };
-            x = self.layer_forward_batch(layer, li, x, cos, sin, caches, &positions);
+            x = self.layer_forward_batch(layer, li, x, rope, caches, &positions);
         }
         for c in caches.iter_mut() {
             c.advance(1);
@@ -641,8 +698,7 @@ impl Gemma3 {
         layer: &DecoderLayer,
         li: usize,
         x: Tensor<2>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
+        rope: &RopeRows,
         caches: &mut [&mut KvCache],
         positions: &[usize],
     ) -> Tensor<2> {
@@ -656,23 +712,15 @@ impl Gemma3 {
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
-        let q = attn
-            .q_proj
-            .forward_batch(a.clone())
-            .reshape([n, 1, h, hd])
-            .swap_dims(1, 2);
-        let k = attn
-            .k_proj
-            .forward_batch(a.clone())
-            .reshape([n, 1, kv, hd])
-            .swap_dims(1, 2);
+        let q = attn.q_proj.forward_batch(a.clone());
+        let k = attn.k_proj.forward_batch(a.clone());
         let v = attn
             .v_proj
             .forward_batch(a)
             .reshape([n, 1, kv, hd])
             .swap_dims(1, 2);
-        let q = apply_rope(attn.q_norm.forward(q), cos.clone(), sin.clone());
-        let k = apply_rope(attn.k_norm.forward(k), cos.clone(), sin.clone());
+        // One token per sequence: rows are (sequence, t = 1).
+        let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
         let outs: Vec<Tensor<2>> = caches
             .iter_mut()
             .enumerate()
@@ -715,6 +763,18 @@ pub struct ImageRows {
     pub token: u32,
     /// `[image tokens, hidden]`: the projector's rows, in prompt order.
     pub rows: Tensor<2>,
+}
+
+/// The RoPE rows of a chunk: `[P, hd]` tables (what the fused kernel
+/// reads; row `r` of the projections takes row `r mod P`) and the same
+/// tables shaped to broadcast against `[b, H, t, hd]` in `apply_rope`
+/// (`[1, 1, t, hd]` for one sequence, `[n, 1, 1, hd]` for a decode batch).
+#[derive(Debug, Clone)]
+struct RopeRows {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    cos4: Tensor<4>,
+    sin4: Tensor<4>,
 }
 
 /// Where a chunk's queries sit: the first one's absolute position, and the

@@ -579,7 +579,7 @@ fn choose(logits: Tensor<2>, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>, 
             .map(|(s, row)| s.sample(row))
             .collect());
     }
-    let best: Vec<i64> = logits.clone().argmax(1).into_data().iter::<i64>().collect();
+    let best = greedy_ids(&logits);
     if best.len() != rows {
         return Err(GenerateError::Readback {
             why: format!("{} argmax indices for {rows} rows", best.len()),
@@ -596,6 +596,18 @@ fn choose(logits: Tensor<2>, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>, 
         }
     }
     Ok(out)
+}
+
+/// The index of each row's largest logit, computed where the logits are:
+/// one kernel on a CubeCL device (`kernels::argmax_rows`: ties to the lowest
+/// index, NaN never chosen, as `sampling::argmax`), Burn's `argmax`
+/// otherwise.
+fn greedy_ids(logits: &Tensor<2>) -> Vec<i64> {
+    #[cfg(feature = "kernels")]
+    if let Some(ids) = crate::kernels::argmax_rows(logits) {
+        return ids.into_data().iter::<i64>().collect();
+    }
+    logits.clone().argmax(1).into_data().iter::<i64>().collect()
 }
 
 fn logits_rows(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {

@@ -20,12 +20,17 @@
 //! computes beyond rounding (each kernel equals its Burn composition within
 //! the tolerances its tests state), or read anything but tensors.
 
+mod argmax;
 pub mod bench;
+mod decode_attention;
 mod geglu;
 mod matmul;
+#[cfg(all(test, feature = "cube-cpu"))]
+mod model_check;
 mod norm;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
+mod qk_rope;
 mod skinny;
 
 use std::sync::OnceLock;
@@ -35,9 +40,12 @@ use burn_cubecl::Cube;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind};
 
+pub(crate) use argmax::argmax_rows;
+pub(crate) use decode_attention::decode_attention;
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::rms_norm;
+pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::skinny_matmul;
 
 /// Whether our kernels may run (`MEDGEMMA_PLAIN_BURN` unset or `0`).

@@ -14,6 +14,8 @@ use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_
 /// One cube per row: the units stride over the row's vectors, the sum of
 /// squares meets in shared memory, then each unit scales its vectors.
 #[cube(launch)]
+// The shared-memory trees write `a = a + b` out in full, in every kernel here.
+#[allow(clippy::assign_op_pattern)]
 fn rms_norm_kernel<F: Float, N: Size>(
     x: &cubecl::prelude::Tensor<Vector<F, N>>,
     scale: &cubecl::prelude::Tensor<Vector<f32, N>>,

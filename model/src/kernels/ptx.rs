@@ -150,6 +150,8 @@ mod tests {
 
     #[test]
     #[ignore = "run by the libdevice tests in a child process with its own CUDA_PATH"]
+    // Its stdout is the parent test's input.
+    #[allow(clippy::print_stdout)]
     fn probe_in_child() {
         let dir = PathBuf::from(std::env::var_os(CUDA_PATH_VAR).unwrap());
         match libdevice_probe() {

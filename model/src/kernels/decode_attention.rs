@@ -1,0 +1,376 @@
+//! Attention of one new token over its sequence's cache in one launch
+//! (decode, `t == 1`): `softmax(q·Kᵀ · scale) · V` for every query head,
+//! with grouped-query heads (query heads `rep·j .. rep·j + rep` read KV head
+//! `j`), the scores and the softmax in f32, the output `[1, H·hd]` in the
+//! activations' dtype.
+//!
+//! Visibility: after a one-token write the cache hands out exactly the slots
+//! this query may see (every cached position on a global layer; on a
+//! sliding-window layer the ring's `W` slots, the oldest just overwritten by
+//! this token: `kv_cache.rs`), in any order. So the kernel takes the first
+//! `len` slots of the cache buffer, read in place through its strides
+//! (no copy of the view, no mask upload): slot order does not matter to a
+//! softmax.
+//!
+//! One cube per KV head, so the `rep` query heads sharing it read K and V
+//! once. Its units form `groups` rows of `lanes`: each row takes every
+//! `groups`-th key with an online softmax (running maximum, sum and
+//! weighted values), its lanes splitting the head dimension and meeting in a
+//! plane sum on a GPU (one lane where planes have one unit: CubeCL's CPU
+//! runtime); the rows' partial results are merged in shared memory.
+//!
+//! Owns: the kernel and its launch. Must never: see a key outside the
+//! visible slots it is given, or round scores or probabilities below f32.
+
+use burn::tensor::Tensor;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use cubecl::prelude::*;
+
+use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
+
+/// Below every score; `exp(LOW − finite)` is 0 without a NaN from `−∞ − −∞`.
+const LOW: f32 = -3.0e38;
+
+/// Shared memory for the rows' partial outputs, in f32 values.
+const SHARED_PARTIALS: usize = 8192;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_kernel<F: Float, N: Size>(
+    q: &cubecl::prelude::Tensor<Vector<F, N>>,
+    keys: &cubecl::prelude::Tensor<Vector<F, N>>,
+    values: &cubecl::prelude::Tensor<Vector<F, N>>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    len: u32,
+    k_head: u32,
+    k_slot: u32,
+    v_head: u32,
+    v_slot: u32,
+    scale: f32,
+    #[comptime] rep: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] head_vectors: usize,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[comptime] plane: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let kvh = CUBE_POS_X as usize;
+    let per_lane = comptime!(head_vectors / lanes);
+    let width = comptime!(head_dim / head_vectors);
+
+    // This lane's share of each query head: vectors tx, tx + lanes, ...
+    let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+    let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+    let mut m = Array::<f32>::new(rep);
+    let mut l = Array::<f32>::new(rep);
+    #[unroll]
+    for r in 0..rep {
+        m[r] = LOW;
+        l[r] = 0.0f32;
+        #[unroll]
+        for j in 0..per_lane {
+            let h = kvh * rep + r;
+            qv[r * per_lane + j] =
+                Vector::<f32, N>::cast_from(q[h * head_vectors + tx + j * lanes]);
+            acc[r * per_lane + j] = Vector::new(0.0f32);
+        }
+    }
+
+    let n = len as usize;
+    let mut kv = Array::<Vector<f32, N>>::new(per_lane);
+    let mut vv = Array::<Vector<f32, N>>::new(per_lane);
+    // The same trip count in every row (the plane sums need whole planes).
+    let trips = n.div_ceil(groups);
+    let mut it = 0usize;
+    while it < trips {
+        let s = it * groups + ty;
+        let valid = s < n;
+        let slot = select(valid, s, 0usize);
+        let kb = kvh * k_head as usize + slot * k_slot as usize;
+        let vb = kvh * v_head as usize + slot * v_slot as usize;
+        #[unroll]
+        for j in 0..per_lane {
+            kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
+            vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
+        }
+        #[unroll]
+        for r in 0..rep {
+            let mut dot = Vector::<f32, N>::new(0.0f32);
+            #[unroll]
+            for j in 0..per_lane {
+                dot += qv[r * per_lane + j] * kv[j];
+            }
+            let mut partial = 0.0f32;
+            #[unroll]
+            for i in 0..width {
+                partial += dot.extract(i);
+            }
+            let mut total = partial;
+            if comptime!(plane) {
+                total = plane_sum(partial);
+            }
+            if valid {
+                let score = total * scale;
+                let old = m[r];
+                let top = select(score > old, score, old);
+                let corr = (old - top).exp();
+                let p = (score - top).exp();
+                l[r] = l[r] * corr + p;
+                m[r] = top;
+                #[unroll]
+                for j in 0..per_lane {
+                    acc[r * per_lane + j] =
+                        acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
+                }
+            }
+        }
+        it += 1;
+    }
+
+    // Merge the rows: maxima and sums per (row, head), partial outputs per element.
+    let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+    let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+    let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
+    #[unroll]
+    for r in 0..rep {
+        if tx == 0 {
+            sm[ty * rep + r] = m[r];
+            sl[ty * rep + r] = l[r];
+        }
+        #[unroll]
+        for j in 0..per_lane {
+            let a = acc[r * per_lane + j];
+            let e0 = (tx + j * lanes) * width;
+            #[unroll]
+            for i in 0..width {
+                sa[(ty * rep + r) * head_dim + e0 + i] = a.extract(i);
+            }
+        }
+    }
+    sync_cube();
+    let threads = comptime!(lanes * groups);
+    let mut e = ty * lanes + tx;
+    while e < comptime!(rep * head_dim) {
+        let r = e / head_dim;
+        let d = e % head_dim;
+        let mut top = LOW.runtime();
+        #[unroll]
+        for g in 0..groups {
+            let x = sm[g * rep + r];
+            top = select(x > top, x, top);
+        }
+        let mut sum = 0.0f32;
+        let mut o = 0.0f32;
+        #[unroll]
+        for g in 0..groups {
+            let w = (sm[g * rep + r] - top).exp();
+            sum += sl[g * rep + r] * w;
+            o += sa[(g * rep + r) * head_dim + d] * w;
+        }
+        out[(kvh * rep + r) * head_dim + d] = F::cast_from(o / sum);
+        e += threads;
+    }
+}
+
+/// One token's attention: `q: [1, H·hd]` (after q-norm and RoPE) over the
+/// first `S` slots of `keys`/`values: [1, KV, S, hd]` (views of the cache
+/// buffer, read in place), `scale` applied to the scores; `[1, H·hd]` in
+/// `q`'s dtype. `None` off a CubeCL device, or for shapes it does not cover
+/// (H not a multiple of KV, no keys, head dim not split evenly by the lanes).
+pub(crate) fn decode_attention(
+    q: &Tensor<2>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    heads: usize,
+    scale: f64,
+) -> Option<Tensor<2>> {
+    let [one, qw] = q.dims();
+    let [b, kvh, s, hd] = keys.dims();
+    let dtype = q.dtype();
+    let fits = one == 1
+        && b == 1
+        && s > 0
+        && hd > 0
+        && kvh > 0
+        && heads.is_multiple_of(kvh)
+        && qw == heads * hd
+        && values.dims() == keys.dims()
+        && keys.dtype() == dtype
+        && values.dtype() == dtype
+        && s <= u32::MAX as usize;
+    if !enabled() || !fits {
+        return None;
+    }
+    let elem = float_elem(dtype)?;
+    let qc = contiguous(cube(q)?);
+    // Read in place: a view's strides say where each slot lives.
+    let (kc, vc) = (cube(keys)?, cube(values)?);
+    let strides_ok = |t: &burn_cubecl::tensor::CubeTensor| t.meta.strides()[3] == 1;
+    if !strides_ok(&kc) || !strides_ok(&vc) {
+        return None;
+    }
+    let (lanes, plane) = match reduce_units(&qc, 32) {
+        (units, true) => (units as usize, true),
+        _ => (1, false),
+    };
+    let vec = vector_width(hd, dtype, 16);
+    let head_vectors = hd / vec;
+    let aligned = |t: &burn_cubecl::tensor::CubeTensor| {
+        let st = t.meta.strides();
+        st[1].is_multiple_of(vec) && st[2].is_multiple_of(vec)
+    };
+    if !head_vectors.is_multiple_of(lanes) || !aligned(&kc) || !aligned(&vc) {
+        return None;
+    }
+    let rep = heads / kvh;
+    let max_units = qc.client.properties().hardware.max_units_per_cube.max(1) as usize;
+    let groups = (max_units / lanes)
+        .min(8)
+        .min(SHARED_PARTIALS / (rep * hd))
+        .clamp(1, 8);
+    let (ks, vs) = (kc.meta.strides().clone(), vc.meta.strides().clone());
+    let client = qc.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        qc.device.clone(),
+        qc.meta.shape().clone(),
+        dtype,
+    );
+    decode_attention_kernel::launch(
+        &client,
+        CubeCount::Static(kvh as u32, 1, 1),
+        CubeDim::new_2d(lanes as u32, groups as u32),
+        vec,
+        qc.into_tensor_arg(),
+        kc.into_tensor_arg(),
+        vc.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        s as u32,
+        (ks[1] / vec) as u32,
+        (ks[2] / vec) as u32,
+        (vs[1] / vec) as u32,
+        (vs[2] / vec) as u32,
+        scale as f32,
+        rep,
+        hd,
+        head_vectors,
+        lanes,
+        groups,
+        plane,
+        elem,
+    );
+    Some(tensor(out))
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+mod tests {
+    use burn::tensor::activation::softmax;
+    use burn::tensor::{DType, Device};
+
+    use super::*;
+    use crate::config::{Gemma3Config, LayerType};
+    use crate::kernels::test_support::{device, max_abs_diff, random};
+    use crate::kv_cache::KvCache;
+
+    /// `gemma3.rs`'s `attend` for one token (no mask: every visible slot counts).
+    fn burn_attend(
+        q: Tensor<2>,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        heads: usize,
+        scale: f64,
+    ) -> Tensor<2> {
+        let [_, kv, _, hd] = keys.dims();
+        let rep = heads / kv;
+        let dtype = q.dtype();
+        let q = q.reshape([1, kv, rep, hd]);
+        let scores = q
+            .matmul(keys.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .cast(DType::F32);
+        let probs = softmax(scores, 3).cast(dtype);
+        probs.matmul(values).reshape([1, heads * hd])
+    }
+
+    /// A one-layer cache of `kind` (window `w`) filled token by token with
+    /// random keys/values up to `len` positions, as decode fills it; returns
+    /// what the last token sees.
+    #[allow(clippy::too_many_arguments)]
+    fn filled(
+        kind: LayerType,
+        w: usize,
+        kv: usize,
+        hd: usize,
+        len: usize,
+        dtype: DType,
+        dev: &Device,
+        seed: u64,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let mut cfg = Gemma3Config::medgemma_4b();
+        cfg.layer_types = vec![kind];
+        cfg.sliding_window = w;
+        let mut cache = KvCache::new(&cfg);
+        // A prompt chunk first (as prefill writes), then a few single tokens.
+        let first = len.saturating_sub(4).max(1);
+        let k = random([1, kv, first, hd], dtype, seed, dev);
+        let v = random([1, kv, first, hd], dtype, seed + 1, dev);
+        let _ = cache.layers[0].append(k, v);
+        let mut last = None;
+        for p in first..len {
+            let k = random([1, kv, 1, hd], dtype, seed + 2 + p as u64 * 2, dev);
+            let v = random([1, kv, 1, hd], dtype, seed + 3 + p as u64 * 2, dev);
+            last = Some(cache.layers[0].append(k, v));
+        }
+        let vis = last.expect("at least one decode token");
+        assert!(vis.positions.is_none(), "a one-token step needs no mask");
+        (vis.keys, vis.values)
+    }
+
+    #[test]
+    fn decode_attention_equals_the_burn_composition() {
+        let dev = device();
+        // (kind, window, H, KV, hd, positions): the 4B's heads (8 over 4),
+        // the 270M's (4 over 1), global caches grown past one GROWTH step,
+        // rings wrapped around (more positions than the window), a ring
+        // not yet full.
+        for (i, &(kind, w, h, kv, hd, len, dtype, tol)) in [
+            (LayerType::Global, 1024, 8, 4, 256, 300, DType::F32, 2e-5),
+            (LayerType::Local, 16, 8, 4, 256, 45, DType::F32, 2e-5),
+            (LayerType::Local, 16, 4, 1, 256, 40, DType::F32, 2e-5),
+            (LayerType::Global, 1024, 4, 1, 256, 7, DType::F32, 2e-5),
+            (LayerType::Local, 64, 2, 2, 64, 20, DType::F32, 2e-5),
+            (LayerType::Local, 16, 8, 4, 256, 37, DType::BF16, 2e-2),
+            (LayerType::Global, 1024, 4, 1, 256, 50, DType::BF16, 2e-2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seed = 900 + 100 * i as u64;
+            let (keys, values) = filled(kind, w, kv, hd, len, dtype, &dev, seed);
+            let s = keys.dims()[2];
+            assert_eq!(
+                s,
+                if kind == LayerType::Global {
+                    len
+                } else {
+                    len.min(w)
+                }
+            );
+            // Scaled up so the softmax is far from uniform.
+            let q = random([1, h * hd], dtype, seed + 99, &dev).mul_scalar(4.0);
+            let scale = 256f64.powf(-0.5);
+            let got = decode_attention(&q, &keys, &values, h, scale)
+                .expect("runs on the CubeCL CPU runtime");
+            assert_eq!(got.dtype(), dtype);
+            let want = burn_attend(q, keys, values, h, scale);
+            let d = max_abs_diff(got, want);
+            assert!(
+                d <= tol,
+                "{kind:?} w={w} h={h} kv={kv} hd={hd} len={len} {dtype:?}: differs by {d}"
+            );
+        }
+    }
+}
