@@ -771,7 +771,9 @@ pub struct ImageRows {
 /// (`[1, 1, t, hd]` for one sequence, `[n, 1, 1, hd]` for a decode batch).
 #[derive(Debug, Clone)]
 struct RopeRows {
+    #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
     cos: Tensor<2>,
+    #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
     sin: Tensor<2>,
     cos4: Tensor<4>,
     sin4: Tensor<4>,

@@ -153,6 +153,13 @@ pub struct BenchShapes {
     pub hidden: usize,
     /// The MLP width (GeGLU's).
     pub mlp: usize,
+    /// Query heads, key/value heads and their width (q/k-norm + RoPE,
+    /// decode attention).
+    pub heads: (usize, usize, usize),
+    /// Cached positions the decode attention rows run over.
+    pub contexts: Vec<usize>,
+    /// Logits per row (the greedy argmax).
+    pub vocab: usize,
 }
 
 impl BenchShapes {
@@ -170,6 +177,9 @@ impl BenchShapes {
             ],
             hidden: 2560,
             mlp: 10240,
+            heads: (8, 4, 256),
+            contexts: vec![512, 4096],
+            vocab: 262_208,
         }
     }
 }
@@ -262,6 +272,7 @@ pub fn micro_benchmarks(
             burn_max_abs_diff: None,
         });
     }
+    decode_rows(device, dtype, shapes, rows, reps, &mut out, &floor)?;
     out.push(f32_matmul_row(
         device,
         64,
@@ -271,6 +282,177 @@ pub fn micro_benchmarks(
         bandwidth,
     ));
     Some(out)
+}
+
+/// The plain Burn q/k-norm + RoPE of `gemma3.rs` on `x: [m, heads·hd]`
+/// with one table row per row of `x`.
+fn burn_norm_rope(
+    x: Tensor<2>,
+    heads: usize,
+    scale: &Tensor<1>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+) -> Tensor<2> {
+    let [m, w] = x.dims();
+    let hd = w / heads;
+    let dtype = x.dtype();
+    let x = x
+        .reshape([m, 1, heads, hd])
+        .swap_dims(1, 2)
+        .cast(DType::F32);
+    let ms = x.clone().powi_scalar(2).mean_dim(3);
+    let n = (x * (ms + 1e-6).sqrt().recip() * scale.clone().unsqueeze::<4>()).cast(dtype);
+    let half = hd / 2;
+    let x1 = n.clone().slice([0..m, 0..heads, 0..1, 0..half]);
+    let x2 = n.clone().slice([0..m, 0..heads, 0..1, half..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let (c, s) = (
+        cos.clone().reshape([m, 1, 1, hd]),
+        sin.clone().reshape([m, 1, 1, hd]),
+    );
+    (n * c + rotated * s).swap_dims(1, 2).reshape([m, w])
+}
+
+/// The plain Burn one-token attention of `gemma3.rs`'s `attend`.
+fn burn_decode_attention(
+    q: Tensor<2>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    heads: usize,
+    scale: f64,
+) -> Tensor<2> {
+    let [_, kv, _, hd] = keys.dims();
+    let dtype = q.dtype();
+    let q = q.reshape([1, kv, heads / kv, hd]);
+    let scores = q
+        .matmul(keys.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .cast(DType::F32);
+    let probs = burn::tensor::activation::softmax(scores, 3).cast(dtype);
+    probs.matmul(values).reshape([1, heads * hd])
+}
+
+/// The decode kernels besides the products: greedy argmax over the
+/// vocabulary, q/k-norm + RoPE, one-token attention over a cache.
+fn decode_rows(
+    device: &Device,
+    dtype: DType,
+    shapes: &BenchShapes,
+    rows: &[usize],
+    reps: usize,
+    out: &mut Vec<KernelRow>,
+    floor: &dyn Fn(u64) -> f64,
+) -> Option<()> {
+    let el = dtype.size() as u64;
+    let (h, kv, hd) = shapes.heads;
+    let v = shapes.vocab;
+    let qs = filled([hd], DType::F32, device, 8).add_scalar(1.0);
+    let ks = filled([hd], DType::F32, device, 9).add_scalar(1.0);
+    for &m in rows {
+        // Greedy choice: the logits are f32 (`gemma3.rs` casts them).
+        let logits = filled([m, v], DType::F32, device, 5000 + m as u32).mul_scalar(10.0);
+        let ids =
+            |t: Tensor<1, burn::tensor::Int>| -> Vec<i64> { t.into_data().iter::<i64>().collect() };
+        let (got, want) = (
+            ids(super::argmax_rows(&logits)?),
+            ids(logits.clone().argmax(1).flatten::<1>(0, 1)),
+        );
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .max()
+            .unwrap_or(0) as f32;
+        let kernel_us = time_us(device, reps, || {
+            let _ = super::argmax_rows(&logits);
+        });
+        let burn_us = time_us(device, reps, || {
+            let _ = logits.clone().argmax(1);
+        });
+        let bytes = (m * v) as u64 * 4 + m as u64 * 4;
+        out.push(KernelRow {
+            name: format!("argmax {m}x{v} (|Δ| in ids)"),
+            bytes,
+            kernel_us,
+            burn_us,
+            floor_us: floor(bytes),
+            max_abs_diff: d,
+            burn_max_abs_diff: None,
+        });
+
+        let q = filled([m, h * hd], dtype, device, 6000 + m as u32).mul_scalar(3.0);
+        let k = filled([m, kv * hd], dtype, device, 7000 + m as u32).mul_scalar(3.0);
+        let cos = filled([m, hd], dtype, device, 8000 + m as u32);
+        let sin = filled([m, hd], dtype, device, 9000 + m as u32);
+        let p = super::QkNormRope {
+            q_scale: &qs,
+            k_scale: &ks,
+            eps: 1e-6,
+            cos: &cos,
+            sin: &sin,
+            q_heads: h,
+            kv_heads: kv,
+        };
+        let plain = || {
+            (
+                burn_norm_rope(q.clone(), h, &qs, &cos, &sin),
+                burn_norm_rope(k.clone(), kv, &ks, &cos, &sin),
+            )
+        };
+        let (gq, gk) = super::qk_norm_rope(&q, &k, &p)?;
+        let (wq, wk) = plain();
+        let d = diff(gq, wq).max(diff(gk, wk));
+        let kernel_us = time_us(device, reps, || {
+            let _ = super::qk_norm_rope(&q, &k, &p);
+        });
+        let burn_us = time_us(device, reps, || {
+            let _ = plain();
+        });
+        let bytes =
+            2 * (m * (h + kv) * hd) as u64 * el + 2 * (m * hd) as u64 * el + 2 * hd as u64 * 4;
+        out.push(KernelRow {
+            name: format!("qk_norm_rope {m}x({h}+{kv})x{hd}"),
+            bytes,
+            kernel_us,
+            burn_us,
+            floor_us: floor(bytes),
+            max_abs_diff: d,
+            burn_max_abs_diff: None,
+        });
+    }
+    let scale = (hd as f64).powf(-0.5);
+    for &s in &shapes.contexts {
+        // A cache buffer with room to spare, read through a view of its
+        // first `s` slots, as `kv_cache.rs` hands it out.
+        let cap = s + 256;
+        let buf = |salt| filled([1, kv, cap, hd], dtype, device, salt);
+        let (kb, vb) = (buf(10_000 + s as u32), buf(20_000 + s as u32));
+        let r = [0..1, 0..kv, 0..s, 0..hd];
+        let (keys, values) = (kb.slice(r.clone()), vb.slice(r));
+        let q = filled([1, h * hd], dtype, device, 30_000 + s as u32).mul_scalar(4.0);
+        let got = super::decode_attention(&q, &keys, &values, h, scale)?;
+        let d = diff(
+            got,
+            burn_decode_attention(q.clone(), keys.clone(), values.clone(), h, scale),
+        );
+        let kernel_us = time_us(device, reps, || {
+            let _ = super::decode_attention(&q, &keys, &values, h, scale);
+        });
+        let burn_us = time_us(device, reps, || {
+            let _ = burn_decode_attention(q.clone(), keys.clone(), values.clone(), h, scale);
+        });
+        let bytes = 2 * (kv * s * hd) as u64 * el + 2 * (h * hd) as u64 * el;
+        out.push(KernelRow {
+            name: format!("decode_attention 1x{h}x{hd} over {kv}x{s}"),
+            bytes,
+            kernel_us,
+            burn_us,
+            floor_us: floor(bytes),
+            max_abs_diff: d,
+            burn_max_abs_diff: None,
+        });
+    }
+    Some(())
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]
@@ -286,9 +468,12 @@ mod tests {
             projections: vec![("q", 16, 32), ("head", 40, 32)],
             hidden: 32,
             mlp: 64,
+            heads: (4, 2, 32),
+            contexts: vec![9],
+            vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2 + 1);
+        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + 1);
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");

@@ -22,7 +22,7 @@
 //! Owns: the kernel and its launch. Must never: see a key outside the
 //! visible slots it is given, or round scores or probabilities below f32.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use cubecl::prelude::*;
 
@@ -34,6 +34,15 @@ const LOW: f32 = -3.0e38;
 /// Shared memory for the rows' partial outputs, in f32 values.
 const SHARED_PARTIALS: usize = 8192;
 
+/// Most rows of lanes per cube.
+const MAX_GROUPS: usize = 16;
+
+/// Fewest keys per part of a split cache.
+const KEYS_PER_PART: usize = 256;
+
+/// Cubes a split aims at in all (about the SMs of an H100/H200).
+const WANT_CUBES: usize = 128;
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn decode_attention_kernel<F: Float, N: Size>(
@@ -41,7 +50,10 @@ fn decode_attention_kernel<F: Float, N: Size>(
     keys: &cubecl::prelude::Tensor<Vector<F, N>>,
     values: &cubecl::prelude::Tensor<Vector<F, N>>,
     out: &mut cubecl::prelude::Tensor<F>,
+    part_o: &mut cubecl::prelude::Tensor<f32>,
+    part_ml: &mut cubecl::prelude::Tensor<f32>,
     len: u32,
+    chunk: u32,
     k_head: u32,
     k_slot: u32,
     v_head: u32,
@@ -53,11 +65,21 @@ fn decode_attention_kernel<F: Float, N: Size>(
     #[comptime] lanes: usize,
     #[comptime] groups: usize,
     #[comptime] plane: bool,
+    #[comptime] split: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
     let kvh = CUBE_POS_X as usize;
+    // This cube's keys: `chunk` of them from `first` (all when not split).
+    let part = CUBE_POS_Y as usize;
+    let splits = CUBE_COUNT_Y as usize;
+    let first = part * chunk as usize;
+    let end = select(
+        first + (chunk as usize) < len as usize,
+        first + chunk as usize,
+        len as usize,
+    );
     let per_lane = comptime!(head_vectors / lanes);
     let width = comptime!(head_dim / head_vectors);
 
@@ -79,7 +101,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
         }
     }
 
-    let n = len as usize;
+    let n = end - first;
     let mut kv = Array::<Vector<f32, N>>::new(per_lane);
     let mut vv = Array::<Vector<f32, N>>::new(per_lane);
     // The same trip count in every row (the plane sums need whole planes).
@@ -88,7 +110,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
     while it < trips {
         let s = it * groups + ty;
         let valid = s < n;
-        let slot = select(valid, s, 0usize);
+        let slot = select(valid, first + s, first);
         let kb = kvh * k_head as usize + slot * k_slot as usize;
         let vb = kvh * v_head as usize + slot * v_slot as usize;
         #[unroll]
@@ -170,8 +192,56 @@ fn decode_attention_kernel<F: Float, N: Size>(
             sum += sl[g * rep + r] * w;
             o += sa[(g * rep + r) * head_dim + d] * w;
         }
-        out[(kvh * rep + r) * head_dim + d] = F::cast_from(o / sum);
+        if comptime!(split) {
+            // This part's normalised output, maximum and sum, for the merge.
+            let pr = (kvh * splits + part) * rep + r;
+            part_o[pr * head_dim + d] = o / sum;
+            if d == 0 {
+                part_ml[pr * 2] = top;
+                part_ml[pr * 2 + 1] = sum;
+            }
+        } else {
+            out[(kvh * rep + r) * head_dim + d] = F::cast_from(o / sum);
+        }
         e += threads;
+    }
+}
+
+/// Merges the parts of a split attention: per output element, the parts'
+/// outputs weighted by `sum · exp(max − overall max)`.
+#[cube(launch)]
+fn merge_parts_kernel<F: Float>(
+    part_o: &cubecl::prelude::Tensor<f32>,
+    part_ml: &cubecl::prelude::Tensor<f32>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    elements: u32,
+    splits: u32,
+    #[comptime] rep: usize,
+    #[comptime] head_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ABSOLUTE_POS;
+    if i < elements as usize {
+        // Output element i = (head h = kvh·rep + r, d).
+        let h = i / head_dim;
+        let d = i % head_dim;
+        let kvh = h / rep;
+        let r = h % rep;
+        let n = splits as usize;
+        let mut top = LOW.runtime();
+        for p in 0..n {
+            let m = part_ml[((kvh * n + p) * rep + r) * 2];
+            top = select(m > top, m, top);
+        }
+        let mut sum = 0.0f32;
+        let mut o = 0.0f32;
+        for p in 0..n {
+            let pr = (kvh * n + p) * rep + r;
+            let w = part_ml[pr * 2 + 1] * (part_ml[pr * 2] - top).exp();
+            sum += w;
+            o += part_o[pr * head_dim + d] * w;
+        }
+        out[i] = F::cast_from(o / sum);
     }
 }
 
@@ -228,9 +298,15 @@ pub(crate) fn decode_attention(
     let rep = heads / kvh;
     let max_units = qc.client.properties().hardware.max_units_per_cube.max(1) as usize;
     let groups = (max_units / lanes)
-        .min(8)
+        .min(MAX_GROUPS)
         .min(SHARED_PARTIALS / (rep * hd))
-        .clamp(1, 8);
+        .max(1);
+    // Long caches split over more cubes (flash-decoding): every part has
+    // at least one key, so each part's sum is positive.
+    let want = (WANT_CUBES / kvh).max(1);
+    let splits = want.min(s.div_ceil(KEYS_PER_PART)).max(1);
+    let chunk = s.div_ceil(splits);
+    let splits = s.div_ceil(chunk);
     let (ks, vs) = (kc.meta.strides().clone(), vc.meta.strides().clone());
     let client = qc.client.clone();
     let out = empty_device_dtype(
@@ -239,16 +315,37 @@ pub(crate) fn decode_attention(
         qc.meta.shape().clone(),
         dtype,
     );
+    let split = splits > 1;
+    // Unused (one element each) when not split.
+    let parts = |n: usize| {
+        empty_device_dtype(
+            client.clone(),
+            qc.device.clone(),
+            burn::tensor::Shape::new([n.max(1)]),
+            DType::F32,
+        )
+    };
+    let (part_o, part_ml) = if split {
+        (
+            parts(kvh * splits * rep * hd),
+            parts(kvh * splits * rep * 2),
+        )
+    } else {
+        (parts(1), parts(1))
+    };
     decode_attention_kernel::launch(
         &client,
-        CubeCount::Static(kvh as u32, 1, 1),
+        CubeCount::Static(kvh as u32, splits as u32, 1),
         CubeDim::new_2d(lanes as u32, groups as u32),
         vec,
         qc.into_tensor_arg(),
         kc.into_tensor_arg(),
         vc.into_tensor_arg(),
         out.clone().into_tensor_arg(),
+        part_o.clone().into_tensor_arg(),
+        part_ml.clone().into_tensor_arg(),
         s as u32,
+        chunk as u32,
         (ks[1] / vec) as u32,
         (ks[2] / vec) as u32,
         (vs[1] / vec) as u32,
@@ -260,8 +357,30 @@ pub(crate) fn decode_attention(
         lanes,
         groups,
         plane,
+        split,
         elem,
     );
+    if split {
+        let elements = heads * hd;
+        let units = client
+            .properties()
+            .hardware
+            .max_units_per_cube
+            .clamp(1, 256);
+        merge_parts_kernel::launch(
+            &client,
+            CubeCount::Static((elements as u32).div_ceil(units), 1, 1),
+            CubeDim::new_1d(units),
+            part_o.into_tensor_arg(),
+            part_ml.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            elements as u32,
+            splits as u32,
+            rep,
+            hd,
+            elem,
+        );
+    }
     Some(tensor(out))
 }
 
@@ -335,7 +454,8 @@ mod tests {
         // (kind, window, H, KV, hd, positions): the 4B's heads (8 over 4),
         // the 270M's (4 over 1), global caches grown past one GROWTH step,
         // rings wrapped around (more positions than the window), a ring
-        // not yet full.
+        // not yet full; caches of more than 256 keys run split over cubes
+        // (300 keys: 2 parts, 700: 3, a wrapped ring of 512: 2).
         for (i, &(kind, w, h, kv, hd, len, dtype, tol)) in [
             (LayerType::Global, 1024, 8, 4, 256, 300, DType::F32, 2e-5),
             (LayerType::Local, 16, 8, 4, 256, 45, DType::F32, 2e-5),
@@ -344,6 +464,9 @@ mod tests {
             (LayerType::Local, 64, 2, 2, 64, 20, DType::F32, 2e-5),
             (LayerType::Local, 16, 8, 4, 256, 37, DType::BF16, 2e-2),
             (LayerType::Global, 1024, 4, 1, 256, 50, DType::BF16, 2e-2),
+            // Split over cubes (more than 256 keys) and merged.
+            (LayerType::Global, 1024, 4, 1, 256, 700, DType::F32, 2e-5),
+            (LayerType::Local, 512, 8, 4, 256, 1500, DType::BF16, 2e-2),
         ]
         .iter()
         .enumerate()
