@@ -460,10 +460,8 @@ mod tests {
             (LayerType::Global, 1024, 8, 4, 256, 300, DType::F32, 2e-5),
             (LayerType::Local, 16, 8, 4, 256, 45, DType::F32, 2e-5),
             (LayerType::Local, 16, 4, 1, 256, 40, DType::F32, 2e-5),
-            (LayerType::Global, 1024, 4, 1, 256, 7, DType::F32, 2e-5),
             (LayerType::Local, 64, 2, 2, 64, 20, DType::F32, 2e-5),
             (LayerType::Local, 16, 8, 4, 256, 37, DType::BF16, 2e-2),
-            (LayerType::Global, 1024, 4, 1, 256, 50, DType::BF16, 2e-2),
             // Split over cubes (more than 256 keys) and merged.
             (LayerType::Global, 1024, 4, 1, 256, 700, DType::F32, 2e-5),
             (LayerType::Local, 512, 8, 4, 256, 1500, DType::BF16, 2e-2),
