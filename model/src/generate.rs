@@ -600,7 +600,7 @@ fn choose(logits: Tensor<2>, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>, 
 
 /// The index of each row's largest logit, computed where the logits are:
 /// one kernel on a CubeCL device (`kernels::argmax_rows`: ties to the lowest
-/// index, NaN never chosen, as `sampling::argmax`), Burn's `argmax`
+/// index as `sampling::argmax`, NaN never chosen), Burn's `argmax`
 /// otherwise.
 fn greedy_ids(logits: &Tensor<2>) -> Vec<i64> {
     #[cfg(feature = "kernels")]

@@ -4,7 +4,8 @@
 //!
 //! The rule is the host's (`sampling::argmax`): ties go to the lowest index,
 //! and a NaN never wins (it is never greater than anything); a row with
-//! nothing but NaNs gives 0.
+//! nothing but NaNs gives 0. One difference: the host's scan starts from
+//! index 0's value, so a NaN there is kept; here it never wins anywhere.
 //!
 //! Owns: the kernel and its launch. Must never: pick by anything but the
 //! values (no suppression here: the caller checks the sampler allows the
