@@ -122,18 +122,31 @@ impl Sampler {
 
 /// Index of the largest value; the first on ties (as torch.argmax).
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
+    // `None` until the first non-NaN value: a NaN never wins, not even at
+    // index 0 (as the device kernel, `kernels::argmax_rows`); all NaN → 0.
+    let mut best: Option<usize> = None;
     for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+        if x.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|b| *x > v[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(0) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_ties_and_never_a_nan() {
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0, 3.0]), 2);
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY]), 1);
+        assert_eq!(argmax(&[2.0, f32::NAN, 2.0]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+    }
 
     #[test]
     fn greedy_ignores_suppressed_and_padding() {

@@ -4,8 +4,7 @@
 //!
 //! The rule is the host's (`sampling::argmax`): ties go to the lowest index,
 //! and a NaN never wins (it is never greater than anything); a row with
-//! nothing but NaNs gives 0. One difference: the host's scan starts from
-//! index 0's value, so a NaN there is kept; here it never wins anywhere.
+//! nothing but NaNs gives 0.
 //!
 //! Owns: the kernel and its launch. Must never: pick by anything but the
 //! values (no suppression here: the caller checks the sampler allows the
@@ -125,8 +124,7 @@ mod tests {
     use crate::sampling::argmax;
 
     /// Rows of random logits with planted ties (the maximum repeated at a
-    /// later index, and a tie inside one vector), NaNs (never at index 0,
-    /// where the host's scan starts from its first value), -inf, a row of
+    /// later index, and a tie inside one vector), NaNs, -inf, a row of
     /// -inf only and a row of NaN after a first -inf.
     fn rows(v: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -142,8 +140,9 @@ mod tests {
                     row[c] = 20.0;
                 }
                 2 => {
-                    // NaNs everywhere a quarter apart, one above the maximum's place.
-                    for i in (1..v).step_by(4) {
+                    // NaNs everywhere a quarter apart (index 0 included), one
+                    // above the maximum's place.
+                    for i in (0..v).step_by(4) {
                         row[i] = f32::NAN;
                     }
                     row[v / 2 + 1] = f32::NAN;
