@@ -111,11 +111,24 @@ impl RotaryTable {
     }
 }
 
-/// `gelu_tanh(gate) · up` (`Gemma3MLP`); one fused kernel on a CubeCL device.
+/// `gelu_tanh(gate) · up` (`Gemma3MLP`); one fused kernel on a CubeCL
+/// device, one pass on the CPU (`cpu::geglu`, f32).
 fn geglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "kernels")]
     if let Some(y) = crate::kernels::geglu(&gate, &up) {
         return y;
+    }
+    if gate.device() == Device::flex() && gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
+        let dims = gate.dims();
+        let device = gate.device();
+        let (g, u) = (gate.into_data(), up.into_data());
+        if let (Ok(gs), Ok(us)) = (g.as_slice::<f32>(), u.as_slice::<f32>()) {
+            let mut out = vec![0.0f32; gs.len()];
+            crate::cpu::geglu(gs, us, &mut out);
+            return Tensor::<2>::from_data(TensorData::new(out, dims), (&device, DType::F32));
+        }
+        let t = |d: TensorData| Tensor::<2>::from_data(d, (&device, DType::F32));
+        return gelu_approximate(t(g)) * t(u);
     }
     gelu_approximate(gate) * up
 }

@@ -48,12 +48,14 @@
 //! open files (bytes arrive from `weights.rs`, mapped or owned), touch a GPU,
 //! or see text.
 
+mod activation;
 mod kernels;
 mod matrix;
 mod random;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use activation::geglu;
 pub use matrix::{CpuMatrix, WeightBytes};
 
 /// Activation rows up to which a product streams the weights through the
