@@ -50,11 +50,13 @@
 
 mod kernels;
 mod matrix;
+mod q8;
 mod random;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use matrix::{CpuMatrix, WeightBytes};
+pub use q8::{Activations, activations, set_activations};
 
 /// Activation rows up to which a product streams the weights through the
 /// fused kernel; above it the weights are dequantized panel by panel and

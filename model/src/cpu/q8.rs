@@ -1,0 +1,641 @@
+//! Integer products: activation rows quantized to 8 bits, multiplied with
+//! the stored weight blocks by integer dot products (`engine.cpu_activations`).
+//!
+//! The f32 path (`matrix.rs`) keeps activations exact; this one does what
+//! llama.cpp does to go faster, at a measured fidelity cost (README):
+//! every 32 activations of a row become signed bytes `q = round(x / d)`
+//! with `d = max|x| / 127` (an f32 scale, finer than llama.cpp's f16 or
+//! per-256 scales), and the products are sums of byte products, exact in
+//! 32-bit integers, scaled once per 16 or 32 values.
+//!
+//! Weights: every block format is read as unsigned integers `u` with a
+//! scale and an offset per 16 or 32 values, `w = s·u − m` (exactly the
+//! value `crate::quant` dequantizes: `Q8_0` is `d·(u − 128)`, `Q4_K`
+//! `(d·sc)·u − dmin·min`, `Q6_K` `(d·sc)·(u − 32)` per 16, ...). So one
+//! block of 32 contributes `d_x · (s · Σ u·q) − m · (d_x · Σ q)`, where
+//! `Σ u·q` is what `vpdpbusd` (unsigned × signed bytes, AVX-512 VNNI and
+//! AVX-VNNI) computes four products at a time, and `d_x · Σ q` is
+//! precomputed once per activation block.
+//!
+//! Prompts (more than `GEMV_MAX_ROWS` rows): a task repacks sixteen weight
+//! rows at a time into a small panel (one byte per weight, four
+//! consecutive values of each of the sixteen rows side by side, so that a
+//! 64-byte load feeds one `vpdpbusd` for sixteen rows; scales and offsets
+//! as f32 beside it) and multiplies it with a tile of activation rows held
+//! in registers: each weight load serves [`TILE`] activation rows, each
+//! broadcast activation word sixteen weight rows. Decode (up to
+//! `GEMV_MAX_ROWS` rows) streams the stored blocks directly through the
+//! same arithmetic ([`gemv`]); repacking there would cost as much as the
+//! product.
+//!
+//! Owns: activation quantization, the repacked panels, the integer kernels
+//! and which of them runs. Must never: change the f32 path's results (it
+//! is chosen per product by [`Activations`]), run an instruction set the
+//! CPU lacks (the kernels are reached only through [`product`] and
+//! [`gemv`], which check), or read past a slice.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::Isa;
+use crate::quant::{GgmlType, scale_min_k4};
+
+/// Activation rows multiplied together with one repacked weight load.
+pub(super) const TILE: usize = 8;
+
+/// Weight rows of one repacked group (one 512-bit vector of i32 sums).
+const GROUP: usize = 16;
+
+/// How the CPU products treat their activations (`engine.cpu_activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Activations {
+    /// f32 activations everywhere: the exact path (products equal
+    /// dequantize-then-multiply up to the order of the sums).
+    #[default]
+    F32,
+    /// Prompts (more than `GEMV_MAX_ROWS` rows) quantize their activations
+    /// to 8 bits and use integer products; decode stays f32.
+    Q8Prompt,
+    /// Every product of a block-quantized matrix uses 8-bit activations, as
+    /// llama.cpp does.
+    Q8,
+}
+
+impl Activations {
+    /// Every mode, in the order of the configuration's documentation.
+    pub const ALL: [Activations; 3] = [Activations::F32, Activations::Q8Prompt, Activations::Q8];
+
+    /// The configuration's name ("f32", "q8_prompt", "q8").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8Prompt => "q8_prompt",
+            Self::Q8 => "q8",
+        }
+    }
+
+    /// The mode named `s` (as [`Activations::name`] writes it).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// Whether a product of `n` activation rows quantizes them.
+    pub fn quantizes(self, n: usize) -> bool {
+        match self {
+            Self::F32 => false,
+            Self::Q8Prompt => n > super::GEMV_MAX_ROWS,
+            Self::Q8 => true,
+        }
+    }
+}
+
+/// The process's mode, as an index into [`Activations::ALL`].
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how every later CPU product of this process treats its activations
+/// (the engine calls it once, from its configuration, before loading).
+pub fn set_activations(mode: Activations) {
+    let i = Activations::ALL
+        .iter()
+        .position(|m| *m == mode)
+        .unwrap_or(0);
+    MODE.store(i as u8, Ordering::Relaxed);
+}
+
+/// The mode [`set_activations`] set ([`Activations::F32`] until then).
+pub fn activations() -> Activations {
+    Activations::ALL
+        .get(usize::from(MODE.load(Ordering::Relaxed)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Whether `ty` has integer kernels (the block formats).
+pub(super) fn supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+    )
+}
+
+/// Values per scale of `ty` (16 for `Q6_K`, 32 otherwise).
+fn sub_len(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q6_K { 16 } else { 32 }
+}
+
+/// The instruction sets with an integer kernel on this CPU: `Portable`
+/// always; `Avx512` where AVX-512 VNNI is present; `Avx2` where AVX-VNNI is.
+pub(super) fn has_kernel(isa: Isa) -> bool {
+    match isa {
+        Isa::Portable => true,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("avxvnni")
+        }
+        _ => false,
+    }
+}
+
+/// Activation rows quantized to signed bytes, per 32 values an f32 scale
+/// and per 16 and per 32 values `d · Σ q` (for the weights' offsets).
+pub(super) struct QuantRows {
+    /// Values per row.
+    k: usize,
+    /// `n × k` signed bytes (as `u8` bit patterns).
+    q: Vec<u8>,
+    /// `n × k/32` scales.
+    d: Vec<f32>,
+    /// `n × k/16` values `d · Σ q` over 16.
+    s16: Vec<f32>,
+    /// `n × k/32` values `d · Σ q` over 32.
+    s32: Vec<f32>,
+}
+
+impl QuantRows {
+    /// Quantizes `n` rows of `k` values (`k` a multiple of 32).
+    pub(super) fn new(x: &[f32], k: usize) -> Self {
+        let n = x.len().checked_div(k).unwrap_or(0);
+        let blocks = n * k / 32;
+        let mut r = Self {
+            k,
+            q: vec![0; n * k],
+            d: vec![0.0; blocks],
+            s16: vec![0.0; 2 * blocks],
+            s32: vec![0.0; blocks],
+        };
+        let (xb, _) = x.as_chunks::<32>();
+        let (qb, _) = r.q.as_chunks_mut::<32>();
+        let (s16, _) = r.s16.as_chunks_mut::<2>();
+        for ((((x, q), d), s16), s32) in xb.iter().zip(qb).zip(&mut r.d).zip(s16).zip(&mut r.s32) {
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sums = [0i32; 2];
+            for (i, (q, v)) in q.iter_mut().zip(x).enumerate() {
+                let v = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                sums[i / 16] += i32::from(v);
+                *q = v as u8;
+            }
+            *d = scale;
+            *s16 = [scale * sums[0] as f32, scale * sums[1] as f32];
+            *s32 = scale * (sums[0] + sums[1]) as f32;
+        }
+        r
+    }
+
+    /// Row `r`'s bytes, scales and sums per `sub` values (16 or 32).
+    fn row(&self, r: usize, sub: usize) -> XRow<'_> {
+        let k = self.k;
+        let sums = if sub == 16 { &self.s16 } else { &self.s32 };
+        let per = k / sub;
+        XRow {
+            q: self.q.get(r * k..(r + 1) * k).unwrap_or(&[]),
+            d: self.d.get(r * k / 32..(r + 1) * k / 32).unwrap_or(&[]),
+            s: sums.get(r * per..(r + 1) * per).unwrap_or(&[]),
+        }
+    }
+}
+
+/// One quantized activation row (see [`QuantRows::row`]).
+#[derive(Clone, Copy)]
+struct XRow<'a> {
+    q: &'a [u8],
+    d: &'a [f32],
+    s: &'a [f32],
+}
+
+/// Decodes one weight row of `ty` into unsigned values `u` (`k`), and per
+/// `sub_len(ty)` values a scale `s` and an offset `m` with `w = s·u − m`.
+fn decode_row(ty: GgmlType, row: &[u8], u: &mut [u8], s: &mut [f32], m: &mut [f32]) {
+    let h = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    match ty {
+        GgmlType::Q8_0 => {
+            for (((b, u), s), m) in row
+                .chunks_exact(34)
+                .zip(u.chunks_exact_mut(32))
+                .zip(s)
+                .zip(m)
+            {
+                let d = h(b, 0);
+                for (u, &q) in u.iter_mut().zip(&b[2..34]) {
+                    *u = q ^ 0x80;
+                }
+                (*s, *m) = (d, 128.0 * d);
+            }
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let (bytes, min) = if ty == GgmlType::Q4_0 {
+                (18, false)
+            } else {
+                (20, true)
+            };
+            for (((b, u), s), m) in row
+                .chunks_exact(bytes)
+                .zip(u.chunks_exact_mut(32))
+                .zip(s)
+                .zip(m)
+            {
+                let d = h(b, 0);
+                let qs = &b[bytes - 16..bytes];
+                let (lo, hi) = u.split_at_mut(16);
+                for ((l, hh), &q) in lo.iter_mut().zip(hi).zip(qs) {
+                    (*l, *hh) = (q & 0x0F, q >> 4);
+                }
+                (*s, *m) = if min { (d, -h(b, 2)) } else { (d, 8.0 * d) };
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let (bytes, min) = if ty == GgmlType::Q5_0 {
+                (22, false)
+            } else {
+                (24, true)
+            };
+            for (((b, u), s), m) in row
+                .chunks_exact(bytes)
+                .zip(u.chunks_exact_mut(32))
+                .zip(s)
+                .zip(m)
+            {
+                let d = h(b, 0);
+                let qh_at = bytes - 20;
+                let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+                let qs = &b[bytes - 16..bytes];
+                for (j, &q) in qs.iter().enumerate() {
+                    let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+                    let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+                    u[j] = (q & 0x0F) | xh0;
+                    u[j + 16] = (q >> 4) | xh1;
+                }
+                (*s, *m) = if min { (d, -h(b, 2)) } else { (d, 16.0 * d) };
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let bytes = if ty == GgmlType::Q4_K { 144 } else { 176 };
+            for (((b, u), s), m) in row
+                .chunks_exact(bytes)
+                .zip(u.chunks_exact_mut(256))
+                .zip(s.chunks_exact_mut(8))
+                .zip(m.chunks_exact_mut(8))
+            {
+                let (d, dmin) = (h(b, 0), h(b, 2));
+                let scales = &b[4..16];
+                let (qh, ql) = if bytes == 144 {
+                    (&b[0..0], &b[16..144])
+                } else {
+                    (&b[16..48], &b[48..176])
+                };
+                for (j, (q, u)) in ql.chunks_exact(32).zip(u.chunks_exact_mut(64)).enumerate() {
+                    for t in 0..2 {
+                        let (sc, mn) = scale_min_k4(2 * j + t, scales);
+                        s[2 * j + t] = d * f32::from(sc);
+                        m[2 * j + t] = dmin * f32::from(mn);
+                    }
+                    let (lo, hi) = u.split_at_mut(32);
+                    for l in 0..32 {
+                        let (mut a, mut c) = (q[l] & 0x0F, q[l] >> 4);
+                        if let Some(&qh) = qh.get(l) {
+                            a |= ((qh >> (2 * j)) & 1) << 4;
+                            c |= ((qh >> (2 * j + 1)) & 1) << 4;
+                        }
+                        lo[l] = a;
+                        hi[l] = c;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            for (((b, u), s), m) in row
+                .chunks_exact(210)
+                .zip(u.chunks_exact_mut(256))
+                .zip(s.chunks_exact_mut(16))
+                .zip(m.chunks_exact_mut(16))
+            {
+                let d = h(b, 208);
+                for (c, (s, m)) in s.iter_mut().zip(m.iter_mut()).enumerate() {
+                    let sc = d * f32::from(b[192 + c] as i8);
+                    (*s, *m) = (sc, 32.0 * sc);
+                }
+                for (n, u) in u.chunks_exact_mut(128).enumerate() {
+                    let ql = &b[64 * n..64 * n + 64];
+                    let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+                    for l in 0..32 {
+                        u[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+                        u[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+                        u[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        u[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sixteen weight rows repacked for the integer kernels: `u` holds, for
+/// each 4 values of the row length, the 4 bytes of each of the 16 rows
+/// (64 bytes, one vector); `s` and `m` hold, per `sub` values, the 16 rows'
+/// scales and offsets. Rows past the matrix's end are zero.
+#[derive(Default)]
+struct Panel {
+    u: Vec<u8>,
+    s: Vec<f32>,
+    m: Vec<f32>,
+    /// Scratch for one decoded row.
+    row_u: Vec<u8>,
+    row_s: Vec<f32>,
+    row_m: Vec<f32>,
+}
+
+impl Panel {
+    /// Repacks the (at most 16) rows in `w`.
+    fn fill(&mut self, ty: GgmlType, w: &[u8], row_bytes: usize, k: usize) {
+        let subs = k / sub_len(ty);
+        self.u.clear();
+        self.u.resize(k * GROUP, 0);
+        self.s.clear();
+        self.s.resize(subs * GROUP, 0.0);
+        self.m.clear();
+        self.m.resize(subs * GROUP, 0.0);
+        self.row_u.resize(k, 0);
+        self.row_s.resize(subs, 0.0);
+        self.row_m.resize(subs, 0.0);
+        for (i, row) in w.chunks_exact(row_bytes).take(GROUP).enumerate() {
+            decode_row(ty, row, &mut self.row_u, &mut self.row_s, &mut self.row_m);
+            let (words, _) = self.row_u.as_chunks::<4>();
+            let (dst, _) = self.u.as_chunks_mut::<4>();
+            for (g, word) in words.iter().enumerate() {
+                dst[g * GROUP + i] = *word;
+            }
+            for (j, (s, m)) in self.row_s.iter().zip(&self.row_m).enumerate() {
+                self.s[j * GROUP + i] = *s;
+                self.m[j * GROUP + i] = *m;
+            }
+        }
+    }
+}
+
+/// `out[r][i] = Σ_k W[i][k] · x[r][k]` for `R` activation rows and the 16
+/// rows of `p`, in plain Rust.
+fn tile_portable<const R: usize>(p: &Panel, sub: usize, xs: [XRow<'_>; R]) -> [[f32; GROUP]; R] {
+    let mut out = [[0.0f32; GROUP]; R];
+    let subs = p.s.len() / GROUP;
+    for j in 0..subs {
+        let words = &p.u[j * sub * GROUP..(j + 1) * sub * GROUP];
+        for (o, x) in out.iter_mut().zip(xs) {
+            let mut acc = [0i32; GROUP];
+            for (g, w) in words.chunks_exact(4 * GROUP).enumerate() {
+                let xq = &x.q[j * sub + 4 * g..j * sub + 4 * g + 4];
+                for (a, w) in acc.iter_mut().zip(w.chunks_exact(4)) {
+                    *a += w
+                        .iter()
+                        .zip(xq)
+                        .map(|(&w, &q)| i32::from(w) * i32::from(q as i8))
+                        .sum::<i32>();
+                }
+            }
+            let dx = x.d[j * sub / 32];
+            let sx = x.s[j];
+            for (i, (o, a)) in o.iter_mut().zip(acc).enumerate() {
+                *o += a as f32 * (p.s[j * GROUP + i] * dx) - p.m[j * GROUP + i] * sx;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The AVX-512 VNNI and AVX-VNNI builds of the tile kernel.
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, Panel, XRow};
+
+    /// The 4 activation bytes at `q[i..i + 4]` as one word.
+    #[inline(always)]
+    fn word(q: &[u8], i: usize) -> i32 {
+        q.get(i..i + 4)
+            .and_then(|b| b.first_chunk::<4>())
+            .map_or(0, |b| i32::from_le_bytes(*b))
+    }
+
+    /// [`super::tile_portable`] with AVX-512 VNNI: sixteen rows per vector.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512 F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile_avx512<const R: usize, const SUB: usize>(
+        p: &Panel,
+        xs: [XRow<'_>; R],
+    ) -> [[f32; GROUP]; R] {
+        let subs = p.s.len() / GROUP;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for j in 0..subs {
+            let words = &p.u[j * SUB * GROUP..(j + 1) * SUB * GROUP];
+            let mut sums = [_mm512_setzero_si512(); R];
+            for g in 0..SUB / 4 {
+                let w = &words[g * 64..g * 64 + 64];
+                // SAFETY: `w` holds 64 bytes; unaligned load.
+                let w = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
+                for (s, x) in sums.iter_mut().zip(&xs) {
+                    let q = _mm512_set1_epi32(word(x.q, j * SUB + 4 * g));
+                    *s = _mm512_dpbusd_epi32(*s, w, q);
+                }
+            }
+            let sc = &p.s[j * GROUP..(j + 1) * GROUP];
+            let mn = &p.m[j * GROUP..(j + 1) * GROUP];
+            // SAFETY: `sc` and `mn` hold 16 values each.
+            let (sc, mn) = unsafe { (_mm512_loadu_ps(sc.as_ptr()), _mm512_loadu_ps(mn.as_ptr())) };
+            for ((a, s), x) in acc.iter_mut().zip(sums).zip(&xs) {
+                let dx = _mm512_set1_ps(x.d.get(j * SUB / 32).copied().unwrap_or(0.0));
+                let sx = _mm512_set1_ps(x.s.get(j).copied().unwrap_or(0.0));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sc, dx), *a);
+                *a = _mm512_fnmadd_ps(mn, sx, *a);
+            }
+        }
+        let mut out = [[0.0f32; GROUP]; R];
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` holds 16 values.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        }
+        out
+    }
+
+    /// [`super::tile_portable`] with AVX-VNNI: eight rows per vector, two
+    /// vectors per group.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn tile_avx2<const R: usize, const SUB: usize>(
+        p: &Panel,
+        xs: [XRow<'_>; R],
+    ) -> [[f32; GROUP]; R] {
+        let subs = p.s.len() / GROUP;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for j in 0..subs {
+            let words = &p.u[j * SUB * GROUP..(j + 1) * SUB * GROUP];
+            let mut sums = [[_mm256_setzero_si256(); 2]; R];
+            for g in 0..SUB / 4 {
+                let w = &words[g * 64..g * 64 + 64];
+                // SAFETY: `w` holds 64 bytes; unaligned loads of its halves.
+                let (w0, w1) = unsafe {
+                    (
+                        _mm256_loadu_si256(w.as_ptr().cast()),
+                        _mm256_loadu_si256(w[32..].as_ptr().cast()),
+                    )
+                };
+                for (s, x) in sums.iter_mut().zip(&xs) {
+                    let q = _mm256_set1_epi32(word(x.q, j * SUB + 4 * g));
+                    s[0] = _mm256_dpbusd_avx_epi32(s[0], w0, q);
+                    s[1] = _mm256_dpbusd_avx_epi32(s[1], w1, q);
+                }
+            }
+            let sc = &p.s[j * GROUP..(j + 1) * GROUP];
+            let mn = &p.m[j * GROUP..(j + 1) * GROUP];
+            for ((a, s), x) in acc.iter_mut().zip(sums).zip(&xs) {
+                let dx = _mm256_set1_ps(x.d.get(j * SUB / 32).copied().unwrap_or(0.0));
+                let sx = _mm256_set1_ps(x.s.get(j).copied().unwrap_or(0.0));
+                for h in 0..2 {
+                    // SAFETY: `sc` and `mn` hold 16 values; this reads 8
+                    // from 8·h.
+                    let (c, m) = unsafe {
+                        (
+                            _mm256_loadu_ps(sc[8 * h..].as_ptr()),
+                            _mm256_loadu_ps(mn[8 * h..].as_ptr()),
+                        )
+                    };
+                    a[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), _mm256_mul_ps(c, dx), a[h]);
+                    a[h] = _mm256_fnmadd_ps(m, sx, a[h]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; GROUP]; R];
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` holds 16 values: 8 at 0 and 8 at 8.
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(o[8..].as_mut_ptr(), a[1]);
+            }
+        }
+        out
+    }
+}
+
+/// One tile through `isa`'s kernel (which `has_kernel` found).
+#[inline(always)]
+fn tile<const R: usize>(isa: Isa, p: &Panel, sub: usize, xs: [XRow<'_>; R]) -> [[f32; GROUP]; R] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `product` runs `isa` only when `has_kernel(isa)`, which
+        // found AVX-512 F/BW and VNNI for `Avx512`, AVX2, FMA and AVX-VNNI
+        // for `Avx2`.
+        match (isa, sub) {
+            (Isa::Avx512, 16) => return unsafe { x86::tile_avx512::<R, 16>(p, xs) },
+            (Isa::Avx512, _) => return unsafe { x86::tile_avx512::<R, 32>(p, xs) },
+            (Isa::Avx2, 16) => return unsafe { x86::tile_avx2::<R, 16>(p, xs) },
+            (Isa::Avx2, _) => return unsafe { x86::tile_avx2::<R, 32>(p, xs) },
+            _ => {}
+        }
+    }
+    tile_portable::<R>(p, sub, xs)
+}
+
+/// The output pointer shared by a product's tasks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint elements (see `product`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; it is only copied across threads.
+unsafe impl Sync for OutPtr {}
+
+/// Weight rows per task at most: the panels of one task stay in L2.
+const TASK_ROWS: usize = 128;
+
+/// `out = x · Wᵀ` with `x` quantized to 8 bits, for `W` the `rows` rows of
+/// `row_bytes` bytes in `w` (format `ty`, `k` columns, a multiple of 32),
+/// `x: [n, k]`, `out: [n, rows]`, through `isa`'s integer kernel.
+///
+/// The caller checked the lengths, that `ty` is [`supported`], and that
+/// `has_kernel(isa)`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let xq = QuantRows::new(x, k);
+    let sub = sub_len(ty);
+    let threads = rayon::current_num_threads().max(1);
+    let groups = rows.div_ceil(GROUP);
+    let per_task = groups.div_ceil(2 * threads).clamp(1, TASK_ROWS / GROUP) * GROUP;
+    let dst = OutPtr(out.as_mut_ptr());
+    let total = out.len();
+    w.par_chunks(per_task * row_bytes)
+        .enumerate()
+        .for_each_init(Vec::<Panel>::new, |panels, (t, w)| {
+            let first = t * per_task;
+            let m = w.len() / row_bytes;
+            let count = m.div_ceil(GROUP);
+            panels.resize_with(count.max(panels.len()), Panel::default);
+            for (p, w) in panels.iter_mut().zip(w.chunks(GROUP * row_bytes)) {
+                p.fill(ty, w, row_bytes, k);
+            }
+            let dst = dst;
+            let write = |r: usize, col: usize, vals: &[f32; GROUP]| {
+                let valid = GROUP.min(first + m - col);
+                let at = r * rows + col;
+                debug_assert!(at + valid <= total);
+                // SAFETY: `at + valid <= n·rows == out.len()` (`col + valid
+                // <= rows`, `r < n`); tasks own disjoint column ranges
+                // `first..first + m`, so no two write the same element, and
+                // `out` outlives the loop.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), valid) };
+                o.copy_from_slice(&vals[..valid]);
+            };
+            let mut r = 0;
+            while r + TILE <= n {
+                let xs: [XRow<'_>; TILE] = std::array::from_fn(|i| xq.row(r + i, sub));
+                for (gi, p) in panels[..count].iter().enumerate() {
+                    let res = tile::<TILE>(isa, p, sub, xs);
+                    for (i, v) in res.iter().enumerate() {
+                        write(r + i, first + gi * GROUP, v);
+                    }
+                }
+                r += TILE;
+            }
+            while r < n {
+                let xs = [xq.row(r, sub)];
+                for (gi, p) in panels[..count].iter().enumerate() {
+                    let res = tile::<1>(isa, p, sub, xs);
+                    write(r, first + gi * GROUP, &res[0]);
+                }
+                r += 1;
+            }
+        });
+}
