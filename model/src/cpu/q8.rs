@@ -155,6 +155,7 @@ pub(super) fn has_kernel(isa: Isa) -> bool {
 
 /// Activation rows quantized to signed bytes, per 32 values an f32 scale
 /// and per 16 and per 32 values `d · Σ q` (for the weights' offsets).
+#[derive(Default)]
 pub(super) struct QuantRows {
     /// Values per row.
     k: usize,
@@ -168,36 +169,104 @@ pub(super) struct QuantRows {
     s32: Vec<f32>,
 }
 
+/// Quantizes 32 activations: their bytes in `q`, the scale, and the sums
+/// of the two halves' integers.
+fn quantize_block(x: &[f32; 32], q: &mut [u8; 32]) -> (f32, [i32; 2]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sums = [0i32; 2];
+    for (i, (q, v)) in q.iter_mut().zip(x).enumerate() {
+        // Round half away from zero without `f32::round` (a library call
+        // below SSE4.1): `t - trunc(t)` is exact.
+        let t = (v * inv).clamp(-127.0, 127.0);
+        let whole = t as i32;
+        let f = t - whole as f32;
+        let v = (whole + i32::from(f >= 0.5) - i32::from(f <= -0.5)) as i8;
+        sums[i / 16] += i32::from(v);
+        *q = v as u8;
+    }
+    (scale, sums)
+}
+
+/// [`quantize_block`] with AVX-512 (the same arithmetic, sixteen at a time).
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [u8; 32]) -> (f32, [i32; 2]) {
+    use std::arch::x86_64::*;
+    // SAFETY: `x` holds 32 values and `q` 32 bytes: two loads of 16
+    // values, two stores of 16 bytes; unaligned.
+    unsafe {
+        let a = _mm512_loadu_ps(x.as_ptr());
+        let b = _mm512_loadu_ps(x.as_ptr().add(16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let scale = amax / 127.0;
+        let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        let one = _mm512_set1_epi32(1);
+        let round = |v: __m512| {
+            let t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), lo), hi);
+            let w = _mm512_cvttps_epi32(t);
+            let f = _mm512_sub_ps(t, _mm512_cvtepi32_ps(w));
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(f, _mm512_set1_ps(0.5));
+            let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(f, _mm512_set1_ps(-0.5));
+            let w = _mm512_mask_add_epi32(w, up, w, one);
+            _mm512_mask_sub_epi32(w, down, w, one)
+        };
+        let (qa, qb) = (round(a), round(b));
+        _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(qb));
+        (
+            scale,
+            [_mm512_reduce_add_epi32(qa), _mm512_reduce_add_epi32(qb)],
+        )
+    }
+}
+
 impl QuantRows {
-    /// Quantizes `n` rows of `k` values (`k` a multiple of 32).
-    pub(super) fn new(x: &[f32], k: usize) -> Self {
+    /// Quantizes the rows of `k` values (`k` a multiple of 32) in `x`,
+    /// reusing this buffer's memory; `isa` is the product's (AVX-512 runs
+    /// its own build of the same arithmetic).
+    fn fill(&mut self, isa: Isa, x: &[f32], k: usize) {
         let n = x.len().checked_div(k).unwrap_or(0);
         let blocks = n * k / 32;
-        let mut r = Self {
-            k,
-            q: vec![0; n * k],
-            d: vec![0.0; blocks],
-            s16: vec![0.0; 2 * blocks],
-            s32: vec![0.0; blocks],
-        };
+        self.k = k;
+        self.q.resize(n * k, 0);
+        self.d.resize(blocks, 0.0);
+        self.s16.resize(2 * blocks, 0.0);
+        self.s32.resize(blocks, 0.0);
         let (xb, _) = x.as_chunks::<32>();
-        let (qb, _) = r.q.as_chunks_mut::<32>();
-        let (s16, _) = r.s16.as_chunks_mut::<2>();
-        for ((((x, q), d), s16), s32) in xb.iter().zip(qb).zip(&mut r.d).zip(s16).zip(&mut r.s32) {
-            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sums = [0i32; 2];
-            for (i, (q, v)) in q.iter_mut().zip(x).enumerate() {
-                let v = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                sums[i / 16] += i32::from(v);
-                *q = v as u8;
-            }
+        let (qb, _) = self.q.as_chunks_mut::<32>();
+        let (s16, _) = self.s16.as_chunks_mut::<2>();
+        #[cfg(target_arch = "x86_64")]
+        let wide = isa == Isa::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
+        for ((((x, q), d), s16), s32) in xb
+            .iter()
+            .zip(qb)
+            .zip(&mut self.d)
+            .zip(s16)
+            .zip(&mut self.s32)
+        {
+            #[cfg(target_arch = "x86_64")]
+            let (scale, sums) = if wide {
+                // SAFETY: `product` runs `Avx512` only where
+                // `has_kernel` found AVX-512 F.
+                unsafe { quantize_block_avx512(x, q) }
+            } else {
+                quantize_block(x, q)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (scale, sums) = quantize_block(x, q);
             *d = scale;
             *s16 = [scale * sums[0] as f32, scale * sums[1] as f32];
             *s32 = scale * (sums[0] + sums[1]) as f32;
         }
-        r
     }
 
     /// Row `r`'s bytes, scales and sums per `sub` values (16 or 32).
@@ -427,12 +496,17 @@ mod x86 {
 
     use super::{GROUP, Panel, XRow};
 
-    /// The 4 activation bytes at `q[i..i + 4]` as one word.
-    #[inline(always)]
-    fn word(q: &[u8], i: usize) -> i32 {
-        q.get(i..i + 4)
-            .and_then(|b| b.first_chunk::<4>())
-            .map_or(0, |b| i32::from_le_bytes(*b))
+    /// Whether `p` and `xs` hold what a tile of `sub`-value scales reads:
+    /// `subs · sub` bytes per row (16 rows in `p`), a scale per 32 and a
+    /// sum per `sub` activations.
+    fn fits(p: &Panel, sub: usize, xs: &[XRow<'_>]) -> bool {
+        let subs = p.s.len() / GROUP;
+        let k = subs * sub;
+        p.u.len() >= k * GROUP
+            && p.m.len() >= subs * GROUP
+            && xs
+                .iter()
+                .all(|x| x.q.len() >= k && x.d.len() >= k.div_ceil(32) && x.s.len() >= subs)
     }
 
     /// [`super::tile_portable`] with AVX-512 VNNI: sixteen rows per vector.
@@ -445,35 +519,44 @@ mod x86 {
         p: &Panel,
         xs: [XRow<'_>; R],
     ) -> [[f32; GROUP]; R] {
+        let mut out = [[0.0f32; GROUP]; R];
+        if !fits(p, SUB, &xs) {
+            return out;
+        }
         let subs = p.s.len() / GROUP;
+        let xq: [*const u8; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+        let xsum: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+        let (wp, sp, mp) = (p.u.as_ptr(), p.s.as_ptr(), p.m.as_ptr());
         let mut acc = [_mm512_setzero_ps(); R];
-        for j in 0..subs {
-            let words = &p.u[j * SUB * GROUP..(j + 1) * SUB * GROUP];
-            let mut sums = [_mm512_setzero_si512(); R];
-            for g in 0..SUB / 4 {
-                let w = &words[g * 64..g * 64 + 64];
-                // SAFETY: `w` holds 64 bytes; unaligned load.
-                let w = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
-                for (s, x) in sums.iter_mut().zip(&xs) {
-                    let q = _mm512_set1_epi32(word(x.q, j * SUB + 4 * g));
-                    *s = _mm512_dpbusd_epi32(*s, w, q);
+        // SAFETY: `fits` checked every read below: for `j < subs`, `g <
+        // SUB / 4`, weight bytes `(j·SUB/4 + g)·64 .. + 64 <= subs·SUB·16`,
+        // activation bytes `j·SUB + 4g .. + 4 <= subs·SUB`, scales
+        // `j·SUB/32 < k/32` rounded up, sums `j < subs`, and panel scales
+        // and offsets `j·16 .. + 16 <= subs·16`. Loads are unaligned.
+        unsafe {
+            for j in 0..subs {
+                let mut sums = [_mm512_setzero_si512(); R];
+                for g in 0..SUB / 4 {
+                    let w = _mm512_loadu_si512(wp.add((j * SUB / 4 + g) * 64).cast());
+                    for r in 0..R {
+                        let q = xq[r].add(j * SUB + 4 * g).cast::<i32>().read_unaligned();
+                        sums[r] = _mm512_dpbusd_epi32(sums[r], w, _mm512_set1_epi32(q));
+                    }
+                }
+                let sc = _mm512_loadu_ps(sp.add(j * GROUP));
+                let mn = _mm512_loadu_ps(mp.add(j * GROUP));
+                for r in 0..R {
+                    let dx = _mm512_set1_ps(*xd[r].add(j * SUB / 32));
+                    let sx = _mm512_set1_ps(*xsum[r].add(j));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r]), _mm512_mul_ps(sc, dx), acc[r]);
+                    acc[r] = _mm512_fnmadd_ps(mn, sx, acc[r]);
                 }
             }
-            let sc = &p.s[j * GROUP..(j + 1) * GROUP];
-            let mn = &p.m[j * GROUP..(j + 1) * GROUP];
-            // SAFETY: `sc` and `mn` hold 16 values each.
-            let (sc, mn) = unsafe { (_mm512_loadu_ps(sc.as_ptr()), _mm512_loadu_ps(mn.as_ptr())) };
-            for ((a, s), x) in acc.iter_mut().zip(sums).zip(&xs) {
-                let dx = _mm512_set1_ps(x.d.get(j * SUB / 32).copied().unwrap_or(0.0));
-                let sx = _mm512_set1_ps(x.s.get(j).copied().unwrap_or(0.0));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sc, dx), *a);
-                *a = _mm512_fnmadd_ps(mn, sx, *a);
+            for (o, a) in out.iter_mut().zip(acc) {
+                _mm512_storeu_ps(o.as_mut_ptr(), a);
             }
-        }
-        let mut out = [[0.0f32; GROUP]; R];
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` holds 16 values.
-            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
         }
         out
     }
@@ -489,51 +572,50 @@ mod x86 {
         p: &Panel,
         xs: [XRow<'_>; R],
     ) -> [[f32; GROUP]; R] {
-        let subs = p.s.len() / GROUP;
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for j in 0..subs {
-            let words = &p.u[j * SUB * GROUP..(j + 1) * SUB * GROUP];
-            let mut sums = [[_mm256_setzero_si256(); 2]; R];
-            for g in 0..SUB / 4 {
-                let w = &words[g * 64..g * 64 + 64];
-                // SAFETY: `w` holds 64 bytes; unaligned loads of its halves.
-                let (w0, w1) = unsafe {
-                    (
-                        _mm256_loadu_si256(w.as_ptr().cast()),
-                        _mm256_loadu_si256(w[32..].as_ptr().cast()),
-                    )
-                };
-                for (s, x) in sums.iter_mut().zip(&xs) {
-                    let q = _mm256_set1_epi32(word(x.q, j * SUB + 4 * g));
-                    s[0] = _mm256_dpbusd_avx_epi32(s[0], w0, q);
-                    s[1] = _mm256_dpbusd_avx_epi32(s[1], w1, q);
-                }
-            }
-            let sc = &p.s[j * GROUP..(j + 1) * GROUP];
-            let mn = &p.m[j * GROUP..(j + 1) * GROUP];
-            for ((a, s), x) in acc.iter_mut().zip(sums).zip(&xs) {
-                let dx = _mm256_set1_ps(x.d.get(j * SUB / 32).copied().unwrap_or(0.0));
-                let sx = _mm256_set1_ps(x.s.get(j).copied().unwrap_or(0.0));
-                for h in 0..2 {
-                    // SAFETY: `sc` and `mn` hold 16 values; this reads 8
-                    // from 8·h.
-                    let (c, m) = unsafe {
-                        (
-                            _mm256_loadu_ps(sc[8 * h..].as_ptr()),
-                            _mm256_loadu_ps(mn[8 * h..].as_ptr()),
-                        )
-                    };
-                    a[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), _mm256_mul_ps(c, dx), a[h]);
-                    a[h] = _mm256_fnmadd_ps(m, sx, a[h]);
-                }
-            }
-        }
         let mut out = [[0.0f32; GROUP]; R];
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` holds 16 values: 8 at 0 and 8 at 8.
-            unsafe {
+        if !fits(p, SUB, &xs) {
+            return out;
+        }
+        let subs = p.s.len() / GROUP;
+        let xq: [*const u8; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+        let xsum: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+        let (wp, sp, mp) = (p.u.as_ptr(), p.s.as_ptr(), p.m.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        // SAFETY: as in `tile_avx512` (the same reads, in halves of 32
+        // bytes and 8 values).
+        unsafe {
+            for j in 0..subs {
+                let mut sums = [[_mm256_setzero_si256(); 2]; R];
+                for g in 0..SUB / 4 {
+                    let at = wp.add((j * SUB / 4 + g) * 64);
+                    let w0 = _mm256_loadu_si256(at.cast());
+                    let w1 = _mm256_loadu_si256(at.add(32).cast());
+                    for r in 0..R {
+                        let q = xq[r].add(j * SUB + 4 * g).cast::<i32>().read_unaligned();
+                        let q = _mm256_set1_epi32(q);
+                        sums[r][0] = _mm256_dpbusd_avx_epi32(sums[r][0], w0, q);
+                        sums[r][1] = _mm256_dpbusd_avx_epi32(sums[r][1], w1, q);
+                    }
+                }
+                for h in 0..2 {
+                    let sc = _mm256_loadu_ps(sp.add(j * GROUP + 8 * h));
+                    let mn = _mm256_loadu_ps(mp.add(j * GROUP + 8 * h));
+                    for r in 0..R {
+                        let dx = _mm256_set1_ps(*xd[r].add(j * SUB / 32));
+                        let sx = _mm256_set1_ps(*xsum[r].add(j));
+                        let a = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(sums[r][h]),
+                            _mm256_mul_ps(sc, dx),
+                            acc[r][h],
+                        );
+                        acc[r][h] = _mm256_fnmadd_ps(mn, sx, a);
+                    }
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
                 _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(o[8..].as_mut_ptr(), a[1]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
             }
         }
         out
@@ -589,7 +671,13 @@ pub(super) fn product(
     n: usize,
     out: &mut [f32],
 ) {
-    let xq = QuantRows::new(x, k);
+    thread_local! {
+        /// The calling thread's quantized activations, kept between
+        /// products: a prompt's layers reuse the memory.
+        static SCRATCH: std::cell::Cell<Option<QuantRows>> = const { std::cell::Cell::new(None) };
+    }
+    let mut xq = SCRATCH.take().unwrap_or_default();
+    xq.fill(isa, x, k);
     let sub = sub_len(ty);
     let threads = rayon::current_num_threads().max(1);
     let groups = rows.div_ceil(GROUP);
@@ -638,4 +726,5 @@ pub(super) fn product(
                 r += 1;
             }
         });
+    SCRATCH.set(Some(xq));
 }
