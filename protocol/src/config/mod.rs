@@ -232,7 +232,7 @@ pub struct EngineSection {
     /// GPU ignores this). "f32": activations stay f32, the products equal
     /// dequantize-then-multiply (the fidelity reference). "q8_prompt":
     /// prompts round their activations to 8 bits per 32 values and use
-    /// integer dot products (VNNI), much faster prefill; answers stay f32.
+    /// integer dot products (VNNI), faster prefill; answers stay f32.
     /// "q8": every product, as llama.cpp does. The README gives the
     /// measured speed and fidelity of each.
     #[serde(default)]
