@@ -627,13 +627,17 @@ mod x86 {
 fn tile<const R: usize>(isa: Isa, p: &Panel, sub: usize, xs: [XRow<'_>; R]) -> [[f32; GROUP]; R] {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `product` runs `isa` only when `has_kernel(isa)`, which
-        // found AVX-512 F/BW and VNNI for `Avx512`, AVX2, FMA and AVX-VNNI
-        // for `Avx2`.
+        // `product` runs `isa` only when `has_kernel(isa)`, which found
+        // AVX-512 F/BW and VNNI for `Avx512`, AVX2, FMA and AVX-VNNI for
+        // `Avx2`.
         match (isa, sub) {
+            // SAFETY: see above (AVX-512 VNNI present).
             (Isa::Avx512, 16) => return unsafe { x86::tile_avx512::<R, 16>(p, xs) },
+            // SAFETY: see above (AVX-512 VNNI present).
             (Isa::Avx512, _) => return unsafe { x86::tile_avx512::<R, 32>(p, xs) },
+            // SAFETY: see above (AVX-VNNI present).
             (Isa::Avx2, 16) => return unsafe { x86::tile_avx2::<R, 16>(p, xs) },
+            // SAFETY: see above (AVX-VNNI present).
             (Isa::Avx2, _) => return unsafe { x86::tile_avx2::<R, 32>(p, xs) },
             _ => {}
         }
@@ -649,6 +653,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 // SAFETY: as above; it is only copied across threads.
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `offset` elements on (in bounds: see `product`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 /// Weight rows per task at most: the panels of one task stay in L2.
 const TASK_ROWS: usize = 128;
@@ -694,7 +705,6 @@ pub(super) fn product(
             for (p, w) in panels.iter_mut().zip(w.chunks(GROUP * row_bytes)) {
                 p.fill(ty, w, row_bytes, k);
             }
-            let dst = dst;
             let write = |r: usize, col: usize, vals: &[f32; GROUP]| {
                 let valid = GROUP.min(first + m - col);
                 let at = r * rows + col;
@@ -703,7 +713,7 @@ pub(super) fn product(
                 // <= rows`, `r < n`); tasks own disjoint column ranges
                 // `first..first + m`, so no two write the same element, and
                 // `out` outlives the loop.
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), valid) };
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(at), valid) };
                 o.copy_from_slice(&vals[..valid]);
             };
             let mut r = 0;
