@@ -495,6 +495,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, Panel, XRow};
+    use crate::quant::GgmlType;
 
     /// Whether `p` and `xs` hold what a tile of `sub`-value scales reads:
     /// `subs · sub` bytes per row (16 rows in `p`), a scale per 32 and a
@@ -620,6 +621,186 @@ mod x86 {
         }
         out
     }
+
+    /// Whether [`gemv_avx512`] has a kernel for `ty`.
+    pub(super) fn streams(ty: GgmlType) -> bool {
+        matches!(
+            ty,
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
+        )
+    }
+
+    /// The f16 at `b[i..i + 2]`.
+    #[inline(always)]
+    fn half(b: &[u8], i: usize) -> f32 {
+        half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    }
+
+    /// Weight rows times the quantized activation rows `xs`, streaming the
+    /// stored blocks (no panel): `out[r][i]` for each row `i` of `w`.
+    /// Each 32 values are unpacked once into unsigned bytes and multiplied
+    /// with every activation row by one `vpdpbusd`; the scales as in the
+    /// panels (`w = s·u − m`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512 F/BW/VL and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn gemv_avx512(
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        k: usize,
+        xs: &[XRow<'_>],
+        out: &mut [&mut [f32]],
+    ) {
+        const MAX: usize = super::super::GEMV_MAX_ROWS;
+        let n = xs.len().min(out.len()).min(MAX);
+        let blocks = k / 32;
+        // Every activation row holds `k` bytes, `k/32` scales and `k/16`
+        // sums (`QuantRows::row` with sub 16); checked once here.
+        if xs[..n]
+            .iter()
+            .any(|x| x.q.len() < k || x.d.len() < blocks || x.s.len() < 2 * blocks)
+        {
+            return;
+        }
+        // SAFETY (every block below): the features are present (caller);
+        // activation reads are below the lengths checked above (block
+        // `b < k/32`: bytes `32b .. 32b + 32`, scale `b`, sums `2b, 2b + 1`);
+        // weight reads are subslices of a block of the format's size.
+        unsafe {
+            for (i, row) in w.chunks_exact(row_bytes).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); MAX];
+                let mut off = [0.0f32; MAX];
+                // One 32-value chunk: unsigned bytes `u`, the scales of its
+                // halves `(sa, sb)` and offsets `(ma, mb)`, at block `b`.
+                macro_rules! chunk {
+                    ($u:expr, $sa:expr, $sb:expr, $ma:expr, $mb:expr, $b:expr) => {{
+                        let (u, b) = ($u, $b);
+                        let sv = _mm256_setr_m128(_mm_set1_ps($sa), _mm_set1_ps($sb));
+                        for r in 0..n {
+                            let x = &xs[r];
+                            let q = _mm256_loadu_si256(x.q.as_ptr().add(32 * b).cast());
+                            let d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
+                            let dx = _mm256_set1_ps(*x.d.get_unchecked(b));
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(d),
+                                _mm256_mul_ps(sv, dx),
+                                acc[r],
+                            );
+                            off[r] += $ma * *x.s.get_unchecked(2 * b)
+                                + $mb * *x.s.get_unchecked(2 * b + 1);
+                        }
+                    }};
+                }
+                let nib = _mm_set1_epi8(0x0F);
+                match ty {
+                    GgmlType::Q8_0 => {
+                        for (b, blk) in row.chunks_exact(34).enumerate().take(blocks) {
+                            let d = half(blk, 0);
+                            let q = _mm256_loadu_si256(blk[2..34].as_ptr().cast());
+                            let u = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+                            chunk!(u, d, d, 128.0 * d, 128.0 * d, b);
+                        }
+                    }
+                    GgmlType::Q4_0 | GgmlType::Q5_0 => {
+                        let five = ty == GgmlType::Q5_0;
+                        let size = if five { 22 } else { 18 };
+                        for (b, blk) in row.chunks_exact(size).enumerate().take(blocks) {
+                            let d = half(blk, 0);
+                            let q = _mm_loadu_si128(blk[size - 16..size].as_ptr().cast());
+                            let lo = _mm_and_si128(q, nib);
+                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), nib);
+                            let mut u = _mm256_set_m128i(hi, lo);
+                            let mut m = 8.0 * d;
+                            if five {
+                                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                                u = _mm256_or_si256(u, _mm256_maskz_set1_epi8(qh, 16));
+                                m = 16.0 * d;
+                            }
+                            chunk!(u, d, d, m, m, b);
+                        }
+                    }
+                    GgmlType::Q4_K => {
+                        for (sb, blk) in row.chunks_exact(144).enumerate().take(blocks / 8) {
+                            let (d, dmin) = (half(blk, 0), half(blk, 2));
+                            let scales = &blk[4..16];
+                            for j in 0..4 {
+                                let q = _mm256_loadu_si256(
+                                    blk[16 + 32 * j..48 + 32 * j].as_ptr().cast(),
+                                );
+                                let n256 = _mm256_set1_epi8(0x0F);
+                                let lo = _mm256_and_si256(q, n256);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), n256);
+                                let (s1, m1) = crate::quant::scale_min_k4(2 * j, scales);
+                                let (s2, m2) = crate::quant::scale_min_k4(2 * j + 1, scales);
+                                let (s1, m1) = (d * f32::from(s1), dmin * f32::from(m1));
+                                let (s2, m2) = (d * f32::from(s2), dmin * f32::from(m2));
+                                chunk!(lo, s1, s1, m1, m1, 8 * sb + 2 * j);
+                                chunk!(hi, s2, s2, m2, m2, 8 * sb + 2 * j + 1);
+                            }
+                        }
+                    }
+                    GgmlType::Q6_K => {
+                        let n256 = _mm256_set1_epi8(0x0F);
+                        let three = _mm256_set1_epi8(3);
+                        for (sb, blk) in row.chunks_exact(210).enumerate().take(blocks / 8) {
+                            let d = half(blk, 208);
+                            let sc = |c: usize| d * f32::from(blk[192 + c] as i8);
+                            for h in 0..2 {
+                                let ql0 =
+                                    _mm256_loadu_si256(blk[64 * h..64 * h + 32].as_ptr().cast());
+                                let ql1 = _mm256_loadu_si256(
+                                    blk[64 * h + 32..64 * h + 64].as_ptr().cast(),
+                                );
+                                let qh = _mm256_loadu_si256(
+                                    blk[128 + 32 * h..160 + 32 * h].as_ptr().cast(),
+                                );
+                                let bits = |s: i32| {
+                                    let v = match s {
+                                        0 => qh,
+                                        2 => _mm256_srli_epi16::<2>(qh),
+                                        4 => _mm256_srli_epi16::<4>(qh),
+                                        _ => _mm256_srli_epi16::<6>(qh),
+                                    };
+                                    _mm256_slli_epi16::<4>(_mm256_and_si256(v, three))
+                                };
+                                let us = [
+                                    _mm256_or_si256(_mm256_and_si256(ql0, n256), bits(0)),
+                                    _mm256_or_si256(_mm256_and_si256(ql1, n256), bits(2)),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), n256),
+                                        bits(4),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), n256),
+                                        bits(6),
+                                    ),
+                                ];
+                                for (t, u) in us.into_iter().enumerate() {
+                                    // Values 128h + 32t .. + 32: scales
+                                    // 8h + 2t and 8h + 2t + 1 (per 16).
+                                    let (sa, sb2) = (sc(8 * h + 2 * t), sc(8 * h + 2 * t + 1));
+                                    chunk!(u, sa, sb2, 32.0 * sa, 32.0 * sb2, 8 * sb + 4 * h + t);
+                                }
+                            }
+                        }
+                    }
+                    _ => return,
+                }
+                for r in 0..n {
+                    let a = acc[r];
+                    let s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+                    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+                    if let Some(o) = out[r].get_mut(i) {
+                        *o = _mm_cvtss_f32(s1) - off[r];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One tile through `isa`'s kernel (which `has_kernel` found).
@@ -661,6 +842,45 @@ impl OutPtr {
     }
 }
 
+/// Decode-sized products (up to `GEMV_MAX_ROWS` rows) through the
+/// streamed AVX-512 VNNI kernel: tasks of consecutive weight rows, each
+/// read once for all `n` activation rows (as `matrix.rs`'s f32 gemv).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn stream(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    k: usize,
+    xq: &QuantRows,
+    n: usize,
+    out: &mut [f32],
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = rows
+        .div_ceil(4 * threads)
+        .max((32 << 10) / row_bytes.max(1))
+        .clamp(1, rows.max(1));
+    let xs: Vec<XRow<'_>> = (0..n).map(|r| xq.row(r, 16)).collect();
+    let tasks = rows.div_ceil(per_task);
+    let mut pieces: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(n)).collect();
+    for row in out.chunks_exact_mut(rows) {
+        for (t, piece) in row.chunks_mut(per_task).enumerate() {
+            pieces[t].push(piece);
+        }
+    }
+    pieces
+        .into_par_iter()
+        .zip(w.par_chunks(per_task * row_bytes))
+        .for_each(|(mut out, w)| {
+            // SAFETY: `product` calls this for `Avx512` only when
+            // `has_kernel` found AVX-512 F/BW and VNNI; `Isa::available`
+            // (checked by `matmul_mode`) found VL, AVX2 and FMA.
+            unsafe { x86::gemv_avx512(ty, w, row_bytes, k, &xs, &mut out) };
+        });
+}
+
 /// Weight rows per task at most: the panels of one task stay in L2.
 const TASK_ROWS: usize = 128;
 
@@ -689,6 +909,12 @@ pub(super) fn product(
     }
     let mut xq = SCRATCH.take().unwrap_or_default();
     xq.fill(isa, x, k);
+    #[cfg(target_arch = "x86_64")]
+    if n <= super::GEMV_MAX_ROWS && isa == Isa::Avx512 && x86::streams(ty) {
+        stream(ty, w, rows, row_bytes, k, &xq, n, out);
+        SCRATCH.set(Some(xq));
+        return;
+    }
     let sub = sub_len(ty);
     let threads = rayon::current_num_threads().max(1);
     let groups = rows.div_ceil(GROUP);
