@@ -25,14 +25,17 @@
 //! in registers: each weight load serves [`TILE`] activation rows, each
 //! broadcast activation word sixteen weight rows. Decode (up to
 //! `GEMV_MAX_ROWS` rows) streams the stored blocks directly through the
-//! same arithmetic ([`gemv`]); repacking there would cost as much as the
-//! product.
+//! same arithmetic (`stream`: AVX-512 VNNI, for `Q8_0`, `Q4_0`, `Q5_0`,
+//! `Q4_K` and `Q6_K`, each 32 values unpacked once and multiplied with up
+//! to four activation rows held in registers); other formats and
+//! instruction sets repack for decode too, which costs about as much as
+//! the product.
 //!
 //! Owns: activation quantization, the repacked panels, the integer kernels
 //! and which of them runs. Must never: change the f32 path's results (it
 //! is chosen per product by [`Activations`]), run an instruction set the
-//! CPU lacks (the kernels are reached only through [`product`] and
-//! [`gemv`], which check), or read past a slice.
+//! CPU lacks (the kernels are reached only through [`product`], whose
+//! caller checks `has_kernel`), or read past a slice.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
