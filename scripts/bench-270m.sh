@@ -5,6 +5,8 @@
 #
 #   scripts/bench-270m.sh [PROMPT_TOKENS=512] [NEW_TOKENS=64] [RUNS=3]
 #
+# ACTIVATIONS (f32, q8_prompt or q8; default f32) is our side's
+# engine.cpu_activations; the summary names the mode that ran.
 # Our side is the release build of `model/examples/cpu_bench.rs` (the same
 # load, prefill and greedy decode the daemon runs); THREADS (default: all
 # cores) sets rayon's pool and llama.cpp's threads alike. The llama.cpp side
@@ -20,6 +22,7 @@ prompt=${1:-512}
 new=${2:-64}
 runs=${3:-3}
 threads=${THREADS:-$(nproc)}
+activations=${ACTIVATIONS:-f32}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/medgemma-target}"
 assets="$(scripts/fetch-assets.sh | tail -n 1)"
 assets="${assets:-${MEDGEMMA_ASSETS:-$HOME/.cache/medgemma-assets}}"
@@ -32,7 +35,8 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 ours=()
 theirs=()
 for _ in $(seq "$runs"); do
-  ours+=("$(RAYON_NUM_THREADS="$threads" "$bin" --model "$gguf" --prompt-tokens "$prompt" --new-tokens "$new" --json)")
+  ours+=("$(RAYON_NUM_THREADS="$threads" "$bin" --model "$gguf" --prompt-tokens "$prompt" --new-tokens "$new" \
+    --activations "$activations" --json)")
   theirs+=("$("$venv/bin/python" scripts/bench/llamacpp_bench.py --model "$gguf" \
     --prompt-tokens "$prompt" --new-tokens "$new" --threads "$threads")")
 done
@@ -48,7 +52,8 @@ rows = [("load (s)", "load_s", min), ("prefill (tokens/s)", "prefill_tokens_per_
         ("decode (tokens/s)", "decode_tokens_per_s", max), ("peak RSS (MiB)", "peak_rss_mib", min)]
 a0 = ours[0]
 print(f"{name}, {a0['prompt_tokens']} prompt tokens, {a0['new_tokens']} new tokens, "
-      f"{a0['threads']} threads, {runs} alternating runs, load average at start {load}")
+      f"{a0['threads']} threads, {runs} alternating runs, load average at start {load}, "
+      f"our activations {a0.get('activations', 'f32')}")
 for i, (a, b) in enumerate(zip(ours, theirs)):
     print(f"  run {i + 1}: ours prefill {a['prefill_tokens_per_s']:.1f} decode {a['decode_tokens_per_s']:.2f} "
           f"RSS {a['peak_rss_mib']:.0f} | llama.cpp prefill {b['prefill_tokens_per_s']:.1f} "

@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p medgemma-model --example cpu_bench -- \
 //!     [--model GGUF_OR_DIR | --random-4b Q4_K|Q8_0|BF16|...] \
-//!     [--cpu-weights as-stored|q8_0|f32] [--prompt-tokens 512] [--new-tokens 64] [--json]
+//!     [--cpu-weights as-stored|q8_0|f32] [--activations f32|q8_prompt|q8] \
+//!     [--prompt-tokens 512] [--new-tokens 64] [--json]
 //! ```
 //!
 //! `--random-4b` builds the MedGemma 4B text decoder's shapes with random
@@ -12,7 +13,9 @@
 //! noise). `--cpu-weights` is the loader's mode for a checkpoint
 //! (`engine.cpu_weights`): as stored (default), bf16/f16/f32 matrices
 //! quantized to Q8_0 at load, or everything dequantized to f32 (the engine
-//! before the CPU kernels).
+//! before the CPU kernels). `--activations` is `engine.cpu_activations`
+//! (default f32; q8_prompt and q8 round activations to 8 bits for
+//! integer products, for prompts or everywhere); the JSON says which ran.
 //!
 //! The model defaults to the real Gemma 3 270M Q4_K_M GGUF in
 //! `$MEDGEMMA_ASSETS` (`scripts/fetch-assets.sh`). Threads: rayon's global
@@ -31,6 +34,7 @@ use std::time::Instant;
 
 use medgemma_model::backend::{cpu_device, cpu_dtype};
 use medgemma_model::config::Gemma3Config;
+use medgemma_model::cpu::{Activations, set_activations};
 use medgemma_model::gemma3::Gemma3;
 use medgemma_model::generate::{Flow, GenerateOptions, generate};
 use medgemma_model::load::load_model_with;
@@ -81,6 +85,7 @@ struct Args {
     model: PathBuf,
     random_4b: Option<GgmlType>,
     cpu_weights: CpuWeights,
+    activations: Activations,
     prompt_tokens: usize,
     new_tokens: usize,
     json: bool,
@@ -97,6 +102,7 @@ fn args() -> Args {
         model: assets.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"),
         random_4b: None,
         cpu_weights: CpuWeights::AsStored,
+        activations: Activations::F32,
         prompt_tokens: 512,
         new_tokens: 64,
         json: false,
@@ -126,6 +132,11 @@ fn args() -> Args {
                     other => panic!("unknown --cpu-weights {other}"),
                 }
             }
+            "--activations" => {
+                let v = value();
+                a.activations = Activations::parse(&v)
+                    .unwrap_or_else(|| panic!("unknown --activations {v}: f32, q8_prompt or q8"));
+            }
             "--prompt-tokens" => a.prompt_tokens = value().parse().expect("a number"),
             "--new-tokens" => a.new_tokens = value().parse().expect("a number"),
             "--json" => a.json = true,
@@ -137,6 +148,7 @@ fn args() -> Args {
 
 fn main() {
     let a = args();
+    set_activations(a.activations);
     let device = cpu_device();
     let t0 = Instant::now();
     let (model, mut opts, name) = match a.random_4b {
@@ -200,6 +212,7 @@ fn main() {
         "runtime": "medgemma-model cpu_bench",
         "model": name,
         "cpu_weights": format!("{:?}", a.cpu_weights),
+        "activations": a.activations.name(),
         "threads": threads,
         "load_s": load_s,
         "prompt_tokens": ids.len(),

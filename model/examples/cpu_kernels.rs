@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release -p medgemma-model --example cpu_kernels -- \
-//!     [--formats Q8_0,Q4_K,...] [--rows 1,4,8,16,512] [--isa avx512,avx2,portable] [--shapes 270m|4b|all]
+//!     [--formats Q8_0,Q4_K,...] [--rows 1,4,8,16,512] [--isa avx512,avx2,portable] [--shapes 270m|4b|all] \
+//!     [--activations f32,q8_prompt,q8]
 //! ```
 //!
 //! For each product: milliseconds, the weight bytes read per second (what
@@ -16,7 +17,7 @@
 
 use std::time::Instant;
 
-use medgemma_model::cpu::{CpuMatrix, Isa, WeightBytes};
+use medgemma_model::cpu::{Activations, CpuMatrix, Isa, WeightBytes};
 use medgemma_model::quant::GgmlType;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -129,6 +130,7 @@ fn main() {
     let mut isas = Isa::available();
     isas.reverse();
     let mut shapes = "270m".to_owned();
+    let mut modes = vec![Activations::F32, Activations::Q8];
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -171,6 +173,14 @@ fn main() {
                     .collect()
             }
             "--shapes" => shapes = value,
+            "--activations" => {
+                modes = value
+                    .split(',')
+                    .map(|m| {
+                        Activations::parse(m).unwrap_or_else(|| panic!("unknown activations {m}"))
+                    })
+                    .collect()
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -221,10 +231,13 @@ fn main() {
             let m =
                 CpuMatrix::new(name, ty, out, k, WeightBytes::Owned(bytes.into())).expect("matrix");
             for &isa in &isas {
-                for &n in &rows_list {
+                for (&n, &mode) in rows_list
+                    .iter()
+                    .flat_map(|n| modes.iter().map(move |m| (n, m)))
+                {
                     let x: Vec<f32> = (0..n * k).map(|_| rng.random::<f32>() - 0.5).collect();
                     let mut y = vec![0.0f32; n * out];
-                    m.matmul_with(isa, &x, &mut y);
+                    m.matmul_mode(isa, mode, &x, &mut y);
                     let reps = ((std::env::var("BENCH_BYTES")
                         .ok()
                         .and_then(|v| v.parse::<f64>().ok())
@@ -235,12 +248,17 @@ fn main() {
                     let t = Instant::now();
                     let c = cpu_seconds();
                     for _ in 0..reps {
-                        m.matmul_with(isa, &x, &mut y);
+                        m.matmul_mode(isa, mode, &x, &mut y);
                     }
                     let s = t.elapsed().as_secs_f64() / reps as f64;
                     let cpu = (cpu_seconds() - c) / reps as f64;
                     println!(
-                        "{ty:?} {name} [{out}x{k}] {isa:?} n={n}: {:.3} ms ({:.3} CPU-ms), {:.1} GB/s weights, {:.1} GFLOP/s",
+                        "{ty:?} {name} [{out}x{k}] {isa:?} {} n={n}: {:.3} ms ({:.3} CPU-ms), {:.1} GB/s weights, {:.1} GFLOP/s",
+                        if m.quantizes(isa, mode, n) {
+                            "q8"
+                        } else {
+                            "f32"
+                        },
                         s * 1e3,
                         cpu * 1e3,
                         m.byte_len() as f64 / s / 1e9,

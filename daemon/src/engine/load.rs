@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use medgemma_model::backend;
+use medgemma_model::cpu::Activations;
 use medgemma_model::load::{self, LoadError};
 use medgemma_sandbox::{Role, SandboxError, SeccompMode};
 
@@ -18,7 +19,7 @@ use medgemma_model::budget::{self, CpuBudgetRequest};
 use medgemma_model::probe::{ModelFormat, ModelProbe};
 use medgemma_model::vision::{VisionConfig, VisionError, VisionTower};
 use medgemma_model::weights::CpuWeights;
-use medgemma_protocol::config::{CpuWeightsChoice, PinMismatch};
+use medgemma_protocol::config::{CpuActivationsChoice, CpuWeightsChoice, PinMismatch};
 
 use super::gpu::{self, GpuError};
 use super::verify::{VerifyError, Verifying};
@@ -77,6 +78,7 @@ pub struct EngineJob {
     pins_file: Option<PathBuf>,
     on_pin_mismatch: PinMismatch,
     cpu_weights: CpuWeights,
+    cpu_activations: Activations,
     keep_context: bool,
 }
 
@@ -96,6 +98,11 @@ impl EngineJob {
                 CpuWeightsChoice::Stored => CpuWeights::AsStored,
                 CpuWeightsChoice::Q8_0 => CpuWeights::Q8_0,
                 CpuWeightsChoice::F32 => CpuWeights::F32,
+            },
+            cpu_activations: match settings.engine.cpu_activations {
+                CpuActivationsChoice::F32 => Activations::F32,
+                CpuActivationsChoice::Q8Prompt => Activations::Q8Prompt,
+                CpuActivationsChoice::Q8 => Activations::Q8,
             },
             keep_context: settings.engine.keep_context,
         }
@@ -208,6 +215,11 @@ fn cpu(job: &EngineJob, decision: BackendDecision) -> Result<Box<dyn Engine>, Lo
     });
     let plan = cpu_plan(&probe, job, context, vision_bytes, budget::mem_available())?;
     let cfg = probe.config.clone();
+    medgemma_model::cpu::set_activations(job.cpu_activations);
+    log::info(format_args!(
+        "CPU activations: {}",
+        job.cpu_activations.name()
+    ));
     let loaded = load::load_probed(
         probe,
         job.tokenizer.as_deref(),
@@ -483,6 +495,7 @@ mod tests {
             pins_file: None,
             on_pin_mismatch: PinMismatch::Refuse,
             cpu_weights: CpuWeights::AsStored,
+            cpu_activations: Activations::F32,
             keep_context,
         }
     }

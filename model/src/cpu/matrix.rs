@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
+use super::q8::{self, Activations};
 use super::{CpuError, GEMV_MAX_ROWS, Isa, kernels};
 use crate::quant::{self, GgmlType};
 
@@ -184,6 +185,30 @@ impl CpuMatrix {
     ///
     /// As [`CpuMatrix::matmul`].
     pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) {
+        self.matmul_mode(isa, q8::activations(), x, out);
+    }
+
+    /// Whether a product of `n` activation rows with this matrix through
+    /// `isa` quantizes the activations under `mode` (a block format, an
+    /// instruction set with an integer kernel, and a mode that asks).
+    pub fn quantizes(&self, isa: Isa, mode: Activations, n: usize) -> bool {
+        mode.quantizes(n)
+            && q8::supported(self.ty)
+            && self.cols.is_multiple_of(32)
+            && available().contains(&isa)
+            && q8::has_kernel(isa)
+    }
+
+    /// [`CpuMatrix::matmul_with`] with the activations treated as `mode`
+    /// says rather than as the process is set
+    /// ([`super::set_activations`]): tests and benchmarks force each path.
+    /// Where `mode` quantizes but `isa` has no integer kernel (no VNNI), the
+    /// f32 path runs.
+    ///
+    /// # Panics
+    ///
+    /// As [`CpuMatrix::matmul`].
+    pub fn matmul_mode(&self, isa: Isa, mode: Activations, x: &[f32], out: &mut [f32]) {
         let isa = if available().contains(&isa) {
             isa
         } else {
@@ -203,7 +228,10 @@ impl CpuMatrix {
         if n == 0 || self.rows == 0 {
             return;
         }
-        if n <= GEMV_MAX_ROWS {
+        if self.quantizes(isa, mode, n) {
+            let w = self.bytes.as_slice();
+            q8::product(isa, self.ty, w, self.rows, self.row_bytes, k, x, n, out);
+        } else if n <= GEMV_MAX_ROWS {
             self.gemv(isa, x, n, out);
         } else {
             self.panels(isa, x, n, out);

@@ -13,7 +13,8 @@
 //! [`crate::quant::dequantize`] does (the same functions, inlined), and the
 //! products are f32 multiply-adds, so the result equals "dequantize to f32,
 //! then multiply" up to the order of the sums. Activations are not
-//! quantized: llama.cpp quantizes them to 8 bits, and on the 270M its
+//! quantized unless the configuration asks (`engine.cpu_activations`,
+//! [`Activations`], `q8.rs`): llama.cpp quantizes them to 8 bits, and on the 270M its
 //! last-position logits differ from the f32 reference by 0.09 to 0.29 and
 //! its greedy answers leave the reference after 11 to 25 tokens on four of
 //! five prompts (`tests/fixtures/gemma3_270m_reference.json`), where these
@@ -33,9 +34,11 @@
 //! built for AVX-512 and for AVX2 with FMA; every format also has a generic
 //! kernel in plain Rust that the compiler vectorizes, built for AVX-512,
 //! AVX2 and the SSE2 baseline, and on aarch64 for NEON (always present
-//! there). Tests force each path ([`CpuMatrix::matmul_with`]). VNNI (and
-//! AMX) multiply 8-bit integers: they would need the activations quantized,
-//! which this engine does not do (above).
+//! there). Tests force each path ([`CpuMatrix::matmul_with`],
+//! [`CpuMatrix::matmul_mode`]). With 8-bit activations (`q8_prompt`, `q8`)
+//! the block formats multiply through `vpdpbusd` (AVX-512 VNNI, AVX-VNNI;
+//! a portable integer kernel elsewhere on x86-64, the f32 path on NEON);
+//! AMX is not used.
 //!
 //! Why not a library: candle's `k_quants` chooses SIMD at compile time
 //! (`cfg(target_feature)`), so a portable build runs its scalar code, and it
@@ -51,12 +54,14 @@
 mod activation;
 mod kernels;
 mod matrix;
+mod q8;
 mod random;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use activation::geglu;
 pub use matrix::{CpuMatrix, WeightBytes};
+pub use q8::{Activations, activations, set_activations};
 
 /// Activation rows up to which a product streams the weights through the
 /// fused kernel; above it the weights are dequantized panel by panel and

@@ -228,6 +228,15 @@ pub struct EngineSection {
     /// matrix widened to f32 (4× bf16's memory; the fidelity reference).
     #[serde(default)]
     pub cpu_weights: CpuWeightsChoice,
+    /// How the CPU multiplies quantized weights with the activations (the
+    /// GPU ignores this). "f32": activations stay f32, the products equal
+    /// dequantize-then-multiply (the fidelity reference). "q8_prompt":
+    /// prompts round their activations to 8 bits per 32 values and use
+    /// integer dot products (VNNI), faster prefill; answers stay f32.
+    /// "q8": every product, as llama.cpp does. The README gives the
+    /// measured speed and fidelity of each.
+    #[serde(default)]
+    pub cpu_activations: CpuActivationsChoice,
     /// Keep each conversation's KV cache between its turns, so a follow-up
     /// question prefills only its new tokens instead of the whole
     /// conversation. The cache belongs to its conversation and is dropped
@@ -253,6 +262,32 @@ pub enum CpuWeightsChoice {
     F32,
 }
 
+/// The `engine.cpu_activations` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CpuActivationsChoice {
+    /// f32 activations everywhere (exact).
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// 8-bit activations for prompts, f32 for answers.
+    #[serde(rename = "q8_prompt")]
+    Q8Prompt,
+    /// 8-bit activations everywhere.
+    #[serde(rename = "q8")]
+    Q8,
+}
+
+impl CpuActivationsChoice {
+    /// The value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8Prompt => "q8_prompt",
+            Self::Q8 => "q8",
+        }
+    }
+}
+
 impl CpuWeightsChoice {
     /// The value as written in the file.
     pub fn as_str(self) -> &'static str {
@@ -274,6 +309,7 @@ impl Default for EngineSection {
             queue_length: defaults::queue_length(),
             max_new_tokens: defaults::max_new_tokens(),
             cpu_weights: CpuWeightsChoice::default(),
+            cpu_activations: CpuActivationsChoice::default(),
             keep_context: defaults::keep_context(),
         }
     }
