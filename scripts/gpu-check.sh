@@ -327,7 +327,7 @@ TOML
   local t0=$SECONDS
   "$bin/medgemmad" serve --config "$w/medgemmad-$run.toml" 2>"$out/kcache-$run.log" &
   pid=$!
-  for _ in $(seq 1 500); do
+  for _ in $(seq 1 325); do
     grep -q "medgemmad: ready:" "$out/kcache-$run.log" && { ready=1; break; }
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
