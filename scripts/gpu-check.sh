@@ -8,8 +8,8 @@
 #     builds (release, `cuda`) medgemmad, the fidelity test binaries
 #     reference_tiny and batched_decode, and reference_tiny_window_mutant:
 #     reference_tiny built from a copy of the tree whose sliding window is
-#     one key wider (keys j >= i - W instead of j > i - W), which must FAIL on
-#     the GPU; stages NVIDIA's libdevice as lib/medgemma/cuda (where
+#     one key wider (keys j >= i - W instead of j > i - W, in the host mask
+#     and in the prefill mask built on the device), which must FAIL on the GPU; stages NVIDIA's libdevice as lib/medgemma/cuda (where
 #     medgemmad looks for it) and packs all of it into DIR/gpu-check.tar.xz
 #     (`xz --lzma2=preset=9,dict=400MiB`: the binaries share most bytes).
 #   GPU machine:    MEDGEMMA_PREBUILT=DIR/gpu-check.tar.xz scripts/gpu-check.sh
@@ -40,6 +40,11 @@
 #   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32 --image
 #             (with one image through a real-shape tower: encode, TTFT), our
 #             kernels; after the extras MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
+#   kcache    the on-disk kernel cache: `medgemmad serve` (sandbox enforced,
+#             as the sandbox step) started twice on one sandbox.cache_dir;
+#             the GPU warm-up of each start (the daemon's "warm-up N s" line),
+#             the cubecl database file's size after each, and how many more
+#             seconds the first start took (the second loads PTX from disk)
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
 #   table     one table of all the above, with ratios
@@ -51,7 +56,7 @@
 # Environment: OUT (results only, a few hundred kB; default /tmp/gpu-check),
 # GPU_CHECK_WORK (unpacked payload, ~0.5 GB; default /tmp/gpu-check-work),
 # GPU_CHECK_BUDGET_S,
-# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,hf,table).
+# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,kcache,hf,table).
 # Exit: 0 every step that ran passed; 1 a step failed; 2 usage/prerequisite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +89,11 @@ if [ "${1:-}" = "--prepare" ]; then
     || die "the window condition moved: update the mutant in scripts/gpu-check.sh"
   sed -i 's/(kind == LayerType::Global || j + window > i)/(kind == LayerType::Global || j + window >= i)/' \
     "$mutant/model/src/gemma3.rs"
+  # The prefill mask built on the device (gemma3.rs `device_mask`).
+  grep -q 'k.add_scalar(as_i64(w)).greater(q)' "$mutant/model/src/gemma3.rs" \
+    || die "the device mask's window condition moved: update the mutant in scripts/gpu-check.sh"
+  sed -i 's/k.add_scalar(as_i64(w)).greater(q)/k.add_scalar(as_i64(w)).greater_equal(q)/' \
+    "$mutant/model/src/gemma3.rs"
   mutant_tiny=$(test_bins "$mutant" | grep '/reference_tiny-') || die "mutant build failed"
   stage="$(mktemp -d)"
   trap 'rm -rf "$stage"' EXIT
@@ -110,7 +120,7 @@ out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
 budget="${GPU_CHECK_BUDGET_S:-470}"
 deadline=$((SECONDS + budget))
-steps=",${GPU_CHECK_STEPS:-info,sandbox,kernels,fidelity,bench,hf,table},"
+steps=",${GPU_CHECK_STEPS:-info,sandbox,kernels,fidelity,bench,kcache,hf,table},"
 summary="$out/summary.txt"
 : >"$summary"
 failed=0
@@ -280,6 +290,79 @@ fi
 if want bench; then
   MEDGEMMA_PLAIN_BURN=1 step bench-plain 120 "$bin/medgemmad" bench --random-4b --backend cuda \
     --batch 1,8,32 --new-tokens 32 --json || true
+fi
+
+# ---- kcache: first start (compiles every kernel, fills the cache) against a
+# second start of the same binary on the same cache_dir (loads them).
+# Reuses the sandbox step's model and keys.
+kcache_serve() { # RUN: one sandboxed start, warm-up and one answer
+  local run=$1 w="$work/kcache" pid ready=0
+  mkdir -p "$w/cache" "$w/audit-$run" "$w/key-$run"
+  cp "$work/sandbox/keys/current" "$work/sandbox/keys/content" "$w/key-$run/"
+  cat >"$w/medgemmad-$run.toml" <<TOML
+[model]
+path = "$work/sandbox/model"
+tokenizer_path = "$pay/assets/tokenizer.json"
+label = "kernel cache check"
+demo = true
+
+[engine]
+backend = "cuda"
+context_length = 512
+max_new_tokens = 8
+
+[server]
+ui_socket = "$w/ui-$run.sock"
+
+[audit]
+dir = "$w/audit-$run"
+key_file = "$w/key-$run/current"
+content_key_file = "$w/key-$run/content"
+
+[sandbox]
+user = "nobody"
+cache_dir = "$w/cache"
+TOML
+  chown -R nobody: "$w" && chmod 755 "$w"
+  local t0=$SECONDS
+  "$bin/medgemmad" serve --config "$w/medgemmad-$run.toml" 2>"$out/kcache-$run.log" &
+  pid=$!
+  for _ in $(seq 1 325); do
+    grep -q "medgemmad: ready:" "$out/kcache-$run.log" && { ready=1; break; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  local t_ready=$((SECONDS - t0))
+  [ "$ready" = 1 ] && curl -sS --max-time 60 --unix-socket "$w/ui-$run.sock" \
+    -H 'Host: localhost:6006' -H 'Origin: http://localhost:6006' -H 'Content-Type: application/json' \
+    -d '{"conversation_id":null,"message":"Say hello.","max_new_tokens":8}' \
+    http://localhost/api/chat >"$w/chat-$run.txt" 2>&1
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  local warm db size
+  warm=$(grep -oE 'warm-up [0-9.]+ s' "$out/kcache-$run.log" | grep -oE '[0-9.]+' | head -1)
+  db=$(find "$w/cache/cubecl" -name '*.db' 2>/dev/null | head -1)
+  size=$( [ -n "$db" ] && stat -c %s "$db" || echo 0)
+  echo "$run: ready=$ready in ${t_ready}s, warm-up ${warm:-?} s, answered=$(cat "$w/chat-$run.txt" 2>/dev/null | grep -c '^event: done'), cubecl db ${db:-none} ${size} bytes"
+  grep -E 'kernels are kept|cubecl|Unable to cache' "$out/kcache-$run.log" | head -3
+}
+if want kcache; then
+  if [ "$(id -u)" != 0 ] || [ ! -f "$work/sandbox/model/config.json" ]; then
+    note "kcache: skipped (needs root and the sandbox step's model)"
+  else
+    rm -rf "$work/kcache"
+    step kcache 150 bash -c "$(declare -f kcache_serve); work='$work' pay='$pay' bin='$bin' out='$out'; \
+      kcache_serve first && kcache_serve second" || failed=1
+    cat "$out/kcache.out" | tee -a "$summary" >&2
+    python3 - "$out/kcache.out" <<'PY' | tee -a "$summary" >&2
+import re, sys
+w = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(first|second): .*?warm-up ([0-9.]+) s", open(sys.argv[1]).read(), re.M)}
+if len(w) == 2:
+    print(f"kcache: warm-up first start {w['first']:.1f} s, second start {w['second']:.1f} s "
+          f"({w['first'] - w['second']:+.1f} s saved by the on-disk kernel cache)")
+else:
+    print("kcache: FAIL: no warm-up figure for both starts (see kcache-*.log)")
+PY
+  fi
 fi
 
 # ---- hf

@@ -34,13 +34,15 @@ cargo test --workspace --features medgemmad/test-engine --locked 2>&1
 
 # The CUDA path without a GPU: our CubeCL kernels (model/src/kernels) on
 # CubeCL's CPU runtime against the plain Burn ops, the f32 matmul without
-# TF32, and the libdevice the package ships linking into PTX for sm_90 (and
-# an empty CUDA_PATH failing). Needs the offline LLVM of
+# TF32, the prefill mask built on the device against the host mask
+# (gemma3::), the on-disk kernel cache found by a second process, and the
+# libdevice the package ships linking into PTX for sm_90 (and an empty
+# CUDA_PATH failing). Needs the offline LLVM of
 # scripts/setup-llvm-cuda.sh, which also stages libdevice.
 step "kernels on CubeCL's CPU runtime, PTX for sm_90 (medgemma-model, cuda + cube-cpu)"
 MEDGEMMA_CUDA_SUPPORT="$(scripts/setup-llvm-cuda.sh | sed -n 's/^MEDGEMMA_CUDA_SUPPORT=//p')"
 CUDARC_CUDA_VERSION=13000 MEDGEMMA_CUDA_SUPPORT="$MEDGEMMA_CUDA_SUPPORT" \
-  cargo test -p medgemma-model --features cuda,cube-cpu --locked --lib -- kernels:: backend:: 2>&1
+  cargo test -p medgemma-model --features cuda,cube-cpu --locked --lib -- kernels:: backend:: gemma3:: 2>&1
 
 export MEDGEMMAD="$CARGO_TARGET_DIR/debug/medgemmad"
 

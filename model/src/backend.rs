@@ -47,18 +47,30 @@ pub fn cuda_device(ordinal: usize) -> Device {
     Device::cuda(ordinal)
 }
 
-/// Points cubecl's cache root (autotune results and, with its `persistence`
-/// feature, compiled kernels: `<dir>/<environment>.db`) at `dir` instead of
-/// the default search from the working directory, which under the sandbox
-/// is not writable. Must run before the first CUDA tensor; returns `false`
-/// when cubecl's configuration was already fixed (then nothing changed).
+/// Points cubecl's cache root at `dir` instead of the default search from
+/// the working directory, which under the sandbox is not writable, and turns
+/// on its compilation cache: compiled kernels (PTX, keyed by kernel, build of
+/// this binary, GPU architecture and PTX version) and autotune results go to
+/// one database file, [`cubecl_cache_file`], so a restart of the same binary
+/// loads its kernels instead of compiling them again. Must run before the
+/// first CUDA tensor; returns `false` when cubecl's configuration was already
+/// fixed (then nothing changed). CubeCL's CPU runtime keeps its compiled
+/// kernels in memory only; the file serves CUDA.
 #[cfg(feature = "cuda")]
 pub fn set_cubecl_cache_dir(dir: &std::path::Path) -> bool {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut config = CubeClRuntimeConfig::default();
     config.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    config.compilation.cache = true;
     CubeClRuntimeConfig::try_set(config)
+}
+
+/// The database file cubecl's caches use in this process (under the root
+/// [`set_cubecl_cache_dir`] set), for logs and checks.
+#[cfg(feature = "cuda")]
+pub fn cubecl_cache_file() -> PathBuf {
+    cubecl::environment::path()
 }
 
 /// Whether this build's own CubeCL kernels run on CubeCL devices
@@ -161,6 +173,76 @@ mod tests {
         std::fs::write(&file, b"not bitcode at all").unwrap();
         let err = cuda_kernel_support(dir.path()).unwrap_err();
         assert!(err.contains("is not LLVM bitcode"), "{err}");
+    }
+
+    /// Both halves of the test below: `MEDGEMMA_CACHE_PROBE` = `write` or
+    /// `read`, in a fresh process (cubecl's configuration is set once per
+    /// process), with the cache root in `MEDGEMMA_CACHE_PROBE_DIR`.
+    #[cfg(feature = "cuda")]
+    fn kernel_cache_probe(role: &str, dir: &Path) {
+        use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+        use cubecl_environment::persistence::{CacheOption, Namespace, Store, StoreOptions};
+        assert!(
+            set_cubecl_cache_dir(dir),
+            "the configuration was not set yet"
+        );
+        assert!(CubeClRuntimeConfig::get().compilation.cache);
+        assert!(
+            cubecl_cache_file().starts_with(dir),
+            "{:?}",
+            cubecl_cache_file()
+        );
+        // The options cubecl-server's `compilation_store` opens the CUDA PTX
+        // store with, in a namespace of our own.
+        let mut store: Store<String, Vec<u8>> = Store::new(
+            StoreOptions::new()
+                .storage(Namespace::scoped("medgemma-test", "probe"))
+                .cache(CacheOption::Lazy),
+        );
+        let key = "kernel".to_string();
+        match role {
+            "write" => store.insert(key, b"compiled once".to_vec()).unwrap(),
+            "read" => {
+                let got = store.remove(&key).expect("the first process's entry");
+                assert_eq!(got, b"compiled once");
+            }
+            other => panic!("unknown role {other}"),
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "cuda")]
+    fn a_second_process_finds_what_the_first_cached_under_the_cache_dir() {
+        if let (Some(role), Some(dir)) = (
+            std::env::var_os("MEDGEMMA_CACHE_PROBE"),
+            std::env::var_os("MEDGEMMA_CACHE_PROBE_DIR"),
+        ) {
+            return kernel_cache_probe(role.to_str().unwrap(), Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = |role: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "backend::tests::a_second_process_finds_what_the_first_cached_under_the_cache_dir",
+                    "--nocapture",
+                ])
+                .env("MEDGEMMA_CACHE_PROBE", role)
+                .env("MEDGEMMA_CACHE_PROBE_DIR", dir.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{role}: {text}");
+            assert!(text.contains("1 passed"), "{role} ran the probe: {text}");
+        };
+        run("write");
+        let files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.iter().any(|f| f.ends_with(".db")), "{files:?}");
+        run("read");
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! Must never: read files (weights arrive through [`WeightSource`]) or see
 //! text (it works on token ids only).
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use burn::tensor::activation::{gelu_approximate, softmax};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Gemma3Config, LayerType, Rope};
 use crate::kv_cache::{KvCache, LayerCache, Visible};
@@ -450,9 +451,11 @@ impl Gemma3 {
             .iter()
             .map(|r| start + r.start..start + r.end)
             .collect();
+        let masks = ChunkMasks::default();
         let span = Span {
             start,
             blocks: &blocks,
+            masks: Some(&masks),
         };
 
         let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
@@ -638,16 +641,30 @@ impl Gemma3 {
         let scores = crate::linear::matmul(q, keys.swap_dims(2, 3))
             .mul_scalar(scale)
             .cast(DType::F32);
-        let m =
-            positions.and_then(|p| mask(kind, cfg.sliding_window, start, t, &p, rep, span.blocks));
-        let scores = match m {
-            Some(m) => {
-                scores
-                    + Tensor::<4>::from_data(
+        let m = positions.and_then(|p| {
+            if t > 1 {
+                // Prefill: built on the device from the key positions, once
+                // per chunk and layer type (every layer of a type sees the
+                // same positions within a chunk).
+                let build = || {
+                    let w = (kind == LayerType::Local).then_some(cfg.sliding_window);
+                    device_mask(w, start, t, &p, rep, span.blocks, &self.device)
+                };
+                Some(match span.masks {
+                    Some(memo) => memo.get_or_build(kind, start, &p, build),
+                    None => build(),
+                })
+            } else {
+                mask(kind, cfg.sliding_window, start, t, &p, rep, span.blocks).map(|m| {
+                    Tensor::<4>::from_data(
                         TensorData::new(m, [1, 1, rep * t, s]),
                         (&self.device, DType::F32),
                     )
+                })
             }
+        });
+        let scores = match m {
+            Some(m) => scores + m,
             None => scores,
         };
         let probs = softmax(scores, 3).cast(self.dtype);
@@ -750,6 +767,7 @@ impl Gemma3 {
                     Span {
                         start: positions[i],
                         blocks: &[],
+                        masks: None,
                     },
                 )
             })
@@ -793,11 +811,116 @@ struct RopeRows {
 }
 
 /// Where a chunk's queries sit: the first one's absolute position, and the
-/// image blocks (absolute positions) whose tokens see each other.
+/// image blocks (absolute positions) whose tokens see each other; `masks`
+/// keeps the chunk's device masks for the layers after the first of a type.
 #[derive(Debug, Clone, Copy)]
 struct Span<'a> {
     start: usize,
     blocks: &'a [Range<usize>],
+    masks: Option<&'a ChunkMasks>,
+}
+
+/// One prompt chunk's additive masks on the device, one per layer type,
+/// built by the first layer of the type and shared by the rest (34 layers
+/// of the 4B would otherwise each build or upload their own).
+#[derive(Debug, Default)]
+struct ChunkMasks {
+    built: RefCell<Vec<BuiltMask>>,
+}
+
+/// A mask of [`ChunkMasks`] and what it was built for.
+#[derive(Debug)]
+struct BuiltMask {
+    kind: LayerType,
+    /// The chunk's first query position.
+    start: usize,
+    /// The visible keys' positions, in cache order.
+    keys: Vec<usize>,
+    mask: Tensor<4>,
+}
+
+impl ChunkMasks {
+    /// The mask for `kind` at `start` over `keys`: the kept one when a layer
+    /// of that type already built it over the same keys, else `build()`'s.
+    fn get_or_build(
+        &self,
+        kind: LayerType,
+        start: usize,
+        keys: &[usize],
+        build: impl FnOnce() -> Tensor<4>,
+    ) -> Tensor<4> {
+        let mut built = self.built.borrow_mut();
+        if let Some(b) = built
+            .iter()
+            .find(|b| b.kind == kind && b.start == start && b.keys == keys)
+        {
+            return b.mask.clone();
+        }
+        let mask = build();
+        built.push(BuiltMask {
+            kind,
+            start,
+            keys: keys.to_vec(),
+            mask: mask.clone(),
+        });
+        mask
+    }
+}
+
+/// [`mask`] built on `device` as `[1, 1, rep·T, S]` (always a tensor, zeros
+/// where every key is visible), from uploads of `S + 2·T` integers at most
+/// (key positions, and image block numbers when there are blocks) instead of
+/// `rep·T·S` floats. `window` is `Some(W)` on sliding-window layers.
+fn device_mask(
+    window: Option<usize>,
+    start: usize,
+    t: usize,
+    keys: &[usize],
+    rep: usize,
+    blocks: &[Range<usize>],
+    device: &Device,
+) -> Tensor<4> {
+    let s = keys.len();
+    let ints = |v: Vec<i64>, device: &Device| {
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+    };
+    let as_i64 = |p: usize| i64::try_from(p).expect("positions fit in i64");
+    // Query positions down, key positions across: [T, S] each.
+    let q = Tensor::<1, Int>::arange(as_i64(start)..as_i64(start + t), device)
+        .reshape([t, 1])
+        .expand([t, s]);
+    let k = ints(keys.iter().map(|&j| as_i64(j)).collect(), device)
+        .reshape([1, s])
+        .expand([t, s]);
+    let mut visible: Tensor<2, Bool> = k.clone().lower_equal(q.clone());
+    if !blocks.is_empty() {
+        // Block number (1-based, 0 outside every block) of each query and
+        // key; blocks are disjoint, so equal non-zero numbers mean the same block.
+        let number = |p: usize| {
+            blocks
+                .iter()
+                .position(|b| b.contains(&p))
+                .map_or(0, |i| as_i64(i + 1))
+        };
+        let qb = ints((start..start + t).map(number).collect(), device)
+            .reshape([t, 1])
+            .expand([t, s]);
+        let kb = ints(keys.iter().map(|&j| number(j)).collect(), device)
+            .reshape([1, s])
+            .expand([t, s]);
+        let same = qb.clone().not_equal_elem(0).bool_and(qb.equal(kb));
+        visible = visible.bool_or(same);
+    }
+    if let Some(w) = window {
+        // j > i − W, written j + W > i to stay in non-negative integers.
+        visible = visible.bool_and(k.add_scalar(as_i64(w)).greater(q));
+    }
+    let m = Tensor::<2>::zeros([t, s], (device, DType::F32))
+        .mask_fill(visible.bool_not(), f32::NEG_INFINITY);
+    m.unsqueeze::<3>()
+        .expand([rep, t, s])
+        .reshape([1, 1, rep * t, s])
 }
 
 /// Additive mask `[rep·T, S]` (0 or −∞), or `None` when every key is visible.
@@ -889,5 +1012,126 @@ mod tests {
             |r: usize| -> Vec<bool> { m[r * 6..r * 6 + 6].iter().map(|v| *v == 0.0).collect() };
         assert_eq!(row(4), vec![false, false, false, true, true, false]);
         assert_eq!(row(2), vec![false, true, true, true, true, false]);
+    }
+
+    /// One prefill chunk's mask inputs.
+    #[derive(Debug)]
+    pub(super) struct Case {
+        kind: LayerType,
+        window: usize,
+        start: usize,
+        t: usize,
+        /// The visible keys' positions, in cache order.
+        keys: Vec<usize>,
+        rep: usize,
+        blocks: Vec<Range<usize>>,
+    }
+
+    /// The unit tests' cases above as prefill chunks, then random ones:
+    /// keys in any order (a ring's), some cached positions missing (past the
+    /// window), image blocks inside the chunk, `rep` of 1 to 3.
+    pub(super) fn prefill_cases() -> Vec<Case> {
+        use rand::rngs::StdRng;
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        let case = |kind, window, start, t, keys, rep, blocks| Case {
+            kind,
+            window,
+            start,
+            t,
+            keys,
+            rep,
+            blocks,
+        };
+        let block = || std::iter::once(2..5).collect::<Vec<_>>();
+        let mut cases = vec![
+            case(LayerType::Local, 3, 5, 2, vec![3, 4, 2, 5, 6], 1, vec![]),
+            case(LayerType::Local, 3, 0, 6, (0..6).collect(), 2, vec![]),
+            case(LayerType::Global, 100, 0, 6, (0..6).collect(), 1, block()),
+            case(LayerType::Local, 2, 0, 6, (0..6).collect(), 1, block()),
+        ];
+        let mut rng = StdRng::seed_from_u64(15);
+        for _ in 0..200 {
+            let kind = if rng.random_bool(0.5) {
+                LayerType::Local
+            } else {
+                LayerType::Global
+            };
+            let (window, start, t) = (
+                rng.random_range(1..10),
+                rng.random_range(0..30),
+                rng.random_range(2..12),
+            );
+            let mut keys: Vec<usize> = (0..start).filter(|_| rng.random_bool(0.7)).collect();
+            keys.shuffle(&mut rng);
+            keys.extend(start..start + t);
+            let mut blocks = Vec::new();
+            let mut p = start;
+            while p + 1 < start + t {
+                let b = p + rng.random_range(0..3);
+                let e = (b + rng.random_range(1..5)).min(start + t);
+                if b < e && rng.random_bool(0.6) {
+                    blocks.push(b..e);
+                }
+                p = e.max(b + 1);
+            }
+            let rep = rng.random_range(1..4);
+            cases.push(case(kind, window, start, t, keys, rep, blocks));
+        }
+        cases
+    }
+
+    /// [`device_mask`] on `device` against the host [`mask`], value for value
+    /// (`None` from the host means all zeros).
+    pub(super) fn device_mask_equals_host_mask_on(device: &Device) {
+        for (i, c) in prefill_cases().into_iter().enumerate() {
+            let s = c.keys.len();
+            let host = mask(c.kind, c.window, c.start, c.t, &c.keys, c.rep, &c.blocks)
+                .unwrap_or_else(|| vec![0.0; c.rep * c.t * s]);
+            let window = (c.kind == LayerType::Local).then_some(c.window);
+            let m = device_mask(window, c.start, c.t, &c.keys, c.rep, &c.blocks, device);
+            assert_eq!(m.dims(), [1, 1, c.rep * c.t, s], "case {i}");
+            let got: Vec<f32> = m.into_data().iter::<f32>().collect();
+            let same = host.len() == got.len() && host.iter().zip(&got).all(|(a, b)| a == b);
+            assert!(same, "case {i}: {c:?}\nhost {host:?}\ndevice {got:?}");
+        }
+    }
+
+    #[test]
+    fn device_mask_equals_host_mask_on_flex() {
+        device_mask_equals_host_mask_on(&crate::backend::cpu_device());
+    }
+
+    #[test]
+    fn a_chunk_builds_one_mask_per_layer_type_and_keys() {
+        let device = crate::backend::cpu_device();
+        let masks = ChunkMasks::default();
+        let keys: Vec<usize> = (0..4).collect();
+        let build = |w| {
+            let keys = keys.clone();
+            let device = device.clone();
+            move || device_mask(w, 0, 4, &keys, 1, &[], &device)
+        };
+        let first = masks.get_or_build(LayerType::Local, 0, &keys, build(Some(2)));
+        let again = masks.get_or_build(LayerType::Local, 0, &keys, || {
+            panic!("the second local layer must reuse the first one's mask")
+        });
+        let global = masks.get_or_build(LayerType::Global, 0, &keys, build(None));
+        assert_eq!(masks.built.borrow().len(), 2);
+        let v = |m: Tensor<4>| m.into_data().iter::<f32>().collect::<Vec<f32>>();
+        assert_eq!(v(first.clone()), v(again));
+        assert_ne!(v(first), v(global));
+        // Other keys (another chunk's) build anew.
+        masks.get_or_build(LayerType::Local, 0, &keys[..3], build(Some(2)));
+        assert_eq!(masks.built.borrow().len(), 3);
+    }
+}
+
+/// The device mask on CubeCL's CPU runtime (the CUDA code path without a GPU).
+#[cfg(all(test, feature = "cube-cpu"))]
+mod cube_cpu_tests {
+    #[test]
+    fn device_mask_equals_host_mask_on_cubecl_cpu() {
+        super::tests::device_mask_equals_host_mask_on(&crate::kernels::test_support::device());
     }
 }

@@ -553,6 +553,14 @@ pub const ENGINE_CUDA: &[Syscall] = &[
         SYS_memfd_create,
         "CUDA driver: shared-memory backing for IPC/UVM"
     ),
+    sys!(
+        SYS_pwritev,
+        "cubecl's on-disk kernel cache (turso, under sandbox.cache_dir): WAL frames in one vectored write"
+    ),
+    sys!(
+        SYS_statfs,
+        "cubecl's on-disk kernel cache (turso): the file system of its database, before it chooses how to lock"
+    ),
 ];
 
 /// The old name of [`ENGINE_CUDA`] ([`Role::Engine`]).

@@ -199,6 +199,12 @@ pub fn prepare(settings: &mut Settings) -> Result<Prepared, GpuError> {
     match cache_dirs(settings.sandbox.cache_dir.as_deref()) {
         Some(dirs) => {
             medgemma_sandbox::set_env_single_threaded("CUDA_CACHE_PATH", &dirs.driver)?;
+            // cubecl's kernel cache (turso) opens a scratch database in the
+            // temporary directory for each write; /tmp is not writable under
+            // Landlock, the cache directory is.
+            if let Some(dir) = settings.sandbox.cache_dir.as_deref() {
+                medgemma_sandbox::set_env_single_threaded("TMPDIR", dir)?;
+            }
             log.push(format!(
                 "GPU kernel caches under {} (driver JIT cache {}, cubecl {})",
                 settings

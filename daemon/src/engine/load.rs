@@ -401,12 +401,17 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
         0
     };
     let name = format!("GPU {} ({})", info.index, info.name);
-    if let Some(dirs) = gpu::cache_dirs(job.cache_dir.as_deref())
-        && !backend::set_cubecl_cache_dir(&dirs.cubecl)
-    {
-        log::warn(format_args!(
-            "gpu: cubecl was configured before the daemon could set its cache root; kernel caches go to its default place"
-        ));
+    if let Some(dirs) = gpu::cache_dirs(job.cache_dir.as_deref()) {
+        if backend::set_cubecl_cache_dir(&dirs.cubecl) {
+            log::info(format_args!(
+                "gpu: compiled kernels are kept in {}; the next start of this binary loads them instead of compiling",
+                backend::cubecl_cache_file().display()
+            ));
+        } else {
+            log::warn(format_args!(
+                "gpu: cubecl was configured before the daemon could set its cache root; kernel caches go to its default place"
+            ));
+        }
     }
     let failed = |stage: &'static str, what: String| GpuError::Failed {
         gpu: name.clone(),
