@@ -345,18 +345,21 @@ impl CpuMatrix {
     }
 }
 
-/// The output pointer shared by the prompt path's tasks.
+/// The output pointer shared by a product's tasks (the prompt path's
+/// `panels` here, and `q8::product`): every user writes disjoint elements
+/// from its tasks, in bounds of the output it was made from.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 
-// SAFETY: the tasks that share it write disjoint elements (see `panels`).
+// SAFETY: the tasks that share it write disjoint elements (see `panels`
+// and `q8::product`).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above; it is only read (copied) across threads.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// The pointer `offset` elements on (in bounds: see `panels`).
-    fn at(self, offset: usize) -> *mut f32 {
+    /// The pointer `offset` elements on (in bounds: see the users above).
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }

@@ -43,6 +43,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::Isa;
+use super::matrix::OutPtr;
 use crate::quant::{GgmlType, scale_min_k4};
 
 /// Activation rows multiplied together with one repacked weight load.
@@ -845,22 +846,6 @@ fn tile<const R: usize>(isa: Isa, p: &Panel, sub: usize, xs: [XRow<'_>; R]) -> [
         }
     }
     tile_portable::<R>(p, sub, xs)
-}
-
-/// The output pointer shared by a product's tasks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: the tasks that share it write disjoint elements (see `product`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; it is only copied across threads.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `offset` elements on (in bounds: see `product`).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Decode-sized products (up to `GEMV_MAX_ROWS` rows) through the
