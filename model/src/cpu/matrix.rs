@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use super::q8::{self, Activations};
-use super::{CpuError, GEMV_MAX_ROWS, Isa, kernels};
+use super::{CpuError, GEMV_MAX_ROWS, Isa, OutPtr, kernels};
 use crate::quant::{self, GgmlType};
 
 /// Bytes of weights the fused kernel streams per task at least: below this
@@ -342,25 +342,6 @@ impl CpuMatrix {
             // so it dequantizes.
             let _ = quant::dequantize_into(self.ty, row, o);
         }
-    }
-}
-
-/// The output pointer shared by a product's tasks (the prompt path's
-/// `panels` here, and `q8::product`): every user writes disjoint elements
-/// from its tasks, in bounds of the output it was made from.
-#[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
-
-// SAFETY: the tasks that share it write disjoint elements (see `panels`
-// and `q8::product`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; it is only read (copied) across threads.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `offset` elements on (in bounds: see the users above).
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

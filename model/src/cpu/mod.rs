@@ -106,6 +106,25 @@ pub enum CpuError {
     },
 }
 
+/// The output pointer shared by a product's tasks (the prompt path's
+/// `matrix::panels` and `q8::product`): every user writes disjoint elements
+/// from its tasks, in bounds of the output it was made from.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint elements (see `matrix::panels`
+// and `q8::product`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; it is only read (copied) across threads.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `offset` elements on (in bounds: see the users above).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// A SIMD instruction set the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {

@@ -42,8 +42,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use half::f16;
 use rayon::prelude::*;
 
-use super::Isa;
-use super::matrix::OutPtr;
+use super::{Isa, OutPtr};
 use crate::quant::{GgmlType, scale_min_k4};
 
 /// Activation rows multiplied together with one repacked weight load.
