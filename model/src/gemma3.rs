@@ -751,28 +751,35 @@ impl Gemma3 {
             .swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
-        let outs: Vec<Tensor<2>> = caches
-            .iter_mut()
-            .enumerate()
-            .map(|(i, c)| {
-                let one = |x: &Tensor<4>, heads: usize| {
-                    x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
-                };
-                self.attend(
-                    layer.kind,
-                    one(&q, h),
-                    one(&k, kv),
-                    one(&v, kv),
-                    &mut c.layers[li],
-                    Span {
-                        start: positions[i],
-                        blocks: &[],
-                        masks: None,
-                    },
-                )
-            })
-            .collect();
-        let a = attn.o_proj.forward_batch(Tensor::cat(outs, 0));
+        #[cfg(feature = "kernels")]
+        let batched = self.attend_batch(li, &q, &k, &v, caches);
+        #[cfg(not(feature = "kernels"))]
+        let batched = None;
+        let out = batched.unwrap_or_else(|| {
+            let outs: Vec<Tensor<2>> = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| {
+                    let one = |x: &Tensor<4>, heads: usize| {
+                        x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
+                    };
+                    self.attend(
+                        layer.kind,
+                        one(&q, h),
+                        one(&k, kv),
+                        one(&v, kv),
+                        &mut c.layers[li],
+                        Span {
+                            start: positions[i],
+                            blocks: &[],
+                            masks: None,
+                        },
+                    )
+                })
+                .collect();
+            Tensor::cat(outs, 0)
+        });
+        let a = attn.o_proj.forward_batch(out);
         let a = layer.post_attention_layernorm.forward(a);
         let x = residual + a;
 
@@ -784,6 +791,56 @@ impl Gemma3 {
             .down_proj
             .forward_batch(geglu(gate, layer.mlp.up_proj.forward_batch(m)));
         residual + layer.post_feedforward_layernorm.forward(m)
+    }
+
+    /// Layer `li`'s attention for a decode batch in one kernel launch
+    /// (`kernels::batch_decode_attention`): row `i` of `q: [B, H, 1, hd]`,
+    /// `k`, `v: [B, KV, 1, hd]` is sequence `i`'s token, its key and value
+    /// written into `caches[i]` and attended over it. `None`, with every
+    /// cache as it was, where the kernel does not apply (not a CubeCL
+    /// device, a shape it does not cover): the caller runs the loop.
+    #[cfg(feature = "kernels")]
+    fn attend_batch(
+        &self,
+        li: usize,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        caches: &mut [&mut KvCache],
+    ) -> Option<Tensor<2>> {
+        let cfg = &self.cfg;
+        let (h, kv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let n = caches.len();
+        if !crate::kernels::enabled() || crate::kernels::cube(q).is_none() {
+            return None;
+        }
+        // Back to the projections' row layout (a view: no copy).
+        let rows = |x: &Tensor<4>, heads: usize| x.clone().swap_dims(1, 2).reshape([n, heads * hd]);
+        let like = k.clone().slice([0..1, 0..kv, 0..1, 0..hd]);
+        let taken = caches
+            .iter_mut()
+            .map(|c| c.layers[li].take_for_token(&like))
+            .collect();
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        let (out, back, written) = match crate::kernels::batch_decode_attention(
+            &rows(q, h),
+            &rows(k, kv),
+            &rows(v, kv),
+            taken,
+            h,
+            scale,
+        ) {
+            Ok((out, back)) => (Some(out), back, true),
+            Err(back) => (None, back, false),
+        };
+        for (c, t) in caches.iter_mut().zip(back) {
+            c.layers[li].put_back(t, written);
+        }
+        out
     }
 }
 

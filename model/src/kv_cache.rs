@@ -56,7 +56,59 @@ pub(crate) struct Visible {
     pub positions: Option<Vec<usize>>,
 }
 
+/// A layer's buffers taken out for a one-token write done by a kernel
+/// ([`LayerCache::take_for_token`], then [`LayerCache::put_back`]).
+#[cfg(feature = "kernels")]
+pub(crate) struct CacheSlot {
+    /// Keys `[1, KV heads, cap, head_dim]`, at least `visible` slots.
+    pub keys: Tensor<4>,
+    /// Values, same shape.
+    pub values: Tensor<4>,
+    /// The slot the new token's key and value go to.
+    pub slot: usize,
+    /// Slots its query sees once written: the first `visible` (as
+    /// [`LayerCache::append`] hands out after a one-token write).
+    pub visible: usize,
+}
+
 impl LayerCache {
+    /// Takes the buffers out (grown as a write of one token `like`
+    /// `[1, KV, 1, head_dim]` needs) with the slot that token goes to; the
+    /// cache holds no buffer until [`LayerCache::put_back`].
+    #[cfg(feature = "kernels")]
+    pub(crate) fn take_for_token(&mut self, like: &Tensor<4>) -> CacheSlot {
+        let (slot, visible) = match self.window {
+            Some(w) => (self.len % w, (self.len + 1).min(w)),
+            None => (self.len, self.len + 1),
+        };
+        let (keys, values) = self.take_reserved(visible, like);
+        CacheSlot {
+            keys,
+            values,
+            slot,
+            visible,
+        }
+    }
+
+    /// Puts back what [`LayerCache::take_for_token`] took: `written` when
+    /// the token's key and value are in their slot (the cache then counts
+    /// it), else the buffers as they were (only grown).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn put_back(&mut self, taken: CacheSlot, written: bool) {
+        self.keys = Some(taken.keys);
+        self.values = Some(taken.values);
+        if written {
+            self.len += 1;
+        }
+    }
+
+    /// The whole buffers (every allocated slot), for tests that compare
+    /// what two caches hold.
+    #[cfg(all(test, feature = "kernels"))]
+    pub(crate) fn buffers(&self) -> Option<(Tensor<4>, Tensor<4>)> {
+        self.view(self.capacity())
+    }
+
     /// An empty cache for one layer of `kind`.
     fn new(kind: LayerType, cfg: &Gemma3Config) -> Self {
         Self {

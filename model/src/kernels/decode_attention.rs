@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 
 /// Below every score; `exp(LOW − finite)` is 0 without a NaN from `−∞ − −∞`.
-const LOW: f32 = -3.0e38;
+pub(super) const LOW: f32 = -3.0e38;
 
 /// Shared memory for the rows' partial outputs, in f32 values.
 const SHARED_PARTIALS: usize = 8192;
@@ -41,7 +41,26 @@ const MAX_GROUPS: usize = 16;
 const KEYS_PER_PART: usize = 256;
 
 /// Cubes a split aims at in all (about the SMs of an H100/H200).
-const WANT_CUBES: usize = 128;
+pub(super) const WANT_CUBES: usize = 128;
+
+/// Rows of lanes per cube: as many as the cube holds, at most
+/// [`MAX_GROUPS`], and few enough that their partial outputs fit
+/// [`SHARED_PARTIALS`].
+pub(super) fn partial_groups(max_units: usize, lanes: usize, rep: usize, hd: usize) -> usize {
+    (max_units / lanes)
+        .min(MAX_GROUPS)
+        .min(SHARED_PARTIALS / (rep * hd))
+        .max(1)
+}
+
+/// How `s` slots split over at most `want` cubes (flash-decoding): `(chunk,
+/// parts)`, at least [`KEYS_PER_PART`] slots a part, so that every part of
+/// the longest cache has a key.
+pub(super) fn split_slots(s: usize, want: usize) -> (usize, usize) {
+    let splits = want.min(s.div_ceil(KEYS_PER_PART)).max(1);
+    let chunk = s.div_ceil(splits);
+    (chunk, s.div_ceil(chunk))
+}
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -208,13 +227,16 @@ fn decode_attention_kernel<F: Float, N: Size>(
 }
 
 /// Merges the parts of a split attention: per output element, the parts'
-/// outputs weighted by `sum · exp(max − overall max)`.
+/// outputs weighted by `sum · exp(max − overall max)`. Sequences of a batch
+/// (`batch_attention.rs`) follow each other, `per_seq` output elements and
+/// `H · splits` parts each.
 #[cube(launch)]
-fn merge_parts_kernel<F: Float>(
+pub(super) fn merge_parts_kernel<F: Float>(
     part_o: &cubecl::prelude::Tensor<f32>,
     part_ml: &cubecl::prelude::Tensor<f32>,
     out: &mut cubecl::prelude::Tensor<F>,
     elements: u32,
+    per_seq: u32,
     splits: u32,
     #[comptime] rep: usize,
     #[comptime] head_dim: usize,
@@ -222,21 +244,25 @@ fn merge_parts_kernel<F: Float>(
 ) {
     let i = ABSOLUTE_POS;
     if i < elements as usize {
-        // Output element i = (head h = kvh·rep + r, d).
-        let h = i / head_dim;
-        let d = i % head_dim;
+        // Output element i = (sequence, head h = kvh·rep + r, d).
+        let seq = i / per_seq as usize;
+        let within = i % per_seq as usize;
+        let h = within / head_dim;
+        let d = within % head_dim;
         let kvh = h / rep;
         let r = h % rep;
         let n = splits as usize;
+        // The sequence's first part: H · n parts before it per sequence.
+        let first = seq * (per_seq as usize / head_dim) * n;
         let mut top = LOW.runtime();
         for p in 0..n {
-            let m = part_ml[((kvh * n + p) * rep + r) * 2];
+            let m = part_ml[(first + (kvh * n + p) * rep + r) * 2];
             top = select(m > top, m, top);
         }
         let mut sum = 0.0f32;
         let mut o = 0.0f32;
         for p in 0..n {
-            let pr = (kvh * n + p) * rep + r;
+            let pr = first + (kvh * n + p) * rep + r;
             let w = part_ml[pr * 2 + 1] * (part_ml[pr * 2] - top).exp();
             sum += w;
             o += part_o[pr * head_dim + d] * w;
@@ -297,16 +323,10 @@ pub(crate) fn decode_attention(
     }
     let rep = heads / kvh;
     let max_units = qc.client.properties().hardware.max_units_per_cube.max(1) as usize;
-    let groups = (max_units / lanes)
-        .min(MAX_GROUPS)
-        .min(SHARED_PARTIALS / (rep * hd))
-        .max(1);
+    let groups = partial_groups(max_units, lanes, rep, hd);
     // Long caches split over more cubes (flash-decoding): every part has
     // at least one key, so each part's sum is positive.
-    let want = (WANT_CUBES / kvh).max(1);
-    let splits = want.min(s.div_ceil(KEYS_PER_PART)).max(1);
-    let chunk = s.div_ceil(splits);
-    let splits = s.div_ceil(chunk);
+    let (chunk, splits) = split_slots(s, (WANT_CUBES / kvh).max(1));
     let (ks, vs) = (kc.meta.strides().clone(), vc.meta.strides().clone());
     let client = qc.client.clone();
     let out = empty_device_dtype(
@@ -375,6 +395,7 @@ pub(crate) fn decode_attention(
             part_ml.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             elements as u32,
+            elements as u32,
             splits as u32,
             rep,
             hd,
@@ -385,7 +406,7 @@ pub(crate) fn decode_attention(
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]
-mod tests {
+pub(super) mod tests {
     use burn::tensor::activation::softmax;
     use burn::tensor::{DType, Device};
 
@@ -395,7 +416,7 @@ mod tests {
     use crate::kv_cache::KvCache;
 
     /// `gemma3.rs`'s `attend` for one token (no mask: every visible slot counts).
-    fn burn_attend(
+    pub(crate) fn burn_attend(
         q: Tensor<2>,
         keys: Tensor<4>,
         values: Tensor<4>,

@@ -21,6 +21,7 @@
 //! the tolerances its tests state), or read anything but tensors.
 
 mod argmax;
+mod batch_attention;
 pub mod bench;
 mod decode_attention;
 mod geglu;
@@ -41,6 +42,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind};
 
 pub(crate) use argmax::argmax_rows;
+pub(crate) use batch_attention::batch_decode_attention;
 pub(crate) use decode_attention::decode_attention;
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;

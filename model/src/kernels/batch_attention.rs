@@ -1,0 +1,926 @@
+//! Attention of one new token for every sequence of a decode batch in few
+//! launches, with the write of the B new key/value rows into their caches in
+//! the same launch: `q: [B, H·hd]` (after q-norm and RoPE), the new rows
+//! `k, v: [B, KV·hd]`, and B caches, each its own buffer `[1, KV, cap, hd]`
+//! (`kv_cache.rs`) with its own slot for the new row and its own number of
+//! visible slots; the output `[B, H·hd]` in the activations' dtype.
+//!
+//! The caches stay one buffer per conversation (kept between turns, cloned
+//! copy-on-write, counted in the memory budget), read and written in place:
+//! a launch takes up to [`GROUP`] sequences, each cache a pair of kernel
+//! arguments (CubeCL has no arrays of tensors: its `Sequence` needs sized
+//! items), and each cube runs the branch of its own sequence (uniform in a
+//! cube). So a batch of B costs `ceil(B / GROUP)` launches, plus one merge
+//! when the slots are split, instead of about four launches per sequence.
+//!
+//! The math is `decode_attention.rs`'s (one cube per KV head and part of
+//! the slots, online softmax in f32, flash-decoding split over cubes past
+//! 256 keys, merged by its merge kernel). The new token's slot is read from
+//! the new rows, never from the buffer, so the cubes that write it (the
+//! first part of each KV head) race with no reader.
+//!
+//! Owns: the batched kernel and its launch. Must never: write into a buffer
+//! another cache still shares (a shared buffer is copied first, as the
+//! cache's copy on write does), see a slot outside a sequence's visible
+//! ones, or round scores or probabilities below f32.
+
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::decode_attention::{LOW, WANT_CUBES, merge_parts_kernel, partial_groups, split_slots};
+use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
+use crate::kv_cache::CacheSlot;
+
+/// Sequences per launch: each has its cache as its own pair of kernel
+/// arguments, and the kernel body is unrolled once per pair.
+pub(crate) const GROUP: usize = 8;
+
+/// Most sequences per call.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// One sequence's part of the slots for one KV head: writes the new row
+/// (when `write`), then folds each visible slot of `first..first + n` into
+/// the running maxima `m`, sums `l` and weighted values `acc`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn scan_cache<F: Float, N: Size>(
+    kc: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    vc: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+    v_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+    qv: &Array<Vector<f32, N>>,
+    acc: &mut Array<Vector<f32, N>>,
+    m: &mut Array<f32>,
+    l: &mut Array<f32>,
+    new_slot: usize,
+    head: usize,
+    new_row: usize,
+    first: usize,
+    n: usize,
+    write: bool,
+    scale: f32,
+    #[comptime] rep: usize,
+    #[comptime] head_vectors: usize,
+    #[comptime] width: usize,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[comptime] plane: bool,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let per_lane = comptime!(head_vectors / lanes);
+    let threads = comptime!(lanes * groups);
+    if write {
+        let mut e = ty * lanes + tx;
+        while e < head_vectors {
+            kc[head + new_slot * head_vectors + e] = k_new[new_row + e];
+            vc[head + new_slot * head_vectors + e] = v_new[new_row + e];
+            e += threads;
+        }
+    }
+    let mut kv = Array::<Vector<f32, N>>::new(per_lane);
+    let mut vv = Array::<Vector<f32, N>>::new(per_lane);
+    // The same trip count in every row (the plane sums need whole planes).
+    let trips = n.div_ceil(groups);
+    let mut it = 0usize;
+    while it < trips {
+        let s = it * groups + ty;
+        let valid = s < n;
+        let slot = select(valid, first + s, first);
+        let base = head + slot * head_vectors;
+        // The new slot from the new row: its cube may be writing it. The
+        // loops over a lane's vectors are not unrolled: the body is already
+        // repeated per sequence (on CubeCL's CPU runtime one lane takes
+        // every vector of a head).
+        if slot == new_slot {
+            for j in 0..per_lane {
+                kv[j] = Vector::<f32, N>::cast_from(k_new[new_row + tx + j * lanes]);
+                vv[j] = Vector::<f32, N>::cast_from(v_new[new_row + tx + j * lanes]);
+            }
+        } else {
+            for j in 0..per_lane {
+                kv[j] = Vector::<f32, N>::cast_from(kc[base + tx + j * lanes]);
+                vv[j] = Vector::<f32, N>::cast_from(vc[base + tx + j * lanes]);
+            }
+        }
+        #[unroll]
+        for r in 0..rep {
+            let mut dot = Vector::<f32, N>::new(0.0f32);
+            for j in 0..per_lane {
+                dot += qv[r * per_lane + j] * kv[j];
+            }
+            let mut partial = 0.0f32;
+            #[unroll]
+            for w in 0..width {
+                partial += dot.extract(w);
+            }
+            let mut total = partial;
+            if comptime!(plane) {
+                total = plane_sum(partial);
+            }
+            if valid {
+                let score = total * scale;
+                let old = m[r];
+                let top = select(score > old, score, old);
+                let corr = (old - top).exp();
+                let p = (score - top).exp();
+                l[r] = l[r] * corr + p;
+                m[r] = top;
+                for j in 0..per_lane {
+                    acc[r * per_lane + j] =
+                        acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
+                }
+            }
+        }
+        it += 1;
+    }
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn batch_attention_kernel<F: Float, N: Size>(
+    q: &cubecl::prelude::Tensor<Vector<F, N>>,
+    k_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+    v_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+    k0: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v0: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k1: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v1: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k2: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v2: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k3: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v3: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k4: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v4: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k5: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v5: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k6: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v6: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    k7: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    v7: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    part_o: &mut cubecl::prelude::Tensor<f32>,
+    part_ml: &mut cubecl::prelude::Tensor<f32>,
+    meta: &cubecl::prelude::Tensor<u32>,
+    first_seq: u32,
+    chunk: u32,
+    scale: f32,
+    #[comptime] rep: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] head_vectors: usize,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[comptime] plane: bool,
+    #[comptime] split: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let kvh = CUBE_POS_X as usize;
+    let kv_heads = CUBE_COUNT_X as usize;
+    let part = CUBE_POS_Y as usize;
+    let splits = CUBE_COUNT_Y as usize;
+    // This launch's sequence `local`, the batch's `seq`.
+    let local = CUBE_POS_Z as usize;
+    let seq = first_seq as usize + local;
+    let per_lane = comptime!(head_vectors / lanes);
+    let width = comptime!(head_dim / head_vectors);
+    let threads = comptime!(lanes * groups);
+
+    let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+    let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+    let mut m = Array::<f32>::new(rep);
+    let mut l = Array::<f32>::new(rep);
+    let q_row = seq * kv_heads * rep * head_vectors;
+    #[unroll]
+    for r in 0..rep {
+        m[r] = LOW;
+        l[r] = 0.0f32;
+        #[unroll]
+        for j in 0..per_lane {
+            let h = kvh * rep + r;
+            qv[r * per_lane + j] =
+                Vector::<f32, N>::cast_from(q[q_row + h * head_vectors + tx + j * lanes]);
+            acc[r * per_lane + j] = Vector::new(0.0f32);
+        }
+    }
+    // Per sequence: visible slots, the new token's slot, the buffer's slots.
+    let len = meta[seq * 3] as usize;
+    let new_slot = meta[seq * 3 + 1] as usize;
+    let head = kvh * (meta[seq * 3 + 2] as usize) * head_vectors;
+    let new_row = (seq * kv_heads + kvh) * head_vectors;
+    // This cube's slots: `chunk` of them from `first` (none when this
+    // sequence has `first` or fewer).
+    let first = select(part * (chunk as usize) < len, part * chunk as usize, len);
+    let end = select(first + (chunk as usize) < len, first + chunk as usize, len);
+    let n = end - first;
+    // The first part of each KV head writes the new row.
+    let write = part == 0;
+    if local == 0 {
+        scan_cache::<F, N>(
+            k0,
+            v0,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 1 {
+        scan_cache::<F, N>(
+            k1,
+            v1,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 2 {
+        scan_cache::<F, N>(
+            k2,
+            v2,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 3 {
+        scan_cache::<F, N>(
+            k3,
+            v3,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 4 {
+        scan_cache::<F, N>(
+            k4,
+            v4,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 5 {
+        scan_cache::<F, N>(
+            k5,
+            v5,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 6 {
+        scan_cache::<F, N>(
+            k6,
+            v6,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    if local == 7 {
+        scan_cache::<F, N>(
+            k7,
+            v7,
+            k_new,
+            v_new,
+            &qv,
+            &mut acc,
+            &mut m,
+            &mut l,
+            new_slot,
+            head,
+            new_row,
+            first,
+            n,
+            write,
+            scale,
+            rep,
+            head_vectors,
+            width,
+            lanes,
+            groups,
+            plane,
+        );
+    }
+    // Merge the rows: maxima and sums per (row, head), partial outputs per element.
+    let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+    let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+    let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
+    #[unroll]
+    for r in 0..rep {
+        if tx == 0 {
+            sm[ty * rep + r] = m[r];
+            sl[ty * rep + r] = l[r];
+        }
+        #[unroll]
+        for j in 0..per_lane {
+            let a = acc[r * per_lane + j];
+            let e0 = (tx + j * lanes) * width;
+            #[unroll]
+            for w in 0..width {
+                sa[(ty * rep + r) * head_dim + e0 + w] = a.extract(w);
+            }
+        }
+    }
+    sync_cube();
+    let mut e = ty * lanes + tx;
+    while e < comptime!(rep * head_dim) {
+        let r = e / head_dim;
+        let d = e % head_dim;
+        let mut top = LOW.runtime();
+        #[unroll]
+        for g in 0..groups {
+            let x = sm[g * rep + r];
+            top = select(x > top, x, top);
+        }
+        let mut sum = 0.0f32;
+        let mut o = 0.0f32;
+        #[unroll]
+        for g in 0..groups {
+            let w = (sm[g * rep + r] - top).exp();
+            sum += sl[g * rep + r] * w;
+            o += sa[(g * rep + r) * head_dim + d] * w;
+        }
+        // A part past a short sequence's slots has no key: sum 0, and
+        // weight 0 in the merge.
+        let value = select(sum > 0.0f32, o / sum, 0.0f32);
+        if comptime!(split) {
+            let pr = ((seq * kv_heads + kvh) * splits + part) * rep + r;
+            part_o[pr * head_dim + d] = value;
+            if d == 0 {
+                part_ml[pr * 2] = top;
+                part_ml[pr * 2 + 1] = sum;
+            }
+        } else {
+            out[(seq * kv_heads + kvh) * rep * head_dim + r * head_dim + d] = F::cast_from(value);
+        }
+        e += threads;
+    }
+}
+
+/// The buffer of a cache as a CubeCL tensor the kernel may write in place:
+/// itself when no other handle shares it, else a copy (the cache's copy on
+/// write, done here instead of by `slice_assign`).
+fn writable(t: Tensor<4>) -> Option<CubeTensor> {
+    let c = t.try_into_primitive::<burn_cubecl::Cube>().ok()?;
+    Some(if c.can_mut() { c } else { c.copy() })
+}
+
+/// Contiguous `[1, KV, cap, hd]` in `dtype`: what the kernel indexes.
+fn cache_fits(t: &Tensor<4>, kv: usize, hd: usize, dtype: DType) -> Option<usize> {
+    let [one, h, cap, d] = t.dims();
+    if one != 1 || h != kv || d != hd || t.dtype() != dtype || cap > u32::MAX as usize {
+        return None;
+    }
+    let c = cube(t)?;
+    let st = c.meta.strides();
+    (st[3] == 1 && st[2] == hd && st[1] == cap * hd).then_some(cap)
+}
+
+/// One decode step's attention for B sequences in one launch (two when the
+/// slots are split over cubes: the merge): writes row `i` of `k`/`v`
+/// (`[B, KV·hd]`, after k-norm and RoPE) into slot `caches[i].slot` of
+/// `caches[i]`'s buffers, then attends query row `i` of `q` (`[B, H·hd]`)
+/// over that cache's first `caches[i].visible` slots, scores scaled by
+/// `scale`. Returns `[B, H·hd]` in `q`'s dtype and the caches written, or
+/// the caches untouched (`Err`) off a CubeCL device and for shapes it does
+/// not cover.
+pub(crate) fn batch_decode_attention(
+    q: &Tensor<2>,
+    k: &Tensor<2>,
+    v: &Tensor<2>,
+    caches: Vec<CacheSlot>,
+    heads: usize,
+    scale: f64,
+) -> Result<(Tensor<2>, Vec<CacheSlot>), Vec<CacheSlot>> {
+    let Some(plan) = plan(q, k, v, &caches, heads) else {
+        return Err(caches);
+    };
+    Ok(launch(q, k, v, caches, heads, scale, plan))
+}
+
+/// What [`plan`] decided: the kernel's shape.
+struct Plan {
+    kv: usize,
+    hd: usize,
+    caps: Vec<usize>,
+    elem: ElemType,
+    vec: usize,
+    lanes: usize,
+    plane: bool,
+}
+
+/// Whether the kernel covers these inputs, and how it runs.
+fn plan(
+    q: &Tensor<2>,
+    k: &Tensor<2>,
+    v: &Tensor<2>,
+    caches: &[CacheSlot],
+    heads: usize,
+) -> Option<Plan> {
+    let b = caches.len();
+    let [qb, qw] = q.dims();
+    let dtype = q.dtype();
+    let first = caches.first()?;
+    let [_, kv, _, hd] = first.keys.dims();
+    let fits = enabled()
+        && b > 0
+        && b <= MAX_BATCH
+        && qb == b
+        && hd > 0
+        && kv > 0
+        && heads.is_multiple_of(kv)
+        && qw == heads * hd
+        && k.dims() == [b, kv * hd]
+        && v.dims() == [b, kv * hd]
+        && k.dtype() == dtype
+        && v.dtype() == dtype;
+    if !fits {
+        return None;
+    }
+    let mut caps = Vec::with_capacity(b);
+    for c in caches {
+        let cap = cache_fits(&c.keys, kv, hd, dtype)?;
+        if cache_fits(&c.values, kv, hd, dtype)? != cap
+            || c.visible == 0
+            || c.visible > cap
+            || c.slot >= c.visible
+        {
+            return None;
+        }
+        caps.push(cap);
+    }
+    let elem = float_elem(dtype)?;
+    let (lanes, plane) = match reduce_units(&cube(q)?, 32) {
+        (units, true) => (units as usize, true),
+        _ => (1, false),
+    };
+    let vec = vector_width(hd, dtype, 16);
+    if !(hd / vec).is_multiple_of(lanes) {
+        return None;
+    }
+    Some(Plan {
+        kv,
+        hd,
+        caps,
+        elem,
+        vec,
+        lanes,
+        plane,
+    })
+}
+
+fn launch(
+    q: &Tensor<2>,
+    k: &Tensor<2>,
+    v: &Tensor<2>,
+    caches: Vec<CacheSlot>,
+    heads: usize,
+    scale: f64,
+    p: Plan,
+) -> (Tensor<2>, Vec<CacheSlot>) {
+    let b = caches.len();
+    let (kv, hd, vec, lanes) = (p.kv, p.hd, p.vec, p.lanes);
+    let dtype = q.dtype();
+    let on_device = "planned on a CubeCL device";
+    let (qc, kc, vc) = (
+        contiguous(cube(q).expect(on_device)),
+        contiguous(cube(k).expect(on_device)),
+        contiguous(cube(v).expect(on_device)),
+    );
+    let rep = heads / kv;
+    let client = qc.client.clone();
+    let max_units = client.properties().hardware.max_units_per_cube.max(1) as usize;
+    let groups = partial_groups(max_units, lanes, rep, hd);
+    let longest = caches.iter().map(|c| c.visible).max().unwrap_or(1);
+    let want = (WANT_CUBES / (kv * b.min(GROUP))).max(1);
+    let (chunk, splits) = split_slots(longest, want);
+    let split = splits > 1;
+
+    // (visible, slot, cap) per sequence, one upload.
+    let meta: Vec<u32> = caches
+        .iter()
+        .zip(&p.caps)
+        .flat_map(|(c, &cap)| [c.visible as u32, c.slot as u32, cap as u32])
+        .collect();
+    let bytes: Vec<u8> = meta.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    let meta = CubeTensor::new_contiguous(
+        client.clone(),
+        qc.device.clone(),
+        burn::tensor::Shape::new([meta.len()]),
+        client.create_from_slice(&bytes),
+        DType::U32,
+    );
+    let mut slots = Vec::with_capacity(b);
+    let mut bufs = Vec::with_capacity(b);
+    for c in caches {
+        slots.push((c.slot, c.visible));
+        bufs.push((
+            writable(c.keys).expect(on_device),
+            writable(c.values).expect(on_device),
+        ));
+    }
+    let out = empty_device_dtype(
+        client.clone(),
+        qc.device.clone(),
+        qc.meta.shape().clone(),
+        dtype,
+    );
+    let parts = |n: usize| {
+        empty_device_dtype(
+            client.clone(),
+            qc.device.clone(),
+            burn::tensor::Shape::new([n.max(1)]),
+            DType::F32,
+        )
+    };
+    let (part_o, part_ml) = if split {
+        (
+            parts(b * kv * splits * rep * hd),
+            parts(b * kv * splits * rep * 2),
+        )
+    } else {
+        (parts(1), parts(1))
+    };
+    for (g, group) in bufs.chunks(GROUP).enumerate() {
+        // Pairs past the group's end repeat its first (never read).
+        let pair = |i: usize| group.get(i).unwrap_or(&group[0]);
+        let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
+        batch_attention_kernel::launch(
+            &client,
+            CubeCount::Static(kv as u32, splits as u32, group.len() as u32),
+            CubeDim::new_2d(lanes as u32, groups as u32),
+            vec,
+            qc.clone().into_tensor_arg(),
+            kc.clone().into_tensor_arg(),
+            vc.clone().into_tensor_arg(),
+            arg(&pair(0).0),
+            arg(&pair(0).1),
+            arg(&pair(1).0),
+            arg(&pair(1).1),
+            arg(&pair(2).0),
+            arg(&pair(2).1),
+            arg(&pair(3).0),
+            arg(&pair(3).1),
+            arg(&pair(4).0),
+            arg(&pair(4).1),
+            arg(&pair(5).0),
+            arg(&pair(5).1),
+            arg(&pair(6).0),
+            arg(&pair(6).1),
+            arg(&pair(7).0),
+            arg(&pair(7).1),
+            out.clone().into_tensor_arg(),
+            part_o.clone().into_tensor_arg(),
+            part_ml.clone().into_tensor_arg(),
+            meta.clone().into_tensor_arg(),
+            (g * GROUP) as u32,
+            chunk as u32,
+            scale as f32,
+            rep,
+            hd,
+            hd / vec,
+            lanes,
+            groups,
+            p.plane,
+            split,
+            p.elem,
+        );
+    }
+    if split {
+        let units = client
+            .properties()
+            .hardware
+            .max_units_per_cube
+            .clamp(1, 256);
+        merge_parts_kernel::launch(
+            &client,
+            CubeCount::Static(((b * heads * hd) as u32).div_ceil(units), 1, 1),
+            CubeDim::new_1d(units),
+            part_o.into_tensor_arg(),
+            part_ml.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (b * heads * hd) as u32,
+            (heads * hd) as u32,
+            splits as u32,
+            rep,
+            hd,
+            p.elem,
+        );
+    }
+    let written = bufs
+        .into_iter()
+        .zip(slots)
+        .map(|((kb, vb), (slot, visible))| CacheSlot {
+            keys: tensor(kb),
+            values: tensor(vb),
+            slot,
+            visible,
+        })
+        .collect();
+    (tensor(out), written)
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+mod tests {
+    use burn::tensor::{DType, Device};
+
+    use super::*;
+    use crate::config::{Gemma3Config, LayerType};
+    use crate::kernels::decode_attention::tests::burn_attend;
+    use crate::kernels::test_support::{device, max_abs_diff, random};
+    use crate::kv_cache::KvCache;
+
+    /// One sequence of a test batch: a one-layer cache of `kind` (window
+    /// `w`) that has seen `len` positions.
+    #[derive(Clone, Copy)]
+    struct Seq {
+        kind: LayerType,
+        w: usize,
+        len: usize,
+    }
+
+    /// The cache of `s`, filled as prefill and decode fill it (a chunk,
+    /// then single tokens) with random keys/values from `seed`: the same
+    /// seed gives the same cache.
+    fn filled(s: Seq, kv: usize, hd: usize, dtype: DType, dev: &Device, seed: u64) -> KvCache {
+        let mut cfg = Gemma3Config::medgemma_4b();
+        cfg.layer_types = vec![s.kind];
+        cfg.sliding_window = s.w;
+        let mut cache = KvCache::new(&cfg);
+        let first = s.len.saturating_sub(3).max(1);
+        let k = random([1, kv, first, hd], dtype, seed, dev);
+        let v = random([1, kv, first, hd], dtype, seed + 1, dev);
+        let _ = cache.layers[0].append(k, v);
+        for p in first..s.len {
+            let k = random([1, kv, 1, hd], dtype, seed + 2 + p as u64 * 2, dev);
+            let v = random([1, kv, 1, hd], dtype, seed + 3 + p as u64 * 2, dev);
+            let _ = cache.layers[0].append(k, v);
+        }
+        cache
+    }
+
+    /// Runs one batched step over `seqs` and checks it against the
+    /// per-sequence Burn composition: the outputs, the caches written (every
+    /// slot), and that a clone taken before the step still holds what it
+    /// held (the kernel copies a shared buffer before writing).
+    #[allow(clippy::too_many_arguments)]
+    fn check(seqs: &[Seq], h: usize, kv: usize, hd: usize, dtype: DType, tol: f32, seed: u64) {
+        let dev = device();
+        let b = seqs.len();
+        let scale = 256f64.powf(-0.5);
+        let cache = |i: usize| filled(seqs[i], kv, hd, dtype, &dev, seed + 1000 * i as u64);
+        let mut ours: Vec<KvCache> = (0..b).map(cache).collect();
+        let mut reference: Vec<KvCache> = (0..b).map(cache).collect();
+        // Clones of every other sequence's cache share its buffers: those
+        // the kernel must copy before writing, the rest it writes in place.
+        let before: Vec<Option<KvCache>> = ours
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i % 2 == 0).then(|| c.clone()))
+            .collect();
+        let untouched: Vec<KvCache> = (0..b).map(cache).collect();
+
+        // Scaled up so the softmax is far from uniform.
+        let q = random([b, h * hd], dtype, seed + 7, &dev).mul_scalar(4.0);
+        let k = random([b, kv * hd], dtype, seed + 8, &dev);
+        let v = random([b, kv * hd], dtype, seed + 9, &dev);
+        let like = random([1, kv, 1, hd], dtype, 0, &dev);
+        let taken = ours
+            .iter_mut()
+            .map(|c| c.layers[0].take_for_token(&like))
+            .collect();
+        let (got, back) = batch_decode_attention(&q, &k, &v, taken, h, scale)
+            .unwrap_or_else(|_| panic!("runs on the CubeCL CPU runtime"));
+        for (c, t) in ours.iter_mut().zip(back) {
+            c.layers[0].put_back(t, true);
+        }
+        assert_eq!(got.dims(), [b, h * hd]);
+        assert_eq!(got.dtype(), dtype);
+
+        let row = |x: &Tensor<2>, i: usize| {
+            x.clone()
+                .slice([i..i + 1, 0..kv * hd])
+                .reshape([1, kv, 1, hd])
+        };
+        for i in 0..b {
+            let vis = reference[i].layers[0].append(row(&k, i), row(&v, i));
+            assert!(vis.positions.is_none());
+            let qi = q.clone().slice([i..i + 1, 0..h * hd]);
+            let want = burn_attend(qi, vis.keys, vis.values, h, scale);
+            let d = max_abs_diff(got.clone().slice([i..i + 1, 0..h * hd]), want);
+            let s = seqs[i];
+            assert!(
+                d <= tol,
+                "sequence {i} ({:?} w={} len={}) h={h} kv={kv} hd={hd} {dtype:?}: differs by {d}",
+                s.kind,
+                s.w,
+                s.len
+            );
+            let buffers = |c: &KvCache| c.layers[0].buffers().expect("a written cache");
+            let ((ok, ov), (rk, rv)) = (buffers(&ours[i]), buffers(&reference[i]));
+            assert_eq!(max_abs_diff(ok, rk), 0.0, "sequence {i}: keys written");
+            assert_eq!(max_abs_diff(ov, rv), 0.0, "sequence {i}: values written");
+            if let Some(clone) = &before[i] {
+                let ((bk, bv), (uk, uv)) = (buffers(clone), buffers(&untouched[i]));
+                assert_eq!(max_abs_diff(bk, uk), 0.0, "sequence {i}: a clone's keys");
+                assert_eq!(max_abs_diff(bv, uv), 0.0, "sequence {i}: a clone's values");
+            }
+        }
+    }
+
+    /// A ring wrapped past its window, a short global cache, and a global
+    /// cache of more than 256 keys (the slots split over cubes; the shorter
+    /// sequences' later parts have no key).
+    const MIXED: [Seq; 3] = [
+        Seq {
+            kind: LayerType::Local,
+            w: 16,
+            len: 45,
+        },
+        Seq {
+            kind: LayerType::Global,
+            w: 16,
+            len: 3,
+        },
+        Seq {
+            kind: LayerType::Global,
+            w: 16,
+            len: 300,
+        },
+    ];
+
+    #[test]
+    fn batched_attention_equals_the_per_sequence_burn_composition() {
+        // The 4B's heads (8 over 4) and the 270M's (4 over 1), f32 and bf16.
+        check(&MIXED, 8, 4, 256, DType::F32, 2e-5, 10);
+        check(&MIXED, 4, 1, 256, DType::F32, 2e-5, 20);
+        check(&MIXED, 8, 4, 256, DType::BF16, 2e-2, 30);
+        check(&MIXED, 4, 1, 256, DType::BF16, 2e-2, 40);
+    }
+
+    /// No split (every cache under 256 keys): rings not yet full and just
+    /// full, a cache of one position, the 4B's heads and a small shape.
+    #[test]
+    fn batched_attention_without_a_split_over_rings_not_yet_wrapped() {
+        let seqs = [
+            Seq {
+                kind: LayerType::Local,
+                w: 64,
+                len: 20,
+            },
+            Seq {
+                kind: LayerType::Local,
+                w: 8,
+                len: 8,
+            },
+            Seq {
+                kind: LayerType::Global,
+                w: 8,
+                len: 1,
+            },
+            Seq {
+                kind: LayerType::Global,
+                w: 8,
+                len: 200,
+            },
+        ];
+        check(&seqs, 8, 4, 256, DType::F32, 2e-5, 50);
+        check(&seqs, 2, 2, 64, DType::F32, 2e-5, 60);
+    }
+
+    /// More sequences than one launch takes (two launches of up to
+    /// [`GROUP`]), of different lengths, one split past 256 keys.
+    #[test]
+    fn batched_attention_over_more_sequences_than_one_launch_takes() {
+        let seqs: Vec<Seq> = (0..GROUP + 3)
+            .map(|i| Seq {
+                kind: if i % 3 == 0 {
+                    LayerType::Local
+                } else {
+                    LayerType::Global
+                },
+                w: 12,
+                len: if i == GROUP + 1 { 290 } else { 1 + 7 * i },
+            })
+            .collect();
+        check(&seqs, 4, 1, 256, DType::F32, 2e-5, 70);
+        check(&seqs, 4, 2, 64, DType::BF16, 2e-2, 80);
+    }
+}
