@@ -751,34 +751,32 @@ impl Gemma3 {
             .swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
-        #[cfg(feature = "kernels")]
-        let batched = self.attend_batch(li, &q, &k, &v, caches);
-        #[cfg(not(feature = "kernels"))]
-        let batched = None;
-        let out = batched.unwrap_or_else(|| {
-            let outs: Vec<Tensor<2>> = caches
-                .iter_mut()
-                .enumerate()
-                .map(|(i, c)| {
-                    let one = |x: &Tensor<4>, heads: usize| {
-                        x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
-                    };
-                    self.attend(
-                        layer.kind,
-                        one(&q, h),
-                        one(&k, kv),
-                        one(&v, kv),
-                        &mut c.layers[li],
-                        Span {
-                            start: positions[i],
-                            blocks: &[],
-                            masks: None,
-                        },
-                    )
-                })
-                .collect();
-            Tensor::cat(outs, 0)
-        });
+        let out = self
+            .attend_batch(li, &q, &k, &v, caches)
+            .unwrap_or_else(|| {
+                let outs: Vec<Tensor<2>> = caches
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let one = |x: &Tensor<4>, heads: usize| {
+                            x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
+                        };
+                        self.attend(
+                            layer.kind,
+                            one(&q, h),
+                            one(&k, kv),
+                            one(&v, kv),
+                            &mut c.layers[li],
+                            Span {
+                                start: positions[i],
+                                blocks: &[],
+                                masks: None,
+                            },
+                        )
+                    })
+                    .collect();
+                Tensor::cat(outs, 0)
+            });
         let a = attn.o_proj.forward_batch(out);
         let a = layer.post_attention_layernorm.forward(a);
         let x = residual + a;
@@ -841,6 +839,19 @@ impl Gemma3 {
             c.layers[li].put_back(t, written);
         }
         out
+    }
+
+    /// Without our kernels there is no batched attention: the loop runs.
+    #[cfg(not(feature = "kernels"))]
+    fn attend_batch(
+        &self,
+        _li: usize,
+        _q: &Tensor<4>,
+        _k: &Tensor<4>,
+        _v: &Tensor<4>,
+        _caches: &mut [&mut KvCache],
+    ) -> Option<Tensor<2>> {
+        None
     }
 }
 
