@@ -452,7 +452,112 @@ fn decode_rows(
             burn_max_abs_diff: None,
         });
     }
+    let s = shapes.contexts.first().copied().unwrap_or(512);
+    for b in BATCHES {
+        out.push(batch_attention_row(
+            device,
+            dtype,
+            shapes.heads,
+            b,
+            s,
+            reps,
+            floor,
+        )?);
+    }
     Some(())
+}
+
+/// Decode batch sizes of the batched attention rows.
+const BATCHES: [usize; 2] = [8, 32];
+
+/// One decode step's attention for `b` sequences of `s` visible slots each
+/// (heads `(H, KV, hd)`): the batched kernel (the new rows written and every
+/// sequence attended in `ceil(b / 8)` launches) against today's loop per
+/// sequence (two `slice_assign` writes, the one-token kernel, then one
+/// `cat`), on caches owned as `kv_cache.rs` owns them (written in place).
+fn batch_attention_row(
+    device: &Device,
+    dtype: DType,
+    (h, kv, hd): (usize, usize, usize),
+    b: usize,
+    s: usize,
+    reps: usize,
+    floor: &dyn Fn(u64) -> f64,
+) -> Option<KernelRow> {
+    use crate::kv_cache::CacheSlot;
+    let el = dtype.size() as u64;
+    let scale = (hd as f64).powf(-0.5);
+    let cap = s + 256;
+    let salt = |i: usize, j: u32| 40_000 + (b * 1000 + i) as u32 * 4 + j;
+    let buffers = || -> Vec<(Tensor<4>, Tensor<4>)> {
+        (0..b)
+            .map(|i| {
+                (
+                    filled([1, kv, cap, hd], dtype, device, salt(i, 0)),
+                    filled([1, kv, cap, hd], dtype, device, salt(i, 1)),
+                )
+            })
+            .collect()
+    };
+    let q = filled([b, h * hd], dtype, device, salt(b, 2)).mul_scalar(4.0);
+    let k = filled([b, kv * hd], dtype, device, salt(b, 3));
+    let v = filled([b, kv * hd], dtype, device, salt(b, 4));
+    let mut batched = Some(
+        buffers()
+            .into_iter()
+            .map(|(keys, values)| CacheSlot {
+                keys,
+                values,
+                slot: s - 1,
+                visible: s,
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut run_batched = || {
+        let taken = batched.take().expect("put back after every run");
+        let (out, back) = super::batch_decode_attention(&q, &k, &v, taken, h, scale)
+            .unwrap_or_else(|_| panic!("the batched kernel covers the bench shapes"));
+        batched = Some(back);
+        out
+    };
+    let mut looped = Some(buffers());
+    let mut run_loop = || -> Option<Tensor<2>> {
+        let mut bufs = looped.take().expect("put back after every run");
+        let mut outs = Vec::with_capacity(b);
+        for (i, (kb, vb)) in bufs.iter_mut().enumerate() {
+            let row = |x: &Tensor<2>| {
+                x.clone()
+                    .slice([i..i + 1, 0..kv * hd])
+                    .reshape([1, kv, 1, hd])
+            };
+            let dst = [0..1, 0..kv, s - 1..s, 0..hd];
+            *kb = kb.clone().slice_assign(dst.clone(), row(&k));
+            *vb = vb.clone().slice_assign(dst, row(&v));
+            let r = [0..1, 0..kv, 0..s, 0..hd];
+            let (keys, values) = (kb.clone().slice(r.clone()), vb.clone().slice(r));
+            let qi = q.clone().slice([i..i + 1, 0..h * hd]);
+            outs.push(super::decode_attention(&qi, &keys, &values, h, scale)?);
+        }
+        looped = Some(bufs);
+        Some(Tensor::cat(outs, 0))
+    };
+    let d = diff(run_batched(), run_loop()?);
+    let kernel_us = time_us(device, reps, || {
+        let _ = run_batched();
+    });
+    let burn_us = time_us(device, reps, || {
+        let _ = run_loop();
+    });
+    let bytes = b as u64 * (2 * (kv * s * hd) as u64 * el + 2 * ((h + 2 * kv) * hd) as u64 * el);
+    Some(KernelRow {
+        name: format!("batch attention {b}x{h}x{hd} over {kv}x{s} (loop: per sequence)"),
+        bytes,
+        kernel_us,
+        burn_us,
+        floor_us: floor(bytes),
+        max_abs_diff: d,
+        burn_max_abs_diff: None,
+    })
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]
@@ -473,7 +578,7 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + 1);
+        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 1);
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");
