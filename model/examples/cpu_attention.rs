@@ -50,14 +50,7 @@ fn main() {
             let k: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let q: Vec<f32> = (0..h * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let rows = |data| KvRows {
-                data,
-                offset: 0,
-                head_stride: len * dim,
-                heads: kv,
-                len,
-                dim,
-            };
+            let rows = |data| KvRows::contiguous(data, kv, len, dim);
             let bytes = (2 * n * 4) as f64;
             let sum = best(20, || {
                 let s: f32 = k

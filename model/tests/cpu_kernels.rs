@@ -351,22 +351,18 @@ fn products_sharing_one_input_equal_each_product_alone_bit_for_bit() {
 #[should_panic(expected = "matrices of one width")]
 fn products_sharing_one_input_must_have_one_width() {
     let mut rng = StdRng::seed_from_u64(42);
-    let a = CpuMatrix::new(
-        "a",
-        GgmlType::Q8_0,
-        4,
-        64,
-        WeightBytes::Owned(random_matrix(GgmlType::Q8_0, 4, 64, &mut rng).into()),
-    )
-    .expect("valid");
-    let b = CpuMatrix::new(
-        "b",
-        GgmlType::Q8_0,
-        4,
-        32,
-        WeightBytes::Owned(random_matrix(GgmlType::Q8_0, 4, 32, &mut rng).into()),
-    )
-    .expect("valid");
+    let mut q8 = |cols: usize| {
+        let bytes = random_matrix(GgmlType::Q8_0, 4, cols, &mut rng);
+        CpuMatrix::new(
+            "w",
+            GgmlType::Q8_0,
+            4,
+            cols,
+            WeightBytes::Owned(bytes.into()),
+        )
+        .expect("valid")
+    };
+    let (a, b) = (q8(64), q8(32));
     let x = vec![0.5f32; 64];
     let (mut oa, mut ob) = (vec![0.0f32; 4], vec![0.0f32; 4]);
     CpuMatrix::matmul_many(&[&a, &b], &x, &mut [&mut oa, &mut ob]);

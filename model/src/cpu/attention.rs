@@ -56,7 +56,20 @@ pub struct KvRows<'a> {
     pub dim: usize,
 }
 
-impl KvRows<'_> {
+impl<'a> KvRows<'a> {
+    /// `heads` heads of `len` rows of `dim` values, back to back in `data`
+    /// from its start.
+    pub fn contiguous(data: &'a [f32], heads: usize, len: usize, dim: usize) -> Self {
+        Self {
+            data,
+            offset: 0,
+            head_stride: len * dim,
+            heads,
+            len,
+            dim,
+        }
+    }
+
     /// Whether every row lies inside `data` and rows of a head do not overlap.
     fn in_bounds(&self) -> bool {
         if self.heads == 0 || self.len == 0 || self.dim == 0 {
@@ -501,14 +514,7 @@ mod tests {
     }
 
     fn contiguous(data: &[f32], kv: usize, len: usize, dim: usize) -> KvRows<'_> {
-        KvRows {
-            data,
-            offset: 0,
-            head_stride: len * dim,
-            heads: kv,
-            len,
-            dim,
-        }
+        KvRows::contiguous(data, kv, len, dim)
     }
 
     #[test]
