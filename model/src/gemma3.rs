@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
@@ -382,7 +383,9 @@ impl Gemma3 {
 
     /// Runs `ids` (continuing at `cache.len()`) and returns logits `[T or 1, V]` in f32.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, which: Logits) -> Tensor<2> {
-        self.forward_embedded(ids, None, cache, which)
+        on_cpu_pool(&self.device, || {
+            self.forward_embedded(ids, None, cache, which)
+        })
     }
 
     /// As [`Gemma3::forward`] for a chunk holding image blocks (spec §5.4,
@@ -402,7 +405,9 @@ impl Gemma3 {
         cache: &mut KvCache,
         which: Logits,
     ) -> Tensor<2> {
-        self.forward_embedded(ids, Some(images), cache, which)
+        on_cpu_pool(&self.device, || {
+            self.forward_embedded(ids, Some(images), cache, which)
+        })
     }
 
     fn forward_embedded(
@@ -499,11 +504,8 @@ impl Gemma3 {
             .pre_feedforward_layernorm
             .forward(x)
             .reshape([b * t, d]);
-        let gate = layer.mlp.gate_proj.forward(m.clone());
-        let m = layer
-            .mlp
-            .down_proj
-            .forward(geglu(gate, layer.mlp.up_proj.forward(m)));
+        let [gate, up] = Linear::forward_many([&layer.mlp.gate_proj, &layer.mlp.up_proj], m);
+        let m = layer.mlp.down_proj.forward(geglu(gate, up));
         let m = layer
             .post_feedforward_layernorm
             .forward(m.reshape([b, t, d]));
@@ -524,13 +526,8 @@ impl Gemma3 {
     ) -> Tensor<2> {
         let (kv, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim);
         let attn = &layer.self_attn;
-        let q = attn.q_proj.forward(a.clone());
-        let k = attn.k_proj.forward(a.clone());
-        let v = attn
-            .v_proj
-            .forward(a)
-            .reshape([b, t, kv, hd])
-            .swap_dims(1, 2);
+        let [q, k, v] = Linear::forward_many([&attn.q_proj, &attn.k_proj, &attn.v_proj], a);
+        let v = v.reshape([b, t, kv, hd]).swap_dims(1, 2);
         // q/k norms per head, before RoPE; no norm on v. Rows are (b, t):
         // row r takes table row r mod t.
         let rope = RopeRows {
@@ -629,6 +626,14 @@ impl Gemma3 {
             let scale = cfg.query_pre_attn_scalar.powf(-0.5);
             let q1 = q.clone().reshape([1, h * hd]);
             if let Some(out) = crate::kernels::decode_attention(&q1, &keys, &values, h, scale) {
+                return out;
+            }
+        }
+        // On the CPU: one pass over the cache's own buffers for all query
+        // heads (`cpu::decode_attention_flex`; `None` on other devices).
+        if t == 1 && b == 1 && positions.is_none() {
+            let scale = cfg.query_pre_attn_scalar.powf(-0.5) as f32;
+            if let Some(out) = crate::cpu::decode_attention_flex(&q, &keys, &values, scale) {
                 return out;
             }
         }
@@ -742,13 +747,8 @@ impl Gemma3 {
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
-        let q = attn.q_proj.forward_batch(a.clone());
-        let k = attn.k_proj.forward_batch(a.clone());
-        let v = attn
-            .v_proj
-            .forward_batch(a)
-            .reshape([n, 1, kv, hd])
-            .swap_dims(1, 2);
+        let [q, k, v] = Linear::forward_batch_many([&attn.q_proj, &attn.k_proj, &attn.v_proj], a);
+        let v = v.reshape([n, 1, kv, hd]).swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
         let out = self
@@ -783,11 +783,8 @@ impl Gemma3 {
 
         let residual = x.clone();
         let m = layer.pre_feedforward_layernorm.forward(x);
-        let gate = layer.mlp.gate_proj.forward_batch(m.clone());
-        let m = layer
-            .mlp
-            .down_proj
-            .forward_batch(geglu(gate, layer.mlp.up_proj.forward_batch(m)));
+        let [gate, up] = Linear::forward_batch_many([&layer.mlp.gate_proj, &layer.mlp.up_proj], m);
+        let m = layer.mlp.down_proj.forward_batch(geglu(gate, up));
         residual + layer.post_feedforward_layernorm.forward(m)
     }
 
@@ -853,6 +850,49 @@ impl Gemma3 {
     ) -> Option<Tensor<2>> {
         None
     }
+}
+
+/// Runs `f` on a thread of rayon's pool when the model is on the CPU (and
+/// this thread is not one already), with the pool's other threads kept
+/// awake until it returns; elsewhere `f()` here.
+///
+/// A forward pass on the CPU hands each product and each layer's attention
+/// to the pool (`crate::cpu`): 91 hand-offs per decode step of the 270M.
+/// From a thread outside the pool each one injects the work, wakes the
+/// pool's threads and puts the caller to sleep until they finish; a pool
+/// thread that runs out of work spins briefly, then sleeps, and waking it
+/// again costs tens of microseconds in a VM. So `f` runs on a pool thread
+/// (it splits work onto its own queue and does part of it), and every
+/// other pool thread runs a spinner that takes work the moment it appears
+/// (`rayon::yield_now`) until `f` is done. The spinners spend idle CPU time
+/// during the pass, as llama.cpp's threads do. A spinner that lands on
+/// `f`'s own thread (which then has nothing else to run) returns at once:
+/// it must not wait there for `f`, which is beneath it on that stack.
+fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if *device != Device::flex() || rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    let mut out = None;
+    rayon::scope(|s| {
+        let home = rayon::current_thread_index();
+        for _ in 1..rayon::current_num_threads() {
+            let done = &done;
+            s.spawn(move |_| {
+                if rayon::current_thread_index() == home {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        out = Some(f());
+        done.store(true, Ordering::Release);
+    });
+    out.expect("rayon::scope runs its closure before returning")
 }
 
 /// Image soft-token embeddings for [`Gemma3::forward_with_images`].

@@ -88,6 +88,62 @@ impl Linear {
         }
     }
 
+    /// `x · Wᵢᵀ` for layers that share their input `x: [N, in]` (q/k/v, gate
+    /// and up): on the CPU one hand-off to the pool for all of them
+    /// ([`CpuMatrix::matmul_many`]), elsewhere [`Linear::forward`] each.
+    pub(crate) fn forward_many<const L: usize>(
+        layers: [&Linear; L],
+        x: Tensor<2>,
+    ) -> [Tensor<2>; L] {
+        Self::many(layers, x, Self::forward)
+    }
+
+    /// [`Linear::forward_many`] for a decode batch ([`Linear::forward_batch`]).
+    pub(crate) fn forward_batch_many<const L: usize>(
+        layers: [&Linear; L],
+        x: Tensor<2>,
+    ) -> [Tensor<2>; L] {
+        Self::many(layers, x, Self::forward_batch)
+    }
+
+    fn many<const L: usize>(
+        layers: [&Linear; L],
+        x: Tensor<2>,
+        one: fn(&Linear, Tensor<2>) -> Tensor<2>,
+    ) -> [Tensor<2>; L] {
+        let cpu = layers.map(|l| match l {
+            Self::Cpu { weight, device } => Some((weight, device)),
+            Self::Dense { .. } => None,
+        });
+        if !cpu.iter().all(Option::is_some) {
+            return layers.map(|l| one(l, x.clone()));
+        }
+        let cpu = cpu.map(|c| c.expect("all on the CPU: checked above"));
+        let [n, _] = x.dims();
+        let dtype = x.dtype();
+        let data = x.cast(DType::F32).into_data();
+        let copied: Vec<f32>;
+        let xs = match data.as_slice::<f32>() {
+            Ok(xs) => xs,
+            Err(_) => {
+                copied = data.iter::<f32>().collect();
+                &copied
+            }
+        };
+        let mats = cpu.map(|(w, _)| w);
+        let mut outs = mats.map(|w| vec![0.0f32; n * w.rows()]);
+        {
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            CpuMatrix::matmul_many(&mats, xs, &mut views);
+        }
+        let mut outs = outs.into_iter();
+        cpu.map(|(w, device)| {
+            let out = outs.next().expect("one output per layer");
+            Tensor::<2>::from_data(TensorData::new(out, [n, w.rows()]), (device, DType::F32))
+                .cast(dtype)
+        })
+    }
+
     /// Rows `idx` of `W`, `[idx.len(), in]` (Burn's `select` on dim 0): the
     /// embedding lookup of a tied table, in the compute dtype.
     ///

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use half::{bf16, f16};
-use medgemma_model::cpu::{CpuError, CpuMatrix, GEMV_MAX_ROWS, Isa, WeightBytes};
+use medgemma_model::cpu::{Activations, CpuError, CpuMatrix, GEMV_MAX_ROWS, Isa, WeightBytes};
 use medgemma_model::quant::{self, GgmlType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -296,4 +296,74 @@ fn q8_0_quantization_rounds_each_weight_to_within_half_a_step() {
     assert_eq!(q2, again);
     // Lengths that are not whole blocks are refused.
     assert!(!quant::quantize_q8_0(&values[..31], &mut q2));
+}
+
+#[test]
+fn products_sharing_one_input_equal_each_product_alone_bit_for_bit() {
+    // A layer's q/k/v (three formats, as the 270M's GGUF mixes Q5_0 and
+    // Q8_0) and gate/up: one hand-off must give each output exactly what
+    // its own product gives, for every row count the fused path takes and
+    // the prompt path beyond it, in every activation mode.
+    let mut rng = StdRng::seed_from_u64(41);
+    let cols = 256;
+    let shapes = [
+        (GgmlType::Q5_0, 96),
+        (GgmlType::Q8_0, 40),
+        (GgmlType::Q4_K, 130),
+        (GgmlType::Q6_K, 7),
+        (GgmlType::BF16, 64),
+    ];
+    let mats: Vec<CpuMatrix> = shapes
+        .iter()
+        .map(|&(ty, rows)| {
+            let bytes = random_matrix(ty, rows, cols, &mut rng);
+            CpuMatrix::new("w", ty, rows, cols, WeightBytes::Owned(bytes.into()))
+                .expect("a supported format of the right length")
+        })
+        .collect();
+    let refs: Vec<&CpuMatrix> = mats.iter().collect();
+    for isa in Isa::available() {
+        for mode in [Activations::F32, Activations::Q8Prompt, Activations::Q8] {
+            for n in [1, 2, 5, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let mut outs: Vec<Vec<f32>> =
+                    mats.iter().map(|m| vec![f32::NAN; n * m.rows()]).collect();
+                {
+                    let mut views: Vec<&mut [f32]> =
+                        outs.iter_mut().map(Vec::as_mut_slice).collect();
+                    CpuMatrix::matmul_many_mode(isa, mode, &refs, &x, &mut views);
+                }
+                for (m, got) in mats.iter().zip(&outs) {
+                    let mut alone = vec![f32::NAN; n * m.rows()];
+                    m.matmul_mode(isa, mode, &x, &mut alone);
+                    let (got, alone): (Vec<u32>, Vec<u32>) = (
+                        got.iter().map(|v| v.to_bits()).collect(),
+                        alone.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(got, alone, "{isa:?} {mode:?} n={n} {:?}", m.ty());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "matrices of one width")]
+fn products_sharing_one_input_must_have_one_width() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut q8 = |cols: usize| {
+        let bytes = random_matrix(GgmlType::Q8_0, 4, cols, &mut rng);
+        CpuMatrix::new(
+            "w",
+            GgmlType::Q8_0,
+            4,
+            cols,
+            WeightBytes::Owned(bytes.into()),
+        )
+        .expect("valid")
+    };
+    let (a, b) = (q8(64), q8(32));
+    let x = vec![0.5f32; 64];
+    let (mut oa, mut ob) = (vec![0.0f32; 4], vec![0.0f32; 4]);
+    CpuMatrix::matmul_many(&[&a, &b], &x, &mut [&mut oa, &mut ob]);
 }

@@ -277,3 +277,50 @@ fn cancellation_stops_generation() {
     .unwrap();
     assert!(out.tokens.is_empty());
 }
+
+/// A forward pass on the CPU runs on a pool thread with the pool's other
+/// threads spinning until it ends (`gemma3::on_cpu_pool`). Several
+/// conversations at once from their own threads, and one from inside the
+/// pool, must all finish, each with exactly the logits it gets alone.
+#[test]
+fn forwards_from_several_threads_at_once_equal_each_alone() {
+    let exp = expected("tiny_a");
+    let m = load("tiny_a", DType::F32);
+    let prompt = ids(&exp["prompt_ids"]);
+    let run = |first: u32| -> Vec<Vec<u32>> {
+        let mut cache = m.model.new_cache();
+        let mut seq = prompt.clone();
+        seq[0] = first;
+        let mut logits = Vec::new();
+        let mut next = seq.clone();
+        for _ in 0..6 {
+            let l: Vec<f32> = m
+                .model
+                .forward(&next, &mut cache, Logits::Last)
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            next = vec![argmax(&l)];
+            logits.push(l.iter().map(|v| v.to_bits()).collect());
+        }
+        logits
+    };
+    let firsts: Vec<u32> = (0..4).map(|i| prompt[0] + i).collect();
+    let alone: Vec<_> = firsts.iter().map(|&f| run(f)).collect();
+    let run = &run;
+    let together: Vec<_> = std::thread::scope(|s| {
+        let mut handles: Vec<_> = firsts[..3]
+            .iter()
+            .map(|&f| s.spawn(move || run(f)))
+            .collect();
+        // The fourth inside the pool: `rayon::scope` from outside runs its
+        // closure on a pool thread.
+        let f = firsts[3];
+        handles.push(s.spawn(move || rayon::scope(|_| run(f))));
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    assert_eq!(together, alone);
+}

@@ -118,7 +118,7 @@ fn gelu_tanh(x: f32) -> f32 {
 /// to `[−86, 88.7]` (`e^x` stays a normal finite f32; outside, the
 /// logistic above is 0 or 1 to f32 precision anyway) and NaN stays NaN.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

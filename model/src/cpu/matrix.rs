@@ -238,36 +238,99 @@ impl CpuMatrix {
         }
     }
 
+    /// `outs[i] = x · Wᵢᵀ` for matrices that share their input (a layer's
+    /// q/k/v projections, its gate and up projections), in one hand-off to
+    /// the pool where each alone would be one: a decode step of the 270M
+    /// made 127 hand-offs, and waking and parking the pool's threads between
+    /// them was an eighth of its time (`perf record` of `cpu_bench`). Each
+    /// output equals [`CpuMatrix::matmul`]'s bit for bit (the same kernel
+    /// computes every output value, with the same task boundaries).
+    ///
+    /// # Panics
+    ///
+    /// If the matrices differ in width, `mats` and `outs` in length, or an
+    /// output is not one row of its matrix per activation row.
+    pub fn matmul_many(mats: &[&CpuMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+        Self::matmul_many_mode(Isa::best(), q8::activations(), mats, x, outs);
+    }
+
+    /// [`CpuMatrix::matmul_many`] through `isa` with the activations as
+    /// `mode` says (tests force each path).
+    ///
+    /// # Panics
+    ///
+    /// As [`CpuMatrix::matmul_many`].
+    pub fn matmul_many_mode(
+        isa: Isa,
+        mode: Activations,
+        mats: &[&CpuMatrix],
+        x: &[f32],
+        outs: &mut [&mut [f32]],
+    ) {
+        assert_eq!(mats.len(), outs.len(), "one output per matrix");
+        let Some(k) = mats.first().map(|m| m.cols) else {
+            return;
+        };
+        assert!(mats.iter().all(|m| m.cols == k), "matrices of one width");
+        let isa = if available().contains(&isa) {
+            isa
+        } else {
+            Isa::Portable
+        };
+        let n = x.len().checked_div(k).unwrap_or(0);
+        let fused = (1..=GEMV_MAX_ROWS).contains(&n)
+            && x.len() == n * k
+            && mats
+                .iter()
+                .zip(outs.iter())
+                .all(|(m, o)| o.len() == n * m.rows && m.rows > 0 && !m.quantizes(isa, mode, n));
+        if !fused {
+            for (m, o) in mats.iter().zip(outs.iter_mut()) {
+                m.matmul_mode(isa, mode, x, o);
+            }
+            return;
+        }
+        let mut tasks = Vec::new();
+        for (m, o) in mats.iter().zip(outs.iter_mut()) {
+            m.gemv_tasks(n, o, &mut tasks);
+        }
+        run_gemv_tasks(isa, x, k, tasks);
+    }
+
     /// The fused path: tasks of consecutive weight rows, each streaming its
     /// rows once for all `n` activation rows.
     fn gemv(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        let mut tasks = Vec::new();
+        self.gemv_tasks(n, out, &mut tasks);
+        run_gemv_tasks(isa, x, self.cols, tasks);
+    }
+
+    /// Splits `out = x · Wᵀ` (`n` activation rows) into tasks of
+    /// consecutive weight rows, appended to `tasks`: about four per thread,
+    /// none under [`MIN_TASK_BYTES`] of weights.
+    fn gemv_tasks<'a>(&'a self, n: usize, out: &'a mut [f32], tasks: &mut Vec<GemvTask<'a>>) {
         let threads = rayon::current_num_threads().max(1);
         let per_task = self
             .rows
             .div_ceil(4 * threads)
             .max(MIN_TASK_BYTES.div_ceil(self.row_bytes.max(1)))
-            .min(self.rows);
-        let w = self.bytes.as_slice();
-        let (k, ty, row_bytes) = (self.cols, self.ty, self.row_bytes);
+            .min(self.rows)
+            .max(1);
         // Each task gets its column range of every output row.
-        let tasks = self.rows.div_ceil(per_task);
-        let mut pieces: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(n)).collect();
+        let first = tasks.len();
+        for w in self.bytes.as_slice().chunks(per_task * self.row_bytes) {
+            tasks.push(GemvTask {
+                ty: self.ty,
+                row_bytes: self.row_bytes,
+                w,
+                out: Vec::with_capacity(n),
+            });
+        }
         for row in out.chunks_exact_mut(self.rows) {
             for (t, piece) in row.chunks_mut(per_task).enumerate() {
-                pieces[t].push(piece);
+                tasks[first + t].out.push(piece);
             }
         }
-        if let [one] = pieces.as_mut_slice() {
-            // Too small to split: no hand-off to the pool at all.
-            gemv(isa, ty, w, row_bytes, x, k, one);
-            return;
-        }
-        pieces
-            .into_par_iter()
-            .zip(w.par_chunks(per_task * row_bytes))
-            .for_each(|(mut out, w)| {
-                gemv(isa, ty, w, row_bytes, x, k, &mut out);
-            });
     }
 
     /// The prompt path: each task dequantizes panels of weight rows into an
@@ -343,6 +406,27 @@ impl CpuMatrix {
             let _ = quant::dequantize_into(self.ty, row, o);
         }
     }
+}
+
+/// Consecutive weight rows of one matrix and the output values they make
+/// (one piece per activation row).
+struct GemvTask<'a> {
+    ty: GgmlType,
+    row_bytes: usize,
+    w: &'a [u8],
+    out: Vec<&'a mut [f32]>,
+}
+
+/// Runs `tasks` on rayon's pool (on this thread when there is one).
+fn run_gemv_tasks(isa: Isa, x: &[f32], k: usize, mut tasks: Vec<GemvTask<'_>>) {
+    if let [one] = tasks.as_mut_slice() {
+        // Too small to split: no hand-off to the pool at all.
+        gemv(isa, one.ty, one.w, one.row_bytes, x, k, &mut one.out);
+        return;
+    }
+    tasks.into_par_iter().for_each(|mut t| {
+        gemv(isa, t.ty, t.w, t.row_bytes, x, k, &mut t.out);
+    });
 }
 
 /// [`kernels`]' `gemv` for `isa` (which this CPU runs: `matmul_with` checked).

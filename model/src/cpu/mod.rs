@@ -52,6 +52,7 @@
 //! or see text.
 
 mod activation;
+mod attention;
 mod kernels;
 mod matrix;
 mod q8;
@@ -60,6 +61,8 @@ mod random;
 mod x86;
 
 pub use activation::geglu;
+pub(crate) use attention::decode_attention_flex;
+pub use attention::{BLOCK_ROWS, KvRows, decode_attention, decode_attention_with};
 pub use matrix::{CpuMatrix, WeightBytes};
 pub use q8::{Activations, activations, set_activations};
 
