@@ -693,6 +693,11 @@ impl Gemma3 {
     ///
     /// If `tokens` is empty or its length differs from `caches`'.
     pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Tensor<2> {
+        on_cpu_pool(&self.device, || self.forward_batch_here(tokens, caches))
+    }
+
+    /// [`Gemma3::forward_batch`] on the calling thread.
+    fn forward_batch_here(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Tensor<2> {
         let n = tokens.len();
         assert!(n > 0, "forward_batch needs at least one sequence");
         assert_eq!(n, caches.len(), "one cache per token");
@@ -852,6 +857,12 @@ impl Gemma3 {
     }
 }
 
+/// Looks for work a spinner of [`on_cpu_pool`] makes after its last piece
+/// of work before it starts yielding its core: longer than the usual gap
+/// between two hand-offs of a decode step (a norm, a RoPE), short of a
+/// millisecond.
+const SPIN_ROUNDS: u32 = 2000;
+
 /// Runs `f` on a thread of rayon's pool when the model is on the CPU (and
 /// this thread is not one already), with the pool's other threads kept
 /// awake until it returns; elsewhere `f()` here.
@@ -864,10 +875,13 @@ impl Gemma3 {
 /// again costs tens of microseconds in a VM. So `f` runs on a pool thread
 /// (it splits work onto its own queue and does part of it), and every
 /// other pool thread runs a spinner that takes work the moment it appears
-/// (`rayon::yield_now`) until `f` is done. The spinners spend idle CPU time
-/// during the pass, as llama.cpp's threads do. A spinner that lands on
-/// `f`'s own thread (which then has nothing else to run) returns at once:
-/// it must not wait there for `f`, which is beneath it on that stack.
+/// (`rayon::yield_now`) until `f` is done, spinning briefly
+/// after each piece of work, then yielding the core between looks. The
+/// spinners spend idle CPU time during the pass, as llama.cpp's threads
+/// do; yielding keeps them from starving other work on a busy machine. A
+/// spinner that lands on `f`'s own thread (which then has nothing else to
+/// run) returns at once: it must not wait there for `f`, which is beneath
+/// it on that stack.
 fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if *device != Device::flex() || rayon::current_thread_index().is_some() {
         return f();
@@ -882,9 +896,18 @@ fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
                 if rayon::current_thread_index() == home {
                     return;
                 }
+                let mut idle = 0u32;
                 while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle = 0;
+                    } else if idle < SPIN_ROUNDS {
+                        idle += 1;
                         std::hint::spin_loop();
+                    } else {
+                        // Past a short spin, give the core to whoever else
+                        // wants it (another process on a busy machine, or
+                        // the forward pass itself when they share a core).
+                        std::thread::yield_now();
                     }
                 }
             });
