@@ -55,7 +55,7 @@ pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 pub fn geglu_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let available = Isa::available();
+        let available = Isa::detected();
         if isa == Isa::Avx512 && available.contains(&Isa::Avx512) {
             // SAFETY: AVX-512 F/BW/VL and FMA were detected on this CPU
             // (`Isa::available`), which is all `geglu_avx512` is built for.

@@ -200,7 +200,7 @@ struct Partial {
 fn block_with(isa: Isa, q: &[f32], k: &[f32], v: &[f32], dim: usize, scale: f32) -> Partial {
     #[cfg(target_arch = "x86_64")]
     {
-        let available = Isa::available();
+        let available = Isa::detected();
         if isa == Isa::Avx512 && available.contains(&Isa::Avx512) {
             // SAFETY: AVX-512 F/BW/VL and FMA were detected on this CPU
             // (`Isa::available`), which is all `block_avx512` is built for.

@@ -7,7 +7,7 @@
 //! it is given.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -94,12 +94,6 @@ pub struct CpuMatrix {
     cols: usize,
     row_bytes: usize,
     bytes: WeightBytes,
-}
-
-/// The instruction sets this CPU runs, detected once.
-fn available() -> &'static [Isa] {
-    static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
-    AVAILABLE.get_or_init(Isa::available)
 }
 
 impl CpuMatrix {
@@ -195,7 +189,7 @@ impl CpuMatrix {
         mode.quantizes(n)
             && q8::supported(self.ty)
             && self.cols.is_multiple_of(32)
-            && available().contains(&isa)
+            && Isa::detected().contains(&isa)
             && q8::has_kernel(isa)
     }
 
@@ -209,7 +203,7 @@ impl CpuMatrix {
     ///
     /// As [`CpuMatrix::matmul`].
     pub fn matmul_mode(&self, isa: Isa, mode: Activations, x: &[f32], out: &mut [f32]) {
-        let isa = if available().contains(&isa) {
+        let isa = if Isa::detected().contains(&isa) {
             isa
         } else {
             Isa::Portable
@@ -272,7 +266,7 @@ impl CpuMatrix {
             return;
         };
         assert!(mats.iter().all(|m| m.cols == k), "matrices of one width");
-        let isa = if available().contains(&isa) {
+        let isa = if Isa::detected().contains(&isa) {
             isa
         } else {
             Isa::Portable

@@ -153,6 +153,13 @@ impl Isa {
         })
     }
 
+    /// [`Isa::available`], detected once: for the kernels' dispatch, which
+    /// runs per product and per attention block.
+    pub fn detected() -> &'static [Isa] {
+        static DETECTED: std::sync::OnceLock<Vec<Isa>> = std::sync::OnceLock::new();
+        DETECTED.get_or_init(Self::available)
+    }
+
     /// Every instruction set this CPU runs, narrowest first.
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];
