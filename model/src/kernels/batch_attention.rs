@@ -29,7 +29,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::decode_attention::{LOW, WANT_CUBES, merge_parts_kernel, partial_groups, split_slots};
+use super::decode_attention::{WANT_CUBES, merge_parts_kernel, partial_groups, split_slots};
+use super::online_softmax::{fold_key, merge_rows, start_rows};
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 use crate::kv_cache::CacheSlot;
 
@@ -105,35 +106,9 @@ fn scan_cache<F: Float, N: Size>(
                 vv[j] = Vector::<f32, N>::cast_from(vc[base + tx + j * lanes]);
             }
         }
-        #[unroll]
-        for r in 0..rep {
-            let mut dot = Vector::<f32, N>::new(0.0f32);
-            for j in 0..per_lane {
-                dot += qv[r * per_lane + j] * kv[j];
-            }
-            let mut partial = 0.0f32;
-            #[unroll]
-            for w in 0..width {
-                partial += dot.extract(w);
-            }
-            let mut total = partial;
-            if comptime!(plane) {
-                total = plane_sum(partial);
-            }
-            if valid {
-                let score = total * scale;
-                let old = m[r];
-                let top = select(score > old, score, old);
-                let corr = (old - top).exp();
-                let p = (score - top).exp();
-                l[r] = l[r] * corr + p;
-                m[r] = top;
-                for j in 0..per_lane {
-                    acc[r * per_lane + j] =
-                        acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
-                }
-            }
-        }
+        fold_key::<N>(
+            qv, &kv, &vv, acc, m, l, valid, scale, rep, per_lane, width, plane, false,
+        );
         it += 1;
     }
 }
@@ -176,8 +151,6 @@ fn batch_attention_kernel<F: Float, N: Size>(
     #[comptime] split: bool,
     #[define(F)] _dtype: ElemType,
 ) {
-    let tx = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
     let kvh = CUBE_POS_X as usize;
     let kv_heads = CUBE_COUNT_X as usize;
     let part = CUBE_POS_Y as usize;
@@ -187,25 +160,24 @@ fn batch_attention_kernel<F: Float, N: Size>(
     let seq = first_seq as usize + local;
     let per_lane = comptime!(head_vectors / lanes);
     let width = comptime!(head_dim / head_vectors);
-    let threads = comptime!(lanes * groups);
 
     let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
     let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
     let mut m = Array::<f32>::new(rep);
     let mut l = Array::<f32>::new(rep);
     let q_row = seq * kv_heads * rep * head_vectors;
-    #[unroll]
-    for r in 0..rep {
-        m[r] = LOW;
-        l[r] = 0.0f32;
-        #[unroll]
-        for j in 0..per_lane {
-            let h = kvh * rep + r;
-            qv[r * per_lane + j] =
-                Vector::<f32, N>::cast_from(q[q_row + h * head_vectors + tx + j * lanes]);
-            acc[r * per_lane + j] = Vector::new(0.0f32);
-        }
-    }
+    start_rows::<F, N>(
+        q,
+        q_row,
+        kvh,
+        &mut qv,
+        &mut acc,
+        &mut m,
+        &mut l,
+        rep,
+        head_vectors,
+        lanes,
+    );
     // Per sequence: visible slots, the new token's slot, the buffer's slots.
     let len = meta[seq * 3] as usize;
     let new_slot = meta[seq * 3 + 1] as usize;
@@ -418,60 +390,26 @@ fn batch_attention_kernel<F: Float, N: Size>(
             plane,
         );
     }
-    // Merge the rows: maxima and sums per (row, head), partial outputs per element.
-    let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
-    #[unroll]
-    for r in 0..rep {
-        if tx == 0 {
-            sm[ty * rep + r] = m[r];
-            sl[ty * rep + r] = l[r];
-        }
-        #[unroll]
-        for j in 0..per_lane {
-            let a = acc[r * per_lane + j];
-            let e0 = (tx + j * lanes) * width;
-            #[unroll]
-            for w in 0..width {
-                sa[(ty * rep + r) * head_dim + e0 + w] = a.extract(w);
-            }
-        }
-    }
-    sync_cube();
-    let mut e = ty * lanes + tx;
-    while e < comptime!(rep * head_dim) {
-        let r = e / head_dim;
-        let d = e % head_dim;
-        let mut top = LOW.runtime();
-        #[unroll]
-        for g in 0..groups {
-            let x = sm[g * rep + r];
-            top = select(x > top, x, top);
-        }
-        let mut sum = 0.0f32;
-        let mut o = 0.0f32;
-        #[unroll]
-        for g in 0..groups {
-            let w = (sm[g * rep + r] - top).exp();
-            sum += sl[g * rep + r] * w;
-            o += sa[(g * rep + r) * head_dim + d] * w;
-        }
-        // A part past a short sequence's slots has no key: sum 0, and
-        // weight 0 in the merge.
-        let value = select(sum > 0.0f32, o / sum, 0.0f32);
-        if comptime!(split) {
-            let pr = ((seq * kv_heads + kvh) * splits + part) * rep + r;
-            part_o[pr * head_dim + d] = value;
-            if d == 0 {
-                part_ml[pr * 2] = top;
-                part_ml[pr * 2 + 1] = sum;
-            }
-        } else {
-            out[(seq * kv_heads + kvh) * rep * head_dim + r * head_dim + d] = F::cast_from(value);
-        }
-        e += threads;
-    }
+    // Merge the rows. A part past a short sequence's slots has no key:
+    // sum 0, and weight 0 in the merge.
+    merge_rows::<F, N>(
+        &acc,
+        &m,
+        &l,
+        out,
+        part_o,
+        part_ml,
+        seq * kv_heads + kvh,
+        part,
+        splits,
+        rep,
+        head_dim,
+        head_vectors,
+        lanes,
+        groups,
+        split,
+        true,
+    );
 }
 
 /// The buffer of a cache as a CubeCL tensor the kernel may write in place:

@@ -26,10 +26,8 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use cubecl::prelude::*;
 
+use super::online_softmax::{LOW, fold_key, merge_rows, start_rows};
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
-
-/// Below every score; `exp(LOW − finite)` is 0 without a NaN from `−∞ − −∞`.
-pub(super) const LOW: f32 = -3.0e38;
 
 /// Shared memory for the rows' partial outputs, in f32 values.
 const SHARED_PARTIALS: usize = 8192;
@@ -107,18 +105,18 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
     let mut m = Array::<f32>::new(rep);
     let mut l = Array::<f32>::new(rep);
-    #[unroll]
-    for r in 0..rep {
-        m[r] = LOW;
-        l[r] = 0.0f32;
-        #[unroll]
-        for j in 0..per_lane {
-            let h = kvh * rep + r;
-            qv[r * per_lane + j] =
-                Vector::<f32, N>::cast_from(q[h * head_vectors + tx + j * lanes]);
-            acc[r * per_lane + j] = Vector::new(0.0f32);
-        }
-    }
+    start_rows::<F, N>(
+        q,
+        0,
+        kvh,
+        &mut qv,
+        &mut acc,
+        &mut m,
+        &mut l,
+        rep,
+        head_vectors,
+        lanes,
+    );
 
     let n = end - first;
     let mut kv = Array::<Vector<f32, N>>::new(per_lane);
@@ -137,93 +135,32 @@ fn decode_attention_kernel<F: Float, N: Size>(
             kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
             vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
         }
-        #[unroll]
-        for r in 0..rep {
-            let mut dot = Vector::<f32, N>::new(0.0f32);
-            #[unroll]
-            for j in 0..per_lane {
-                dot += qv[r * per_lane + j] * kv[j];
-            }
-            let mut partial = 0.0f32;
-            #[unroll]
-            for i in 0..width {
-                partial += dot.extract(i);
-            }
-            let mut total = partial;
-            if comptime!(plane) {
-                total = plane_sum(partial);
-            }
-            if valid {
-                let score = total * scale;
-                let old = m[r];
-                let top = select(score > old, score, old);
-                let corr = (old - top).exp();
-                let p = (score - top).exp();
-                l[r] = l[r] * corr + p;
-                m[r] = top;
-                #[unroll]
-                for j in 0..per_lane {
-                    acc[r * per_lane + j] =
-                        acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
-                }
-            }
-        }
+        fold_key::<N>(
+            &qv, &kv, &vv, &mut acc, &mut m, &mut l, valid, scale, rep, per_lane, width, plane,
+            true,
+        );
         it += 1;
     }
 
-    // Merge the rows: maxima and sums per (row, head), partial outputs per element.
-    let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
-    #[unroll]
-    for r in 0..rep {
-        if tx == 0 {
-            sm[ty * rep + r] = m[r];
-            sl[ty * rep + r] = l[r];
-        }
-        #[unroll]
-        for j in 0..per_lane {
-            let a = acc[r * per_lane + j];
-            let e0 = (tx + j * lanes) * width;
-            #[unroll]
-            for i in 0..width {
-                sa[(ty * rep + r) * head_dim + e0 + i] = a.extract(i);
-            }
-        }
-    }
-    sync_cube();
-    let threads = comptime!(lanes * groups);
-    let mut e = ty * lanes + tx;
-    while e < comptime!(rep * head_dim) {
-        let r = e / head_dim;
-        let d = e % head_dim;
-        let mut top = LOW.runtime();
-        #[unroll]
-        for g in 0..groups {
-            let x = sm[g * rep + r];
-            top = select(x > top, x, top);
-        }
-        let mut sum = 0.0f32;
-        let mut o = 0.0f32;
-        #[unroll]
-        for g in 0..groups {
-            let w = (sm[g * rep + r] - top).exp();
-            sum += sl[g * rep + r] * w;
-            o += sa[(g * rep + r) * head_dim + d] * w;
-        }
-        if comptime!(split) {
-            // This part's normalised output, maximum and sum, for the merge.
-            let pr = (kvh * splits + part) * rep + r;
-            part_o[pr * head_dim + d] = o / sum;
-            if d == 0 {
-                part_ml[pr * 2] = top;
-                part_ml[pr * 2 + 1] = sum;
-            }
-        } else {
-            out[(kvh * rep + r) * head_dim + d] = F::cast_from(o / sum);
-        }
-        e += threads;
-    }
+    // Merge the rows; every cube has a key (each part of a split has one).
+    merge_rows::<F, N>(
+        &acc,
+        &m,
+        &l,
+        out,
+        part_o,
+        part_ml,
+        kvh,
+        part,
+        splits,
+        rep,
+        head_dim,
+        head_vectors,
+        lanes,
+        groups,
+        split,
+        false,
+    );
 }
 
 /// Merges the parts of a split attention: per output element, the parts'

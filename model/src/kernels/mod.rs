@@ -29,6 +29,7 @@ mod matmul;
 #[cfg(all(test, feature = "cube-cpu"))]
 mod model_check;
 mod norm;
+mod online_softmax;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 mod qk_rope;
