@@ -14,8 +14,9 @@
 //! when the slots are split, instead of about four launches per sequence.
 //!
 //! The math is `decode_attention.rs`'s (one cube per KV head and part of
-//! the slots, online softmax in f32, flash-decoding split over cubes past
-//! 256 keys, merged by its merge kernel). The new token's slot is read from
+//! the slots, the online softmax in f32 of `online_softmax.rs`,
+//! flash-decoding split over cubes past 256 keys, merged by its merge
+//! kernel). The new token's slot is read from
 //! the new rows, never from the buffer, so the cubes that write it (the
 //! first part of each KV head) race with no reader.
 //!
@@ -30,7 +31,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::decode_attention::{WANT_CUBES, merge_parts_kernel, partial_groups, split_slots};
-use super::online_softmax::{fold_key, merge_rows, start_rows};
+use super::online_softmax::Rows;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 use crate::kv_cache::CacheSlot;
 
@@ -51,10 +52,7 @@ fn scan_cache<F: Float, N: Size>(
     vc: &mut cubecl::prelude::Tensor<Vector<F, N>>,
     k_new: &cubecl::prelude::Tensor<Vector<F, N>>,
     v_new: &cubecl::prelude::Tensor<Vector<F, N>>,
-    qv: &Array<Vector<f32, N>>,
-    acc: &mut Array<Vector<f32, N>>,
-    m: &mut Array<f32>,
-    l: &mut Array<f32>,
+    rows: &mut Rows<N>,
     new_slot: usize,
     head: usize,
     new_row: usize,
@@ -62,9 +60,7 @@ fn scan_cache<F: Float, N: Size>(
     n: usize,
     write: bool,
     scale: f32,
-    #[comptime] rep: usize,
     #[comptime] head_vectors: usize,
-    #[comptime] width: usize,
     #[comptime] lanes: usize,
     #[comptime] groups: usize,
     #[comptime] plane: bool,
@@ -106,9 +102,7 @@ fn scan_cache<F: Float, N: Size>(
                 vv[j] = Vector::<f32, N>::cast_from(vc[base + tx + j * lanes]);
             }
         }
-        fold_key::<N>(
-            qv, &kv, &vv, acc, m, l, valid, scale, rep, per_lane, width, plane, false,
-        );
+        rows.fold(&kv, &vv, valid, scale, plane, false);
         it += 1;
     }
 }
@@ -154,30 +148,11 @@ fn batch_attention_kernel<F: Float, N: Size>(
     let kvh = CUBE_POS_X as usize;
     let kv_heads = CUBE_COUNT_X as usize;
     let part = CUBE_POS_Y as usize;
-    let splits = CUBE_COUNT_Y as usize;
     // This launch's sequence `local`, the batch's `seq`.
     let local = CUBE_POS_Z as usize;
     let seq = first_seq as usize + local;
-    let per_lane = comptime!(head_vectors / lanes);
-    let width = comptime!(head_dim / head_vectors);
-
-    let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-    let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-    let mut m = Array::<f32>::new(rep);
-    let mut l = Array::<f32>::new(rep);
     let q_row = seq * kv_heads * rep * head_vectors;
-    start_rows::<F, N>(
-        q,
-        q_row,
-        kvh,
-        &mut qv,
-        &mut acc,
-        &mut m,
-        &mut l,
-        rep,
-        head_vectors,
-        lanes,
-    );
+    let mut rows = Rows::<N>::start::<F>(q, q_row, kvh, rep, head_dim, head_vectors, lanes, groups);
     // Per sequence: visible slots, the new token's slot, the buffer's slots.
     let len = meta[seq * 3] as usize;
     let new_slot = meta[seq * 3 + 1] as usize;
@@ -196,10 +171,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v0,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -207,9 +179,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -221,10 +191,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v1,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -232,9 +199,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -246,10 +211,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v2,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -257,9 +219,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -271,10 +231,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v3,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -282,9 +239,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -296,10 +251,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v4,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -307,9 +259,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -321,10 +271,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v5,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -332,9 +279,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -346,10 +291,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v6,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -357,9 +299,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -371,10 +311,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             v7,
             k_new,
             v_new,
-            &qv,
-            &mut acc,
-            &mut m,
-            &mut l,
+            &mut rows,
             new_slot,
             head,
             new_row,
@@ -382,9 +319,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
             n,
             write,
             scale,
-            rep,
             head_vectors,
-            width,
             lanes,
             groups,
             plane,
@@ -392,24 +327,7 @@ fn batch_attention_kernel<F: Float, N: Size>(
     }
     // Merge the rows. A part past a short sequence's slots has no key:
     // sum 0, and weight 0 in the merge.
-    merge_rows::<F, N>(
-        &acc,
-        &m,
-        &l,
-        out,
-        part_o,
-        part_ml,
-        seq * kv_heads + kvh,
-        part,
-        splits,
-        rep,
-        head_dim,
-        head_vectors,
-        lanes,
-        groups,
-        split,
-        true,
-    );
+    rows.merge::<F>(out, part_o, part_ml, seq * kv_heads + kvh, split, true);
 }
 
 /// The buffer of a cache as a CubeCL tensor the kernel may write in place:

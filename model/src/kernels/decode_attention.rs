@@ -26,7 +26,7 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use cubecl::prelude::*;
 
-use super::online_softmax::{LOW, fold_key, merge_rows, start_rows};
+use super::online_softmax::{LOW, Rows};
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 
 /// Shared memory for the rows' partial outputs, in f32 values.
@@ -90,7 +90,6 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let kvh = CUBE_POS_X as usize;
     // This cube's keys: `chunk` of them from `first` (all when not split).
     let part = CUBE_POS_Y as usize;
-    let splits = CUBE_COUNT_Y as usize;
     let first = part * chunk as usize;
     let end = select(
         first + (chunk as usize) < len as usize,
@@ -98,25 +97,9 @@ fn decode_attention_kernel<F: Float, N: Size>(
         len as usize,
     );
     let per_lane = comptime!(head_vectors / lanes);
-    let width = comptime!(head_dim / head_vectors);
 
     // This lane's share of each query head: vectors tx, tx + lanes, ...
-    let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-    let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-    let mut m = Array::<f32>::new(rep);
-    let mut l = Array::<f32>::new(rep);
-    start_rows::<F, N>(
-        q,
-        0,
-        kvh,
-        &mut qv,
-        &mut acc,
-        &mut m,
-        &mut l,
-        rep,
-        head_vectors,
-        lanes,
-    );
+    let mut rows = Rows::<N>::start::<F>(q, 0, kvh, rep, head_dim, head_vectors, lanes, groups);
 
     let n = end - first;
     let mut kv = Array::<Vector<f32, N>>::new(per_lane);
@@ -135,32 +118,12 @@ fn decode_attention_kernel<F: Float, N: Size>(
             kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
             vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
         }
-        fold_key::<N>(
-            &qv, &kv, &vv, &mut acc, &mut m, &mut l, valid, scale, rep, per_lane, width, plane,
-            true,
-        );
+        rows.fold(&kv, &vv, valid, scale, plane, true);
         it += 1;
     }
 
     // Merge the rows; every cube has a key (each part of a split has one).
-    merge_rows::<F, N>(
-        &acc,
-        &m,
-        &l,
-        out,
-        part_o,
-        part_ml,
-        kvh,
-        part,
-        splits,
-        rep,
-        head_dim,
-        head_vectors,
-        lanes,
-        groups,
-        split,
-        false,
-    );
+    rows.merge::<F>(out, part_o, part_ml, kvh, split, false);
 }
 
 /// Merges the parts of a split attention: per output element, the parts'

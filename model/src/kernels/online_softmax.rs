@@ -5,11 +5,12 @@
 //! results are then merged through shared memory into the cube's output
 //! (or its part of a split cache, for the merge kernel).
 //!
-//! The helpers are `#[cube]` functions, inlined into each kernel: what a
-//! kernel computes is what it wrote out itself before, in the same order.
+//! [`Rows`] is a `#[cube]` type whose methods are inlined into each kernel:
+//! what a kernel computes is what it wrote out itself before, in the same
+//! order.
 //!
-//! Owns: the per-key update and the rows' merge. Must never: read a key or
-//! write a result itself (the kernels say which slots and where), or round
+//! Owns: the per-key update and the rows' merge. Must never: choose which
+//! keys a cube sees or where its results go (the kernels say), or round
 //! scores or probabilities below f32.
 
 use cubecl::prelude::*;
@@ -17,183 +18,213 @@ use cubecl::prelude::*;
 /// Below every score; `exp(LOW − finite)` is 0 without a NaN from `−∞ − −∞`.
 pub(super) const LOW: f32 = -3.0e38;
 
-/// Starts a unit's rows: its lanes' share of each of the `rep` query heads
-/// of KV head `kvh` (vectors `tx`, `tx + lanes`, … of a head, from `q_row`
-/// on), no weighted values, maxima [`LOW`], sums 0.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn start_rows<F: Float, N: Size>(
-    q: &cubecl::prelude::Tensor<Vector<F, N>>,
-    q_row: usize,
-    kvh: usize,
-    qv: &mut Array<Vector<f32, N>>,
-    acc: &mut Array<Vector<f32, N>>,
-    m: &mut Array<f32>,
-    l: &mut Array<f32>,
-    #[comptime] rep: usize,
-    #[comptime] head_vectors: usize,
-    #[comptime] lanes: usize,
-) {
-    let tx = UNIT_POS_X as usize;
-    let per_lane = comptime!(head_vectors / lanes);
-    #[unroll]
-    for r in 0..rep {
-        m[r] = LOW;
-        l[r] = 0.0f32;
-        #[unroll]
-        for j in 0..per_lane {
-            let h = kvh * rep + r;
-            qv[r * per_lane + j] =
-                Vector::<f32, N>::cast_from(q[q_row + h * head_vectors + tx + j * lanes]);
-            acc[r * per_lane + j] = Vector::new(0.0f32);
-        }
-    }
+/// One unit's running state for the `rep` query heads of its cube's KV
+/// head: its lanes' share of each query (`qv`: vectors `tx`, `tx + lanes`,
+/// … of a head), the weighted values `acc`, maxima `m` and sums `l`; and
+/// the cube's shape (`groups` rows of `lanes` units, heads of `head_dim`
+/// values in `head_vectors` vectors).
+#[derive(CubeType)]
+pub(super) struct Rows<N: Size> {
+    qv: Array<Vector<f32, N>>,
+    acc: Array<Vector<f32, N>>,
+    m: Array<f32>,
+    l: Array<f32>,
+    #[cube(comptime)]
+    rep: usize,
+    #[cube(comptime)]
+    head_dim: usize,
+    #[cube(comptime)]
+    head_vectors: usize,
+    #[cube(comptime)]
+    lanes: usize,
+    #[cube(comptime)]
+    groups: usize,
 }
 
-/// Folds one key (`kv`, this lane's vectors of it) and its value (`vv`)
-/// into every query head's running maximum, sum and weighted values: the
-/// score `q·k · scale` (the lanes' partial dots met in a plane sum when
-/// `plane`), then `m ← max(m, score)`, `l ← l·corr + p`,
-/// `acc ← acc·corr + v·p` with `corr = exp(m_old − m)`, `p = exp(score − m)`.
-/// Every unit calls it (the plane sum needs whole planes); only a `valid`
-/// key changes anything. `unroll`: unroll the loops over a lane's vectors.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn fold_key<N: Size>(
-    qv: &Array<Vector<f32, N>>,
-    kv: &Array<Vector<f32, N>>,
-    vv: &Array<Vector<f32, N>>,
-    acc: &mut Array<Vector<f32, N>>,
-    m: &mut Array<f32>,
-    l: &mut Array<f32>,
-    valid: bool,
-    scale: f32,
-    #[comptime] rep: usize,
-    #[comptime] per_lane: usize,
-    #[comptime] width: usize,
-    #[comptime] plane: bool,
-    #[comptime] unroll: bool,
-) {
-    #[unroll]
-    for r in 0..rep {
-        let mut dot = Vector::<f32, N>::new(0.0f32);
-        #[unroll(unroll)]
-        for j in 0..per_lane {
-            dot += qv[r * per_lane + j] * kv[j];
-        }
-        let mut partial = 0.0f32;
+impl<N: Size> Rows<N> {
+    /// Starts the rows of KV head `kvh`, its queries read from `q` at
+    /// `q_row` on: no weighted values, maxima [`LOW`], sums 0.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start<F: Float>(
+        q: &cubecl::prelude::Tensor<Vector<F, N>>,
+        q_row: usize,
+        kvh: usize,
+        #[comptime] rep: usize,
+        #[comptime] head_dim: usize,
+        #[comptime] head_vectors: usize,
+        #[comptime] lanes: usize,
+        #[comptime] groups: usize,
+    ) -> Rows<N> {
+        let tx = UNIT_POS_X as usize;
+        let per_lane = comptime!(head_vectors / lanes);
+        let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+        let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
+        let mut m = Array::<f32>::new(rep);
+        let mut l = Array::<f32>::new(rep);
         #[unroll]
-        for i in 0..width {
-            partial += dot.extract(i);
+        for r in 0..rep {
+            m[r] = LOW;
+            l[r] = 0.0f32;
+            #[unroll]
+            for j in 0..per_lane {
+                let h = kvh * rep + r;
+                qv[r * per_lane + j] =
+                    Vector::<f32, N>::cast_from(q[q_row + h * head_vectors + tx + j * lanes]);
+                acc[r * per_lane + j] = Vector::new(0.0f32);
+            }
         }
-        let mut total = partial;
-        if comptime!(plane) {
-            total = plane_sum(partial);
+        Rows::<N> {
+            qv,
+            acc,
+            m,
+            l,
+            rep,
+            head_dim,
+            head_vectors,
+            lanes,
+            groups,
         }
-        if valid {
-            let score = total * scale;
-            let old = m[r];
-            let top = select(score > old, score, old);
-            let corr = (old - top).exp();
-            let p = (score - top).exp();
-            l[r] = l[r] * corr + p;
-            m[r] = top;
+    }
+
+    /// Folds one key (`kv`, this lane's vectors of it) and its value (`vv`)
+    /// into every query head's running maximum, sum and weighted values:
+    /// the score `q·k · scale` (the lanes' partial dots met in a plane sum
+    /// when `plane`), then `m ← max(m, score)`, `l ← l·corr + p`,
+    /// `acc ← acc·corr + v·p` with `corr = exp(m_old − m)`,
+    /// `p = exp(score − m)`. Every unit calls it (the plane sum needs whole
+    /// planes); only a `valid` key changes anything. `unroll`: unroll the
+    /// loops over a lane's vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fold(
+        &mut self,
+        kv: &Array<Vector<f32, N>>,
+        vv: &Array<Vector<f32, N>>,
+        valid: bool,
+        scale: f32,
+        #[comptime] plane: bool,
+        #[comptime] unroll: bool,
+    ) {
+        let rep = comptime!(self.rep);
+        let per_lane = comptime!(self.head_vectors / self.lanes);
+        let width = comptime!(self.head_dim / self.head_vectors);
+        #[unroll]
+        for r in 0..rep {
+            let mut dot = Vector::<f32, N>::new(0.0f32);
             #[unroll(unroll)]
             for j in 0..per_lane {
-                acc[r * per_lane + j] =
-                    acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
+                dot += self.qv[r * per_lane + j] * kv[j];
             }
-        }
-    }
-}
-
-/// Merges the cube's rows (`groups` of them, `lanes` units each) through
-/// shared memory: per query head, the rows' weighted values and sums
-/// weighted by `exp(row max − overall max)`. `row` is the cube's KV head
-/// among all the outputs' (`seq · KV + kvh` in a batch). Not `split`: the
-/// normalised output goes to `out`, `[…, rows · rep · head_dim]`. `split`:
-/// it goes to `part_o`, and the maximum and sum to `part_ml`, at part
-/// `part` of `splits`, for the merge kernel. `may_be_empty`: a cube may have
-/// no key (a part past a short sequence's slots), its output then 0 (and
-/// weight 0 in the merge, its sum being 0) instead of `0 / 0`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn merge_rows<F: Float, N: Size>(
-    acc: &Array<Vector<f32, N>>,
-    m: &Array<f32>,
-    l: &Array<f32>,
-    out: &mut cubecl::prelude::Tensor<F>,
-    part_o: &mut cubecl::prelude::Tensor<f32>,
-    part_ml: &mut cubecl::prelude::Tensor<f32>,
-    row: usize,
-    part: usize,
-    splits: usize,
-    #[comptime] rep: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] head_vectors: usize,
-    #[comptime] lanes: usize,
-    #[comptime] groups: usize,
-    #[comptime] split: bool,
-    #[comptime] may_be_empty: bool,
-) {
-    let tx = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let per_lane = comptime!(head_vectors / lanes);
-    let width = comptime!(head_dim / head_vectors);
-    // Maxima and sums per (row, head), partial outputs per element.
-    let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
-    let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
-    #[unroll]
-    for r in 0..rep {
-        if tx == 0 {
-            sm[ty * rep + r] = m[r];
-            sl[ty * rep + r] = l[r];
-        }
-        #[unroll]
-        for j in 0..per_lane {
-            let a = acc[r * per_lane + j];
-            let e0 = (tx + j * lanes) * width;
+            let mut partial = 0.0f32;
             #[unroll]
             for i in 0..width {
-                sa[(ty * rep + r) * head_dim + e0 + i] = a.extract(i);
+                partial += dot.extract(i);
+            }
+            let mut total = partial;
+            if comptime!(plane) {
+                total = plane_sum(partial);
+            }
+            if valid {
+                let score = total * scale;
+                let old = self.m[r];
+                let top = select(score > old, score, old);
+                let corr = (old - top).exp();
+                let p = (score - top).exp();
+                self.l[r] = self.l[r] * corr + p;
+                self.m[r] = top;
+                #[unroll(unroll)]
+                for j in 0..per_lane {
+                    self.acc[r * per_lane + j] =
+                        self.acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
+                }
             }
         }
     }
-    sync_cube();
-    let threads = comptime!(lanes * groups);
-    let mut e = ty * lanes + tx;
-    while e < comptime!(rep * head_dim) {
-        let r = e / head_dim;
-        let d = e % head_dim;
-        let mut top = LOW.runtime();
+
+    /// Merges the cube's rows through shared memory: per query head, the
+    /// rows' weighted values and sums weighted by `exp(row max − overall
+    /// max)`. `row` is the cube's KV head among all the outputs' (`seq · KV
+    /// + kvh` in a batch). Not `split`: the normalised output goes to
+    /// `out`, `[…, rows · rep · head_dim]`. `split`: it goes to `part_o`,
+    /// and the maximum and sum to `part_ml`, at the cube's part
+    /// (`CUBE_POS_Y` of `CUBE_COUNT_Y`), for the merge kernel.
+    /// `may_be_empty`: a cube may have no key (a part past a short
+    /// sequence's slots), its output then 0 (and weight 0 in the merge, its
+    /// sum being 0) instead of `0 / 0`.
+    pub(super) fn merge<F: Float>(
+        &self,
+        out: &mut cubecl::prelude::Tensor<F>,
+        part_o: &mut cubecl::prelude::Tensor<f32>,
+        part_ml: &mut cubecl::prelude::Tensor<f32>,
+        row: usize,
+        #[comptime] split: bool,
+        #[comptime] may_be_empty: bool,
+    ) {
+        let tx = UNIT_POS_X as usize;
+        let ty = UNIT_POS_Y as usize;
+        let part = CUBE_POS_Y as usize;
+        let splits = CUBE_COUNT_Y as usize;
+        let rep = comptime!(self.rep);
+        let head_dim = comptime!(self.head_dim);
+        let lanes = comptime!(self.lanes);
+        let groups = comptime!(self.groups);
+        let per_lane = comptime!(self.head_vectors / self.lanes);
+        let width = comptime!(self.head_dim / self.head_vectors);
+        // Maxima and sums per (row, head), partial outputs per element.
+        let mut sm = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+        let mut sl = Shared::<[f32]>::new_slice(comptime!(groups * rep));
+        let mut sa = Shared::<[f32]>::new_slice(comptime!(groups * rep * head_dim));
         #[unroll]
-        for g in 0..groups {
-            let x = sm[g * rep + r];
-            top = select(x > top, x, top);
-        }
-        let mut sum = 0.0f32;
-        let mut o = 0.0f32;
-        #[unroll]
-        for g in 0..groups {
-            let w = (sm[g * rep + r] - top).exp();
-            sum += sl[g * rep + r] * w;
-            o += sa[(g * rep + r) * head_dim + d] * w;
-        }
-        let mut value = o / sum;
-        if comptime!(may_be_empty) {
-            value = select(sum > 0.0f32, value, 0.0f32);
-        }
-        if comptime!(split) {
-            let pr = (row * splits + part) * rep + r;
-            part_o[pr * head_dim + d] = value;
-            if d == 0 {
-                part_ml[pr * 2] = top;
-                part_ml[pr * 2 + 1] = sum;
+        for r in 0..rep {
+            if tx == 0 {
+                sm[ty * rep + r] = self.m[r];
+                sl[ty * rep + r] = self.l[r];
             }
-        } else {
-            out[(row * rep + r) * head_dim + d] = F::cast_from(value);
+            #[unroll]
+            for j in 0..per_lane {
+                let a = self.acc[r * per_lane + j];
+                let e0 = (tx + j * lanes) * width;
+                #[unroll]
+                for i in 0..width {
+                    sa[(ty * rep + r) * head_dim + e0 + i] = a.extract(i);
+                }
+            }
         }
-        e += threads;
+        sync_cube();
+        let threads = comptime!(lanes * groups);
+        let mut e = ty * lanes + tx;
+        while e < comptime!(rep * head_dim) {
+            let r = e / head_dim;
+            let d = e % head_dim;
+            let mut top = LOW.runtime();
+            #[unroll]
+            for g in 0..groups {
+                let x = sm[g * rep + r];
+                top = select(x > top, x, top);
+            }
+            let mut sum = 0.0f32;
+            let mut o = 0.0f32;
+            #[unroll]
+            for g in 0..groups {
+                let w = (sm[g * rep + r] - top).exp();
+                sum += sl[g * rep + r] * w;
+                o += sa[(g * rep + r) * head_dim + d] * w;
+            }
+            let mut value = o / sum;
+            if comptime!(may_be_empty) {
+                value = select(sum > 0.0f32, value, 0.0f32);
+            }
+            if comptime!(split) {
+                let pr = (row * splits + part) * rep + r;
+                part_o[pr * head_dim + d] = value;
+                if d == 0 {
+                    part_ml[pr * 2] = top;
+                    part_ml[pr * 2 + 1] = sum;
+                }
+            } else {
+                out[(row * rep + r) * head_dim + d] = F::cast_from(value);
+            }
+            e += threads;
+        }
     }
 }
