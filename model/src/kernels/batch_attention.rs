@@ -107,227 +107,83 @@ fn scan_cache<F: Float, N: Size>(
     }
 }
 
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-fn batch_attention_kernel<F: Float, N: Size>(
-    q: &cubecl::prelude::Tensor<Vector<F, N>>,
-    k_new: &cubecl::prelude::Tensor<Vector<F, N>>,
-    v_new: &cubecl::prelude::Tensor<Vector<F, N>>,
-    k0: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v0: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k1: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v1: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k2: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v2: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k3: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v3: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k4: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v4: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k5: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v5: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k6: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v6: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    k7: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    v7: &mut cubecl::prelude::Tensor<Vector<F, N>>,
-    out: &mut cubecl::prelude::Tensor<F>,
-    part_o: &mut cubecl::prelude::Tensor<f32>,
-    part_ml: &mut cubecl::prelude::Tensor<f32>,
-    meta: &cubecl::prelude::Tensor<u32>,
-    first_seq: u32,
-    chunk: u32,
-    scale: f32,
-    #[comptime] rep: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] head_vectors: usize,
-    #[comptime] lanes: usize,
-    #[comptime] groups: usize,
-    #[comptime] plane: bool,
-    #[comptime] split: bool,
-    #[define(F)] _dtype: ElemType,
-) {
-    let kvh = CUBE_POS_X as usize;
-    let kv_heads = CUBE_COUNT_X as usize;
-    let part = CUBE_POS_Y as usize;
-    // This launch's sequence `local`, the batch's `seq`.
-    let local = CUBE_POS_Z as usize;
-    let seq = first_seq as usize + local;
-    let q_row = seq * kv_heads * rep * head_vectors;
-    let mut rows = Rows::<N>::start::<F>(q, q_row, kvh, rep, head_dim, head_vectors, lanes, groups);
-    // Per sequence: visible slots, the new token's slot, the buffer's slots.
-    let len = meta[seq * 3] as usize;
-    let new_slot = meta[seq * 3 + 1] as usize;
-    let head = kvh * (meta[seq * 3 + 2] as usize) * head_vectors;
-    let new_row = (seq * kv_heads + kvh) * head_vectors;
-    // This cube's slots: `chunk` of them from `first` (none when this
-    // sequence has `first` or fewer).
-    let first = select(part * (chunk as usize) < len, part * chunk as usize, len);
-    let end = select(first + (chunk as usize) < len, first + chunk as usize, len);
-    let n = end - first;
-    // The first part of each KV head writes the new row.
-    let write = part == 0;
-    if local == 0 {
-        scan_cache::<F, N>(
-            k0,
-            v0,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 1 {
-        scan_cache::<F, N>(
-            k1,
-            v1,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 2 {
-        scan_cache::<F, N>(
-            k2,
-            v2,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 3 {
-        scan_cache::<F, N>(
-            k3,
-            v3,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 4 {
-        scan_cache::<F, N>(
-            k4,
-            v4,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 5 {
-        scan_cache::<F, N>(
-            k5,
-            v5,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 6 {
-        scan_cache::<F, N>(
-            k6,
-            v6,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    if local == 7 {
-        scan_cache::<F, N>(
-            k7,
-            v7,
-            k_new,
-            v_new,
-            &mut rows,
-            new_slot,
-            head,
-            new_row,
-            first,
-            n,
-            write,
-            scale,
-            head_vectors,
-            lanes,
-            groups,
-            plane,
-        );
-    }
-    // Merge the rows. A part past a short sequence's slots has no key:
-    // sum 0, and weight 0 in the merge.
-    rows.merge::<F>(out, part_o, part_ml, seq * kv_heads + kvh, split, true);
+/// Defines the batched kernel with one pair of cache arguments per sequence
+/// of a launch (`$k`, `$v` for the launch's sequence `$i`: [`GROUP`] pairs)
+/// and one branch per pair, taken by the cubes of that sequence (uniform in
+/// a cube).
+macro_rules! batch_attention_kernel {
+    ($($i:literal => $k:ident, $v:ident;)+) => {
+        #[cube(launch)]
+        #[allow(clippy::too_many_arguments)]
+        fn batch_attention_kernel<F: Float, N: Size>(
+            q: &cubecl::prelude::Tensor<Vector<F, N>>,
+            k_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+            v_new: &cubecl::prelude::Tensor<Vector<F, N>>,
+            $(
+                $k: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+                $v: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+            )+
+            out: &mut cubecl::prelude::Tensor<F>,
+            part_o: &mut cubecl::prelude::Tensor<f32>,
+            part_ml: &mut cubecl::prelude::Tensor<f32>,
+            meta: &cubecl::prelude::Tensor<u32>,
+            first_seq: u32,
+            chunk: u32,
+            scale: f32,
+            #[comptime] rep: usize,
+            #[comptime] head_dim: usize,
+            #[comptime] head_vectors: usize,
+            #[comptime] lanes: usize,
+            #[comptime] groups: usize,
+            #[comptime] plane: bool,
+            #[comptime] split: bool,
+            #[define(F)] _dtype: ElemType,
+        ) {
+            let kvh = CUBE_POS_X as usize;
+            let kv_heads = CUBE_COUNT_X as usize;
+            let part = CUBE_POS_Y as usize;
+            // This launch's sequence `local`, the batch's `seq`.
+            let local = CUBE_POS_Z as usize;
+            let seq = first_seq as usize + local;
+            let q_row = seq * kv_heads * rep * head_vectors;
+            let mut rows =
+                Rows::<N>::start::<F>(q, q_row, kvh, rep, head_dim, head_vectors, lanes, groups);
+            // Per sequence: visible slots, the new token's slot, the buffer's slots.
+            let len = meta[seq * 3] as usize;
+            let new_slot = meta[seq * 3 + 1] as usize;
+            let head = kvh * (meta[seq * 3 + 2] as usize) * head_vectors;
+            let new_row = (seq * kv_heads + kvh) * head_vectors;
+            // This cube's slots: `chunk` of them from `first` (none when this
+            // sequence has `first` or fewer).
+            let first = select(part * (chunk as usize) < len, part * chunk as usize, len);
+            let end = select(first + (chunk as usize) < len, first + chunk as usize, len);
+            let n = end - first;
+            // The first part of each KV head writes the new row.
+            let write = part == 0;
+            $(
+                if local == $i {
+                    scan_cache::<F, N>(
+                        $k, $v, k_new, v_new, &mut rows, new_slot, head, new_row, first, n,
+                        write, scale, head_vectors, lanes, groups, plane,
+                    );
+                }
+            )+
+            // Merge the rows. A part past a short sequence's slots has no key:
+            // sum 0, and weight 0 in the merge.
+            rows.merge::<F>(out, part_o, part_ml, seq * kv_heads + kvh, split, true);
+        }
+    };
+}
+
+batch_attention_kernel! {
+    0 => k0, v0;
+    1 => k1, v1;
+    2 => k2, v2;
+    3 => k3, v3;
+    4 => k4, v4;
+    5 => k5, v5;
+    6 => k6, v6;
+    7 => k7, v7;
 }
 
 /// The buffer of a cache as a CubeCL tensor the kernel may write in place:
@@ -518,46 +374,37 @@ fn launch(
         // Pairs past the group's end repeat its first (never read).
         let pair = |i: usize| group.get(i).unwrap_or(&group[0]);
         let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
-        batch_attention_kernel::launch(
-            &client,
-            CubeCount::Static(kv as u32, splits as u32, group.len() as u32),
-            CubeDim::new_2d(lanes as u32, groups as u32),
-            vec,
-            qc.clone().into_tensor_arg(),
-            kc.clone().into_tensor_arg(),
-            vc.clone().into_tensor_arg(),
-            arg(&pair(0).0),
-            arg(&pair(0).1),
-            arg(&pair(1).0),
-            arg(&pair(1).1),
-            arg(&pair(2).0),
-            arg(&pair(2).1),
-            arg(&pair(3).0),
-            arg(&pair(3).1),
-            arg(&pair(4).0),
-            arg(&pair(4).1),
-            arg(&pair(5).0),
-            arg(&pair(5).1),
-            arg(&pair(6).0),
-            arg(&pair(6).1),
-            arg(&pair(7).0),
-            arg(&pair(7).1),
-            out.clone().into_tensor_arg(),
-            part_o.clone().into_tensor_arg(),
-            part_ml.clone().into_tensor_arg(),
-            meta.clone().into_tensor_arg(),
-            (g * GROUP) as u32,
-            chunk as u32,
-            scale as f32,
-            rep,
-            hd,
-            hd / vec,
-            lanes,
-            groups,
-            p.plane,
-            split,
-            p.elem,
-        );
+        // The kernel's GROUP pairs of cache arguments, in order.
+        macro_rules! launch_with_pairs {
+            ($($i:literal)+) => {
+                batch_attention_kernel::launch(
+                    &client,
+                    CubeCount::Static(kv as u32, splits as u32, group.len() as u32),
+                    CubeDim::new_2d(lanes as u32, groups as u32),
+                    vec,
+                    qc.clone().into_tensor_arg(),
+                    kc.clone().into_tensor_arg(),
+                    vc.clone().into_tensor_arg(),
+                    $(arg(&pair($i).0), arg(&pair($i).1),)+
+                    out.clone().into_tensor_arg(),
+                    part_o.clone().into_tensor_arg(),
+                    part_ml.clone().into_tensor_arg(),
+                    meta.clone().into_tensor_arg(),
+                    (g * GROUP) as u32,
+                    chunk as u32,
+                    scale as f32,
+                    rep,
+                    hd,
+                    hd / vec,
+                    lanes,
+                    groups,
+                    p.plane,
+                    split,
+                    p.elem,
+                )
+            };
+        }
+        launch_with_pairs!(0 1 2 3 4 5 6 7);
     }
     if split {
         let units = client
