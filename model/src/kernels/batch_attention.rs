@@ -20,12 +20,19 @@
 //! the new rows, never from the buffer, so the cubes that write it (the
 //! first part of each KV head) race with no reader.
 //!
-//! Owns: the batched kernel and its launch. Must never: write into a buffer
+//! The per-sequence table (visible slots, new slot, capacity) is the same
+//! for every layer of one type in a step: a thread keeps its last two
+//! uploads and uploads a table only when it is neither of them.
+//!
+//! Owns: the batched kernel, its launch and the kept tables. Must never: write into a buffer
 //! another cache still shares (a shared buffer is copied first, as the
 //! cache's copy on write does), see a slot outside a sequence's visible
 //! ones, or round scores or probabilities below f32.
 
+use std::cell::RefCell;
+
 use burn::tensor::{DType, Tensor};
+use burn_cubecl::CubeDevice;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -41,6 +48,46 @@ pub(crate) const GROUP: usize = 8;
 
 /// Most sequences per call.
 pub(crate) const MAX_BATCH: usize = 256;
+
+/// Per-sequence tables kept on their devices: one per layer type (Gemma 3
+/// has two).
+const KEPT_TABLES: usize = 2;
+
+thread_local! {
+    /// The per-sequence tables this thread lately uploaded, with their
+    /// devices, newest last (per thread: a device stream is per thread).
+    static TABLES: RefCell<Vec<(CubeDevice, Vec<u32>, CubeTensor)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// The per-sequence table `meta` on `like`'s device: a kept upload of the
+/// same numbers, else a new upload (kept in place of the oldest). The layers
+/// of one type hand the same table in a decode step (the same visible
+/// slots, new slot and capacity per sequence), so a step uploads one per
+/// layer type instead of one per layer. The kernel only reads it.
+fn table(like: &CubeTensor, meta: Vec<u32>) -> CubeTensor {
+    TABLES.with_borrow_mut(|kept| {
+        if let Some((_, _, t)) = kept
+            .iter()
+            .find(|(device, numbers, _)| *device == like.device && *numbers == meta)
+        {
+            return t.clone();
+        }
+        let bytes: Vec<u8> = meta.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        let t = CubeTensor::new_contiguous(
+            like.client.clone(),
+            like.device.clone(),
+            burn::tensor::Shape::new([meta.len()]),
+            like.client.create_from_slice(&bytes),
+            DType::U32,
+        );
+        if kept.len() == KEPT_TABLES {
+            kept.remove(0);
+        }
+        kept.push((like.device.clone(), meta, t.clone()));
+        t
+    })
+}
 
 /// One sequence's part of the slots for one KV head: writes the new row
 /// (when `write`), then folds each visible slot of `first..first + n` into
@@ -325,20 +372,13 @@ fn launch(
     let (chunk, splits) = split_slots(longest, want);
     let split = splits > 1;
 
-    // (visible, slot, cap) per sequence, one upload.
+    // (visible, slot, cap) per sequence.
     let meta: Vec<u32> = caches
         .iter()
         .zip(&p.caps)
         .flat_map(|(c, &cap)| [c.visible as u32, c.slot as u32, cap as u32])
         .collect();
-    let bytes: Vec<u8> = meta.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    let meta = CubeTensor::new_contiguous(
-        client.clone(),
-        qc.device.clone(),
-        burn::tensor::Shape::new([meta.len()]),
-        client.create_from_slice(&bytes),
-        DType::U32,
-    );
+    let meta = table(&qc, meta);
     let mut slots = Vec::with_capacity(b);
     let mut bufs = Vec::with_capacity(b);
     for c in caches {
@@ -546,6 +586,20 @@ mod tests {
                 assert_eq!(max_abs_diff(bv, uv), 0.0, "sequence {i}: a clone's values");
             }
         }
+    }
+
+    /// The same per-sequence table twice on a thread is one upload; other
+    /// numbers are another (the batched tests check what the kernel reads).
+    #[test]
+    fn a_per_sequence_table_is_uploaded_once_per_numbers() {
+        let like = cube(&random([1, 4], DType::F32, 1, &device())).expect("a CubeCL tensor");
+        let numbers = vec![0, 7, 9, 0, 3, 9];
+        let first = table(&like, numbers.clone());
+        let again = table(&like, numbers);
+        let id = |t: &CubeTensor| t.handle.memory.descriptor().id;
+        assert_eq!(id(&first), id(&again), "kept, not uploaded again");
+        let other = table(&like, vec![0, 7, 9, 0, 4, 9]);
+        assert_ne!(id(&first), id(&other), "other numbers, another upload");
     }
 
     /// A ring wrapped past its window, a short global cache, and a global
