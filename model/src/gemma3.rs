@@ -637,6 +637,25 @@ impl Gemma3 {
                 return out;
             }
         }
+        // Prefill on a CubeCL device: one kernel, no score matrix, the mask
+        // decided from the keys' positions on the device.
+        #[cfg(feature = "kernels")]
+        if let (true, Some(p)) = (t > 1 && b == 1 && crate::kernels::enabled(), &positions) {
+            let build = || {
+                let w = (kind == LayerType::Local).then_some(cfg.sliding_window);
+                crate::kernels::key_table(&q, start, t, p, w, span.blocks)
+            };
+            let table = match span.masks {
+                Some(memo) => memo.key_table(kind, start, p, build),
+                None => build(),
+            };
+            let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+            if let Some(out) = table.and_then(|table| {
+                crate::kernels::prefill_attention(&q, &keys, &values, &table, scale)
+            }) {
+                return out;
+            }
+        }
         let s = keys.dims()[2];
 
         // GQA without copying K/V: query heads 2j, 2j+1 share KV head j, so fold
@@ -951,23 +970,52 @@ struct Span<'a> {
     masks: Option<&'a ChunkMasks>,
 }
 
-/// One prompt chunk's additive masks on the device, one per layer type,
-/// built by the first layer of the type and shared by the rest (34 layers
-/// of the 4B would otherwise each build or upload their own).
+/// What one prompt chunk's layers share per layer type, built by the first
+/// layer of the type and kept for the rest (34 layers of the 4B would
+/// otherwise each build or upload their own): the additive masks on the
+/// device, or, where the prefill attention kernel runs, its key tables.
 #[derive(Debug, Default)]
 struct ChunkMasks {
-    built: RefCell<Vec<BuiltMask>>,
+    built: RefCell<Vec<Built<Tensor<4>>>>,
+    #[cfg(feature = "kernels")]
+    tables: RefCell<Vec<Built<Option<crate::kernels::KeyTable>>>>,
 }
 
-/// A mask of [`ChunkMasks`] and what it was built for.
+/// A value of [`ChunkMasks`] and what it was built for.
 #[derive(Debug)]
-struct BuiltMask {
+struct Built<T> {
     kind: LayerType,
     /// The chunk's first query position.
     start: usize,
     /// The visible keys' positions, in cache order.
     keys: Vec<usize>,
-    mask: Tensor<4>,
+    value: T,
+}
+
+/// The value in `list` built for `kind` at `start` over `keys`, else
+/// `build()`'s, kept in `list`.
+fn memo<T: Clone>(
+    list: &RefCell<Vec<Built<T>>>,
+    kind: LayerType,
+    start: usize,
+    keys: &[usize],
+    build: impl FnOnce() -> T,
+) -> T {
+    let mut built = list.borrow_mut();
+    if let Some(b) = built
+        .iter()
+        .find(|b| b.kind == kind && b.start == start && b.keys == keys)
+    {
+        return b.value.clone();
+    }
+    let value = build();
+    built.push(Built {
+        kind,
+        start,
+        keys: keys.to_vec(),
+        value: value.clone(),
+    });
+    value
 }
 
 impl ChunkMasks {
@@ -980,21 +1028,19 @@ impl ChunkMasks {
         keys: &[usize],
         build: impl FnOnce() -> Tensor<4>,
     ) -> Tensor<4> {
-        let mut built = self.built.borrow_mut();
-        if let Some(b) = built
-            .iter()
-            .find(|b| b.kind == kind && b.start == start && b.keys == keys)
-        {
-            return b.mask.clone();
-        }
-        let mask = build();
-        built.push(BuiltMask {
-            kind,
-            start,
-            keys: keys.to_vec(),
-            mask: mask.clone(),
-        });
-        mask
+        memo(&self.built, kind, start, keys, build)
+    }
+
+    /// The prefill kernel's key table, kept like [`ChunkMasks::get_or_build`]'s masks.
+    #[cfg(feature = "kernels")]
+    fn key_table(
+        &self,
+        kind: LayerType,
+        start: usize,
+        keys: &[usize],
+        build: impl FnOnce() -> Option<crate::kernels::KeyTable>,
+    ) -> Option<crate::kernels::KeyTable> {
+        memo(&self.tables, kind, start, keys, build)
     }
 }
 
@@ -1228,6 +1274,104 @@ mod tests {
         }
     }
 
+    /// The prefill attention kernel on CubeCL's CPU runtime against Burn's
+    /// composition (scores, the host [`mask`], softmax, values) for every
+    /// prefill case, with one or two KV heads, queries in `attention`'s
+    /// layout (`[1, H, T, hd]` over a `[1, T, H, hd]` buffer), keys and values
+    /// as views of a larger buffer (read in place, as the cache hands them
+    /// out); then the models' own head shapes, f32 and bf16.
+    #[cfg(feature = "cube-cpu")]
+    pub(super) fn prefill_kernel_equals_masked_softmax() {
+        use crate::kernels::test_support::{device, max_abs_diff, random};
+        let device = device();
+        let attend = |c: &Case, kv: usize, hd: usize, dtype: DType, seed: u64| {
+            let (h, s, t) = (kv * c.rep, c.keys.len(), c.t);
+            let q = random([1, t, h, hd], dtype, seed, &device)
+                .mul_scalar(4.0)
+                .swap_dims(1, 2);
+            let kv_buf = |seed| {
+                random([1, kv, s + 3, hd], dtype, seed, &device).slice([
+                    0..1,
+                    0..kv,
+                    1..s + 1,
+                    0..hd,
+                ])
+            };
+            let (keys, values) = (kv_buf(seed + 1), kv_buf(seed + 2));
+            let scale = (hd as f64).powf(-0.5);
+            let window = (c.kind == LayerType::Local).then_some(c.window);
+            let table = crate::kernels::key_table(&q, c.start, t, &c.keys, window, &c.blocks)
+                .expect("a table on the CubeCL CPU runtime");
+            let got = crate::kernels::prefill_attention(&q, &keys, &values, &table, scale)
+                .expect("the kernel runs on the CubeCL CPU runtime");
+            let scores = q
+                .reshape([1, kv, c.rep * t, hd])
+                .matmul(keys.swap_dims(2, 3))
+                .mul_scalar(scale)
+                .cast(DType::F32);
+            let scores = match mask(c.kind, c.window, c.start, t, &c.keys, c.rep, &c.blocks) {
+                Some(m) => {
+                    let m = Tensor::<4>::from_data(
+                        TensorData::new(m, [1, 1, c.rep * t, s]),
+                        (&device, DType::F32),
+                    );
+                    scores + m
+                }
+                None => scores,
+            };
+            let want = softmax(scores, 3)
+                .cast(dtype)
+                .matmul(values)
+                .reshape([1, h, t, hd])
+                .swap_dims(1, 2)
+                .reshape([t, h * hd]);
+            assert_eq!(got.dtype(), dtype);
+            max_abs_diff(got, want)
+        };
+        // The four fixed cases and 56 random ones (each new combination of
+        // comptime parameters compiles a kernel; 60 cover them all).
+        for (i, c) in prefill_cases().iter().take(60).enumerate() {
+            let d = attend(c, 1 + i % 2, 8, DType::F32, 40 + i as u64);
+            assert!(d <= 2e-5, "case {i}: {c:?} differs by {d}");
+        }
+        // The 4B's heads (8 over 4) and the 270M's (4 over 1), head dim 256:
+        // a sliding-window ring wrapped around with an image block, and a
+        // global chunk after cached tokens.
+        let ring: Vec<usize> = (32..40).chain(24..32).collect();
+        let shaped = [
+            (
+                Case {
+                    kind: LayerType::Local,
+                    window: 16,
+                    start: 32,
+                    t: 8,
+                    keys: ring.clone(),
+                    rep: 2,
+                    blocks: std::iter::once(33..37).collect(),
+                },
+                4,
+            ),
+            (
+                Case {
+                    kind: LayerType::Global,
+                    window: 16,
+                    start: 24,
+                    t: 16,
+                    keys: (0..40).collect(),
+                    rep: 4,
+                    blocks: vec![],
+                },
+                1,
+            ),
+        ];
+        for (i, (c, kv)) in shaped.iter().enumerate() {
+            for (dtype, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
+                let d = attend(c, *kv, 256, dtype, 700 + i as u64);
+                assert!(d <= tol, "{c:?} {dtype:?}: differs by {d}");
+            }
+        }
+    }
+
     #[test]
     fn device_mask_equals_host_mask_on_flex() {
         device_mask_equals_host_mask_on(&crate::backend::cpu_device());
@@ -1264,5 +1408,10 @@ mod cube_cpu_tests {
     #[test]
     fn device_mask_equals_host_mask_on_cubecl_cpu() {
         super::tests::device_mask_equals_host_mask_on(&crate::kernels::test_support::device());
+    }
+
+    #[test]
+    fn prefill_attention_kernel_equals_masked_softmax() {
+        super::tests::prefill_kernel_equals_masked_softmax();
     }
 }

@@ -29,6 +29,7 @@ mod matmul;
 #[cfg(all(test, feature = "cube-cpu"))]
 mod model_check;
 mod norm;
+mod prefill_attention;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 mod qk_rope;
@@ -47,6 +48,7 @@ pub(crate) use decode_attention::decode_attention;
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::rms_norm;
+pub(crate) use prefill_attention::{KeyTable, key_table, prefill_attention};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::skinny_matmul;
 
