@@ -89,8 +89,18 @@ impl RotaryTable {
         dtype: DType,
         device: &Device,
     ) -> (Tensor<2>, Tensor<2>) {
-        let half = self.inv_freq.len();
-        let dim = half * 2;
+        let t = positions.len();
+        let dim = self.inv_freq.len() * 2;
+        let (cos, sin) = self.rows(positions);
+        let mk = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype)
+        };
+        (mk(cos), mk(sin))
+    }
+
+    /// cos and sin rows `[N · head_dim]` on the host, one row per position.
+    fn rows(&self, positions: impl ExactSizeIterator<Item = usize>) -> (Vec<f32>, Vec<f32>) {
+        let dim = self.inv_freq.len() * 2;
         let t = positions.len();
         let mut cos = Vec::with_capacity(t * dim);
         let mut sin = Vec::with_capacity(t * dim);
@@ -106,10 +116,7 @@ impl RotaryTable {
                 sin.extend(row.iter().map(|a| a.sin()));
             }
         }
-        let mk = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype)
-        };
-        (mk(cos), mk(sin))
+        (cos, sin)
     }
 }
 
@@ -720,44 +727,81 @@ impl Gemma3 {
         let n = tokens.len();
         assert!(n > 0, "forward_batch needs at least one sequence");
         assert_eq!(n, caches.len(), "one cache per token");
-        let hd = self.cfg.head_dim;
         let ids_i: Vec<i64> = tokens.iter().map(|&i| i64::from(i)).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
-        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
-
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
         let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        let table = |rope: &RotaryTable| {
-            let (c, s) = rope.tables_at(positions.iter().copied(), self.dtype, &self.device);
-            RopeRows {
-                cos4: c.clone().reshape([n, 1, 1, hd]),
-                sin4: s.clone().reshape([n, 1, 1, hd]),
-                cos: c,
-                sin: s,
-            }
-        };
-        let global = table(&self.rope_global);
-        let local = table(&self.rope_local);
-        for (li, layer) in self.layers.iter().enumerate() {
-            let rope = match layer.kind {
-                LayerType::Global => &global,
-                LayerType::Local => &local,
-            };
-            x = self.layer_forward_batch(layer, li, x, rope, caches, &positions);
-        }
+        let global = self.rope_rows(LayerType::Global, &positions);
+        let local = self.rope_rows(LayerType::Local, &positions);
+        let logits = self.decode_step(&ids, &global, &local, &mut |li, kind, q, k, v| {
+            self.attend_batch(li, q, k, v, caches)
+                .unwrap_or_else(|| self.attend_each(kind, li, q, k, v, caches, &positions))
+        });
         for c in caches.iter_mut() {
             c.advance(1);
+        }
+        logits
+    }
+
+    /// RoPE cos and sin rows of `kind`'s table at `positions`, on the host
+    /// (`[N · hd]` each).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn rope_host(&self, kind: LayerType, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        match kind {
+            LayerType::Global => &self.rope_global,
+            LayerType::Local => &self.rope_local,
+        }
+        .rows(positions.iter().copied())
+    }
+
+    /// RoPE rows of `kind`'s table for one token per sequence at `positions`,
+    /// uploaded (`[n, hd]`, and views as `[n, 1, 1, hd]`).
+    fn rope_rows(&self, kind: LayerType, positions: &[usize]) -> RopeRows {
+        let (n, hd) = (positions.len(), self.cfg.head_dim);
+        let table = match kind {
+            LayerType::Global => &self.rope_global,
+            LayerType::Local => &self.rope_local,
+        };
+        let (cos, sin) = table.tables_at(positions.iter().copied(), self.dtype, &self.device);
+        RopeRows::decode(cos, sin, n, hd)
+    }
+
+    /// The decoder for one token per sequence (`ids: [B]`, RoPE rows per
+    /// layer type), `attend(layer index, kind, q, k, v)` giving each layer's
+    /// attention `[B, H·hd]` (it also writes the caches); logits `[B, V]` in
+    /// f32. Reads nothing from the host: a captured decode graph
+    /// (`decode_graph.rs`) replays it over the same buffers.
+    pub(crate) fn decode_step(
+        &self,
+        ids: &Tensor<1, Int>,
+        global: &RopeRows,
+        local: &RopeRows,
+        attend: &mut dyn FnMut(usize, LayerType, &Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let mut x = self
+            .embed_tokens
+            .select(ids.clone())
+            .mul_scalar(self.embed_scale);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let rope = match layer.kind {
+                LayerType::Global => global,
+                LayerType::Local => local,
+            };
+            x = self.layer_forward_batch(layer, li, x, rope, attend);
         }
         let h = self.norm.forward(x);
         self.embed_tokens.forward_batch(h).cast(DType::F32)
     }
 
+    /// Each sequence's attention over its own cache, one after the other
+    /// (where the batched kernel does not run).
     #[allow(clippy::too_many_arguments)]
-    fn layer_forward_batch(
+    fn attend_each(
         &self,
-        layer: &DecoderLayer,
+        kind: LayerType,
         li: usize,
-        x: Tensor<2>,
-        rope: &RopeRows,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
         caches: &mut [&mut KvCache],
         positions: &[usize],
     ) -> Tensor<2> {
@@ -767,7 +811,40 @@ impl Gemma3 {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let n = positions.len();
+        let outs: Vec<Tensor<2>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let one = |x: &Tensor<4>, heads: usize| {
+                    x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
+                };
+                self.attend(
+                    kind,
+                    one(q, h),
+                    one(k, kv),
+                    one(v, kv),
+                    &mut c.layers[li],
+                    Span {
+                        start: positions[i],
+                        blocks: &[],
+                        masks: None,
+                    },
+                )
+            })
+            .collect();
+        Tensor::cat(outs, 0)
+    }
+
+    fn layer_forward_batch(
+        &self,
+        layer: &DecoderLayer,
+        li: usize,
+        x: Tensor<2>,
+        rope: &RopeRows,
+        attend: &mut dyn FnMut(usize, LayerType, &Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let (kv, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let n = x.dims()[0];
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
@@ -775,32 +852,7 @@ impl Gemma3 {
         let v = v.reshape([n, 1, kv, hd]).swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
-        let out = self
-            .attend_batch(li, &q, &k, &v, caches)
-            .unwrap_or_else(|| {
-                let outs: Vec<Tensor<2>> = caches
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let one = |x: &Tensor<4>, heads: usize| {
-                            x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
-                        };
-                        self.attend(
-                            layer.kind,
-                            one(&q, h),
-                            one(&k, kv),
-                            one(&v, kv),
-                            &mut c.layers[li],
-                            Span {
-                                start: positions[i],
-                                blocks: &[],
-                                masks: None,
-                            },
-                        )
-                    })
-                    .collect();
-                Tensor::cat(outs, 0)
-            });
+        let out = attend(li, layer.kind, &q, &k, &v);
         let a = attn.o_proj.forward_batch(out);
         let a = layer.post_attention_layernorm.forward(a);
         let x = residual + a;
@@ -951,13 +1003,26 @@ pub struct ImageRows {
 /// tables shaped to broadcast against `[b, H, t, hd]` in `apply_rope`
 /// (`[1, 1, t, hd]` for one sequence, `[n, 1, 1, hd]` for a decode batch).
 #[derive(Debug, Clone)]
-struct RopeRows {
+pub(crate) struct RopeRows {
     #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-    cos: Tensor<2>,
+    pub(crate) cos: Tensor<2>,
     #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-    sin: Tensor<2>,
+    pub(crate) sin: Tensor<2>,
     cos4: Tensor<4>,
     sin4: Tensor<4>,
+}
+
+impl RopeRows {
+    /// One row per sequence of a decode batch: `cos`, `sin: [n, hd]`, and
+    /// views of them as `[n, 1, 1, hd]` (no copy).
+    pub(crate) fn decode(cos: Tensor<2>, sin: Tensor<2>, n: usize, hd: usize) -> Self {
+        Self {
+            cos4: cos.clone().reshape([n, 1, 1, hd]),
+            sin4: sin.clone().reshape([n, 1, 1, hd]),
+            cos,
+            sin,
+        }
+    }
 }
 
 /// Where a chunk's queries sit: the first one's absolute position, and the
