@@ -246,6 +246,20 @@ fn kv_bytes_read(cfg: &Gemma3Config, cache: &KvCache, bytes: u64) -> u64 {
         .sum()
 }
 
+/// Reads `logits: [B, V]` back and sets `tokens[i]` to row `i`'s argmax.
+fn greedy_next(logits: Tensor<2>, tokens: &mut [u32]) -> Result<(), BenchError> {
+    let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
+        BenchError::Generate(generate::GenerateError::Readback {
+            why: format!("{e:?}"),
+        })
+    })?;
+    let v = rows.len() / tokens.len().max(1);
+    for (i, t) in tokens.iter_mut().enumerate() {
+        *t = argmax(&rows[i * v..(i + 1) * v]);
+    }
+    Ok(())
+}
+
 /// Decode speed with `batch` sequences sharing each step, all continuing a
 /// prefilled `base` cache; one untimed step first (shapes, autotune).
 fn decode_at_batch(
@@ -259,17 +273,7 @@ fn decode_at_batch(
     let mut tokens = vec![first; batch];
     let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
         let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-        let logits = model.forward_batch(tokens, &mut refs);
-        let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
-            BenchError::Generate(generate::GenerateError::Readback {
-                why: format!("{e:?}"),
-            })
-        })?;
-        let v = rows.len() / batch;
-        for (i, t) in tokens.iter_mut().enumerate() {
-            *t = argmax(&rows[i * v..(i + 1) * v]);
-        }
-        Ok(())
+        greedy_next(model.forward_batch(tokens, &mut refs), tokens)
     };
     step(&mut tokens)?;
     let t = Instant::now();
@@ -306,16 +310,7 @@ fn decode_graph_at_batch(
     };
     let mut tokens = vec![first; batch];
     let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
-        let rows: Vec<f32> = graph.step(tokens).into_data().try_into_vec().map_err(|e| {
-            BenchError::Generate(generate::GenerateError::Readback {
-                why: format!("{e:?}"),
-            })
-        })?;
-        let v = rows.len() / batch;
-        for (i, t) in tokens.iter_mut().enumerate() {
-            *t = argmax(&rows[i * v..(i + 1) * v]);
-        }
-        Ok(())
+        greedy_next(graph.step(tokens), tokens)
     };
     let t = Instant::now();
     step(&mut tokens)?;
