@@ -417,7 +417,11 @@ def ttft_ms(d):
     p = d.get("prefill")
     return p.get("ms") if isinstance(p, dict) else None
 
-cols = [("medgemmad", last_json("bench")), ("plain burn", last_json("bench-plain"))]
+bench = last_json("bench")
+# The same bench's decode with the step replayed as one CUDA graph.
+graph = {"batches": [{"batch": r.get("batch"), "aggregate_tokens_per_s": (r.get("graph") or {}).get("aggregate_tokens_per_s")}
+                     for r in (bench or {}).get("batches") or []]}
+cols = [("medgemmad", bench), ("medgemmad graph", graph), ("plain burn", last_json("bench-plain"))]
 hf = last_json("hf")
 for mode, r in ((hf or {}).get("modes") or {}).items():
     cols.append((f"hf {mode}", r))
@@ -435,6 +439,11 @@ for name, vals, lower_better in rows:
         else:
             ratios.append("-")
     print(" | ".join(f"{x:>16}" for x in [name, *map(fmt, vals), *ratios]))
+for r in (bench or {}).get("batches") or []:
+    g = r.get("graph")
+    if isinstance(g, dict):
+        print(f"graph b{r.get('batch')}: hardware {g.get('hardware_graph')}, capture {g.get('capture_ms', 0):.1f} ms, "
+              f"step {g.get('step_ms', 0):.2f} ms against {r.get('step_ms', 0):.2f} ms launched")
 b = cols[0][1]
 if isinstance(b, dict):
     print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "

@@ -246,6 +246,20 @@ fn kv_bytes_read(cfg: &Gemma3Config, cache: &KvCache, bytes: u64) -> u64 {
         .sum()
 }
 
+/// Reads `logits: [B, V]` back and sets `tokens[i]` to row `i`'s argmax.
+fn greedy_next(logits: Tensor<2>, tokens: &mut [u32]) -> Result<(), BenchError> {
+    let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
+        BenchError::Generate(generate::GenerateError::Readback {
+            why: format!("{e:?}"),
+        })
+    })?;
+    let v = rows.len() / tokens.len().max(1);
+    for (i, t) in tokens.iter_mut().enumerate() {
+        *t = argmax(&rows[i * v..(i + 1) * v]);
+    }
+    Ok(())
+}
+
 /// Decode speed with `batch` sequences sharing each step, all continuing a
 /// prefilled `base` cache; one untimed step first (shapes, autotune).
 fn decode_at_batch(
@@ -259,17 +273,7 @@ fn decode_at_batch(
     let mut tokens = vec![first; batch];
     let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
         let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-        let logits = model.forward_batch(tokens, &mut refs);
-        let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
-            BenchError::Generate(generate::GenerateError::Readback {
-                why: format!("{e:?}"),
-            })
-        })?;
-        let v = rows.len() / batch;
-        for (i, t) in tokens.iter_mut().enumerate() {
-            *t = argmax(&rows[i * v..(i + 1) * v]);
-        }
-        Ok(())
+        greedy_next(model.forward_batch(tokens, &mut refs), tokens)
     };
     step(&mut tokens)?;
     let t = Instant::now();
@@ -285,6 +289,45 @@ fn decode_at_batch(
         "per_sequence_tokens_per_s": per_seq,
         "aggregate_tokens_per_s": per_seq * batch as f64,
     }))
+}
+
+/// [`decode_at_batch`] with the step captured as one graph
+/// (`DecodeGraph`: a CUDA graph replayed per token) and room reserved for
+/// every step, so the untimed first step is the only capture. `None` where
+/// the graph does not apply.
+#[cfg(feature = "cuda")]
+fn decode_graph_at_batch(
+    model: &Gemma3,
+    base: &KvCache,
+    first: u32,
+    batch: usize,
+    steps: usize,
+) -> Result<Option<serde_json::Value>, BenchError> {
+    use medgemma_model::decode_graph::DecodeGraph;
+    let mut caches: Vec<KvCache> = (0..batch).map(|_| base.clone()).collect();
+    let Some(mut graph) = DecodeGraph::new(model, caches.iter_mut().collect(), steps + 2) else {
+        return Ok(None);
+    };
+    let mut tokens = vec![first; batch];
+    let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
+        greedy_next(graph.step(tokens), tokens)
+    };
+    let t = Instant::now();
+    step(&mut tokens)?;
+    let capture_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut tokens)?;
+    }
+    let s = t.elapsed().as_secs_f64();
+    let per_seq = if s > 0.0 { steps as f64 / s } else { 0.0 };
+    Ok(Some(serde_json::json!({
+        "hardware_graph": graph.is_hardware(),
+        "capture_ms": capture_s * 1e3,
+        "step_ms": if steps > 0 { s * 1e3 / steps as f64 } else { 0.0 },
+        "per_sequence_tokens_per_s": per_seq,
+        "aggregate_tokens_per_s": per_seq * batch as f64,
+    })))
 }
 
 /// Runs the benchmark.
@@ -382,13 +425,14 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     let kv_bytes = kv_bytes_read(&cfg, &base, elem);
     let mut batches = Vec::new();
     for &b in &args.batch {
-        batches.push(decode_at_batch(
-            &model,
-            &base,
-            first,
-            b,
-            args.new_tokens.max(1),
-        )?);
+        #[allow(unused_mut)]
+        let mut row = decode_at_batch(&model, &base, first, b, args.new_tokens.max(1))?;
+        #[cfg(feature = "cuda")]
+        if backend::own_kernels() {
+            let graph = decode_graph_at_batch(&model, &base, first, b, args.new_tokens.max(1))?;
+            row["graph"] = graph.unwrap_or(serde_json::Value::Null);
+        }
+        batches.push(row);
         device_memory.sample(&device);
     }
     let image = if args.image {

@@ -89,8 +89,18 @@ impl RotaryTable {
         dtype: DType,
         device: &Device,
     ) -> (Tensor<2>, Tensor<2>) {
-        let half = self.inv_freq.len();
-        let dim = half * 2;
+        let t = positions.len();
+        let dim = self.inv_freq.len() * 2;
+        let (cos, sin) = self.rows(positions);
+        let mk = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype)
+        };
+        (mk(cos), mk(sin))
+    }
+
+    /// cos and sin rows `[N · head_dim]` on the host, one row per position.
+    fn rows(&self, positions: impl ExactSizeIterator<Item = usize>) -> (Vec<f32>, Vec<f32>) {
+        let dim = self.inv_freq.len() * 2;
         let t = positions.len();
         let mut cos = Vec::with_capacity(t * dim);
         let mut sin = Vec::with_capacity(t * dim);
@@ -106,10 +116,7 @@ impl RotaryTable {
                 sin.extend(row.iter().map(|a| a.sin()));
             }
         }
-        let mk = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, [t, dim]), (device, DType::F32)).cast(dtype)
-        };
-        (mk(cos), mk(sin))
+        (cos, sin)
     }
 }
 
@@ -637,6 +644,25 @@ impl Gemma3 {
                 return out;
             }
         }
+        // Prefill on a CubeCL device: one kernel, no score matrix, the mask
+        // decided from the keys' positions on the device.
+        #[cfg(feature = "kernels")]
+        if let (true, Some(p)) = (t > 1 && b == 1 && crate::kernels::enabled(), &positions) {
+            let build = || {
+                let w = (kind == LayerType::Local).then_some(cfg.sliding_window);
+                crate::kernels::key_table(&q, start, t, p, w, span.blocks)
+            };
+            let table = match span.masks {
+                Some(memo) => memo.key_table(kind, start, p, build),
+                None => build(),
+            };
+            let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+            if let Some(out) = table.and_then(|table| {
+                crate::kernels::prefill_attention(&q, &keys, &values, &table, scale)
+            }) {
+                return out;
+            }
+        }
         let s = keys.dims()[2];
 
         // GQA without copying K/V: query heads 2j, 2j+1 share KV head j, so fold
@@ -701,44 +727,81 @@ impl Gemma3 {
         let n = tokens.len();
         assert!(n > 0, "forward_batch needs at least one sequence");
         assert_eq!(n, caches.len(), "one cache per token");
-        let hd = self.cfg.head_dim;
         let ids_i: Vec<i64> = tokens.iter().map(|&i| i64::from(i)).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
-        let mut x = self.embed_tokens.select(idx).mul_scalar(self.embed_scale);
-
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids_i, [n]), &self.device);
         let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        let table = |rope: &RotaryTable| {
-            let (c, s) = rope.tables_at(positions.iter().copied(), self.dtype, &self.device);
-            RopeRows {
-                cos4: c.clone().reshape([n, 1, 1, hd]),
-                sin4: s.clone().reshape([n, 1, 1, hd]),
-                cos: c,
-                sin: s,
-            }
-        };
-        let global = table(&self.rope_global);
-        let local = table(&self.rope_local);
-        for (li, layer) in self.layers.iter().enumerate() {
-            let rope = match layer.kind {
-                LayerType::Global => &global,
-                LayerType::Local => &local,
-            };
-            x = self.layer_forward_batch(layer, li, x, rope, caches, &positions);
-        }
+        let global = self.rope_rows(LayerType::Global, &positions);
+        let local = self.rope_rows(LayerType::Local, &positions);
+        let logits = self.decode_step(&ids, &global, &local, &mut |li, kind, q, k, v| {
+            self.attend_batch(li, q, k, v, caches)
+                .unwrap_or_else(|| self.attend_each(kind, li, q, k, v, caches, &positions))
+        });
         for c in caches.iter_mut() {
             c.advance(1);
+        }
+        logits
+    }
+
+    /// RoPE cos and sin rows of `kind`'s table at `positions`, on the host
+    /// (`[N · hd]` each).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn rope_host(&self, kind: LayerType, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        match kind {
+            LayerType::Global => &self.rope_global,
+            LayerType::Local => &self.rope_local,
+        }
+        .rows(positions.iter().copied())
+    }
+
+    /// RoPE rows of `kind`'s table for one token per sequence at `positions`,
+    /// uploaded (`[n, hd]`, and views as `[n, 1, 1, hd]`).
+    fn rope_rows(&self, kind: LayerType, positions: &[usize]) -> RopeRows {
+        let (n, hd) = (positions.len(), self.cfg.head_dim);
+        let table = match kind {
+            LayerType::Global => &self.rope_global,
+            LayerType::Local => &self.rope_local,
+        };
+        let (cos, sin) = table.tables_at(positions.iter().copied(), self.dtype, &self.device);
+        RopeRows::decode(cos, sin, n, hd)
+    }
+
+    /// The decoder for one token per sequence (`ids: [B]`, RoPE rows per
+    /// layer type), `attend(layer index, kind, q, k, v)` giving each layer's
+    /// attention `[B, H·hd]` (it also writes the caches); logits `[B, V]` in
+    /// f32. Reads nothing from the host: a captured decode graph
+    /// (`decode_graph.rs`) replays it over the same buffers.
+    pub(crate) fn decode_step(
+        &self,
+        ids: &Tensor<1, Int>,
+        global: &RopeRows,
+        local: &RopeRows,
+        attend: &mut dyn FnMut(usize, LayerType, &Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let mut x = self
+            .embed_tokens
+            .select(ids.clone())
+            .mul_scalar(self.embed_scale);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let rope = match layer.kind {
+                LayerType::Global => global,
+                LayerType::Local => local,
+            };
+            x = self.layer_forward_batch(layer, li, x, rope, attend);
         }
         let h = self.norm.forward(x);
         self.embed_tokens.forward_batch(h).cast(DType::F32)
     }
 
+    /// Each sequence's attention over its own cache, one after the other
+    /// (where the batched kernel does not run).
     #[allow(clippy::too_many_arguments)]
-    fn layer_forward_batch(
+    fn attend_each(
         &self,
-        layer: &DecoderLayer,
+        kind: LayerType,
         li: usize,
-        x: Tensor<2>,
-        rope: &RopeRows,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
         caches: &mut [&mut KvCache],
         positions: &[usize],
     ) -> Tensor<2> {
@@ -748,7 +811,40 @@ impl Gemma3 {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let n = positions.len();
+        let outs: Vec<Tensor<2>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let one = |x: &Tensor<4>, heads: usize| {
+                    x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
+                };
+                self.attend(
+                    kind,
+                    one(q, h),
+                    one(k, kv),
+                    one(v, kv),
+                    &mut c.layers[li],
+                    Span {
+                        start: positions[i],
+                        blocks: &[],
+                        masks: None,
+                    },
+                )
+            })
+            .collect();
+        Tensor::cat(outs, 0)
+    }
+
+    fn layer_forward_batch(
+        &self,
+        layer: &DecoderLayer,
+        li: usize,
+        x: Tensor<2>,
+        rope: &RopeRows,
+        attend: &mut dyn FnMut(usize, LayerType, &Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let (kv, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let n = x.dims()[0];
         let residual = x.clone();
         let a = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
@@ -756,32 +852,7 @@ impl Gemma3 {
         let v = v.reshape([n, 1, kv, hd]).swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
-        let out = self
-            .attend_batch(li, &q, &k, &v, caches)
-            .unwrap_or_else(|| {
-                let outs: Vec<Tensor<2>> = caches
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let one = |x: &Tensor<4>, heads: usize| {
-                            x.clone().slice([i..i + 1, 0..heads, 0..1, 0..hd])
-                        };
-                        self.attend(
-                            layer.kind,
-                            one(&q, h),
-                            one(&k, kv),
-                            one(&v, kv),
-                            &mut c.layers[li],
-                            Span {
-                                start: positions[i],
-                                blocks: &[],
-                                masks: None,
-                            },
-                        )
-                    })
-                    .collect();
-                Tensor::cat(outs, 0)
-            });
+        let out = attend(li, layer.kind, &q, &k, &v);
         let a = attn.o_proj.forward_batch(out);
         let a = layer.post_attention_layernorm.forward(a);
         let x = residual + a;
@@ -932,13 +1003,26 @@ pub struct ImageRows {
 /// tables shaped to broadcast against `[b, H, t, hd]` in `apply_rope`
 /// (`[1, 1, t, hd]` for one sequence, `[n, 1, 1, hd]` for a decode batch).
 #[derive(Debug, Clone)]
-struct RopeRows {
+pub(crate) struct RopeRows {
     #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-    cos: Tensor<2>,
+    pub(crate) cos: Tensor<2>,
     #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-    sin: Tensor<2>,
+    pub(crate) sin: Tensor<2>,
     cos4: Tensor<4>,
     sin4: Tensor<4>,
+}
+
+impl RopeRows {
+    /// One row per sequence of a decode batch: `cos`, `sin: [n, hd]`, and
+    /// views of them as `[n, 1, 1, hd]` (no copy).
+    pub(crate) fn decode(cos: Tensor<2>, sin: Tensor<2>, n: usize, hd: usize) -> Self {
+        Self {
+            cos4: cos.clone().reshape([n, 1, 1, hd]),
+            sin4: sin.clone().reshape([n, 1, 1, hd]),
+            cos,
+            sin,
+        }
+    }
 }
 
 /// Where a chunk's queries sit: the first one's absolute position, and the
@@ -951,23 +1035,52 @@ struct Span<'a> {
     masks: Option<&'a ChunkMasks>,
 }
 
-/// One prompt chunk's additive masks on the device, one per layer type,
-/// built by the first layer of the type and shared by the rest (34 layers
-/// of the 4B would otherwise each build or upload their own).
+/// What one prompt chunk's layers share per layer type, built by the first
+/// layer of the type and kept for the rest (34 layers of the 4B would
+/// otherwise each build or upload their own): the additive masks on the
+/// device, or, where the prefill attention kernel runs, its key tables.
 #[derive(Debug, Default)]
 struct ChunkMasks {
-    built: RefCell<Vec<BuiltMask>>,
+    built: RefCell<Vec<Built<Tensor<4>>>>,
+    #[cfg(feature = "kernels")]
+    tables: RefCell<Vec<Built<Option<crate::kernels::KeyTable>>>>,
 }
 
-/// A mask of [`ChunkMasks`] and what it was built for.
+/// A value of [`ChunkMasks`] and what it was built for.
 #[derive(Debug)]
-struct BuiltMask {
+struct Built<T> {
     kind: LayerType,
     /// The chunk's first query position.
     start: usize,
     /// The visible keys' positions, in cache order.
     keys: Vec<usize>,
-    mask: Tensor<4>,
+    value: T,
+}
+
+/// The value in `list` built for `kind` at `start` over `keys`, else
+/// `build()`'s, kept in `list`.
+fn memo<T: Clone>(
+    list: &RefCell<Vec<Built<T>>>,
+    kind: LayerType,
+    start: usize,
+    keys: &[usize],
+    build: impl FnOnce() -> T,
+) -> T {
+    let mut built = list.borrow_mut();
+    if let Some(b) = built
+        .iter()
+        .find(|b| b.kind == kind && b.start == start && b.keys == keys)
+    {
+        return b.value.clone();
+    }
+    let value = build();
+    built.push(Built {
+        kind,
+        start,
+        keys: keys.to_vec(),
+        value: value.clone(),
+    });
+    value
 }
 
 impl ChunkMasks {
@@ -980,21 +1093,19 @@ impl ChunkMasks {
         keys: &[usize],
         build: impl FnOnce() -> Tensor<4>,
     ) -> Tensor<4> {
-        let mut built = self.built.borrow_mut();
-        if let Some(b) = built
-            .iter()
-            .find(|b| b.kind == kind && b.start == start && b.keys == keys)
-        {
-            return b.mask.clone();
-        }
-        let mask = build();
-        built.push(BuiltMask {
-            kind,
-            start,
-            keys: keys.to_vec(),
-            mask: mask.clone(),
-        });
-        mask
+        memo(&self.built, kind, start, keys, build)
+    }
+
+    /// The prefill kernel's key table, kept like [`ChunkMasks::get_or_build`]'s masks.
+    #[cfg(feature = "kernels")]
+    fn key_table(
+        &self,
+        kind: LayerType,
+        start: usize,
+        keys: &[usize],
+        build: impl FnOnce() -> Option<crate::kernels::KeyTable>,
+    ) -> Option<crate::kernels::KeyTable> {
+        memo(&self.tables, kind, start, keys, build)
     }
 }
 
@@ -1228,6 +1339,104 @@ mod tests {
         }
     }
 
+    /// The prefill attention kernel on CubeCL's CPU runtime against Burn's
+    /// composition (scores, the host [`mask`], softmax, values) for every
+    /// prefill case, with one or two KV heads, queries in `attention`'s
+    /// layout (`[1, H, T, hd]` over a `[1, T, H, hd]` buffer), keys and values
+    /// as views of a larger buffer (read in place, as the cache hands them
+    /// out); then the models' own head shapes, f32 and bf16.
+    #[cfg(feature = "cube-cpu")]
+    pub(super) fn prefill_kernel_equals_masked_softmax() {
+        use crate::kernels::test_support::{device, max_abs_diff, random};
+        let device = device();
+        let attend = |c: &Case, kv: usize, hd: usize, dtype: DType, seed: u64| {
+            let (h, s, t) = (kv * c.rep, c.keys.len(), c.t);
+            let q = random([1, t, h, hd], dtype, seed, &device)
+                .mul_scalar(4.0)
+                .swap_dims(1, 2);
+            let kv_buf = |seed| {
+                random([1, kv, s + 3, hd], dtype, seed, &device).slice([
+                    0..1,
+                    0..kv,
+                    1..s + 1,
+                    0..hd,
+                ])
+            };
+            let (keys, values) = (kv_buf(seed + 1), kv_buf(seed + 2));
+            let scale = (hd as f64).powf(-0.5);
+            let window = (c.kind == LayerType::Local).then_some(c.window);
+            let table = crate::kernels::key_table(&q, c.start, t, &c.keys, window, &c.blocks)
+                .expect("a table on the CubeCL CPU runtime");
+            let got = crate::kernels::prefill_attention(&q, &keys, &values, &table, scale)
+                .expect("the kernel runs on the CubeCL CPU runtime");
+            let scores = q
+                .reshape([1, kv, c.rep * t, hd])
+                .matmul(keys.swap_dims(2, 3))
+                .mul_scalar(scale)
+                .cast(DType::F32);
+            let scores = match mask(c.kind, c.window, c.start, t, &c.keys, c.rep, &c.blocks) {
+                Some(m) => {
+                    let m = Tensor::<4>::from_data(
+                        TensorData::new(m, [1, 1, c.rep * t, s]),
+                        (&device, DType::F32),
+                    );
+                    scores + m
+                }
+                None => scores,
+            };
+            let want = softmax(scores, 3)
+                .cast(dtype)
+                .matmul(values)
+                .reshape([1, h, t, hd])
+                .swap_dims(1, 2)
+                .reshape([t, h * hd]);
+            assert_eq!(got.dtype(), dtype);
+            max_abs_diff(got, want)
+        };
+        // The four fixed cases and 56 random ones (each new combination of
+        // comptime parameters compiles a kernel; 60 cover them all).
+        for (i, c) in prefill_cases().iter().take(60).enumerate() {
+            let d = attend(c, 1 + i % 2, 8, DType::F32, 40 + i as u64);
+            assert!(d <= 2e-5, "case {i}: {c:?} differs by {d}");
+        }
+        // The 4B's heads (8 over 4) and the 270M's (4 over 1), head dim 256:
+        // a sliding-window ring wrapped around with an image block, and a
+        // global chunk after cached tokens.
+        let ring: Vec<usize> = (32..40).chain(24..32).collect();
+        let shaped = [
+            (
+                Case {
+                    kind: LayerType::Local,
+                    window: 16,
+                    start: 32,
+                    t: 8,
+                    keys: ring.clone(),
+                    rep: 2,
+                    blocks: std::iter::once(33..37).collect(),
+                },
+                4,
+            ),
+            (
+                Case {
+                    kind: LayerType::Global,
+                    window: 16,
+                    start: 24,
+                    t: 16,
+                    keys: (0..40).collect(),
+                    rep: 4,
+                    blocks: vec![],
+                },
+                1,
+            ),
+        ];
+        for (i, (c, kv)) in shaped.iter().enumerate() {
+            for (dtype, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
+                let d = attend(c, *kv, 256, dtype, 700 + i as u64);
+                assert!(d <= tol, "{c:?} {dtype:?}: differs by {d}");
+            }
+        }
+    }
+
     #[test]
     fn device_mask_equals_host_mask_on_flex() {
         device_mask_equals_host_mask_on(&crate::backend::cpu_device());
@@ -1264,5 +1473,10 @@ mod cube_cpu_tests {
     #[test]
     fn device_mask_equals_host_mask_on_cubecl_cpu() {
         super::tests::device_mask_equals_host_mask_on(&crate::kernels::test_support::device());
+    }
+
+    #[test]
+    fn prefill_attention_kernel_equals_masked_softmax() {
+        super::tests::prefill_kernel_equals_masked_softmax();
     }
 }

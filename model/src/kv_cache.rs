@@ -102,6 +102,61 @@ impl LayerCache {
         }
     }
 
+    /// Takes the buffers out for a captured decode graph (`decode_graph.rs`),
+    /// grown to hold the slots of the next `tokens` tokens (a ring: at most
+    /// its `W`) and owned by no other handle (a buffer still shared with a
+    /// clone, a kept conversation, is copied first), with their slot count.
+    /// The graph writes one token per step in place ([`LayerCache::next_slot`],
+    /// [`LayerCache::count_token`]) and hands the buffers back with
+    /// [`LayerCache::put_back_buffers`].
+    #[cfg(feature = "kernels")]
+    pub(crate) fn take_for_graph(
+        &mut self,
+        tokens: usize,
+        like: &Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let needed = match self.window {
+            Some(w) => (self.len + tokens).min(w),
+            None => self.len + tokens,
+        };
+        let (k, v) = self.take_reserved(needed.max(1), like);
+        (crate::kernels::unshared(k), crate::kernels::unshared(v))
+    }
+
+    /// The slot the next token's key and value go to, and the slots its
+    /// query sees once they are written (the first ones of the buffer).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn next_slot(&self) -> (usize, usize) {
+        match self.window {
+            Some(w) => (self.len % w, (self.len + 1).min(w)),
+            None => (self.len, self.len + 1),
+        }
+    }
+
+    /// Tokens a buffer of `cap` slots still takes before it must grow: none
+    /// left on a global layer at `cap` positions; a ring that holds its whole
+    /// window never grows.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn room(&self, cap: usize) -> usize {
+        match self.window {
+            Some(w) if cap >= w => usize::MAX,
+            _ => cap.saturating_sub(self.len),
+        }
+    }
+
+    /// Counts one token a graph wrote into the taken buffers.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn count_token(&mut self) {
+        self.len += 1;
+    }
+
+    /// Puts back buffers [`LayerCache::take_for_graph`] took.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn put_back_buffers(&mut self, keys: Tensor<4>, values: Tensor<4>) {
+        self.keys = Some(keys);
+        self.values = Some(values);
+    }
+
     /// The whole buffers (every allocated slot), for tests that compare
     /// what two caches hold.
     #[cfg(all(test, feature = "kernels"))]

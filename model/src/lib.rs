@@ -24,6 +24,8 @@ pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "kernels")]
+pub mod decode_graph;
 pub mod gemma3;
 pub mod generate;
 pub mod gguf;

@@ -294,18 +294,10 @@ fn plan(
     heads: usize,
 ) -> Option<Plan> {
     let b = caches.len();
-    let [qb, qw] = q.dims();
     let dtype = q.dtype();
     let first = caches.first()?;
     let [_, kv, _, hd] = first.keys.dims();
-    let fits = enabled()
-        && b > 0
-        && b <= MAX_BATCH
-        && qb == b
-        && hd > 0
-        && kv > 0
-        && heads.is_multiple_of(kv)
-        && qw == heads * hd
+    let fits = q.dims()[0] == b
         && k.dims() == [b, kv * hd]
         && v.dims() == [b, kv * hd]
         && k.dtype() == dtype
@@ -313,7 +305,7 @@ fn plan(
     if !fits {
         return None;
     }
-    let mut caps = Vec::with_capacity(b);
+    let mut p = plan_for(q, b, heads, kv, hd)?;
     for c in caches {
         let cap = cache_fits(&c.keys, kv, hd, dtype)?;
         if cache_fits(&c.values, kv, hd, dtype)? != cap
@@ -323,7 +315,25 @@ fn plan(
         {
             return None;
         }
-        caps.push(cap);
+        p.caps.push(cap);
+    }
+    Some(p)
+}
+
+/// How the kernel runs for `b` sequences with queries `q: [b, heads·hd]`
+/// and `kv` key/value heads of `hd`, if it covers them (`caps` empty).
+fn plan_for(q: &Tensor<2>, b: usize, heads: usize, kv: usize, hd: usize) -> Option<Plan> {
+    let qw = q.dims()[1];
+    let dtype = q.dtype();
+    let fits = enabled()
+        && b > 0
+        && b <= MAX_BATCH
+        && hd > 0
+        && kv > 0
+        && heads.is_multiple_of(kv)
+        && qw == heads * hd;
+    if !fits {
+        return None;
     }
     let elem = float_elem(dtype)?;
     let (lanes, plane) = match reduce_units(&cube(q)?, 32) {
@@ -337,7 +347,7 @@ fn plan(
     Some(Plan {
         kv,
         hd,
-        caps,
+        caps: Vec::with_capacity(b),
         elem,
         vec,
         lanes,
@@ -355,6 +365,55 @@ fn launch(
     p: Plan,
 ) -> (Tensor<2>, Vec<CacheSlot>) {
     let b = caches.len();
+    let on_device = "planned on a CubeCL device";
+    let longest = caches.iter().map(|c| c.visible).max().unwrap_or(1);
+    // (visible, slot, cap) per sequence.
+    let meta: Vec<u32> = caches
+        .iter()
+        .zip(&p.caps)
+        .flat_map(|(c, &cap)| [c.visible as u32, c.slot as u32, cap as u32])
+        .collect();
+    let meta = table(&cube(q).expect(on_device), meta);
+    let mut slots = Vec::with_capacity(b);
+    let mut bufs = Vec::with_capacity(b);
+    for c in caches {
+        slots.push((c.slot, c.visible));
+        bufs.push((
+            writable(c.keys).expect(on_device),
+            writable(c.values).expect(on_device),
+        ));
+    }
+    let out = run(q, k, v, &bufs, &meta, longest, heads, scale, &p);
+    let written = bufs
+        .into_iter()
+        .zip(slots)
+        .map(|((kb, vb), (slot, visible))| CacheSlot {
+            keys: tensor(kb),
+            values: tensor(vb),
+            slot,
+            visible,
+        })
+        .collect();
+    (out, written)
+}
+
+/// The launches of one step: the kernel per group of [`GROUP`] sequences
+/// (their buffers `bufs`, their `(visible, slot, cap)` in `meta`), the
+/// slots split for caches of up to `longest` visible slots, then the merge.
+/// Reads nothing from the host but shapes and `longest`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    q: &Tensor<2>,
+    k: &Tensor<2>,
+    v: &Tensor<2>,
+    bufs: &[(CubeTensor, CubeTensor)],
+    meta: &CubeTensor,
+    longest: usize,
+    heads: usize,
+    scale: f64,
+    p: &Plan,
+) -> Tensor<2> {
+    let b = bufs.len();
     let (kv, hd, vec, lanes) = (p.kv, p.hd, p.vec, p.lanes);
     let dtype = q.dtype();
     let on_device = "planned on a CubeCL device";
@@ -367,27 +426,9 @@ fn launch(
     let client = qc.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube.max(1) as usize;
     let groups = partial_groups(max_units, lanes, rep, hd);
-    let longest = caches.iter().map(|c| c.visible).max().unwrap_or(1);
     let want = (WANT_CUBES / (kv * b.min(GROUP))).max(1);
     let (chunk, splits) = split_slots(longest, want);
     let split = splits > 1;
-
-    // (visible, slot, cap) per sequence.
-    let meta: Vec<u32> = caches
-        .iter()
-        .zip(&p.caps)
-        .flat_map(|(c, &cap)| [c.visible as u32, c.slot as u32, cap as u32])
-        .collect();
-    let meta = table(&qc, meta);
-    let mut slots = Vec::with_capacity(b);
-    let mut bufs = Vec::with_capacity(b);
-    for c in caches {
-        slots.push((c.slot, c.visible));
-        bufs.push((
-            writable(c.keys).expect(on_device),
-            writable(c.values).expect(on_device),
-        ));
-    }
     let out = empty_device_dtype(
         client.clone(),
         qc.device.clone(),
@@ -467,17 +508,51 @@ fn launch(
             p.elem,
         );
     }
-    let written = bufs
-        .into_iter()
-        .zip(slots)
-        .map(|((kb, vb), (slot, visible))| CacheSlot {
-            keys: tensor(kb),
-            values: tensor(vb),
-            slot,
-            visible,
-        })
-        .collect();
-    (tensor(out), written)
+    tensor(out)
+}
+
+/// One decode step's attention over buffers a captured graph holds
+/// (`decode_graph.rs`): row `i` of `q: [B, H, 1, hd]`, `k`, `v: [B, KV, 1,
+/// hd]` (as `gemma3.rs`'s decode step has them) is written into and
+/// attended over `bufs[i]` (`[1, KV, cap, hd]`, written in place: the graph
+/// owns them) at the `(visible, slot, cap)` of row `i` of `meta`, which the
+/// host refreshes before each step. The slots are split for the largest
+/// buffer, so the launches do not change while the caches fill. `None` for
+/// what [`batch_attention_covers`] does not cover.
+pub(crate) fn batch_attention_in_place(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    bufs: &[(CubeTensor, CubeTensor)],
+    meta: &CubeTensor,
+    heads: usize,
+    scale: f64,
+) -> Option<Tensor<2>> {
+    let [b, _, _, hd] = q.dims();
+    let kv = k.dims()[1];
+    let rows = |x: &Tensor<4>, n: usize| x.clone().swap_dims(1, 2).reshape([b, n * hd]);
+    let (q, k, v) = (rows(q, heads), rows(k, kv), rows(v, kv));
+    let p = plan_for(&q, bufs.len(), heads, kv, hd)?;
+    let fits = |t: &CubeTensor| {
+        let d = t.meta.shape().dims::<4>();
+        let st = t.meta.strides();
+        d[0] == 1 && d[1] == kv && d[3] == hd && st[3] == 1 && st[2] == hd && st[1] == d[2] * hd
+    };
+    if b != bufs.len() || !bufs.iter().all(|(kb, vb)| fits(kb) && fits(vb)) {
+        return None;
+    }
+    let longest = bufs
+        .iter()
+        .map(|(kb, _)| kb.meta.shape().dims::<4>()[2])
+        .max()?;
+    Some(run(&q, &k, &v, bufs, meta, longest, heads, scale, &p))
+}
+
+/// Whether [`batch_attention_in_place`] covers `b` sequences with queries
+/// like `q: [_, heads·hd]` (dtype, device) and `kv` key/value heads.
+pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: usize) -> bool {
+    let hd = q.dims()[1] / heads.max(1);
+    plan_for(q, b, heads, kv, hd).is_some()
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]

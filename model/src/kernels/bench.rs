@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the decode kernels at MedGemma 4B shapes, each
-//! against the plain Burn ops it replaces and against its bandwidth floor
-//! (the bytes it must move divided by the device's measured bandwidth), for
+//! Micro-benchmarks of the decode kernels and the prefill attention at
+//! MedGemma 4B shapes, each against the plain Burn ops it replaces and
+//! against its bandwidth floor (the bytes it must move divided by the
+//! device's measured bandwidth), for
 //! `medgemmad bench --kernels`. Every row also checks the kernel's output
 //! against Burn's on that device (on a GPU this covers the plane-reduction
 //! path the CPU runtime cannot run).
@@ -464,7 +465,81 @@ fn decode_rows(
             floor,
         )?);
     }
+    out.push(prefill_attention_row(
+        device,
+        dtype,
+        shapes.heads,
+        s,
+        reps,
+        floor,
+    )?);
     Some(())
+}
+
+/// A `t`-token prompt chunk's attention on a global layer (causal, nothing
+/// cached before it): the prefill kernel (no score matrix, the mask decided
+/// on the device from a key table built once) against Burn's composition
+/// (scores, an additive mask uploaded once, softmax, values). Attention over
+/// a chunk is bound by arithmetic more than by memory: the floor is only
+/// what the inputs and output weigh.
+fn prefill_attention_row(
+    device: &Device,
+    dtype: DType,
+    (h, kv, hd): (usize, usize, usize),
+    t: usize,
+    reps: usize,
+    floor: &dyn Fn(u64) -> f64,
+) -> Option<KernelRow> {
+    use burn::tensor::activation::softmax;
+    let el = dtype.size() as u64;
+    let rep = h / kv;
+    let scale = (hd as f64).powf(-0.5);
+    let q = filled([1, t, h, hd], dtype, device, 50_000)
+        .mul_scalar(4.0)
+        .swap_dims(1, 2);
+    let keys = filled([1, kv, t, hd], dtype, device, 50_001);
+    let values = filled([1, kv, t, hd], dtype, device, 50_002);
+    let positions: Vec<usize> = (0..t).collect();
+    let table = super::key_table(&q, 0, t, &positions, None, &[])?;
+    let causal: Vec<f32> = (0..rep * t)
+        .flat_map(|r| (0..t).map(move |j| if j <= r % t { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::<4>::from_data(
+        TensorData::new(causal, [1, 1, rep * t, t]),
+        (device, DType::F32),
+    );
+    let plain = || {
+        let scores = q
+            .clone()
+            .reshape([1, kv, rep * t, hd])
+            .matmul(keys.clone().swap_dims(2, 3))
+            .mul_scalar(scale)
+            .cast(DType::F32);
+        softmax(scores + mask.clone(), 3)
+            .cast(dtype)
+            .matmul(values.clone())
+            .reshape([1, h, t, hd])
+            .swap_dims(1, 2)
+            .reshape([t, h * hd])
+    };
+    let got = super::prefill_attention(&q, &keys, &values, &table, scale)?;
+    let d = diff(got, plain());
+    let kernel_us = time_us(device, reps, || {
+        let _ = super::prefill_attention(&q, &keys, &values, &table, scale);
+    });
+    let burn_us = time_us(device, reps, || {
+        let _ = plain();
+    });
+    let bytes = (2 * h * t * hd + 2 * kv * t * hd) as u64 * el;
+    Some(KernelRow {
+        name: format!("prefill attention {t}x{h}x{hd} over {kv}x{t}, causal (Burn: scores+mask)"),
+        bytes,
+        kernel_us,
+        burn_us,
+        floor_us: floor(bytes),
+        max_abs_diff: d,
+        burn_max_abs_diff: None,
+    })
 }
 
 /// Decode batch sizes of the batched attention rows.
@@ -578,7 +653,7 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 1);
+        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 1 + 1);
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");

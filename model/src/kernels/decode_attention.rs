@@ -26,7 +26,9 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use cubecl::prelude::*;
 
-use super::online_softmax::{LOW, Rows};
+/// Below every score (`online_softmax.rs`'s; `prefill_attention.rs` takes it from here).
+pub(super) use super::online_softmax::LOW;
+use super::online_softmax::Rows;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 
 /// Shared memory for the rows' partial outputs, in f32 values.

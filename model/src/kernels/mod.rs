@@ -30,6 +30,7 @@ mod matmul;
 mod model_check;
 mod norm;
 mod online_softmax;
+mod prefill_attention;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 mod qk_rope;
@@ -43,11 +44,14 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind};
 
 pub(crate) use argmax::argmax_rows;
-pub(crate) use batch_attention::batch_decode_attention;
+pub(crate) use batch_attention::{
+    batch_attention_covers, batch_attention_in_place, batch_decode_attention,
+};
 pub(crate) use decode_attention::decode_attention;
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::rms_norm;
+pub(crate) use prefill_attention::{KeyTable, key_table, prefill_attention};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::skinny_matmul;
 
@@ -108,6 +112,43 @@ pub(crate) fn reduce_units(t: &CubeTensor, want: u32) -> (u32, bool) {
             .contains(cubecl::ir::features::Plane::Ops)
         && units == plane_dim;
     (units, plane)
+}
+
+/// `t` itself when no other handle shares its buffer, else a copy of it on
+/// its CubeCL device (off one, `t` as it is), so that a kernel may write it
+/// in place without another holder seeing the write.
+pub(crate) fn unshared<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.can_mut() {
+        return t;
+    }
+    match cube(&t) {
+        Some(c) => tensor(c.copy()),
+        None => t,
+    }
+}
+
+/// `values` uploaded as a `u32` tensor on the CubeCL device `like` lives on.
+///
+/// # Panics
+///
+/// If `like` is not on a CubeCL device.
+pub(crate) fn u32_buffer<const D: usize>(like: &Tensor<D>, values: &[u32]) -> CubeTensor {
+    let c = cube(like).expect("a CubeCL tensor");
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    CubeTensor::new_contiguous(
+        c.client.clone(),
+        c.device.clone(),
+        burn::tensor::Shape::new([values.len()]),
+        c.client.create_from_slice(&bytes),
+        DType::U32,
+    )
+}
+
+/// Writes `values` over the `u32` buffer `t` in place (same length).
+pub(crate) fn write_u32(t: &CubeTensor, values: &[u32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    t.client
+        .write(&t.handle, burn::tensor::Bytes::from_bytes_vec(bytes));
 }
 
 /// Contiguous row-major, or a copy that is.

@@ -3,7 +3,8 @@
 //! window the decode runs past) built from the same deterministic weights
 //! on CubeCL's CPU runtime (kernels on) and on the `flex` CPU backend (no
 //! kernels), fed the same tokens: prefill, single-sequence decode, batched
-//! decode of sequences at different lengths, and greedy generation.
+//! decode of sequences at different lengths, and greedy generation; then the
+//! captured decode step (`decode_graph.rs`) against `forward_batch`.
 //!
 //! Owns: nothing but this test. Must never: hide a difference the kernels'
 //! own tests would not (it checks their wiring in `gemma3.rs` and
@@ -148,4 +149,64 @@ fn the_decoder_with_kernels_equals_the_plain_burn_decoder() {
     let (tc, tf) = (gen_on(&mc), gen_on(&mf));
     assert_eq!(tc.len(), 12);
     assert_eq!(tc, tf, "greedy tokens differ");
+}
+
+/// The captured decode step against `forward_batch` on the same device:
+/// three sequences at 252, 3 and 1 positions (one global buffer fills at
+/// 256 and the step is captured anew; rings full and not yet full), their
+/// graph caches cloned from the plain ones (shared buffers, which the graph
+/// must copy before writing). Each step's logits agree, the plain caches
+/// are untouched by the graph's writes, and the caches handed back go on
+/// as the plain ones do.
+#[test]
+fn the_captured_decode_step_equals_forward_batch() {
+    use crate::decode_graph::DecodeGraph;
+    let m = model(&device());
+    let prompts: Vec<Vec<u32>> = [252usize, 3, 1]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| (i * 37 + 3) % 300).collect())
+        .collect();
+    let mut plain: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = KvCache::new(m.config());
+            let _ = m.forward(p, &mut c, Logits::Last);
+            c
+        })
+        .collect();
+    let mut graphed = plain.clone();
+    let mut tokens = vec![5u32, 6, 7];
+    let greedy = |logits: &Tensor<2>| -> Vec<u32> {
+        let [b, v] = logits.dims();
+        let x: Vec<f32> = logits.clone().into_data().iter::<f32>().collect();
+        (0..b)
+            .map(|r| {
+                let row = &x[r * v..(r + 1) * v];
+                (0..v).fold(0, |best, j| if row[j] > row[best] { j } else { best }) as u32
+            })
+            .collect()
+    };
+    {
+        let mut g = DecodeGraph::new(&m, graphed.iter_mut().collect(), 2).expect("covered");
+        for step in 0..7 {
+            let got = g.step(&tokens);
+            let mut refs: Vec<&mut KvCache> = plain.iter_mut().collect();
+            let want = m.forward_batch(&tokens, &mut refs);
+            let d = max_abs_diff(got, want.clone());
+            assert!(d < 1e-4, "step {step}: logits differ by {d}");
+            tokens = greedy(&want);
+        }
+        // CubeCL's CPU runtime has no graphs: replays re-run the step.
+        assert!(!g.is_hardware(), "{g:?}");
+    }
+    for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.cached_per_layer(), b.cached_per_layer());
+        let (x, y) = (
+            m.forward(&[9], a, Logits::Last),
+            m.forward(&[9], b, Logits::Last),
+        );
+        let d = max_abs_diff(x, y);
+        assert!(d < 1e-4, "after the graph, logits differ by {d}");
+    }
 }
