@@ -73,14 +73,7 @@ fn table(like: &CubeTensor, meta: Vec<u32>) -> CubeTensor {
         {
             return t.clone();
         }
-        let bytes: Vec<u8> = meta.iter().flat_map(|x| x.to_ne_bytes()).collect();
-        let t = CubeTensor::new_contiguous(
-            like.client.clone(),
-            like.device.clone(),
-            burn::tensor::Shape::new([meta.len()]),
-            like.client.create_from_slice(&bytes),
-            DType::U32,
-        );
+        let t = super::upload_u32(like, &meta);
         if kept.len() == KEPT_TABLES {
             kept.remove(0);
         }

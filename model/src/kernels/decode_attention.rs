@@ -27,7 +27,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use cubecl::prelude::*;
 
 /// Below every score (`online_softmax.rs`'s; `prefill_attention.rs` takes it from here).
-pub(super) use super::online_softmax::LOW;
+use super::online_softmax::LOW;
 use super::online_softmax::Rows;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 

@@ -133,13 +133,19 @@ pub(crate) fn unshared<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 ///
 /// If `like` is not on a CubeCL device.
 pub(crate) fn u32_buffer<const D: usize>(like: &Tensor<D>, values: &[u32]) -> CubeTensor {
-    let c = cube(like).expect("a CubeCL tensor");
+    upload_u32(&cube(like).expect("a CubeCL tensor"), values)
+}
+
+/// `values` uploaded as a `u32` tensor on `like`'s device (at least one
+/// element: a zero when `values` is empty).
+pub(crate) fn upload_u32(like: &CubeTensor, values: &[u32]) -> CubeTensor {
+    let values = if values.is_empty() { &[0][..] } else { values };
     let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_ne_bytes()).collect();
     CubeTensor::new_contiguous(
-        c.client.clone(),
-        c.device.clone(),
+        like.client.clone(),
+        like.device.clone(),
         burn::tensor::Shape::new([values.len()]),
-        c.client.create_from_slice(&bytes),
+        like.client.create_from_slice(&bytes),
         DType::U32,
     )
 }

@@ -1,5 +1,6 @@
-//! The online softmax the decode attention kernels share
-//! (`decode_attention.rs`, one sequence; `batch_attention.rs`, a batch):
+//! The online softmax the attention kernels share (`decode_attention.rs`,
+//! one sequence; `batch_attention.rs`, a batch; `prefill_attention.rs`, a
+//! prompt chunk, whose rows are query tokens and are not merged):
 //! a cube's rows of lanes each fold keys into a running maximum `m`, sum
 //! `l` and weighted values `acc` per query head, and the rows' partial
 //! results are then merged through shared memory into the cube's output
@@ -137,6 +138,32 @@ impl<N: Size> Rows<N> {
                     self.acc[r * per_lane + j] =
                         self.acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
                 }
+            }
+        }
+    }
+
+    /// Writes this unit's share of its row's normalised output (`acc / l`
+    /// per query head, heads side by side from vector `base` of `out`),
+    /// where each row has seen every key it may see and nothing is merged
+    /// (`prefill_attention.rs`: a row per query token).
+    pub(super) fn store<F: Float>(
+        &self,
+        out: &mut cubecl::prelude::Tensor<Vector<F, N>>,
+        base: usize,
+        kvh: usize,
+    ) {
+        let tx = UNIT_POS_X as usize;
+        let rep = comptime!(self.rep);
+        let lanes = comptime!(self.lanes);
+        let head_vectors = comptime!(self.head_vectors);
+        let per_lane = comptime!(self.head_vectors / self.lanes);
+        #[unroll]
+        for r in 0..rep {
+            let inv = Vector::<f32, N>::new(1.0f32 / self.l[r]);
+            let h = kvh * rep + r;
+            for j in 0..per_lane {
+                out[base + h * head_vectors + tx + j * lanes] =
+                    Vector::<F, N>::cast_from(self.acc[r * per_lane + j] * inv);
             }
         }
     }

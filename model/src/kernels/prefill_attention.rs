@@ -32,13 +32,15 @@
 
 use std::ops::Range;
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::decode_attention::LOW;
-use super::{cube, enabled, float_elem, reduce_units, tensor, vector_width};
+use super::online_softmax::Rows;
+use super::{
+    contiguous, cube, enabled, float_elem, reduce_units, tensor, upload_u32, vector_width,
+};
 
 /// Most query rows (tokens) per cube.
 const MAX_ROWS: usize = 8;
@@ -94,17 +96,8 @@ pub(crate) fn key_table(
         table.extend(keys.iter().map(|&p| number(p)));
         table.extend((start..start + t).map(number));
     }
-    let bytes: Vec<u8> = table.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    let n = table.len().max(1);
-    let bytes = if bytes.is_empty() { vec![0; 4] } else { bytes };
     Some(KeyTable {
-        table: CubeTensor::new_contiguous(
-            c.client.clone(),
-            c.device.clone(),
-            burn::tensor::Shape::new([n]),
-            c.client.create_from_slice(&bytes),
-            DType::U32,
-        ),
+        table: upload_u32(&c, &table),
         keys: keys.len(),
         queries: t,
         start: start as u32,
@@ -125,16 +118,14 @@ fn prefill_attention_kernel<F: Float, N: Size>(
     n_queries: u32,
     start: u32,
     window: u32,
-    q_head: u32,
-    q_token: u32,
     k_head: u32,
     k_slot: u32,
     v_head: u32,
     v_slot: u32,
     scale: f32,
     #[comptime] rep: usize,
+    #[comptime] head_dim: usize,
     #[comptime] head_vectors: usize,
-    #[comptime] width: usize,
     #[comptime] lanes: usize,
     #[comptime] plane: bool,
     #[comptime] local: bool,
@@ -154,24 +145,10 @@ fn prefill_attention_kernel<F: Float, N: Size>(
         if comptime!(blocks) {
             q_block = table[2 * s_len + i];
         }
-
-        let mut qv = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-        let mut acc = Array::<Vector<f32, N>>::new(comptime!(rep * per_lane));
-        let mut m = Array::<f32>::new(rep);
-        let mut l = Array::<f32>::new(rep);
-        #[unroll]
-        for r in 0..rep {
-            m[r] = LOW;
-            l[r] = 0.0f32;
-            let h = kvh * rep + r;
-            for j in 0..per_lane {
-                qv[r * per_lane + j] = Vector::<f32, N>::cast_from(
-                    q[h * q_head as usize + i * q_token as usize + tx + j * lanes],
-                );
-                acc[r * per_lane + j] = Vector::new(0.0f32);
-            }
-        }
-
+        // Queries and output are [T, H·hd]: row i's heads side by side.
+        let row = i * kv_heads * rep * head_vectors;
+        let mut rows =
+            Rows::<N>::start::<F>(q, row, kvh, rep, head_dim, head_vectors, lanes, 1usize);
         let mut kv = Array::<Vector<f32, N>>::new(per_lane);
         let mut vv = Array::<Vector<f32, N>>::new(per_lane);
         for s in 0..s_len {
@@ -191,50 +168,16 @@ fn prefill_attention_kernel<F: Float, N: Size>(
                     kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
                     vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
                 }
-                #[unroll]
-                for r in 0..rep {
-                    let mut dot = Vector::<f32, N>::new(0.0f32);
-                    for j in 0..per_lane {
-                        dot += qv[r * per_lane + j] * kv[j];
-                    }
-                    let mut total = 0.0f32;
-                    #[unroll]
-                    for w in 0..width {
-                        total += dot.extract(w);
-                    }
-                    if comptime!(plane) {
-                        total = plane_sum(total);
-                    }
-                    let score = total * scale;
-                    let old = m[r];
-                    let top = select(score > old, score, old);
-                    let corr = (old - top).exp();
-                    let p = (score - top).exp();
-                    l[r] = l[r] * corr + p;
-                    m[r] = top;
-                    for j in 0..per_lane {
-                        acc[r * per_lane + j] =
-                            acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
-                    }
-                }
+                rows.fold(&kv, &vv, true, scale, plane, false);
             }
         }
-
-        // Row i of the output, heads side by side: [T, H·hd].
-        #[unroll]
-        for r in 0..rep {
-            let h = kvh * rep + r;
-            let inv = Vector::<f32, N>::new(1.0f32 / l[r]);
-            let base = (i * kv_heads * rep + h) * head_vectors;
-            for j in 0..per_lane {
-                out[base + tx + j * lanes] = Vector::<F, N>::cast_from(acc[r * per_lane + j] * inv);
-            }
-        }
+        rows.store::<F>(out, row, kvh);
     }
 }
 
-/// A chunk's attention: `q: [1, H, T, hd]` (after q-norm and RoPE, any
-/// strides with unit last) over `keys`/`values: [1, KV, S, hd]` (the cache's
+/// A chunk's attention: `q: [1, H, T, hd]` (after q-norm and RoPE; read as
+/// `[T, H, hd]` rows, copied to that layout unless it is a view of it, as
+/// the q/k-norm + RoPE kernel's output is) over `keys`/`values: [1, KV, S, hd]` (the cache's
 /// visible slots, read in place), what each query sees given by `table`
 /// (built for these `S` keys and `T` queries), scores scaled by `scale`;
 /// `[T, H·hd]` in `q`'s dtype. `None` off a CubeCL device, or for shapes it
@@ -267,7 +210,10 @@ pub(crate) fn prefill_attention(
         return None;
     }
     let elem = float_elem(dtype)?;
-    let (qc, kc, vc) = (cube(q)?, cube(keys)?, cube(values)?);
+    // Queries as [T, H·hd] rows (what the q/k-norm + RoPE kernel leaves:
+    // no copy then).
+    let qc = contiguous(cube(&q.clone().swap_dims(1, 2))?);
+    let (kc, vc) = (cube(keys)?, cube(values)?);
     let vec = vector_width(hd, dtype, 16);
     let head_vectors = hd / vec;
     // Unit last stride, every other stride a whole number of vectors.
@@ -275,7 +221,7 @@ pub(crate) fn prefill_attention(
         let st = c.meta.strides();
         st[3] == 1 && st[1].is_multiple_of(vec) && st[2].is_multiple_of(vec)
     };
-    if !strided(&qc) || !strided(&kc) || !strided(&vc) {
+    if !strided(&kc) || !strided(&vc) {
         return None;
     }
     let (lanes, plane) = match reduce_units(&qc, 32) {
@@ -294,11 +240,7 @@ pub(crate) fn prefill_attention(
         burn::tensor::Shape::new([t, heads * hd]),
         dtype,
     );
-    let (qs, ks, vs) = (
-        qc.meta.strides().clone(),
-        kc.meta.strides().clone(),
-        vc.meta.strides().clone(),
-    );
+    let (ks, vs) = (kc.meta.strides().clone(), vc.meta.strides().clone());
     prefill_attention_kernel::launch(
         &client,
         CubeCount::Static(kvh as u32, t.div_ceil(rows) as u32, 1),
@@ -313,16 +255,14 @@ pub(crate) fn prefill_attention(
         t as u32,
         table.start,
         table.window.unwrap_or(0),
-        (qs[1] / vec) as u32,
-        (qs[2] / vec) as u32,
         (ks[1] / vec) as u32,
         (ks[2] / vec) as u32,
         (vs[1] / vec) as u32,
         (vs[2] / vec) as u32,
         scale as f32,
         heads / kvh,
+        hd,
         head_vectors,
-        vec,
         lanes,
         plane,
         table.window.is_some(),
