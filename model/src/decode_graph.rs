@@ -52,9 +52,6 @@ struct Inputs {
 struct Live<'m> {
     graph: burn::tensor::Graph<Tensor<2>, Step<'m>>,
     inputs: Inputs,
-    /// Every layer's buffers per sequence (second handles of those the
-    /// step writes): `[layer][sequence]`.
-    buffers: Vec<Vec<(Tensor<4>, Tensor<4>)>>,
     /// Per sequence, the slots of its buffers on global and local layers.
     caps: Caps,
     /// Steps left before a buffer is full.
@@ -72,6 +69,10 @@ pub struct DecodeGraph<'m, 'c> {
     model: &'m Gemma3,
     caches: Vec<&'c mut KvCache>,
     reserve: usize,
+    /// The caches' buffers while taken: `[layer][sequence]` (second handles
+    /// of those the step writes), handed back by [`DecodeGraph::release`]
+    /// (also when a capture panics: `Drop` releases).
+    lent: Vec<Vec<(Tensor<4>, Tensor<4>)>>,
     live: Option<Live<'m>>,
 }
 
@@ -91,6 +92,7 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
             model,
             caches,
             reserve: reserve.max(1),
+            lent: Vec::new(),
             live: None,
         })
     }
@@ -112,7 +114,7 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
                 write_inputs(self.model, &self.caches, &live.inputs, &live.caps, tokens);
                 // SAFETY: every buffer the step reads or writes is held by
                 // the graph's closure (the model's weights through `'m`,
-                // the inputs and cache buffers by value) or by `live`, so
+                // the inputs and cache buffers by value), `live` or `lent`, so
                 // all outlive the replay; the inputs were written just now
                 // on this thread's stream, the one the graph was captured
                 // on, and the output is copied on it below; nothing else
@@ -154,7 +156,7 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
         let (device, dtype) = (model.device().clone(), model.dtype());
         let like = Tensor::<4>::zeros([1, kv, 1, hd], (&device, dtype));
         let mut room = usize::MAX;
-        let mut buffers = Vec::with_capacity(cfg.num_layers());
+        self.lent = Vec::with_capacity(cfg.num_layers());
         let mut caps: Vec<[Option<usize>; 2]> = vec![[None, None]; b];
         for (li, kind) in cfg.layer_types.iter().enumerate() {
             let mut row = Vec::with_capacity(b);
@@ -168,7 +170,7 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
                 assert_eq!(*kept, slots, "layers of one type grow alike");
                 row.push((k, v));
             }
-            buffers.push(row);
+            self.lent.push(row);
         }
         let caps: Caps = caps
             .into_iter()
@@ -189,7 +191,8 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
             cfg.query_pre_attn_scalar.powf(-0.5),
         );
         let step_inputs = inputs.clone();
-        let step_buffers: Vec<Vec<(CubeTensor, CubeTensor)>> = buffers
+        let step_buffers: Vec<Vec<(CubeTensor, CubeTensor)>> = self
+            .lent
             .iter()
             .map(|row| {
                 row.iter()
@@ -214,7 +217,6 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
         Live {
             graph: burn::tensor::capture(&device, step),
             inputs,
-            buffers,
             caps,
             room,
         }
@@ -222,12 +224,9 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
 
     /// Drops the graph and gives the caches their buffers back.
     fn release(&mut self) {
-        let Some(live) = self.live.take() else {
-            return;
-        };
         // The step's handles go with the graph: the caches' are the last ones.
-        drop(live.graph);
-        for (li, row) in live.buffers.into_iter().enumerate() {
+        drop(self.live.take());
+        for (li, row) in std::mem::take(&mut self.lent).into_iter().enumerate() {
             for (c, (k, v)) in self.caches.iter_mut().zip(row) {
                 c.layers[li].put_back_buffers(k, v);
             }
