@@ -246,17 +246,25 @@ fn kv_bytes_read(cfg: &Gemma3Config, cache: &KvCache, bytes: u64) -> u64 {
         .sum()
 }
 
-/// Reads `logits: [B, V]` back and sets `tokens[i]` to row `i`'s argmax.
-fn greedy_next(logits: Tensor<2>, tokens: &mut [u32]) -> Result<(), BenchError> {
-    let rows: Vec<f32> = logits.into_data().try_into_vec().map_err(|e| {
+/// `logits` read back to the host.
+fn read_back(logits: Tensor<2>) -> Result<Vec<f32>, BenchError> {
+    logits.into_data().try_into_vec().map_err(|e| {
         BenchError::Generate(generate::GenerateError::Readback {
             why: format!("{e:?}"),
         })
-    })?;
-    let v = rows.len() / tokens.len().max(1);
-    for (i, t) in tokens.iter_mut().enumerate() {
-        *t = argmax(&rows[i * v..(i + 1) * v]);
-    }
+    })
+}
+
+/// Each row's argmax of `b` rows of logits read back.
+fn greedy_rows(rows: &[f32], b: usize) -> Vec<u32> {
+    let v = rows.len() / b.max(1);
+    (0..b).map(|i| argmax(&rows[i * v..(i + 1) * v])).collect()
+}
+
+/// Reads `logits: [B, V]` back and sets `tokens[i]` to row `i`'s argmax.
+fn greedy_next(logits: Tensor<2>, tokens: &mut [u32]) -> Result<(), BenchError> {
+    let next = greedy_rows(&read_back(logits)?, tokens.len());
+    tokens.copy_from_slice(&next);
     Ok(())
 }
 
@@ -304,6 +312,34 @@ fn decode_graph_at_batch(
     steps: usize,
 ) -> Result<Option<serde_json::Value>, BenchError> {
     use medgemma_model::decode_graph::DecodeGraph;
+    // Fidelity first, on a card where a replay really replays: the graph's
+    // first three steps (its capture and two replays) against
+    // `forward_batch` from copies of the same caches, each fed the
+    // launched path's greedy tokens.
+    let mut checked: Vec<KvCache> = (0..batch).map(|_| base.clone()).collect();
+    let mut launched = checked.clone();
+    let (mut max_diff, mut same_tokens) = (0f32, true);
+    {
+        let Some(mut graph) = DecodeGraph::new(model, checked.iter_mut().collect(), 3) else {
+            return Ok(None);
+        };
+        let mut tokens = vec![first; batch];
+        for _ in 0..3 {
+            let got = read_back(graph.step(&tokens))?;
+            let mut refs: Vec<&mut KvCache> = launched.iter_mut().collect();
+            let want = read_back(model.forward_batch(&tokens, &mut refs))?;
+            let next = greedy_rows(&want, batch);
+            same_tokens &= greedy_rows(&got, batch) == next;
+            max_diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(max_diff, f32::max);
+            tokens = next;
+        }
+    }
+    drop((checked, launched));
+
     let mut caches: Vec<KvCache> = (0..batch).map(|_| base.clone()).collect();
     let Some(mut graph) = DecodeGraph::new(model, caches.iter_mut().collect(), steps + 2) else {
         return Ok(None);
@@ -323,6 +359,8 @@ fn decode_graph_at_batch(
     let per_seq = if s > 0.0 { steps as f64 / s } else { 0.0 };
     Ok(Some(serde_json::json!({
         "hardware_graph": graph.is_hardware(),
+        "max_abs_diff_vs_launched": max_diff,
+        "same_greedy_tokens_as_launched": same_tokens,
         "capture_ms": capture_s * 1e3,
         "step_ms": if steps > 0 { s * 1e3 / steps as f64 } else { 0.0 },
         "per_sequence_tokens_per_s": per_seq,
