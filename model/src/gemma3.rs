@@ -1435,6 +1435,19 @@ mod tests {
                 assert!(d <= tol, "{c:?} {dtype:?}: differs by {d}");
             }
         }
+        // Positions the kernel's u32 arithmetic cannot hold get no table (the
+        // caller then takes the masked softmax): the last query, and on
+        // sliding-window layers the last key plus the window.
+        let q = random([1, 4, 2, 8], DType::F32, 1, &device).swap_dims(1, 2);
+        let top = u32::MAX as usize;
+        let table = |start: usize, window| {
+            let keys: Vec<usize> = (start..start + 2).collect();
+            crate::kernels::key_table(&q, start, 2, &keys, window, &[]).is_some()
+        };
+        assert!(table(top - 3, None), "a global chunk ending below u32::MAX");
+        assert!(!table(top - 1, None), "a chunk ending past u32::MAX");
+        assert!(table(top - 10, Some(8)), "last key + window below u32::MAX");
+        assert!(!table(top - 6, Some(8)), "last key + window past u32::MAX");
     }
 
     #[test]

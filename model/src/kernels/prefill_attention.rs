@@ -88,8 +88,14 @@ pub(crate) fn key_table(
     };
     let mut table = keys.iter().map(|&p| u(p)).collect::<Option<Vec<u32>>>()?;
     u(start + t)?;
+    // The kernel tests `key + window > pos` in u32: the largest key plus the
+    // window must fit too, or the launched path would wrap where the host
+    // mask does not (the caller falls back to the masked softmax).
     let window = match window {
-        Some(w) => Some(u(w)?),
+        Some(w) => {
+            u(start + t + w)?;
+            Some(u(w)?)
+        }
         None => None,
     };
     if !blocks.is_empty() {
