@@ -320,12 +320,16 @@ fn decode_graph_at_batch(
     let mut launched = checked.clone();
     let (mut max_diff, mut same_tokens) = (0f32, true);
     {
-        let Some(mut graph) = DecodeGraph::new(model, checked.iter_mut().collect(), 3) else {
+        let Some(mut graph) = DecodeGraph::new(model, 3) else {
             return Ok(None);
         };
         let mut tokens = vec![first; batch];
         for _ in 0..3 {
-            let got = read_back(graph.step(&tokens))?;
+            let mut refs: Vec<&mut KvCache> = checked.iter_mut().collect();
+            let Some(got) = graph.step(&mut refs, &tokens) else {
+                return Ok(None);
+            };
+            let got = read_back(got)?;
             let mut refs: Vec<&mut KvCache> = launched.iter_mut().collect();
             let want = read_back(model.forward_batch(&tokens, &mut refs))?;
             let next = greedy_rows(&want, batch);
@@ -341,12 +345,16 @@ fn decode_graph_at_batch(
     drop((checked, launched));
 
     let mut caches: Vec<KvCache> = (0..batch).map(|_| base.clone()).collect();
-    let Some(mut graph) = DecodeGraph::new(model, caches.iter_mut().collect(), steps + 2) else {
+    let Some(mut graph) = DecodeGraph::new(model, steps + 2) else {
         return Ok(None);
     };
     let mut tokens = vec![first; batch];
     let mut step = |tokens: &mut Vec<u32>| -> Result<(), BenchError> {
-        greedy_next(graph.step(tokens), tokens)
+        let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let logits = graph.step(&mut refs, tokens).ok_or_else(|| {
+            BenchError::Args(format!("the decode graph does not cover batch {batch}"))
+        })?;
+        greedy_next(logits, tokens)
     };
     let t = Instant::now();
     step(&mut tokens)?;
@@ -359,6 +367,7 @@ fn decode_graph_at_batch(
     let per_seq = if s > 0.0 { steps as f64 / s } else { 0.0 };
     Ok(Some(serde_json::json!({
         "hardware_graph": graph.is_hardware(),
+        "captures": graph.captures(),
         "max_abs_diff_vs_launched": max_diff,
         "same_greedy_tokens_as_launched": same_tokens,
         "capture_ms": capture_s * 1e3,

@@ -8,20 +8,30 @@
 //! ([`Inputs`]: the token ids, the RoPE rows of each layer type, and per
 //! sequence and layer type the cache slot to write, the slots to read and
 //! the buffer's size), and the host refreshes them in place before each
-//! replay. The caches' buffers are taken out of the [`KvCache`]s for the
-//! graph's life, grown in advance by [`DecodeGraph::new`]'s `reserve`
-//! tokens, and written in place by the batched attention kernel; when a
-//! buffer is full the graph is dropped, the buffers go back, and the next
-//! step captures anew with room for `reserve` more. On a runtime without
-//! graphs (CubeCL's CPU runtime, where the tests run) `capture` records
-//! nothing and a replay runs the step again over the same buffers: the
-//! same arithmetic, which is what the tests compare with
-//! [`Gemma3::forward_batch`].
+//! replay. At a capture each cache's buffers are grown by the graph's
+//! `reserve` tokens and made its own (a buffer still shared with a clone,
+//! a kept conversation, is copied first); the cache and the graph then hold
+//! handles to the same buffers, which the batched attention kernel writes
+//! in place, so the cache sees every token the graph writes and counts it.
 //!
-//! Owns: the step's input buffers and the caches' buffers while captured.
+//! The graph is not tied to the caches' owners: [`DecodeGraph::step`] takes
+//! the batch's caches each step and replays only when they are the ones it
+//! captured, in the same order, at the lengths it left them, still holding
+//! its buffers (a cache written by anything else has copied its buffer
+//! away). Otherwise, or when a buffer is full, it drops the old capture and
+//! captures anew. Dropping it hands nothing back: the caches hold their
+//! buffers throughout. On a runtime without graphs (CubeCL's CPU runtime,
+//! where the tests run) `capture` records nothing and a replay runs the
+//! step again over the same buffers: the same arithmetic, which is what the
+//! tests compare with [`Gemma3::forward_batch`].
+//!
+//! Owns: the step's input buffers, a handle to the model's weights, and
+//! second handles to the captured caches' buffers.
 //! Must never: read an input from the host inside the step (a replay would
-//! not see it change), let another holder see a cache buffer it writes, or
-//! hand a cache back with a count that differs from what was written.
+//! not see it change), replay for a cache that is not the one captured or
+//! whose buffers anything else can see (a clone made after the capture
+//! shares them: only the engine's finished turns are cloned, and they are
+//! never stepped again), or count a token it did not write.
 
 use burn::tensor::{Bytes, Int, Tensor, TensorData};
 use burn_cubecl::tensor::CubeTensor;
@@ -32,7 +42,7 @@ use crate::kernels;
 use crate::kv_cache::KvCache;
 
 /// The step as the graph holds it.
-type Step<'m> = Box<dyn FnMut() -> Tensor<2> + 'm>;
+type Step = Box<dyn FnMut() -> Tensor<2> + Send>;
 
 /// What a step reads that changes between steps, in device buffers
 /// (handles to the same buffers the captured step reads).
@@ -49,87 +59,96 @@ struct Inputs {
 }
 
 /// One capture and what it was built over.
-struct Live<'m> {
-    graph: burn::tensor::Graph<Tensor<2>, Step<'m>>,
+struct Live {
+    graph: burn::tensor::Graph<Tensor<2>, Step>,
     inputs: Inputs,
     /// Per sequence, the slots of its buffers on global and local layers.
     caps: Caps,
+    /// The captured caches' buffers, `[layer][sequence]` (keys, values):
+    /// second handles of those the step writes, to tell the caches apart.
+    buffers: Vec<Vec<(CubeTensor, CubeTensor)>>,
+    /// Each sequence's length where the graph left it.
+    lens: Vec<usize>,
     /// Steps left before a buffer is full.
     room: usize,
 }
 
-/// Per sequence, the slots of its taken buffers: `(global, local)`.
+/// Per sequence, the slots of its buffers: `(global, local)`.
 type Caps = Vec<(usize, usize)>;
 
-/// A decode batch whose step is captured as one graph (see the module
-/// documentation). Built by [`DecodeGraph::new`] over the batch's caches,
-/// which it holds until dropped; [`DecodeGraph::step`] then decodes one
-/// token per sequence, as [`Gemma3::forward_batch`] does.
-pub struct DecodeGraph<'m, 'c> {
-    model: &'m Gemma3,
-    caches: Vec<&'c mut KvCache>,
+/// A decode step that is captured as one graph and replayed while the batch
+/// stays the same (see the module documentation). [`DecodeGraph::step`]
+/// decodes one token per sequence, as [`Gemma3::forward_batch`] does.
+pub struct DecodeGraph {
+    model: Gemma3,
     reserve: usize,
-    /// The caches' buffers while taken: `[layer][sequence]` (second handles
-    /// of those the step writes), handed back by [`DecodeGraph::release`]
-    /// (also when a capture panics: `Drop` releases).
-    lent: Vec<Vec<(Tensor<4>, Tensor<4>)>>,
-    live: Option<Live<'m>>,
+    live: Option<Live>,
+    captures: usize,
 }
 
-impl<'m, 'c> DecodeGraph<'m, 'c> {
-    /// A graph over `caches` (one sequence each), capturing with room for
-    /// `reserve` tokens at a time. `None`, with the caches untouched, off a
-    /// CubeCL device or where the batched attention kernel does not cover
-    /// the model's shapes or the batch: [`Gemma3::forward_batch`] serves
-    /// them.
-    pub fn new(model: &'m Gemma3, caches: Vec<&'c mut KvCache>, reserve: usize) -> Option<Self> {
+impl DecodeGraph {
+    /// A graph for `model`'s decode steps, capturing with room for
+    /// `reserve` tokens per sequence at a time. `None` off a CubeCL device:
+    /// [`Gemma3::forward_batch`] serves there.
+    pub fn new(model: &Gemma3, reserve: usize) -> Option<Self> {
         let cfg = model.config();
-        let heads = cfg.num_attention_heads;
-        let like = Tensor::<2>::zeros([1, heads * cfg.head_dim], (model.device(), model.dtype()));
-        let covered = !caches.is_empty()
-            && kernels::batch_attention_covers(&like, caches.len(), heads, cfg.num_key_value_heads);
-        covered.then_some(Self {
-            model,
-            caches,
+        let like = Tensor::<2>::zeros([1, cfg.head_dim], (model.device(), model.dtype()));
+        kernels::cube(&like)?;
+        Some(Self {
+            // The weights' handles, not a copy of them.
+            model: model.clone(),
             reserve: reserve.max(1),
-            lent: Vec::new(),
             live: None,
+            captures: 0,
         })
     }
 
-    /// One decode step: `tokens[i]` continues sequence `i`; logits `[B, V]`
+    /// One decode step: `tokens[i]` continues `caches[i]`; logits `[B, V]`
     /// in f32, as [`Gemma3::forward_batch`] gives them (a copy: the next
-    /// step overwrites the graph's own output).
+    /// step overwrites the graph's own output). Replays the last capture
+    /// when it was made over these caches (see the module documentation),
+    /// else captures anew. `None`, with the caches untouched, where the
+    /// batched attention kernel does not cover the batch (the caller runs
+    /// [`Gemma3::forward_batch`]).
     ///
     /// # Panics
     ///
-    /// If `tokens` does not have one token per sequence.
-    pub fn step(&mut self, tokens: &[u32]) -> Tensor<2> {
-        assert_eq!(tokens.len(), self.caches.len(), "one token per sequence");
-        if self.live.as_ref().is_some_and(|l| l.room == 0) {
-            self.release();
+    /// If `tokens` does not have one token per cache.
+    pub fn step(&mut self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Tensor<2>> {
+        assert_eq!(tokens.len(), caches.len(), "one token per sequence");
+        if !self
+            .live
+            .as_ref()
+            .is_some_and(|l| l.room > 0 && l.captured(caches))
+        {
+            // Its handles go first, so the caches' buffers are theirs alone
+            // again and a new capture need not copy them.
+            self.live = None;
         }
         let logits = match self.live.as_mut() {
             Some(live) => {
-                write_inputs(self.model, &self.caches, &live.inputs, &live.caps, tokens);
+                write_inputs(&self.model, caches, &live.inputs, &live.caps, tokens);
                 // SAFETY: every buffer the step reads or writes is held by
-                // the graph's closure (the model's weights through `'m`,
-                // the inputs and cache buffers by value), `live` or `lent`, so
-                // all outlive the replay; the inputs were written just now
-                // on this thread's stream, the one the graph was captured
-                // on, and the output is copied on it below; nothing else
-                // holds the cache buffers while they are out of the caches.
+                // the graph's closure (the model's weights, the inputs and
+                // the cache buffers, all by value) or by `live`, so all
+                // outlive the replay; the inputs were written just now on
+                // this thread's stream, the one the graph was captured on,
+                // and the output is copied on it below; the caches holding
+                // the other handles to the buffers it writes are the ones
+                // captured (checked above) and are borrowed here, and no
+                // other handle to them exists (made unshared at capture).
                 let out = unsafe { live.graph.replay() };
                 copy(out)
             }
             None => {
-                let live = self.capture(tokens);
+                let live = self.capture(caches, tokens)?;
                 let out = copy(live.graph.output());
                 self.live = Some(live);
+                self.captures += 1;
                 out
             }
         };
-        for c in self.caches.iter_mut() {
+        for c in caches.iter_mut() {
             for l in c.layers.iter_mut() {
                 l.count_token();
             }
@@ -137,8 +156,11 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
         }
         if let Some(live) = self.live.as_mut() {
             live.room -= 1;
+            for (len, c) in live.lens.iter_mut().zip(caches.iter()) {
+                *len = c.len();
+            }
         }
-        logits
+        Some(logits)
     }
 
     /// Whether steps replay as one hardware graph (CUDA) rather than run
@@ -147,20 +169,37 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
         self.live.as_ref().is_some_and(|l| l.graph.is_hardware())
     }
 
-    /// Takes the caches' buffers, writes the first step's inputs and
-    /// captures the step (which runs it).
-    fn capture(&mut self, tokens: &[u32]) -> Live<'m> {
-        let model = self.model;
+    /// Captures made so far (each a new batch, or a full buffer).
+    pub fn captures(&self) -> usize {
+        self.captures
+    }
+
+    /// Lets go of the capture and its handles to the caches' buffers (the
+    /// caches keep theirs); the next step captures anew.
+    pub fn release(&mut self) {
+        self.live = None;
+    }
+
+    /// Grows and unshares the caches' buffers, writes the first step's
+    /// inputs and captures the step (which runs it). `None`, touching no
+    /// cache, where the batched kernel does not cover the batch.
+    fn capture(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Live> {
+        let model = &self.model;
         let cfg = model.config();
         let (b, hd, kv) = (tokens.len(), cfg.head_dim, cfg.num_key_value_heads);
+        let heads = cfg.num_attention_heads;
         let (device, dtype) = (model.device().clone(), model.dtype());
+        let q_like = Tensor::<2>::zeros([1, heads * hd], (&device, dtype));
+        if b == 0 || !kernels::batch_attention_covers(&q_like, b, heads, kv) {
+            return None;
+        }
         let like = Tensor::<4>::zeros([1, kv, 1, hd], (&device, dtype));
         let mut room = usize::MAX;
-        self.lent = Vec::with_capacity(cfg.num_layers());
+        let mut buffers = Vec::with_capacity(cfg.num_layers());
         let mut caps: Vec<[Option<usize>; 2]> = vec![[None, None]; b];
         for (li, kind) in cfg.layer_types.iter().enumerate() {
             let mut row = Vec::with_capacity(b);
-            for (c, cap) in self.caches.iter_mut().zip(caps.iter_mut()) {
+            for (c, cap) in caches.iter_mut().zip(caps.iter_mut()) {
                 let l = &mut c.layers[li];
                 let (k, v) = l.take_for_graph(self.reserve, &like);
                 let slots = k.dims()[2];
@@ -168,9 +207,11 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
                 // Layers of a type share one row of slots in the inputs.
                 let kept = cap[usize::from(*kind == LayerType::Local)].get_or_insert(slots);
                 assert_eq!(*kept, slots, "layers of one type grow alike");
-                row.push((k, v));
+                let on = "taken on a CubeCL device";
+                row.push((kernels::cube(&k).expect(on), kernels::cube(&v).expect(on)));
+                l.put_back_buffers(k, v);
             }
-            self.lent.push(row);
+            buffers.push(row);
         }
         let caps: Caps = caps
             .into_iter()
@@ -185,27 +226,14 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
             meta_global: meta(),
             meta_local: meta(),
         };
-        write_inputs(model, &self.caches, &inputs, &caps, tokens);
-        let (heads, scale) = (
-            cfg.num_attention_heads,
-            cfg.query_pre_attn_scalar.powf(-0.5),
-        );
+        write_inputs(model, caches, &inputs, &caps, tokens);
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let step_inputs = inputs.clone();
-        let step_buffers: Vec<Vec<(CubeTensor, CubeTensor)>> = self
-            .lent
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|(k, v)| {
-                        let on = "taken on a CubeCL device";
-                        (kernels::cube(k).expect(on), kernels::cube(v).expect(on))
-                    })
-                    .collect()
-            })
-            .collect();
-        let step: Step<'m> = Box::new(move || {
+        let step_buffers = buffers.clone();
+        let step_model = model.clone();
+        let step: Step = Box::new(move || {
             let i = &step_inputs;
-            model.decode_step(&i.ids, &i.global, &i.local, &mut |li, kind, q, k, v| {
+            step_model.decode_step(&i.ids, &i.global, &i.local, &mut |li, kind, q, k, v| {
                 let meta = match kind {
                     LayerType::Global => &i.meta_global,
                     LayerType::Local => &i.meta_local,
@@ -214,40 +242,39 @@ impl<'m, 'c> DecodeGraph<'m, 'c> {
                     .expect("the graph was built where the batched kernel covers the batch")
             })
         });
-        Live {
+        Some(Live {
             graph: burn::tensor::capture(&device, step),
             inputs,
             caps,
+            buffers,
+            lens: caches.iter().map(|c| c.len()).collect(),
             room,
-        }
-    }
-
-    /// Drops the graph and gives the caches their buffers back.
-    fn release(&mut self) {
-        // The step's handles go with the graph: the caches' are the last ones.
-        drop(self.live.take());
-        for (li, row) in std::mem::take(&mut self.lent).into_iter().enumerate() {
-            for (c, (k, v)) in self.caches.iter_mut().zip(row) {
-                c.layers[li].put_back_buffers(k, v);
-            }
-        }
+        })
     }
 }
 
-impl std::fmt::Debug for DecodeGraph<'_, '_> {
+impl Live {
+    /// Whether `caches` are the ones captured, in order, at the lengths the
+    /// graph left them, each layer still holding the captured buffers.
+    fn captured(&self, caches: &[&mut KvCache]) -> bool {
+        caches.len() == self.lens.len()
+            && caches.iter().zip(&self.lens).all(|(c, &n)| c.len() == n)
+            && self.buffers.iter().enumerate().all(|(li, row)| {
+                row.iter()
+                    .zip(caches)
+                    .all(|((k, v), c)| c.layers[li].holds(k, v))
+            })
+    }
+}
+
+impl std::fmt::Debug for DecodeGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeGraph")
-            .field("sequences", &self.caches.len())
             .field("reserve", &self.reserve)
-            .field("captured", &self.live.is_some())
+            .field("captured", &self.live.as_ref().map(|l| l.lens.len()))
+            .field("captures", &self.captures)
             .field("hardware", &self.is_hardware())
             .finish()
-    }
-}
-
-impl Drop for DecodeGraph<'_, '_> {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 

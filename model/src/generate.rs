@@ -468,6 +468,13 @@ impl ConversationCache {
                 .is_some_and(|c| c.len() == self.ids.len())
     }
 
+    /// The cache held, for tests that compare what two conversations keep
+    /// (`kernels::model_check`).
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn cache(&self) -> Option<&KvCache> {
+        self.cache.as_ref()
+    }
+
     /// Bytes its buffers take (keys and values of every layer, as
     /// allocated), for the memory budget.
     pub fn bytes(&self, model: &Gemma3) -> u64 {
@@ -484,6 +491,81 @@ impl ConversationCache {
     }
 }
 
+/// Where a batch's decode steps may run as one captured graph
+/// (`decode_graph.rs`: on CUDA one launch per token): off by default, every
+/// step launched kernel by kernel; on, a step replays the last capture
+/// while the active sequences stay the same and captures anew when they
+/// change. Its steps equal the launched [`Gemma3::forward_batch`]
+/// (`kernels::model_check`); a single active sequence runs through it too.
+#[derive(Debug, Default)]
+pub struct StepGraph {
+    graph: Option<Graph>,
+}
+
+#[cfg(feature = "kernels")]
+use crate::decode_graph::DecodeGraph as Graph;
+
+/// Without `kernels` there is no graph: none is ever built.
+#[cfg(not(feature = "kernels"))]
+#[derive(Debug)]
+enum Graph {}
+
+#[cfg(not(feature = "kernels"))]
+impl Graph {
+    fn new(_: &Gemma3, _: usize) -> Option<Self> {
+        None
+    }
+    fn step(&mut self, _: &mut [&mut KvCache], _: &[u32]) -> Option<Tensor<2>> {
+        match *self {}
+    }
+    fn captures(&self) -> usize {
+        match *self {}
+    }
+    fn is_hardware(&self) -> bool {
+        match *self {}
+    }
+    fn release(&mut self) {
+        match *self {}
+    }
+}
+
+impl StepGraph {
+    /// Steps of `model` through a graph, capturing with room for `reserve`
+    /// tokens per sequence; off where the model is not on a CubeCL device
+    /// (or the crate was built without `kernels`).
+    pub fn on(model: &Gemma3, reserve: usize) -> Self {
+        Self {
+            graph: Graph::new(model, reserve),
+        }
+    }
+
+    /// Whether steps go through a graph.
+    pub fn is_on(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Captures made so far, and whether the last replays were one hardware
+    /// graph (CUDA) rather than launches (a runtime without graphs).
+    pub fn captures(&self) -> (usize, bool) {
+        self.graph
+            .as_ref()
+            .map_or((0, false), |g| (g.captures(), g.is_hardware()))
+    }
+
+    /// Lets go of the last capture (the caches keep their buffers).
+    pub fn release(&mut self) {
+        if let Some(g) = &mut self.graph {
+            g.release();
+        }
+    }
+
+    /// One step through the graph; `None` when off or where it does not
+    /// cover the batch.
+    fn step(&mut self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Tensor<2>> {
+        self.graph.as_mut()?.step(caches, tokens)
+    }
+}
+
 /// One decode step for every prefilled, unfinished sequence in `seqs`: each
 /// feeds back its last token, and they run through one
 /// [`Gemma3::forward_batch`] (one [`Gemma3::forward`] when only one is
@@ -492,6 +574,16 @@ impl ConversationCache {
 /// context limit end here without running.
 pub fn decode_step(
     model: &Gemma3,
+    seqs: &mut [&mut Sequence],
+    on_token: impl FnMut(usize, u32) -> Flow,
+) -> Result<(), GenerateError> {
+    decode_step_with(model, &mut StepGraph::default(), seqs, on_token)
+}
+
+/// [`decode_step`] through `graph` when it is on and covers the batch.
+pub fn decode_step_with(
+    model: &Gemma3,
+    graph: &mut StepGraph,
     seqs: &mut [&mut Sequence],
     mut on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<(), GenerateError> {
@@ -519,9 +611,12 @@ pub fn decode_step(
         .filter(|(i, _)| active.contains(i))
         .map(|(_, s)| (&mut s.cache, &mut s.sampler))
         .unzip();
-    let logits = match caches.as_mut_slice() {
-        [one] => model.forward(&inputs, one, Logits::Last),
-        many => model.forward_batch(&inputs, many),
+    let logits = match graph.step(&mut caches, &inputs) {
+        Some(logits) => logits,
+        None => match caches.as_mut_slice() {
+            [one] => model.forward(&inputs, one, Logits::Last),
+            many => model.forward_batch(&inputs, many),
+        },
     };
     let chosen = choose(logits, &mut samplers)?;
     for (&i, next) in active.iter().zip(chosen) {

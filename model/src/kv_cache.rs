@@ -115,9 +115,13 @@ impl LayerCache {
         tokens: usize,
         like: &Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>) {
+        // A global layer's buffer stops at the context (but holds the next
+        // token, which the caller only asks for where the context allows).
         let needed = match self.window {
             Some(w) => (self.len + tokens).min(w),
-            None => self.len + tokens,
+            None => (self.len + tokens)
+                .min(self.slots_limit())
+                .max(self.len + 1),
         };
         let (k, v) = self.take_reserved(needed.max(1), like);
         (crate::kernels::unshared(k), crate::kernels::unshared(v))
@@ -155,6 +159,22 @@ impl LayerCache {
     pub(crate) fn put_back_buffers(&mut self, keys: Tensor<4>, values: Tensor<4>) {
         self.keys = Some(keys);
         self.values = Some(values);
+    }
+
+    /// Whether this layer's buffers are `keys` and `values` (handles to the
+    /// same memory), as a captured graph left them.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn holds(
+        &self,
+        keys: &burn_cubecl::tensor::CubeTensor,
+        values: &burn_cubecl::tensor::CubeTensor,
+    ) -> bool {
+        match (&self.keys, &self.values) {
+            (Some(k), Some(v)) => {
+                crate::kernels::same_buffer(k, keys) && crate::kernels::same_buffer(v, values)
+            }
+            _ => false,
+        }
     }
 
     /// The whole buffers (every allocated slot), for tests that compare

@@ -69,6 +69,15 @@ pub(crate) fn cube<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
     t.clone().try_into_primitive::<Cube>().ok()
 }
 
+/// Whether `t` is a handle to `c`'s buffer: the same memory at the same
+/// offset (a copy, even of equal content, is not).
+pub(crate) fn same_buffer<const D: usize>(t: &Tensor<D>, c: &CubeTensor) -> bool {
+    cube(t).is_some_and(|t| {
+        std::ptr::eq(t.handle.memory.descriptor(), c.handle.memory.descriptor())
+            && t.handle.offset_start == c.handle.offset_start
+    })
+}
+
 /// Wraps a kernel's output back into a Burn tensor.
 pub(crate) fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
     Tensor::<D>::from_primitive::<Cube>(t)

@@ -152,19 +152,21 @@ fn the_decoder_with_kernels_equals_the_plain_burn_decoder() {
 }
 
 /// The captured decode step against `forward_batch` on the same device:
-/// three sequences at 252, 3 and 1 positions (one global buffer fills at
+/// three sequences at 252, 3 and 3 positions (one global buffer fills at
 /// 256 and the step is captured anew; rings full and not yet full), their
 /// graph caches cloned from the plain ones (shared buffers, which the graph
-/// must copy before writing). Each step's logits agree, the plain caches
-/// are untouched by the graph's writes, and the caches handed back go on
-/// as the plain ones do.
+/// must copy before writing). Then the two sequences of equal length swap
+/// places (the lengths still match: only the buffers tell the graph it is
+/// another batch), and one is written outside the graph. Each step's logits
+/// agree, each change is a new capture, the plain caches are untouched by
+/// the graph's writes, and the graph's caches go on as the plain ones do.
 #[test]
 fn the_captured_decode_step_equals_forward_batch() {
     use crate::decode_graph::DecodeGraph;
     let m = model(&device());
-    let prompts: Vec<Vec<u32>> = [252usize, 3, 1]
+    let prompts: Vec<Vec<u32>> = [(252u32, 37u32), (3, 37), (3, 41)]
         .iter()
-        .map(|&n| (0..n as u32).map(|i| (i * 37 + 3) % 300).collect())
+        .map(|&(n, k)| (0..n).map(|i| (i * k + 3) % 300).collect())
         .collect();
     let mut plain: Vec<KvCache> = prompts
         .iter()
@@ -186,19 +188,63 @@ fn the_captured_decode_step_equals_forward_batch() {
             })
             .collect()
     };
-    {
-        let mut g = DecodeGraph::new(&m, graphed.iter_mut().collect(), 2).expect("covered");
-        for step in 0..7 {
-            let got = g.step(&tokens);
-            let mut refs: Vec<&mut KvCache> = plain.iter_mut().collect();
-            let want = m.forward_batch(&tokens, &mut refs);
-            let d = max_abs_diff(got, want.clone());
-            assert!(d < 1e-4, "step {step}: logits differ by {d}");
-            tokens = greedy(&want);
-        }
-        // CubeCL's CPU runtime has no graphs: replays re-run the step.
-        assert!(!g.is_hardware(), "{g:?}");
+    let mut g = DecodeGraph::new(&m, 2).expect("a CubeCL device");
+    let step = |g: &mut DecodeGraph,
+                graphed: &mut [KvCache],
+                plain: &mut [KvCache],
+                tokens: &mut Vec<u32>,
+                what: &str| {
+        let mut refs: Vec<&mut KvCache> = graphed.iter_mut().collect();
+        let got = g.step(&mut refs, tokens).expect("covered");
+        let mut refs: Vec<&mut KvCache> = plain.iter_mut().collect();
+        let want = m.forward_batch(tokens, &mut refs);
+        let d = max_abs_diff(got, want.clone());
+        assert!(d < 1e-4, "{what}: logits differ by {d}");
+        *tokens = greedy(&want);
+    };
+    for i in 0..7 {
+        step(
+            &mut g,
+            &mut graphed,
+            &mut plain,
+            &mut tokens,
+            &format!("step {i}"),
+        );
     }
+    // Room for 4 tokens at 252 of 256 slots: steps 0–3, then 4–6.
+    assert_eq!(g.captures(), 2, "{g:?}");
+    // CubeCL's CPU runtime has no graphs: replays re-run the step.
+    assert!(!g.is_hardware(), "{g:?}");
+
+    graphed.swap(1, 2);
+    plain.swap(1, 2);
+    tokens.swap(1, 2);
+    step(&mut g, &mut graphed, &mut plain, &mut tokens, "swapped");
+    assert_eq!(g.captures(), 3, "two caches of one length swapped: {g:?}");
+    step(
+        &mut g,
+        &mut graphed,
+        &mut plain,
+        &mut tokens,
+        "after the swap",
+    );
+    assert_eq!(g.captures(), 3, "the same batch again replays: {g:?}");
+
+    let (x, y) = (
+        m.forward(&[9], &mut graphed[1], Logits::Last),
+        m.forward(&[9], &mut plain[1], Logits::Last),
+    );
+    assert!(max_abs_diff(x, y) < 1e-4, "a token outside the graph");
+    step(
+        &mut g,
+        &mut graphed,
+        &mut plain,
+        &mut tokens,
+        "written outside",
+    );
+    assert_eq!(g.captures(), 4, "a cache written outside the graph: {g:?}");
+    drop(g);
+
     for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
         assert_eq!(a.len(), b.len());
         assert_eq!(a.cached_per_layer(), b.cached_per_layer());
@@ -209,4 +255,114 @@ fn the_captured_decode_step_equals_forward_batch() {
         let d = max_abs_diff(x, y);
         assert!(d < 1e-4, "after the graph, logits differ by {d}");
     }
+}
+
+/// Continuous batching through the graph ([`decode_step_with`]) against the
+/// launched steps ([`decode_step`]): one sequence ends early, one fills a
+/// global buffer, one keeps its prompt's cache (a clone that shares the
+/// buffers until the graph copies them), one joins mid-way. Every
+/// sequence's greedy tokens are the same both ways, the graph captured
+/// once per new batch or full buffer and replayed otherwise, and the kept
+/// prompt cache continues the conversation as it does after launched steps.
+#[test]
+fn continuous_batching_through_the_graph_equals_launched_steps() {
+    use crate::generate::{Flow, Sequence, StepGraph, decode_step_with};
+    let m = model(&device());
+    let opts = |max_new_tokens| GenerateOptions {
+        max_new_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: vec![],
+        ignore_eos: true,
+        context_limit: 512,
+        valid_vocab: 300,
+        suppressed: vec![],
+    };
+    let prompt = |n: u32, k: u32| -> Vec<u32> { (0..n).map(|i| (i * k + 3) % 300).collect() };
+    // (prompt, new tokens, step it joins at).
+    let plan = [
+        (prompt(4, 37), 3, 0),
+        (prompt(250, 41), 12, 0),
+        (prompt(6, 43), 10, 0),
+        (prompt(2, 47), 5, 4),
+    ];
+    let kept_prompt = plan[2].0.clone();
+    let run = |graph: &mut StepGraph| {
+        let mut seqs: Vec<Sequence> = Vec::new();
+        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
+        let mut batches = Vec::new();
+        for at in 0.. {
+            for (p, n, join) in &plan {
+                if *join == at {
+                    let mut s = Sequence::new(&m, KvCache::new(m.config()), p, opts(*n))
+                        .expect("a valid prompt");
+                    if seqs.len() == 2 {
+                        s.keep_prompt_cache();
+                    }
+                    s.prefill(&m, &mut |_| Flow::Continue).expect("prefills");
+                    seqs.push(s);
+                }
+            }
+            let active: Vec<usize> = (0..seqs.len())
+                .filter(|&i| !seqs[i].is_finished())
+                .collect();
+            if active.is_empty() && at > 4 {
+                break;
+            }
+            batches.push(active);
+            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+            decode_step_with(&m, graph, &mut refs, |_, _| Flow::Continue).expect("a step");
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            tokens[i] = s.tokens().to_vec();
+        }
+        let kept = seqs.remove(2).into_conversation().1;
+        (tokens, batches, kept)
+    };
+    let (want, batches, kept_launched) = run(&mut StepGraph::default());
+    // Room for one token at a time: a buffer fills inside a stable batch.
+    let mut graph = StepGraph::on(&m, 1);
+    assert!(graph.is_on());
+    let (got, again, kept_graphed) = run(&mut graph);
+    assert_eq!(batches, again, "the same batches both ways");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "sequence {i}: tokens through the graph");
+        assert_eq!(g.len(), plan[i].1, "sequence {i} ran its length");
+    }
+    // A capture per new batch (the first step, each end and the join) and
+    // one when the 250-token prompt's buffer (256 slots) fills.
+    let stepped: Vec<&Vec<usize>> = batches.iter().filter(|b| !b.is_empty()).collect();
+    let changes = 1 + stepped.windows(2).filter(|w| w[0] != w[1]).count();
+    let (captures, hardware) = graph.captures();
+    assert!(!hardware);
+    assert_eq!(captures, changes + 1, "batches {batches:?}");
+    assert!(captures < stepped.len(), "replays between captures");
+
+    // The kept prompt cache holds what the launched run's does (the graph
+    // wrote its decode tokens into its own copy, not into the kept one's
+    // ring), and goes on as it does.
+    let (x, y) = (
+        kept_launched.cache().expect("a kept cache").clone(),
+        kept_graphed.cache().expect("a kept cache").clone(),
+    );
+    assert_eq!((x.len(), y.len()), (kept_prompt.len(), kept_prompt.len()));
+    let (mut x, mut y) = (x, y);
+    let d = max_abs_diff(
+        m.forward(&[9], &mut x, Logits::Last),
+        m.forward(&[9], &mut y, Logits::Last),
+    );
+    assert!(d < 1e-4, "the kept prompt caches differ: logits by {d}");
+    let next: Vec<u32> = kept_prompt.iter().copied().chain([7, 8]).collect();
+    let first = |kept| {
+        let mut s = Sequence::resume(&m, Some(kept), &next, opts(3)).expect("resumes");
+        let mut out = Vec::new();
+        s.prefill(&m, &mut |id| {
+            out.push(id);
+            Flow::Continue
+        })
+        .expect("prefills");
+        (s.reused_tokens(), out)
+    };
+    let (a, b) = (first(kept_launched), first(kept_graphed));
+    assert_eq!(a, b, "the kept prompt cache after the graph");
+    assert_eq!(a.0, kept_prompt.len(), "the prompt cache was reused");
 }
