@@ -43,8 +43,9 @@
 #   kcache    the on-disk kernel cache: `medgemmad serve` (sandbox enforced,
 #             as the sandbox step) started twice on one sandbox.cache_dir;
 #             the GPU warm-up of each start (the daemon's "warm-up N s" line),
-#             the cubecl database file's size after each, and how many more
-#             seconds the first start took (the second loads PTX from disk)
+#             the cubecl database file's size after each, how many more
+#             seconds the first start took (the second loads PTX from disk),
+#             and whether the warm-up turned the decode graph on
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
 #   table     one table of all the above, with ratios
@@ -343,7 +344,7 @@ TOML
   db=$(find "$w/cache/cubecl" -name '*.db' 2>/dev/null | head -1)
   size=$( [ -n "$db" ] && stat -c %s "$db" || echo 0)
   echo "$run: ready=$ready in ${t_ready}s, warm-up ${warm:-?} s, answered=$(cat "$w/chat-$run.txt" 2>/dev/null | grep -c '^event: done'), cubecl db ${db:-none} ${size} bytes"
-  grep -E 'kernels are kept|cubecl|Unable to cache' "$out/kcache-$run.log" | head -3
+  grep -E 'kernels are kept|cubecl|Unable to cache|decode graph' "$out/kcache-$run.log" | head -4
 }
 if want kcache; then
   if [ "$(id -u)" != 0 ] || [ ! -f "$work/sandbox/model/config.json" ]; then

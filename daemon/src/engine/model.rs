@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use medgemma_model::chat::{self, Message, MultimodalMessage, Part};
-use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence};
+use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence, StepGraph};
 use medgemma_model::image::{self as image_prep, PixelValues};
 use medgemma_model::load::LoadedModel;
 use medgemma_model::sampling::SamplingParams;
@@ -28,6 +28,11 @@ use super::{
     ChatEvent, ChatRequest, ChatSummary, Engine, EngineError, EngineInfo, TurnId, TurnOutcome,
 };
 use crate::log;
+
+/// Tokens a decode graph's capture makes room for in each sequence's cache
+/// (on global layers the buffers grow by 256 positions anyway, so a batch
+/// that stays the same recaptures about once per 256 tokens).
+const GRAPH_RESERVE: usize = 64;
 
 /// The real engine over a loaded Gemma 3 model.
 #[derive(Debug)]
@@ -51,6 +56,9 @@ pub struct ModelEngine {
     kept: KeptLedger,
     /// The vision tower, when the model has one (images are refused otherwise).
     vision: Option<VisionTower>,
+    /// Decode steps as one captured graph (CUDA): on only after the
+    /// warm-up saw it answer as the launched steps do.
+    graph: StepGraph,
 }
 
 /// One turn in the batch: its generation and the text state of its stream.
@@ -96,6 +104,7 @@ impl ModelEngine {
             next_id: 0,
             kept: KeptLedger::new(0),
             vision: None,
+            graph: StepGraph::default(),
         })
     }
 
@@ -203,8 +212,48 @@ impl ModelEngine {
     /// The prompt runs past one prefill chunk (when the context allows), so
     /// the shapes of a full chunk and of a remainder are both compiled; with
     /// batching, a second turn joins so the batched kernels warm too.
+    ///
+    /// Then, where decode steps can run as one captured graph (a CubeCL
+    /// device: CUDA), the same warm-up again through the graph: the graph
+    /// stays on only if it streamed exactly what the launched steps did.
     pub fn warm_up(&mut self) -> Result<std::time::Duration, EngineError> {
         let t0 = std::time::Instant::now();
+        self.graph = StepGraph::default();
+        let launched = self.warm_up_pass()?;
+        let launched_s = t0.elapsed().as_secs_f64();
+        let graph = StepGraph::on(&self.loaded.model, GRAPH_RESERVE);
+        if graph.is_on() {
+            self.graph = graph;
+            let t1 = std::time::Instant::now();
+            let graphed = self.warm_up_pass();
+            let (captures, hardware) = self.graph.captures();
+            let graph_s = t1.elapsed().as_secs_f64();
+            match graphed {
+                Ok(events) if events == launched => log::info(format_args!(
+                    "decode graph on ({}; {captures} captures): the warm-up took {graph_s:.2} s through it and {launched_s:.2} s launched",
+                    if hardware {
+                        "one CUDA graph per step"
+                    } else {
+                        "replayed launch by launch"
+                    },
+                )),
+                other => {
+                    self.graph = StepGraph::default();
+                    let why = match other {
+                        Ok(_) => "its warm-up answer differed from the launched steps'".to_owned(),
+                        Err(e) => format!("its warm-up failed ({e})"),
+                    };
+                    log::warn(format_args!(
+                        "decode graph off: {why}; decoding launches its kernels one by one (slower, same answers)"
+                    ));
+                }
+            }
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// One warm-up (see [`ModelEngine::warm_up`]): what it streamed, turn by turn.
+    fn warm_up_pass(&mut self) -> Result<Vec<(usize, ChatEvent)>, EngineError> {
         // About 12 tokens per sentence; leave room for the template and 8 tokens.
         let sentences = (self.prefill_chunk + 100).min(self.context_limit.saturating_sub(48)) / 12;
         let req = ChatRequest {
@@ -219,21 +268,35 @@ impl ModelEngine {
             kept: None,
             images: Vec::new(),
         };
+        let mut events = Vec::new();
         if self.max_batch > 1 {
             let mut ids = Vec::new();
-            for _ in 0..2 {
-                ids.push(self.begin(&req, &mut |_| Flow::Continue)?);
+            for i in 0..2 {
+                ids.push(self.begin(&req, &mut |ev| {
+                    events.push((i, ev));
+                    Flow::Continue
+                })?);
             }
-            while !ids.is_empty() {
-                for (id, result) in self.step(&mut |_, _| Flow::Continue) {
-                    ids.retain(|&t| t != id);
+            let mut running = ids.clone();
+            while !running.is_empty() {
+                let ended = self.step(&mut |id, ev| {
+                    if let Some(i) = ids.iter().position(|&t| t == id) {
+                        events.push((i, ev));
+                    }
+                    Flow::Continue
+                });
+                for (id, result) in ended {
+                    running.retain(|&t| t != id);
                     result?;
                 }
             }
         } else {
-            self.chat(&req, &mut |_| Flow::Continue)?;
+            self.chat(&req, &mut |ev| {
+                events.push((0, ev));
+                Flow::Continue
+            })?;
         }
-        Ok(t0.elapsed())
+        Ok(events)
     }
 
     fn tokenizer(&self) -> Result<&GemmaTokenizer, EngineError> {
@@ -478,6 +541,7 @@ impl Engine for ModelEngine {
             prefill_chunk,
             context_limit,
             kept,
+            graph,
             ..
         } = self;
         let Some(tok) = loaded.tokenizer.as_ref() else {
@@ -533,7 +597,7 @@ impl Engine for ModelEngine {
                 streams.push((t.id, &mut t.text, &mut t.parser));
             }
             guarded(gpu.as_ref().map(|(h, _)| h.as_ref()), || {
-                generate::decode_step(model, &mut seqs, |i, id| {
+                generate::decode_step_with(model, graph, &mut seqs, |i, id| {
                     let (turn, text, parser) = &mut streams[i];
                     stream_token(tok, stop_ids, text, parser, id, &mut |ev| {
                         on_event(*turn, ev)
@@ -541,6 +605,10 @@ impl Engine for ModelEngine {
                 })
             })
         };
+        if !matches!(stepped, Ok(Ok(()))) {
+            // Nothing of a failed step is replayed.
+            graph.release();
+        }
         match stepped {
             Ok(Ok(())) => {}
             Ok(Err(e)) => Self::fail_unfinished(turns, &EngineError::Generate(e)),
