@@ -239,6 +239,9 @@ impl ModelEngine {
                 )),
                 other => {
                     self.graph = StepGraph::default();
+                    // A pass that failed part-way may leave its turns behind.
+                    self.turns.clear();
+                    let failed = other.is_err();
                     let why = match other {
                         Ok(_) => "its warm-up answer differed from the launched steps'".to_owned(),
                         Err(e) => format!("its warm-up failed ({e})"),
@@ -246,6 +249,12 @@ impl ModelEngine {
                     log::warn(format_args!(
                         "decode graph off: {why}; decoding launches its kernels one by one (slower, same answers)"
                     ));
+                    if failed {
+                        // The launched steps must still work after it, or
+                        // the GPU is not fit to serve (the load fails, as
+                        // any failed warm-up does).
+                        self.warm_up_pass()?;
+                    }
                 }
             }
         }
