@@ -158,8 +158,10 @@ fn the_decoder_with_kernels_equals_the_plain_burn_decoder() {
 /// must copy before writing). Then the two sequences of equal length swap
 /// places (the lengths still match: only the buffers tell the graph it is
 /// another batch), and one is written outside the graph. Each step's logits
-/// agree, each change is a new capture, the plain caches are untouched by
-/// the graph's writes, and the graph's caches go on as the plain ones do.
+/// agree, each change is a new capture, and the graph's caches go on as the
+/// plain ones do. (Here a graph writing into the plain caches' shared
+/// buffers would write the values they get anyway; the kept prompt cache of
+/// the next test is what catches that.)
 #[test]
 fn the_captured_decode_step_equals_forward_batch() {
     use crate::decode_graph::DecodeGraph;
