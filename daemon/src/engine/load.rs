@@ -80,6 +80,8 @@ pub struct EngineJob {
     cpu_weights: CpuWeights,
     cpu_activations: Activations,
     keep_context: bool,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU loader's warm-up
+    decode_graph: bool,
 }
 
 impl EngineJob {
@@ -105,6 +107,7 @@ impl EngineJob {
                 CpuActivationsChoice::Q8 => Activations::Q8,
             },
             keep_context: settings.engine.keep_context,
+            decode_graph: settings.engine.decode_graph,
         }
     }
 }
@@ -447,6 +450,7 @@ fn try_gpu(job: &EngineJob) -> Result<Box<dyn Engine>, GpuError> {
         .map_err(|e| failed("starting the engine", e.to_string()))?
         .with_max_batch(info.sequences)
         .with_kept_context(kept_cap)
+        .with_decode_graph(job.decode_graph)
         .on_gpu(health, info.clone());
     let tower = catch_unwind(AssertUnwindSafe(|| {
         vision_config(&job.path)
@@ -502,6 +506,7 @@ mod tests {
             cpu_weights: CpuWeights::AsStored,
             cpu_activations: Activations::F32,
             keep_context,
+            decode_graph: true,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct ModelEngine {
     /// Decode steps as one captured graph (CUDA): on only after the
     /// warm-up saw it answer as the launched steps do.
     graph: StepGraph,
+    /// Whether the warm-up may turn the graph on (`engine.decode_graph`).
+    graph_allowed: bool,
 }
 
 /// One turn in the batch: its generation and the text state of its stream.
@@ -105,6 +107,7 @@ impl ModelEngine {
             kept: KeptLedger::new(0),
             vision: None,
             graph: StepGraph::default(),
+            graph_allowed: true,
         })
     }
 
@@ -177,6 +180,14 @@ impl ModelEngine {
         (n, bytes, self.kept.cap())
     }
 
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
+    /// Whether the warm-up may run decode steps as one captured graph
+    /// (`engine.decode_graph`; on by default).
+    pub fn with_decode_graph(mut self, allowed: bool) -> Self {
+        self.graph_allowed = allowed;
+        self
+    }
+
     /// Lets up to `n` turns generate together (`engine.max_concurrent_generations`).
     pub fn with_max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
@@ -222,7 +233,11 @@ impl ModelEngine {
         let launched = self.warm_up_pass()?;
         let launched_s = t0.elapsed().as_secs_f64();
         let graph = StepGraph::on(&self.loaded.model, GRAPH_RESERVE);
-        if graph.is_on() {
+        if graph.is_on() && !self.graph_allowed {
+            log::info(format_args!(
+                "decode graph off (engine.decode_graph = false): decoding launches its kernels one by one"
+            ));
+        } else if graph.is_on() {
             self.graph = graph;
             let t1 = std::time::Instant::now();
             let graphed = self.warm_up_pass();

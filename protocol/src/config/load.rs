@@ -215,6 +215,24 @@ mod tests {
     }
 
     #[test]
+    fn the_decode_graph_is_on_unless_turned_off() {
+        let c = Config::from_toml(MAIN, Path::new("m.toml")).unwrap();
+        assert!(c.engine.decode_graph, "on by default");
+        let off = Config::from_toml(
+            &MAIN.replace("[engine]\n", "[engine]\ndecode_graph = false\n"),
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        assert!(!off.engine.decode_graph);
+        let err = Config::from_toml(
+            &MAIN.replace("[engine]\n", "[engine]\ndecode_graph = \"no\"\n"),
+            Path::new("m.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("decode_graph"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_key_is_named() {
         let err = Config::from_toml(&format!("{MAIN}queue_lenght = 3\n"), Path::new("c.toml"))
             .unwrap_err();

@@ -245,6 +245,14 @@ pub struct EngineSection {
     /// kept cache is dropped first when they would exceed it.
     #[serde(default = "defaults::keep_context")]
     pub keep_context: bool,
+    /// On the GPU, run each decode step as one captured CUDA graph (one
+    /// launch per token instead of hundreds), replayed while the running
+    /// answers stay the same. The GPU warm-up runs with and without it and
+    /// keeps it only when both stream the same text; the log says which.
+    /// Off: every step launches its kernels one by one (slower, the same
+    /// answers). The CPU ignores this.
+    #[serde(default = "defaults::decode_graph")]
+    pub decode_graph: bool,
 }
 
 /// The `engine.cpu_weights` values.
@@ -311,6 +319,7 @@ impl Default for EngineSection {
             cpu_weights: CpuWeightsChoice::default(),
             cpu_activations: CpuActivationsChoice::default(),
             keep_context: defaults::keep_context(),
+            decode_graph: defaults::decode_graph(),
         }
     }
 }
@@ -649,6 +658,10 @@ pub mod defaults {
     }
     /// `engine.keep_context`: on.
     pub fn keep_context() -> bool {
+        true
+    }
+    /// `engine.decode_graph`: on.
+    pub fn decode_graph() -> bool {
         true
     }
     /// `server.ui_socket`.
