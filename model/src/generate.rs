@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Tensor;
 
+#[cfg(feature = "kernels")]
+use crate::decode_graph::DecodeGraph as Graph;
 use crate::gemma3::{Gemma3, Logits};
 use crate::kv_cache::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
@@ -501,9 +503,6 @@ impl ConversationCache {
 pub struct StepGraph {
     graph: Option<Graph>,
 }
-
-#[cfg(feature = "kernels")]
-use crate::decode_graph::DecodeGraph as Graph;
 
 /// Without `kernels` there is no graph: none is ever built.
 #[cfg(not(feature = "kernels"))]

@@ -90,6 +90,20 @@ fn model(device: &Device) -> Gemma3 {
     }
 }
 
+/// Greedy decoding of `max_new_tokens` tokens on [`model`]'s vocabulary,
+/// never stopping early.
+fn greedy_options(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: vec![],
+        ignore_eos: true,
+        context_limit: 512,
+        valid_vocab: 300,
+        suppressed: vec![],
+    }
+}
+
 /// Logits of each step, from `forward` over `prompt` then one token at a
 /// time (`steps` tokens taken from `feed`), and from `forward_batch` over
 /// two caches of different lengths.
@@ -123,15 +137,7 @@ fn the_decoder_with_kernels_equals_the_plain_burn_decoder() {
     }
 
     // Greedy generation (the device argmax on CubeCL) picks the same ids.
-    let opts = GenerateOptions {
-        max_new_tokens: 12,
-        sampling: SamplingParams::default(),
-        stop_ids: vec![],
-        ignore_eos: true,
-        context_limit: 512,
-        valid_vocab: 300,
-        suppressed: vec![],
-    };
+    let opts = greedy_options(12);
     let prompt: Vec<u32> = vec![2, 17, 250, 9, 41];
     let gen_on = |m: &Gemma3| {
         let mut cache = KvCache::new(m.config());
@@ -270,15 +276,7 @@ fn the_captured_decode_step_equals_forward_batch() {
 fn continuous_batching_through_the_graph_equals_launched_steps() {
     use crate::generate::{Flow, Sequence, StepGraph, decode_step_with};
     let m = model(&device());
-    let opts = |max_new_tokens| GenerateOptions {
-        max_new_tokens,
-        sampling: SamplingParams::default(),
-        stop_ids: vec![],
-        ignore_eos: true,
-        context_limit: 512,
-        valid_vocab: 300,
-        suppressed: vec![],
-    };
+    let opts = greedy_options;
     let prompt = |n: u32, k: u32| -> Vec<u32> { (0..n).map(|i| (i * k + 3) % 300).collect() };
     // (prompt, new tokens, step it joins at).
     let plan = [
