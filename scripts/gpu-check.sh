@@ -447,6 +447,8 @@ for r in (bench or {}).get("batches") or []:
               f"step {g.get('step_ms', 0):.2f} ms against {r.get('step_ms', 0):.2f} ms launched; "
               f"first 3 steps vs launched: max|Δ| {g.get('max_abs_diff_vs_launched', float('nan')):.2e}, "
               f"same greedy tokens {g.get('same_greedy_tokens_as_launched')}")
+        if g.get("graph_refused"):
+            print(f"graph b{r.get('batch')}: the runtime refused the recording: {g['graph_refused']}")
 b = cols[0][1]
 if isinstance(b, dict):
     print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "

@@ -367,6 +367,7 @@ fn decode_graph_at_batch(
     let per_seq = if s > 0.0 { steps as f64 / s } else { 0.0 };
     Ok(Some(serde_json::json!({
         "hardware_graph": graph.is_hardware(),
+        "graph_refused": graph.refused(),
         "captures": graph.captures(),
         "max_abs_diff_vs_launched": max_diff,
         "same_greedy_tokens_as_launched": same_tokens,

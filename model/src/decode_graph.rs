@@ -1,6 +1,6 @@
-//! A decode step captured once and replayed per token (Burn's
-//! `capture`/`replay`: one CUDA graph, so the host launches once per step
-//! instead of once per kernel, about 600 launches for the 4B).
+//! A decode step captured once and replayed per token (CubeCL's stream
+//! capture: one CUDA graph, so the host launches once per step instead of
+//! once per kernel, about 600 launches for the 4B).
 //!
 //! A replayed graph runs the launches it recorded against the buffers it
 //! recorded, with the scalars it recorded. So everything that changes from
@@ -21,9 +21,17 @@
 //! away). Otherwise, or when a buffer is full, it drops the old capture and
 //! captures anew. Dropping it hands nothing back: the caches hold their
 //! buffers throughout. On a runtime without graphs (CubeCL's CPU runtime,
-//! where the tests run) `capture` records nothing and a replay runs the
-//! step again over the same buffers: the same arithmetic, which is what the
+//! where the tests run) nothing is recorded and a replay runs the step
+//! again over the same buffers: the same arithmetic, which is what the
 //! tests compare with [`Gemma3::forward_batch`].
+//!
+//! A capture is [`Recorded::record`], not Burn's `capture`: a recorded run
+//! only records (CUDA runs nothing while a stream captures), so its output
+//! holds no logits until a replay, and Burn's helper warms up three times
+//! for its fusion, which this crate does not build. Here the first warm-up
+//! is the step itself (its logits are the capture step's answer) and one
+//! more warm-up sets the pools as the recording will find them: a capture
+//! costs two launched steps, the recording and the instantiation.
 //!
 //! Owns: the step's input buffers, a handle to the model's weights, and
 //! second handles to the captured caches' buffers.
@@ -60,7 +68,7 @@ struct Inputs {
 
 /// One capture and what it was built over.
 struct Live {
-    graph: burn::tensor::Graph<Tensor<2>, Step>,
+    graph: Recorded,
     inputs: Inputs,
     /// Per sequence, the slots of its buffers on global and local layers.
     caps: Caps,
@@ -84,6 +92,11 @@ pub struct DecodeGraph {
     reserve: usize,
     live: Option<Live>,
     captures: usize,
+    /// Whether the runtime records graphs: unknown until the first capture
+    /// asks, then no warm-up is spent for a recording that cannot happen.
+    records: Option<bool>,
+    /// Why the last recording was refused, where the runtime records graphs.
+    refused: Option<String>,
 }
 
 impl DecodeGraph {
@@ -100,6 +113,8 @@ impl DecodeGraph {
             reserve: reserve.max(1),
             live: None,
             captures: 0,
+            records: None,
+            refused: None,
         })
     }
 
@@ -129,20 +144,23 @@ impl DecodeGraph {
             Some(live) => {
                 write_inputs(&self.model, caches, &live.inputs, &live.caps, tokens);
                 // SAFETY: every buffer the step reads or writes is held by
-                // the graph's closure (the model's weights, the inputs and
-                // the cache buffers, all by value) or by `live`, so all
-                // outlive the replay; the inputs were written just now on
-                // this thread's stream, the one the graph was captured on,
-                // and the output is copied on it below; the caches holding
-                // the other handles to the buffers it writes are the ones
-                // captured (checked above) and are borrowed here, and no
-                // other handle to them exists (made unshared at capture).
-                let out = unsafe { live.graph.replay() };
-                copy(out)
+                // the recorded step (the model's weights, the inputs and the
+                // cache buffers, all by value) or by `live`, so all outlive
+                // the replay; the inputs were written just now on this
+                // thread's stream, the one the graph was recorded on, and
+                // the output is copied on it; the caches holding the other
+                // handles to the buffers it writes are the ones captured
+                // (checked above) and are borrowed here, and no other handle
+                // to them exists (made unshared at capture).
+                unsafe { live.graph.replay() }
             }
             None => {
-                let live = self.capture(caches, tokens)?;
-                let out = copy(live.graph.output());
+                let (live, out) = self.capture(caches, tokens)?;
+                let hardware = live.graph.is_hardware();
+                // Asked once: a runtime that recorded nothing never will.
+                self.records
+                    .get_or_insert(hardware || live.graph.refused.is_some());
+                self.refused.clone_from(&live.graph.refused);
                 self.live = Some(live);
                 self.captures += 1;
                 out
@@ -174,6 +192,12 @@ impl DecodeGraph {
         self.captures
     }
 
+    /// Why the runtime refused the last recording, where it records graphs
+    /// (the steps then run launch by launch: slower, the same answers).
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
     /// Lets go of the capture and its handles to the caches' buffers (the
     /// caches keep theirs); the next step captures anew.
     pub fn release(&mut self) {
@@ -181,9 +205,10 @@ impl DecodeGraph {
     }
 
     /// Grows and unshares the caches' buffers, writes the first step's
-    /// inputs and captures the step (which runs it). `None`, touching no
-    /// cache, where the batched kernel does not cover the batch.
-    fn capture(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Live> {
+    /// inputs and captures the step, which runs it: its logits come back
+    /// with the capture. `None`, touching no cache, where the batched
+    /// kernel does not cover the batch.
+    fn capture(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<(Live, Tensor<2>)> {
         let model = &self.model;
         let cfg = model.config();
         let (b, hd, kv) = (tokens.len(), cfg.head_dim, cfg.num_key_value_heads);
@@ -242,14 +267,169 @@ impl DecodeGraph {
                     .expect("the graph was built where the batched kernel covers the batch")
             })
         });
-        Some(Live {
-            graph: burn::tensor::capture(&device, step),
+        let client = inputs.meta_global.client.clone();
+        let (graph, out) = Recorded::record(step, &client, &device, self.records);
+        let live = Live {
+            graph,
             inputs,
             caps,
             buffers,
             lens: caches.iter().map(|c| c.len()).collect(),
             room,
-        })
+        };
+        Some((live, out))
+    }
+}
+
+/// A step recorded once as one hardware graph (CUDA) and replayed, or run
+/// again launch by launch where the runtime records none (CubeCL's CPU
+/// runtime) or refused the recording.
+struct Recorded {
+    /// The graph and the output buffer its replays write. Declared before
+    /// the step, so the graph goes first (its destruction waits for a
+    /// replay in flight) and the buffers it writes after it.
+    hardware: Option<(cubecl::client::Graph, Tensor<2>)>,
+    step: Step,
+    /// Why the runtime refused the recording, where it records graphs.
+    refused: Option<String>,
+}
+
+impl Recorded {
+    /// Runs `step` and records it: returns the recording and the logits of
+    /// this run (a copy of them: a replay overwrites the graph's output).
+    ///
+    /// Nothing is allocated while a stream records (the pools must serve
+    /// every buffer from what is free), and a recorded run executes
+    /// nothing. So the step runs first (its logits are this step's answer)
+    /// and they are copied out, then it runs once more with that copy held,
+    /// so the pools are left as the recording will need them, then it is
+    /// recorded. A refused recording (an allocation the pools could not
+    /// serve, a launch that failed) is tried once more after another
+    /// warm-up, then the step runs launch by launch. `records` is what the
+    /// graph learnt of the runtime: `Some(false)`, it records nothing and
+    /// the step only runs; `None`, a window that does not open says so.
+    fn record(
+        mut step: Step,
+        client: &cubecl::client::Client,
+        device: &burn::tensor::Device,
+        records: Option<bool>,
+    ) -> (Self, Tensor<2>) {
+        let answer = copy(&step());
+        if records == Some(false) {
+            return (Self::relaunching(step, None), answer);
+        }
+        let mut refused = None;
+        for _ in 0..2 {
+            match record_once(&mut step, client, device) {
+                Recording::Made(made) => {
+                    let recorded = Self {
+                        hardware: Some(*made),
+                        step,
+                        refused: None,
+                    };
+                    return (recorded, answer);
+                }
+                // Not a runtime that records (nothing to retry), or one
+                // that did and now would not open a window.
+                Recording::NoWindow(why) => {
+                    refused = records.is_some().then_some(why);
+                    break;
+                }
+                Recording::Refused(why) => refused = Some(why),
+            }
+        }
+        (Self::relaunching(step, refused), answer)
+    }
+
+    fn relaunching(step: Step, refused: Option<String>) -> Self {
+        Self {
+            hardware: None,
+            step,
+            refused,
+        }
+    }
+
+    fn is_hardware(&self) -> bool {
+        self.hardware.is_some()
+    }
+
+    /// Runs the step again (one hardware dispatch where recorded) and
+    /// returns a copy of its logits.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the recorded step read or wrote is alive (the step
+    /// holds them), the step's inputs were refreshed on this thread's
+    /// stream, and no other stream or thread touches those buffers until
+    /// the copy of the output is made (see `cubecl::client::Graph::replay`).
+    unsafe fn replay(&mut self) -> Tensor<2> {
+        match &self.hardware {
+            Some((graph, out)) => {
+                // SAFETY: forwarded from this method's contract.
+                if let Err(e) = unsafe { graph.replay() } {
+                    // A failed enqueue leaves the graph's buffers carrying
+                    // the failure: the read of the logits reports it.
+                    panic!("the decode graph's replay was refused: {e}");
+                }
+                copy(out)
+            }
+            None => (self.step)(),
+        }
+    }
+}
+
+/// What one try at recording gave.
+enum Recording {
+    /// The graph, and the output buffer its replays write.
+    Made(Box<(cubecl::client::Graph, Tensor<2>)>),
+    /// The window would not open (on a runtime without graphs, always).
+    NoWindow(String),
+    /// The runtime refused this recording.
+    Refused(String),
+}
+
+/// Prepares the stream, warms the step up once more and records it.
+fn record_once(
+    step: &mut Step,
+    client: &cubecl::client::Client,
+    device: &burn::tensor::Device,
+) -> Recording {
+    if let Err(e) = client.graph_prepare() {
+        return Recording::Refused(format!("the stream could not prepare a capture: {e}"));
+    }
+    // From here the stream is prepared (or recording) until `stop_capture`,
+    // which the window's drop calls on every way out, an unwind included.
+    let mut window = Window { client, open: true };
+    drop(step());
+    // The warm-up's launches are enqueued and its drops queued before the
+    // window opens (which drains them).
+    if let Err(e) = device.sync() {
+        return Recording::Refused(format!("the warm-up before the capture failed: {e}"));
+    }
+    if let Err(e) = client.start_capture() {
+        return Recording::NoWindow(format!("the capture window did not open: {e}"));
+    }
+    let out = step();
+    window.open = false;
+    match client.stop_capture() {
+        Ok(graph) => Recording::Made(Box::new((graph, out))),
+        Err(e) => Recording::Refused(format!("the recording was refused: {e}")),
+    }
+}
+
+/// A prepared or recording stream, closed when dropped unless
+/// `stop_capture` was already called.
+struct Window<'c> {
+    client: &'c cubecl::client::Client,
+    open: bool,
+}
+
+impl Drop for Window<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Closing a window that recorded nothing: there is no graph to keep.
+            let _ = self.client.stop_capture();
+        }
     }
 }
 
@@ -342,4 +522,69 @@ fn write(c: CubeTensor, data: TensorData) {
     let data = data.convert_dtype(c.dtype);
     c.client
         .write(&c.handle, Bytes::from_bytes_vec(data.as_bytes().to_vec()));
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    use super::{Recorded, Step};
+    use crate::kernels::{self, test_support::device};
+
+    /// A step whose output is the number of times it ran.
+    fn counting() -> (Step, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let seen = runs.clone();
+        let device = device();
+        let step: Step = Box::new(move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            Tensor::<2>::from_data(
+                TensorData::new(vec![n as f32], [1, 1]),
+                (&device, DType::F32),
+            )
+        });
+        (step, runs)
+    }
+
+    fn value(t: Tensor<2>) -> f32 {
+        t.into_data().iter::<f32>().next().expect("one value")
+    }
+
+    #[test]
+    fn a_capture_answers_with_its_first_run_and_learns_the_runtime_records_nothing() {
+        let device = device();
+        let like = Tensor::<2>::zeros([1, 1], (&device, DType::F32));
+        let client = kernels::cube(&like).expect("a CubeCL device").client;
+
+        // Not yet known whether the runtime records: the step runs (its
+        // answer), warms up once more, and the window does not open, which
+        // on CubeCL's CPU runtime is no refusal but the runtime's nature.
+        let (step, runs) = counting();
+        let (mut rec, answer) = Recorded::record(step, &client, &device, None);
+        assert_eq!(value(answer), 1.0, "the answer is the first run's");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "one warm-up, no retry");
+        assert!(!rec.is_hardware());
+        assert_eq!(rec.refused, None);
+        // SAFETY: no hardware graph: a replay runs the step again.
+        let again = unsafe { rec.replay() };
+        assert_eq!(value(again), 3.0, "a replay runs the step anew");
+
+        // Known to record nothing: no warm-up is spent.
+        let (step, runs) = counting();
+        let (_, answer) = Recorded::record(step, &client, &device, Some(false));
+        assert_eq!(value(answer), 1.0);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the step alone");
+
+        // A runtime that recorded before and now opens no window: the
+        // reason is kept for the log, and the step runs launch by launch.
+        let (step, runs) = counting();
+        let (rec, answer) = Recorded::record(step, &client, &device, Some(true));
+        assert_eq!(value(answer), 1.0);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        let why = rec.refused.as_deref().expect("a reason");
+        assert!(why.starts_with("the capture window did not open"), "{why}");
+    }
 }

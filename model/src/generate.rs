@@ -523,6 +523,9 @@ impl Graph {
     fn is_hardware(&self) -> bool {
         match *self {}
     }
+    fn refused(&self) -> Option<&str> {
+        match *self {}
+    }
     fn release(&mut self) {
         match *self {}
     }
@@ -549,6 +552,12 @@ impl StepGraph {
         self.graph
             .as_ref()
             .map_or((0, false), |g| (g.captures(), g.is_hardware()))
+    }
+
+    /// Why the runtime refused the last recording, where it records graphs
+    /// (its steps then run launch by launch: slower, the same answers).
+    pub fn refused(&self) -> Option<&str> {
+        self.graph.as_ref().and_then(|g| g.refused())
     }
 
     /// Lets go of the last capture (the caches keep their buffers).

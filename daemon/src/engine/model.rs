@@ -246,10 +246,12 @@ impl ModelEngine {
             match graphed {
                 Ok(events) if events == launched => log::info(format_args!(
                     "decode graph on ({}; {captures} captures): the warm-up took {graph_s:.2} s through it and {launched_s:.2} s launched",
-                    if hardware {
-                        "one CUDA graph per step"
-                    } else {
-                        "replayed launch by launch"
+                    match (hardware, self.graph.refused()) {
+                        (true, _) => "one CUDA graph per step".to_owned(),
+                        (false, None) => "replayed launch by launch".to_owned(),
+                        (false, Some(why)) => format!(
+                            "replayed launch by launch: the runtime refused the graph, {why}"
+                        ),
                     },
                 )),
                 other => {
