@@ -48,6 +48,10 @@
 #             and whether the warm-up turned the decode graph on
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
+#   serve     medgemmad bench --serve 8,32: the engine as `serve` drives it
+#             (warm-up, turns of staggered lengths, a new one joining as each
+#             ends, the graph recaptured per batch) against the bench's
+#             lockstep batch 8 and 32 of the same run: tokens/s, captures
 #   table     one table of all the above, with ratios
 # Every step that runs medgemmad or a test binary does so with CUDA_PATH set
 # to an empty folder (medgemmad replaces it with its own libdevice folder;
@@ -57,7 +61,7 @@
 # Environment: OUT (results only, a few hundred kB; default /tmp/gpu-check),
 # GPU_CHECK_WORK (unpacked payload, ~0.5 GB; default /tmp/gpu-check-work),
 # GPU_CHECK_BUDGET_S,
-# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,kcache,hf,table).
+# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,kcache,hf,serve,table).
 # Exit: 0 every step that ran passed; 1 a step failed; 2 usage/prerequisite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -121,7 +125,7 @@ out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
 budget="${GPU_CHECK_BUDGET_S:-470}"
 deadline=$((SECONDS + budget))
-steps=",${GPU_CHECK_STEPS:-info,sandbox,kernels,fidelity,bench,kcache,hf,table},"
+steps=",${GPU_CHECK_STEPS:-info,sandbox,kernels,fidelity,bench,kcache,hf,serve,table},"
 summary="$out/summary.txt"
 : >"$summary"
 failed=0
@@ -375,6 +379,15 @@ if want hf; then
   fi
 fi
 
+# ---- serve: the engine's own path (continuous batching, a new turn joining
+# as each ends, the decode graph recaptured for each new batch) against the
+# bench's lockstep batch of the same size, in one run
+if want serve; then
+  step serve 120 "$bin/medgemmad" bench --random-4b --backend cuda --batch 8,32 --serve 8,32 \
+    --new-tokens 32 --prompt-tokens 64 --bandwidth-mib 256 \
+    --tokenizer "$pay/assets/tokenizer.json" --json || true
+fi
+
 # ---- table
 if want table; then
   python3 - "$out" <<'PY' | tee -a "$summary" >&2
@@ -449,6 +462,13 @@ for r in (bench or {}).get("batches") or []:
               f"same greedy tokens {g.get('same_greedy_tokens_as_launched')}")
         if g.get("graph_refused"):
             print(f"graph b{r.get('batch')}: the runtime refused the recording: {g['graph_refused']}")
+for r in (last_json("serve") or {}).get("serve") or []:
+    print(f"serve {r.get('in_flight')} in flight: {r.get('aggregate_tokens_per_s', 0):,.1f} tok/s in all "
+          f"({r.get('aggregate_tokens_per_s_outside_begin', 0):,.1f} outside the new turns' prefill), "
+          f"{r.get('fraction_of_bench', float('nan')):.2f} of the bench's batch {r.get('in_flight')} "
+          f"({r.get('bench_batch_tokens_per_s', float('nan')):,.1f}); mean batch {r.get('mean_batch', 0):.1f}, "
+          f"{r.get('turns')} turns, {r.get('captures')} captures, graph {r.get('decode_graph')} "
+          f"(hardware {r.get('hardware_graph')}); target: within 10% of the bench")
 b = cols[0][1]
 if isinstance(b, dict):
     print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "

@@ -22,6 +22,7 @@ use medgemma_model::generate::{self, Flow, GenerateOptions};
 use medgemma_model::kv_cache::KvCache;
 use medgemma_model::load::{self, LoadError};
 use medgemma_model::sampling::{SamplingParams, argmax};
+use medgemma_model::tokenizer::GemmaTokenizer;
 use medgemma_model::vision::{ImagePrefill, VisionConfig, VisionTower};
 
 /// Which device the benchmark runs on.
@@ -75,6 +76,17 @@ pub struct BenchArgs {
     /// of that image plus a 100-token question through the model.
     #[arg(long)]
     image: bool,
+    /// Also run the engine as `serve` does, with N turns in flight
+    /// (comma-separated N to measure several): the warm-up that turns the
+    /// decode graph on, staggered answers of up to --new-tokens, a new turn
+    /// joining as each ends. Prints the tokens per second in all and the
+    /// graph captures the changing batch cost, beside the batch rows.
+    #[arg(long, value_delimiter = ',', conflicts_with = "kernels")]
+    serve: Vec<usize>,
+    /// The tokenizer.json that --serve renders its prompts with, for
+    /// --random-4b (a --model brings its own).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 /// Why the benchmark failed.
@@ -105,6 +117,9 @@ pub enum BenchError {
         "--kernels measures this build's own CUDA kernels: use --backend cuda on a build with the `cuda` feature, without MEDGEMMA_PLAIN_BURN"
     )]
     NoKernels,
+    /// The engine of `--serve` failed.
+    #[error("the engine failed during --serve: {0}")]
+    Engine(String),
     /// A batch size of zero or an empty prompt.
     #[error("invalid benchmark arguments: {0}")]
     Args(String),
@@ -388,6 +403,24 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             "--prompt-tokens must be at least 1".into(),
         ));
     }
+    if args.serve.contains(&0) {
+        return Err(BenchError::Args(
+            "--serve needs at least 1 turn in flight".into(),
+        ));
+    }
+    // Before the device work, so a wrong path fails at once.
+    let mut serve_tokenizer = match (&args.tokenizer, args.serve.is_empty()) {
+        (Some(path), false) => Some(
+            GemmaTokenizer::from_file(path)
+                .map_err(|e| BenchError::Args(format!("--tokenizer {}: {e}", path.display())))?,
+        ),
+        (None, false) if args.model.is_none() => {
+            return Err(BenchError::Args(
+                "--serve with --random-4b needs --tokenizer PATH (a tokenizer.json, such as the Gemma 3 one from scripts/fetch-assets.sh)".into(),
+            ));
+        }
+        _ => None,
+    };
     let (device, dtype, runtime) = device_for(args.backend)?;
     if args.kernels {
         return run_kernels(&args, &device, dtype, runtime);
@@ -395,11 +428,24 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut device_memory = DeviceMemory::default();
 
     let t0 = Instant::now();
-    let (model, opts, model_name) = if let Some(path) = &args.model {
+    let (model, opts, model_name, description) = if let Some(path) = &args.model {
         let loaded = load::load_model(path, None, &device, dtype)?;
         let mut opts = loaded.default_options(args.new_tokens, SamplingParams::default());
         opts.ignore_eos = true;
-        (loaded.model, opts, path.display().to_string())
+        if serve_tokenizer.is_none() && !args.serve.is_empty() {
+            serve_tokenizer = Some(loaded.tokenizer.ok_or_else(|| {
+                BenchError::Args(format!(
+                    "--serve needs a tokenizer: {} has none; give --tokenizer PATH",
+                    path.display()
+                ))
+            })?);
+        }
+        (
+            loaded.model,
+            opts,
+            path.display().to_string(),
+            loaded.description,
+        )
     } else {
         let cfg = Gemma3Config::medgemma_4b();
         let model = Gemma3::random(&cfg, &device, dtype, 0);
@@ -412,7 +458,19 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             valid_vocab: cfg.vocab_size.min(262_144),
             suppressed: Vec::new(),
         };
-        (model, opts, "random MedGemma 4B shapes".to_owned())
+        let description = load::ModelDescription {
+            path: PathBuf::from("random-4b"),
+            format: "random",
+            layers: cfg.num_layers(),
+            hidden_size: cfg.hidden_size,
+            parameters: load::parameter_count(&cfg),
+        };
+        (
+            model,
+            opts,
+            "random MedGemma 4B shapes".to_owned(),
+            description,
+        )
     };
     sync(&device)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -483,6 +541,35 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         batches.push(row);
         device_memory.sample(&device);
     }
+    let mut serve = Vec::new();
+    if let Some(tokenizer) = serve_tokenizer {
+        for &n in &args.serve {
+            let mut row = crate::bench_serve::serve_at(
+                &model,
+                tokenizer.clone(),
+                description.clone(),
+                n,
+                args.new_tokens.max(1),
+                runtime,
+            )?;
+            // The bench's own batch N, where measured: through the graph
+            // where it ran, else launched.
+            if let Some(b) = batches
+                .iter()
+                .find(|r| r["batch"].as_u64() == Some(n as u64))
+            {
+                let bench = b["graph"]["aggregate_tokens_per_s"]
+                    .as_f64()
+                    .or_else(|| b["aggregate_tokens_per_s"].as_f64());
+                if let (Some(bench), Some(got)) = (bench, row["aggregate_tokens_per_s"].as_f64()) {
+                    row["bench_batch_tokens_per_s"] = bench.into();
+                    row["fraction_of_bench"] = (got / bench).into();
+                }
+            }
+            serve.push(row);
+            device_memory.sample(&device);
+        }
+    }
     let image = if args.image {
         Some(image_timing(&model, &device, dtype, args.backend)?)
     } else {
@@ -523,6 +610,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         "new_tokens": g.tokens.len(),
         "decode_tokens_per_s": g.decode_tokens_per_s(),
         "batches": batches,
+        "serve": serve,
         "weight_bytes": weight_bytes,
         "kv_bytes_read_per_sequence_step": kv_bytes,
         "bytes_per_step_batch1": b1_bytes,
@@ -694,6 +782,28 @@ mod tests {
         let e = run(c.bench).unwrap_err().to_string();
         assert!(e.contains("built without CUDA support"), "{e}");
         assert!(e.contains("--backend cpu"), "{e}");
+    }
+
+    #[test]
+    fn serve_needs_turns_and_a_tokenizer_for_random_weights() {
+        let c = Cli::try_parse_from(["x", "--random-4b", "--serve", "8,0"]).unwrap();
+        let e = run(c.bench).unwrap_err().to_string();
+        assert!(e.contains("--serve needs at least 1 turn"), "{e}");
+        let c = Cli::try_parse_from(["x", "--random-4b", "--serve", "8"]).unwrap();
+        let e = run(c.bench).unwrap_err().to_string();
+        assert!(e.contains("needs --tokenizer PATH"), "{e}");
+        let c = Cli::try_parse_from([
+            "x",
+            "--random-4b",
+            "--serve",
+            "8",
+            "--tokenizer",
+            "/nonexistent/tokenizer.json",
+        ])
+        .unwrap();
+        let e = run(c.bench).unwrap_err().to_string();
+        assert!(e.contains("--tokenizer /nonexistent/tokenizer.json"), "{e}");
+        assert!(Cli::try_parse_from(["x", "--kernels", "--serve", "8"]).is_err());
     }
 
     #[test]

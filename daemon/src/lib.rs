@@ -29,6 +29,7 @@
 
 pub mod audit_log;
 pub mod bench_cmd;
+pub mod bench_serve;
 pub mod cli;
 pub mod config;
 pub mod docs_cmd;

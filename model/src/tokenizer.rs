@@ -140,6 +140,7 @@ pub struct SpecialIds {
 }
 
 /// The Gemma 3 tokenizer with the encoding modes this engine needs.
+#[derive(Clone)]
 pub struct GemmaTokenizer {
     /// As configured by the file: control strings are parsed.
     raw: Tokenizer,

@@ -203,6 +203,18 @@ impl ModelEngine {
         self
     }
 
+    /// Whether decode steps go through a captured graph (the warm-up
+    /// turned it on).
+    pub fn graph_on(&self) -> bool {
+        self.graph.is_on()
+    }
+
+    /// Graph captures made so far, and whether the last replays were one
+    /// hardware graph (see `generate::StepGraph::captures`).
+    pub fn graph_captures(&self) -> (usize, bool) {
+        self.graph.captures()
+    }
+
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
     /// Replaces the GPU facts shown in the status (after the warm-up).
     pub fn set_gpu_status(&mut self, status: GpuStatus) {
@@ -216,7 +228,6 @@ impl ModelEngine {
         self.gpu.as_ref().map(|(h, _)| h.as_ref())
     }
 
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
     /// One short prefill and a few decode steps on a fixed, non-clinical
     /// prompt, so that kernel compilation and autotuning happen before the
     /// daemon reports ready rather than in the first clinician's request.
