@@ -52,6 +52,15 @@ use crate::kv_cache::KvCache;
 /// The step as the graph holds it.
 type Step = Box<dyn FnMut() -> Tensor<2> + Send>;
 
+/// Fewest steps a batch must be known to last for a capture to be made
+/// ([`DecodeGraph::step_lasting`]). A batch of `h` steps costs `h` launched
+/// steps `ℓ` without a graph; with one, the capture (the step itself, one
+/// more launched step and the recording `R`) and `h − 1` replays `r`. The
+/// graph is cheaper only if `(h − 1)(ℓ − r) > ℓ + R`, which `h ≤ 2` never
+/// meets on any card (`r > 0`, `R > 0`); from 3 on it depends on the card,
+/// and the graph is tried.
+pub const MIN_RUN: usize = 3;
+
 /// What a step reads that changes between steps, in device buffers
 /// (handles to the same buffers the captured step reads).
 #[derive(Clone)]
@@ -130,6 +139,25 @@ impl DecodeGraph {
     ///
     /// If `tokens` does not have one token per cache.
     pub fn step(&mut self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Tensor<2>> {
+        self.step_lasting(caches, tokens, usize::MAX)
+    }
+
+    /// [`DecodeGraph::step`] for a batch known to change after at most
+    /// `lasts` steps, this one included (a sequence reaches its length or
+    /// the context): it replays as `step` does, but a batch that would
+    /// need a capture and lasts fewer than [`MIN_RUN`] steps is not
+    /// captured: `None`, the caches untouched and the graph's handles to
+    /// them dropped, and the caller launches the step.
+    ///
+    /// # Panics
+    ///
+    /// If `tokens` does not have one token per cache.
+    pub fn step_lasting(
+        &mut self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        lasts: usize,
+    ) -> Option<Tensor<2>> {
         assert_eq!(tokens.len(), caches.len(), "one token per sequence");
         if !self
             .live
@@ -137,8 +165,12 @@ impl DecodeGraph {
             .is_some_and(|l| l.room > 0 && l.captured(caches))
         {
             // Its handles go first, so the caches' buffers are theirs alone
-            // again and a new capture need not copy them.
+            // again and a new capture need not copy them (nor a launched
+            // step copy them to write).
             self.live = None;
+            if lasts < MIN_RUN {
+                return None;
+            }
         }
         let logits = match self.live.as_mut() {
             Some(live) => {

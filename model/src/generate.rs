@@ -422,6 +422,15 @@ impl Sequence {
         self.is_finished()
     }
 
+    /// Decode steps it takes at least before its length or the context
+    /// ends it, this one included, unless a stop token or a cancel ends it
+    /// sooner (for an active sequence: at least 1).
+    fn steps_left(&self) -> usize {
+        let tokens = self.opts.max_new_tokens.saturating_sub(self.tokens.len());
+        let room = self.context.saturating_sub(self.cache.len());
+        tokens.min(room)
+    }
+
     /// Records the chosen token and what ends the sequence after it.
     fn push(&mut self, next: u32, flow: Flow) {
         self.tokens.push(next);
@@ -514,7 +523,7 @@ impl Graph {
     fn new(_: &Gemma3, _: usize) -> Option<Self> {
         None
     }
-    fn step(&mut self, _: &mut [&mut KvCache], _: &[u32]) -> Option<Tensor<2>> {
+    fn step_lasting(&mut self, _: &mut [&mut KvCache], _: &[u32], _: usize) -> Option<Tensor<2>> {
         match *self {}
     }
     fn captures(&self) -> usize {
@@ -567,10 +576,17 @@ impl StepGraph {
         }
     }
 
-    /// One step through the graph; `None` when off or where it does not
-    /// cover the batch.
-    fn step(&mut self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Option<Tensor<2>> {
-        self.graph.as_mut()?.step(caches, tokens)
+    /// One step through the graph for a batch that lasts at most `lasts`
+    /// steps; `None` when off, where it does not cover the batch, or where
+    /// the batch is too short-lived to capture
+    /// (`decode_graph::DecodeGraph::step_lasting`).
+    fn step(
+        &mut self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        lasts: usize,
+    ) -> Option<Tensor<2>> {
+        self.graph.as_mut()?.step_lasting(caches, tokens, lasts)
     }
 }
 
@@ -604,6 +620,13 @@ pub fn decode_step_with(
     if active.is_empty() {
         return Ok(());
     }
+    // The batch changes, at the latest, when its first sequence reaches its
+    // length or the context.
+    let lasts = active
+        .iter()
+        .map(|&i| seqs[i].steps_left())
+        .min()
+        .unwrap_or(0);
     let inputs: Vec<u32> = active
         .iter()
         .map(|&i| {
@@ -619,7 +642,7 @@ pub fn decode_step_with(
         .filter(|(i, _)| active.contains(i))
         .map(|(_, s)| (&mut s.cache, &mut s.sampler))
         .unzip();
-    let logits = match graph.step(&mut caches, &inputs) {
+    let logits = match graph.step(&mut caches, &inputs, lasts) {
         Some(logits) => logits,
         None => match caches.as_mut_slice() {
             [one] => model.forward(&inputs, one, Logits::Last),

@@ -269,11 +269,15 @@ fn the_captured_decode_step_equals_forward_batch() {
 /// launched steps ([`decode_step`]): one sequence ends early, one fills a
 /// global buffer, one keeps its prompt's cache (a clone that shares the
 /// buffers until the graph copies them), one joins mid-way. Every
-/// sequence's greedy tokens are the same both ways, the graph captured
-/// once per new batch or full buffer and replayed otherwise, and the kept
-/// prompt cache continues the conversation as it does after launched steps.
+/// sequence's greedy tokens are the same both ways; the graph captured
+/// each new batch known to last [`MIN_RUN`] steps or more and no other,
+/// and replayed between captures; and the kept prompt cache continues the
+/// conversation as it does after launched steps.
+///
+/// [`MIN_RUN`]: crate::decode_graph::MIN_RUN
 #[test]
 fn continuous_batching_through_the_graph_equals_launched_steps() {
+    use crate::decode_graph::MIN_RUN;
     use crate::generate::{Flow, Sequence, StepGraph, decode_step_with};
     let m = model(&device());
     let opts = greedy_options;
@@ -290,6 +294,8 @@ fn continuous_batching_through_the_graph_equals_launched_steps() {
         let mut seqs: Vec<Sequence> = Vec::new();
         let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
         let mut batches = Vec::new();
+        // Per step: the steps its batch lasts at most, and the captures so far.
+        let mut steps = Vec::new();
         for at in 0.. {
             for (p, n, join) in &plan {
                 if *join == at {
@@ -308,34 +314,61 @@ fn continuous_batching_through_the_graph_equals_launched_steps() {
             if active.is_empty() && at > 4 {
                 break;
             }
+            // The sequences this step runs (one at its length ends in it
+            // without running; none here meets its context) and how many
+            // steps they run together at most.
+            let left = |i: usize| plan[i].1 - seqs[i].tokens().len();
+            let stepping: Vec<usize> = active.iter().copied().filter(|&i| left(i) > 0).collect();
+            let lasts = stepping.iter().map(|&i| left(i)).min();
             batches.push(active);
             let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
             decode_step_with(&m, graph, &mut refs, |_, _| Flow::Continue).expect("a step");
+            steps.push((stepping, lasts, graph.captures().0));
         }
         for (i, s) in seqs.iter().enumerate() {
             tokens[i] = s.tokens().to_vec();
         }
         let kept = seqs.remove(2).into_conversation().1;
-        (tokens, batches, kept)
+        (tokens, batches, steps, kept)
     };
-    let (want, batches, kept_launched) = run(&mut StepGraph::default());
+    let (want, batches, _, kept_launched) = run(&mut StepGraph::default());
     // Room for one token at a time: a buffer fills inside a stable batch.
     let mut graph = StepGraph::on(&m, 1);
     assert!(graph.is_on());
-    let (got, again, kept_graphed) = run(&mut graph);
+    let (got, again, steps, kept_graphed) = run(&mut graph);
     assert_eq!(batches, again, "the same batches both ways");
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "sequence {i}: tokens through the graph");
         assert_eq!(g.len(), plan[i].1, "sequence {i} ran its length");
     }
-    // A capture per new batch (the first step, each end and the join) and
-    // one when the 250-token prompt's buffer (256 slots) fills.
-    let stepped: Vec<&Vec<usize>> = batches.iter().filter(|b| !b.is_empty()).collect();
-    let changes = 1 + stepped.windows(2).filter(|w| w[0] != w[1]).count();
     let (captures, hardware) = graph.captures();
     assert!(!hardware);
-    assert_eq!(captures, changes + 1, "batches {batches:?}");
-    assert!(captures < stepped.len(), "replays between captures");
+    // Each step's batch, how long it lasts at most, and whether it captured.
+    let mut before = 0;
+    let mut declined = 0;
+    for (at, (batch, lasts, after)) in steps.iter().enumerate() {
+        let Some(lasts) = *lasts else { continue };
+        let captured = *after > before;
+        before = *after;
+        let new_batch = at == 0 || steps[at - 1].0 != *batch;
+        assert!(
+            !captured || lasts >= MIN_RUN,
+            "step {at}: a batch lasting {lasts} steps was captured ({batches:?}, {steps:?})"
+        );
+        if new_batch && lasts >= MIN_RUN {
+            assert!(
+                captured,
+                "step {at}: a new batch lasting {lasts} steps was not captured"
+            );
+        }
+        declined += usize::from(new_batch && lasts < MIN_RUN);
+    }
+    assert!(declined > 0, "a short-lived batch ran launched: {steps:?}");
+    let stepped = batches.iter().filter(|b| !b.is_empty()).count();
+    assert!(
+        captures > 1 && captures < stepped,
+        "replays between captures"
+    );
 
     // The kept prompt cache holds what the launched run's does (the graph
     // wrote its decode tokens into its own copy, not into the kept one's
