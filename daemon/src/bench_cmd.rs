@@ -83,6 +83,11 @@ pub struct BenchArgs {
     /// graph captures the changing batch cost, beside the batch rows.
     #[arg(long, value_delimiter = ',', conflicts_with = "kernels")]
     serve: Vec<usize>,
+    /// With --serve: each turn ends at its own token limit, which the
+    /// engine knows ahead, instead of unforeseen (cancelled at its length,
+    /// as a stop token ends a clinician's answer).
+    #[arg(long, requires = "serve")]
+    serve_known_ends: bool,
     /// The tokenizer.json that --serve renders its prompts with, for
     /// --random-4b (a --model brings its own).
     #[arg(long)]
@@ -550,6 +555,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
                 description.clone(),
                 n,
                 args.new_tokens.max(1),
+                args.serve_known_ends,
                 runtime,
             )?;
             // The bench's own batch N, where measured: through the graph

@@ -12,11 +12,20 @@
 //! streaming and recaptures included) and the captures the churn cost, to
 //! set beside the bench's batch N.
 //!
+//! A clinician's answer ends at the model's end-of-turn token, which the
+//! engine cannot see coming; the random weights never choose it. So each
+//! turn here asks for far more tokens than it gets and is cancelled at its
+//! length: an end the engine learns of only when it happens, as with a
+//! stop token, so every new batch is captured. Ends at a known length
+//! (`--serve-known-ends`: each turn's own token limit) let the engine leave
+//! a batch that is about to change uncaptured (`decode_graph::MIN_RUN`).
+//!
 //! Owns: its synthetic, non-clinical prompts. Must never: judge (it prints
 //! numbers), or read the answers (noise with random weights).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use medgemma_model::chat::Message;
@@ -55,6 +64,7 @@ pub fn serve_at(
     description: medgemma_model::load::ModelDescription,
     in_flight: usize,
     longest: usize,
+    known_ends: bool,
     backend: &str,
 ) -> Result<serde_json::Value, BenchError> {
     let loaded = LoadedModel {
@@ -80,33 +90,51 @@ pub fn serve_at(
     let (mut generated, mut turns, mut steps) = (0usize, 0usize, 0usize);
     let mut batch_sum = 0usize;
     let mut begin_s = 0.0;
+    // Per running turn with an unforeseen end: its cancel flag, its length
+    // and the tokens it has had (one from its prompt, one per step).
+    let mut ends: HashMap<_, (Arc<AtomicBool>, usize, usize)> = HashMap::new();
     let t0 = Instant::now();
     loop {
         while running < in_flight {
             let Some((k, n)) = next.next() else { break };
+            let req = request(k, n, known_ends);
             let t = Instant::now();
-            engine
-                .begin(&request(k, n), &mut |_| Flow::Continue)
+            let id = engine
+                .begin(&req, &mut |_| Flow::Continue)
                 .map_err(|e| BenchError::Engine(e.to_string()))?;
             begin_s += t.elapsed().as_secs_f64();
+            if !known_ends {
+                ends.insert(id, (Arc::clone(&req.cancel), n, 1));
+            }
             running += 1;
         }
         if running == 0 {
             break;
         }
+        // A turn that has had its length ends in this step, which the
+        // engine learns of at the step's start (as it would a stop token
+        // chosen at the end of the last one).
+        for (cancel, n, had) in ends.values_mut() {
+            if *had >= *n {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            *had += 1;
+        }
         batch_sum += running;
         steps += 1;
-        for (_, outcome) in engine.step(&mut |_, _| Flow::Continue) {
+        for (id, outcome) in engine.step(&mut |_, _| Flow::Continue) {
             let summary = outcome.map_err(|e| BenchError::Engine(e.to_string()))?;
             generated += summary.completion_tokens;
             turns += 1;
             running -= 1;
+            ends.remove(&id);
         }
     }
     let s = t0.elapsed().as_secs_f64();
     let (captures, hardware) = engine.graph_captures();
     Ok(serde_json::json!({
         "in_flight": in_flight,
+        "ends": if known_ends { "known: each turn's token limit" } else { "unforeseen: cancelled at its length, as a stop token ends a turn" },
         "turns": turns,
         "answer_tokens_asked": lengths.iter().sum::<usize>(),
         "generated_tokens": generated,
@@ -126,13 +154,14 @@ pub fn serve_at(
 }
 
 /// Turn `k`'s request: a short fixed question (so the run measures the
-/// decode under churn more than prefill) asking for `n` tokens.
-fn request(k: usize, n: usize) -> ChatRequest {
+/// decode under churn more than prefill) for `n` tokens: its limit where
+/// the ends are known, else a limit it never meets (it is cancelled).
+fn request(k: usize, n: usize, known_ends: bool) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::user(format!(
             "Benchmark turn {k}: name three colours of the rainbow."
         ))],
-        max_new_tokens: n,
+        max_new_tokens: if known_ends { n } else { 4 * n + 64 },
         sampling: SamplingParams::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         kept: None,
@@ -164,6 +193,7 @@ mod tests {
             loaded.description.clone(),
             2,
             6,
+            false,
             "cpu",
         )
         .expect("the serve bench runs");
@@ -171,9 +201,8 @@ mod tests {
         assert_eq!(r["turns"], 6, "{r}");
         assert_eq!(r["answer_tokens_asked"], asked, "{r}");
         let generated = r["generated_tokens"].as_u64().expect("a count");
-        // At least one token a turn, at most what was asked (plus a turn's
-        // end token, counted in its completion).
-        assert!((6..=asked + 6).contains(&generated), "{r}");
+        // At least one token a turn, and no turn past its length.
+        assert!((6..=asked).contains(&generated), "{r}");
         let mean = r["mean_batch"].as_f64().expect("a mean");
         assert!(mean > 1.0 && mean <= 2.0, "two turns share steps: {r}");
         // Fewer steps than the turns one after another would take.
@@ -185,6 +214,26 @@ mod tests {
         // No CubeCL device: no graph, no capture.
         assert_eq!(r["decode_graph"], false, "{r}");
         assert_eq!(r["captures"], 0, "{r}");
+
+        // Ends the engine knows ahead: the same turns, each at its limit.
+        let tokenizer = loaded.tokenizer.clone().expect("a tokenizer");
+        let known = serve_at(
+            &loaded.model,
+            tokenizer,
+            loaded.description,
+            2,
+            6,
+            true,
+            "cpu",
+        )
+        .expect("the serve bench runs");
+        assert_eq!(known["turns"], 6, "{known}");
+        assert!(known["ends"].as_str().expect("said").starts_with("known"));
+        let g = known["generated_tokens"].as_u64().expect("a count");
+        assert!(
+            (6..=asked).contains(&g),
+            "no turn runs past its limit: {known}"
+        );
     }
 
     #[test]
