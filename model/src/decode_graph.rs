@@ -28,10 +28,11 @@
 //! A capture is [`Recorded::record`], not Burn's `capture`: a recorded run
 //! only records (CUDA runs nothing while a stream captures), so its output
 //! holds no logits until a replay, and Burn's helper warms up three times
-//! for its fusion, which this crate does not build. Here the first warm-up
-//! is the step itself (its logits are the capture step's answer) and one
-//! more warm-up sets the pools as the recording will find them: a capture
-//! costs two launched steps, the recording and the instantiation.
+//! for its fusion, which this crate does not build. Here the one warm-up
+//! is the step itself, whose logits are the capture step's answer: a
+//! capture costs the launched step, the recording and the instantiation
+//! (and one more launched step and recording where the first recording
+//! is refused).
 //!
 //! Owns: the step's input buffers, a handle to the model's weights, and
 //! second handles to the captured caches' buffers.
@@ -53,12 +54,15 @@ use crate::kv_cache::KvCache;
 type Step = Box<dyn FnMut() -> Tensor<2> + Send>;
 
 /// Fewest steps a batch must be known to last for a capture to be made
-/// ([`DecodeGraph::step_lasting`]). A batch of `h` steps costs `h` launched
-/// steps `ℓ` without a graph; with one, the capture (the step itself, one
-/// more launched step and the recording `R`) and `h − 1` replays `r`. The
-/// graph is cheaper only if `(h − 1)(ℓ − r) > ℓ + R`, which `h ≤ 2` never
-/// meets on any card (`r > 0`, `R > 0`); from 3 on it depends on the card,
-/// and the graph is tried.
+/// ([`DecodeGraph::step_lasting`]). A batch that runs `h` steps costs
+/// `h·ℓ` launched. Through a graph it costs the capture (the step itself,
+/// launched; the recording `R`, the same launches made on the host again;
+/// the instantiation `I`) and `h − 1` replays `r` (at least the device's
+/// part of a step). The graph wins only if `(h − 1)(ℓ − r) > R + I`. A
+/// launched step costs about the larger of its host and device parts, so
+/// `ℓ − r` is at most about the host part, which `R` already is: at
+/// `h = 2` the graph gains nothing on any card, at `h = 1` it loses the
+/// recording. From 3 on it depends on the card, and the graph is tried.
 pub const MIN_RUN: usize = 3;
 
 /// What a step reads that changes between steps, in device buffers
@@ -332,28 +336,31 @@ impl Recorded {
     ///
     /// Nothing is allocated while a stream records (the pools must serve
     /// every buffer from what is free), and a recorded run executes
-    /// nothing. So the step runs first (its logits are this step's answer)
-    /// and they are copied out, then it runs once more with that copy held,
-    /// so the pools are left as the recording will need them, then it is
-    /// recorded. A refused recording (an allocation the pools could not
-    /// serve, a launch that failed) is tried once more after another
-    /// warm-up, then the step runs launch by launch. `records` is what the
-    /// graph learnt of the runtime: `Some(false)`, it records nothing and
-    /// the step only runs; `None`, a window that does not open says so.
+    /// nothing. So the step runs first on the prepared stream, as the
+    /// warm-up that fills the pools, and its logits (this step's answer)
+    /// are copied out before its own buffers are freed; then it is
+    /// recorded, asking the pools for what that run freed. A refused
+    /// recording (an allocation the pools could not serve, a launch that
+    /// failed) is tried once more after a warm-up run with the copy held,
+    /// then the step runs launch by launch. `records` is what the graph
+    /// learnt of the runtime: `Some(false)`, it records nothing and the
+    /// step only runs; `None`, a window that does not open says so.
     fn record(
         mut step: Step,
         client: &cubecl::client::Client,
         device: &burn::tensor::Device,
         records: Option<bool>,
     ) -> (Self, Tensor<2>) {
-        let answer = copy(&step());
         if records == Some(false) {
+            let answer = copy(&step());
             return (Self::relaunching(step, None), answer);
         }
+        let mut answer = None;
         let mut refused = None;
         for _ in 0..2 {
-            match record_once(&mut step, client, device) {
+            match record_once(&mut step, client, device, &mut answer) {
                 Recording::Made(made) => {
+                    let answer = answer.expect("a recording follows a run");
                     let recorded = Self {
                         hardware: Some(*made),
                         step,
@@ -370,6 +377,8 @@ impl Recorded {
                 Recording::Refused(why) => refused = Some(why),
             }
         }
+        // The stream did not even prepare: the step has not run yet.
+        let answer = answer.unwrap_or_else(|| copy(&step()));
         (Self::relaunching(step, refused), answer)
     }
 
@@ -420,11 +429,13 @@ enum Recording {
     Refused(String),
 }
 
-/// Prepares the stream, warms the step up once more and records it.
+/// Prepares the stream, runs the step (its logits become `answer`, a copy,
+/// when there is none yet) and records it.
 fn record_once(
     step: &mut Step,
     client: &cubecl::client::Client,
     device: &burn::tensor::Device,
+    answer: &mut Option<Tensor<2>>,
 ) -> Recording {
     if let Err(e) = client.graph_prepare() {
         return Recording::Refused(format!("the stream could not prepare a capture: {e}"));
@@ -432,7 +443,11 @@ fn record_once(
     // From here the stream is prepared (or recording) until `stop_capture`,
     // which the window's drop calls on every way out, an unwind included.
     let mut window = Window { client, open: true };
-    drop(step());
+    let out = step();
+    if answer.is_none() {
+        *answer = Some(copy(&out));
+    }
+    drop(out);
     // The warm-up's launches are enqueued and its drops queued before the
     // window opens (which drains them).
     if let Err(e) = device.sync() {
@@ -591,18 +606,19 @@ mod tests {
         let like = Tensor::<2>::zeros([1, 1], (&device, DType::F32));
         let client = kernels::cube(&like).expect("a CubeCL device").client;
 
-        // Not yet known whether the runtime records: the step runs (its
-        // answer), warms up once more, and the window does not open, which
-        // on CubeCL's CPU runtime is no refusal but the runtime's nature.
+        // Not yet known whether the runtime records: the step runs once on
+        // the prepared stream (its answer, and the warm-up), and the window
+        // does not open, which on CubeCL's CPU runtime is no refusal but
+        // the runtime's nature.
         let (step, runs) = counting();
         let (mut rec, answer) = Recorded::record(step, &client, &device, None);
         assert_eq!(value(answer), 1.0, "the answer is the first run's");
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "one warm-up, no retry");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the step is the warm-up");
         assert!(!rec.is_hardware());
         assert_eq!(rec.refused, None);
         // SAFETY: no hardware graph: a replay runs the step again.
         let again = unsafe { rec.replay() };
-        assert_eq!(value(again), 3.0, "a replay runs the step anew");
+        assert_eq!(value(again), 2.0, "a replay runs the step anew");
 
         // Known to record nothing: no warm-up is spent.
         let (step, runs) = counting();
@@ -615,7 +631,7 @@ mod tests {
         let (step, runs) = counting();
         let (rec, answer) = Recorded::record(step, &client, &device, Some(true));
         assert_eq!(value(answer), 1.0);
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
         let why = rec.refused.as_deref().expect("a reason");
         assert!(why.starts_with("the capture window did not open"), "{why}");
     }
