@@ -65,6 +65,17 @@ type Step = Box<dyn FnMut() -> Tensor<2> + Send>;
 /// recording. From 3 on it depends on the card, and the graph is tried.
 pub const MIN_RUN: usize = 3;
 
+/// Captures whose replays are remembered to tell a churning batch.
+const RECENT: usize = 4;
+
+/// Replays from which a capture about pays for itself (the same reckoning
+/// as [`MIN_RUN`]: a batch of `h` steps replays `h − 1` times).
+const PAYING_REPLAYS: usize = MIN_RUN - 1;
+
+/// Launched steps a new batch runs before it is captured while batches
+/// churn: a batch that outlives them is likelier to pay for a capture.
+const CHURN_WAIT: usize = 2;
+
 /// What a step reads that changes between steps, in device buffers
 /// (handles to the same buffers the captured step reads).
 #[derive(Clone)]
@@ -92,10 +103,16 @@ struct Live {
     lens: Vec<usize>,
     /// Steps left before a buffer is full.
     room: usize,
+    /// Steps replayed so far.
+    replays: usize,
 }
 
 /// Per sequence, the slots of its buffers: `(global, local)`.
 type Caps = Vec<(usize, usize)>;
+
+/// A cache as a waiting batch last saw it: its length and where its first
+/// layer's keys live.
+type Seen = (usize, Option<(usize, Option<u64>)>);
 
 /// A decode step that is captured as one graph and replayed while the batch
 /// stays the same (see the module documentation). [`DecodeGraph::step`]
@@ -110,6 +127,13 @@ pub struct DecodeGraph {
     records: Option<bool>,
     /// Why the last recording was refused, where the runtime records graphs.
     refused: Option<String>,
+    /// Replays of the last [`RECENT`] captures, newest last.
+    recent: std::collections::VecDeque<usize>,
+    /// While batches churn: a batch not yet captured, as each sequence's
+    /// length after its launched step and where its first layer's keys
+    /// live (no handle: the launched step writes them in place), and how
+    /// many such steps it has run.
+    waiting: Option<(Vec<Seen>, usize)>,
 }
 
 impl DecodeGraph {
@@ -128,6 +152,8 @@ impl DecodeGraph {
             captures: 0,
             records: None,
             refused: None,
+            recent: std::collections::VecDeque::with_capacity(RECENT),
+            waiting: None,
         })
     }
 
@@ -153,6 +179,13 @@ impl DecodeGraph {
     /// captured: `None`, the caches untouched and the graph's handles to
     /// them dropped, and the caller launches the step.
     ///
+    /// Batches also change where nobody knows ahead (a stop token, a
+    /// cancel, a turn joining). When the last [`RECENT`] captures replayed
+    /// fewer than [`PAYING_REPLAYS`] times each on average, batches churn
+    /// faster than captures pay: a new batch then runs [`CHURN_WAIT`]
+    /// launched steps (`None`) before it is captured, and churn that never
+    /// settles runs launched, as without a graph.
+    ///
     /// # Panics
     ///
     /// If `tokens` does not have one token per cache.
@@ -171,10 +204,32 @@ impl DecodeGraph {
             // Its handles go first, so the caches' buffers are theirs alone
             // again and a new capture need not copy them (nor a launched
             // step copy them to write).
-            self.live = None;
+            if let Some(old) = self.live.take() {
+                if self.recent.len() == RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(old.replays);
+            }
             if lasts < MIN_RUN {
+                self.waiting = None;
                 return None;
             }
+            if self.churning() {
+                let seen = |c: &&mut KvCache| (c.len(), c.layers.first().and_then(|l| l.keys_at()));
+                let now: Vec<Seen> = caches.iter().map(seen).collect();
+                let age = match &self.waiting {
+                    Some((after, age)) if *after == now => *age,
+                    _ => 0,
+                };
+                if age < CHURN_WAIT {
+                    // The caller launches this step: each length grows by
+                    // one, in the same buffers (a grown one starts anew).
+                    let after = now.into_iter().map(|(n, at)| (n + 1, at)).collect();
+                    self.waiting = Some((after, age + 1));
+                    return None;
+                }
+            }
+            self.waiting = None;
         }
         let logits = match self.live.as_mut() {
             Some(live) => {
@@ -188,7 +243,9 @@ impl DecodeGraph {
                 // handles to the buffers it writes are the ones captured
                 // (checked above) and are borrowed here, and no other handle
                 // to them exists (made unshared at capture).
-                unsafe { live.graph.replay() }
+                let out = unsafe { live.graph.replay() };
+                live.replays += 1;
+                out
             }
             None => {
                 let (live, out) = self.capture(caches, tokens)?;
@@ -232,6 +289,11 @@ impl DecodeGraph {
     /// (the steps then run launch by launch: slower, the same answers).
     pub fn refused(&self) -> Option<&str> {
         self.refused.as_deref()
+    }
+
+    /// Whether the last [`RECENT`] captures replayed too little to pay.
+    fn churning(&self) -> bool {
+        self.recent.len() == RECENT && self.recent.iter().sum::<usize>() < PAYING_REPLAYS * RECENT
     }
 
     /// Lets go of the capture and its handles to the caches' buffers (the
@@ -312,6 +374,7 @@ impl DecodeGraph {
             buffers,
             lens: caches.iter().map(|c| c.len()).collect(),
             room,
+            replays: 0,
         };
         Some((live, out))
     }

@@ -177,6 +177,13 @@ impl LayerCache {
         }
     }
 
+    /// Where the keys' buffer lives (`kernels::buffer_at`), without a
+    /// handle to it; `None` before the first write or off a CubeCL device.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn keys_at(&self) -> Option<(usize, Option<u64>)> {
+        self.keys.as_ref().and_then(crate::kernels::buffer_at)
+    }
+
     /// The whole buffers (every allocated slot), for tests that compare
     /// what two caches hold.
     #[cfg(all(test, feature = "kernels"))]

@@ -78,6 +78,16 @@ pub(crate) fn same_buffer<const D: usize>(t: &Tensor<D>, c: &CubeTensor) -> bool
     })
 }
 
+/// Where `t`'s buffer lives (its memory's descriptor and the offset), to
+/// tell buffers apart without holding one (a freed buffer's place may be
+/// reused); `None` off a CubeCL device.
+pub(crate) fn buffer_at<const D: usize>(t: &Tensor<D>) -> Option<(usize, Option<u64>)> {
+    cube(t).map(|c| {
+        let at = std::ptr::from_ref(c.handle.memory.descriptor()) as usize;
+        (at, c.handle.offset_start)
+    })
+}
+
 /// Wraps a kernel's output back into a Burn tensor.
 pub(crate) fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
     Tensor::<D>::from_primitive::<Cube>(t)

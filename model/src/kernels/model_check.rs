@@ -265,6 +265,94 @@ fn the_captured_decode_step_equals_forward_batch() {
     }
 }
 
+/// Batches that change every step, where nobody knew ahead: the first
+/// [`RECENT`] are captured and never replayed, so the graph takes the batch
+/// for churning, declines the next new batch (the caller launches it) and
+/// captures a batch only once it has run [`CHURN_WAIT`] launched steps;
+/// that one then replays. Every step, graphed or launched, equals
+/// `forward_batch` on copies of the caches. Once a capture has replayed
+/// enough for the recent ones to pay on average, new batches are captured
+/// at once again.
+///
+/// [`RECENT`]: crate::decode_graph
+/// [`CHURN_WAIT`]: crate::decode_graph
+/// The caches `batch` names (distinct indices), in its order.
+fn pick<'a>(all: &'a mut [KvCache], batch: &[usize]) -> Vec<&'a mut KvCache> {
+    let mut each: Vec<Option<&mut KvCache>> = all.iter_mut().map(Some).collect();
+    batch
+        .iter()
+        .map(|&i| each[i].take().expect("distinct caches"))
+        .collect()
+}
+
+#[test]
+fn churning_batches_run_launched_until_one_settles() {
+    use crate::decode_graph::DecodeGraph;
+    let m = model(&device());
+    let mut plain: Vec<KvCache> = (0..4u32)
+        .map(|s| {
+            let p: Vec<u32> = (0..3 + s).map(|i| (i * 31 + s + 3) % 300).collect();
+            let mut c = KvCache::new(m.config());
+            let _ = m.forward(&p, &mut c, Logits::Last);
+            c
+        })
+        .collect();
+    let mut graphed = plain.clone();
+    let mut g = DecodeGraph::new(&m, 8).expect("a CubeCL device");
+    // One step of the caches `batch` (indices), through the graph where it
+    // takes the step and launched where it declines; `true` when it took it.
+    let mut step = |g: &mut DecodeGraph, batch: &[usize], at: usize| -> bool {
+        let tokens: Vec<u32> = batch.iter().map(|&i| (at * 7 + i) as u32 % 300).collect();
+        let got = g.step(&mut pick(&mut graphed, batch), &tokens);
+        let took = got.is_some();
+        let got = got.unwrap_or_else(|| m.forward_batch(&tokens, &mut pick(&mut graphed, batch)));
+        let want = m.forward_batch(&tokens, &mut pick(&mut plain, batch));
+        let d = max_abs_diff(got, want);
+        assert!(d < 1e-4, "step {at} {batch:?}: logits differ by {d}");
+        took
+    };
+    // A new batch every step: captured, never replayed.
+    let churn: [&[usize]; 4] = [&[0, 1], &[1, 2], &[2, 3], &[3, 0]];
+    for (at, batch) in churn.iter().enumerate() {
+        assert!(step(&mut g, batch, at), "step {at}: captured");
+    }
+    assert_eq!(g.captures(), 4);
+    // Churning now: a new batch is launched for two steps, then captured.
+    let settled: &[usize] = &[0, 2, 3];
+    assert!(!step(&mut g, settled, 4), "a new batch while churning");
+    assert!(!step(&mut g, settled, 5), "its second launched step");
+    assert!(
+        step(&mut g, settled, 6),
+        "captured after two launched steps"
+    );
+    assert_eq!(g.captures(), 5);
+    assert!(step(&mut g, settled, 7), "and replayed");
+    assert_eq!(g.captures(), 5, "a replay, not a capture: {g:?}");
+    // Another new batch is again launched first, and a batch that changes
+    // in its wait starts its wait anew.
+    assert!(!step(&mut g, &[1, 2], 8));
+    assert!(!step(&mut g, &[1, 3], 9));
+    assert!(!step(&mut g, &[1, 3], 10));
+    assert!(step(&mut g, &[1, 3], 11));
+    assert_eq!(g.captures(), 6);
+    // Seven replays: the last captures (0, 0, 1, 7 replays) now pay on
+    // average, and a new batch is captured at once again.
+    for at in 12..19 {
+        assert!(step(&mut g, &[1, 3], at));
+    }
+    assert_eq!(g.captures(), 6);
+    assert!(step(&mut g, &[0, 1], 19), "settled: captured at once");
+    assert_eq!(g.captures(), 7);
+    for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
+        assert_eq!(a.len(), b.len());
+        let d = max_abs_diff(
+            m.forward(&[9], a, Logits::Last),
+            m.forward(&[9], b, Logits::Last),
+        );
+        assert!(d < 1e-4, "after the churn, logits differ by {d}");
+    }
+}
+
 /// Continuous batching through the graph ([`decode_step_with`]) against the
 /// launched steps ([`decode_step`]): one sequence ends early, one fills a
 /// global buffer, one keeps its prompt's cache (a clone that shares the
