@@ -471,8 +471,11 @@ impl Recorded {
             Some((graph, out)) => {
                 // SAFETY: forwarded from this method's contract.
                 if let Err(e) = unsafe { graph.replay() } {
-                    // A failed enqueue leaves the graph's buffers carrying
-                    // the failure: the read of the logits reports it.
+                    // A refused enqueue ran nothing and leaves the graph's
+                    // buffers (the caches among them) marked failed, so no
+                    // launched step can take over: the step fails as a GPU
+                    // failure does (the engine's guard turns the panic into
+                    // failed turns and lets go of the graph).
                     panic!("the decode graph's replay was refused: {e}");
                 }
                 copy(out)
