@@ -431,13 +431,19 @@ impl Sequence {
         tokens.min(room)
     }
 
-    /// Records the chosen token and what ends the sequence after it.
+    /// Records the chosen token and what ends the sequence after it: a
+    /// cancel, a stop token, or its length or the context, which would end
+    /// it before its next step anyway. Ending it with its last token lets
+    /// a server close the turn (and let go of its cache) at once, not one
+    /// step later.
     fn push(&mut self, next: u32, flow: Flow) {
         self.tokens.push(next);
         if flow == Flow::Stop {
             self.end_with(FinishReason::Cancelled);
         } else if !self.opts.ignore_eos && self.opts.stop_ids.contains(&next) {
             self.end_with(FinishReason::Stop);
+        } else {
+            self.check_room(1);
         }
     }
 }
