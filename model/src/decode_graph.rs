@@ -15,15 +15,25 @@
 //! in place, so the cache sees every token the graph writes and counts it.
 //!
 //! The graph is not tied to the caches' owners: [`DecodeGraph::step`] takes
-//! the batch's caches each step and replays only when they are the ones it
-//! captured, in the same order, at the lengths it left them, still holding
+//! the batch's caches each step and finds each one's row of the capture by
 //! its buffers (a cache written by anything else has copied its buffer
-//! away). Otherwise, or when a buffer is full, it drops the old capture and
-//! captures anew. Dropping it hands nothing back: the caches hold their
-//! buffers throughout. On a runtime without graphs (CubeCL's CPU runtime,
-//! where the tests run) nothing is recorded and a replay runs the step
-//! again over the same buffers: the same arithmetic, which is what the
-//! tests compare with [`Gemma3::forward_batch`].
+//! away) and the length the graph left it at; the logits come back in the
+//! batch's order. A server's batch changes as turns end and join, and a
+//! capture per batch would cost a launched step and a recording each time.
+//! So a row whose sequence has gone, its buffers held by the graph alone
+//! (the turn's cache was dropped), runs on as a ghost: token 0 written into
+//! slot 0 of its own buffers, its logits dropped. A sequence that joins
+//! takes a ghost row over where its cache fits the row's buffers: its
+//! slots are copied in (in place: nothing else holds them) and the row's
+//! buffers become its own, so the graph replays as captured. It captures
+//! anew only where a row's sequence is neither here nor gone (a clone
+//! still holds its buffers: nothing may write them), where no ghost row
+//! fits a newcomer, or where a buffer is full. Dropping a capture hands
+//! nothing back: the caches hold their buffers throughout. On a runtime
+//! without graphs (CubeCL's CPU runtime, where the tests run) nothing is
+//! recorded and a replay runs the step again over the same buffers: the
+//! same arithmetic, which is what the tests compare with
+//! [`Gemma3::forward_batch`].
 //!
 //! A capture is [`Recorded::record`], not Burn's `capture`: a recorded run
 //! only records (CUDA runs nothing while a stream captures), so its output
@@ -37,10 +47,14 @@
 //! Owns: the step's input buffers, a handle to the model's weights, and
 //! second handles to the captured caches' buffers.
 //! Must never: read an input from the host inside the step (a replay would
-//! not see it change), replay for a cache that is not the one captured or
-//! whose buffers anything else can see (a clone made after the capture
-//! shares them: only the engine's finished turns are cloned, and they are
-//! never stepped again), or count a token it did not write.
+//! not see it change), write a row for a cache that does not hold its
+//! buffers, or a ghost row whose buffers anything but the graph can see (a
+//! row is a ghost only once its handles are the graph's alone; a clone made
+//! while a cache is in the graph shares them: only the engine's finished
+//! turns are cloned, and they are never stepped again), or count a token
+//! it did not write.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::tensor::{Bytes, Int, Tensor, TensorData};
 use burn_cubecl::tensor::CubeTensor;
@@ -94,21 +108,40 @@ struct Inputs {
 struct Live {
     graph: Recorded,
     inputs: Inputs,
-    /// Per sequence, the slots of its buffers on global and local layers.
-    caps: Caps,
-    /// The captured caches' buffers, `[layer][sequence]` (keys, values):
-    /// second handles of those the step writes, to tell the caches apart.
-    buffers: Vec<Vec<(CubeTensor, CubeTensor)>>,
-    /// Each sequence's length where the graph left it.
-    lens: Vec<usize>,
-    /// Steps left before a buffer is full.
-    room: usize,
+    /// The step's rows: at capture one per sequence, in the batch's order.
+    rows: Vec<Row>,
+    /// The rows' cache buffers, `[layer][row]` (keys, values): the graph's
+    /// one handle to each, shared by the recorded step and this record (so
+    /// a row nothing else holds is told by its handle count, and a
+    /// takeover writes it in place).
+    buffers: Buffers,
     /// Steps replayed so far.
     replays: usize,
 }
 
-/// Per sequence, the slots of its buffers: `(global, local)`.
-type Caps = Vec<(usize, usize)>;
+/// See [`Live::buffers`].
+type Buffers = Arc<Mutex<Vec<Vec<(CubeTensor, CubeTensor)>>>>;
+
+/// One row of a captured step.
+struct Row {
+    /// Slots of its buffers on global and local layers.
+    caps: (usize, usize),
+    /// Its sequence's length where the graph left it.
+    len: usize,
+    /// Steps left before one of its buffers is full.
+    room: usize,
+    /// Its sequence is gone (nothing but the graph holds its buffers): the
+    /// step feeds it token 0 into slot 0 and drops its logits, until a new
+    /// sequence takes the row over.
+    ghost: bool,
+}
+
+/// How a batch runs on a live capture: each sequence's row, and the
+/// sequences that take over a gone one's row (sequence, row).
+struct Plan {
+    order: Vec<usize>,
+    moves: Vec<(usize, usize)>,
+}
 
 /// A cache as a waiting batch last saw it: its length and where its first
 /// layer's keys live.
@@ -160,8 +193,9 @@ impl DecodeGraph {
     /// One decode step: `tokens[i]` continues `caches[i]`; logits `[B, V]`
     /// in f32, as [`Gemma3::forward_batch`] gives them (a copy: the next
     /// step overwrites the graph's own output). Replays the last capture
-    /// when it was made over these caches (see the module documentation),
-    /// else captures anew. `None`, with the caches untouched, where the
+    /// where the caches run on its rows, newcomers taking over the rows of
+    /// gone sequences (see the module documentation), else captures anew.
+    /// `None`, with the caches untouched, where the
     /// batched attention kernel does not cover the batch (the caller runs
     /// [`Gemma3::forward_batch`]).
     ///
@@ -196,11 +230,11 @@ impl DecodeGraph {
         lasts: usize,
     ) -> Option<Tensor<2>> {
         assert_eq!(tokens.len(), caches.len(), "one token per sequence");
-        if !self
-            .live
-            .as_ref()
-            .is_some_and(|l| l.room > 0 && l.captured(caches))
-        {
+        let order = self.live.as_mut().and_then(|live| {
+            let plan = live.assign(caches)?;
+            live.apply(caches, &plan).then_some(plan.order)
+        });
+        if order.is_none() {
             // Its handles go first, so the caches' buffers are theirs alone
             // again and a new capture need not copy them (nor a launched
             // step copy them to write).
@@ -231,9 +265,13 @@ impl DecodeGraph {
             }
             self.waiting = None;
         }
-        let logits = match self.live.as_mut() {
-            Some(live) => {
-                write_inputs(&self.model, caches, &live.inputs, &live.caps, tokens);
+        let logits = match (self.live.as_mut(), order) {
+            (Some(live), Some(order)) => {
+                let mut feed: Vec<Option<(&KvCache, u32)>> = vec![None; live.rows.len()];
+                for ((c, &t), &r) in caches.iter().zip(tokens).zip(&order) {
+                    feed[r] = Some((&**c, t));
+                }
+                write_inputs(&self.model, &live.inputs, &live.rows, &feed);
                 // SAFETY: every buffer the step reads or writes is held by
                 // the recorded step (the model's weights, the inputs and the
                 // cache buffers, all by value) or by `live`, so all outlive
@@ -245,15 +283,24 @@ impl DecodeGraph {
                 // to them exists (made unshared at capture).
                 let out = unsafe { live.graph.replay() };
                 live.replays += 1;
-                out
+                for (&r, c) in order.iter().zip(caches.iter()) {
+                    live.rows[r].len = c.len() + 1;
+                    live.rows[r].room -= 1;
+                }
+                rows_in_order(out, &order)
             }
-            None => {
+            _ => {
                 let (live, out) = self.capture(caches, tokens)?;
                 let hardware = live.graph.is_hardware();
                 // Asked once: a runtime that recorded nothing never will.
                 self.records
                     .get_or_insert(hardware || live.graph.refused.is_some());
                 self.refused.clone_from(&live.graph.refused);
+                let mut live = live;
+                for r in &mut live.rows {
+                    r.len += 1;
+                    r.room -= 1;
+                }
                 self.live = Some(live);
                 self.captures += 1;
                 out
@@ -264,12 +311,6 @@ impl DecodeGraph {
                 l.count_token();
             }
             c.advance(1);
-        }
-        if let Some(live) = self.live.as_mut() {
-            live.room -= 1;
-            for (len, c) in live.lens.iter_mut().zip(caches.iter()) {
-                *len = c.len();
-            }
         }
         Some(logits)
     }
@@ -317,16 +358,16 @@ impl DecodeGraph {
             return None;
         }
         let like = Tensor::<4>::zeros([1, kv, 1, hd], (&device, dtype));
-        let mut room = usize::MAX;
+        let mut rooms = vec![usize::MAX; b];
         let mut buffers = Vec::with_capacity(cfg.num_layers());
         let mut caps: Vec<[Option<usize>; 2]> = vec![[None, None]; b];
         for (li, kind) in cfg.layer_types.iter().enumerate() {
             let mut row = Vec::with_capacity(b);
-            for (c, cap) in caches.iter_mut().zip(caps.iter_mut()) {
+            for ((c, cap), room) in caches.iter_mut().zip(caps.iter_mut()).zip(rooms.iter_mut()) {
                 let l = &mut c.layers[li];
                 let (k, v) = l.take_for_graph(self.reserve, &like);
                 let slots = k.dims()[2];
-                room = room.min(l.room(slots));
+                *room = (*room).min(l.room(slots));
                 // Layers of a type share one row of slots in the inputs.
                 let kept = cap[usize::from(*kind == LayerType::Local)].get_or_insert(slots);
                 assert_eq!(*kept, slots, "layers of one type grow alike");
@@ -336,10 +377,18 @@ impl DecodeGraph {
             }
             buffers.push(row);
         }
-        let caps: Caps = caps
+        let rows: Vec<Row> = caps
             .into_iter()
-            .map(|[g, l]| (g.unwrap_or(1), l.unwrap_or(1)))
+            .zip(rooms)
+            .zip(caches.iter())
+            .map(|(([g, l], room), c)| Row {
+                caps: (g.unwrap_or(1), l.unwrap_or(1)),
+                len: c.len(),
+                room,
+                ghost: false,
+            })
             .collect();
+        let buffers: Buffers = Arc::new(Mutex::new(buffers));
         let zeros = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, dtype));
         let meta = || kernels::u32_buffer(&like, &vec![0; 3 * b]);
         let inputs = Inputs {
@@ -349,19 +398,25 @@ impl DecodeGraph {
             meta_global: meta(),
             meta_local: meta(),
         };
-        write_inputs(model, caches, &inputs, &caps, tokens);
+        let feed: Vec<Option<(&KvCache, u32)>> = caches
+            .iter()
+            .zip(tokens)
+            .map(|(c, &t)| Some((&**c, t)))
+            .collect();
+        write_inputs(model, &inputs, &rows, &feed);
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let step_inputs = inputs.clone();
-        let step_buffers = buffers.clone();
+        let step_buffers = Arc::clone(&buffers);
         let step_model = model.clone();
         let step: Step = Box::new(move || {
             let i = &step_inputs;
+            let bufs = step_buffers.lock().unwrap_or_else(PoisonError::into_inner);
             step_model.decode_step(&i.ids, &i.global, &i.local, &mut |li, kind, q, k, v| {
                 let meta = match kind {
                     LayerType::Global => &i.meta_global,
                     LayerType::Local => &i.meta_local,
                 };
-                kernels::batch_attention_in_place(q, k, v, &step_buffers[li], meta, heads, scale)
+                kernels::batch_attention_in_place(q, k, v, &bufs[li], meta, heads, scale)
                     .expect("the graph was built where the batched kernel covers the batch")
             })
         });
@@ -370,10 +425,8 @@ impl DecodeGraph {
         let live = Live {
             graph,
             inputs,
-            caps,
+            rows,
             buffers,
-            lens: caches.iter().map(|c| c.len()).collect(),
-            room,
             replays: 0,
         };
         Some((live, out))
@@ -547,24 +600,125 @@ impl Drop for Window<'_> {
 }
 
 impl Live {
-    /// Whether `caches` are the ones captured, in order, at the lengths the
-    /// graph left them, each layer still holding the captured buffers.
-    fn captured(&self, caches: &[&mut KvCache]) -> bool {
-        caches.len() == self.lens.len()
-            && caches.iter().zip(&self.lens).all(|(c, &n)| c.len() == n)
-            && self.buffers.iter().enumerate().all(|(li, row)| {
-                row.iter()
-                    .zip(caches)
-                    .all(|((k, v), c)| c.layers[li].holds(k, v))
-            })
+    /// How `caches` run on this capture, if they can: each on the row whose
+    /// buffers it holds at the length the graph left it (any order), every
+    /// other row gone (a ghost, or one whose buffers nothing but the graph
+    /// holds any more: its sequence was dropped), and each sequence left
+    /// over taking a gone row its cache fits. `None` (a new capture) where
+    /// a row's sequence is neither here nor gone, where no gone row fits a
+    /// newcomer, or where a row's buffers are full.
+    fn assign(&self, caches: &[&mut KvCache]) -> Option<Plan> {
+        let bufs = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = self.rows.len();
+        let holds =
+            |c: &KvCache, r: usize, li: usize| c.layers[li].holds(&bufs[li][r].0, &bufs[li][r].1);
+        let mut owner = vec![false; n];
+        let mut order = vec![usize::MAX; caches.len()];
+        let mut newcomers = Vec::new();
+        for (i, c) in caches.iter().enumerate() {
+            let mine = |r: usize| {
+                let row = &self.rows[r];
+                !row.ghost && !owner[r] && row.len == c.len() && holds(c, r, 0)
+            };
+            // Its own place first, the usual case; the first layer finds the
+            // row, and every layer must agree.
+            let found = if i < n && mine(i) {
+                Some(i)
+            } else {
+                (0..n).find(|&r| mine(r))
+            };
+            match found {
+                Some(r) if (0..bufs.len()).all(|li| holds(c, r, li)) => {
+                    if self.rows[r].room == 0 {
+                        return None;
+                    }
+                    owner[r] = true;
+                    order[i] = r;
+                }
+                _ => newcomers.push(i),
+            }
+        }
+        let gone = |r: usize| {
+            self.rows[r].ghost || bufs.iter().all(|l| l[r].0.can_mut() && l[r].1.can_mut())
+        };
+        let free: Vec<usize> = (0..n).filter(|&r| !owner[r]).collect();
+        if !free.iter().all(|&r| gone(r)) {
+            return None;
+        }
+        let mut moves = Vec::with_capacity(newcomers.len());
+        for i in newcomers {
+            let c = &caches[i];
+            let r = free.iter().copied().find(|&r| {
+                !owner[r]
+                    && bufs
+                        .iter()
+                        .enumerate()
+                        .all(|(li, l)| c.layers[li].fits(l[r].0.meta.shape()[2]))
+            })?;
+            owner[r] = true;
+            order[i] = r;
+            moves.push((i, r));
+        }
+        Some(Plan { order, moves })
     }
+
+    /// Moves each newcomer of `plan` into its row (its cache's slots copied
+    /// into the row's buffers, in place, which become its buffers) and
+    /// makes every row no sequence runs on a ghost. `false` where a write
+    /// was not in place after all (the capture must go).
+    fn apply(&mut self, caches: &mut [&mut KvCache], plan: &Plan) -> bool {
+        let mut bufs = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        for &(i, r) in &plan.moves {
+            let c = &mut *caches[i];
+            let mut room = usize::MAX;
+            for (li, layer) in bufs.iter_mut().enumerate() {
+                let l = &mut c.layers[li];
+                // The row's one handle moves into the write (a clone would
+                // make it shared, and the write would copy).
+                let last = layer.len() - 1;
+                layer.swap(r, last);
+                let (k, v) = layer.pop().expect("a row");
+                let (k, v, in_place) = l.move_into(k, v);
+                room = room.min(l.room(k.meta.shape()[2]));
+                layer.push((k, v));
+                layer.swap(r, last);
+                if !in_place {
+                    return false;
+                }
+            }
+            self.rows[r].len = c.len();
+            self.rows[r].room = room;
+            self.rows[r].ghost = false;
+        }
+        let mut running = vec![false; self.rows.len()];
+        for &r in &plan.order {
+            running[r] = true;
+        }
+        for (row, running) in self.rows.iter_mut().zip(running) {
+            row.ghost = !running;
+        }
+        true
+    }
+}
+
+/// The rows of `out` (`[rows, V]`) in `order` (`[order.len(), V]`): itself
+/// where the order is every row in place.
+fn rows_in_order(out: Tensor<2>, order: &[usize]) -> Tensor<2> {
+    let [rows, _] = out.dims();
+    if order.len() == rows && order.iter().enumerate().all(|(i, &r)| i == r) {
+        return out;
+    }
+    let device = out.device();
+    let idx: Vec<i64> = order.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [order.len()]), &device);
+    out.select(0, idx)
 }
 
 impl std::fmt::Debug for DecodeGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeGraph")
             .field("reserve", &self.reserve)
-            .field("captured", &self.live.as_ref().map(|l| l.lens.len()))
+            .field("rows", &self.live.as_ref().map(|l| l.rows.len()))
             .field("captures", &self.captures)
             .field("hardware", &self.is_hardware())
             .finish()
@@ -579,21 +733,20 @@ fn copy(t: &Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// Writes the next step's inputs into `inputs`' buffers in place: ids,
-/// RoPE rows at each sequence's position, and each layer type's slots.
-fn write_inputs(
-    model: &Gemma3,
-    caches: &[&mut KvCache],
-    inputs: &Inputs,
-    caps: &Caps,
-    tokens: &[u32],
-) {
+/// Writes the next step's inputs into `inputs`' buffers in place: per row
+/// its token, the RoPE rows at its sequence's position and each layer
+/// type's slots; `feed[r]` is row `r`'s cache and token, `None` on a ghost
+/// row (token 0 at position 0, written into slot 0 and reading it alone).
+fn write_inputs(model: &Gemma3, inputs: &Inputs, rows: &[Row], feed: &[Option<(&KvCache, u32)>]) {
     let cfg = model.config();
-    let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let positions: Vec<usize> = feed.iter().map(|f| f.map_or(0, |(c, _)| c.len())).collect();
+    let ids: Vec<i64> = feed
+        .iter()
+        .map(|f| f.map_or(0, |(_, t)| i64::from(t)))
+        .collect();
     let on = "graph inputs live on a CubeCL device";
     let ids_buffer = inputs.ids.clone().try_into_primitive::<burn_cubecl::Cube>();
-    write(ids_buffer.expect(on), TensorData::new(ids, [tokens.len()]));
+    write(ids_buffer.expect(on), TensorData::new(ids, [feed.len()]));
     for (kind, rope, meta) in [
         (LayerType::Global, &inputs.global, &inputs.meta_global),
         (LayerType::Local, &inputs.local, &inputs.meta_local),
@@ -613,14 +766,14 @@ fn write_inputs(
         let Some(li) = cfg.layer_types.iter().position(|k| *k == kind) else {
             continue;
         };
-        let slots: Vec<u32> = caches
+        let slots: Vec<u32> = feed
             .iter()
-            .zip(caps)
-            .flat_map(|(c, &(global, local))| {
-                let (slot, visible) = c.layers[li].next_slot();
+            .zip(rows)
+            .flat_map(|(f, row)| {
+                let (slot, visible) = f.map_or((0, 1), |(c, _)| c.layers[li].next_slot());
                 let cap = match kind {
-                    LayerType::Global => global,
-                    LayerType::Local => local,
+                    LayerType::Global => row.caps.0,
+                    LayerType::Local => row.caps.1,
                 };
                 [visible, slot, cap].map(|x| x as u32)
             })

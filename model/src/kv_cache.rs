@@ -177,6 +177,59 @@ impl LayerCache {
         }
     }
 
+    /// Whether this layer's cached slots and its next token fit a buffer
+    /// of `cap` slots, where they keep their places (a ring's position `p`
+    /// stays in slot `p mod W`).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn fits(&self, cap: usize) -> bool {
+        let needed = match self.window {
+            Some(w) => (self.len + 1).min(w),
+            None => self.len + 1,
+        };
+        self.keys.is_some() && needed <= cap
+    }
+
+    /// Copies this layer's cached slots into `keys`/`values` (a captured
+    /// graph's row, which nothing else holds, so the writes are in place)
+    /// and makes them its buffers: returns them (the graph's handles) and
+    /// whether both writes were in place. Where one was not (the buffer was
+    /// shared after all), the layer keeps its own buffers and the graph
+    /// gets the copies back, to let go of with its capture.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn move_into(
+        &mut self,
+        keys: burn_cubecl::tensor::CubeTensor,
+        values: burn_cubecl::tensor::CubeTensor,
+    ) -> (
+        burn_cubecl::tensor::CubeTensor,
+        burn_cubecl::tensor::CubeTensor,
+        bool,
+    ) {
+        let filled = self.window.map_or(self.len, |w| self.len.min(w));
+        let (k, v): (Tensor<4>, Tensor<4>) =
+            (crate::kernels::tensor(keys), crate::kernels::tensor(values));
+        let at = (crate::kernels::buffer_at(&k), crate::kernels::buffer_at(&v));
+        let (k, v) = match self.view(filled) {
+            Some((ok, ov)) if filled > 0 => {
+                let [b, h, _, d] = ok.dims();
+                let r = [0..b, 0..h, 0..filled, 0..d];
+                (k.slice_assign(r.clone(), ok), v.slice_assign(r, ov))
+            }
+            _ => (k, v),
+        };
+        let in_place = (crate::kernels::buffer_at(&k), crate::kernels::buffer_at(&v)) == at;
+        if in_place {
+            self.keys = Some(k.clone());
+            self.values = Some(v.clone());
+        }
+        let on = "a graph's buffers live on a CubeCL device";
+        (
+            crate::kernels::cube(&k).expect(on),
+            crate::kernels::cube(&v).expect(on),
+            in_place,
+        )
+    }
+
     /// Where the keys' buffer lives (`kernels::buffer_at`), without a
     /// handle to it; `None` before the first write or off a CubeCL device.
     #[cfg(feature = "kernels")]

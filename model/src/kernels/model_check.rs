@@ -162,12 +162,14 @@ fn the_decoder_with_kernels_equals_the_plain_burn_decoder() {
 /// 256 and the step is captured anew; rings full and not yet full), their
 /// graph caches cloned from the plain ones (shared buffers, which the graph
 /// must copy before writing). Then the two sequences of equal length swap
-/// places (the lengths still match: only the buffers tell the graph it is
-/// another batch), and one is written outside the graph. Each step's logits
-/// agree, each change is a new capture, and the graph's caches go on as the
-/// plain ones do. (Here a graph writing into the plain caches' shared
-/// buffers would write the values they get anyway; the kept prompt cache of
-/// the next test is what catches that.)
+/// places (the lengths still match: only the buffers tell the graph which
+/// row is whose), which replays with the rows' logits reordered, and one is
+/// written outside the graph (its buffers copied away from the graph's), so
+/// it takes its old row back with its slots copied in. Each step's logits
+/// agree, only the full buffer is a new capture, and the graph's caches go
+/// on as the plain ones do. (Here a graph writing into the plain caches'
+/// shared buffers would write the values they get anyway; the kept prompt
+/// cache of the next test is what catches that.)
 #[test]
 fn the_captured_decode_step_equals_forward_batch() {
     use crate::decode_graph::DecodeGraph;
@@ -228,7 +230,7 @@ fn the_captured_decode_step_equals_forward_batch() {
     plain.swap(1, 2);
     tokens.swap(1, 2);
     step(&mut g, &mut graphed, &mut plain, &mut tokens, "swapped");
-    assert_eq!(g.captures(), 3, "two caches of one length swapped: {g:?}");
+    assert_eq!(g.captures(), 2, "the same rows in another order: {g:?}");
     step(
         &mut g,
         &mut graphed,
@@ -236,7 +238,7 @@ fn the_captured_decode_step_equals_forward_batch() {
         &mut tokens,
         "after the swap",
     );
-    assert_eq!(g.captures(), 3, "the same batch again replays: {g:?}");
+    assert_eq!(g.captures(), 2, "the same batch again replays: {g:?}");
 
     let (x, y) = (
         m.forward(&[9], &mut graphed[1], Logits::Last),
@@ -250,7 +252,11 @@ fn the_captured_decode_step_equals_forward_batch() {
         &mut tokens,
         "written outside",
     );
-    assert_eq!(g.captures(), 4, "a cache written outside the graph: {g:?}");
+    assert_eq!(
+        g.captures(),
+        2,
+        "a cache written outside takes its row back: {g:?}"
+    );
     drop(g);
 
     for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
@@ -263,6 +269,174 @@ fn the_captured_decode_step_equals_forward_batch() {
         let d = max_abs_diff(x, y);
         assert!(d < 1e-4, "after the graph, logits differ by {d}");
     }
+}
+
+/// Continuous batching with rows taken over: a sequence that ends and is
+/// dropped leaves its row to the graph alone (a ghost, fed token 0, its
+/// logits dropped), and a new sequence whose cache fits takes it over (its
+/// slots copied into the row's buffers): no capture, in any order. A row
+/// whose sequence is gone from the batch but whose buffers a clone still
+/// holds is never written (a new capture instead, the clone unchanged), nor
+/// is a row too small for a newcomer. Every step equals `forward_batch` on
+/// copies of the caches.
+#[test]
+fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
+    use crate::decode_graph::DecodeGraph;
+    let m = model(&device());
+    let prefilled = |n: u32, k: u32| {
+        let p: Vec<u32> = (0..n).map(|i| (i * k + 3) % 300).collect();
+        let mut c = KvCache::new(m.config());
+        let _ = m.forward(&p, &mut c, Logits::Last);
+        c
+    };
+    // (graphed, plain) pairs by name; the graphed one goes through the graph.
+    let mut caches: std::collections::BTreeMap<char, (KvCache, KvCache)> = [
+        ('a', prefilled(5, 37)),
+        ('b', prefilled(7, 41)),
+        ('c', prefilled(6, 43)),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n, (c.clone(), c)))
+    .collect();
+    let mut g = DecodeGraph::new(&m, 8).expect("a CubeCL device");
+    let mut at = 0u32;
+    let mut step = |g: &mut DecodeGraph,
+                    caches: &mut std::collections::BTreeMap<char, (KvCache, KvCache)>,
+                    batch: &str| {
+        at += 1;
+        let tokens: Vec<u32> = batch.chars().map(|n| (at * 11 + n as u32) % 300).collect();
+        let mut each: Vec<(char, &mut (KvCache, KvCache))> =
+            caches.iter_mut().map(|(n, c)| (*n, c)).collect();
+        let mut graphed = Vec::new();
+        let mut plain = Vec::new();
+        for n in batch.chars() {
+            let i = each.iter().position(|(m, _)| *m == n).expect("a cache");
+            let (_, pair) = each.swap_remove(i);
+            let (gc, pc) = pair;
+            graphed.push(gc);
+            plain.push(pc);
+        }
+        let got = g.step(&mut graphed, &tokens).expect("covered");
+        let want = m.forward_batch(&tokens, &mut plain);
+        let d = max_abs_diff(got, want);
+        assert!(d < 1e-4, "step {at} {batch}: logits differ by {d}");
+    };
+    step(&mut g, &mut caches, "abc");
+    step(&mut g, &mut caches, "abc");
+    assert_eq!(g.captures(), 1);
+    // c ends and is dropped: its row is a ghost.
+    caches.remove(&'c');
+    step(&mut g, &mut caches, "ab");
+    assert_eq!(g.captures(), 1, "a gone sequence's row runs as a ghost");
+    // d joins, first in the batch, and takes c's row over.
+    let d = prefilled(4, 47);
+    caches.insert('d', (d.clone(), d));
+    step(&mut g, &mut caches, "dab");
+    step(&mut g, &mut caches, "bda");
+    assert_eq!(
+        g.captures(),
+        1,
+        "a newcomer took the ghost row, in any order"
+    );
+
+    // b leaves the batch but a clone of its cache lives on: its row is
+    // not gone, so nothing may write it, and the graph captures anew.
+    let kept = caches.get(&'b').expect("b").0.clone();
+    let kept_plain = caches.get(&'b').expect("b").1.clone();
+    caches.remove(&'b');
+    step(&mut g, &mut caches, "da");
+    assert_eq!(g.captures(), 2, "a row still held elsewhere is not a ghost");
+    let (mut x, mut y) = (kept, kept_plain);
+    let diff = max_abs_diff(
+        m.forward(&[9], &mut x, Logits::Last),
+        m.forward(&[9], &mut y, Logits::Last),
+    );
+    assert!(
+        diff < 1e-4,
+        "the kept clone was written: logits differ by {diff}"
+    );
+
+    // a ends; e's cache (300 positions) does not fit a's row (256 slots):
+    // a new capture.
+    caches.remove(&'a');
+    let e = prefilled(300, 53);
+    caches.insert('e', (e.clone(), e));
+    step(&mut g, &mut caches, "de");
+    assert_eq!(g.captures(), 3, "a newcomer too long for the ghost row");
+    step(&mut g, &mut caches, "de");
+    assert_eq!(g.captures(), 3);
+    drop(g);
+    for (n, (gc, pc)) in caches.iter_mut() {
+        let diff = max_abs_diff(
+            m.forward(&[9], gc, Logits::Last),
+            m.forward(&[9], pc, Logits::Last),
+        );
+        assert!(diff < 1e-4, "{n} after the graph: logits differ by {diff}");
+    }
+}
+
+/// A server's batch: three turns in flight, each dropped when it ends and
+/// replaced by a new one at the next step (as the engine does), seven in
+/// all. Through the graph every turn's greedy tokens equal the launched
+/// steps', and one capture serves them all: each newcomer takes over the
+/// row of the turn that ended.
+#[test]
+fn a_server_batch_of_turns_ending_and_joining_is_captured_once() {
+    use crate::generate::{Flow, Sequence, StepGraph, decode_step_with};
+    let m = model(&device());
+    let lengths = [4usize, 6, 5, 7, 4, 5, 6];
+    let prompt = |k: usize| -> Vec<u32> {
+        (0..3 + k as u32 % 4)
+            .map(|i| (i * 31 + k as u32 * 7 + 3) % 300)
+            .collect()
+    };
+    let run = |graph: &mut StepGraph| {
+        let mut next = 0;
+        let mut running: Vec<(usize, Sequence)> = Vec::new();
+        let mut done = vec![Vec::new(); lengths.len()];
+        let mut steps = 0;
+        loop {
+            while running.len() < 3 && next < lengths.len() {
+                let mut s = Sequence::new(
+                    &m,
+                    KvCache::new(m.config()),
+                    &prompt(next),
+                    greedy_options(lengths[next]),
+                )
+                .expect("a valid prompt");
+                s.prefill(&m, &mut |_| Flow::Continue).expect("prefills");
+                running.push((next, s));
+                next += 1;
+            }
+            if running.is_empty() {
+                break;
+            }
+            let mut refs: Vec<&mut Sequence> = running.iter_mut().map(|(_, s)| s).collect();
+            decode_step_with(&m, graph, &mut refs, |_, _| Flow::Continue).expect("a step");
+            steps += 1;
+            // Ended turns go, their caches with them.
+            let (ended, rest): (Vec<_>, Vec<_>) =
+                running.into_iter().partition(|(_, s)| s.is_finished());
+            running = rest;
+            for (k, s) in ended {
+                done[k] = s.tokens().to_vec();
+            }
+        }
+        (done, steps)
+    };
+    let (want, steps) = run(&mut StepGraph::default());
+    let mut graph = StepGraph::on(&m, 8);
+    let (got, again) = run(&mut graph);
+    assert_eq!(steps, again);
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "turn {k}: tokens through the graph");
+        assert_eq!(g.len(), lengths[k], "turn {k} ran its length");
+    }
+    assert_eq!(
+        graph.captures().0,
+        1,
+        "{steps} steps, seven turns, one capture"
+    );
 }
 
 /// Batches that change every step, where nobody knew ahead: the first
