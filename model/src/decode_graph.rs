@@ -119,6 +119,12 @@ struct Live {
     replays: usize,
 }
 
+/// Steps a ghost row runs waiting for a newcomer before the capture is let
+/// go (and, with it, the ended turn's buffers, which only the graph holds):
+/// a server's next turn joins within a step or two of one ending, and a
+/// batch that shrinks for longer has no use for the row's memory.
+const GHOST_STEPS: usize = 16;
+
 /// See [`Live::buffers`].
 type Buffers = Arc<Mutex<Vec<Vec<(CubeTensor, CubeTensor)>>>>;
 
@@ -130,10 +136,11 @@ struct Row {
     len: usize,
     /// Steps left before one of its buffers is full.
     room: usize,
-    /// Its sequence is gone (nothing but the graph holds its buffers): the
-    /// step feeds it token 0 into slot 0 and drops its logits, until a new
-    /// sequence takes the row over.
-    ghost: bool,
+    /// Steps since its sequence went (nothing but the graph holds its
+    /// buffers), `None` while one runs on it: the step feeds a ghost row
+    /// token 0 into slot 0 and drops its logits, until a new sequence takes
+    /// the row over or [`GHOST_STEPS`] pass.
+    ghost: Option<usize>,
 }
 
 /// How a batch runs on a live capture: each sequence's row, and the
@@ -385,7 +392,7 @@ impl DecodeGraph {
                 caps: (g.unwrap_or(1), l.unwrap_or(1)),
                 len: c.len(),
                 room,
-                ghost: false,
+                ghost: None,
             })
             .collect();
         let buffers: Buffers = Arc::new(Mutex::new(buffers));
@@ -618,7 +625,7 @@ impl Live {
         for (i, c) in caches.iter().enumerate() {
             let mine = |r: usize| {
                 let row = &self.rows[r];
-                !row.ghost && !owner[r] && row.len == c.len() && holds(c, r, 0)
+                row.ghost.is_none() && !owner[r] && row.len == c.len() && holds(c, r, 0)
             };
             // Its own place first, the usual case; the first layer finds the
             // row, and every layer must agree.
@@ -639,7 +646,8 @@ impl Live {
             }
         }
         let gone = |r: usize| {
-            self.rows[r].ghost || bufs.iter().all(|l| l[r].0.can_mut() && l[r].1.can_mut())
+            self.rows[r].ghost.is_some()
+                || bufs.iter().all(|l| l[r].0.can_mut() && l[r].1.can_mut())
         };
         let free: Vec<usize> = (0..n).filter(|&r| !owner[r]).collect();
         if !free.iter().all(|&r| gone(r)) {
@@ -659,7 +667,10 @@ impl Live {
             order[i] = r;
             moves.push((i, r));
         }
-        Some(Plan { order, moves })
+        // A ghost nobody took over for long: the capture goes, and the
+        // ended turns' buffers with it.
+        let stale = (0..n).any(|r| !owner[r] && self.rows[r].ghost >= Some(GHOST_STEPS));
+        (!stale).then_some(Plan { order, moves })
     }
 
     /// Moves each newcomer of `plan` into its row (its cache's slots copied
@@ -688,14 +699,18 @@ impl Live {
             }
             self.rows[r].len = c.len();
             self.rows[r].room = room;
-            self.rows[r].ghost = false;
+            self.rows[r].ghost = None;
         }
         let mut running = vec![false; self.rows.len()];
         for &r in &plan.order {
             running[r] = true;
         }
         for (row, running) in self.rows.iter_mut().zip(running) {
-            row.ghost = !running;
+            row.ghost = match (running, row.ghost) {
+                (true, _) => None,
+                // It runs as a ghost this step too.
+                (false, ghost) => Some(ghost.map_or(1, |n| n + 1)),
+            };
         }
         true
     }

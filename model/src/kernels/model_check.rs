@@ -277,8 +277,9 @@ fn the_captured_decode_step_equals_forward_batch() {
 /// slots copied into the row's buffers): no capture, in any order. A row
 /// whose sequence is gone from the batch but whose buffers a clone still
 /// holds is never written (a new capture instead, the clone unchanged), nor
-/// is a row too small for a newcomer. Every step equals `forward_batch` on
-/// copies of the caches.
+/// is a row too small for a newcomer; and a ghost row nobody takes over
+/// for 16 steps is let go with its capture. Every step equals
+/// `forward_batch` on copies of the caches.
 #[test]
 fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
     use crate::decode_graph::DecodeGraph;
@@ -365,6 +366,15 @@ fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
     assert_eq!(g.captures(), 3, "a newcomer too long for the ghost row");
     step(&mut g, &mut caches, "de");
     assert_eq!(g.captures(), 3);
+    // d ends and nobody joins: its row runs as a ghost for a while, then
+    // the capture goes (and d's buffers with it).
+    caches.remove(&'d');
+    for _ in 0..16 {
+        step(&mut g, &mut caches, "e");
+    }
+    assert_eq!(g.captures(), 3, "a ghost row waits for a newcomer");
+    step(&mut g, &mut caches, "e");
+    assert_eq!(g.captures(), 4, "a ghost row no one took is let go");
     drop(g);
     for (n, (gc, pc)) in caches.iter_mut() {
         let diff = max_abs_diff(
