@@ -50,7 +50,7 @@
 #             python3 imports torch and transformers with CUDA
 #   serve     medgemmad bench --serve 8,32: the engine as `serve` drives it
 #             (warm-up, turns of staggered lengths, a new one joining as each
-#             ends, the graph recaptured per batch) against the bench's
+#             ends, taking over its row of the decode graph) against the bench's
 #             lockstep batch 8 and 32 of the same run: tokens/s, captures
 #   table     one table of all the above, with ratios
 # Every step that runs medgemmad or a test binary does so with CUDA_PATH set
@@ -380,7 +380,7 @@ if want hf; then
 fi
 
 # ---- serve: the engine's own path (continuous batching, a new turn joining
-# as each ends, the decode graph recaptured for each new batch) against the
+# as each ends and taking over its row of the decode graph) against the
 # bench's lockstep batch of the same size, in one run
 if want serve; then
   step serve 120 "$bin/medgemmad" bench --random-4b --backend cuda --batch 8,32 --serve 8,32 \

@@ -3,22 +3,23 @@
 //! The bench's batch rows decode B copies of one prompt in lockstep, so
 //! the batch never changes and a decode graph is captured once. A server's
 //! batch changes whenever a turn ends and a queued one joins: the new turn's
-//! prompt is prefilled in chunks between decode steps, and the graph is
-//! captured anew for the new batch. This runs [`ModelEngine`] (the warm-up
-//! that turns the graph on, `begin`, `step`) with N turns in flight: their
-//! answer lengths are staggered, and a new turn begins as soon as one ends,
-//! as the worker admits queued requests, so the batch changes every few
-//! steps. It prints the generated tokens per second in all (prefills, text
-//! streaming and recaptures included) and the captures the churn cost, to
-//! set beside the bench's batch N.
+//! prompt is prefilled between decode steps, and it joins the decode graph
+//! by taking over the ended turn's row where its cache fits, else by a new
+//! capture. This runs [`ModelEngine`] (the warm-up that turns the graph on,
+//! `begin`, `step`) with N turns in flight: their answer lengths are
+//! staggered, and a new turn begins as soon as one ends, as the worker
+//! admits queued requests, so the batch changes every few steps. It prints
+//! the generated tokens per second in all (prefills, text streaming and
+//! captures included) and the captures the churn cost, to set beside the
+//! bench's batch N.
 //!
 //! A clinician's answer ends at the model's end-of-turn token, which the
 //! engine cannot see coming; the random weights never choose it. So each
 //! turn here asks for far more tokens than it gets and is cancelled at its
 //! length: an end the engine learns of only when it happens, as with a
-//! stop token, so every new batch is captured. Ends at a known length
-//! (`--serve-known-ends`: each turn's own token limit) let the engine leave
-//! a batch that is about to change uncaptured (`decode_graph::MIN_RUN`).
+//! stop token. Ends at a known length (`--serve-known-ends`: each turn's
+//! own token limit) also let the engine leave a batch that is about to
+//! change uncaptured (`decode_graph::MIN_RUN`).
 //!
 //! Owns: its synthetic, non-clinical prompts. Must never: judge (it prints
 //! numbers), or read the answers (noise with random weights).

@@ -358,6 +358,29 @@ impl ModelEngine {
     /// The summary of an ended turn; streams the text its decoder still
     /// held, and leaves the conversation's cache in its slot (a failed turn
     /// leaves nothing: the next one prefills in full).
+    /// Ends every finished turn of `turns` (taking it out): its outcome.
+    fn end_finished(
+        loaded: &LoadedModel,
+        kept: &mut KeptLedger,
+        context_limit: usize,
+        turns: &mut Vec<Turn>,
+        on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow,
+    ) -> Vec<TurnOutcome> {
+        let (ended, running): (Vec<Turn>, Vec<Turn>) = std::mem::take(turns)
+            .into_iter()
+            .partition(|t| t.seq.is_finished());
+        *turns = running;
+        ended
+            .into_iter()
+            .map(|t| {
+                let id = t.id;
+                let result =
+                    Self::finish_turn(loaded, kept, context_limit, t, &mut |ev| on_event(id, ev));
+                (id, result)
+            })
+            .collect()
+    }
+
     fn finish_turn(
         loaded: &LoadedModel,
         kept: &mut KeptLedger,
@@ -626,6 +649,11 @@ impl Engine for ModelEngine {
                 *failed = Some(e);
             }
         }
+        // Turns that ended before the decode step (a cancel, a failed
+        // prefill chunk, a prompt that filled the context) end now, so
+        // their caches go first: a captured decode graph hands their rows
+        // to the turns that join.
+        let mut outcomes = Self::end_finished(loaded, kept, *context_limit, turns, on_event);
         let stepped = {
             let mut seqs = Vec::with_capacity(turns.len());
             let mut streams = Vec::with_capacity(turns.len());
@@ -651,19 +679,14 @@ impl Engine for ModelEngine {
             Ok(Err(e)) => Self::fail_unfinished(turns, &EngineError::Generate(e)),
             Err(e) => Self::fail_unfinished(turns, &e),
         }
-        let (ended, running): (Vec<Turn>, Vec<Turn>) = std::mem::take(turns)
-            .into_iter()
-            .partition(|t| t.seq.is_finished());
-        *turns = running;
-        ended
-            .into_iter()
-            .map(|t| {
-                let id = t.id;
-                let result =
-                    Self::finish_turn(loaded, kept, *context_limit, t, &mut |ev| on_event(id, ev));
-                (id, result)
-            })
-            .collect()
+        outcomes.extend(Self::end_finished(
+            loaded,
+            kept,
+            *context_limit,
+            turns,
+            on_event,
+        ));
+        outcomes
     }
 
     fn cancel(&mut self, turn: TurnId) {
