@@ -233,7 +233,8 @@ impl ModelEngine {
     /// daemon reports ready rather than in the first clinician's request.
     /// The prompt runs past one prefill chunk (when the context allows), so
     /// the shapes of a full chunk and of a remainder are both compiled; with
-    /// batching, a second turn joins so the batched kernels warm too.
+    /// batching, two turns run together so the batched kernels warm too,
+    /// and a third begins when the shorter of them ends.
     ///
     /// Then, where decode steps can run as one captured graph (a CubeCL
     /// device: CUDA), the same warm-up again through the graph: the graph
@@ -307,9 +308,17 @@ impl ModelEngine {
         };
         let mut events = Vec::new();
         if self.max_batch > 1 {
+            // Two turns of different lengths, and a third that begins when
+            // the shorter ends: a captured decode graph then runs the ended
+            // turn's row as a ghost and hands it to the third, so the
+            // warm-up's comparison covers that too.
+            let short = ChatRequest {
+                max_new_tokens: 4,
+                ..req.clone()
+            };
             let mut ids = Vec::new();
-            for i in 0..2 {
-                ids.push(self.begin(&req, &mut |ev| {
+            for (i, r) in [&short, &req].into_iter().enumerate() {
+                ids.push(self.begin(r, &mut |ev| {
                     events.push((i, ev));
                     Flow::Continue
                 })?);
@@ -325,6 +334,14 @@ impl ModelEngine {
                 for (id, result) in ended {
                     running.retain(|&t| t != id);
                     result?;
+                }
+                if ids.len() == 2 && running.len() == 1 {
+                    let third = self.begin(&req, &mut |ev| {
+                        events.push((2, ev));
+                        Flow::Continue
+                    })?;
+                    ids.push(third);
+                    running.push(third);
                 }
             }
         } else {
