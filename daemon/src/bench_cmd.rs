@@ -124,7 +124,7 @@ pub enum BenchError {
     NoKernels,
     /// The engine of `--serve` failed.
     #[error("the engine failed during --serve: {0}")]
-    Engine(String),
+    Engine(#[from] crate::engine::EngineError),
     /// A batch size of zero or an empty prompt.
     #[error("invalid benchmark arguments: {0}")]
     Args(String),

@@ -36,8 +36,7 @@ use medgemma_model::load::LoadedModel;
 use medgemma_model::sampling::SamplingParams;
 use medgemma_model::tokenizer::GemmaTokenizer;
 
-use crate::bench_cmd::BenchError;
-use crate::engine::{ChatRequest, Engine, ModelEngine};
+use crate::engine::{ChatRequest, Engine, EngineError, ModelEngine};
 
 /// Turns started per turn in flight: the first N together, then two
 /// rounds of replacements joining one by one.
@@ -67,7 +66,7 @@ pub fn serve_at(
     longest: usize,
     known_ends: bool,
     backend: &str,
-) -> Result<serde_json::Value, BenchError> {
+) -> Result<serde_json::Value, EngineError> {
     let loaded = LoadedModel {
         model: model.clone(),
         tokenizer: Some(tokenizer),
@@ -75,14 +74,11 @@ pub fn serve_at(
         load_time: std::time::Duration::ZERO,
     };
     let context = 4096.min(model.config().max_position_embeddings);
-    let mut engine = ModelEngine::new(loaded, context, backend.to_owned(), "bench".to_owned())
-        .map_err(|e| BenchError::Engine(e.to_string()))?
+    let mut engine = ModelEngine::new(loaded, context, backend.to_owned(), "bench".to_owned())?
         .with_max_batch(in_flight);
     // As `serve` starts: the warm-up compiles the kernels and, on a CubeCL
     // device, turns the decode graph on when it answers as launched.
-    let warm_up = engine
-        .warm_up()
-        .map_err(|e| BenchError::Engine(e.to_string()))?;
+    let warm_up = engine.warm_up()?;
     let (captures_before, _) = engine.graph_captures();
 
     let lengths = answer_lengths(in_flight, longest);
@@ -100,9 +96,7 @@ pub fn serve_at(
             let Some((k, n)) = next.next() else { break };
             let req = request(k, n, known_ends);
             let t = Instant::now();
-            let id = engine
-                .begin(&req, &mut |_| Flow::Continue)
-                .map_err(|e| BenchError::Engine(e.to_string()))?;
+            let id = engine.begin(&req, &mut |_| Flow::Continue)?;
             begin_s += t.elapsed().as_secs_f64();
             if !known_ends {
                 ends.insert(id, (Arc::clone(&req.cancel), n, 1));
@@ -124,7 +118,7 @@ pub fn serve_at(
         batch_sum += running;
         steps += 1;
         for (id, outcome) in engine.step(&mut |_, _| Flow::Continue) {
-            let summary = outcome.map_err(|e| BenchError::Engine(e.to_string()))?;
+            let summary = outcome?;
             generated += summary.completion_tokens;
             turns += 1;
             running -= 1;

@@ -104,6 +104,15 @@ fn greedy_options(max_new_tokens: usize) -> GenerateOptions {
     }
 }
 
+/// How far apart the logits of one more token (9) are after two caches
+/// that should hold the same (each gets the token).
+fn next_logits_differ(m: &Gemma3, a: &mut KvCache, b: &mut KvCache) -> f32 {
+    max_abs_diff(
+        m.forward(&[9], a, Logits::Last),
+        m.forward(&[9], b, Logits::Last),
+    )
+}
+
 /// Logits of each step, from `forward` over `prompt` then one token at a
 /// time (`steps` tokens taken from `feed`), and from `forward_batch` over
 /// two caches of different lengths.
@@ -240,11 +249,8 @@ fn the_captured_decode_step_equals_forward_batch() {
     );
     assert_eq!(g.captures(), 2, "the same batch again replays: {g:?}");
 
-    let (x, y) = (
-        m.forward(&[9], &mut graphed[1], Logits::Last),
-        m.forward(&[9], &mut plain[1], Logits::Last),
-    );
-    assert!(max_abs_diff(x, y) < 1e-4, "a token outside the graph");
+    let d = next_logits_differ(&m, &mut graphed[1], &mut plain[1]);
+    assert!(d < 1e-4, "a token outside the graph");
     step(
         &mut g,
         &mut graphed,
@@ -262,11 +268,7 @@ fn the_captured_decode_step_equals_forward_batch() {
     for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
         assert_eq!(a.len(), b.len());
         assert_eq!(a.cached_per_layer(), b.cached_per_layer());
-        let (x, y) = (
-            m.forward(&[9], a, Logits::Last),
-            m.forward(&[9], b, Logits::Last),
-        );
-        let d = max_abs_diff(x, y);
+        let d = next_logits_differ(&m, a, b);
         assert!(d < 1e-4, "after the graph, logits differ by {d}");
     }
 }
@@ -348,10 +350,7 @@ fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
     step(&mut g, &mut caches, "da");
     assert_eq!(g.captures(), 2, "a row still held elsewhere is not a ghost");
     let (mut x, mut y) = (kept, kept_plain);
-    let diff = max_abs_diff(
-        m.forward(&[9], &mut x, Logits::Last),
-        m.forward(&[9], &mut y, Logits::Last),
-    );
+    let diff = next_logits_differ(&m, &mut x, &mut y);
     assert!(
         diff < 1e-4,
         "the kept clone was written: logits differ by {diff}"
@@ -377,10 +376,7 @@ fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
     assert_eq!(g.captures(), 4, "a ghost row no one took is let go");
     drop(g);
     for (n, (gc, pc)) in caches.iter_mut() {
-        let diff = max_abs_diff(
-            m.forward(&[9], gc, Logits::Last),
-            m.forward(&[9], pc, Logits::Last),
-        );
+        let diff = next_logits_differ(&m, gc, pc);
         assert!(diff < 1e-4, "{n} after the graph: logits differ by {diff}");
     }
 }
@@ -529,10 +525,7 @@ fn churning_batches_run_launched_until_one_settles() {
     assert_eq!(g.captures(), 7);
     for (a, b) in graphed.iter_mut().zip(plain.iter_mut()) {
         assert_eq!(a.len(), b.len());
-        let d = max_abs_diff(
-            m.forward(&[9], a, Logits::Last),
-            m.forward(&[9], b, Logits::Last),
-        );
+        let d = next_logits_differ(&m, a, b);
         assert!(d < 1e-4, "after the churn, logits differ by {d}");
     }
 }
@@ -651,10 +644,7 @@ fn continuous_batching_through_the_graph_equals_launched_steps() {
     );
     assert_eq!((x.len(), y.len()), (kept_prompt.len(), kept_prompt.len()));
     let (mut x, mut y) = (x, y);
-    let d = max_abs_diff(
-        m.forward(&[9], &mut x, Logits::Last),
-        m.forward(&[9], &mut y, Logits::Last),
-    );
+    let d = next_logits_differ(&m, &mut x, &mut y);
     assert!(d < 1e-4, "the kept prompt caches differ: logits by {d}");
     let next: Vec<u32> = kept_prompt.iter().copied().chain([7, 8]).collect();
     let first = |kept| {
