@@ -28,8 +28,13 @@
 //! buffers become its own, so the graph replays as captured. It captures
 //! anew only where a row's sequence is neither here nor gone (a clone
 //! still holds its buffers: nothing may write them), where no ghost row
-//! fits a newcomer, or where a buffer is full. Dropping a capture hands
-//! nothing back: the caches hold their buffers throughout. On a runtime
+//! fits a newcomer, or where a buffer is full. A ghost's memory is counted
+//! ([`DecodeGraph::ghost_bytes`]) and the capture let go where it would
+//! pass what the memory budget reserved for the caches
+//! ([`DecodeGraph::keep_ghosts_within`], the engine's check before a
+//! prefill allocates). Dropping a capture frees the ghosts' buffers and
+//! takes nothing from a running sequence: its cache holds its buffers
+//! throughout. On a runtime
 //! without graphs (CubeCL's CPU runtime, where the tests run) nothing is
 //! recorded and a replay runs the step again over the same buffers: the
 //! same arithmetic, which is what the tests compare with
@@ -350,6 +355,30 @@ impl DecodeGraph {
         self.live = None;
     }
 
+    /// Bytes of the cache buffers only the capture holds: the rows of turns
+    /// that ended (ghosts, and rows whose cache went since the last step).
+    /// Memory no turn counts: the budget sizes each turn's cache, and
+    /// these outlive their turns until a newcomer takes the row over or the
+    /// capture goes.
+    pub fn ghost_bytes(&self) -> u64 {
+        self.live.as_ref().map_or(0, Live::ghost_bytes)
+    }
+
+    /// Lets the capture go (and the ghost rows' buffers with it) where
+    /// [`DecodeGraph::ghost_bytes`] on top of `held`, the bytes the batch's
+    /// own caches take and may still grow to, would pass `allowance`, what
+    /// the memory budget reserved for the caches. Whether the capture (and
+    /// any ghost) stays. A capture with no ghost row always stays: letting
+    /// it go would free nothing.
+    pub fn keep_ghosts_within(&mut self, held: u64, allowance: u64) -> bool {
+        let ghosts = self.ghost_bytes();
+        if ghosts == 0 || held.saturating_add(ghosts) <= allowance {
+            return true;
+        }
+        self.release();
+        false
+    }
+
     /// Grows and unshares the caches' buffers, writes the first step's
     /// inputs and captures the step, which runs it: its logits come back
     /// with the capture. `None`, touching no cache, where the batched
@@ -607,6 +636,21 @@ impl Drop for Window<'_> {
 }
 
 impl Live {
+    /// See [`DecodeGraph::ghost_bytes`].
+    fn ghost_bytes(&self) -> u64 {
+        let bufs = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes =
+            |t: &CubeTensor| (t.meta.shape().iter().product::<usize>() * t.dtype.size()) as u64;
+        (0..self.rows.len())
+            .filter(|&r| bufs.iter().all(|l| l[r].0.can_mut() && l[r].1.can_mut()))
+            .map(|r| {
+                bufs.iter()
+                    .map(|l| bytes(&l[r].0) + bytes(&l[r].1))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// How `caches` run on this capture, if they can: each on the row whose
     /// buffers it holds at the length the graph left it (any order), every
     /// other row gone (a ghost, or one whose buffers nothing but the graph

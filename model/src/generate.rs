@@ -425,6 +425,12 @@ impl Sequence {
     /// Decode steps it takes at least before its length or the context
     /// ends it, this one included, unless a stop token or a cancel ends it
     /// sooner (for an active sequence: at least 1).
+    /// Bytes its cache's buffers take now (keys and values of every layer,
+    /// as allocated), for the memory budget.
+    pub fn cache_bytes(&self, model: &Gemma3) -> u64 {
+        kv_bytes(&self.cache, model)
+    }
+
     fn steps_left(&self) -> usize {
         let tokens = self.opts.max_new_tokens.saturating_sub(self.tokens.len());
         let room = self.context.saturating_sub(self.cache.len());
@@ -495,17 +501,22 @@ impl ConversationCache {
     /// Bytes its buffers take (keys and values of every layer, as
     /// allocated), for the memory budget.
     pub fn bytes(&self, model: &Gemma3) -> u64 {
-        let cfg = model.config();
-        let per_slot = 2
-            * (cfg.num_key_value_heads * cfg.head_dim) as u64
-            * crate::budget::dtype_bytes(model.dtype());
-        self.cache.as_ref().map_or(0, |c| {
-            c.allocated_per_layer()
-                .iter()
-                .map(|&n| n as u64 * per_slot)
-                .sum()
-        })
+        self.cache.as_ref().map_or(0, |c| kv_bytes(c, model))
     }
+}
+
+/// Bytes `cache`'s buffers take (keys and values of every layer, as
+/// allocated) in `model`'s dtype.
+fn kv_bytes(cache: &KvCache, model: &Gemma3) -> u64 {
+    let cfg = model.config();
+    let per_slot = 2
+        * (cfg.num_key_value_heads * cfg.head_dim) as u64
+        * crate::budget::dtype_bytes(model.dtype());
+    cache
+        .allocated_per_layer()
+        .iter()
+        .map(|&n| n as u64 * per_slot)
+        .sum()
 }
 
 /// Where a batch's decode steps may run as one captured graph
@@ -544,6 +555,9 @@ impl Graph {
     fn release(&mut self) {
         match *self {}
     }
+    fn keep_ghosts_within(&mut self, _: u64, _: u64) -> bool {
+        match *self {}
+    }
 }
 
 impl StepGraph {
@@ -580,6 +594,16 @@ impl StepGraph {
         if let Some(g) = &mut self.graph {
             g.release();
         }
+    }
+
+    /// Lets go of the last capture where the memory of its ghost rows (the
+    /// caches of ended turns that only it still holds) on top of `held`
+    /// would pass `allowance` (`decode_graph::DecodeGraph::keep_ghosts_within`).
+    /// Whether it stays; `true` when off.
+    pub fn keep_ghosts_within(&mut self, held: u64, allowance: u64) -> bool {
+        self.graph
+            .as_mut()
+            .is_none_or(|g| g.keep_ghosts_within(held, allowance))
     }
 
     /// One step through the graph for a batch that lasts at most `lasts`

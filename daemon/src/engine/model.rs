@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use medgemma_model::budget;
 use medgemma_model::chat::{self, Message, MultimodalMessage, Part};
 use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence, StepGraph};
 use medgemma_model::image::{self as image_prep, PixelValues};
@@ -221,6 +222,27 @@ impl ModelEngine {
         if let Some((_, g)) = &mut self.gpu {
             *g = status;
         }
+    }
+
+    /// Keeps the decode graph's ghost rows (caches of ended turns that only
+    /// its capture still holds, until a joining turn takes one over) within
+    /// the KV memory the budget reserved: `max_batch` caches at the
+    /// context. Called before anything allocates a cache or grows one: a
+    /// prefill chunk, a turn beginning (`joining`). Past the allowance the
+    /// capture goes, and the ghosts' buffers with it: the next decode step
+    /// captures anew.
+    fn fit_ghosts(&mut self, joining: usize) {
+        let model = &self.loaded.model;
+        let full = budget::kv_cache_bytes(model.config(), self.context_limit, 1, model.dtype());
+        let turns = self.turns.iter().map(|t| {
+            (
+                t.seq.cache_bytes(model),
+                t.seq.is_prefilled() || t.seq.is_finished(),
+            )
+        });
+        let held = turns_may_hold(turns, joining, full);
+        self.graph
+            .keep_ghosts_within(held, full.saturating_mul(self.max_batch as u64));
     }
 
     /// The GPU's record, when on the GPU.
@@ -437,6 +459,18 @@ impl ModelEngine {
     }
 }
 
+/// The KV bytes the batch's turns may hold before the next check, from
+/// each turn's bytes now and whether its prompt is through, with `joining`
+/// turns about to begin, where `full` is one cache at the whole context. A
+/// turn still prefilling (or joining) may grow to `full` within a step; a
+/// decoding turn counts as allocated, for its cache grows only when the
+/// graph captures anew, and a new capture lets the ghosts go first.
+fn turns_may_hold(turns: impl Iterator<Item = (u64, bool)>, joining: usize, full: u64) -> u64 {
+    turns
+        .map(|(now, through)| if through { now } else { now.max(full) })
+        .fold(full.saturating_mul(joining as u64), u64::saturating_add)
+}
+
 /// Streams parsed pieces; `Stop` if the receiver asked to stop.
 fn emit(pieces: Vec<(Channel, String)>, on_event: &mut dyn FnMut(ChatEvent) -> Flow) -> Flow {
     let mut flow = Flow::Continue;
@@ -534,6 +568,7 @@ impl Engine for ModelEngine {
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<TurnId, EngineError> {
         let started = std::time::Instant::now();
+        self.fit_ghosts(1);
         // With images: their prompt runs here, all but its last token, and
         // the sequence continues from that token. Not kept between turns
         // (the ids of two different images are the same placeholders, so a
@@ -611,6 +646,7 @@ impl Engine for ModelEngine {
     }
 
     fn step(&mut self, on_event: &mut dyn FnMut(TurnId, ChatEvent) -> Flow) -> Vec<TurnOutcome> {
+        self.fit_ghosts(0);
         let Self {
             loaded,
             turns,
@@ -747,6 +783,28 @@ mod tests {
             })
             .collect();
         (text, s.prompt_tokens, s.completion_tokens)
+    }
+
+    /// The ghost check counts a turn still prefilling, and one joining, at
+    /// the whole context (it may grow to it before the next check), a
+    /// decoding one as allocated, and never less than a turn holds now.
+    #[test]
+    fn prefilling_and_joining_turns_count_at_the_whole_context() {
+        let full = 1_000;
+        let none = std::iter::empty();
+        assert_eq!(turns_may_hold(none, 0, full), 0);
+        let decoding = [(120, true), (300, true)];
+        assert_eq!(turns_may_hold(decoding.into_iter(), 0, full), 420);
+        assert_eq!(turns_may_hold(decoding.into_iter(), 1, full), 1_420);
+        let mixed = [(120, true), (40, false)];
+        assert_eq!(turns_may_hold(mixed.into_iter(), 0, full), 1_120);
+        // A prefilling cache past `full` (rounded up to a growth step).
+        let over = [(1_024, false)];
+        assert_eq!(turns_may_hold(over.into_iter(), 0, full), 1_024);
+        assert_eq!(
+            turns_may_hold([(u64::MAX, true)].into_iter(), 1, full),
+            u64::MAX
+        );
     }
 
     /// A conversation's second turn on the real model continues the cache

@@ -386,6 +386,68 @@ fn a_new_sequence_takes_over_the_row_of_one_that_ended() {
 /// all. Through the graph every turn's greedy tokens equal the launched
 /// steps', and one capture serves them all: each newcomer takes over the
 /// row of the turn that ended.
+/// A ghost row's memory is what the ended turn's cache held, and only
+/// ghosts count (a running sequence's buffers are its own);
+/// `keep_ghosts_within` keeps the capture while the batch's own caches and
+/// the ghosts fit the allowance, and lets it go, the ghost's buffers with
+/// it, one byte past: the next step captures anew and still equals
+/// `forward_batch`. A capture without ghosts stays whatever the count.
+#[test]
+fn a_ghost_rows_memory_is_counted_and_let_go_past_the_allowance() {
+    use crate::decode_graph::DecodeGraph;
+    let m = model(&device());
+    let cfg = m.config();
+    let per_slot =
+        2 * (cfg.num_key_value_heads * cfg.head_dim) as u64 * crate::budget::dtype_bytes(m.dtype());
+    let bytes = |c: &KvCache| {
+        c.allocated_per_layer()
+            .iter()
+            .map(|&n| n as u64 * per_slot)
+            .sum::<u64>()
+    };
+    let prefilled = |n: u32, k: u32| {
+        let p: Vec<u32> = (0..n).map(|i| (i * k + 3) % 300).collect();
+        let mut c = KvCache::new(cfg);
+        let _ = m.forward(&p, &mut c, Logits::Last);
+        c
+    };
+    let (a, b) = (prefilled(5, 37), prefilled(7, 41));
+    let (mut ga, mut gb, mut pa, mut pb) = (a.clone(), b.clone(), a, b);
+    let mut g = DecodeGraph::new(&m, 8).expect("a CubeCL device");
+    let mut at = 0u32;
+    let mut check = |got: Option<Tensor<2>>, want: Tensor<2>| {
+        at += 1;
+        let d = max_abs_diff(got.expect("covered"), want);
+        assert!(d < 1e-4, "step {at}: logits differ by {d}");
+    };
+    let got = g.step(&mut [&mut ga, &mut gb], &[1, 2]);
+    check(got, m.forward_batch(&[1, 2], &mut [&mut pa, &mut pb]));
+    assert_eq!(g.ghost_bytes(), 0, "no turn ended");
+    let (a_bytes, b_bytes) = (bytes(&ga), bytes(&gb));
+    assert!(b_bytes > 0);
+    drop(gb);
+    assert_eq!(g.ghost_bytes(), b_bytes, "the ended turn's buffers");
+
+    assert!(g.keep_ghosts_within(a_bytes, a_bytes + b_bytes));
+    let got = g.step(&mut [&mut ga], &[3]);
+    check(got, m.forward(&[3], &mut pa, Logits::Last));
+    assert_eq!(g.captures(), 1, "the ghost fits: it runs on");
+    assert_eq!(g.ghost_bytes(), b_bytes);
+
+    assert!(!g.keep_ghosts_within(a_bytes, a_bytes + b_bytes - 1));
+    assert_eq!(g.ghost_bytes(), 0, "one byte past: the ghost goes");
+    let got = g.step(&mut [&mut ga], &[4]);
+    check(got, m.forward(&[4], &mut pa, Logits::Last));
+    assert_eq!(g.captures(), 2, "the next step captures anew");
+    assert!(
+        g.keep_ghosts_within(u64::MAX, 0),
+        "no ghost: nothing to free"
+    );
+    let got = g.step(&mut [&mut ga], &[5]);
+    check(got, m.forward(&[5], &mut pa, Logits::Last));
+    assert_eq!(g.captures(), 2);
+}
+
 #[test]
 fn a_server_batch_of_turns_ending_and_joining_is_captured_once() {
     use crate::generate::{Flow, Sequence, StepGraph, decode_step_with};
