@@ -431,6 +431,23 @@ impl Sequence {
         kv_bytes(&self.cache, model)
     }
 
+    /// Bytes the cache kept as it was after the prompt
+    /// ([`Sequence::keep_prompt_cache`]) takes once the prompt is through
+    /// (it shares the cache's buffers until the first decode write copies
+    /// them); 0 when none is kept.
+    pub fn prompt_cache_bytes(&self, model: &Gemma3) -> u64 {
+        self.prompt_cache.as_ref().map_or(0, |c| kv_bytes(c, model))
+    }
+
+    /// Lets go of the cache kept as it was after the prompt, before a
+    /// decode write copies it: [`Sequence::into_conversation`] then keeps
+    /// the cache after the answer, and the next turn prefills whatever of
+    /// it does not match.
+    pub fn drop_prompt_cache(&mut self) {
+        self.keep_prompt = false;
+        self.prompt_cache = None;
+    }
+
     fn steps_left(&self) -> usize {
         let tokens = self.opts.max_new_tokens.saturating_sub(self.tokens.len());
         let room = self.context.saturating_sub(self.cache.len());

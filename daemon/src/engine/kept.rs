@@ -81,17 +81,39 @@ impl KeptLedger {
     }
 
     /// Puts `cache` (of `bytes`) into `into`, emptying the oldest other kept
-    /// caches while the total would pass the cap; a cache larger than the
-    /// cap alone is not kept. Returns whether it was kept.
-    pub fn keep(&mut self, into: &KeptContext, cache: ConversationCache, bytes: u64) -> bool {
+    /// caches while the total and `reserved` (running turns' prompt caches
+    /// bound for the ledger, [`KeptLedger::reserve`]) would pass the cap; a
+    /// cache that does not fit beside `reserved` alone is not kept. Returns
+    /// whether it was kept.
+    pub fn keep(
+        &mut self,
+        into: &KeptContext,
+        cache: ConversationCache,
+        bytes: u64,
+        reserved: u64,
+    ) -> bool {
         // This slot's previous entry (it was taken at the turn's start).
         self.kept
             .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&into.0)));
-        if bytes == 0 || bytes > self.cap || cache.is_empty() {
+        if bytes == 0 || cache.is_empty() || !self.reserve(bytes.saturating_add(reserved)) {
+            return false;
+        }
+        *KeptContext::lock(&into.0) = Some((cache, bytes));
+        self.kept.push_back(Arc::downgrade(&into.0));
+        true
+    }
+
+    /// Makes room for `bytes` more beside the kept caches, emptying the
+    /// oldest while the total would pass the cap: the running turns' caches
+    /// kept as they were after their prompts (they hold memory from their
+    /// first decode step and end up here). `false`, emptying nothing,
+    /// where `bytes` alone passes the cap.
+    pub fn reserve(&mut self, bytes: u64) -> bool {
+        if bytes > self.cap {
             return false;
         }
         let (_, mut used) = self.usage();
-        while used + bytes > self.cap {
+        while used.saturating_add(bytes) > self.cap {
             let Some(oldest) = self.kept.pop_front() else {
                 break;
             };
@@ -101,8 +123,6 @@ impl KeptLedger {
                 used = used.saturating_sub(b);
             }
         }
-        *KeptContext::lock(&into.0) = Some((cache, bytes));
-        self.kept.push_back(Arc::downgrade(&into.0));
         true
     }
 }
@@ -123,7 +143,7 @@ mod tests {
     fn an_empty_cache_is_not_kept() {
         let mut ledger = KeptLedger::new(100);
         let k = KeptContext::new();
-        assert!(!ledger.keep(&k, ConversationCache::default(), 10));
+        assert!(!ledger.keep(&k, ConversationCache::default(), 10, 0));
         assert_eq!(k.bytes(), 0);
         assert_eq!(ledger.usage(), (0, 0));
     }
@@ -136,6 +156,27 @@ mod tests {
         ledger.kept.push_back(Arc::downgrade(&a.0));
         assert_eq!(ledger.usage(), (1, 60));
         drop(a);
+        assert_eq!(ledger.usage(), (0, 0));
+    }
+
+    /// Room for running turns' prompt caches empties the oldest kept caches
+    /// first, only as many as needed, and none where the room asked for
+    /// passes the cap alone.
+    #[test]
+    fn reserving_room_empties_the_oldest_kept_caches_first() {
+        let mut ledger = KeptLedger::new(100);
+        let (a, b) = (KeptContext::new(), KeptContext::new());
+        for (k, n) in [(&a, 40), (&b, 30)] {
+            fill(k, n);
+            ledger.kept.push_back(Arc::downgrade(&k.0));
+        }
+        assert!(ledger.reserve(30), "70 + 30 fits");
+        assert_eq!((a.bytes(), b.bytes()), (40, 30));
+        assert!(!ledger.reserve(101), "past the cap alone");
+        assert_eq!(ledger.usage(), (2, 70), "nothing emptied in vain");
+        assert!(ledger.reserve(31));
+        assert_eq!((a.bytes(), b.bytes()), (0, 30), "the oldest goes first");
+        assert!(ledger.reserve(100));
         assert_eq!(ledger.usage(), (0, 0));
     }
 

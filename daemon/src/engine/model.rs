@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use medgemma_model::budget;
 use medgemma_model::chat::{self, Message, MultimodalMessage, Part};
+use medgemma_model::gemma3::Gemma3;
 use medgemma_model::generate::{self, Flow, PREFILL_CHUNK, Sequence, StepGraph};
 use medgemma_model::image::{self as image_prep, PixelValues};
 use medgemma_model::load::LoadedModel;
@@ -393,10 +394,6 @@ impl ModelEngine {
         }
     }
 
-    /// The summary of an ended turn; streams the text its decoder still held.
-    /// The summary of an ended turn; streams the text its decoder still
-    /// held, and leaves the conversation's cache in its slot (a failed turn
-    /// leaves nothing: the next one prefills in full).
     /// Ends every finished turn of `turns` (taking it out): its outcome.
     fn end_finished(
         loaded: &LoadedModel,
@@ -409,21 +406,31 @@ impl ModelEngine {
             .into_iter()
             .partition(|t| t.seq.is_finished());
         *turns = running;
+        // The running turns' prompt caches keep their room in the ledger.
+        let reserved = prompt_caches_bytes(&loaded.model, turns.iter());
         ended
             .into_iter()
             .map(|t| {
                 let id = t.id;
                 let result =
-                    Self::finish_turn(loaded, kept, context_limit, t, &mut |ev| on_event(id, ev));
+                    Self::finish_turn(loaded, kept, context_limit, reserved, t, &mut |ev| {
+                        on_event(id, ev)
+                    });
                 (id, result)
             })
             .collect()
     }
 
+    /// The summary of an ended turn; streams the text its decoder still
+    /// held, and leaves the conversation's cache in its slot where it fits
+    /// the kept caches' cap beside the `reserved` bytes of the running
+    /// turns' prompt caches (a failed turn leaves nothing: the next one
+    /// prefills in full).
     fn finish_turn(
         loaded: &LoadedModel,
         kept: &mut KeptLedger,
         context_limit: usize,
+        reserved: u64,
         mut turn: Turn,
         on_event: &mut dyn FnMut(ChatEvent) -> Flow,
     ) -> Result<ChatSummary, EngineError> {
@@ -440,7 +447,7 @@ impl ModelEngine {
         let (g, conversation) = turn.seq.into_conversation();
         if let Some(slot) = &turn.kept {
             let bytes = conversation.bytes(&loaded.model);
-            kept.keep(slot, conversation, bytes);
+            kept.keep(slot, conversation, bytes, reserved);
         }
         let prompt_tokens = turn.before.0 + reused + g.prompt_tokens;
         Ok(ChatSummary {
@@ -456,6 +463,25 @@ impl ModelEngine {
             thinking_unterminated: parsed.thinking_unterminated,
             reused_tokens: reused,
         })
+    }
+}
+
+/// Bytes of the caches `turns` keep as they were after their prompts.
+fn prompt_caches_bytes<'t>(model: &Gemma3, turns: impl Iterator<Item = &'t Turn>) -> u64 {
+    turns.map(|t| t.seq.prompt_cache_bytes(model)).sum()
+}
+
+/// Keeps `seq`'s cache as it was after its prompt only where the kept
+/// caches' cap has room for it beside the ledger's caches and `others`,
+/// the bytes of the running turns' prompt caches (emptying the oldest
+/// kept caches to make room): from the first decode step it is a second
+/// copy of the cache, and it ends up in the ledger. Otherwise the turn
+/// keeps the cache after its answer (the next turn prefills what does not
+/// match). Called once the prompt is through, before any decode step.
+fn fit_prompt_cache(model: &Gemma3, kept: &mut KeptLedger, seq: &mut Sequence, others: u64) {
+    let mine = seq.prompt_cache_bytes(model);
+    if mine > 0 && !kept.reserve(mine.saturating_add(others)) {
+        seq.drop_prompt_cache();
     }
 }
 
@@ -630,6 +656,8 @@ impl Engine for ModelEngine {
                 stream_token(tok, &stop_ids, &mut text, &mut parser, id, on_event)
             })
         })??;
+        let others = prompt_caches_bytes(model, self.turns.iter());
+        fit_prompt_cache(model, &mut self.kept, &mut seq, others);
         let id = TurnId(self.next_id);
         self.next_id += 1;
         self.turns.push(Turn {
@@ -673,10 +701,11 @@ impl Engine for ModelEngine {
         }
         // One prefill chunk of the longest-waiting turn whose prompt is not
         // yet through; a failure ends that turn only.
-        if let Some(t) = turns
-            .iter_mut()
-            .find(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
+        if let Some(i) = turns
+            .iter()
+            .position(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
         {
+            let others = prompt_caches_bytes(model, turns.iter());
             let Turn {
                 id,
                 seq,
@@ -684,7 +713,7 @@ impl Engine for ModelEngine {
                 parser,
                 failed,
                 ..
-            } = t;
+            } = &mut turns[i];
             let id = *id;
             let health = gpu.as_ref().map(|(h, _)| h.as_ref());
             let chunk = guarded(health, || {
@@ -701,6 +730,8 @@ impl Engine for ModelEngine {
                 seq.stop();
                 *failed = Some(e);
             }
+            // A turn still prefilling kept no prompt cache yet.
+            fit_prompt_cache(model, kept, seq, others);
         }
         // Turns that ended before the decode step (a cancel, a failed
         // prefill chunk, a prompt that filled the context) end now, so
@@ -865,6 +896,63 @@ mod tests {
         assert_eq!(e.kept_usage().0, 1);
         drop(b);
         assert_eq!(e.kept_usage(), (0, 0, one + one / 2));
+    }
+
+    /// Running turns keep their caches as they were after their prompts
+    /// only as far as the kept caches' cap has room: from the first decode
+    /// step each is a second copy of a turn's cache. With room for one, the
+    /// second turn to begin keeps none, and the ledger and the running
+    /// turns' prompt caches stay within the cap at every step.
+    #[test]
+    fn prompt_caches_of_running_turns_stay_within_the_kept_cap() {
+        let Some(loaded) = real_270m() else {
+            return;
+        };
+        let mut e = ModelEngine::new(loaded, 512, "cpu".into(), "test".into())
+            .unwrap()
+            .with_max_batch(2)
+            .with_kept_context(u64::MAX);
+        let first = "A 67-year-old has crushing chest pain for an hour. What first?";
+        let kept = |k: &KeptContext, tokens: usize| ChatRequest {
+            kept: Some(k.clone()),
+            ..request(first, tokens)
+        };
+        let slot = KeptContext::new();
+        e.chat(&kept(&slot, 12), &mut |_| Flow::Continue).unwrap();
+        let one = slot.bytes();
+        assert!(one > 0, "a lone turn keeps its prompt cache");
+        drop(slot);
+
+        let mut e = e.with_kept_context(one + one / 2);
+        // The second turn ends first: its cache after the answer may not
+        // take the room the first one's prompt cache holds.
+        let (a, b) = (KeptContext::new(), KeptContext::new());
+        for (k, tokens) in [(&a, 24), (&b, 4)] {
+            e.begin(&kept(k, tokens), &mut |_| Flow::Continue).unwrap();
+        }
+        let model = &e.loaded.model;
+        let held: Vec<u64> = e
+            .turns
+            .iter()
+            .map(|t| t.seq.prompt_cache_bytes(model))
+            .collect();
+        assert_eq!(held, vec![one, 0], "room for the first turn's only");
+        let mut ended = 0;
+        while !e.turns.is_empty() {
+            for (_, r) in e.step(&mut |_, _| Flow::Continue) {
+                r.unwrap();
+                ended += 1;
+            }
+            let running = prompt_caches_bytes(&e.loaded.model, e.turns.iter());
+            let (_, bytes, cap) = e.kept_usage();
+            assert!(
+                bytes + running <= cap,
+                "kept {bytes} and running {running} bytes past the cap {cap}"
+            );
+        }
+        assert_eq!(ended, 2);
+        assert_eq!(b.bytes(), 0, "no room beside the first turn's prompt cache");
+        assert_eq!(a.bytes(), one, "the first turn's prompt cache is kept");
     }
 
     /// The engine's own schedule on the real model: a turn is decoding when

@@ -241,8 +241,9 @@ pub struct EngineSection {
     /// question prefills only its new tokens instead of the whole
     /// conversation. The cache belongs to its conversation and is dropped
     /// with it (deleted, idled out, logged out); the memory budget counts
-    /// one more full-context sequence for the kept caches, and the oldest
-    /// kept cache is dropped first when they would exceed it.
+    /// one more full-context sequence for the kept caches (running answers'
+    /// copies of their caches included), and the oldest kept cache is
+    /// dropped first when they would exceed it.
     #[serde(default = "defaults::keep_context")]
     pub keep_context: bool,
     /// On the GPU, run each decode step as one captured CUDA graph (one
