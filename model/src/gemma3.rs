@@ -1344,12 +1344,13 @@ mod tests {
     /// prefill case, with one or two KV heads, queries in `attention`'s
     /// layout (`[1, H, T, hd]` over a `[1, T, H, hd]` buffer), keys and values
     /// as views of a larger buffer (read in place, as the cache hands them
-    /// out); then the models' own head shapes, f32 and bf16.
+    /// out); then the models' own head shapes, f32 and bf16; then folding
+    /// one and three keys per step instead of `KEYS_PER_STEP`.
     #[cfg(feature = "cube-cpu")]
     pub(super) fn prefill_kernel_equals_masked_softmax() {
         use crate::kernels::test_support::{device, max_abs_diff, random};
         let device = device();
-        let attend = |c: &Case, kv: usize, hd: usize, dtype: DType, seed: u64| {
+        let attend_in = |c: &Case, kv: usize, hd: usize, dtype: DType, seed: u64, step: usize| {
             let (h, s, t) = (kv * c.rep, c.keys.len(), c.t);
             let q = random([1, t, h, hd], dtype, seed, &device)
                 .mul_scalar(4.0)
@@ -1367,8 +1368,9 @@ mod tests {
             let window = (c.kind == LayerType::Local).then_some(c.window);
             let table = crate::kernels::key_table(&q, c.start, t, &c.keys, window, &c.blocks)
                 .expect("a table on the CubeCL CPU runtime");
-            let got = crate::kernels::prefill_attention(&q, &keys, &values, &table, scale)
-                .expect("the kernel runs on the CubeCL CPU runtime");
+            let got =
+                crate::kernels::prefill_attention_stepping(&q, &keys, &values, &table, scale, step)
+                    .expect("the kernel runs on the CubeCL CPU runtime");
             let scores = q
                 .reshape([1, kv, c.rep * t, hd])
                 .matmul(keys.swap_dims(2, 3))
@@ -1392,6 +1394,9 @@ mod tests {
                 .reshape([t, h * hd]);
             assert_eq!(got.dtype(), dtype);
             max_abs_diff(got, want)
+        };
+        let attend = |c: &Case, kv: usize, hd: usize, dtype: DType, seed: u64| {
+            attend_in(c, kv, hd, dtype, seed, crate::kernels::KEYS_PER_STEP)
         };
         // The four fixed cases and 56 random ones (each new combination of
         // comptime parameters compiles a kernel; 60 cover them all).
@@ -1433,6 +1438,18 @@ mod tests {
             for (dtype, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
                 let d = attend(c, *kv, 256, dtype, 700 + i as u64);
                 assert!(d <= tol, "{c:?} {dtype:?}: differs by {d}");
+            }
+        }
+        // Folding keys one at a time (the micro-benchmark's comparison) and
+        // three at a time (a chunk of keys that does not divide by it) on the
+        // fixed cases, whose masks skip whole steps and parts of steps.
+        for per_step in [1, 3] {
+            for (i, c) in prefill_cases().iter().take(4).enumerate() {
+                let d = attend_in(c, 1 + i % 2, 8, DType::F32, 40 + i as u64, per_step);
+                assert!(
+                    d <= 2e-5,
+                    "{per_step} per step, case {i}: {c:?} differs by {d}"
+                );
             }
         }
         // Positions the kernel's u32 arithmetic cannot hold get no table (the

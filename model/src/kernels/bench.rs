@@ -465,14 +465,19 @@ fn decode_rows(
             floor,
         )?);
     }
-    out.push(prefill_attention_row(
-        device,
-        dtype,
-        shapes.heads,
-        s,
-        reps,
-        floor,
-    )?);
+    // The kernel as it runs, then folding one key at a time (before
+    // `KEYS_PER_STEP`): which is faster on a card is the card's to say.
+    for per_step in [super::KEYS_PER_STEP, 1] {
+        out.push(prefill_attention_row(
+            device,
+            dtype,
+            shapes.heads,
+            s,
+            per_step,
+            reps,
+            floor,
+        )?);
+    }
     Some(())
 }
 
@@ -487,6 +492,7 @@ fn prefill_attention_row(
     dtype: DType,
     (h, kv, hd): (usize, usize, usize),
     t: usize,
+    per_step: usize,
     reps: usize,
     floor: &dyn Fn(u64) -> f64,
 ) -> Option<KernelRow> {
@@ -522,17 +528,19 @@ fn prefill_attention_row(
             .swap_dims(1, 2)
             .reshape([t, h * hd])
     };
-    let got = super::prefill_attention(&q, &keys, &values, &table, scale)?;
-    let d = diff(got, plain());
+    let run = || super::prefill_attention_stepping(&q, &keys, &values, &table, scale, per_step);
+    let d = diff(run()?, plain());
     let kernel_us = time_us(device, reps, || {
-        let _ = super::prefill_attention(&q, &keys, &values, &table, scale);
+        let _ = run();
     });
     let burn_us = time_us(device, reps, || {
         let _ = plain();
     });
     let bytes = (2 * h * t * hd + 2 * kv * t * hd) as u64 * el;
     Some(KernelRow {
-        name: format!("prefill attention {t}x{h}x{hd} over {kv}x{t}, causal (Burn: scores+mask)"),
+        name: format!(
+            "prefill attention {t}x{h}x{hd} over {kv}x{t}, causal, {per_step} key(s) per step (Burn: scores+mask)"
+        ),
         bytes,
         kernel_us,
         burn_us,
@@ -653,7 +661,7 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 1 + 1);
+        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 2 + 1);
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");

@@ -51,7 +51,9 @@ pub(crate) use decode_attention::decode_attention;
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::rms_norm;
-pub(crate) use prefill_attention::{KeyTable, key_table, prefill_attention};
+pub(crate) use prefill_attention::{
+    KEYS_PER_STEP, KeyTable, key_table, prefill_attention, prefill_attention_stepping,
+};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::skinny_matmul;
 

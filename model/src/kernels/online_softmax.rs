@@ -142,6 +142,78 @@ impl<N: Size> Rows<N> {
         }
     }
 
+    /// [`Rows::fold`] for `keys` keys at once: key `k`'s vectors at
+    /// `kv[k·per_lane ..]`, its value's at `vv[k·per_lane ..]`, and
+    /// `valid[k]` 1 where it counts (0: skipped, whatever its vectors
+    /// hold). Their dots and plane sums do not wait on one another, so a
+    /// GPU overlaps them where one key at a time waits for each plane sum
+    /// before the next; and one correction `exp(m_old − m)` serves them
+    /// all. The same arithmetic as folding them one by one, up to the order
+    /// of the f32 additions. `valid` must be the same in every lane of a
+    /// row (the plane sums stay whole).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fold_keys(
+        &mut self,
+        kv: &Array<Vector<f32, N>>,
+        vv: &Array<Vector<f32, N>>,
+        valid: &Array<u32>,
+        scale: f32,
+        #[comptime] keys: usize,
+        #[comptime] plane: bool,
+    ) {
+        let rep = comptime!(self.rep);
+        let per_lane = comptime!(self.head_vectors / self.lanes);
+        let width = comptime!(self.head_dim / self.head_vectors);
+        let mut scores = Array::<f32>::new(keys);
+        #[unroll]
+        for r in 0..rep {
+            #[unroll]
+            for k in 0..keys {
+                let mut dot = Vector::<f32, N>::new(0.0f32);
+                #[unroll]
+                for j in 0..per_lane {
+                    dot += self.qv[r * per_lane + j] * kv[k * per_lane + j];
+                }
+                let mut partial = 0.0f32;
+                #[unroll]
+                for i in 0..width {
+                    partial += dot.extract(i);
+                }
+                let mut total = partial;
+                if comptime!(plane) {
+                    total = plane_sum(partial);
+                }
+                scores[k] = total * scale;
+            }
+            let old = self.m[r];
+            let mut top = old;
+            #[unroll]
+            for k in 0..keys {
+                let s = scores[k];
+                top = select(valid[k] == 1 && s > top, s, top);
+            }
+            let corr = (old - top).exp();
+            let mut sum = self.l[r] * corr;
+            #[unroll]
+            for j in 0..per_lane {
+                self.acc[r * per_lane + j] *= Vector::new(corr);
+            }
+            #[unroll]
+            for k in 0..keys {
+                if valid[k] == 1 {
+                    let p = (scores[k] - top).exp();
+                    sum += p;
+                    #[unroll]
+                    for j in 0..per_lane {
+                        self.acc[r * per_lane + j] += vv[k * per_lane + j] * Vector::new(p);
+                    }
+                }
+            }
+            self.l[r] = sum;
+            self.m[r] = top;
+        }
+    }
+
     /// Writes this unit's share of its row's normalised output (`acc / l`
     /// per query head, heads side by side from vector `base` of `out`),
     /// where each row has seen every key it may see and nothing is merged

@@ -24,8 +24,10 @@
 //! KV head, its lanes splitting the head dimension and meeting in a plane
 //! sum on a GPU (one lane where planes have one unit: CubeCL's CPU
 //! runtime). The rows of a cube read the same keys in the same order, so
-//! the cache lines they share come from the cache, not from memory. Every
-//! query sees at least itself, so every row's sum is positive.
+//! the cache lines they share come from the cache, not from memory. A row
+//! folds [`KEYS_PER_STEP`] keys at a time, so their dots and plane sums
+//! overlap instead of each waiting for the last. Every query sees at least
+//! itself, so every row's sum is positive.
 //!
 //! Owns: the kernel, its key table and its launch. Must never: let a query
 //! see a key its mask hides, or round scores or probabilities below f32.
@@ -44,6 +46,13 @@ use super::{
 
 /// Most query rows (tokens) per cube.
 const MAX_ROWS: usize = 8;
+
+/// Keys each query row folds into its online softmax at a time
+/// ([`super::online_softmax::Rows::fold_keys`]): their dots and plane sums
+/// overlap on a GPU instead of each waiting for the last key's plane sum.
+/// At 4 a row holds 4 keys' and values' share (for the 4B's 256-wide
+/// heads over 32 lanes, 8 bf16 each) in registers.
+pub(crate) const KEYS_PER_STEP: usize = 4;
 
 /// What a chunk's queries may see, on the device: per key slot its absolute
 /// position and image block number (1-based, 0 outside every block), per
@@ -136,6 +145,7 @@ fn prefill_attention_kernel<F: Float, N: Size>(
     #[comptime] plane: bool,
     #[comptime] local: bool,
     #[comptime] blocks: bool,
+    #[comptime] per_step: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let tx = UNIT_POS_X as usize;
@@ -155,27 +165,55 @@ fn prefill_attention_kernel<F: Float, N: Size>(
         let row = i * kv_heads * rep * head_vectors;
         let mut rows =
             Rows::<N>::start::<F>(q, row, kvh, rep, head_dim, head_vectors, lanes, 1usize);
-        let mut kv = Array::<Vector<f32, N>>::new(per_lane);
-        let mut vv = Array::<Vector<f32, N>>::new(per_lane);
-        for s in 0..s_len {
-            let key = table[s];
-            let mut seen = key <= pos;
-            if comptime!(blocks) {
-                seen = seen || (q_block != 0 && table[s_len + s] == q_block);
-            }
-            if comptime!(local) {
-                seen = seen && key + window > pos;
-            }
-            // The same in every lane of the row: the plane sum stays whole.
-            if seen {
-                let kb = kvh * k_head as usize + s * k_slot as usize;
-                let vb = kvh * v_head as usize + s * v_slot as usize;
-                for j in 0..per_lane {
-                    kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
-                    vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
+        let mut kv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+        let mut vv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+        let mut valid = Array::<u32>::new(per_step);
+        #[unroll]
+        for j in 0..comptime!(per_step * per_lane) {
+            kv[j] = Vector::new(0.0f32);
+            vv[j] = Vector::new(0.0f32);
+        }
+        let mut s0 = 0usize;
+        while s0 < s_len {
+            // Which of the next `per_step` slots this query sees: the same
+            // in every lane of the row, so the plane sums stay whole.
+            let mut any = 0u32;
+            #[unroll]
+            for k in 0..per_step {
+                let s = s0 + k;
+                let mut seen = false;
+                if s < s_len {
+                    let key = table[s];
+                    seen = key <= pos;
+                    if comptime!(blocks) {
+                        seen = seen || (q_block != 0 && table[s_len + s] == q_block);
+                    }
+                    if comptime!(local) {
+                        seen = seen && key + window > pos;
+                    }
                 }
-                rows.fold(&kv, &vv, true, scale, plane, false);
+                valid[k] = u32::cast_from(seen);
+                any += valid[k];
             }
+            if any > 0 {
+                #[unroll]
+                for k in 0..per_step {
+                    if valid[k] == 1 {
+                        let s = s0 + k;
+                        let kb = kvh * k_head as usize + s * k_slot as usize;
+                        let vb = kvh * v_head as usize + s * v_slot as usize;
+                        #[unroll]
+                        for j in 0..per_lane {
+                            kv[k * per_lane + j] =
+                                Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
+                            vv[k * per_lane + j] =
+                                Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
+                        }
+                    }
+                }
+                rows.fold_keys(&kv, &vv, &valid, scale, per_step, plane);
+            }
+            s0 += per_step;
         }
         rows.store::<F>(out, row, kvh);
     }
@@ -195,6 +233,20 @@ pub(crate) fn prefill_attention(
     values: &Tensor<4>,
     table: &KeyTable,
     scale: f64,
+) -> Option<Tensor<2>> {
+    prefill_attention_stepping(q, keys, values, table, scale, KEYS_PER_STEP)
+}
+
+/// [`prefill_attention`] folding `per_step` keys at a time into each
+/// query's online softmax (the micro-benchmark compares 1 with
+/// [`KEYS_PER_STEP`]).
+pub(crate) fn prefill_attention_stepping(
+    q: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    table: &KeyTable,
+    scale: f64,
+    per_step: usize,
 ) -> Option<Tensor<2>> {
     let [one, heads, t, hd] = q.dims();
     let [b, kvh, s, khd] = keys.dims();
@@ -273,6 +325,7 @@ pub(crate) fn prefill_attention(
         plane,
         table.window.is_some(),
         table.blocks,
+        per_step.max(1),
         elem,
     );
     Some(tensor(out))
