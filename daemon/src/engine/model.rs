@@ -705,6 +705,8 @@ impl Engine for ModelEngine {
             .iter()
             .position(|t| !t.seq.is_finished() && !t.seq.is_prefilled())
         {
+            // Before the chunk: this turn keeps no prompt cache until its
+            // last chunk is through.
             let others = prompt_caches_bytes(model, turns.iter());
             let Turn {
                 id,
@@ -730,7 +732,6 @@ impl Engine for ModelEngine {
                 seq.stop();
                 *failed = Some(e);
             }
-            // A turn still prefilling kept no prompt cache yet.
             fit_prompt_cache(model, kept, seq, others);
         }
         // Turns that ended before the decode step (a cancel, a failed
