@@ -467,7 +467,8 @@ for r in (last_json("serve") or {}).get("serve") or []:
           f"({r.get('aggregate_tokens_per_s_outside_begin', 0):,.1f} outside the new turns' prefill), "
           f"{r.get('fraction_of_bench', float('nan')):.2f} of the bench's batch {r.get('in_flight')} "
           f"({r.get('bench_batch_tokens_per_s', float('nan')):,.1f}); mean batch {r.get('mean_batch', 0):.1f}, "
-          f"{r.get('turns')} turns, {r.get('captures')} captures, graph {r.get('decode_graph')} "
+          f"{r.get('turns')} turns, {r.get('captures')} captures "
+          f"({r.get('ghosts_let_go')} let go for ghost memory), graph {r.get('decode_graph')} "
           f"(hardware {r.get('hardware_graph')}); target: within 10% of the bench")
 b = cols[0][1]
 if isinstance(b, dict):

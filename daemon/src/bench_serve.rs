@@ -80,6 +80,7 @@ pub fn serve_at(
     // device, turns the decode graph on when it answers as launched.
     let warm_up = engine.warm_up()?;
     let (captures_before, _) = engine.graph_captures();
+    let let_go_before = engine.graph_ghosts_let_go();
 
     let lengths = answer_lengths(in_flight, longest);
     let mut next = lengths.iter().copied().enumerate();
@@ -145,6 +146,9 @@ pub fn serve_at(
         "decode_graph": engine.graph_on(),
         "hardware_graph": hardware,
         "captures": captures - captures_before,
+        // Captures let go because an ended turn's buffers would have pushed
+        // the caches past the memory budget (none for short turns).
+        "ghosts_let_go": engine.graph_ghosts_let_go() - let_go_before,
     }))
 }
 
@@ -209,6 +213,7 @@ mod tests {
         // No CubeCL device: no graph, no capture.
         assert_eq!(r["decode_graph"], false, "{r}");
         assert_eq!(r["captures"], 0, "{r}");
+        assert_eq!(r["ghosts_let_go"], 0, "{r}");
 
         // Ends the engine knows ahead: the same turns, each at its limit.
         let tokenizer = loaded.tokenizer.clone().expect("a tokenizer");

@@ -172,6 +172,9 @@ pub struct DecodeGraph {
     records: Option<bool>,
     /// Why the last recording was refused, where the runtime records graphs.
     refused: Option<String>,
+    /// Captures let go for their ghost rows' memory
+    /// ([`DecodeGraph::keep_ghosts_within`]).
+    ghosts_let_go: usize,
     /// Replays of the last [`RECENT`] captures, newest last.
     recent: std::collections::VecDeque<usize>,
     /// While batches churn: a batch not yet captured, as each sequence's
@@ -197,6 +200,7 @@ impl DecodeGraph {
             captures: 0,
             records: None,
             refused: None,
+            ghosts_let_go: 0,
             recent: std::collections::VecDeque::with_capacity(RECENT),
             waiting: None,
         })
@@ -376,7 +380,14 @@ impl DecodeGraph {
             return true;
         }
         self.release();
+        self.ghosts_let_go += 1;
         false
+    }
+
+    /// Captures let go so far because their ghost rows' memory would have
+    /// passed the allowance ([`DecodeGraph::keep_ghosts_within`]).
+    pub fn ghosts_let_go(&self) -> usize {
+        self.ghosts_let_go
     }
 
     /// Grows and unshares the caches' buffers, writes the first step's

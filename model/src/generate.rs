@@ -575,6 +575,9 @@ impl Graph {
     fn keep_ghosts_within(&mut self, _: u64, _: u64) -> bool {
         match *self {}
     }
+    fn ghosts_let_go(&self) -> usize {
+        match *self {}
+    }
 }
 
 impl StepGraph {
@@ -621,6 +624,11 @@ impl StepGraph {
         self.graph
             .as_mut()
             .is_none_or(|g| g.keep_ghosts_within(held, allowance))
+    }
+
+    /// Captures let go so far for their ghost rows' memory; 0 when off.
+    pub fn ghosts_let_go(&self) -> usize {
+        self.graph.as_ref().map_or(0, Graph::ghosts_let_go)
     }
 
     /// One step through the graph for a batch that lasts at most `lasts`

@@ -217,6 +217,12 @@ impl ModelEngine {
         self.graph.captures()
     }
 
+    /// Captures the engine let go so far because their ghost rows (ended
+    /// turns' caches) would have pushed the caches past the budget.
+    pub fn graph_ghosts_let_go(&self) -> usize {
+        self.graph.ghosts_let_go()
+    }
+
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA loader
     /// Replaces the GPU facts shown in the status (after the warm-up).
     pub fn set_gpu_status(&mut self, status: GpuStatus) {

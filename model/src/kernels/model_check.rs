@@ -434,8 +434,10 @@ fn a_ghost_rows_memory_is_counted_and_let_go_past_the_allowance() {
     assert_eq!(g.captures(), 1, "the ghost fits: it runs on");
     assert_eq!(g.ghost_bytes(), b_bytes);
 
+    assert_eq!(g.ghosts_let_go(), 0);
     assert!(!g.keep_ghosts_within(a_bytes, a_bytes + b_bytes - 1));
     assert_eq!(g.ghost_bytes(), 0, "one byte past: the ghost goes");
+    assert_eq!(g.ghosts_let_go(), 1);
     let got = g.step(&mut [&mut ga], &[4]);
     check(got, m.forward(&[4], &mut pa, Logits::Last));
     assert_eq!(g.captures(), 2, "the next step captures anew");
@@ -443,6 +445,7 @@ fn a_ghost_rows_memory_is_counted_and_let_go_past_the_allowance() {
         g.keep_ghosts_within(u64::MAX, 0),
         "no ghost: nothing to free"
     );
+    assert_eq!(g.ghosts_let_go(), 1);
     let got = g.step(&mut [&mut ga], &[5]);
     check(got, m.forward(&[5], &mut pa, Logits::Last));
     assert_eq!(g.captures(), 2);
