@@ -330,3 +330,51 @@ pub(crate) fn prefill_attention_stepping(
     );
     Some(tensor(out))
 }
+
+/// The kernel as the 4B's bf16 chunks launch it on a plane-32 GPU (`rep`
+/// 2, heads of 256 in 32 vectors of 8 over 32 lanes, plane sums, a
+/// sliding-window layer with an image block), `per_step` keys per step,
+/// compiled to PTX for sm_`arch` with no GPU ([`super::ptx::ptx_of`]).
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(per_step: usize, arch: u32) -> Result<String, String> {
+    use std::sync::Arc;
+    let tensor = || TensorCompilationArg {
+        meta: TensorMetaCompilationArg { len: (), rank: () },
+        buffer: BufferCompilationArg { inplace: None },
+    };
+    let settings = KernelSettings::new(
+        *CubeDim::new_2d(32, MAX_ROWS as u32),
+        ExecutionMode::Checked,
+        AddressType::U32,
+    );
+    let kernel = prefill_attention_kernel::PrefillAttentionKernel::new(
+        settings,
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+        tensor(),
+        tensor(),
+        tensor(),
+        tensor(),
+        tensor(),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        8,
+        2,
+        256,
+        32,
+        32,
+        true,
+        true,
+        true,
+        per_step,
+        float_elem(burn::tensor::DType::BF16).ok_or("no bf16 element")?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}

@@ -2,6 +2,9 @@
 //! check that NVIDIA's libdevice (shipped with the package, found through
 //! `CUDA_PATH`) links into a kernel, for `backend::cuda_kernel_support`.
 //!
+//! The tests also compile the prefill attention kernel as a GPU launches
+//! it (plane sums, which CubeCL's CPU runtime never compiles).
+//!
 //! Owns: the offline compilation (cubecl's LLVM/PTX compiler, the one the
 //! CUDA runtime uses) of a probe kernel. Must never: touch a CUDA device.
 
@@ -31,7 +34,7 @@ fn libdevice_probe_kernel(input: &[f32], output: &mut [f32]) {
 }
 
 /// Device properties of a plane-32 GPU, enough for compiling without one.
-fn offline_properties() -> Arc<DeviceProperties> {
+pub(crate) fn offline_properties() -> Arc<DeviceProperties> {
     let hardware = HardwareProperties {
         load_width: 128,
         vector_register_count: None,
@@ -167,6 +170,17 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
+        for per_step in [1, crate::kernels::KEYS_PER_STEP] {
+            match crate::kernels::prefill_attention::ptx(per_step, PROBE_ARCH) {
+                Ok(ptx) => println!(
+                    "PREFILL {per_step} OK {} bytes, sm_90: {}, shuffles: {}",
+                    ptx.len(),
+                    ptx.contains(".target sm_90"),
+                    ptx.matches("shfl.sync").count(),
+                ),
+                Err(e) => println!("PREFILL {per_step} ERR {e}"),
+            }
+        }
     }
 
     #[test]
@@ -185,5 +199,23 @@ mod tests {
         assert!(out.contains("sm_90: true"), "{out}");
         assert!(out.contains("inlined __nv_expf): true"), "{out}");
         assert!(out.contains("SUPPORT OK"), "{out}");
+    }
+
+    /// The prefill attention kernel, as the 4B's bf16 chunks launch it on a
+    /// plane-32 GPU, compiles for sm_90 (the CPU runtime the kernel tests
+    /// run on has one-unit planes and never compiles a plane sum), and
+    /// folding `KEYS_PER_STEP` keys puts that many plane sums in one step:
+    /// 5 shuffles per 32-lane sum, for each of the 2 query heads per KV head.
+    #[test]
+    fn the_prefill_kernel_compiles_for_sm_90_with_a_steps_plane_sums_together() {
+        let out = probe_with(&shipped_support_dir());
+        let per_step = crate::kernels::KEYS_PER_STEP;
+        for (n, shuffles) in [(1, 5 * 2), (per_step, 5 * 2 * per_step)] {
+            let want = format!("PREFILL {n} OK");
+            let line = out.lines().find(|l| l.starts_with(&want));
+            let line = line.unwrap_or_else(|| panic!("no {want:?} in {out}"));
+            assert!(line.contains("sm_90: true"), "{line}");
+            assert!(line.ends_with(&format!("shuffles: {shuffles}")), "{line}");
+        }
     }
 }
