@@ -113,6 +113,30 @@ pub(crate) fn argmax_rows(logits: &Tensor<2>) -> Option<Tensor<1, Int>> {
     Some(Tensor::<1, Int>::from_primitive::<Cube>(out))
 }
 
+/// The kernel as a GPU launches it over bf16 logits (vectors of 8, 256
+/// units), compiled to PTX for sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let kernel = argmax_kernel::ArgmaxKernel::new(
+        settings(CubeDim::new_1d(256)),
+        props,
+        target,
+        t(),
+        t(),
+        (),
+        8,
+        256,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use burn::tensor::TensorData;

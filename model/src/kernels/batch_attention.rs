@@ -548,6 +548,61 @@ pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: 
     plan_for(q, b, heads, kv, hd).is_some()
 }
 
+/// The kernel as a GPU launches it for the 4B's bf16 heads (2 query heads
+/// per KV head, 256 wide in 32 vectors of 8 over 32 lanes, 8 rows, plane
+/// sums, split over parts) with its 8 sequences' caches, compiled to PTX
+/// for sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let kernel = batch_attention_kernel::BatchAttentionKernel::new(
+        settings(CubeDim::new_2d(32, 8)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        8,
+        2,
+        256,
+        32,
+        32,
+        8,
+        true,
+        true,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use burn::tensor::{DType, Device};

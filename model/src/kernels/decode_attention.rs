@@ -307,6 +307,62 @@ pub(crate) fn decode_attention(
     Some(tensor(out))
 }
 
+/// The attention and merge kernels as a GPU launches them for the 4B's
+/// bf16 heads (2 query heads per KV head, 256 wide in 32 vectors of 8 over
+/// 32 lanes, 8 rows, plane sums, split over parts), compiled to PTX for
+/// sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let attention = decode_attention_kernel::DecodeAttentionKernel::new(
+        settings(CubeDim::new_2d(32, 8)),
+        props.clone(),
+        target.clone(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        8,
+        2,
+        256,
+        32,
+        32,
+        8,
+        true,
+        true,
+        bf16()?,
+    );
+    let merge = merge_parts_kernel::MergePartsKernel::new(
+        settings(CubeDim::new_1d(256)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        2,
+        256,
+        bf16()?,
+    );
+    Ok(super::ptx::ptx_of(attention, arch)? + &super::ptx::ptx_of(merge, arch)?)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 pub(super) mod tests {
     use burn::tensor::activation::softmax;

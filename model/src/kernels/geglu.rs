@@ -72,6 +72,30 @@ pub(crate) fn geglu<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<
     Some(tensor(out))
 }
 
+/// The kernel as a GPU launches it on bf16 (vectors of 8), compiled to PTX
+/// for sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let kernel = geglu_kernel::GegluKernel::new(
+        settings(CubeDim::new_1d(256)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        (),
+        8,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use burn::tensor::DType;

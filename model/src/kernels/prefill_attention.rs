@@ -337,16 +337,9 @@ pub(crate) fn prefill_attention_stepping(
 /// compiled to PTX for sm_`arch` with no GPU ([`super::ptx::ptx_of`]).
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(per_step: usize, arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as tensor};
     use std::sync::Arc;
-    let tensor = || TensorCompilationArg {
-        meta: TensorMetaCompilationArg { len: (), rank: () },
-        buffer: BufferCompilationArg { inplace: None },
-    };
-    let settings = KernelSettings::new(
-        *CubeDim::new_2d(32, MAX_ROWS as u32),
-        ExecutionMode::Checked,
-        AddressType::U32,
-    );
+    let settings = settings(CubeDim::new_2d(32, MAX_ROWS as u32));
     let kernel = prefill_attention_kernel::PrefillAttentionKernel::new(
         settings,
         super::ptx::offline_properties(),
@@ -374,7 +367,7 @@ pub(super) fn ptx(per_step: usize, arch: u32) -> Result<String, String> {
         true,
         true,
         per_step,
-        float_elem(burn::tensor::DType::BF16).ok_or("no bf16 element")?,
+        bf16()?,
     );
     super::ptx::ptx_of(kernel, arch)
 }

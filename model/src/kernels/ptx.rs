@@ -66,6 +66,27 @@ pub(crate) fn offline_properties() -> Arc<DeviceProperties> {
     ))
 }
 
+/// A kernel's tensor parameter as a launch compiles it: its own buffer.
+#[cfg(test)]
+pub(crate) fn tensor_arg() -> TensorCompilationArg {
+    TensorCompilationArg {
+        meta: TensorMetaCompilationArg { len: (), rank: () },
+        buffer: BufferCompilationArg { inplace: None },
+    }
+}
+
+/// A launch's settings for cubes of `dim`.
+#[cfg(test)]
+pub(crate) fn settings(dim: CubeDim) -> KernelSettings {
+    KernelSettings::new(*dim, ExecutionMode::Checked, AddressType::U32)
+}
+
+/// bf16, the GPU's compute dtype.
+#[cfg(test)]
+pub(crate) fn bf16() -> Result<ElemType, String> {
+    super::float_elem(burn::tensor::DType::BF16).ok_or_else(|| "no bf16 element".to_string())
+}
+
 /// Compiles `kernel` to PTX for sm_`arch` with cubecl's NVPTX compiler.
 pub(crate) fn ptx_of(kernel: impl CubeKernel, arch: u32) -> Result<String, String> {
     let mut compiler = PlironCompiler {
@@ -151,6 +172,9 @@ mod tests {
         text
     }
 
+    /// A kernel's offline compilation for sm_N: its PTX.
+    type Compile = fn(u32) -> Result<String, String>;
+
     #[test]
     #[ignore = "run by the libdevice tests in a child process with its own CUDA_PATH"]
     // Its stdout is the parent test's input.
@@ -169,6 +193,25 @@ mod tests {
         match cuda_kernel_support(&dir) {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
+        }
+        let kernels: [(&str, Compile); 7] = [
+            ("argmax", super::super::argmax::ptx),
+            ("geglu", super::super::geglu::ptx),
+            ("rms_norm", super::super::norm::ptx),
+            ("skinny_matmul", super::super::skinny::ptx),
+            ("qk_norm_rope", super::super::qk_rope::ptx),
+            ("decode_attention", super::super::decode_attention::ptx),
+            ("batch_attention", super::super::batch_attention::ptx),
+        ];
+        for (name, ptx) in kernels {
+            match ptx(PROBE_ARCH) {
+                Ok(ptx) => println!(
+                    "KERNEL {name} OK {} bytes, sm_90: {}",
+                    ptx.len(),
+                    ptx.contains(".target sm_90")
+                ),
+                Err(e) => println!("KERNEL {name} ERR {e}"),
+            }
         }
         for per_step in [1, crate::kernels::KEYS_PER_STEP] {
             match crate::kernels::prefill_attention::ptx(per_step, PROBE_ARCH) {
@@ -199,6 +242,29 @@ mod tests {
         assert!(out.contains("sm_90: true"), "{out}");
         assert!(out.contains("inlined __nv_expf): true"), "{out}");
         assert!(out.contains("SUPPORT OK"), "{out}");
+    }
+
+    /// Every decode kernel, as a GPU launches it for the 4B in bf16 (plane
+    /// sums where it takes them), compiles for sm_90: CubeCL's CPU runtime,
+    /// where the kernel tests run, compiles none of them this way, and a
+    /// kernel the card cannot compile would cost the one GPU call.
+    #[test]
+    fn every_decode_kernel_compiles_for_sm_90() {
+        let out = probe_with(&shipped_support_dir());
+        for name in [
+            "argmax",
+            "geglu",
+            "rms_norm",
+            "skinny_matmul",
+            "qk_norm_rope",
+            "decode_attention",
+            "batch_attention",
+        ] {
+            let want = format!("KERNEL {name} OK");
+            let line = out.lines().find(|l| l.starts_with(&want));
+            let line = line.unwrap_or_else(|| panic!("no {want:?} in {out}"));
+            assert!(line.ends_with("sm_90: true"), "{line}");
+        }
     }
 
     /// The prefill attention kernel, as the 4B's bf16 chunks launch it on a

@@ -230,6 +230,41 @@ pub(crate) fn qk_norm_rope(
     Some((tensor(q_out), tensor(k_out)))
 }
 
+/// The kernel as a GPU launches it on bf16 (256 units), compiled to PTX for
+/// sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let kernel = qk_norm_rope_kernel::QkNormRopeKernel::new(
+        settings(CubeDim::new_1d(256)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        256,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use burn::tensor::TensorData;

@@ -142,6 +142,35 @@ pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
     Some(tensor(out))
 }
 
+/// The kernel as a GPU launches it for 8 bf16 rows (vectors of 8, planes
+/// of 32 units, 8 columns per cube), compiled to PTX for sm_`arch` with no
+/// GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, settings, tensor_arg as t};
+    use std::sync::Arc;
+    let (props, target) = (
+        super::ptx::offline_properties(),
+        Arc::new(TargetProperties::default()),
+    );
+    let kernel = skinny_matmul_kernel::SkinnyMatmulKernel::new(
+        settings(CubeDim::new_2d(32, 8)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        8,
+        8,
+        32,
+        true,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use burn::tensor::DType;
