@@ -554,12 +554,8 @@ pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: 
 /// for sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
-    use super::ptx::{bf16, settings, tensor_arg as t};
-    use std::sync::Arc;
-    let (props, target) = (
-        super::ptx::offline_properties(),
-        Arc::new(TargetProperties::default()),
-    );
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
     let kernel = batch_attention_kernel::BatchAttentionKernel::new(
         settings(CubeDim::new_2d(32, 8)),
         props,

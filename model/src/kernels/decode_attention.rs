@@ -313,12 +313,8 @@ pub(crate) fn decode_attention(
 /// sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
-    use super::ptx::{bf16, settings, tensor_arg as t};
-    use std::sync::Arc;
-    let (props, target) = (
-        super::ptx::offline_properties(),
-        Arc::new(TargetProperties::default()),
-    );
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
     let attention = decode_attention_kernel::DecodeAttentionKernel::new(
         settings(CubeDim::new_2d(32, 8)),
         props.clone(),

@@ -109,12 +109,8 @@ pub(crate) fn rms_norm<const D: usize>(
 /// compiled to PTX for sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
-    use super::ptx::{bf16, settings, tensor_arg as t};
-    use std::sync::Arc;
-    let (props, target) = (
-        super::ptx::offline_properties(),
-        Arc::new(TargetProperties::default()),
-    );
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
     let kernel = rms_norm_kernel::RmsNormKernel::new(
         settings(CubeDim::new_1d(256)),
         props,

@@ -337,13 +337,12 @@ pub(crate) fn prefill_attention_stepping(
 /// compiled to PTX for sm_`arch` with no GPU ([`super::ptx::ptx_of`]).
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(per_step: usize, arch: u32) -> Result<String, String> {
-    use super::ptx::{bf16, settings, tensor_arg as tensor};
-    use std::sync::Arc;
-    let settings = settings(CubeDim::new_2d(32, MAX_ROWS as u32));
+    use super::ptx::{bf16, offline, settings, tensor_arg as tensor};
+    let (props, target) = offline();
     let kernel = prefill_attention_kernel::PrefillAttentionKernel::new(
-        settings,
-        super::ptx::offline_properties(),
-        Arc::new(TargetProperties::default()),
+        settings(CubeDim::new_2d(32, MAX_ROWS as u32)),
+        props,
+        target,
         tensor(),
         tensor(),
         tensor(),

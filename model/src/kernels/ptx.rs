@@ -66,6 +66,13 @@ pub(crate) fn offline_properties() -> Arc<DeviceProperties> {
     ))
 }
 
+/// What a kernel is compiled for without a device: [`offline_properties`]
+/// and the default target.
+#[cfg(test)]
+pub(crate) fn offline() -> (Arc<DeviceProperties>, Arc<TargetProperties>) {
+    (offline_properties(), Arc::new(TargetProperties::default()))
+}
+
 /// A kernel's tensor parameter as a launch compiles it: its own buffer.
 #[cfg(test)]
 pub(crate) fn tensor_arg() -> TensorCompilationArg {

@@ -147,12 +147,8 @@ pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
 /// GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
-    use super::ptx::{bf16, settings, tensor_arg as t};
-    use std::sync::Arc;
-    let (props, target) = (
-        super::ptx::offline_properties(),
-        Arc::new(TargetProperties::default()),
-    );
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
     let kernel = skinny_matmul_kernel::SkinnyMatmulKernel::new(
         settings(CubeDim::new_2d(32, 8)),
         props,
