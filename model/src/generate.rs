@@ -526,9 +526,7 @@ impl ConversationCache {
 /// allocated) in `model`'s dtype.
 fn kv_bytes(cache: &KvCache, model: &Gemma3) -> u64 {
     let cfg = model.config();
-    let per_slot = 2
-        * (cfg.num_key_value_heads * cfg.head_dim) as u64
-        * crate::budget::dtype_bytes(model.dtype());
+    let per_slot = 2 * (cfg.num_key_value_heads * cfg.head_dim * model.dtype().size()) as u64;
     cache
         .allocated_per_layer()
         .iter()

@@ -239,6 +239,10 @@ impl ModelEngine {
     /// capture goes, and the ghosts' buffers with it: the next decode step
     /// captures anew.
     fn fit_ghosts(&mut self, joining: usize) {
+        if !self.graph.is_on() {
+            // No graph, no ghost: nothing to count on the CPU path.
+            return;
+        }
         let model = &self.loaded.model;
         let full = budget::kv_cache_bytes(model.config(), self.context_limit, 1, model.dtype());
         let turns = self.turns.iter().map(|t| {
