@@ -433,7 +433,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut device_memory = DeviceMemory::default();
 
     let t0 = Instant::now();
-    let (model, opts, model_name, description) = if let Some(path) = &args.model {
+    let (mut model, opts, model_name, description) = if let Some(path) = &args.model {
         let loaded = load::load_model(path, None, &device, dtype)?;
         let mut opts = loaded.default_options(args.new_tokens, SamplingParams::default());
         opts.ignore_eos = true;
@@ -480,6 +480,12 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     sync(&device)?;
     let load_s = t0.elapsed().as_secs_f64();
     device_memory.sample(&device);
+    // Each decode product's route timed on the device, as the daemon's
+    // warm-up does, so that the bench runs what `serve` runs (nothing off
+    // a CubeCL device).
+    let t_tune = Instant::now();
+    let products = model.tune_products();
+    let tune_s = t_tune.elapsed().as_secs_f64();
     let cfg = model.config().clone();
     let prompt = bench_prompt(args.prompt_tokens, cfg.vocab_size.min(262_144));
 
@@ -616,6 +622,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         "new_tokens": g.tokens.len(),
         "decode_tokens_per_s": g.decode_tokens_per_s(),
         "batches": batches,
+        "products": products,
+        "products_tuning_s": tune_s,
         "serve": serve,
         "weight_bytes": weight_bytes,
         "kv_bytes_read_per_sequence_step": kv_bytes,

@@ -195,6 +195,10 @@ pub enum Logits {
     All,
 }
 
+/// Samples per route when [`Gemma3::tune_products`] times a product.
+#[cfg(feature = "kernels")]
+const TUNE_REPS: usize = 5;
+
 /// The Gemma 3 text decoder with tied LM head.
 #[derive(Debug, Clone)]
 pub struct Gemma3 {
@@ -381,6 +385,98 @@ impl Gemma3 {
     /// The compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Times, on this model's device, each route a decode-sized product may
+    /// take (our skinny kernel, Burn's matmul) for every distinct weight
+    /// shape at 1, 2, 4, … 32 rows, and routes every linear layer of that
+    /// shape accordingly (see `kernels/product.rs`). Run it once after the
+    /// load and before any decode graph is captured (a capture records the
+    /// routes it finds). Empty, and nothing changed, on the CPU or without
+    /// our kernels: the skinny kernel stays the route where none is tuned.
+    pub fn tune_products(&mut self) -> Vec<crate::linear::ProductTiming> {
+        #[cfg(feature = "kernels")]
+        return self.tune_products_with(
+            TUNE_REPS,
+            &crate::linear::tuned_rows().collect::<Vec<_>>(),
+            crate::kernels::choose,
+        );
+        #[cfg(not(feature = "kernels"))]
+        Vec::new()
+    }
+
+    /// [`Gemma3::tune_products`] with `reps` samples per route, at `rows`
+    /// (each sets its bucket), and the choice made by `choose`.
+    #[cfg(feature = "kernels")]
+    pub(crate) fn tune_products_with(
+        &mut self,
+        reps: usize,
+        rows: &[usize],
+        choose: impl Fn(&crate::kernels::RouteTimes) -> crate::linear::ProductRoute,
+    ) -> Vec<crate::linear::ProductTiming> {
+        let mut linears: Vec<&mut Linear> = vec![&mut self.embed_tokens];
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            linears.extend([
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ]);
+        }
+        // One weight per distinct shape, with every layer of that shape.
+        let mut shapes: Vec<(Tensor<2>, Vec<usize>)> = Vec::new();
+        for (i, l) in linears.iter().enumerate() {
+            let Some(w) = l.dense() else { continue };
+            match shapes.iter_mut().find(|(s, _)| s.dims() == w.dims()) {
+                Some((_, of)) => of.push(i),
+                None => shapes.push((w.clone(), vec![i])),
+            }
+        }
+        let mut out = Vec::new();
+        for (w, of) in &shapes {
+            let [n, k] = w.dims();
+            for &rows in rows {
+                let Some(t) = crate::kernels::time_routes(w, rows, reps) else {
+                    continue;
+                };
+                let route = choose(&t);
+                for &i in of {
+                    linears[i].set_route(rows, route);
+                }
+                out.push(crate::linear::ProductTiming {
+                    shape: format!("{n}x{k}"),
+                    layers: of.len(),
+                    rows,
+                    skinny_us: t.skinny_us,
+                    burn_us: t.burn_us,
+                    agree: t.agree,
+                    route,
+                });
+            }
+        }
+        out
+    }
+
+    /// The route of a `rows`-row product through each linear layer (the
+    /// embedding first, then each layer's seven), for tests of the tuning.
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn product_routes(&self, rows: usize) -> Vec<(String, crate::linear::ProductRoute)> {
+        let mut all = vec![&self.embed_tokens];
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            all.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
+            all.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+        }
+        all.into_iter()
+            .filter_map(|l| {
+                let [n, k] = l.dense()?.dims();
+                Some((format!("{n}x{k}"), l.route(rows)))
+            })
+            .collect()
     }
 
     /// A fresh, empty cache for this model.

@@ -48,3 +48,4 @@ pub mod vision;
 pub mod weights;
 
 pub use burn;
+pub use linear::{ProductRoute, ProductTiming, tuning_summary};

@@ -27,6 +27,9 @@ pub(crate) enum Linear {
         weight: Tensor<2>,
         /// Row blocks for one-token products (see [`row_blocked_product`]).
         row_blocks: usize,
+        /// Which routine takes a decode-sized product on a CubeCL device
+        /// (our skinny kernel until a tuning on the card says otherwise).
+        routes: Routes,
     },
     /// On the CPU, in its storage format (`crate::cpu`); activations and
     /// results are f32 Burn tensors on `device`.
@@ -39,6 +42,34 @@ impl Linear {
         Self::Dense {
             weight,
             row_blocks: row_blocks(device, out),
+            routes: Routes::default(),
+        }
+    }
+
+    /// The dense weight, when this layer holds one (`[out, in]`).
+    #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+    pub(crate) fn dense(&self) -> Option<&Tensor<2>> {
+        match self {
+            Self::Dense { weight, .. } => Some(weight),
+            Self::Cpu { .. } => None,
+        }
+    }
+
+    /// Routes products of `rows` rows (a bucket: see [`Routes`]) through
+    /// `route`; nothing on the CPU, which has one route.
+    #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+    pub(crate) fn set_route(&mut self, rows: usize, route: ProductRoute) {
+        if let Self::Dense { routes, .. } = self {
+            routes.set(rows, route);
+        }
+    }
+
+    /// The route products of `rows` rows take.
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn route(&self, rows: usize) -> ProductRoute {
+        match self {
+            Self::Dense { routes, .. } => routes.of(rows),
+            Self::Cpu { .. } => ProductRoute::Skinny,
         }
     }
 
@@ -71,9 +102,13 @@ impl Linear {
     /// `x · Wᵀ` for `x: [N, in]` (N prompt tokens of one sequence).
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Self::Dense { weight, row_blocks } => {
-                gpu_product(weight, x, |w, x| row_blocked_product(w, x, *row_blocks))
-            }
+            Self::Dense {
+                weight,
+                row_blocks,
+                routes,
+            } => gpu_product(weight, x, *routes, |w, x| {
+                row_blocked_product(w, x, *row_blocks)
+            }),
             Self::Cpu { weight, device } => cpu_product(weight, x, device),
         }
     }
@@ -81,9 +116,11 @@ impl Linear {
     /// `x · Wᵀ` for `x: [B, in]`, one decode token of each of B sequences.
     pub(crate) fn forward_batch(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Self::Dense { weight, row_blocks } => {
-                gpu_product(weight, x, |w, x| batch_product(w, x, *row_blocks))
-            }
+            Self::Dense {
+                weight,
+                row_blocks,
+                routes,
+            } => gpu_product(weight, x, *routes, |w, x| batch_product(w, x, *row_blocks)),
             Self::Cpu { weight, device } => cpu_product(weight, x, device),
         }
     }
@@ -170,18 +207,132 @@ impl Linear {
     }
 }
 
+/// The most rows a product is routed for (decode batches, short prompt
+/// chunks): our skinny kernel's limit.
+pub(crate) const ROUTED_ROWS: usize = 32;
+
+#[cfg(feature = "kernels")]
+const _: () = assert!(ROUTED_ROWS == crate::kernels::SKINNY_MAX_ROWS);
+
+/// Which routine computes `x · Wᵀ` for up to [`ROUTED_ROWS`] rows on a
+/// CubeCL device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductRoute {
+    /// Our skinny matmul kernel (`kernels/skinny.rs`): the weights streamed
+    /// once with CUDA cores. What runs until a tuning chooses otherwise.
+    #[default]
+    Skinny,
+    /// Burn's own matmul: its tensor-core routine for bf16 on a GPU, the
+    /// f32 one without TF32 (`kernels::matmul`) for f32.
+    Burn,
+}
+
+/// The route of a product per row bucket: 1, 2, 3–4, 5–8, 9–16 and 17–32
+/// rows (a count takes the bucket of its next power of two, which is
+/// where a tuning measures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Routes([ProductRoute; ROW_BUCKETS]);
+
+/// Buckets of 1, 2, 4, 8, 16 and [`ROUTED_ROWS`] rows.
+const ROW_BUCKETS: usize = ROUTED_ROWS.trailing_zeros() as usize + 1;
+
+// Without our kernels nothing is routed: one product for every row count.
+#[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+impl Routes {
+    fn bucket(rows: usize) -> Option<usize> {
+        (1..=ROUTED_ROWS)
+            .contains(&rows)
+            .then(|| rows.next_power_of_two().trailing_zeros() as usize)
+    }
+
+    /// The route of `rows` rows: [`ProductRoute::Skinny`] outside the buckets.
+    pub(crate) fn of(&self, rows: usize) -> ProductRoute {
+        Self::bucket(rows).map_or(ProductRoute::Skinny, |b| self.0[b])
+    }
+
+    /// Sets the route of `rows`' bucket (nothing outside the buckets).
+    pub(crate) fn set(&mut self, rows: usize, route: ProductRoute) {
+        if let Some(b) = Self::bucket(rows) {
+            self.0[b] = route;
+        }
+    }
+}
+
+/// The row counts a tuning measures: the top of each bucket of [`Routes`].
+#[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+pub(crate) fn tuned_rows() -> impl Iterator<Item = usize> {
+    (0..ROW_BUCKETS).map(|b| 1usize << b)
+}
+
+/// One measured (weight shape, rows) pair of a product tuning
+/// ([`crate::Gemma3::tune_products`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProductTiming {
+    /// `out×in` of the weight.
+    pub shape: String,
+    /// How many of the model's linear layers have this shape.
+    pub layers: usize,
+    /// Rows of `x` measured (the top of a bucket).
+    pub rows: usize,
+    /// Our skinny kernel, microseconds per product.
+    pub skinny_us: f64,
+    /// Burn's matmul, microseconds per product.
+    pub burn_us: f64,
+    /// Whether Burn's result equalled ours within the dtype's rounding (a
+    /// route that does not is never chosen).
+    pub agree: bool,
+    /// The route chosen.
+    pub route: ProductRoute,
+}
+
+/// One line for a log: which (shape, rows) pairs a tuning routed to Burn's
+/// matmul, or that every product stays on the skinny kernel.
+pub fn tuning_summary(timings: &[ProductTiming]) -> String {
+    let burn: Vec<String> = timings
+        .iter()
+        .filter(|t| t.route == ProductRoute::Burn)
+        .map(|t| {
+            format!(
+                "{} at {} rows ({:.0} µs against {:.0})",
+                t.shape, t.rows, t.burn_us, t.skinny_us
+            )
+        })
+        .collect();
+    if burn.is_empty() {
+        format!(
+            "every decode product on the skinny kernel ({} shape and row pairs measured)",
+            timings.len()
+        )
+    } else {
+        format!(
+            "Burn's matmul for {} of {} shape and row pairs: {}; the skinny kernel for the rest",
+            burn.len(),
+            timings.len(),
+            burn.join(", ")
+        )
+    }
+}
+
 /// `x · Wᵀ` on a CubeCL device (the GPU; with the `kernels` feature): up to
-/// `SKINNY_MAX_ROWS` rows (decode steps) through our skinny matmul kernel,
-/// which streams `W` once at close to the memory bandwidth; more rows in f32
+/// [`ROUTED_ROWS`] rows (decode steps) by `routes` (our skinny matmul
+/// kernel, which streams `W` once at close to the memory bandwidth, unless
+/// a tuning found Burn's faster for that many rows); more rows in f32
 /// through the matmul without TF32 (`kernels::matmul`), in bf16 through
 /// Burn's tensor-core matmul. Anywhere else `plain(w, x)`.
 fn gpu_product(
     w: &Tensor<2>,
     x: Tensor<2>,
+    #[cfg_attr(not(feature = "kernels"), allow(unused_variables))] routes: Routes,
     plain: impl FnOnce(&Tensor<2>, Tensor<2>) -> Tensor<2>,
 ) -> Tensor<2> {
     #[cfg(feature = "kernels")]
     {
+        if routes.of(x.dims()[0]) == ProductRoute::Burn
+            && let Some(y) = crate::kernels::burn_product(w, &x)
+        {
+            return y;
+        }
         if let Some(y) = crate::kernels::skinny_matmul(w, &x) {
             return y;
         }
@@ -278,4 +429,59 @@ pub(crate) fn row_blocks(device: &Device, out: usize) -> usize {
         .into_iter()
         .find(|b| out.is_multiple_of(*b))
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_count_takes_the_route_of_its_next_power_of_two() {
+        let mut r = Routes::default();
+        assert!((0..=40).all(|rows| r.of(rows) == ProductRoute::Skinny));
+        r.set(16, ProductRoute::Burn);
+        let burn: Vec<usize> = (0..=40)
+            .filter(|&rows| r.of(rows) == ProductRoute::Burn)
+            .collect();
+        assert_eq!(burn, (9..=16).collect::<Vec<_>>());
+        r.set(3, ProductRoute::Burn);
+        r.set(33, ProductRoute::Burn);
+        assert_eq!(r.of(4), ProductRoute::Burn);
+        assert_eq!(r.of(2), ProductRoute::Skinny);
+        assert_eq!(
+            r.of(33),
+            ProductRoute::Skinny,
+            "past the buckets: skinny's limit"
+        );
+        assert_eq!(
+            tuned_rows().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32],
+            "one measured count per bucket, at its top"
+        );
+    }
+
+    #[test]
+    fn the_summary_names_what_left_the_skinny_kernel() {
+        let t = |shape: &str, rows, route| ProductTiming {
+            shape: shape.to_owned(),
+            layers: 1,
+            rows,
+            skinny_us: 30.0,
+            burn_us: 20.0,
+            agree: true,
+            route,
+        };
+        assert_eq!(
+            tuning_summary(&[t("8x4", 1, ProductRoute::Skinny)]),
+            "every decode product on the skinny kernel (1 shape and row pairs measured)"
+        );
+        let s = tuning_summary(&[
+            t("8x4", 1, ProductRoute::Skinny),
+            t("8x4", 32, ProductRoute::Burn),
+        ]);
+        assert_eq!(
+            s,
+            "Burn's matmul for 1 of 2 shape and row pairs: 8x4 at 32 rows (20 µs against 30); the skinny kernel for the rest"
+        );
+    }
 }

@@ -58,6 +58,9 @@ pub struct ModelEngine {
     kept: KeptLedger,
     /// The vision tower, when the model has one (images are refused otherwise).
     vision: Option<VisionTower>,
+    /// The last warm-up's timing of each decode product's routes (empty
+    /// off a CubeCL device).
+    products: Vec<medgemma_model::ProductTiming>,
     /// Decode steps as one captured graph (CUDA): on only after the
     /// warm-up saw it answer as the launched steps do.
     graph: StepGraph,
@@ -108,6 +111,7 @@ impl ModelEngine {
             next_id: 0,
             kept: KeptLedger::new(0),
             vision: None,
+            products: Vec::new(),
             graph: StepGraph::default(),
             graph_allowed: true,
         })
@@ -217,6 +221,11 @@ impl ModelEngine {
         self.graph.captures()
     }
 
+    /// How the last warm-up routed each decode product, as it timed them.
+    pub fn product_tuning(&self) -> &[medgemma_model::ProductTiming] {
+        &self.products
+    }
+
     /// Captures the engine let go so far because their ghost rows (ended
     /// turns' caches) would have pushed the caches past the budget.
     pub fn graph_ghosts_let_go(&self) -> usize {
@@ -269,12 +278,24 @@ impl ModelEngine {
     /// batching, two turns run together so the batched kernels warm too,
     /// and a third begins when the shorter of them ends.
     ///
+    /// Before it, on a CubeCL device (CUDA), each decode product's routes
+    /// (our skinny kernel, Burn's matmul) are timed on the card and the
+    /// faster taken (`Gemma3::tune_products`).
+    ///
     /// Then, where decode steps can run as one captured graph (a CubeCL
     /// device: CUDA), the same warm-up again through the graph: the graph
     /// stays on only if it streamed exactly what the launched steps did.
     pub fn warm_up(&mut self) -> Result<std::time::Duration, EngineError> {
         let t0 = std::time::Instant::now();
         self.graph = StepGraph::default();
+        self.products = self.loaded.model.tune_products();
+        if !self.products.is_empty() {
+            log::info(format_args!(
+                "decode products timed on the device in {:.2} s: {}",
+                t0.elapsed().as_secs_f64(),
+                medgemma_model::tuning_summary(&self.products)
+            ));
+        }
         let launched = self.warm_up_pass()?;
         let launched_s = t0.elapsed().as_secs_f64();
         let graph = StepGraph::on(&self.loaded.model, GRAPH_RESERVE);

@@ -37,7 +37,7 @@ pub struct KernelRow {
     pub burn_max_abs_diff: Option<f32>,
 }
 
-fn filled<const D: usize>(
+pub(crate) fn filled<const D: usize>(
     shape: [usize; D],
     dtype: DType,
     device: &Device,

@@ -31,6 +31,7 @@ mod model_check;
 mod norm;
 mod online_softmax;
 mod prefill_attention;
+pub(crate) mod product;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 mod qk_rope;
@@ -54,8 +55,9 @@ pub(crate) use norm::rms_norm;
 pub(crate) use prefill_attention::{
     KEYS_PER_STEP, KeyTable, key_table, prefill_attention, prefill_attention_stepping,
 };
+pub(crate) use product::{RouteTimes, burn_product, choose, time_routes};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
-pub(crate) use skinny::skinny_matmul;
+pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_matmul};
 
 /// Whether our kernels may run (`MEDGEMMA_PLAIN_BURN` unset or `0`).
 pub(crate) fn enabled() -> bool {

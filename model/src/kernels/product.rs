@@ -1,0 +1,203 @@
+//! The second route of a decode-sized product `x · Wᵀ` (Burn's own
+//! matmul, tensor cores for bf16 on a GPU) and the timing that chooses, on
+//! the card itself, between it and our skinny kernel for one weight shape
+//! and row count (`Gemma3::tune_products`, at warm-up).
+//!
+//! Why measure rather than decide: the skinny kernel reads each weight once
+//! but re-reads `x` for every weight row, so past a few rows its cost grows
+//! with the rows (and its CUDA-core FMAs with them), while a tensor-core
+//! tile reuses `x` for many weight rows; where the two cross depends on the
+//! card, the shape and Burn's tile choice, none of which this machine has.
+//!
+//! Owns: the Burn route and the timing. Must never: choose a route whose
+//! result differs from the skinny kernel's beyond the dtype's rounding.
+
+use std::time::Instant;
+
+use burn::tensor::{DType, Tensor};
+
+use crate::linear::ProductRoute;
+
+/// Launches per timed sample: a sample's device sync is then shared by
+/// many products, as the products of a step (or its captured graph) run
+/// back to back.
+const LAUNCHES_PER_SAMPLE: usize = 8;
+
+/// Burn's matmul must be this much faster (its time below this share of
+/// the skinny kernel's) to take a product: the skinny kernel is the route
+/// every fidelity test covers, and timing noise must not flip a route.
+const BURN_MARGIN: f64 = 0.9;
+
+/// `x · Wᵀ` through Burn's matmul on a CubeCL device (bf16 and f16: Burn's
+/// routine, tensor cores on a GPU; f32: `kernels::matmul`, without TF32);
+/// `None` off one, or with the kernels turned off.
+pub(crate) fn burn_product(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+    if !super::enabled() || super::cube(x).is_none() || super::cube(w).is_none() {
+        return None;
+    }
+    #[cfg(test)]
+    BURN_PRODUCTS.with(|n| n.set(n.get() + 1));
+    let wt = w.clone().transpose();
+    Some(if x.dtype() == DType::F32 {
+        super::matmul(x.clone(), wt)
+    } else {
+        x.clone().matmul(wt)
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Products this thread sent through Burn's route, for the tests of
+    /// the routing (a thread's own count: tests run side by side).
+    pub(crate) static BURN_PRODUCTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Both routes timed at one shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteTimes {
+    /// Our skinny kernel, median microseconds per product.
+    pub(crate) skinny_us: f64,
+    /// Burn's matmul, median microseconds per product.
+    pub(crate) burn_us: f64,
+    /// Whether Burn's result equals the skinny kernel's within the
+    /// dtype's rounding.
+    pub(crate) agree: bool,
+}
+
+/// The route to take: Burn's matmul only where it agrees and is faster by
+/// the margin.
+pub(crate) fn choose(t: &RouteTimes) -> ProductRoute {
+    if t.agree && t.burn_us < t.skinny_us * BURN_MARGIN {
+        ProductRoute::Burn
+    } else {
+        ProductRoute::Skinny
+    }
+}
+
+/// Times both routes for `rows` rows against `w` on its device (`reps`
+/// samples each, of [`LAUNCHES_PER_SAMPLE`] products), on a fixed pattern
+/// of inputs (no patient text: the weights and a made-up `x`). `None` when
+/// the skinny kernel does not take the shape (not a CubeCL device, or more
+/// rows than it covers).
+pub(crate) fn time_routes(w: &Tensor<2>, rows: usize, reps: usize) -> Option<RouteTimes> {
+    let [_, k] = w.dims();
+    let device = w.device();
+    let x = super::bench::filled([rows, k], w.dtype(), &device, 7 + rows as u32);
+    let ours = super::skinny_matmul(w, &x)?;
+    let theirs = burn_product(w, &x)?;
+    let agree = agrees(&ours, &theirs, w.dtype());
+    let sample = |f: &dyn Fn()| {
+        let mut v: Vec<f64> = (0..reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..LAUNCHES_PER_SAMPLE {
+                    f();
+                }
+                let _ = device.sync();
+                t.elapsed().as_secs_f64() * 1e6 / LAUNCHES_PER_SAMPLE as f64
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let _ = device.sync();
+    let skinny_us = sample(&|| {
+        let _ = super::skinny_matmul(w, &x);
+    });
+    let burn_us = sample(&|| {
+        let _ = burn_product(w, &x);
+    });
+    Some(RouteTimes {
+        skinny_us,
+        burn_us,
+        agree,
+    })
+}
+
+/// `|a − b| ≤ tol · max|a|` everywhere, `tol` a few roundings of the dtype
+/// (bf16 keeps 8 bits: 2⁻⁸ of the largest output is one rounding), with no
+/// NaN on either side.
+fn agrees(a: &Tensor<2>, b: &Tensor<2>, dtype: DType) -> bool {
+    let tol = match dtype {
+        DType::F32 => 1e-4,
+        _ => 2e-2,
+    };
+    let a: Vec<f32> = a
+        .clone()
+        .cast(DType::F32)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let b: Vec<f32> = b
+        .clone()
+        .cast(DType::F32)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.len() == b.len()
+        && a.iter().chain(&b).all(|v| v.is_finite())
+        && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= tol * scale)
+}
+
+#[cfg(all(test, feature = "cube-cpu"))]
+mod tests {
+    use super::*;
+    use crate::kernels::test_support::{device, max_abs_diff, random};
+
+    /// Burn's route equals the skinny kernel's on the CubeCL CPU runtime,
+    /// in f32 and bf16, and the timing reports both routes and agreement.
+    #[test]
+    fn burn_route_equals_the_skinny_kernel_and_is_timed() {
+        let dev = device();
+        for (i, (dtype, tol)) in [(DType::F32, 1e-4), (DType::BF16, 0.1)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = random([40, 64], dtype, 30 + i as u64, &dev);
+            let x = random([5, 64], dtype, 40 + i as u64, &dev);
+            let ours = crate::kernels::skinny_matmul(&w, &x).expect("a CubeCL device");
+            let theirs = burn_product(&w, &x).expect("a CubeCL device");
+            assert_eq!(theirs.dtype(), dtype);
+            let d = max_abs_diff(ours, theirs);
+            assert!(d <= tol, "{dtype:?}: the routes differ by {d}");
+            let t = time_routes(&w, 5, 2).expect("timed on a CubeCL device");
+            assert!(t.agree, "{dtype:?}: {t:?}");
+            assert!(t.skinny_us > 0.0 && t.burn_us > 0.0, "{t:?}");
+        }
+        let flex = burn::tensor::Device::flex();
+        let w = random([4, 8], DType::F32, 2, &flex);
+        assert!(time_routes(&w, 1, 1).is_none(), "not a CubeCL device");
+        let w = random([4, 8], DType::F32, 2, &dev);
+        assert!(
+            time_routes(&w, 33, 1).is_none(),
+            "more rows than the kernel takes"
+        );
+    }
+
+    #[test]
+    fn burn_takes_a_product_only_when_it_agrees_and_is_clearly_faster() {
+        let t = |skinny_us, burn_us, agree| RouteTimes {
+            skinny_us,
+            burn_us,
+            agree,
+        };
+        assert_eq!(choose(&t(100.0, 50.0, true)), ProductRoute::Burn);
+        assert_eq!(choose(&t(100.0, 50.0, false)), ProductRoute::Skinny);
+        assert_eq!(choose(&t(100.0, 95.0, true)), ProductRoute::Skinny);
+        assert_eq!(choose(&t(100.0, 120.0, true)), ProductRoute::Skinny);
+    }
+
+    #[test]
+    fn agreement_is_relative_to_the_largest_output_and_refuses_nan() {
+        let dev = device();
+        let mk = |v: Vec<f32>| {
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(v, [1, 3]), (&dev, DType::F32))
+        };
+        let a = mk(vec![100.0, -3.0, 0.5]);
+        assert!(agrees(&a, &mk(vec![101.0, -3.0, 0.5]), DType::BF16));
+        assert!(!agrees(&a, &mk(vec![103.0, -3.0, 0.5]), DType::BF16));
+        assert!(!agrees(&a, &mk(vec![100.0, -3.0, 0.52]), DType::F32));
+        assert!(!agrees(&a, &mk(vec![100.0, f32::NAN, 0.5]), DType::BF16));
+    }
+}
