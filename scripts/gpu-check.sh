@@ -468,16 +468,17 @@ for r in (last_json("serve") or {}).get("serve") or []:
           f"{r.get('fraction_of_bench', float('nan')):.2f} of the bench's batch {r.get('in_flight')} "
           f"({r.get('bench_batch_tokens_per_s', float('nan')):,.1f}); mean batch {r.get('mean_batch', 0):.1f}, "
           f"{r.get('turns')} turns, {r.get('captures')} captures "
-          f"({r.get('ghosts_let_go')} let go for ghost memory), {r.get('products_on_burn')} product routes on Burn's matmul, graph {r.get('decode_graph')} "
+          f"({r.get('ghosts_let_go')} let go for ghost memory), {r.get('products_off_skinny')} product routes off the skinny kernel, graph {r.get('decode_graph')} "
           f"(hardware {r.get('hardware_graph')}); target: within 10% of the bench")
-# How the bench's warm-up routed each decode product (skinny kernel or
-# Burn's matmul), with both times and the weights' bandwidth floor.
+# How the bench's warm-up routed each decode product (skinny or tiled
+# kernel, or Burn's matmul), with their times and the weights' bandwidth floor.
 bw = (bench or {}).get("bandwidth_bytes_per_s") or 0
 for t in (bench or {}).get("products") or []:
     n, k = (int(v) for v in t["shape"].split("x"))
     floor = n * k * 2 / bw * 1e6 if bw else float("nan")
     print(f"product {t['shape']:>12} ({t['layers']:>2} layers) x{t['rows']:<2}: skinny {t['skinny_us']:8.1f} us, "
-          f"burn {t['burn_us']:8.1f} us, floor {floor:7.1f} us, agree {t['agree']}: {t['route']}")
+          f"tiled {t['tiled_us']:8.1f} us (agrees {t['tiled_agrees']}), burn {t['burn_us']:8.1f} us "
+          f"(agrees {t['burn_agrees']}), floor {floor:7.1f} us: {t['route']}")
 b = cols[0][1]
 if isinstance(b, dict):
     print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "

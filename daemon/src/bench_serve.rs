@@ -149,12 +149,13 @@ pub fn serve_at(
         // Captures let go because an ended turn's buffers would have pushed
         // the caches past the memory budget (none for short turns).
         "ghosts_let_go": engine.graph_ghosts_let_go() - let_go_before,
-        // Decode products its warm-up routed to Burn's matmul (the rest
-        // run our skinny kernel; none off a CubeCL device).
-        "products_on_burn": engine
+        // (Shape, rows) pairs its warm-up routed to the tiled kernel or
+        // Burn's matmul (the rest run our skinny kernel; none off a CubeCL
+        // device).
+        "products_off_skinny": engine
             .product_tuning()
             .iter()
-            .filter(|t| t.route == medgemma_model::ProductRoute::Burn)
+            .filter(|t| t.route != medgemma_model::ProductRoute::Skinny)
             .count(),
     }))
 }

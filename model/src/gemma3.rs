@@ -388,7 +388,7 @@ impl Gemma3 {
     }
 
     /// Times, on this model's device, each route a decode-sized product may
-    /// take (our skinny kernel, Burn's matmul) for every distinct weight
+    /// take (our skinny and tiled kernels, Burn's matmul) for every distinct weight
     /// shape at 1, 2, 4, … 32 rows, and routes every linear layer of that
     /// shape accordingly (see `kernels/product.rs`). Run it once after the
     /// load and before any decode graph is captured (a capture records the
@@ -452,8 +452,10 @@ impl Gemma3 {
                     layers: of.len(),
                     rows,
                     skinny_us: t.skinny_us,
+                    tiled_us: t.tiled_us,
                     burn_us: t.burn_us,
-                    agree: t.agree,
+                    tiled_agrees: t.tiled_agrees,
+                    burn_agrees: t.burn_agrees,
                     route,
                 });
             }

@@ -223,6 +223,9 @@ pub enum ProductRoute {
     /// once with CUDA cores. What runs until a tuning chooses otherwise.
     #[default]
     Skinny,
+    /// Our tiled kernel (`kernels/skinny.rs`): each load of `x` reused for
+    /// four weight rows, the reduced axis split over a cube's planes.
+    Tiled,
     /// Burn's own matmul: its tensor-core routine for bf16 on a GPU, the
     /// f32 one without TF32 (`kernels::matmul`) for f32.
     Burn,
@@ -277,47 +280,64 @@ pub struct ProductTiming {
     pub rows: usize,
     /// Our skinny kernel, microseconds per product.
     pub skinny_us: f64,
+    /// Our tiled kernel, microseconds per product.
+    pub tiled_us: f64,
     /// Burn's matmul, microseconds per product.
     pub burn_us: f64,
-    /// Whether Burn's result equalled ours within the dtype's rounding (a
-    /// route that does not is never chosen).
-    pub agree: bool,
+    /// Whether the tiled kernel's result equalled the skinny kernel's
+    /// within the dtype's rounding (a route that does not is never chosen).
+    pub tiled_agrees: bool,
+    /// Whether Burn's did.
+    pub burn_agrees: bool,
     /// The route chosen.
     pub route: ProductRoute,
 }
 
-/// One line for a log: which (shape, rows) pairs a tuning routed to Burn's
-/// matmul, or that every product stays on the skinny kernel.
+/// One line for a log: which (shape, rows) pairs a tuning routed away from
+/// the skinny kernel, or that every product stays on it.
 pub fn tuning_summary(timings: &[ProductTiming]) -> String {
-    let burn: Vec<String> = timings
+    let moved: Vec<String> = timings
         .iter()
-        .filter(|t| t.route == ProductRoute::Burn)
-        .map(|t| {
-            format!(
-                "{} at {} rows ({:.0} µs against {:.0})",
-                t.shape, t.rows, t.burn_us, t.skinny_us
-            )
+        .filter_map(|t| {
+            let (name, us) = match t.route {
+                ProductRoute::Skinny => return None,
+                ProductRoute::Tiled => ("tiled", t.tiled_us),
+                ProductRoute::Burn => ("Burn's", t.burn_us),
+            };
+            Some(format!(
+                "{} at {} rows {name} ({us:.0} µs against {:.0})",
+                t.shape, t.rows, t.skinny_us
+            ))
         })
         .collect();
-    if burn.is_empty() {
+    if moved.is_empty() {
         format!(
             "every decode product on the skinny kernel ({} shape and row pairs measured)",
             timings.len()
         )
     } else {
         format!(
-            "Burn's matmul for {} of {} shape and row pairs: {}; the skinny kernel for the rest",
-            burn.len(),
+            "{} of {} shape and row pairs off the skinny kernel: {}",
+            moved.len(),
             timings.len(),
-            burn.join(", ")
+            moved.join(", ")
         )
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Decode-sized products this thread routed to the tiled kernel and to
+    /// Burn's matmul, for the tests of the routing (a thread's own count:
+    /// tests run side by side).
+    pub(crate) static ROUTED: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// `x · Wᵀ` on a CubeCL device (the GPU; with the `kernels` feature): up to
 /// [`ROUTED_ROWS`] rows (decode steps) by `routes` (our skinny matmul
 /// kernel, which streams `W` once at close to the memory bandwidth, unless
-/// a tuning found Burn's faster for that many rows); more rows in f32
+/// a tuning found our tiled kernel or Burn's matmul faster for that many
+/// rows); more rows in f32
 /// through the matmul without TF32 (`kernels::matmul`), in bf16 through
 /// Burn's tensor-core matmul. Anywhere else `plain(w, x)`.
 fn gpu_product(
@@ -328,9 +348,18 @@ fn gpu_product(
 ) -> Tensor<2> {
     #[cfg(feature = "kernels")]
     {
-        if routes.of(x.dims()[0]) == ProductRoute::Burn
-            && let Some(y) = crate::kernels::burn_product(w, &x)
-        {
+        let routed = match routes.of(x.dims()[0]) {
+            ProductRoute::Skinny => None,
+            ProductRoute::Tiled => crate::kernels::skinny_tiled(w, &x),
+            ProductRoute::Burn => crate::kernels::burn_product(w, &x),
+        };
+        if let Some(y) = routed {
+            #[cfg(test)]
+            ROUTED.with(|n| {
+                let (t, b) = n.get();
+                let tiled = routes.of(x.dims()[0]) == ProductRoute::Tiled;
+                n.set((t + usize::from(tiled), b + usize::from(!tiled)));
+            });
             return y;
         }
         if let Some(y) = crate::kernels::skinny_matmul(w, &x) {
@@ -467,8 +496,10 @@ mod tests {
             layers: 1,
             rows,
             skinny_us: 30.0,
+            tiled_us: 25.0,
             burn_us: 20.0,
-            agree: true,
+            tiled_agrees: true,
+            burn_agrees: true,
             route,
         };
         assert_eq!(
@@ -477,11 +508,12 @@ mod tests {
         );
         let s = tuning_summary(&[
             t("8x4", 1, ProductRoute::Skinny),
+            t("8x4", 8, ProductRoute::Tiled),
             t("8x4", 32, ProductRoute::Burn),
         ]);
         assert_eq!(
             s,
-            "Burn's matmul for 1 of 2 shape and row pairs: 8x4 at 32 rows (20 µs against 30); the skinny kernel for the rest"
+            "2 of 3 shape and row pairs off the skinny kernel: 8x4 at 8 rows tiled (25 µs against 30), 8x4 at 32 rows Burn's (20 µs against 30)"
         );
     }
 }

@@ -728,30 +728,36 @@ fn continuous_batching_through_the_graph_equals_launched_steps() {
 }
 
 /// A tuning routes every linear layer of a shape as it timed that shape:
-/// forced onto Burn's matmul for 1 and 5–8 rows, the decoder (its 7-token
-/// prompt, one-token decode and greedy ids through Burn's matmul; the
-/// 3-token prompt and 2-row batch through the skinny kernel) still equals
-/// the plain one; with the real choice, each layer's route is the one its
-/// shape's timing chose. (Two row counts, not all six: each shape and row
-/// count is a kernel for the CPU runtime's LLVM to compile.)
+/// forced onto the tiled kernel for 1 and 2 rows and onto Burn's matmul for
+/// 5–8, the decoder still equals the plain one (the 7-token prompt through
+/// Burn's matmul; one-token decode and the 2-row batch through the tiled
+/// kernel; the 3-token prompt's layers through the skinny kernel; greedy
+/// ids); with the real choice, each layer's route is the one its shape's
+/// timing chose. (A few row counts, not all six: each shape, row count and
+/// route is a kernel for the CPU runtime's LLVM to compile.)
 #[test]
 fn a_tuned_decoder_routes_each_shape_as_timed_and_computes_the_same() {
-    use crate::linear::ProductRoute;
+    use crate::linear::{ProductRoute, ROUTED};
 
     let (cube, flex) = (device(), Device::flex());
     let mut mc = model(&cube);
     let mf = model(&flex);
-    let forced = mc.tune_products_with(1, &[1, 8], |_| ProductRoute::Burn);
+    let mut forced = mc.tune_products_with(1, &[1, 2], |_| ProductRoute::Tiled);
+    forced.extend(mc.tune_products_with(1, &[8], |_| ProductRoute::Burn));
     // embed 300x64; q 128x64; k and v 64x64 (2 layers each); o 64x128;
-    // gate and up 96x64; down 64x96: six shapes at two row counts.
-    assert_eq!(forced.len(), 6 * 2, "{forced:?}");
+    // gate and up 96x64; down 64x96: six shapes at three row counts.
+    assert_eq!(forced.len(), 6 * 3, "{forced:?}");
     let layers_of = |shape: &str| forced.iter().find(|t| t.shape == shape).map(|t| t.layers);
     assert_eq!(layers_of("300x64"), Some(1));
     assert_eq!(layers_of("64x64"), Some(4));
     assert_eq!(layers_of("96x64"), Some(4));
-    assert!(forced.iter().all(|t| t.agree), "{forced:?}");
+    assert!(
+        forced.iter().all(|t| t.tiled_agrees && t.burn_agrees),
+        "{forced:?}"
+    );
     for (rows, route) in [
-        (1, ProductRoute::Burn),
+        (1, ProductRoute::Tiled),
+        (2, ProductRoute::Tiled),
         (5, ProductRoute::Burn),
         (8, ProductRoute::Burn),
         (3, ProductRoute::Skinny),
@@ -765,25 +771,22 @@ fn a_tuned_decoder_routes_each_shape_as_timed_and_computes_the_same() {
             "{rows} rows: {routes:?}"
         );
     }
-    let burned = || crate::kernels::product::BURN_PRODUCTS.with(std::cell::Cell::get);
-    let before = burned();
+    let before = ROUTED.with(std::cell::Cell::get);
     let got = run(&mc);
-    // Through Burn's matmul: the 7-token prompt's 15 products (q, k, v, o,
-    // gate, up, down in 2 layers, and the LM head over its 7 rows), the
-    // 3-token prompt's LM head (its last row only) and the 6 one-token
-    // steps' 15 each; the 3-token prompt's layers and the 2-row batch stay
-    // on the skinny kernel.
+    let after = ROUTED.with(std::cell::Cell::get);
+    // Tiled: the 3-token prompt's LM head (its last row only), the 6
+    // one-token steps' 15 products each (q, k, v, o, gate, up, down in 2
+    // layers, and the LM head) and the 4 two-row steps' 15 each. Burn's:
+    // the 7-token prompt's 15 (its LM head over all 7 rows). The 3-token
+    // prompt's layers stay on the skinny kernel.
     assert_eq!(
-        burned() - before,
-        15 + 1 + 6 * 15,
-        "products through Burn's matmul"
+        (after.0 - before.0, after.1 - before.1),
+        (1 + 6 * 15 + 4 * 15, 15),
+        "products through the tiled kernel and Burn's matmul"
     );
     for (i, (g, w)) in got.into_iter().zip(run(&mf)).enumerate() {
         let d = max_abs_diff(g, w);
-        assert!(
-            d < 1e-3,
-            "step {i} through Burn's matmul: logits differ by {d}"
-        );
+        assert!(d < 1e-3, "step {i}, routed: logits differ by {d}");
     }
     let opts = greedy_options(8);
     let gen_on = |m: &Gemma3| {
@@ -799,16 +802,15 @@ fn a_tuned_decoder_routes_each_shape_as_timed_and_computes_the_same() {
         .expect("generates")
         .tokens
     };
-    assert_eq!(
-        gen_on(&mc),
-        gen_on(&mf),
-        "greedy tokens through Burn's matmul"
-    );
+    assert_eq!(gen_on(&mc), gen_on(&mf), "greedy tokens, routed");
 
     let timed = mc.tune_products_with(3, &[1], crate::kernels::choose);
     assert_eq!(timed.len(), 6);
     for t in &timed {
-        assert!(t.skinny_us > 0.0 && t.burn_us > 0.0, "{t:?}");
+        assert!(
+            t.skinny_us > 0.0 && t.tiled_us > 0.0 && t.burn_us > 0.0,
+            "{t:?}"
+        );
         let routes = mc.product_routes(t.rows);
         let of_shape: Vec<_> = routes.iter().filter(|(s, _)| *s == t.shape).collect();
         assert_eq!(of_shape.len(), t.layers);

@@ -201,11 +201,12 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
-        let kernels: [(&str, Compile); 7] = [
+        let kernels: [(&str, Compile); 8] = [
             ("argmax", super::super::argmax::ptx),
             ("geglu", super::super::geglu::ptx),
             ("rms_norm", super::super::norm::ptx),
             ("skinny_matmul", super::super::skinny::ptx),
+            ("skinny_tiled", super::super::skinny::tiled_ptx),
             ("qk_norm_rope", super::super::qk_rope::ptx),
             ("decode_attention", super::super::decode_attention::ptx),
             ("batch_attention", super::super::batch_attention::ptx),
@@ -263,6 +264,7 @@ mod tests {
             "geglu",
             "rms_norm",
             "skinny_matmul",
+            "skinny_tiled",
             "qk_norm_rope",
             "decode_attention",
             "batch_attention",

@@ -142,6 +142,172 @@ pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
     Some(tensor(out))
 }
 
+/// Output columns (weight rows) one cube of the tiled kernel computes.
+pub(crate) const TILE_COLUMNS: usize = 4;
+
+/// Planes of the tiled kernel's cube, splitting the reduced axis.
+const TILE_PLANES: u32 = 4;
+
+/// `y = x · Wᵀ` with each unit reusing every vector of `x` it loads for
+/// `cols` weight rows: the skinny kernel reads `x` once per weight row, so
+/// at many rows its loads of `x` (rows × the weights' bytes, from L1)
+/// outweigh the weights; here they are rows / `cols` of them. A cube's
+/// `cols` columns are split over its planes along the reduced axis (split-K,
+/// so that small weights still fill the card), each unit keeps one f32 sum
+/// per (row, column), and the sums meet through plane sums and shared
+/// memory (or shared memory alone where planes have one unit).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_tiled_kernel<F: Float, N: Size>(
+    x: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w: &cubecl::prelude::Tensor<Vector<F, N>>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    k_vectors: u32,
+    columns: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] lanes: usize,
+    #[comptime] planes: usize,
+    #[comptime] plane: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let kv = k_vectors as usize;
+    let n = columns as usize;
+    let col0 = CUBE_POS_X as usize * cols;
+    let sums = comptime!(rows * cols);
+
+    let mut acc = Array::<f32>::new(sums);
+    #[unroll]
+    for i in 0..sums {
+        acc[i] = 0.0f32;
+    }
+    // Where each column's weight row starts; a last cube's columns past the
+    // end read the last row again and are not written.
+    let mut at = Array::<usize>::new(cols);
+    #[unroll]
+    for c in 0..cols {
+        at[c] = clamp_max(col0 + c, n - 1) * kv;
+    }
+    let mut wv = Array::<Vector<f32, N>>::new(cols);
+    let mut k = ty * lanes + tx;
+    while k < kv {
+        #[unroll]
+        for c in 0..cols {
+            wv[c] = Vector::<f32, N>::cast_from(w[at[c] + k]);
+        }
+        #[unroll]
+        for m in 0..rows {
+            let xv = Vector::<f32, N>::cast_from(x[m * kv + k]);
+            #[unroll]
+            for c in 0..cols {
+                let p = xv * wv[c];
+                let mut s = acc[m * cols + c];
+                #[unroll]
+                for e in 0..p.vector_size() {
+                    s += p.extract(e);
+                }
+                acc[m * cols + c] = s;
+            }
+        }
+        k += comptime!(lanes * planes);
+    }
+
+    // One partial per (row, column) from each plane (its lanes' plane sum),
+    // or from each unit where planes have one unit.
+    let parts = comptime!(if plane { planes } else { lanes * planes });
+    let mut shared = Shared::<[f32]>::new_slice(comptime!(parts * rows * cols));
+    #[unroll]
+    for i in 0..sums {
+        if comptime!(plane) {
+            let total = plane_sum(acc[i]);
+            if tx == 0 {
+                shared[ty * sums + i] = total;
+            }
+        } else {
+            shared[(ty * lanes + tx) * sums + i] = acc[i];
+        }
+    }
+    sync_cube();
+    let mut i = ty * lanes + tx;
+    while i < sums {
+        let mut total = 0.0f32;
+        for p in 0..parts {
+            total += shared[p * sums + i];
+        }
+        let col = col0 + i % cols;
+        if col < n {
+            out[(i / cols) * n + col] = F::cast_from(total);
+        }
+        i += comptime!(lanes * planes);
+    }
+}
+
+/// [`skinny_matmul`] through the tiled kernel ([`TILE_COLUMNS`] columns per
+/// cube, each `x` vector reused for all of them): the same shapes and
+/// result, another trade of loads against parallelism; `None` where
+/// [`skinny_matmul`] declines. A GPU's cube is [`TILE_PLANES`] planes of 32
+/// lanes; a runtime without plane sums (CubeCL's CPU runtime, two units a
+/// cube) splits the reduced axis over its units, one lane each.
+pub(crate) fn skinny_tiled(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+    let (lanes, plane) = reduce_units(&cube(w)?, 32);
+    if plane {
+        return skinny_tiled_as(w, x, lanes, TILE_PLANES, true);
+    }
+    let units = cube(w)?.client.properties().hardware.max_units_per_cube;
+    skinny_tiled_as(w, x, 1, TILE_PLANES.min(units).max(1), false)
+}
+
+/// The tiled kernel with cubes of `planes` planes of `lanes` units,
+/// reduced by plane sums (`plane`) or through shared memory alone.
+fn skinny_tiled_as(
+    w: &Tensor<2>,
+    x: &Tensor<2>,
+    lanes: u32,
+    planes: u32,
+    plane: bool,
+) -> Option<Tensor<2>> {
+    let [m, k] = x.dims();
+    let [n, kw] = w.dims();
+    if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
+        return None;
+    }
+    let dtype = x.dtype();
+    let elem = float_elem(dtype)?;
+    let (xc, wc) = (cube(x)?, cube(w)?);
+    let (xc, wc) = (contiguous(xc), contiguous(wc));
+    // 16-byte loads; past 8 rows 8-byte ones, so that the vectors of the
+    // columns and of `x` stay in registers beside the rows × columns sums.
+    let vec = vector_width(k, dtype, if m <= 8 { 16 } else { 8 });
+    let client = wc.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        wc.device.clone(),
+        burn::tensor::Shape::new([m, n]),
+        dtype,
+    );
+    let cubes = n.div_ceil(TILE_COLUMNS) as u32;
+    skinny_tiled_kernel::launch(
+        &client,
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(lanes, planes),
+        vec,
+        xc.into_tensor_arg(),
+        wc.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        (k / vec) as u32,
+        n as u32,
+        m,
+        TILE_COLUMNS,
+        lanes as usize,
+        planes as usize,
+        plane,
+        elem,
+    );
+    Some(tensor(out))
+}
+
 /// The kernel as a GPU launches it for 8 bf16 rows (vectors of 8, planes
 /// of 32 units, 8 columns per cube), compiled to PTX for sm_`arch` with no
 /// GPU.
@@ -161,6 +327,32 @@ pub(super) fn ptx(arch: u32) -> Result<String, String> {
         8,
         8,
         32,
+        true,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
+/// The tiled kernel as a GPU launches it for 32 bf16 rows (vectors of 4,
+/// planes of 32 units), compiled to PTX for sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn tiled_ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
+    let kernel = skinny_tiled_kernel::SkinnyTiledKernel::new(
+        settings(CubeDim::new_2d(32, TILE_PLANES)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        4,
+        SKINNY_MAX_ROWS,
+        TILE_COLUMNS,
+        32,
+        TILE_PLANES as usize,
         true,
         bf16()?,
     );
@@ -206,6 +398,61 @@ mod tests {
                 "m={m} k={k} n={n} {dtype:?}: differs by {d} > {tol}"
             );
         }
+    }
+
+    /// The tiled kernel against Burn's product at the same shapes as the
+    /// skinny kernel's test (column counts that leave a last cube part
+    /// empty: 50, 7, 33, 5, 9, 17), and an `x` whose rows are not all equal
+    /// in size, so that a row or column mix-up shows.
+    #[test]
+    fn the_tiled_kernel_equals_burn_matmul() {
+        let dev = device();
+        for (i, &(m, k, n, dtype, tol)) in [
+            (1, 64, 50, DType::F32, 1e-5),
+            (3, 48, 7, DType::F32, 1e-5),
+            (SKINNY_MAX_ROWS, 36, 33, DType::F32, 1e-5),
+            (2, 30, 5, DType::F32, 1e-5),
+            (1, 27, 9, DType::F32, 1e-5),
+            (1, 128, 40, DType::BF16, 0.05),
+            (9, 64, 17, DType::BF16, 0.05),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let scale: Vec<f32> = (0..m).map(|r| 1.0 + r as f32).collect();
+            let scale = Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(scale, [m]),
+                (&dev, DType::F32),
+            );
+            let x = (random([m, k], DType::F32, 50 + i as u64, &dev) * scale.unsqueeze_dim(1))
+                .cast(dtype);
+            let w = random([n, k], dtype, 150 + i as u64, &dev);
+            let want = x
+                .clone()
+                .cast(DType::F32)
+                .matmul(w.clone().cast(DType::F32).transpose());
+            let tol = tol * m as f32;
+            // As launched here (the reduced axis split over the cube's two
+            // units), and with two lanes in one plane instead.
+            for (lanes, planes) in [(0, 0), (2, 1)] {
+                let got = if lanes == 0 {
+                    skinny_tiled(&w, &x)
+                } else {
+                    skinny_tiled_as(&w, &x, lanes, planes, false)
+                };
+                let got = got.expect("runs on the CubeCL CPU runtime");
+                assert_eq!(got.dtype(), dtype);
+                assert_eq!(got.dims(), [m, n]);
+                let d = max_abs_diff(got, want.clone());
+                assert!(
+                    d <= tol,
+                    "m={m} k={k} n={n} {dtype:?} lanes {lanes}: differs by {d} > {tol}"
+                );
+            }
+        }
+        let x = random([SKINNY_MAX_ROWS + 1, 8], DType::F32, 1, &dev);
+        let w = random([4, 8], DType::F32, 2, &dev);
+        assert!(skinny_tiled(&w, &x).is_none(), "too many rows");
     }
 
     #[test]
