@@ -49,6 +49,11 @@ pub(crate) const GROUP: usize = 8;
 /// Most sequences per call.
 pub(crate) const MAX_BATCH: usize = 256;
 
+/// Slots a row folds at a time ([`Rows::fold_keys`]): with a cube's few
+/// planes and one load of a key and a value each in flight, a row waits on
+/// memory for every slot; four keep four of each in flight.
+pub(crate) const DECODE_KEYS_PER_STEP: usize = 4;
+
 /// Per-sequence tables kept on their devices: one per layer type (Gemma 3
 /// has two).
 const KEPT_TABLES: usize = 2;
@@ -84,7 +89,10 @@ fn table(like: &CubeTensor, meta: Vec<u32>) -> CubeTensor {
 
 /// One sequence's part of the slots for one KV head: writes the new row
 /// (when `write`), then folds each visible slot of `first..first + n` into
-/// the running maxima `m`, sums `l` and weighted values `acc`.
+/// the running maxima `m`, sums `l` and weighted values `acc`, `per_step`
+/// slots a row at a time ([`Rows::fold_keys`]: their loads, dots and plane
+/// sums in flight together; a row's slots of a step are `groups` apart, so
+/// the rows of a step still read `groups · per_step` adjacent slots).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn scan_cache<F: Float, N: Size>(
@@ -103,6 +111,7 @@ fn scan_cache<F: Float, N: Size>(
     #[comptime] head_vectors: usize,
     #[comptime] lanes: usize,
     #[comptime] groups: usize,
+    #[comptime] per_step: usize,
     #[comptime] plane: bool,
 ) {
     let tx = UNIT_POS_X as usize;
@@ -117,32 +126,48 @@ fn scan_cache<F: Float, N: Size>(
             e += threads;
         }
     }
-    let mut kv = Array::<Vector<f32, N>>::new(per_lane);
-    let mut vv = Array::<Vector<f32, N>>::new(per_lane);
+    // A slot a row does not see keeps the vectors it held (zeros at
+    // first): `fold_keys` reads none of them, and they are never undefined.
+    let mut kv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+    let mut vv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+    let mut valid = Array::<u32>::new(per_step);
+    for j in 0..comptime!(per_step * per_lane) {
+        kv[j] = Vector::new(0.0f32);
+        vv[j] = Vector::new(0.0f32);
+    }
+    let stride = comptime!(groups * per_step);
     // The same trip count in every row (the plane sums need whole planes).
-    let trips = n.div_ceil(groups);
+    let trips = n.div_ceil(stride);
     let mut it = 0usize;
     while it < trips {
-        let s = it * groups + ty;
-        let valid = s < n;
-        let slot = select(valid, first + s, first);
-        let base = head + slot * head_vectors;
-        // The new slot from the new row: its cube may be writing it. The
-        // loops over a lane's vectors are not unrolled: the body is already
-        // repeated per sequence (on CubeCL's CPU runtime one lane takes
-        // every vector of a head).
-        if slot == new_slot {
-            for j in 0..per_lane {
-                kv[j] = Vector::<f32, N>::cast_from(k_new[new_row + tx + j * lanes]);
-                vv[j] = Vector::<f32, N>::cast_from(v_new[new_row + tx + j * lanes]);
-            }
-        } else {
-            for j in 0..per_lane {
-                kv[j] = Vector::<f32, N>::cast_from(kc[base + tx + j * lanes]);
-                vv[j] = Vector::<f32, N>::cast_from(vc[base + tx + j * lanes]);
+        #[unroll]
+        for k in 0..per_step {
+            let s = it * stride + k * groups + ty;
+            let seen = s < n;
+            valid[k] = u32::cast_from(seen);
+            if seen {
+                let slot = first + s;
+                let base = head + slot * head_vectors;
+                let at = k * per_lane;
+                // The new slot from the new row: its cube may be writing
+                // it. The loops over a lane's vectors are not unrolled: the
+                // body is already repeated per sequence and per key (on
+                // CubeCL's CPU runtime one lane takes every vector of a
+                // head).
+                if slot == new_slot {
+                    for j in 0..per_lane {
+                        kv[at + j] = Vector::<f32, N>::cast_from(k_new[new_row + tx + j * lanes]);
+                        vv[at + j] = Vector::<f32, N>::cast_from(v_new[new_row + tx + j * lanes]);
+                    }
+                } else {
+                    for j in 0..per_lane {
+                        kv[at + j] = Vector::<f32, N>::cast_from(kc[base + tx + j * lanes]);
+                        vv[at + j] = Vector::<f32, N>::cast_from(vc[base + tx + j * lanes]);
+                    }
+                }
             }
         }
-        rows.fold(&kv, &vv, valid, scale, plane, false);
+        rows.fold_keys(&kv, &vv, &valid, scale, per_step, plane);
         it += 1;
     }
 }
@@ -175,6 +200,7 @@ macro_rules! batch_attention_kernel {
             #[comptime] head_vectors: usize,
             #[comptime] lanes: usize,
             #[comptime] groups: usize,
+            #[comptime] per_step: usize,
             #[comptime] plane: bool,
             #[comptime] split: bool,
             #[define(F)] _dtype: ElemType,
@@ -204,7 +230,7 @@ macro_rules! batch_attention_kernel {
                 if local == $i {
                     scan_cache::<F, N>(
                         $k, $v, k_new, v_new, &mut rows, new_slot, head, new_row, first, n,
-                        write, scale, head_vectors, lanes, groups, plane,
+                        write, scale, head_vectors, lanes, groups, per_step, plane,
                     );
                 }
             )+
@@ -261,7 +287,21 @@ pub(crate) fn batch_decode_attention(
     heads: usize,
     scale: f64,
 ) -> Result<(Tensor<2>, Vec<CacheSlot>), Vec<CacheSlot>> {
-    let Some(plan) = plan(q, k, v, &caches, heads) else {
+    batch_decode_attention_stepping(q, k, v, caches, heads, scale, DECODE_KEYS_PER_STEP)
+}
+
+/// [`batch_decode_attention`] folding `per_step` slots at a time into each
+/// row (for the tests and the bench; 1 is one slot at a time).
+pub(crate) fn batch_decode_attention_stepping(
+    q: &Tensor<2>,
+    k: &Tensor<2>,
+    v: &Tensor<2>,
+    caches: Vec<CacheSlot>,
+    heads: usize,
+    scale: f64,
+    per_step: usize,
+) -> Result<(Tensor<2>, Vec<CacheSlot>), Vec<CacheSlot>> {
+    let Some(plan) = plan(q, k, v, &caches, heads, per_step) else {
         return Err(caches);
     };
     Ok(launch(q, k, v, caches, heads, scale, plan))
@@ -276,6 +316,8 @@ struct Plan {
     vec: usize,
     lanes: usize,
     plane: bool,
+    /// Slots a row folds at a time.
+    per_step: usize,
 }
 
 /// Whether the kernel covers these inputs, and how it runs.
@@ -285,6 +327,7 @@ fn plan(
     v: &Tensor<2>,
     caches: &[CacheSlot],
     heads: usize,
+    per_step: usize,
 ) -> Option<Plan> {
     let b = caches.len();
     let dtype = q.dtype();
@@ -298,7 +341,7 @@ fn plan(
     if !fits {
         return None;
     }
-    let mut p = plan_for(q, b, heads, kv, hd)?;
+    let mut p = plan_for(q, b, heads, kv, hd, per_step)?;
     for c in caches {
         let cap = cache_fits(&c.keys, kv, hd, dtype)?;
         if cache_fits(&c.values, kv, hd, dtype)? != cap
@@ -314,8 +357,16 @@ fn plan(
 }
 
 /// How the kernel runs for `b` sequences with queries `q: [b, heads·hd]`
-/// and `kv` key/value heads of `hd`, if it covers them (`caps` empty).
-fn plan_for(q: &Tensor<2>, b: usize, heads: usize, kv: usize, hd: usize) -> Option<Plan> {
+/// and `kv` key/value heads of `hd`, folding `per_step` slots at a time,
+/// if it covers them (`caps` empty).
+fn plan_for(
+    q: &Tensor<2>,
+    b: usize,
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    per_step: usize,
+) -> Option<Plan> {
     let qw = q.dims()[1];
     let dtype = q.dtype();
     let fits = enabled()
@@ -345,6 +396,7 @@ fn plan_for(q: &Tensor<2>, b: usize, heads: usize, kv: usize, hd: usize) -> Opti
         vec,
         lanes,
         plane,
+        per_step: per_step.max(1),
     })
 }
 
@@ -472,6 +524,7 @@ fn run(
                     hd / vec,
                     lanes,
                     groups,
+                    p.per_step,
                     p.plane,
                     split,
                     p.elem,
@@ -525,7 +578,7 @@ pub(crate) fn batch_attention_in_place(
     let kv = k.dims()[1];
     let rows = |x: &Tensor<4>, n: usize| x.clone().swap_dims(1, 2).reshape([b, n * hd]);
     let (q, k, v) = (rows(q, heads), rows(k, kv), rows(v, kv));
-    let p = plan_for(&q, bufs.len(), heads, kv, hd)?;
+    let p = plan_for(&q, bufs.len(), heads, kv, hd, DECODE_KEYS_PER_STEP)?;
     let fits = |t: &CubeTensor| {
         let d = t.meta.shape().dims::<4>();
         let st = t.meta.strides();
@@ -545,12 +598,13 @@ pub(crate) fn batch_attention_in_place(
 /// like `q: [_, heads·hd]` (dtype, device) and `kv` key/value heads.
 pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: usize) -> bool {
     let hd = q.dims()[1] / heads.max(1);
-    plan_for(q, b, heads, kv, hd).is_some()
+    plan_for(q, b, heads, kv, hd, DECODE_KEYS_PER_STEP).is_some()
 }
 
 /// The kernel as a GPU launches it for the 4B's bf16 heads (2 query heads
-/// per KV head, 256 wide in 32 vectors of 8 over 32 lanes, 8 rows, plane
-/// sums, split over parts) with its 8 sequences' caches, compiled to PTX
+/// per KV head, 256 wide in 32 vectors of 8 over 32 lanes, 8 rows folding
+/// [`DECODE_KEYS_PER_STEP`] slots at a time, plane sums, split over parts)
+/// with its 8 sequences' caches, compiled to PTX
 /// for sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
@@ -592,6 +646,7 @@ pub(super) fn ptx(arch: u32) -> Result<String, String> {
         32,
         32,
         8,
+        DECODE_KEYS_PER_STEP,
         true,
         true,
         bf16()?,
@@ -641,9 +696,19 @@ mod tests {
     /// Runs one batched step over `seqs` and checks it against the
     /// per-sequence Burn composition: the outputs, the caches written (every
     /// slot), and that a clone taken before the step still holds what it
-    /// held (the kernel copies a shared buffer before writing).
+    /// held (the kernel copies a shared buffer before writing). The batch
+    /// folds `per_step` slots a row at a time.
     #[allow(clippy::too_many_arguments)]
-    fn check(seqs: &[Seq], h: usize, kv: usize, hd: usize, dtype: DType, tol: f32, seed: u64) {
+    fn check(
+        seqs: &[Seq],
+        h: usize,
+        kv: usize,
+        hd: usize,
+        dtype: DType,
+        tol: f32,
+        seed: u64,
+        per_step: usize,
+    ) {
         let dev = device();
         let b = seqs.len();
         let scale = 256f64.powf(-0.5);
@@ -668,7 +733,7 @@ mod tests {
             .iter_mut()
             .map(|c| c.layers[0].take_for_token(&like))
             .collect();
-        let (got, back) = batch_decode_attention(&q, &k, &v, taken, h, scale)
+        let (got, back) = batch_decode_attention_stepping(&q, &k, &v, taken, h, scale, per_step)
             .unwrap_or_else(|_| panic!("runs on the CubeCL CPU runtime"));
         for (c, t) in ours.iter_mut().zip(back) {
             c.layers[0].put_back(t, true);
@@ -690,7 +755,7 @@ mod tests {
             let s = seqs[i];
             assert!(
                 d <= tol,
-                "sequence {i} ({:?} w={} len={}) h={h} kv={kv} hd={hd} {dtype:?}: differs by {d}",
+                "sequence {i} ({:?} w={} len={}) h={h} kv={kv} hd={hd} {dtype:?} {per_step} a step: differs by {d}",
                 s.kind,
                 s.w,
                 s.len
@@ -744,11 +809,14 @@ mod tests {
 
     #[test]
     fn batched_attention_equals_the_per_sequence_burn_composition() {
-        // The 4B's heads (8 over 4) and the 270M's (4 over 1), f32 and bf16.
-        check(&MIXED, 8, 4, 256, DType::F32, 2e-5, 10);
-        check(&MIXED, 4, 1, 256, DType::F32, 2e-5, 20);
-        check(&MIXED, 8, 4, 256, DType::BF16, 2e-2, 30);
-        check(&MIXED, 4, 1, 256, DType::BF16, 2e-2, 40);
+        // The 4B's heads (8 over 4) and the 270M's (4 over 1), f32 and bf16;
+        // the slots folded as launched, one at a time, and three at a time
+        // (a step's last slots past a part's end).
+        let each = DECODE_KEYS_PER_STEP;
+        check(&MIXED, 8, 4, 256, DType::F32, 2e-5, 10, each);
+        check(&MIXED, 4, 1, 256, DType::F32, 2e-5, 20, 1);
+        check(&MIXED, 8, 4, 256, DType::BF16, 2e-2, 30, each);
+        check(&MIXED, 4, 1, 256, DType::BF16, 2e-2, 40, 3);
     }
 
     /// No split (every cache under 256 keys): rings not yet full and just
@@ -777,8 +845,8 @@ mod tests {
                 len: 200,
             },
         ];
-        check(&seqs, 8, 4, 256, DType::F32, 2e-5, 50);
-        check(&seqs, 2, 2, 64, DType::F32, 2e-5, 60);
+        check(&seqs, 8, 4, 256, DType::F32, 2e-5, 50, DECODE_KEYS_PER_STEP);
+        check(&seqs, 2, 2, 64, DType::F32, 2e-5, 60, 3);
     }
 
     /// More sequences than one launch takes (two launches of up to
@@ -796,7 +864,7 @@ mod tests {
                 len: if i == GROUP + 1 { 290 } else { 1 + 7 * i },
             })
             .collect();
-        check(&seqs, 4, 1, 256, DType::F32, 2e-5, 70);
-        check(&seqs, 4, 2, 64, DType::BF16, 2e-2, 80);
+        check(&seqs, 4, 1, 256, DType::F32, 2e-5, 70, DECODE_KEYS_PER_STEP);
+        check(&seqs, 4, 2, 64, DType::BF16, 2e-2, 80, 1);
     }
 }

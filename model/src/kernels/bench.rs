@@ -455,15 +455,17 @@ fn decode_rows(
     }
     let s = shapes.contexts.first().copied().unwrap_or(512);
     for b in BATCHES {
-        out.push(batch_attention_row(
-            device,
-            dtype,
-            shapes.heads,
-            b,
-            s,
-            reps,
-            floor,
-        )?);
+        for per_step in [super::DECODE_KEYS_PER_STEP, 1] {
+            out.push(batch_attention_row(
+                device,
+                dtype,
+                shapes.heads,
+                (b, per_step),
+                s,
+                reps,
+                floor,
+            )?);
+        }
     }
     // The kernel as it runs, then folding one key at a time (before
     // `KEYS_PER_STEP`): which is faster on a card is the card's to say.
@@ -562,7 +564,7 @@ fn batch_attention_row(
     device: &Device,
     dtype: DType,
     (h, kv, hd): (usize, usize, usize),
-    b: usize,
+    (b, per_step): (usize, usize),
     s: usize,
     reps: usize,
     floor: &dyn Fn(u64) -> f64,
@@ -598,8 +600,9 @@ fn batch_attention_row(
     );
     let mut run_batched = || {
         let taken = batched.take().expect("put back after every run");
-        let (out, back) = super::batch_decode_attention(&q, &k, &v, taken, h, scale)
-            .unwrap_or_else(|_| panic!("the batched kernel covers the bench shapes"));
+        let (out, back) =
+            super::batch_decode_attention_stepping(&q, &k, &v, taken, h, scale, per_step)
+                .unwrap_or_else(|_| panic!("the batched kernel covers the bench shapes"));
         batched = Some(back);
         out
     };
@@ -633,7 +636,9 @@ fn batch_attention_row(
     });
     let bytes = b as u64 * (2 * (kv * s * hd) as u64 * el + 2 * ((h + 2 * kv) * hd) as u64 * el);
     Some(KernelRow {
-        name: format!("batch attention {b}x{h}x{hd} over {kv}x{s} (loop: per sequence)"),
+        name: format!(
+            "batch attention {b}x{h}x{hd} over {kv}x{s}, {per_step} slot(s) per step (loop: per sequence)"
+        ),
         bytes,
         kernel_us,
         burn_us,
