@@ -399,7 +399,7 @@ impl Gemma3 {
         return self.tune_products_with(
             TUNE_REPS,
             &crate::linear::tuned_rows().collect::<Vec<_>>(),
-            crate::kernels::choose,
+            crate::linear::choose,
         );
         #[cfg(not(feature = "kernels"))]
         Vec::new()

@@ -268,6 +268,30 @@ pub(crate) fn tuned_rows() -> impl Iterator<Item = usize> {
     (0..ROW_BUCKETS).map(|b| 1usize << b)
 }
 
+/// Another route must be this much faster than the skinny kernel (its time
+/// below this share of the skinny kernel's) to take a product: the skinny
+/// kernel is the route the bench has always measured, and timing noise must
+/// not flip a route.
+#[cfg(feature = "kernels")]
+const ROUTE_MARGIN: f64 = 0.9;
+
+/// The route to take from a timing: the fastest route that agrees with the
+/// skinny kernel, where it beats the skinny kernel by [`ROUTE_MARGIN`];
+/// else the skinny kernel.
+#[cfg(feature = "kernels")]
+pub(crate) fn choose(t: &crate::kernels::RouteTimes) -> ProductRoute {
+    let mut best = (ProductRoute::Skinny, t.skinny_us * ROUTE_MARGIN);
+    for (route, us, agrees) in [
+        (ProductRoute::Tiled, t.tiled_us, t.tiled_agrees),
+        (ProductRoute::Burn, t.burn_us, t.burn_agrees),
+    ] {
+        if agrees && us < best.1 {
+            best = (route, us);
+        }
+    }
+    best.0
+}
+
 /// One measured (weight shape, rows) pair of a product tuning
 /// ([`crate::Gemma3::tune_products`]).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -487,6 +511,29 @@ mod tests {
             [1, 2, 4, 8, 16, 32],
             "one measured count per bucket, at its top"
         );
+    }
+
+    #[cfg(feature = "kernels")]
+    #[test]
+    fn a_route_takes_a_product_only_when_it_agrees_and_is_clearly_faster() {
+        let t = |tiled_us, burn_us, tiled_agrees, burn_agrees| crate::kernels::RouteTimes {
+            skinny_us: 100.0,
+            tiled_us,
+            burn_us,
+            tiled_agrees,
+            burn_agrees,
+        };
+        use ProductRoute::{Burn, Skinny, Tiled};
+        assert_eq!(choose(&t(80.0, 50.0, true, true)), Burn);
+        assert_eq!(choose(&t(40.0, 50.0, true, true)), Tiled);
+        assert_eq!(choose(&t(40.0, 50.0, false, true)), Burn);
+        assert_eq!(choose(&t(40.0, 50.0, false, false)), Skinny);
+        assert_eq!(
+            choose(&t(95.0, 96.0, true, true)),
+            Skinny,
+            "within the margin"
+        );
+        assert_eq!(choose(&t(120.0, 130.0, true, true)), Skinny);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) use norm::rms_norm;
 pub(crate) use prefill_attention::{
     KEYS_PER_STEP, KeyTable, key_table, prefill_attention, prefill_attention_stepping,
 };
-pub(crate) use product::{RouteTimes, burn_product, choose, time_routes};
+pub(crate) use product::{RouteTimes, burn_product, time_routes};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_matmul, skinny_tiled};
 

@@ -804,7 +804,7 @@ fn a_tuned_decoder_routes_each_shape_as_timed_and_computes_the_same() {
     };
     assert_eq!(gen_on(&mc), gen_on(&mf), "greedy tokens, routed");
 
-    let timed = mc.tune_products_with(3, &[1], crate::kernels::choose);
+    let timed = mc.tune_products_with(3, &[1], crate::linear::choose);
     assert_eq!(timed.len(), 6);
     for t in &timed {
         assert!(

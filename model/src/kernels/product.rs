@@ -1,7 +1,7 @@
-//! The other routes of a decode-sized product `x · Wᵀ` (our tiled kernel,
-//! and Burn's own matmul: tensor cores for bf16 on a GPU) and the timing
-//! that chooses, on the card itself, among them and our skinny kernel for
-//! one weight shape and row count (`Gemma3::tune_products`, at warm-up).
+//! The Burn route of a decode-sized product `x · Wᵀ` (Burn's own matmul:
+//! tensor cores for bf16 on a GPU) and the timing, on the card itself, of
+//! it, our tiled kernel and our skinny kernel for one weight shape and row
+//! count (`Gemma3::tune_products`, at warm-up; `linear::choose` picks).
 //!
 //! Why measure rather than decide: the skinny kernel reads each weight once
 //! but re-reads `x` for every weight row, so past a few rows its cost grows
@@ -11,24 +11,18 @@
 //! takes the FMAs off the CUDA cores. Where they cross depends on the card,
 //! the shape and Burn's tile choice, none of which this machine has.
 //!
-//! Owns: the Burn route and the timing. Must never: choose a route whose
-//! result differs from the skinny kernel's beyond the dtype's rounding.
+//! Owns: the Burn route and the timing (the choice is `linear.rs`'s).
+//! Must never: call a result that differs from the skinny kernel's beyond
+//! the dtype's rounding one that agrees.
 
 use std::time::Instant;
 
 use burn::tensor::{DType, Tensor};
 
-use crate::linear::ProductRoute;
-
 /// Launches per timed sample: a sample's device sync is then shared by
 /// many products, as the products of a step (or its captured graph) run
 /// back to back.
 const LAUNCHES_PER_SAMPLE: usize = 8;
-
-/// Another route must be this much faster (its time below this share of
-/// the skinny kernel's) to take a product: the skinny kernel is the route
-/// the bench has always measured, and timing noise must not flip a route.
-const MARGIN: f64 = 0.9;
 
 /// `x · Wᵀ` through Burn's matmul on a CubeCL device (bf16 and f16: Burn's
 /// routine, tensor cores on a GPU; f32: `kernels::matmul`, without TF32);
@@ -59,21 +53,6 @@ pub(crate) struct RouteTimes {
     pub(crate) tiled_agrees: bool,
     /// Whether Burn's does.
     pub(crate) burn_agrees: bool,
-}
-
-/// The route to take: the fastest route that agrees, where it beats the
-/// skinny kernel by the margin; else the skinny kernel.
-pub(crate) fn choose(t: &RouteTimes) -> ProductRoute {
-    let mut best = (ProductRoute::Skinny, t.skinny_us * MARGIN);
-    for (route, us, agrees) in [
-        (ProductRoute::Tiled, t.tiled_us, t.tiled_agrees),
-        (ProductRoute::Burn, t.burn_us, t.burn_agrees),
-    ] {
-        if agrees && us < best.1 {
-            best = (route, us);
-        }
-    }
-    best.0
 }
 
 /// Times the routes for `rows` rows against `w` on its device (`reps`
@@ -185,28 +164,6 @@ mod tests {
             time_routes(&w, 33, 1).is_none(),
             "more rows than the kernel takes"
         );
-    }
-
-    #[test]
-    fn a_route_takes_a_product_only_when_it_agrees_and_is_clearly_faster() {
-        let t = |tiled_us, burn_us, tiled_agrees, burn_agrees| RouteTimes {
-            skinny_us: 100.0,
-            tiled_us,
-            burn_us,
-            tiled_agrees,
-            burn_agrees,
-        };
-        use ProductRoute::{Burn, Skinny, Tiled};
-        assert_eq!(choose(&t(80.0, 50.0, true, true)), Burn);
-        assert_eq!(choose(&t(40.0, 50.0, true, true)), Tiled);
-        assert_eq!(choose(&t(40.0, 50.0, false, true)), Burn);
-        assert_eq!(choose(&t(40.0, 50.0, false, false)), Skinny);
-        assert_eq!(
-            choose(&t(95.0, 96.0, true, true)),
-            Skinny,
-            "within the margin"
-        );
-        assert_eq!(choose(&t(120.0, 130.0, true, true)), Skinny);
     }
 
     #[test]
