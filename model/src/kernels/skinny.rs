@@ -100,46 +100,75 @@ fn skinny_matmul_kernel<F: Float, N: Size>(
 /// `x · Wᵀ` for `x: [M, K]`, `W: [N, K]` (both in the same float dtype, on a
 /// CubeCL device, M ≤ [`SKINNY_MAX_ROWS`]); `None` otherwise.
 pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
-    let [m, k] = x.dims();
-    let [n, kw] = w.dims();
-    if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
-        return None;
-    }
-    let dtype = x.dtype();
-    let elem = float_elem(dtype)?;
-    let (xc, wc) = (cube(x)?, cube(w)?);
-    let (xc, wc) = (contiguous(xc), contiguous(wc));
-    // 16-byte weight loads; past 8 rows 8-byte ones, so that the per-row
-    // vector accumulators (rows × width f32 per unit) stay in registers.
-    let vec = vector_width(k, dtype, if m <= 8 { 16 } else { 8 });
+    let o = Operands::of(w, x)?;
     // A GPU reduces over one plane per column; the CPU runtime over at most
     // its few units (and one column per cube).
-    let (units, plane) = reduce_units(&wc, 32);
+    let (units, plane) = reduce_units(&o.wc, 32);
     let per_cube = if plane { COLUMNS_PER_CUBE } else { 1 };
-    let client = wc.client.clone();
-    let out = empty_device_dtype(
-        client.clone(),
-        wc.device.clone(),
-        burn::tensor::Shape::new([m, n]),
-        dtype,
-    );
-    let cubes = (n as u32).div_ceil(per_cube);
+    let cubes = (o.n as u32).div_ceil(per_cube);
     skinny_matmul_kernel::launch(
-        &client,
+        &o.wc.client.clone(),
         CubeCount::Static(cubes, 1, 1),
         CubeDim::new_2d(units, per_cube),
-        vec,
-        xc.into_tensor_arg(),
-        wc.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        (k / vec) as u32,
-        n as u32,
-        m,
+        o.vec,
+        o.xc.into_tensor_arg(),
+        o.wc.into_tensor_arg(),
+        o.out.clone().into_tensor_arg(),
+        (o.k / o.vec) as u32,
+        o.n as u32,
+        o.m,
         units as usize,
         plane,
-        elem,
+        o.elem,
     );
-    Some(tensor(out))
+    Some(tensor(o.out))
+}
+
+/// What both skinny kernels launch with: `x: [m, k]` and `W: [n, k]` as
+/// contiguous CubeCL tensors, the load width, and the output `[m, n]`.
+struct Operands {
+    m: usize,
+    k: usize,
+    n: usize,
+    elem: ElemType,
+    vec: usize,
+    xc: burn_cubecl::tensor::CubeTensor,
+    wc: burn_cubecl::tensor::CubeTensor,
+    out: burn_cubecl::tensor::CubeTensor,
+}
+
+impl Operands {
+    /// `None` where the kernels decline: kernels off, no rows or more than
+    /// [`SKINNY_MAX_ROWS`], shapes or dtypes that differ, or not CubeCL.
+    fn of(w: &Tensor<2>, x: &Tensor<2>) -> Option<Self> {
+        let [m, k] = x.dims();
+        let [n, kw] = w.dims();
+        if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
+            return None;
+        }
+        let dtype = x.dtype();
+        let elem = float_elem(dtype)?;
+        let (xc, wc) = (contiguous(cube(x)?), contiguous(cube(w)?));
+        // 16-byte weight loads; past 8 rows 8-byte ones, so that the per-row
+        // sums (and, tiled, the columns' vectors) stay in registers.
+        let vec = vector_width(k, dtype, if m <= 8 { 16 } else { 8 });
+        let out = empty_device_dtype(
+            wc.client.clone(),
+            wc.device.clone(),
+            burn::tensor::Shape::new([m, n]),
+            dtype,
+        );
+        Some(Self {
+            m,
+            k,
+            n,
+            elem,
+            vec,
+            xc,
+            wc,
+            out,
+        })
+    }
 }
 
 /// Output columns (weight rows) one cube of the tiled kernel computes.
@@ -268,44 +297,26 @@ fn skinny_tiled_as(
     planes: u32,
     plane: bool,
 ) -> Option<Tensor<2>> {
-    let [m, k] = x.dims();
-    let [n, kw] = w.dims();
-    if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
-        return None;
-    }
-    let dtype = x.dtype();
-    let elem = float_elem(dtype)?;
-    let (xc, wc) = (cube(x)?, cube(w)?);
-    let (xc, wc) = (contiguous(xc), contiguous(wc));
-    // 16-byte loads; past 8 rows 8-byte ones, so that the vectors of the
-    // columns and of `x` stay in registers beside the rows × columns sums.
-    let vec = vector_width(k, dtype, if m <= 8 { 16 } else { 8 });
-    let client = wc.client.clone();
-    let out = empty_device_dtype(
-        client.clone(),
-        wc.device.clone(),
-        burn::tensor::Shape::new([m, n]),
-        dtype,
-    );
-    let cubes = n.div_ceil(TILE_COLUMNS) as u32;
+    let o = Operands::of(w, x)?;
+    let cubes = o.n.div_ceil(TILE_COLUMNS) as u32;
     skinny_tiled_kernel::launch(
-        &client,
+        &o.wc.client.clone(),
         CubeCount::Static(cubes, 1, 1),
         CubeDim::new_2d(lanes, planes),
-        vec,
-        xc.into_tensor_arg(),
-        wc.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        (k / vec) as u32,
-        n as u32,
-        m,
+        o.vec,
+        o.xc.into_tensor_arg(),
+        o.wc.into_tensor_arg(),
+        o.out.clone().into_tensor_arg(),
+        (o.k / o.vec) as u32,
+        o.n as u32,
+        o.m,
         TILE_COLUMNS,
         lanes as usize,
         planes as usize,
         plane,
-        elem,
+        o.elem,
     );
-    Some(tensor(out))
+    Some(tensor(o.out))
 }
 
 /// The kernel as a GPU launches it for 8 bf16 rows (vectors of 8, planes
