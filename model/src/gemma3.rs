@@ -388,8 +388,8 @@ impl Gemma3 {
     }
 
     /// Times, on this model's device, each route a decode-sized product may
-    /// take (our skinny and tiled kernels, Burn's matmul) for every distinct weight
-    /// shape at 1, 2, 4, … 32 rows, and routes every linear layer of that
+    /// take (our skinny and tiled kernels, Burn's matmul) for every distinct
+    /// weight shape at 1, 2, 4, … 32 rows, and routes every linear layer of that
     /// shape accordingly (see `kernels/product.rs`). Run it once after the
     /// load and before any decode graph is captured (a capture records the
     /// routes it finds). Empty, and nothing changed, on the CPU or without

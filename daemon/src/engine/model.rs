@@ -279,8 +279,8 @@ impl ModelEngine {
     /// and a third begins when the shorter of them ends.
     ///
     /// Before it, on a CubeCL device (CUDA), each decode product's routes
-    /// (our skinny kernel, Burn's matmul) are timed on the card and the
-    /// faster taken (`Gemma3::tune_products`).
+    /// (our skinny and tiled kernels, Burn's matmul) are timed on the card
+    /// and the fastest taken (`Gemma3::tune_products`).
     ///
     /// Then, where decode steps can run as one captured graph (a CubeCL
     /// device: CUDA), the same warm-up again through the graph: the graph
