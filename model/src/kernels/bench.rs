@@ -666,7 +666,17 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + BATCHES.len() + 2 + 1);
+        // Batch attention: one row per batch at 4 slots a step and at 1.
+        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
+        let batch = rows
+            .iter()
+            .filter(|r| r.name.starts_with("batch attention"));
+        assert_eq!(
+            batch
+                .filter(|r| r.name.contains(", 1 slot(s) per step"))
+                .count(),
+            BATCHES.len()
+        );
         for r in &rows {
             assert!(r.kernel_us > 0.0 && r.burn_us > 0.0, "{r:?}");
             assert!(r.max_abs_diff < 1e-2, "{r:?}");
