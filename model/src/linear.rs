@@ -513,29 +513,6 @@ mod tests {
         );
     }
 
-    #[cfg(feature = "kernels")]
-    #[test]
-    fn a_route_takes_a_product_only_when_it_agrees_and_is_clearly_faster() {
-        let t = |tiled_us, burn_us, tiled_agrees, burn_agrees| crate::kernels::RouteTimes {
-            skinny_us: 100.0,
-            tiled_us,
-            burn_us,
-            tiled_agrees,
-            burn_agrees,
-        };
-        use ProductRoute::{Burn, Skinny, Tiled};
-        assert_eq!(choose(&t(80.0, 50.0, true, true)), Burn);
-        assert_eq!(choose(&t(40.0, 50.0, true, true)), Tiled);
-        assert_eq!(choose(&t(40.0, 50.0, false, true)), Burn);
-        assert_eq!(choose(&t(40.0, 50.0, false, false)), Skinny);
-        assert_eq!(
-            choose(&t(95.0, 96.0, true, true)),
-            Skinny,
-            "within the margin"
-        );
-        assert_eq!(choose(&t(120.0, 130.0, true, true)), Skinny);
-    }
-
     #[test]
     fn the_summary_names_what_left_the_skinny_kernel() {
         let t = |shape: &str, rows, route| ProductTiming {

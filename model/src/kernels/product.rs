@@ -166,6 +166,31 @@ mod tests {
         );
     }
 
+    /// The choice (`linear::choose`) from a timing, here beside the
+    /// timing so that it runs with the kernels' tests.
+    #[test]
+    fn a_route_takes_a_product_only_when_it_agrees_and_is_clearly_faster() {
+        let t = |tiled_us, burn_us, tiled_agrees, burn_agrees| RouteTimes {
+            skinny_us: 100.0,
+            tiled_us,
+            burn_us,
+            tiled_agrees,
+            burn_agrees,
+        };
+        use crate::linear::ProductRoute::{Burn, Skinny, Tiled};
+        use crate::linear::choose;
+        assert_eq!(choose(&t(80.0, 50.0, true, true)), Burn);
+        assert_eq!(choose(&t(40.0, 50.0, true, true)), Tiled);
+        assert_eq!(choose(&t(40.0, 50.0, false, true)), Burn);
+        assert_eq!(choose(&t(40.0, 50.0, false, false)), Skinny);
+        assert_eq!(
+            choose(&t(95.0, 96.0, true, true)),
+            Skinny,
+            "within the margin"
+        );
+        assert_eq!(choose(&t(120.0, 130.0, true, true)), Skinny);
+    }
+
     #[test]
     fn agreement_is_relative_to_the_largest_output_and_refuses_nan() {
         let dev = device();
