@@ -214,8 +214,8 @@ pub(crate) const ROUTED_ROWS: usize = 32;
 #[cfg(feature = "kernels")]
 const _: () = assert!(ROUTED_ROWS == crate::kernels::SKINNY_MAX_ROWS);
 
-/// Which routine computes `x · Wᵀ` for up to [`ROUTED_ROWS`] rows on a
-/// CubeCL device.
+/// Which routine computes `x · Wᵀ` for up to 32 rows (decode batches,
+/// short prompt chunks) on a CubeCL device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProductRoute {
@@ -293,7 +293,7 @@ pub(crate) fn choose(t: &crate::kernels::RouteTimes) -> ProductRoute {
 }
 
 /// One measured (weight shape, rows) pair of a product tuning
-/// ([`crate::Gemma3::tune_products`]).
+/// ([`crate::gemma3::Gemma3::tune_products`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProductTiming {
     /// `out×in` of the weight.
