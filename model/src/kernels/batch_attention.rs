@@ -37,7 +37,9 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::decode_attention::{WANT_CUBES, merge_parts_kernel, partial_groups, split_slots};
+use super::decode_attention::{
+    DECODE_KEYS_PER_STEP, WANT_CUBES, merge_parts_kernel, partial_groups, split_slots,
+};
 use super::online_softmax::Rows;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 use crate::kv_cache::CacheSlot;
@@ -48,11 +50,6 @@ pub(crate) const GROUP: usize = 8;
 
 /// Most sequences per call.
 pub(crate) const MAX_BATCH: usize = 256;
-
-/// Slots a row folds at a time ([`Rows::fold_keys`]): with a cube's few
-/// planes and one load of a key and a value each in flight, a row waits on
-/// memory for every slot; four keep four of each in flight.
-pub(crate) const DECODE_KEYS_PER_STEP: usize = 4;
 
 /// Per-sequence tables kept on their devices: one per layer type (Gemma 3
 /// has two).

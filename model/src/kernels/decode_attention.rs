@@ -17,7 +17,10 @@
 //! `groups`-th key with an online softmax (running maximum, sum and
 //! weighted values), its lanes splitting the head dimension and meeting in a
 //! plane sum on a GPU (one lane where planes have one unit: CubeCL's CPU
-//! runtime); the rows' partial results are merged in shared memory.
+//! runtime); the rows' partial results are merged in shared memory. A row
+//! folds [`DECODE_KEYS_PER_STEP`] of its keys at a time
+//! ([`Rows::fold_keys`]), so their loads and plane sums are in flight
+//! together instead of each waiting for the last.
 //!
 //! Owns: the kernel and its launch. Must never: see a key outside the
 //! visible slots it is given, or round scores or probabilities below f32.
@@ -42,6 +45,12 @@ const KEYS_PER_PART: usize = 256;
 
 /// Cubes a split aims at in all (about the SMs of an H100/H200).
 pub(super) const WANT_CUBES: usize = 128;
+
+/// Slots a row folds at a time ([`Rows::fold_keys`]), in this kernel and
+/// the batch's (`batch_attention.rs`): with a cube's few planes and one
+/// load of a key and a value each in flight, a row waits on memory for
+/// every slot; four keep four of each in flight.
+pub(crate) const DECODE_KEYS_PER_STEP: usize = 4;
 
 /// Rows of lanes per cube: as many as the cube holds, at most
 /// [`MAX_GROUPS`], and few enough that their partial outputs fit
@@ -83,6 +92,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
     #[comptime] head_vectors: usize,
     #[comptime] lanes: usize,
     #[comptime] groups: usize,
+    #[comptime] per_step: usize,
     #[comptime] plane: bool,
     #[comptime] split: bool,
     #[define(F)] _dtype: ElemType,
@@ -104,23 +114,40 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let mut rows = Rows::<N>::start::<F>(q, 0, kvh, rep, head_dim, head_vectors, lanes, groups);
 
     let n = end - first;
-    let mut kv = Array::<Vector<f32, N>>::new(per_lane);
-    let mut vv = Array::<Vector<f32, N>>::new(per_lane);
+    // A slot a row does not see keeps the vectors it held (zeros at
+    // first): `fold_keys` reads none of them, and they are never undefined.
+    let mut kv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+    let mut vv = Array::<Vector<f32, N>>::new(comptime!(per_step * per_lane));
+    let mut valid = Array::<u32>::new(per_step);
+    #[unroll]
+    for j in 0..comptime!(per_step * per_lane) {
+        kv[j] = Vector::new(0.0f32);
+        vv[j] = Vector::new(0.0f32);
+    }
+    // A step's keys of a row lie `groups` apart, so the rows of a step
+    // still read adjacent slots.
+    let stride = comptime!(groups * per_step);
     // The same trip count in every row (the plane sums need whole planes).
-    let trips = n.div_ceil(groups);
+    let trips = n.div_ceil(stride);
     let mut it = 0usize;
     while it < trips {
-        let s = it * groups + ty;
-        let valid = s < n;
-        let slot = select(valid, first + s, first);
-        let kb = kvh * k_head as usize + slot * k_slot as usize;
-        let vb = kvh * v_head as usize + slot * v_slot as usize;
         #[unroll]
-        for j in 0..per_lane {
-            kv[j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
-            vv[j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
+        for k in 0..per_step {
+            let s = it * stride + k * groups + ty;
+            let seen = s < n;
+            valid[k] = u32::cast_from(seen);
+            if seen {
+                let slot = first + s;
+                let kb = kvh * k_head as usize + slot * k_slot as usize;
+                let vb = kvh * v_head as usize + slot * v_slot as usize;
+                #[unroll]
+                for j in 0..per_lane {
+                    kv[k * per_lane + j] = Vector::<f32, N>::cast_from(keys[kb + tx + j * lanes]);
+                    vv[k * per_lane + j] = Vector::<f32, N>::cast_from(values[vb + tx + j * lanes]);
+                }
+            }
         }
-        rows.fold(&kv, &vv, valid, scale, plane, true);
+        rows.fold_keys(&kv, &vv, &valid, scale, per_step, plane);
         it += 1;
     }
 
@@ -185,6 +212,20 @@ pub(crate) fn decode_attention(
     heads: usize,
     scale: f64,
 ) -> Option<Tensor<2>> {
+    decode_attention_stepping(q, keys, values, heads, scale, DECODE_KEYS_PER_STEP)
+}
+
+/// [`decode_attention`] folding `per_step` slots at a time into each row
+/// (the tests and the bench; 1 is one slot at a time). `None` as well for
+/// no slot a step.
+pub(crate) fn decode_attention_stepping(
+    q: &Tensor<2>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    heads: usize,
+    scale: f64,
+    per_step: usize,
+) -> Option<Tensor<2>> {
     let [one, qw] = q.dims();
     let [b, kvh, s, hd] = keys.dims();
     let dtype = q.dtype();
@@ -198,7 +239,8 @@ pub(crate) fn decode_attention(
         && values.dims() == keys.dims()
         && keys.dtype() == dtype
         && values.dtype() == dtype
-        && s <= u32::MAX as usize;
+        && s <= u32::MAX as usize
+        && per_step > 0;
     if !enabled() || !fits {
         return None;
     }
@@ -278,6 +320,7 @@ pub(crate) fn decode_attention(
         head_vectors,
         lanes,
         groups,
+        per_step,
         plane,
         split,
         elem,
@@ -309,7 +352,8 @@ pub(crate) fn decode_attention(
 
 /// The attention and merge kernels as a GPU launches them for the 4B's
 /// bf16 heads (2 query heads per KV head, 256 wide in 32 vectors of 8 over
-/// 32 lanes, 8 rows, plane sums, split over parts), compiled to PTX for
+/// 32 lanes, 8 rows, [`DECODE_KEYS_PER_STEP`] slots a step, plane sums,
+/// split over parts), compiled to PTX for
 /// sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
 pub(super) fn ptx(arch: u32) -> Result<String, String> {
@@ -338,6 +382,7 @@ pub(super) fn ptx(arch: u32) -> Result<String, String> {
         32,
         32,
         8,
+        DECODE_KEYS_PER_STEP,
         true,
         true,
         bf16()?,
@@ -426,20 +471,22 @@ pub(super) mod tests {
     #[test]
     fn decode_attention_equals_the_burn_composition() {
         let dev = device();
-        // (kind, window, H, KV, hd, positions): the 4B's heads (8 over 4),
-        // the 270M's (4 over 1), global caches grown past one GROWTH step,
-        // rings wrapped around (more positions than the window), a ring
-        // not yet full; caches of more than 256 keys run split over cubes
-        // (300 keys: 2 parts, 700: 3, a wrapped ring of 512: 2).
-        for (i, &(kind, w, h, kv, hd, len, dtype, tol)) in [
-            (LayerType::Global, 1024, 8, 4, 256, 300, DType::F32, 2e-5),
-            (LayerType::Local, 16, 8, 4, 256, 45, DType::F32, 2e-5),
-            (LayerType::Local, 16, 4, 1, 256, 40, DType::F32, 2e-5),
-            (LayerType::Local, 64, 2, 2, 64, 20, DType::F32, 2e-5),
-            (LayerType::Local, 16, 8, 4, 256, 37, DType::BF16, 2e-2),
+        // (kind, window, H, KV, hd, positions, dtype, tolerance, slots a
+        // step): the 4B's heads (8 over 4), the 270M's (4 over 1), global
+        // caches grown past one GROWTH step, rings wrapped around (more
+        // positions than the window), a ring not yet full; caches of more
+        // than 256 keys run split over cubes (300 keys: 2 parts, 700: 3, a
+        // wrapped ring of 512: 2). Slots a step: 4 (the kernel's), 3 (a
+        // step's last slots past a part's end), 1 (one at a time).
+        for (i, &(kind, w, h, kv, hd, len, dtype, tol, per_step)) in [
+            (LayerType::Global, 1024, 8, 4, 256, 300, DType::F32, 2e-5, 4),
+            (LayerType::Local, 16, 8, 4, 256, 45, DType::F32, 2e-5, 3),
+            (LayerType::Local, 16, 4, 1, 256, 40, DType::F32, 2e-5, 1),
+            (LayerType::Local, 64, 2, 2, 64, 20, DType::F32, 2e-5, 3),
+            (LayerType::Local, 16, 8, 4, 256, 37, DType::BF16, 2e-2, 4),
             // Split over cubes (more than 256 keys) and merged.
-            (LayerType::Global, 1024, 4, 1, 256, 700, DType::F32, 2e-5),
-            (LayerType::Local, 512, 8, 4, 256, 1500, DType::BF16, 2e-2),
+            (LayerType::Global, 1024, 4, 1, 256, 700, DType::F32, 2e-5, 3),
+            (LayerType::Local, 512, 8, 4, 256, 1500, DType::BF16, 2e-2, 4),
         ]
         .iter()
         .enumerate()
@@ -458,14 +505,14 @@ pub(super) mod tests {
             // Scaled up so the softmax is far from uniform.
             let q = random([1, h * hd], dtype, seed + 99, &dev).mul_scalar(4.0);
             let scale = 256f64.powf(-0.5);
-            let got = decode_attention(&q, &keys, &values, h, scale)
+            let got = decode_attention_stepping(&q, &keys, &values, h, scale, per_step)
                 .expect("runs on the CubeCL CPU runtime");
             assert_eq!(got.dtype(), dtype);
             let want = burn_attend(q, keys, values, h, scale);
             let d = max_abs_diff(got, want);
             assert!(
                 d <= tol,
-                "{kind:?} w={w} h={h} kv={kv} hd={hd} len={len} {dtype:?}: differs by {d}"
+                "{kind:?} w={w} h={h} kv={kv} hd={hd} len={len} {dtype:?} {per_step} a step: differs by {d}"
             );
         }
     }

@@ -46,10 +46,10 @@ use cubecl::ir::{ElemType, FloatKind};
 
 pub(crate) use argmax::argmax_rows;
 pub(crate) use batch_attention::{
-    DECODE_KEYS_PER_STEP, batch_attention_covers, batch_attention_in_place, batch_decode_attention,
+    batch_attention_covers, batch_attention_in_place, batch_decode_attention,
     batch_decode_attention_stepping,
 };
-pub(crate) use decode_attention::decode_attention;
+pub(crate) use decode_attention::{DECODE_KEYS_PER_STEP, decode_attention};
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::rms_norm;

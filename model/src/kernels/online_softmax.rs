@@ -88,69 +88,18 @@ impl<N: Size> Rows<N> {
         }
     }
 
-    /// Folds one key (`kv`, this lane's vectors of it) and its value (`vv`)
-    /// into every query head's running maximum, sum and weighted values:
-    /// the score `q·k · scale` (the lanes' partial dots met in a plane sum
-    /// when `plane`), then `m ← max(m, score)`, `l ← l·corr + p`,
-    /// `acc ← acc·corr + v·p` with `corr = exp(m_old − m)`,
-    /// `p = exp(score − m)`. Every unit calls it (the plane sum needs whole
-    /// planes); only a `valid` key changes anything. `unroll`: unroll the
-    /// loops over a lane's vectors.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn fold(
-        &mut self,
-        kv: &Array<Vector<f32, N>>,
-        vv: &Array<Vector<f32, N>>,
-        valid: bool,
-        scale: f32,
-        #[comptime] plane: bool,
-        #[comptime] unroll: bool,
-    ) {
-        let rep = comptime!(self.rep);
-        let per_lane = comptime!(self.head_vectors / self.lanes);
-        let width = comptime!(self.head_dim / self.head_vectors);
-        #[unroll]
-        for r in 0..rep {
-            let mut dot = Vector::<f32, N>::new(0.0f32);
-            #[unroll(unroll)]
-            for j in 0..per_lane {
-                dot += self.qv[r * per_lane + j] * kv[j];
-            }
-            let mut partial = 0.0f32;
-            #[unroll]
-            for i in 0..width {
-                partial += dot.extract(i);
-            }
-            let mut total = partial;
-            if comptime!(plane) {
-                total = plane_sum(partial);
-            }
-            if valid {
-                let score = total * scale;
-                let old = self.m[r];
-                let top = select(score > old, score, old);
-                let corr = (old - top).exp();
-                let p = (score - top).exp();
-                self.l[r] = self.l[r] * corr + p;
-                self.m[r] = top;
-                #[unroll(unroll)]
-                for j in 0..per_lane {
-                    self.acc[r * per_lane + j] =
-                        self.acc[r * per_lane + j] * Vector::new(corr) + vv[j] * Vector::new(p);
-                }
-            }
-        }
-    }
-
-    /// [`Rows::fold`] for `keys` keys at once: key `k`'s vectors at
+    /// Folds `keys` keys into every query head's running maximum, sum and
+    /// weighted values: key `k`'s vectors (this lane's share of it) at
     /// `kv[k·per_lane ..]`, its value's at `vv[k·per_lane ..]`, and
     /// `valid[k]` 1 where it counts (0: skipped, whatever its vectors
-    /// hold). Their dots and plane sums do not wait on one another, so a
-    /// GPU overlaps them where one key at a time waits for each plane sum
-    /// before the next; and one correction `exp(m_old − m)` serves them
-    /// all. The same arithmetic as folding them one by one, up to the order
-    /// of the f32 additions. `valid` must be the same in every lane of a
-    /// row (the plane sums stay whole).
+    /// hold). Each score is `q·k · scale` (the lanes' partial dots met in a
+    /// plane sum when `plane`); then `m ← max(m, scores)`,
+    /// `l ← l·corr + Σ p`, `acc ← acc·corr + Σ v·p` with
+    /// `corr = exp(m_old − m)`, `p = exp(score − m)`. The keys' dots and
+    /// plane sums do not wait on one another, so a GPU overlaps them where
+    /// one key at a time waits for each plane sum before the next; and one
+    /// correction serves them all. Every unit calls it (the plane sums need
+    /// whole planes), and `valid` must be the same in every lane of a row.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fold_keys(
         &mut self,
