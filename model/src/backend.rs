@@ -4,7 +4,7 @@
 //! and slow there; spec burn.md). The `cuda` feature adds burn-cuda, which
 //! computes in bf16 (norms, softmax and RoPE angles stay f32 in the model
 //! code). Whether a GPU is usable, and which, is decided by the caller
-//! (the daemon's `gpu` module) before [`cuda_device`] is ever called:
+//! (the daemon's `gpu` module) before `cuda_device` is ever called:
 //! touching a CUDA device without a driver panics on a background thread.
 //!
 //! Kernels on CUDA are compiled at run time by cubecl's LLVM/PTX path, which

@@ -5,7 +5,7 @@
 //! A replayed graph runs the launches it recorded against the buffers it
 //! recorded, with the scalars it recorded. So everything that changes from
 //! one step to the next lives in device buffers the step reads
-//! ([`Inputs`]: the token ids, the RoPE rows of each layer type, and per
+//! (`Inputs`: the token ids, the RoPE rows of each layer type, and per
 //! sequence and layer type the cache slot to write, the slots to read and
 //! the buffer's size), and the host refreshes them in place before each
 //! replay. At a capture each cache's buffers are grown by the graph's
@@ -40,7 +40,7 @@
 //! same arithmetic, which is what the tests compare with
 //! [`Gemma3::forward_batch`].
 //!
-//! A capture is [`Recorded::record`], not Burn's `capture`: a recorded run
+//! A capture is `Recorded::record`, not Burn's `capture`: a recorded run
 //! only records (CUDA runs nothing while a stream captures), so its output
 //! holds no logits until a replay, and Burn's helper warms up three times
 //! for its fusion, which this crate does not build. Here the one warm-up
@@ -230,11 +230,11 @@ impl DecodeGraph {
     /// them dropped, and the caller launches the step.
     ///
     /// Batches also change where nobody knows ahead (a stop token, a
-    /// cancel, a turn joining). When the last [`RECENT`] captures replayed
-    /// fewer than [`PAYING_REPLAYS`] times each on average, batches churn
-    /// faster than captures pay: a new batch then runs [`CHURN_WAIT`]
-    /// launched steps (`None`) before it is captured, and churn that never
-    /// settles runs launched, as without a graph.
+    /// cancel, a turn joining). When the last 4 captures replayed fewer
+    /// than `MIN_RUN` − 1 times each on average, batches churn faster than
+    /// captures pay: a new batch then runs 2 launched steps (`None`) before
+    /// it is captured, and churn that never settles runs launched, as
+    /// without a graph (`RECENT`, `PAYING_REPLAYS`, `CHURN_WAIT`).
     ///
     /// # Panics
     ///

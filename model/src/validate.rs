@@ -4,7 +4,7 @@
 //! inside the file; nothing left over) in seconds and without the memory.
 //!
 //! The names and shapes come from the one place that defines them,
-//! [`Gemma3::build`], driven here by a tensor source that checks instead of
+//! `Gemma3::build`, driven here by a tensor source that checks instead of
 //! reading: no second list of tensors to drift from the loader's.
 
 use std::path::Path;

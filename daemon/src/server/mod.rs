@@ -9,12 +9,12 @@
 //! and `run` returns once every handler has dropped its "done" sender (or
 //! after [`SHUTDOWN_GRACE`]).
 //!
-//! Routes: the table [`ROUTES`] (path, and per method a handler and who may
+//! Routes: the table `ROUTES` (path, and per method a handler and who may
 //! call it), and the UI's embedded assets ([`assets`], GET and HEAD) for
 //! any other path.
 //!
 //! Every request first passes the Host allow-list, and every state-changing
-//! one the Origin check ([`security`]); then the route's access rule
+//! one the Origin check (`security`); then the route's access rule
 //! ([`auth`]): public (status, login, logout, the UI's files), a login
 //! session (the UI's API; 401 `login_required` without one), or a personal
 //! API token (the OpenAI API). Every response carries the security headers.
