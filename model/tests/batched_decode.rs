@@ -354,3 +354,54 @@ fn real_270m_batched_logits_equal_single_sequence_logits() {
     let d = batched_equals_single(&m.model, &ps, 3, tol);
     eprintln!("270M: batched vs single max |Δlogit| = {d:.3e}");
 }
+
+/// One sampling request among greedy ones (as the OpenAI route's
+/// `temperature` makes): the greedy rows take the argmax computed where the
+/// logits are, and only the rows decided on the host are read back (the
+/// sampled row, and a greedy row whose argmax its sampler forbids). Every
+/// row gives the tokens it gives alone.
+#[test]
+fn a_batch_mixing_greedy_and_sampled_rows_gives_each_its_tokens_alone() {
+    let m = load("tiny_a");
+    let base = ids(&expected("tiny_a")["prompt_ids"]);
+    let ps = prompts(&base, [3, 9, 17]);
+    let greedy = greedy_opts(&m, 10);
+    let mut sampled = greedy.clone();
+    sampled.sampling = SamplingParams {
+        temperature: 1.5,
+        top_k: 8,
+        top_p: 0.95,
+        seed: 7,
+    };
+    let mut banned = greedy.clone();
+    let free = generate_alone(&m, &ps[2], &greedy).tokens;
+    banned.suppressed.push(free[1]);
+    let opts = [greedy.clone(), sampled, banned];
+    let alone: Vec<Vec<u32>> = ps
+        .iter()
+        .zip(&opts)
+        .map(|(p, o)| generate_alone(&m, p, o).tokens)
+        .collect();
+    assert_ne!(
+        alone[1],
+        generate_alone(&m, &ps[1], &greedy).tokens,
+        "the sampled row samples"
+    );
+    assert_ne!(alone[2], free, "the ban changes the greedy row");
+    let mut seqs: Vec<Sequence> = ps
+        .iter()
+        .zip(&opts)
+        .map(|(p, o)| Sequence::new(&m.model, m.model.new_cache(), p, o.clone()).unwrap())
+        .collect();
+    for s in &mut seqs {
+        s.prefill(&m.model, &mut |_| Flow::Continue).unwrap();
+    }
+    while !seqs.iter().all(Sequence::is_finished) {
+        let mut running: Vec<&mut Sequence> =
+            seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+        decode_step(&m.model, &mut running, |_, _| Flow::Continue).unwrap();
+    }
+    for (i, (s, want)) in seqs.iter().zip(&alone).enumerate() {
+        assert_eq!(s.tokens(), want.as_slice(), "row {i}");
+    }
+}
