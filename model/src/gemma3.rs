@@ -50,6 +50,31 @@ impl RmsNorm {
     }
 }
 
+/// The seam between two halves of a layer, which Gemma 3 runs back to back:
+/// `x = residual + post(a)` (the half's post-norm and residual add) and
+/// `next(x)` (the next half's pre-norm, or the final norm after the last
+/// layer). One kernel on a CubeCL device (`kernels::add_rms_norm`: the
+/// same rounding), the three plain ops otherwise.
+fn seam<const D: usize>(
+    residual: Tensor<D>,
+    a: Tensor<D>,
+    post: &RmsNorm,
+    next: &RmsNorm,
+) -> (Tensor<D>, Tensor<D>) {
+    #[cfg(feature = "kernels")]
+    if let Some(pair) = crate::kernels::add_rms_norm(
+        &residual,
+        &a,
+        (&post.scale, post.eps),
+        (&next.scale, next.eps),
+    ) {
+        return pair;
+    }
+    let x = residual + post.forward(a);
+    let m = next.forward(x.clone());
+    (x, m)
+}
+
 /// Precomputed cos/sin over positions for one RoPE variant (spec §2.5).
 #[derive(Debug, Clone)]
 struct RotaryTable {
@@ -570,51 +595,86 @@ impl Gemma3 {
 
         let (cos_g, sin_g) = self.rope_global.tables(start, t, self.dtype, &self.device);
         let (cos_l, sin_l) = self.rope_local.tables(start, t, self.dtype, &self.device);
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        // Each layer takes its input normed by the seam before it (the
+        // first by its own input norm) and hands the next its input normed;
+        // the last hands over the final norm.
+        let mut normed = self.input_norm(0).forward(x.clone());
+        for (li, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let (cos, sin) = match layer.kind {
                 LayerType::Global => (&cos_g, &sin_g),
                 LayerType::Local => (&cos_l, &sin_l),
             };
-            x = self.layer_forward(layer, x, cos, sin, lc, span);
+            (x, normed) = self.layer_forward(
+                layer,
+                x,
+                normed,
+                self.input_norm(li + 1),
+                cos,
+                sin,
+                lc,
+                span,
+            );
         }
         cache.advance(t);
 
-        let x = match which {
-            Logits::Last => x.slice([0..1, t - 1..t, 0..d]).reshape([1, d]),
-            Logits::All => x.reshape([t, d]),
+        let h = match which {
+            Logits::Last => normed.slice([0..1, t - 1..t, 0..d]).reshape([1, d]),
+            Logits::All => normed.reshape([t, d]),
         };
-        let h = self.norm.forward(x);
         // Tied LM head: logits = h · Eᵀ; no soft-cap (spec §2.8).
         self.embed_tokens.forward(h).cast(DType::F32)
     }
 
+    /// The norm that takes layer `li`'s input: its input norm, or the final
+    /// norm past the last layer.
+    fn input_norm(&self, li: usize) -> &RmsNorm {
+        self.layers
+            .get(li)
+            .map_or(&self.norm, |l| &l.input_layernorm)
+    }
+
+    /// One layer over `x` (`normed`: `x` through its input norm); returns
+    /// the layer's output and that output through `next`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &DecoderLayer,
         x: Tensor<3>,
+        normed: Tensor<3>,
+        next: &RmsNorm,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: &mut LayerCache,
         span: Span<'_>,
-    ) -> Tensor<3> {
+    ) -> (Tensor<3>, Tensor<3>) {
         let [b, t, d] = x.dims();
-        let residual = x.clone();
-        let a = layer.input_layernorm.forward(x);
-        let a = self.attention(layer, a.reshape([b * t, d]), b, t, cos, sin, cache, span);
-        let a = layer.post_attention_layernorm.forward(a.reshape([b, t, d]));
-        let x = residual + a;
-
-        let residual = x.clone();
-        let m = layer
-            .pre_feedforward_layernorm
-            .forward(x)
-            .reshape([b * t, d]);
-        let [gate, up] = Linear::forward_many([&layer.mlp.gate_proj, &layer.mlp.up_proj], m);
+        let a = self.attention(
+            layer,
+            normed.reshape([b * t, d]),
+            b,
+            t,
+            cos,
+            sin,
+            cache,
+            span,
+        );
+        let (x, m) = seam(
+            x,
+            a.reshape([b, t, d]),
+            &layer.post_attention_layernorm,
+            &layer.pre_feedforward_layernorm,
+        );
+        let [gate, up] = Linear::forward_many(
+            [&layer.mlp.gate_proj, &layer.mlp.up_proj],
+            m.reshape([b * t, d]),
+        );
         let m = layer.mlp.down_proj.forward(geglu(gate, up));
-        let m = layer
-            .post_feedforward_layernorm
-            .forward(m.reshape([b, t, d]));
-        residual + m
+        seam(
+            x,
+            m.reshape([b, t, d]),
+            &layer.post_feedforward_layernorm,
+            next,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -879,15 +939,18 @@ impl Gemma3 {
             .embed_tokens
             .select(ids.clone())
             .mul_scalar(self.embed_scale);
+        // As the prefill: each seam hands the next layer its input normed,
+        // the last the final norm.
+        let mut normed = self.input_norm(0).forward(x.clone());
         for (li, layer) in self.layers.iter().enumerate() {
             let rope = match layer.kind {
                 LayerType::Global => global,
                 LayerType::Local => local,
             };
-            x = self.layer_forward_batch(layer, li, x, rope, attend);
+            let next = self.input_norm(li + 1);
+            (x, normed) = self.layer_forward_batch(layer, li, x, normed, next, rope, attend);
         }
-        let h = self.norm.forward(x);
-        self.embed_tokens.forward_batch(h).cast(DType::F32)
+        self.embed_tokens.forward_batch(normed).cast(DType::F32)
     }
 
     /// Each sequence's attention over its own cache, one after the other
@@ -933,33 +996,38 @@ impl Gemma3 {
         Tensor::cat(outs, 0)
     }
 
+    /// One layer of a decode step over `x` (`normed`: `x` through its input
+    /// norm); returns the layer's output and that output through `next`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward_batch(
         &self,
         layer: &DecoderLayer,
         li: usize,
         x: Tensor<2>,
+        normed: Tensor<2>,
+        next: &RmsNorm,
         rope: &RopeRows,
         attend: &mut dyn FnMut(usize, LayerType, &Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<2>,
-    ) -> Tensor<2> {
+    ) -> (Tensor<2>, Tensor<2>) {
         let (kv, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim);
         let n = x.dims()[0];
-        let residual = x.clone();
-        let a = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
-        let [q, k, v] = Linear::forward_batch_many([&attn.q_proj, &attn.k_proj, &attn.v_proj], a);
+        let [q, k, v] =
+            Linear::forward_batch_many([&attn.q_proj, &attn.k_proj, &attn.v_proj], normed);
         let v = v.reshape([n, 1, kv, hd]).swap_dims(1, 2);
         // One token per sequence: rows are (sequence, t = 1).
         let (q, k) = self.qk_norm_rope(attn, q, k, n, 1, rope);
         let out = attend(li, layer.kind, &q, &k, &v);
         let a = attn.o_proj.forward_batch(out);
-        let a = layer.post_attention_layernorm.forward(a);
-        let x = residual + a;
-
-        let residual = x.clone();
-        let m = layer.pre_feedforward_layernorm.forward(x);
+        let (x, m) = seam(
+            x,
+            a,
+            &layer.post_attention_layernorm,
+            &layer.pre_feedforward_layernorm,
+        );
         let [gate, up] = Linear::forward_batch_many([&layer.mlp.gate_proj, &layer.mlp.up_proj], m);
         let m = layer.mlp.down_proj.forward_batch(geglu(gate, up));
-        residual + layer.post_feedforward_layernorm.forward(m)
+        seam(x, m, &layer.post_feedforward_layernorm, next)
     }
 
     /// Layer `li`'s attention for a decode batch in one kernel launch

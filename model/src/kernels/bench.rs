@@ -250,6 +250,33 @@ pub fn micro_benchmarks(
             max_abs_diff: d,
             burn_max_abs_diff: None,
         });
+        // A layer's seam: post-norm, residual add, next norm in one launch,
+        // against our norm kernel twice and Burn's add (what it replaces).
+        let r = filled([m, hidden], dtype, device, 2500 + m as u32).mul_scalar(4.0);
+        let unfused = |r: Tensor<2>, x: &Tensor<2>| -> Option<(Tensor<2>, Tensor<2>)> {
+            let sum = r + super::rms_norm(x, &scale, 1e-6)?;
+            let m = super::rms_norm(&sum, &scale, 1e-6)?;
+            Some((sum, m))
+        };
+        let (got_x, got_m) = super::add_rms_norm(&r, &x, (&scale, 1e-6), (&scale, 1e-6))?;
+        let (want_x, want_m) = unfused(r.clone(), &x)?;
+        let d = diff(got_x, want_x).max(diff(got_m, want_m));
+        let kernel_us = time_us(device, reps, || {
+            let _ = super::add_rms_norm(&r, &x, (&scale, 1e-6), (&scale, 1e-6));
+        });
+        let burn_us = time_us(device, reps, || {
+            let _ = unfused(r.clone(), &x);
+        });
+        let bytes = 4 * (m * hidden) as u64 * el + 2 * hidden as u64 * 4;
+        out.push(KernelRow {
+            name: format!("add_rms_norm {m}x{hidden} (against: rms_norm, add, rms_norm)"),
+            bytes,
+            kernel_us,
+            burn_us,
+            floor_us: floor(bytes),
+            max_abs_diff: d,
+            burn_max_abs_diff: None,
+        });
         let g = filled([m, mlp], dtype, device, 3000 + m as u32).mul_scalar(3.0);
         let u = filled([m, mlp], dtype, device, 4000 + m as u32);
         let d = diff(
@@ -666,8 +693,10 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        // Batch attention: one row per batch at 4 slots a step and at 1.
-        assert_eq!(rows.len(), 2 + 2 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
+        // Per row count: rms_norm, add_rms_norm and geglu. Batch attention:
+        // one row per batch at 4 slots a step and at 1.
+        assert_eq!(rows.len(), 2 + 3 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
+        assert!(rows.iter().any(|r| r.name.starts_with("add_rms_norm 1x32")));
         let batch = rows
             .iter()
             .filter(|r| r.name.starts_with("batch attention"));

@@ -52,7 +52,7 @@ pub(crate) use batch_attention::{
 pub(crate) use decode_attention::{DECODE_KEYS_PER_STEP, decode_attention};
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
-pub(crate) use norm::rms_norm;
+pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use prefill_attention::{
     KEYS_PER_STEP, KeyTable, key_table, prefill_attention, prefill_attention_stepping,
 };

@@ -201,10 +201,11 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
-        let kernels: [(&str, Compile); 8] = [
+        let kernels: [(&str, Compile); 9] = [
             ("argmax", super::super::argmax::ptx),
             ("geglu", super::super::geglu::ptx),
             ("rms_norm", super::super::norm::ptx),
+            ("add_rms_norm", super::super::norm::add_ptx),
             ("skinny_matmul", super::super::skinny::ptx),
             ("skinny_tiled", super::super::skinny::tiled_ptx),
             ("qk_norm_rope", super::super::qk_rope::ptx),
@@ -263,6 +264,7 @@ mod tests {
             "argmax",
             "geglu",
             "rms_norm",
+            "add_rms_norm",
             "skinny_matmul",
             "skinny_tiled",
             "qk_norm_rope",
