@@ -143,6 +143,28 @@ impl Linear {
         Self::many(layers, x, Self::forward_batch)
     }
 
+    /// The layers' products in one launch of the skinny kernel
+    /// (`kernels::skinny_many`) where each would take the skinny kernel on
+    /// its own: all dense, all routed to it for `x`'s rows, and `x` within
+    /// its rows. `None` otherwise (each then takes its own route).
+    #[cfg(feature = "kernels")]
+    fn skinny_together<const L: usize>(
+        layers: &[&Linear; L],
+        x: &Tensor<2>,
+    ) -> Option<[Tensor<2>; L]> {
+        let rows = x.dims()[0];
+        let ws: Vec<&Tensor<2>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Dense { weight, routes, .. } if routes.of(rows) == ProductRoute::Skinny => {
+                    Some(weight)
+                }
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        crate::kernels::skinny_many(&ws, x)?.try_into().ok()
+    }
+
     fn many<const L: usize>(
         layers: [&Linear; L],
         x: Tensor<2>,
@@ -153,6 +175,10 @@ impl Linear {
             Self::Dense { .. } => None,
         });
         if !cpu.iter().all(Option::is_some) {
+            #[cfg(feature = "kernels")]
+            if let Some(ys) = Self::skinny_together(&layers, &x) {
+                return ys;
+            }
             return layers.map(|l| one(l, x.clone()));
         }
         let cpu = cpu.map(|c| c.expect("all on the CPU: checked above"));

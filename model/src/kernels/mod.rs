@@ -58,7 +58,7 @@ pub(crate) use prefill_attention::{
 };
 pub(crate) use product::{RouteTimes, burn_product, time_routes};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
-pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_matmul, skinny_tiled};
+pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_many, skinny_matmul, skinny_tiled};
 
 /// Whether our kernels may run (`MEDGEMMA_PLAIN_BURN` unset or `0`).
 pub(crate) fn enabled() -> bool {

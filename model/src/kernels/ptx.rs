@@ -201,12 +201,13 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
-        let kernels: [(&str, Compile); 9] = [
+        let kernels: [(&str, Compile); 10] = [
             ("argmax", super::super::argmax::ptx),
             ("geglu", super::super::geglu::ptx),
             ("rms_norm", super::super::norm::ptx),
             ("add_rms_norm", super::super::norm::add_ptx),
             ("skinny_matmul", super::super::skinny::ptx),
+            ("skinny_many", super::super::skinny::many_ptx),
             ("skinny_tiled", super::super::skinny::tiled_ptx),
             ("qk_norm_rope", super::super::qk_rope::ptx),
             ("decode_attention", super::super::decode_attention::ptx),
@@ -266,6 +267,7 @@ mod tests {
             "rms_norm",
             "add_rms_norm",
             "skinny_matmul",
+            "skinny_many",
             "skinny_tiled",
             "qk_norm_rope",
             "decode_attention",

@@ -23,8 +23,6 @@ const COLUMNS_PER_CUBE: u32 = 4;
 /// One cube computes `CUBE_DIM_Y` output columns; the `CUBE_DIM_X` units of
 /// each split the reduced axis and meet in a reduction.
 #[cube(launch)]
-// The shared-memory trees write `a = a + b` out in full, in every kernel here.
-#[allow(clippy::assign_op_pattern)]
 #[allow(clippy::too_many_arguments)]
 fn skinny_matmul_kernel<F: Float, N: Size>(
     x: &cubecl::prelude::Tensor<Vector<F, N>>,
@@ -37,11 +35,81 @@ fn skinny_matmul_kernel<F: Float, N: Size>(
     #[comptime] plane: bool,
     #[define(F)] _dtype: ElemType,
 ) {
+    skinny_columns::<F, N>(
+        x,
+        w,
+        out,
+        CUBE_POS_X as usize,
+        k_vectors as usize,
+        columns as usize,
+        rows,
+        units,
+        plane,
+    );
+}
+
+/// The skinny kernel over up to three weights that share `x` (q, k and v;
+/// gate and up) in one launch: cubes `0 .. c0` take `w0`'s columns, then
+/// `c0 .. c1` `w1`'s, then the rest `w2`'s, each
+/// computing exactly what [`skinny_matmul_kernel`] computes for that weight.
+/// With two weights `c1` is the cube count, so no cube takes `w2`. A cube's
+/// branch is the same for all its units.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_many_kernel<F: Float, N: Size>(
+    x: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w0: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w1: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w2: &cubecl::prelude::Tensor<Vector<F, N>>,
+    out0: &mut cubecl::prelude::Tensor<F>,
+    out1: &mut cubecl::prelude::Tensor<F>,
+    out2: &mut cubecl::prelude::Tensor<F>,
+    k_vectors: u32,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    c0: u32,
+    c1: u32,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+    #[comptime] plane: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let c = CUBE_POS_X;
+    let kv = k_vectors as usize;
+    if c < c0 {
+        skinny_columns::<F, N>(x, w0, out0, c as usize, kv, n0 as usize, rows, units, plane);
+    } else if c < c1 {
+        let at = (c - c0) as usize;
+        skinny_columns::<F, N>(x, w1, out1, at, kv, n1 as usize, rows, units, plane);
+    } else {
+        let at = (c - c1) as usize;
+        skinny_columns::<F, N>(x, w2, out2, at, kv, n2 as usize, rows, units, plane);
+    }
+}
+
+/// Cube `cube`'s `CUBE_DIM_Y` output columns of `x · Wᵀ` (`n` columns in
+/// all, `kv` vectors per row): each unit keeps one f32 accumulator per row
+/// of `x` over its share of the reduced axis, then the units of a column
+/// meet in a plane sum (or a tree in shared memory).
+#[cube]
+// The shared-memory trees write `a = a + b` out in full, in every kernel here.
+#[allow(clippy::assign_op_pattern)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_columns<F: Float, N: Size>(
+    x: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w: &cubecl::prelude::Tensor<Vector<F, N>>,
+    out: &mut cubecl::prelude::Tensor<F>,
+    cube: usize,
+    kv: usize,
+    n: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+    #[comptime] plane: bool,
+) {
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
-    let col = (CUBE_POS_X * CUBE_DIM_Y) as usize + ty;
-    let kv = k_vectors as usize;
-    let n = columns as usize;
+    let col = cube * CUBE_DIM_Y as usize + ty;
     let in_range = col < n;
 
     let mut acc = Array::<Vector<f32, N>>::new(rows);
@@ -122,6 +190,71 @@ pub(crate) fn skinny_matmul(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
         o.elem,
     );
     Some(tensor(o.out))
+}
+
+/// [`skinny_matmul`] of two or three weights that share `x` (q, k and v;
+/// gate and up) in one launch: the same columns, each computed as
+/// [`skinny_matmul`] computes it. `None` where [`skinny_matmul`] would
+/// decline any of them, or for another number of weights.
+pub(crate) fn skinny_many(ws: &[&Tensor<2>], x: &Tensor<2>) -> Option<Vec<Tensor<2>>> {
+    if !(2..=3).contains(&ws.len()) {
+        return None;
+    }
+    let ops: Vec<Operands> = ws
+        .iter()
+        .map(|w| Operands::of(w, x))
+        .collect::<Option<_>>()?;
+    let first = &ops[0];
+    if ops.iter().any(|o| o.vec != first.vec) {
+        return None;
+    }
+    let (units, plane) = reduce_units(&first.wc, 32);
+    let per_cube = if plane { COLUMNS_PER_CUBE } else { 1 };
+    let cubes: Vec<u32> = ops
+        .iter()
+        .map(|o| (o.n as u32).div_ceil(per_cube))
+        .collect();
+    let (c0, c1) = (cubes[0], cubes[0] + cubes[1]);
+    let total = c1 + cubes.get(2).copied().unwrap_or(0);
+    let client = first.wc.client.clone();
+    // With two weights the third's arguments are never read or written (no
+    // cube takes them): the second weight again, and a one-element output.
+    let spare = || {
+        empty_device_dtype(
+            client.clone(),
+            first.wc.device.clone(),
+            burn::tensor::Shape::new([1]),
+            x.dtype(),
+        )
+    };
+    let (w2, out2, n2) = match ops.get(2) {
+        Some(o) => (o.wc.clone(), o.out.clone(), o.n),
+        None => (ops[1].wc.clone(), spare(), 0),
+    };
+    skinny_many_kernel::launch(
+        &client,
+        CubeCount::Static(total, 1, 1),
+        CubeDim::new_2d(units, per_cube),
+        first.vec,
+        first.xc.clone().into_tensor_arg(),
+        ops[0].wc.clone().into_tensor_arg(),
+        ops[1].wc.clone().into_tensor_arg(),
+        w2.into_tensor_arg(),
+        ops[0].out.clone().into_tensor_arg(),
+        ops[1].out.clone().into_tensor_arg(),
+        out2.into_tensor_arg(),
+        (first.k / first.vec) as u32,
+        ops[0].n as u32,
+        ops[1].n as u32,
+        n2 as u32,
+        c0,
+        c1,
+        first.m,
+        units as usize,
+        plane,
+        first.elem,
+    );
+    Some(ops.into_iter().map(|o| tensor(o.out)).collect())
 }
 
 /// What both skinny kernels launch with: `x: [m, k]` and `W: [n, k]` as
@@ -344,6 +477,38 @@ pub(super) fn ptx(arch: u32) -> Result<String, String> {
     super::ptx::ptx_of(kernel, arch)
 }
 
+/// The kernel over q, k and v in one launch as a GPU launches it for 8
+/// bf16 rows (as [`ptx`]), compiled to PTX for sm_`arch` with no GPU.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn many_ptx(arch: u32) -> Result<String, String> {
+    use super::ptx::{bf16, offline, settings, tensor_arg as t};
+    let (props, target) = offline();
+    let kernel = skinny_many_kernel::SkinnyManyKernel::new(
+        settings(CubeDim::new_2d(32, 8)),
+        props,
+        target,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        8,
+        8,
+        32,
+        true,
+        bf16()?,
+    );
+    super::ptx::ptx_of(kernel, arch)
+}
+
 /// The tiled kernel as a GPU launches it for 32 bf16 rows (vectors of 4,
 /// planes of 32 units), compiled to PTX for sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
@@ -464,6 +629,48 @@ mod tests {
         let x = random([SKINNY_MAX_ROWS + 1, 8], DType::F32, 1, &dev);
         let w = random([4, 8], DType::F32, 2, &dev);
         assert!(skinny_tiled(&w, &x).is_none(), "too many rows");
+    }
+
+    /// Two and three weights in one launch equal each weight's own launch
+    /// exactly (the same columns, the same sums), at output counts that
+    /// leave a cube part empty and rows 1, 3 and 5.
+    #[test]
+    fn one_launch_over_several_weights_equals_a_launch_each() {
+        let dev = device();
+        for (i, &(m, k, ns, dtype)) in [
+            (1, 64, &[24, 8, 8][..], DType::F32),
+            (3, 48, &[7, 5, 9][..], DType::F32),
+            (5, 64, &[17, 33][..], DType::BF16),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = random([m, k], dtype, 70 + i as u64, &dev);
+            let ws: Vec<Tensor<2>> = ns
+                .iter()
+                .enumerate()
+                .map(|(j, &n)| random([n, k], dtype, 170 + 10 * i as u64 + j as u64, &dev))
+                .collect();
+            let refs: Vec<&Tensor<2>> = ws.iter().collect();
+            let got = skinny_many(&refs, &x).expect("runs on the CubeCL CPU runtime");
+            assert_eq!(got.len(), ns.len());
+            for (j, (g, w)) in got.into_iter().zip(&ws).enumerate() {
+                let alone = skinny_matmul(w, &x).expect("runs");
+                assert_eq!(g.dims(), [m, ns[j]]);
+                assert_eq!(
+                    max_abs_diff(g, alone),
+                    0.0,
+                    "m={m} weight {j} of {}",
+                    ns.len()
+                );
+            }
+        }
+        let x = random([2, 8], DType::F32, 1, &dev);
+        let w = random([4, 8], DType::F32, 2, &dev);
+        let other = random([4, 6], DType::F32, 3, &dev);
+        assert!(skinny_many(&[&w], &x).is_none(), "one weight");
+        assert!(skinny_many(&[&w, &w, &w, &w], &x).is_none(), "four weights");
+        assert!(skinny_many(&[&w, &other], &x).is_none(), "another width");
     }
 
     #[test]
