@@ -132,7 +132,9 @@ fn candidates(logits: &[f32], inv_t: f32, k: usize) -> Vec<(u32, f32)> {
         .filter(|(_, l)| l.is_finite())
         .map(|(i, l)| (i as u32, l * inv_t));
     let mut cand: Vec<(u32, f32)>;
-    if k == 0 {
+    // A k past the row's length keeps every id (and never sizes a buffer
+    // from it: `medgemmad generate --top-k` takes any number).
+    if k == 0 || k >= logits.len() {
         cand = finite.collect();
     } else {
         cand = Vec::with_capacity(2 * k);
@@ -277,6 +279,8 @@ mod tests {
             }
         }
         assert!(candidates(&[f32::NAN, f32::NEG_INFINITY], 1.0, 64).is_empty());
+        // A top-k of any size keeps the whole row.
+        assert_eq!(candidates(&[1.0, 3.0, 2.0], 1.0, usize::MAX).len(), 3);
     }
 
     #[test]
