@@ -10,8 +10,11 @@
 //! a launch takes up to [`GROUP`] sequences, each cache a pair of kernel
 //! arguments (CubeCL has no arrays of tensors: its `Sequence` needs sized
 //! items), and each cube runs the branch of its own sequence (uniform in a
-//! cube). So a batch of B costs `ceil(B / GROUP)` launches, plus one merge
-//! when the slots are split, instead of about four launches per sequence.
+//! cube). So a batch of up to 32 (the scheduler's largest) is one launch,
+//! plus one merge when the slots are split, instead of about four launches
+//! per sequence. A launch of up to [`SMALL_GROUP`] sequences takes the
+//! kernel compiled with that many branches (its other pairs of arguments
+//! are never read), so small batches do not compile or carry the large one.
 //!
 //! The math is `decode_attention.rs`'s (one cube per KV head and part of
 //! the slots, the online softmax in f32 of `online_softmax.rs`,
@@ -45,8 +48,18 @@ use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_
 use crate::kv_cache::CacheSlot;
 
 /// Sequences per launch: each has its cache as its own pair of kernel
-/// arguments, and the kernel body is unrolled once per pair.
-pub(crate) const GROUP: usize = 8;
+/// arguments, and the kernel body is repeated once per pair it compiles
+/// (`pairs`).
+pub(crate) const GROUP: usize = 32;
+
+/// The kernel's branches for a launch of up to this many sequences: the
+/// same kernel compiled with only the first `SMALL_GROUP` pairs read.
+pub(crate) const SMALL_GROUP: usize = 8;
+
+/// The branches the kernel compiles for a launch of `n` sequences.
+fn pairs_for(n: usize) -> usize {
+    if n <= SMALL_GROUP { SMALL_GROUP } else { GROUP }
+}
 
 /// Most sequences per call.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -171,8 +184,8 @@ fn scan_cache<F: Float, N: Size>(
 
 /// Defines the batched kernel with one pair of cache arguments per sequence
 /// of a launch (`$k`, `$v` for the launch's sequence `$i`: [`GROUP`] pairs)
-/// and one branch per pair, taken by the cubes of that sequence (uniform in
-/// a cube).
+/// and one branch per pair below `pairs`, taken by the cubes of that
+/// sequence (uniform in a cube).
 macro_rules! batch_attention_kernel {
     ($($i:literal => $k:ident, $v:ident;)+) => {
         #[cube(launch)]
@@ -200,6 +213,7 @@ macro_rules! batch_attention_kernel {
             #[comptime] per_step: usize,
             #[comptime] plane: bool,
             #[comptime] split: bool,
+            #[comptime] pairs: usize,
             #[define(F)] _dtype: ElemType,
         ) {
             let kvh = CUBE_POS_X as usize;
@@ -224,11 +238,13 @@ macro_rules! batch_attention_kernel {
             // The first part of each KV head writes the new row.
             let write = part == 0;
             $(
-                if local == $i {
-                    scan_cache::<F, N>(
-                        $k, $v, k_new, v_new, &mut rows, new_slot, head, new_row, first, n,
-                        write, scale, head_vectors, lanes, groups, per_step, plane,
-                    );
+                if comptime!($i < pairs) {
+                    if local == $i {
+                        scan_cache::<F, N>(
+                            $k, $v, k_new, v_new, &mut rows, new_slot, head, new_row, first,
+                            n, write, scale, head_vectors, lanes, groups, per_step, plane,
+                        );
+                    }
                 }
             )+
             // Merge the rows. A part past a short sequence's slots has no key:
@@ -247,6 +263,30 @@ batch_attention_kernel! {
     5 => k5, v5;
     6 => k6, v6;
     7 => k7, v7;
+    8 => k8, v8;
+    9 => k9, v9;
+    10 => k10, v10;
+    11 => k11, v11;
+    12 => k12, v12;
+    13 => k13, v13;
+    14 => k14, v14;
+    15 => k15, v15;
+    16 => k16, v16;
+    17 => k17, v17;
+    18 => k18, v18;
+    19 => k19, v19;
+    20 => k20, v20;
+    21 => k21, v21;
+    22 => k22, v22;
+    23 => k23, v23;
+    24 => k24, v24;
+    25 => k25, v25;
+    26 => k26, v26;
+    27 => k27, v27;
+    28 => k28, v28;
+    29 => k29, v29;
+    30 => k30, v30;
+    31 => k31, v31;
 }
 
 /// The buffer of a cache as a CubeCL tensor the kernel may write in place:
@@ -440,6 +480,7 @@ fn launch(
 }
 
 /// The launches of one step: the kernel per group of [`GROUP`] sequences
+/// (compiled with [`pairs_for`] the group's branches)
 /// (their buffers `bufs`, their `(visible, slot, cap)` in `meta`), the
 /// slots split for caches of up to `longest` visible slots, then the merge.
 /// Reads nothing from the host but shapes and `longest`.
@@ -497,7 +538,9 @@ fn run(
         // Pairs past the group's end repeat its first (never read).
         let pair = |i: usize| group.get(i).unwrap_or(&group[0]);
         let arg = |t: &CubeTensor| t.clone().into_tensor_arg();
-        // The kernel's GROUP pairs of cache arguments, in order.
+        // The kernel's GROUP pairs of cache arguments, in order; it reads
+        // the first `pairs`.
+        let pairs = pairs_for(group.len());
         macro_rules! launch_with_pairs {
             ($($i:literal)+) => {
                 batch_attention_kernel::launch(
@@ -524,11 +567,15 @@ fn run(
                     p.per_step,
                     p.plane,
                     split,
+                    pairs,
                     p.elem,
                 )
             };
         }
-        launch_with_pairs!(0 1 2 3 4 5 6 7);
+        launch_with_pairs!(
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+            16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        );
     }
     if split {
         let units = client
@@ -601,54 +648,60 @@ pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: 
 /// The kernel as a GPU launches it for the 4B's bf16 heads (2 query heads
 /// per KV head, 256 wide in 32 vectors of 8 over 32 lanes, 8 rows folding
 /// [`DECODE_KEYS_PER_STEP`] slots at a time, plane sums, split over parts)
-/// with its 8 sequences' caches, compiled to PTX
-/// for sm_`arch` with no GPU.
+/// with the branches of `pairs` sequences' caches, compiled to PTX for
+/// sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
-pub(super) fn ptx(arch: u32) -> Result<String, String> {
+pub(super) fn ptx_with(pairs: usize, arch: u32) -> Result<String, String> {
     use super::ptx::{bf16, offline, settings, tensor_arg as t};
     let (props, target) = offline();
-    let kernel = batch_attention_kernel::BatchAttentionKernel::new(
-        settings(CubeDim::new_2d(32, 8)),
-        props,
-        target,
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        t(),
-        (),
-        (),
-        (),
-        8,
-        2,
-        256,
-        32,
-        32,
-        8,
-        DECODE_KEYS_PER_STEP,
-        true,
-        true,
-        bf16()?,
+    macro_rules! with_pairs {
+        ($($i:literal)+) => {
+            batch_attention_kernel::BatchAttentionKernel::new(
+                settings(CubeDim::new_2d(32, 8)),
+                props,
+                target,
+                t(),
+                t(),
+                t(),
+                $({ let _pair = $i; t() }, t(),)+
+                t(),
+                t(),
+                t(),
+                t(),
+                (),
+                (),
+                (),
+                8,
+                2,
+                256,
+                32,
+                32,
+                8,
+                DECODE_KEYS_PER_STEP,
+                true,
+                true,
+                pairs,
+                bf16()?,
+            )
+        };
+    }
+    let kernel = with_pairs!(
+        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+        16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
     );
     super::ptx::ptx_of(kernel, arch)
+}
+
+/// [`ptx_with`] the branches of a small batch's launch.
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx(arch: u32) -> Result<String, String> {
+    ptx_with(SMALL_GROUP, arch)
+}
+
+/// [`ptx_with`] the branches of a full launch ([`GROUP`] sequences).
+#[cfg(all(test, feature = "cuda"))]
+pub(super) fn ptx_full(arch: u32) -> Result<String, String> {
+    ptx_with(GROUP, arch)
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]
@@ -846,11 +899,10 @@ mod tests {
         check(&seqs, 2, 2, 64, DType::F32, 2e-5, 60, 3);
     }
 
-    /// More sequences than one launch takes (two launches of up to
-    /// [`GROUP`]), of different lengths, one split past 256 keys.
-    #[test]
-    fn batched_attention_over_more_sequences_than_one_launch_takes() {
-        let seqs: Vec<Seq> = (0..GROUP + 3)
+    /// `n` sequences of different lengths and both layer types, the one
+    /// at `long` split past 256 keys.
+    fn many(n: usize, long: usize) -> Vec<Seq> {
+        (0..n)
             .map(|i| Seq {
                 kind: if i % 3 == 0 {
                     LayerType::Local
@@ -858,10 +910,25 @@ mod tests {
                     LayerType::Global
                 },
                 w: 12,
-                len: if i == GROUP + 1 { 290 } else { 1 + 7 * i },
+                len: if i == long { 290 } else { 1 + 7 * (i % 13) },
             })
-            .collect();
+            .collect()
+    }
+
+    /// More sequences than the small kernel's branches: one launch of the
+    /// kernel with [`GROUP`] branches, of which it reads the first 11.
+    #[test]
+    fn batched_attention_over_more_sequences_than_the_small_kernel_takes() {
+        let seqs = many(SMALL_GROUP + 3, SMALL_GROUP + 1);
         check(&seqs, 4, 1, 256, DType::F32, 2e-5, 70, DECODE_KEYS_PER_STEP);
         check(&seqs, 4, 2, 64, DType::BF16, 2e-2, 80, 1);
+    }
+
+    /// More sequences than one launch takes: a launch of [`GROUP`] (the
+    /// large kernel), then one of 3 (the small kernel, from sequence 32).
+    #[test]
+    fn batched_attention_over_more_sequences_than_one_launch_takes() {
+        let seqs = many(GROUP + 3, GROUP + 1);
+        check(&seqs, 2, 1, 64, DType::F32, 2e-5, 90, DECODE_KEYS_PER_STEP);
     }
 }

@@ -584,7 +584,7 @@ const BATCHES: [usize; 2] = [8, 32];
 
 /// One decode step's attention for `b` sequences of `s` visible slots each
 /// (heads `(H, KV, hd)`): the batched kernel (the new rows written and every
-/// sequence attended in `ceil(b / 8)` launches) against today's loop per
+/// sequence attended in `ceil(b / 32)` launches) against the loop per
 /// sequence (two `slice_assign` writes, the one-token kernel, then one
 /// `cat`), on caches owned as `kv_cache.rs` owns them (written in place).
 fn batch_attention_row(

@@ -201,7 +201,7 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
-        let kernels: [(&str, Compile); 10] = [
+        let kernels: [(&str, Compile); 11] = [
             ("argmax", super::super::argmax::ptx),
             ("geglu", super::super::geglu::ptx),
             ("rms_norm", super::super::norm::ptx),
@@ -212,6 +212,10 @@ mod tests {
             ("qk_norm_rope", super::super::qk_rope::ptx),
             ("decode_attention", super::super::decode_attention::ptx),
             ("batch_attention", super::super::batch_attention::ptx),
+            (
+                "batch_attention_32",
+                super::super::batch_attention::ptx_full,
+            ),
         ];
         for (name, ptx) in kernels {
             match ptx(PROBE_ARCH) {
@@ -272,6 +276,7 @@ mod tests {
             "qk_norm_rope",
             "decode_attention",
             "batch_attention",
+            "batch_attention_32",
         ] {
             let want = format!("KERNEL {name} OK");
             let line = out.lines().find(|l| l.starts_with(&want));
