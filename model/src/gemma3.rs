@@ -199,6 +199,25 @@ struct Mlp {
     down_proj: Linear,
 }
 
+impl Mlp {
+    /// `gelu_tanh(m · gateᵀ) · (m · upᵀ)`, what the down projection takes:
+    /// one launch where both products take the skinny kernel
+    /// (`Linear::skinny_geglu`), else the two products by `products`
+    /// (prompt or decode rows) and then GeGLU.
+    fn gated(
+        &self,
+        m: Tensor<2>,
+        products: fn([&Linear; 2], Tensor<2>) -> [Tensor<2>; 2],
+    ) -> Tensor<2> {
+        #[cfg(feature = "kernels")]
+        if let Some(h) = Linear::skinny_geglu(&self.gate_proj, &self.up_proj, &m) {
+            return h;
+        }
+        let [gate, up] = products([&self.gate_proj, &self.up_proj], m);
+        geglu(gate, up)
+    }
+}
+
 /// `Gemma3DecoderLayer`: pre- and post-norm around both sub-blocks.
 #[derive(Debug, Clone)]
 struct DecoderLayer {
@@ -664,11 +683,8 @@ impl Gemma3 {
             &layer.post_attention_layernorm,
             &layer.pre_feedforward_layernorm,
         );
-        let [gate, up] = Linear::forward_many(
-            [&layer.mlp.gate_proj, &layer.mlp.up_proj],
-            m.reshape([b * t, d]),
-        );
-        let m = layer.mlp.down_proj.forward(geglu(gate, up));
+        let h = layer.mlp.gated(m.reshape([b * t, d]), Linear::forward_many);
+        let m = layer.mlp.down_proj.forward(h);
         seam(
             x,
             m.reshape([b, t, d]),
@@ -1025,8 +1041,8 @@ impl Gemma3 {
             &layer.post_attention_layernorm,
             &layer.pre_feedforward_layernorm,
         );
-        let [gate, up] = Linear::forward_batch_many([&layer.mlp.gate_proj, &layer.mlp.up_proj], m);
-        let m = layer.mlp.down_proj.forward_batch(geglu(gate, up));
+        let h = layer.mlp.gated(m, Linear::forward_batch_many);
+        let m = layer.mlp.down_proj.forward_batch(h);
         seam(x, m, &layer.post_feedforward_layernorm, next)
     }
 

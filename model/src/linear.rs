@@ -155,14 +155,31 @@ impl Linear {
         let rows = x.dims()[0];
         let ws: Vec<&Tensor<2>> = layers
             .iter()
-            .map(|l| match l {
-                Self::Dense { weight, routes, .. } if routes.of(rows) == ProductRoute::Skinny => {
-                    Some(weight)
-                }
-                _ => None,
-            })
+            .map(|l| l.skinny_weight(rows))
             .collect::<Option<_>>()?;
         crate::kernels::skinny_many(&ws, x)?.try_into().ok()
+    }
+
+    /// The dense weight, when products of `rows` rows take the skinny kernel.
+    #[cfg(feature = "kernels")]
+    fn skinny_weight(&self, rows: usize) -> Option<&Tensor<2>> {
+        match self {
+            Self::Dense { weight, routes, .. } if routes.of(rows) == ProductRoute::Skinny => {
+                Some(weight)
+            }
+            _ => None,
+        }
+    }
+
+    /// `gelu_tanh(x · gateᵀ) · (x · upᵀ)` in one launch
+    /// (`kernels::skinny_geglu`) where both products would take the skinny
+    /// kernel on their own: both dense and routed to it for `x`'s rows, and
+    /// `x` within its rows. `None` otherwise (the products then take their
+    /// routes, and GeGLU its own launch).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn skinny_geglu(gate: &Linear, up: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
+        let rows = x.dims()[0];
+        crate::kernels::skinny_geglu(gate.skinny_weight(rows)?, up.skinny_weight(rows)?, x)
     }
 
     fn many<const L: usize>(

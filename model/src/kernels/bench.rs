@@ -299,6 +299,7 @@ pub fn micro_benchmarks(
             max_abs_diff: d,
             burn_max_abs_diff: None,
         });
+        out.push(gated_row(device, dtype, (m, hidden, mlp), reps, &floor)?);
     }
     decode_rows(device, dtype, shapes, rows, reps, &mut out, &floor)?;
     out.push(f32_matmul_row(
@@ -310,6 +311,45 @@ pub fn micro_benchmarks(
         bandwidth,
     ));
     Some(out)
+}
+
+/// The MLP's gate and up products with GeGLU in one launch
+/// (`skinny_geglu`) against the two launches it replaces (`skinny_many`,
+/// then `geglu`), for `m` rows of `hidden` into `mlp` features. On a GPU
+/// this runs the kernel's two columns a cube, which the CPU runtime (one
+/// column a cube) cannot.
+fn gated_row(
+    device: &Device,
+    dtype: DType,
+    (m, hidden, mlp): (usize, usize, usize),
+    reps: usize,
+    floor: &dyn Fn(u64) -> f64,
+) -> Option<KernelRow> {
+    let el = dtype.size() as u64;
+    let gate = filled([mlp, hidden], dtype, device, 5000);
+    let up = filled([mlp, hidden], dtype, device, 5001);
+    let x = filled([m, hidden], dtype, device, 5002 + m as u32);
+    let two = || -> Option<Tensor<2>> {
+        let [g, u] = <[Tensor<2>; 2]>::try_from(super::skinny_many(&[&gate, &up], &x)?).ok()?;
+        super::geglu(&g, &u)
+    };
+    let d = diff(super::skinny_geglu(&gate, &up, &x)?, two()?);
+    let kernel_us = time_us(device, reps, || {
+        let _ = super::skinny_geglu(&gate, &up, &x);
+    });
+    let burn_us = time_us(device, reps, || {
+        let _ = two();
+    });
+    let bytes = (2 * mlp * hidden + m * hidden + m * mlp) as u64 * el;
+    Some(KernelRow {
+        name: format!("skinny_geglu {m}x{hidden}·2x{mlp}x{hidden}ᵀ (against: skinny_many, geglu)"),
+        bytes,
+        kernel_us,
+        burn_us,
+        floor_us: floor(bytes),
+        max_abs_diff: d,
+        burn_max_abs_diff: None,
+    })
 }
 
 /// The plain Burn q/k-norm + RoPE of `gemma3.rs` on `x: [m, heads·hd]`
@@ -693,10 +733,11 @@ mod tests {
             vocab: 50,
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
-        // Per row count: rms_norm, add_rms_norm and geglu. Batch attention:
-        // one row per batch at 4 slots a step and at 1.
-        assert_eq!(rows.len(), 2 + 3 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
+        // Per row count: rms_norm, add_rms_norm, geglu and skinny_geglu.
+        // Batch attention: one row per batch at 4 slots a step and at 1.
+        assert_eq!(rows.len(), 2 + 4 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
         assert!(rows.iter().any(|r| r.name.starts_with("add_rms_norm 1x32")));
+        assert!(rows.iter().any(|r| r.name.starts_with("skinny_geglu 1x32")));
         let batch = rows
             .iter()
             .filter(|r| r.name.starts_with("batch attention"));

@@ -26,12 +26,18 @@ fn geglu_kernel<F: Float, N: Size>(
     if i < len as usize {
         let g = Vector::<f32, N>::cast_from(gate[i]);
         let u = Vector::<f32, N>::cast_from(up[i]);
-        let inner = Vector::<f32, N>::new(SQRT_2_OVER_PI)
-            * (g + Vector::<f32, N>::new(0.044_715f32) * g * g * g);
-        let gelu =
-            Vector::<f32, N>::new(0.5f32) * g * (Vector::<f32, N>::new(1.0f32) + inner.tanh());
-        out[i] = Vector::<F, N>::cast_from(gelu * u);
+        out[i] = Vector::<F, N>::cast_from(gelu_tanh_times::<N>(g, u));
     }
+}
+
+/// `gelu_tanh(g) · u` in f32, lane by lane: this kernel's math, and the
+/// fused gate/up product's (`skinny_geglu.rs`, one lane at a time).
+#[cube]
+pub(super) fn gelu_tanh_times<N: Size>(g: Vector<f32, N>, u: Vector<f32, N>) -> Vector<f32, N> {
+    let inner = Vector::<f32, N>::new(SQRT_2_OVER_PI)
+        * (g + Vector::<f32, N>::new(0.044_715f32) * g * g * g);
+    let gelu = Vector::<f32, N>::new(0.5f32) * g * (Vector::<f32, N>::new(1.0f32) + inner.tanh());
+    gelu * u
 }
 
 /// `gelu_tanh(gate) · up` for two tensors of one shape and dtype on a CubeCL

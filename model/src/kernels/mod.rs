@@ -36,6 +36,7 @@ pub(crate) mod product;
 pub(crate) mod ptx;
 mod qk_rope;
 mod skinny;
+mod skinny_geglu;
 
 use std::sync::OnceLock;
 
@@ -59,6 +60,7 @@ pub(crate) use prefill_attention::{
 pub(crate) use product::{RouteTimes, burn_product, time_routes};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_many, skinny_matmul, skinny_tiled};
+pub(crate) use skinny_geglu::skinny_geglu;
 
 /// Whether our kernels may run (`MEDGEMMA_PLAIN_BURN` unset or `0`).
 pub(crate) fn enabled() -> bool {

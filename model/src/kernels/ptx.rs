@@ -201,13 +201,14 @@ mod tests {
             Ok(()) => println!("SUPPORT OK"),
             Err(e) => println!("SUPPORT ERR {e}"),
         }
-        let kernels: [(&str, Compile); 11] = [
+        let kernels: [(&str, Compile); 12] = [
             ("argmax", super::super::argmax::ptx),
             ("geglu", super::super::geglu::ptx),
             ("rms_norm", super::super::norm::ptx),
             ("add_rms_norm", super::super::norm::add_ptx),
             ("skinny_matmul", super::super::skinny::ptx),
             ("skinny_many", super::super::skinny::many_ptx),
+            ("skinny_geglu", super::super::skinny_geglu::ptx),
             ("skinny_tiled", super::super::skinny::tiled_ptx),
             ("qk_norm_rope", super::super::qk_rope::ptx),
             ("decode_attention", super::super::decode_attention::ptx),
@@ -272,6 +273,7 @@ mod tests {
             "add_rms_norm",
             "skinny_matmul",
             "skinny_many",
+            "skinny_geglu",
             "skinny_tiled",
             "qk_norm_rope",
             "decode_attention",

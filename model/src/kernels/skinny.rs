@@ -89,12 +89,8 @@ fn skinny_many_kernel<F: Float, N: Size>(
 }
 
 /// Cube `cube`'s `CUBE_DIM_Y` output columns of `x · Wᵀ` (`n` columns in
-/// all, `kv` vectors per row): each unit keeps one f32 accumulator per row
-/// of `x` over its share of the reduced axis, then the units of a column
-/// meet in a plane sum (or a tree in shared memory).
+/// all, `kv` vectors per row), through [`column_totals`].
 #[cube]
-// The shared-memory trees write `a = a + b` out in full, in every kernel here.
-#[allow(clippy::assign_op_pattern)]
 #[allow(clippy::too_many_arguments)]
 fn skinny_columns<F: Float, N: Size>(
     x: &cubecl::prelude::Tensor<Vector<F, N>>,
@@ -107,10 +103,43 @@ fn skinny_columns<F: Float, N: Size>(
     #[comptime] units: usize,
     #[comptime] plane: bool,
 ) {
+    let col = cube * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let in_range = col < n;
+    let mut totals = Array::<f32>::new(rows);
+    column_totals::<F, N>(x, w, &mut totals, col, in_range, kv, rows, units, plane);
+    if UNIT_POS_X == 0 && in_range {
+        #[unroll]
+        for m in 0..rows {
+            out[m * n + col] = F::cast_from(totals[m]);
+        }
+    }
+}
+
+/// Column `col` of `x · Wᵀ` for every row of `x` (`kv` vectors per row),
+/// in f32, into `totals` of the column's first unit (`UNIT_POS_X` 0; the
+/// other units' `totals` are partial): each unit of the column (the units
+/// with this `UNIT_POS_Y`) keeps one f32 accumulator per row of `x` over
+/// its share of the reduced axis, then they meet in a plane sum (or a tree
+/// in shared memory). A column out of range (`in_range` false) loads
+/// nothing and sums to 0. Every unit of the cube calls it (the tree syncs
+/// the cube).
+#[cube]
+// The shared-memory trees write `a = a + b` out in full, in every kernel here.
+#[allow(clippy::assign_op_pattern)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn column_totals<F: Float, N: Size>(
+    x: &cubecl::prelude::Tensor<Vector<F, N>>,
+    w: &cubecl::prelude::Tensor<Vector<F, N>>,
+    totals: &mut Array<f32>,
+    col: usize,
+    in_range: bool,
+    kv: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+    #[comptime] plane: bool,
+) {
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
-    let col = cube * CUBE_DIM_Y as usize + ty;
-    let in_range = col < n;
 
     let mut acc = Array::<Vector<f32, N>>::new(rows);
     #[unroll]
@@ -139,10 +168,7 @@ fn skinny_columns<F: Float, N: Size>(
             s += v.extract(i);
         }
         if comptime!(plane) {
-            let total = plane_sum(s);
-            if tx == 0 && in_range {
-                out[m * n + col] = F::cast_from(total);
-            }
+            totals[m] = plane_sum(s);
         } else {
             // Tree over the units of this column, in shared memory.
             let base = ty * units;
@@ -157,9 +183,7 @@ fn skinny_columns<F: Float, N: Size>(
                 sync_cube();
                 stride /= 2;
             }
-            if tx == 0 && in_range {
-                out[m * n + col] = F::cast_from(shared[base]);
-            }
+            totals[m] = shared[base + tx];
             sync_cube();
         }
     }
@@ -257,23 +281,23 @@ pub(crate) fn skinny_many(ws: &[&Tensor<2>], x: &Tensor<2>) -> Option<Vec<Tensor
     Some(ops.into_iter().map(|o| tensor(o.out)).collect())
 }
 
-/// What both skinny kernels launch with: `x: [m, k]` and `W: [n, k]` as
+/// What the skinny kernels launch with: `x: [m, k]` and `W: [n, k]` as
 /// contiguous CubeCL tensors, the load width, and the output `[m, n]`.
-struct Operands {
-    m: usize,
-    k: usize,
-    n: usize,
-    elem: ElemType,
-    vec: usize,
-    xc: burn_cubecl::tensor::CubeTensor,
-    wc: burn_cubecl::tensor::CubeTensor,
-    out: burn_cubecl::tensor::CubeTensor,
+pub(super) struct Operands {
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) elem: ElemType,
+    pub(super) vec: usize,
+    pub(super) xc: burn_cubecl::tensor::CubeTensor,
+    pub(super) wc: burn_cubecl::tensor::CubeTensor,
+    pub(super) out: burn_cubecl::tensor::CubeTensor,
 }
 
 impl Operands {
     /// `None` where the kernels decline: kernels off, no rows or more than
     /// [`SKINNY_MAX_ROWS`], shapes or dtypes that differ, or not CubeCL.
-    fn of(w: &Tensor<2>, x: &Tensor<2>) -> Option<Self> {
+    pub(super) fn of(w: &Tensor<2>, x: &Tensor<2>) -> Option<Self> {
         let [m, k] = x.dims();
         let [n, kw] = w.dims();
         if !enabled() || m == 0 || m > SKINNY_MAX_ROWS || k != kw || x.dtype() != w.dtype() {
