@@ -40,9 +40,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::decode_attention::{
-    DECODE_KEYS_PER_STEP, WANT_CUBES, merge_parts_kernel, partial_groups, split_slots,
-};
+use super::decode_attention::{DecodeTuning, merge_parts_kernel, partial_groups, split_slots};
 use super::online_softmax::Rows;
 use super::{contiguous, cube, enabled, float_elem, reduce_units, tensor, vector_width};
 use crate::kv_cache::CacheSlot;
@@ -324,21 +322,21 @@ pub(crate) fn batch_decode_attention(
     heads: usize,
     scale: f64,
 ) -> Result<(Tensor<2>, Vec<CacheSlot>), Vec<CacheSlot>> {
-    batch_decode_attention_stepping(q, k, v, caches, heads, scale, DECODE_KEYS_PER_STEP)
+    batch_decode_attention_tuned(q, k, v, caches, heads, scale, DecodeTuning::DEFAULT)
 }
 
-/// [`batch_decode_attention`] folding `per_step` slots at a time into each
-/// row (for the tests and the bench; 1 is one slot at a time).
-pub(crate) fn batch_decode_attention_stepping(
+/// [`batch_decode_attention`] split and folded as `tuning` says (for the
+/// tests and the bench).
+pub(crate) fn batch_decode_attention_tuned(
     q: &Tensor<2>,
     k: &Tensor<2>,
     v: &Tensor<2>,
     caches: Vec<CacheSlot>,
     heads: usize,
     scale: f64,
-    per_step: usize,
+    tuning: DecodeTuning,
 ) -> Result<(Tensor<2>, Vec<CacheSlot>), Vec<CacheSlot>> {
-    let Some(plan) = plan(q, k, v, &caches, heads, per_step) else {
+    let Some(plan) = plan(q, k, v, &caches, heads, tuning) else {
         return Err(caches);
     };
     Ok(launch(q, k, v, caches, heads, scale, plan))
@@ -353,8 +351,8 @@ struct Plan {
     vec: usize,
     lanes: usize,
     plane: bool,
-    /// Slots a row folds at a time.
-    per_step: usize,
+    /// How the slots are split and folded.
+    tuning: DecodeTuning,
 }
 
 /// Whether the kernel covers these inputs, and how it runs.
@@ -364,7 +362,7 @@ fn plan(
     v: &Tensor<2>,
     caches: &[CacheSlot],
     heads: usize,
-    per_step: usize,
+    tuning: DecodeTuning,
 ) -> Option<Plan> {
     let b = caches.len();
     let dtype = q.dtype();
@@ -378,7 +376,7 @@ fn plan(
     if !fits {
         return None;
     }
-    let mut p = plan_for(q, b, heads, kv, hd, per_step)?;
+    let mut p = plan_for(q, b, heads, kv, hd, tuning)?;
     for c in caches {
         let cap = cache_fits(&c.keys, kv, hd, dtype)?;
         if cache_fits(&c.values, kv, hd, dtype)? != cap
@@ -394,15 +392,15 @@ fn plan(
 }
 
 /// How the kernel runs for `b` sequences with queries `q: [b, heads·hd]`
-/// and `kv` key/value heads of `hd`, folding `per_step` slots at a time,
-/// if it covers them (`caps` empty).
+/// and `kv` key/value heads of `hd`, split and folded as `tuning` says, if
+/// it covers them (`caps` empty).
 fn plan_for(
     q: &Tensor<2>,
     b: usize,
     heads: usize,
     kv: usize,
     hd: usize,
-    per_step: usize,
+    tuning: DecodeTuning,
 ) -> Option<Plan> {
     let qw = q.dims()[1];
     let dtype = q.dtype();
@@ -433,7 +431,11 @@ fn plan_for(
         vec,
         lanes,
         plane,
-        per_step: per_step.max(1),
+        tuning: DecodeTuning {
+            per_step: tuning.per_step.max(1),
+            want_cubes: tuning.want_cubes.max(1),
+            keys_per_part: tuning.keys_per_part.max(1),
+        },
     })
 }
 
@@ -509,8 +511,8 @@ fn run(
     let client = qc.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube.max(1) as usize;
     let groups = partial_groups(max_units, lanes, rep, hd);
-    let want = (WANT_CUBES / (kv * b.min(GROUP))).max(1);
-    let (chunk, splits) = split_slots(longest, want);
+    let want = (p.tuning.want_cubes / (kv * b.min(GROUP))).max(1);
+    let (chunk, splits) = split_slots(longest, want, p.tuning.keys_per_part);
     let split = splits > 1;
     let out = empty_device_dtype(
         client.clone(),
@@ -564,7 +566,7 @@ fn run(
                     hd / vec,
                     lanes,
                     groups,
-                    p.per_step,
+                    p.tuning.per_step,
                     p.plane,
                     split,
                     pairs,
@@ -622,7 +624,7 @@ pub(crate) fn batch_attention_in_place(
     let kv = k.dims()[1];
     let rows = |x: &Tensor<4>, n: usize| x.clone().swap_dims(1, 2).reshape([b, n * hd]);
     let (q, k, v) = (rows(q, heads), rows(k, kv), rows(v, kv));
-    let p = plan_for(&q, bufs.len(), heads, kv, hd, DECODE_KEYS_PER_STEP)?;
+    let p = plan_for(&q, bufs.len(), heads, kv, hd, DecodeTuning::DEFAULT)?;
     let fits = |t: &CubeTensor| {
         let d = t.meta.shape().dims::<4>();
         let st = t.meta.strides();
@@ -642,12 +644,12 @@ pub(crate) fn batch_attention_in_place(
 /// like `q: [_, heads·hd]` (dtype, device) and `kv` key/value heads.
 pub(crate) fn batch_attention_covers(q: &Tensor<2>, b: usize, heads: usize, kv: usize) -> bool {
     let hd = q.dims()[1] / heads.max(1);
-    plan_for(q, b, heads, kv, hd, DECODE_KEYS_PER_STEP).is_some()
+    plan_for(q, b, heads, kv, hd, DecodeTuning::DEFAULT).is_some()
 }
 
 /// The kernel as a GPU launches it for the 4B's bf16 heads (2 query heads
 /// per KV head, 256 wide in 32 vectors of 8 over 32 lanes, 8 rows folding
-/// [`DECODE_KEYS_PER_STEP`] slots at a time, plane sums, split over parts)
+/// the default slots at a time, plane sums, split over parts)
 /// with the branches of `pairs` sequences' caches, compiled to PTX for
 /// sm_`arch` with no GPU.
 #[cfg(all(test, feature = "cuda"))]
@@ -677,7 +679,7 @@ pub(super) fn ptx_with(pairs: usize, arch: u32) -> Result<String, String> {
                 32,
                 32,
                 8,
-                DECODE_KEYS_PER_STEP,
+                DecodeTuning::DEFAULT.per_step,
                 true,
                 true,
                 pairs,
@@ -747,7 +749,7 @@ mod tests {
     /// per-sequence Burn composition: the outputs, the caches written (every
     /// slot), and that a clone taken before the step still holds what it
     /// held (the kernel copies a shared buffer before writing). The batch
-    /// folds `per_step` slots a row at a time.
+    /// is split and folded as `tuning` says.
     #[allow(clippy::too_many_arguments)]
     fn check(
         seqs: &[Seq],
@@ -757,7 +759,7 @@ mod tests {
         dtype: DType,
         tol: f32,
         seed: u64,
-        per_step: usize,
+        tuning: DecodeTuning,
     ) {
         let dev = device();
         let b = seqs.len();
@@ -783,7 +785,7 @@ mod tests {
             .iter_mut()
             .map(|c| c.layers[0].take_for_token(&like))
             .collect();
-        let (got, back) = batch_decode_attention_stepping(&q, &k, &v, taken, h, scale, per_step)
+        let (got, back) = batch_decode_attention_tuned(&q, &k, &v, taken, h, scale, tuning)
             .unwrap_or_else(|_| panic!("runs on the CubeCL CPU runtime"));
         for (c, t) in ours.iter_mut().zip(back) {
             c.layers[0].put_back(t, true);
@@ -805,7 +807,7 @@ mod tests {
             let s = seqs[i];
             assert!(
                 d <= tol,
-                "sequence {i} ({:?} w={} len={}) h={h} kv={kv} hd={hd} {dtype:?} {per_step} a step: differs by {d}",
+                "sequence {i} ({:?} w={} len={}) h={h} kv={kv} hd={hd} {dtype:?} {tuning:?}: differs by {d}",
                 s.kind,
                 s.w,
                 s.len
@@ -862,11 +864,25 @@ mod tests {
         // The 4B's heads (8 over 4) and the 270M's (4 over 1), f32 and bf16;
         // the slots folded as launched, one at a time, and three at a time
         // (a step's last slots past a part's end).
-        let each = DECODE_KEYS_PER_STEP;
+        let each = DecodeTuning::DEFAULT;
+        let stepping = DecodeTuning::stepping;
         check(&MIXED, 8, 4, 256, DType::F32, 2e-5, 10, each);
-        check(&MIXED, 4, 1, 256, DType::F32, 2e-5, 20, 1);
+        check(&MIXED, 4, 1, 256, DType::F32, 2e-5, 20, stepping(1));
         check(&MIXED, 8, 4, 256, DType::BF16, 2e-2, 30, each);
-        check(&MIXED, 4, 1, 256, DType::BF16, 2e-2, 40, 3);
+        check(&MIXED, 4, 1, 256, DType::BF16, 2e-2, 40, stepping(3));
+    }
+
+    /// Parts of 8 slots over as many cubes as that takes: the longest cache
+    /// in 38 parts, the 45-slot ring in 6, the 3-slot cache in one (its
+    /// other 37 parts have no key), all merged.
+    #[test]
+    fn batched_attention_split_in_many_small_parts() {
+        let tuning = DecodeTuning {
+            want_cubes: 1 << 12,
+            keys_per_part: 8,
+            ..DecodeTuning::DEFAULT
+        };
+        check(&MIXED, 8, 4, 256, DType::F32, 2e-5, 15, tuning);
     }
 
     /// No split (every cache under 256 keys): rings not yet full and just
@@ -895,8 +911,26 @@ mod tests {
                 len: 200,
             },
         ];
-        check(&seqs, 8, 4, 256, DType::F32, 2e-5, 50, DECODE_KEYS_PER_STEP);
-        check(&seqs, 2, 2, 64, DType::F32, 2e-5, 60, 3);
+        check(
+            &seqs,
+            8,
+            4,
+            256,
+            DType::F32,
+            2e-5,
+            50,
+            DecodeTuning::DEFAULT,
+        );
+        check(
+            &seqs,
+            2,
+            2,
+            64,
+            DType::F32,
+            2e-5,
+            60,
+            DecodeTuning::stepping(3),
+        );
     }
 
     /// `n` sequences of different lengths and both layer types, the one
@@ -920,8 +954,26 @@ mod tests {
     #[test]
     fn batched_attention_over_more_sequences_than_the_small_kernel_takes() {
         let seqs = many(SMALL_GROUP + 3, SMALL_GROUP + 1);
-        check(&seqs, 4, 1, 256, DType::F32, 2e-5, 70, DECODE_KEYS_PER_STEP);
-        check(&seqs, 4, 2, 64, DType::BF16, 2e-2, 80, 1);
+        check(
+            &seqs,
+            4,
+            1,
+            256,
+            DType::F32,
+            2e-5,
+            70,
+            DecodeTuning::DEFAULT,
+        );
+        check(
+            &seqs,
+            4,
+            2,
+            64,
+            DType::BF16,
+            2e-2,
+            80,
+            DecodeTuning::stepping(1),
+        );
     }
 
     /// More sequences than one launch takes: a launch of [`GROUP`] (the
@@ -929,6 +981,6 @@ mod tests {
     #[test]
     fn batched_attention_over_more_sequences_than_one_launch_takes() {
         let seqs = many(GROUP + 3, GROUP + 1);
-        check(&seqs, 2, 1, 64, DType::F32, 2e-5, 90, DECODE_KEYS_PER_STEP);
+        check(&seqs, 2, 1, 64, DType::F32, 2e-5, 90, DecodeTuning::DEFAULT);
     }
 }

@@ -14,6 +14,8 @@ use std::time::Instant;
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use super::DecodeTuning;
+
 /// One measured kernel at one shape.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KernelRow {
@@ -520,20 +522,20 @@ fn decode_rows(
             burn_max_abs_diff: None,
         });
     }
-    let s = shapes.contexts.first().copied().unwrap_or(512);
-    for b in BATCHES {
-        for per_step in [super::DECODE_KEYS_PER_STEP, 1] {
-            out.push(batch_attention_row(
+    for &s in &shapes.contexts {
+        for b in BATCHES {
+            out.extend(batch_attention_rows(
                 device,
                 dtype,
                 shapes.heads,
-                (b, per_step),
+                b,
                 s,
                 reps,
                 floor,
             )?);
         }
     }
+    let s = shapes.contexts.first().copied().unwrap_or(512);
     // The kernel as it runs, then folding one key at a time (before
     // `KEYS_PER_STEP`): which is faster on a card is the card's to say.
     for per_step in [super::KEYS_PER_STEP, 1] {
@@ -619,23 +621,47 @@ fn prefill_attention_row(
     })
 }
 
-/// Decode batch sizes of the batched attention rows.
-const BATCHES: [usize; 2] = [8, 32];
+/// Decode batch sizes of the batched attention rows (a captured decode
+/// step runs the batched kernel at batch 1 too).
+const BATCHES: [usize; 3] = [1, 8, 32];
+
+/// The batched attention's rows at each batch and context: as it runs,
+/// folding one slot at a time, and split into parts of 64 slots over about
+/// 128 cubes and over about 512 (at batch 32 the default takes one part:
+/// 128 cubes are the sequences' heads). Which is fastest is the card's to
+/// say.
+const TUNINGS: [DecodeTuning; 4] = [
+    DecodeTuning::DEFAULT,
+    DecodeTuning {
+        per_step: 1,
+        ..DecodeTuning::DEFAULT
+    },
+    DecodeTuning {
+        keys_per_part: 64,
+        ..DecodeTuning::DEFAULT
+    },
+    DecodeTuning {
+        keys_per_part: 64,
+        want_cubes: 512,
+        ..DecodeTuning::DEFAULT
+    },
+];
 
 /// One decode step's attention for `b` sequences of `s` visible slots each
 /// (heads `(H, KV, hd)`): the batched kernel (the new rows written and every
-/// sequence attended in `ceil(b / 32)` launches) against the loop per
-/// sequence (two `slice_assign` writes, the one-token kernel, then one
-/// `cat`), on caches owned as `kv_cache.rs` owns them (written in place).
-fn batch_attention_row(
+/// sequence attended in `ceil(b / 32)` launches) at each of [`TUNINGS`],
+/// against the loop per sequence (two `slice_assign` writes, the one-token
+/// kernel, then one `cat`), on caches owned as `kv_cache.rs` owns them
+/// (written in place).
+fn batch_attention_rows(
     device: &Device,
     dtype: DType,
     (h, kv, hd): (usize, usize, usize),
-    (b, per_step): (usize, usize),
+    b: usize,
     s: usize,
     reps: usize,
     floor: &dyn Fn(u64) -> f64,
-) -> Option<KernelRow> {
+) -> Option<Vec<KernelRow>> {
     use crate::kv_cache::CacheSlot;
     let el = dtype.size() as u64;
     let scale = (hd as f64).powf(-0.5);
@@ -665,11 +691,10 @@ fn batch_attention_row(
             })
             .collect::<Vec<_>>(),
     );
-    let mut run_batched = || {
+    let mut run_batched = |tuning: DecodeTuning| {
         let taken = batched.take().expect("put back after every run");
-        let (out, back) =
-            super::batch_decode_attention_stepping(&q, &k, &v, taken, h, scale, per_step)
-                .unwrap_or_else(|_| panic!("the batched kernel covers the bench shapes"));
+        let (out, back) = super::batch_decode_attention_tuned(&q, &k, &v, taken, h, scale, tuning)
+            .unwrap_or_else(|_| panic!("the batched kernel covers the bench shapes"));
         batched = Some(back);
         out
     };
@@ -694,25 +719,36 @@ fn batch_attention_row(
         looped = Some(bufs);
         Some(Tensor::cat(outs, 0))
     };
-    let d = diff(run_batched(), run_loop()?);
-    let kernel_us = time_us(device, reps, || {
-        let _ = run_batched();
-    });
+    let want = run_loop()?;
     let burn_us = time_us(device, reps, || {
         let _ = run_loop();
     });
     let bytes = b as u64 * (2 * (kv * s * hd) as u64 * el + 2 * ((h + 2 * kv) * hd) as u64 * el);
-    Some(KernelRow {
-        name: format!(
-            "batch attention {b}x{h}x{hd} over {kv}x{s}, {per_step} slot(s) per step (loop: per sequence)"
-        ),
-        bytes,
-        kernel_us,
-        burn_us,
-        floor_us: floor(bytes),
-        max_abs_diff: d,
-        burn_max_abs_diff: None,
-    })
+    let mut rows = Vec::with_capacity(TUNINGS.len());
+    for tuning in TUNINGS {
+        let d = diff(run_batched(tuning), want.clone());
+        let kernel_us = time_us(device, reps, || {
+            let _ = run_batched(tuning);
+        });
+        let DecodeTuning {
+            per_step,
+            want_cubes,
+            keys_per_part,
+        } = tuning;
+        rows.push(KernelRow {
+            name: format!(
+                "batch attention {b}x{h}x{hd} over {kv}x{s}, {per_step} slot(s) per step, \
+                 parts of {keys_per_part}+ slots over ~{want_cubes} cubes (loop: per sequence)"
+            ),
+            bytes,
+            kernel_us,
+            burn_us,
+            floor_us: floor(bytes),
+            max_abs_diff: d,
+            burn_max_abs_diff: None,
+        });
+    }
+    Some(rows)
 }
 
 #[cfg(all(test, feature = "cube-cpu"))]
@@ -734,8 +770,11 @@ mod tests {
         };
         let rows = micro_benchmarks(&device, DType::F32, &shapes, &[1], 1e10, 1).unwrap();
         // Per row count: rms_norm, add_rms_norm, geglu and skinny_geglu.
-        // Batch attention: one row per batch at 4 slots a step and at 1.
-        assert_eq!(rows.len(), 2 + 4 + 2 + 1 + 2 * BATCHES.len() + 2 + 1);
+        // Batch attention: one row per batch and tuning.
+        assert_eq!(
+            rows.len(),
+            2 + 4 + 2 + 1 + TUNINGS.len() * BATCHES.len() + 2 + 1
+        );
         assert!(rows.iter().any(|r| r.name.starts_with("add_rms_norm 1x32")));
         assert!(rows.iter().any(|r| r.name.starts_with("skinny_geglu 1x32")));
         let batch = rows

@@ -63,12 +63,45 @@ pub(super) fn partial_groups(max_units: usize, lanes: usize, rep: usize, hd: usi
 }
 
 /// How `s` slots split over at most `want` cubes (flash-decoding): `(chunk,
-/// parts)`, at least [`KEYS_PER_PART`] slots a part, so that every part of
-/// the longest cache has a key.
-pub(super) fn split_slots(s: usize, want: usize) -> (usize, usize) {
-    let splits = want.min(s.div_ceil(KEYS_PER_PART)).max(1);
+/// parts)`, at least `keys_per_part` slots a part (but for the last), so
+/// that every part of the longest cache has a key.
+pub(super) fn split_slots(s: usize, want: usize, keys_per_part: usize) -> (usize, usize) {
+    let splits = want.min(s.div_ceil(keys_per_part.max(1))).max(1);
     let chunk = s.div_ceil(splits);
     (chunk, s.div_ceil(chunk))
+}
+
+/// How a decode batch's attention (`batch_attention.rs`) splits the slots
+/// over cubes and folds them: [`DecodeTuning::DEFAULT`] runs; the
+/// micro-benchmark times others, for a card to say which is faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DecodeTuning {
+    /// Slots a row folds at a time ([`Rows::fold_keys`]).
+    pub per_step: usize,
+    /// Cubes a split aims at in all, over the batch's sequences and heads.
+    pub want_cubes: usize,
+    /// Fewest slots per part of a split cache.
+    pub keys_per_part: usize,
+}
+
+impl DecodeTuning {
+    /// What a decode step runs: [`DECODE_KEYS_PER_STEP`] slots a step,
+    /// parts of at least [`KEYS_PER_PART`] slots over about [`WANT_CUBES`]
+    /// cubes.
+    pub(crate) const DEFAULT: Self = Self {
+        per_step: DECODE_KEYS_PER_STEP,
+        want_cubes: WANT_CUBES,
+        keys_per_part: KEYS_PER_PART,
+    };
+
+    /// The default split, folding `per_step` slots at a time.
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn stepping(per_step: usize) -> Self {
+        Self {
+            per_step,
+            ..Self::DEFAULT
+        }
+    }
 }
 
 #[cube(launch)]
@@ -270,7 +303,7 @@ pub(crate) fn decode_attention_stepping(
     let groups = partial_groups(max_units, lanes, rep, hd);
     // Long caches split over more cubes (flash-decoding): every part has
     // at least one key, so each part's sum is positive.
-    let (chunk, splits) = split_slots(s, (WANT_CUBES / kvh).max(1));
+    let (chunk, splits) = split_slots(s, (WANT_CUBES / kvh).max(1), KEYS_PER_PART);
     let (ks, vs) = (kc.meta.strides().clone(), vc.meta.strides().clone());
     let client = qc.client.clone();
     let out = empty_device_dtype(

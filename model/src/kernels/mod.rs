@@ -48,9 +48,9 @@ use cubecl::ir::{ElemType, FloatKind};
 pub(crate) use argmax::argmax_rows;
 pub(crate) use batch_attention::{
     batch_attention_covers, batch_attention_in_place, batch_decode_attention,
-    batch_decode_attention_stepping,
+    batch_decode_attention_tuned,
 };
-pub(crate) use decode_attention::{DECODE_KEYS_PER_STEP, decode_attention};
+pub(crate) use decode_attention::{DecodeTuning, decode_attention};
 pub(crate) use geglu::geglu;
 pub(crate) use matmul::matmul;
 pub(crate) use norm::{add_rms_norm, rms_norm};
