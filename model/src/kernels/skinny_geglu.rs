@@ -53,32 +53,23 @@ fn skinny_geglu_kernel<F: Float, N: Size>(
     let kv = k_vectors as usize;
     let col = CUBE_POS_X as usize * pairs + pair;
     let in_range = col < n;
-    // Every unit runs both (the tree syncs the whole cube); each loads only
-    // its own weight's row, and the other sums to 0.
     let mut g = Array::<f32>::new(rows);
     let mut u = Array::<f32>::new(rows);
-    column_totals::<F, N>(
-        x,
-        gate,
-        &mut g,
-        col,
-        in_range && !is_up,
-        kv,
-        rows,
-        units,
-        plane,
-    );
-    column_totals::<F, N>(
-        x,
-        up,
-        &mut u,
-        col,
-        in_range && is_up,
-        kv,
-        rows,
-        units,
-        plane,
-    );
+    if comptime!(plane) {
+        // A plane takes one weight's row (its branch is uniform: plane
+        // sums only, no cube sync).
+        if is_up {
+            column_totals::<F, N>(x, up, &mut u, col, in_range, kv, rows, units, plane);
+        } else {
+            column_totals::<F, N>(x, gate, &mut g, col, in_range, kv, rows, units, plane);
+        }
+    } else {
+        // Every unit runs both (the tree syncs the whole cube); each loads
+        // only its own weight's row, and the other sums to 0.
+        let (only_gate, only_up) = (in_range && !is_up, in_range && is_up);
+        column_totals::<F, N>(x, gate, &mut g, col, only_gate, kv, rows, units, plane);
+        column_totals::<F, N>(x, up, &mut u, col, only_up, kv, rows, units, plane);
+    }
     // The up plane's sums, rounded as a stored product is, for its gate plane.
     let mut handed = Shared::<[f32]>::new_slice(comptime!(MAX_ROWS * PAIRS_PER_CUBE as usize));
     if UNIT_POS_X == 0 && is_up {
