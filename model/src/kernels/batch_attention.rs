@@ -873,8 +873,8 @@ mod tests {
     }
 
     /// Parts of 8 slots over as many cubes as that takes: the longest cache
-    /// in 38 parts, the 45-slot ring in 6, the 3-slot cache in one (its
-    /// other 37 parts have no key), all merged.
+    /// (301 visible slots) in 38 parts, the ring (16) in 2, the 4-slot
+    /// cache in 1 (its other 37 parts have no key), all merged.
     #[test]
     fn batched_attention_split_in_many_small_parts() {
         let tuning = DecodeTuning {
