@@ -86,6 +86,11 @@ if [ "${1:-}" = "--prepare" ]; then
   }
   tests=$(test_bins "$root") || die "test build failed"
   [ -n "$tests" ] || die "no test binaries built"
+  # The release build again: where the test build recompiled a library the
+  # daemon links (seen once: medgemma-model, after a new worktree), cargo
+  # finds the daemon older than it and relinks; otherwise a no-op. Without
+  # it the archive held a daemon without the tree's newest kernels.
+  rel=$(scripts/build-release.sh | tail -n 1) || die "release build failed"
   # The mutant: the same tree with the sliding window one key wider.
   mutant="$CARGO_TARGET_DIR/gpu-check-mutant"
   rm -rf "$mutant" && mkdir -p "$mutant"
