@@ -74,7 +74,6 @@ if [ "${1:-}" = "--prepare" ]; then
   dest="${2:?usage: scripts/gpu-check.sh --prepare DIR}"
   mkdir -p "$dest"
   dest="$(cd "$dest" && pwd)"
-  rel=$(scripts/build-release.sh | tail -n 1) || die "release build failed"
   # The release build's own environment, so nothing rebuilds the CUDA stack.
   MEDGEMMA_FEATURES=medgemmad/cuda
   # shellcheck source=scripts/release-env.sh
@@ -84,14 +83,18 @@ if [ "${1:-}" = "--prepare" ]; then
         --test reference_tiny --test batched_decode --message-format=json 2>/dev/null) \
       | jq -r 'select(.reason=="compiler-artifact" and .profile.test==true and .executable!=null) | .executable'
   }
-  tests=$(test_bins "$root") || die "test build failed"
-  [ -n "$tests" ] || die "no test binaries built"
-  # The release build again: where the test build recompiled a library the
-  # daemon links (seen once: medgemma-model, after a new worktree), cargo
-  # finds the daemon older than it and relinks; otherwise a no-op. Without
-  # it the archive held a daemon without the tree's newest kernels.
-  rel=$(scripts/build-release.sh | tail -n 1) || die "release build failed"
-  # The mutant: the same tree with the sliding window one key wider.
+  stage="$(mktemp -d)"
+  trap 'rm -rf "$stage"' EXIT
+  mkdir -p "$stage/bin" "$stage/tests"
+  # Cargo gives a workspace crate's build the same file names wherever the
+  # tree lies, and judges it fresh by the sources of the tree it runs in. A
+  # copy of the tree built into this target folder therefore writes the very
+  # files the tree's own build wrote, and leaves them looking fresh to the
+  # tree. (Seen: the archive's reference_tiny was the mutant, and its daemon
+  # linked an older medgemma-model.) So the mutant is built first and its
+  # binary copied out at once. Then medgemma-model's release build is
+  # cleaned, so the tree rebuilds it from its own sources.
+  # 1. The mutant: the same tree with the sliding window one key wider.
   mutant="$CARGO_TARGET_DIR/gpu-check-mutant"
   rm -rf "$mutant" && mkdir -p "$mutant"
   git ls-files -z | xargs -0 cp --parents -t "$mutant"
@@ -104,19 +107,25 @@ if [ "${1:-}" = "--prepare" ]; then
     || die "the device mask's window condition moved: update the mutant in scripts/gpu-check.sh"
   sed -i 's/k.add_scalar(as_i64(w)).greater(q)/k.add_scalar(as_i64(w)).greater_equal(q)/' \
     "$mutant/model/src/gemma3.rs"
+  cargo clean --release -p medgemma-model >&2 || die "cargo clean failed"
   mutant_tiny=$(test_bins "$mutant" | grep '/reference_tiny-') || die "mutant build failed"
-  stage="$(mktemp -d)"
-  trap 'rm -rf "$stage"' EXIT
-  mkdir -p "$stage/bin" "$stage/tests"
+  cp "$mutant_tiny" "$stage/tests/reference_tiny_window_mutant"
+  # 2. The tree itself, from a clean medgemma-model: the test binaries, then
+  #    the daemon (relinked against the library the tests just built).
+  cargo clean --release -p medgemma-model >&2 || die "cargo clean failed"
+  tests=$(test_bins "$root") || die "test build failed"
+  [ -n "$tests" ] || die "no test binaries built"
+  for f in $tests; do n=$(basename "$f"); cp "$f" "$stage/tests/${n%%-*}"; done
+  rel=$(scripts/build-release.sh | tail -n 1) || die "release build failed"
   cp "$rel/medgemmad" "$stage/bin/"
+  cmp -s "$stage/tests/reference_tiny" "$stage/tests/reference_tiny_window_mutant" \
+    && die "the staged reference_tiny is the mutant"
   # The real Gemma 3 tokenizer for the sandbox step (3.5 MB in the archive).
   assets="${MEDGEMMA_ASSETS:-$HOME/.cache/medgemma-assets}"
   mkdir -p "$stage/assets"
   cp "$assets/tokenizer/tokenizer.json" "$stage/assets/" || die "no tokenizer.json under $assets"
   cp -r "$rel/../lib" "$stage/lib"
   [ -f "$stage/lib/medgemma/cuda/nvvm/libdevice/libdevice.10.bc" ] || die "no libdevice staged"
-  for f in $tests; do n=$(basename "$f"); cp "$f" "$stage/tests/${n%%-*}"; done
-  cp "$mutant_tiny" "$stage/tests/reference_tiny_window_mutant"
   strip "$stage"/bin/* "$stage"/tests/* 2>/dev/null
   tar -C "$stage" -cf - bin lib tests assets \
     | xz -T1 --lzma2=preset=9,dict=400MiB >"$dest/gpu-check.tar.xz" || die "xz failed"
