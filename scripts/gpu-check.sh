@@ -9,8 +9,11 @@
 #     reference_tiny and batched_decode, and reference_tiny_window_mutant:
 #     reference_tiny built from a copy of the tree whose sliding window is
 #     one key wider (keys j >= i - W instead of j > i - W, in the host mask
-#     and in the prefill mask built on the device), which must FAIL on the GPU; stages NVIDIA's libdevice as lib/medgemma/cuda (where
-#     medgemmad looks for it) and packs all of it into DIR/gpu-check.tar.xz
+#     and in the prefill mask built on the device), which must FAIL on the GPU
+#     (built first; medgemma-model is then cleaned, so that the tree's own
+#     build never takes the mutant's for fresh); stages NVIDIA's libdevice as
+#     lib/medgemma/cuda (where medgemmad looks for it) and packs all of it
+#     into DIR/gpu-check.tar.xz
 #     (`xz --lzma2=preset=9,dict=400MiB`: the binaries share most bytes).
 #   GPU machine:    MEDGEMMA_PREBUILT=DIR/gpu-check.tar.xz scripts/gpu-check.sh
 #   Prepared for a machine reached with a copy of the checkout: DIR under the
