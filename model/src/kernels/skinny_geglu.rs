@@ -20,7 +20,7 @@ use cubecl::prelude::*;
 
 use super::geglu::gelu_tanh_times;
 use super::skinny::{Operands, column_totals};
-use super::{reduce_units, tensor};
+use super::{contiguous, cube, reduce_units, tensor};
 
 /// Output columns per cube on a GPU: a plane for the gate's weight row and
 /// one for the up's, each.
@@ -95,11 +95,13 @@ fn skinny_geglu_kernel<F: Float, N: Size>(
 /// rows); `None` where the skinny kernel would decline either product, or
 /// the two weights differ in shape.
 pub(crate) fn skinny_geglu(gate: &Tensor<2>, up: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
-    if gate.dims() != up.dims() {
+    if gate.dims() != up.dims() || gate.dtype() != up.dtype() {
         return None;
     }
+    // The gate's operands hold the output; `up` only needs to be contiguous
+    // (its shape and dtype are the gate's, checked above).
     let g = Operands::of(gate, x)?;
-    let u = Operands::of(up, x)?;
+    let uc = contiguous(cube(up)?);
     let client = g.wc.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube;
     if max_units < 2 {
@@ -124,7 +126,7 @@ pub(crate) fn skinny_geglu(gate: &Tensor<2>, up: &Tensor<2>, x: &Tensor<2>) -> O
         g.vec,
         g.xc.into_tensor_arg(),
         g.wc.into_tensor_arg(),
-        u.wc.into_tensor_arg(),
+        uc.into_tensor_arg(),
         g.out.clone().into_tensor_arg(),
         (g.k / g.vec) as u32,
         g.n as u32,
@@ -225,14 +227,16 @@ mod tests {
         }
     }
 
-    /// Weights of different shapes, or a weight that does not fit `x`, are
-    /// declined (the caller then runs the two launches).
+    /// Weights of different shapes or dtypes, or a weight that does not
+    /// fit `x`, are declined (the caller then runs the two launches).
     #[test]
     fn mismatched_weights_are_declined() {
         let dev = device();
         let x = random([2, 32], DType::F32, 1, &dev);
         let gate = random([16, 32], DType::F32, 2, &dev);
         assert!(skinny_geglu(&gate, &random([8, 32], DType::F32, 3, &dev), &x).is_none());
+        let bf16_up = random([16, 32], DType::BF16, 6, &dev);
+        assert!(skinny_geglu(&gate, &bf16_up, &x).is_none(), "dtypes differ");
         let wide = random([16, 48], DType::F32, 4, &dev);
         assert!(skinny_geglu(&wide, &wide, &x).is_none());
         let many = random([SKINNY_ROWS_PAST, 32], DType::F32, 5, &dev);
