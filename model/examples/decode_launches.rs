@@ -64,6 +64,20 @@ fn launches(log: &str, start: usize) -> BTreeMap<String, usize> {
     out
 }
 
+/// One prompt chunk's launches at `layers` layers and `tokens` tokens, after
+/// a first chunk of the same length (which compiles what the counted one
+/// runs).
+fn prefill(log: &str, layers: usize, tokens: usize) -> BTreeMap<String, usize> {
+    let device = Device::cpu();
+    let model = Gemma3::random(&config(layers), &device, DType::F32, 7);
+    let mut cache = model.new_cache();
+    let prompt: Vec<u32> = (0..tokens as u32).map(|t| 10 + t % 200).collect();
+    let _ = model.forward(&prompt, &mut cache, Logits::Last).into_data();
+    let start = std::fs::metadata(log).map_or(0, |m| m.len() as usize);
+    let _ = model.forward(&prompt, &mut cache, Logits::Last).into_data();
+    launches(log, start)
+}
+
 /// One decode step's launches at `layers` layers and `batch` sequences.
 fn step(log: &str, layers: usize, batch: usize) -> BTreeMap<String, usize> {
     let device = Device::cpu();
@@ -90,10 +104,18 @@ fn main() {
         std::process::exit(2);
     };
     let (layers, batch) = (arg(1, 4).max(2), arg(2, 1).max(1));
-    let many = step(&log, layers, batch);
-    let one = step(&log, 1, batch);
+    let chunk = arg(3, 0);
+    let (many, one) = if chunk > 0 {
+        (prefill(&log, layers, chunk), prefill(&log, 1, chunk))
+    } else {
+        (step(&log, layers, batch), step(&log, 1, batch))
+    };
     let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
-    println!("one decode step, {layers} layers, batch {batch}: launches by kernel");
+    if chunk > 0 {
+        println!("one prompt chunk of {chunk} tokens, {layers} layers: launches by kernel");
+    } else {
+        println!("one decode step, {layers} layers, batch {batch}: launches by kernel");
+    }
     for (name, n) in &many {
         println!("{n:6}  {name}");
     }
