@@ -42,7 +42,10 @@
 #             mutant, which must fail
 #   bench     medgemmad bench --random-4b --backend cuda --batch 1,8,32 --image
 #             (with one image through a real-shape tower: encode, TTFT), our
-#             kernels; after the extras MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
+#             kernels; its warm-up's routing of each decode product and each
+#             512-row prompt-chunk product (Burn's matmul against cubek's
+#             faster routines, TFLOP/s each); after the extras
+#             MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
 #   kcache    the on-disk kernel cache: `medgemmad serve` (sandbox enforced,
 #             as the sandbox step) started twice on one sandbox.cache_dir;
 #             the GPU warm-up of each start (the daemon's "warm-up N s" line),
@@ -496,6 +499,23 @@ for t in (bench or {}).get("products") or []:
     print(f"product {t['shape']:>12} ({t['layers']:>2} layers) x{t['rows']:<2}: skinny {t['skinny_us']:8.1f} us, "
           f"tiled {t['tiled_us']:8.1f} us (agrees {t['tiled_agrees']}), burn {t['burn_us']:8.1f} us "
           f"(agrees {t['burn_agrees']}), floor {floor:7.1f} us: {t['route']}")
+# How the bench's warm-up routed each prompt-chunk product (Burn's matmul
+# or one of cubek's routines), each routine's time and its TFLOP/s.
+for t in (bench or {}).get("chunk_products") or []:
+    n, k = (int(v) for v in t["shape"].split("x"))
+    flop = 2 * t["rows"] * n * k
+    def rate(us): return "declined" if us is None else f"{us:8.1f} us {flop / us / 1e6:6.1f} TF/s"
+    routines = ", ".join(f"{r['routine']} {rate(r['us'])}" for r in t.get("routines") or [])
+    print(f"chunk {t['shape']:>12} ({t['layers']:>2} layers) x{t['rows']}: burn {rate(t['burn_us'])}; "
+          f"{routines}: {t['route']}")
+if isinstance(bench, dict) and bench.get("chunk_products"):
+    ts = bench["chunk_products"]
+    burn = sum(t["burn_us"] * t["layers"] for t in ts) / 1e3
+    def chosen(t):
+        return next((r["us"] for r in t.get("routines") or [] if r["routine"] == t["route"] and r["us"]), t["burn_us"])
+    tuned = sum(chosen(t) * t["layers"] for t in ts) / 1e3
+    print(f"chunk products of one {ts[0]['rows']}-token chunk: {burn:.2f} ms on Burn's matmul, {tuned:.2f} ms as routed "
+          f"(tuning took {bench.get('chunk_products_tuning_s', 0):.1f} s; decode routes {bench.get('products_tuning_s', 0):.1f} s)")
 b = cols[0][1]
 if isinstance(b, dict):
     print(f"batch-1 bandwidth fraction: {b.get('bandwidth_fraction_batch1', 0):.3f} "

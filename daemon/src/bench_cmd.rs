@@ -480,12 +480,15 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     sync(&device)?;
     let load_s = t0.elapsed().as_secs_f64();
     device_memory.sample(&device);
-    // Each decode product's route timed on the device, as the daemon's
-    // warm-up does, so that the bench runs what `serve` runs (nothing off
-    // a CubeCL device).
+    // Each decode product's route, and each prompt-chunk product's matmul
+    // routine, timed on the device as the daemon's warm-up does, so that
+    // the bench runs what `serve` runs (nothing off a CubeCL device).
     let t_tune = Instant::now();
     let products = model.tune_products();
     let tune_s = t_tune.elapsed().as_secs_f64();
+    let t_chunk = Instant::now();
+    let chunk_products = model.tune_chunk_products();
+    let chunk_tune_s = t_chunk.elapsed().as_secs_f64();
     let cfg = model.config().clone();
     let prompt = bench_prompt(args.prompt_tokens, cfg.vocab_size.min(262_144));
 
@@ -624,6 +627,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         "batches": batches,
         "products": products,
         "products_tuning_s": tune_s,
+        "chunk_products": chunk_products,
+        "chunk_products_tuning_s": chunk_tune_s,
         "serve": serve,
         "weight_bytes": weight_bytes,
         "kv_bytes_read_per_sequence_step": kv_bytes,

@@ -157,6 +157,13 @@ pub fn serve_at(
             .iter()
             .filter(|t| t.route != medgemma_model::ProductRoute::Skinny)
             .count(),
+        // Weight shapes its warm-up moved off Burn's matmul for prompt
+        // chunks (none off a CubeCL device).
+        "chunk_shapes_off_burn": engine
+            .chunk_tuning()
+            .iter()
+            .filter(|t| t.route != "burn")
+            .count(),
     }))
 }
 

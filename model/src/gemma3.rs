@@ -458,28 +458,7 @@ impl Gemma3 {
         rows: &[usize],
         choose: impl Fn(&crate::kernels::RouteTimes) -> crate::linear::ProductRoute,
     ) -> Vec<crate::linear::ProductTiming> {
-        let mut linears: Vec<&mut Linear> = vec![&mut self.embed_tokens];
-        for layer in &mut self.layers {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            linears.extend([
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ]);
-        }
-        // One weight per distinct shape, with every layer of that shape.
-        let mut shapes: Vec<(Tensor<2>, Vec<usize>)> = Vec::new();
-        for (i, l) in linears.iter().enumerate() {
-            let Some(w) = l.dense() else { continue };
-            match shapes.iter_mut().find(|(s, _)| s.dims() == w.dims()) {
-                Some((_, of)) => of.push(i),
-                None => shapes.push((w.clone(), vec![i])),
-            }
-        }
+        let (mut linears, shapes) = self.linears_by_shape(true);
         let mut out = Vec::new();
         for (w, of) in &shapes {
             let [n, k] = w.dims();
@@ -505,6 +484,125 @@ impl Gemma3 {
             }
         }
         out
+    }
+
+    /// The dense linear layers (the tied embedding first when `embedding`,
+    /// then each layer's seven), and one weight per distinct shape with the
+    /// indices of every layer of that shape.
+    #[cfg(feature = "kernels")]
+    #[allow(clippy::type_complexity)]
+    fn linears_by_shape(
+        &mut self,
+        embedding: bool,
+    ) -> (Vec<&mut Linear>, Vec<(Tensor<2>, Vec<usize>)>) {
+        let mut linears: Vec<&mut Linear> = Vec::new();
+        if embedding {
+            linears.push(&mut self.embed_tokens);
+        }
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            linears.extend([
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ]);
+        }
+        let mut shapes: Vec<(Tensor<2>, Vec<usize>)> = Vec::new();
+        for (i, l) in linears.iter().enumerate() {
+            let Some(w) = l.dense() else { continue };
+            match shapes.iter_mut().find(|(s, _)| s.dims() == w.dims()) {
+                Some((_, of)) => of.push(i),
+                None => shapes.push((w.clone(), vec![i])),
+            }
+        }
+        (linears, shapes)
+    }
+
+    /// Times, on this model's device, Burn's matmul and a few of cubek's
+    /// faster routines for a full prompt chunk
+    /// ([`crate::generate::PREFILL_CHUNK`] rows) against every distinct
+    /// weight shape of the decoder's layers, and routes every chunk
+    /// product of that shape through the fastest that computes the same
+    /// product (`chunk_routes.rs`). The tied embedding is left out: a
+    /// prompt's LM head runs on its last row only, a decode-sized product.
+    /// Empty, and nothing changed, on the CPU or without our kernels.
+    pub fn tune_chunk_products(&mut self) -> Vec<crate::chunk_routes::ChunkTiming> {
+        #[cfg(feature = "kernels")]
+        return self.tune_chunk_products_with(
+            TUNE_REPS,
+            crate::generate::PREFILL_CHUNK.min(self.cfg.max_position_embeddings),
+            crate::chunk_routes::choose_chunk,
+        );
+        #[cfg(not(feature = "kernels"))]
+        Vec::new()
+    }
+
+    /// [`Gemma3::tune_chunk_products`] with `reps` samples per routine at
+    /// `rows` rows, and the choice made by `choose` (Burn's time, then each
+    /// routine's).
+    #[cfg(feature = "kernels")]
+    pub(crate) fn tune_chunk_products_with(
+        &mut self,
+        reps: usize,
+        rows: usize,
+        choose: impl Fn(
+            f64,
+            &[(crate::chunk_routes::ChunkRoutine, Option<f64>, bool)],
+        ) -> Option<crate::chunk_routes::ChunkRoutine>,
+    ) -> Vec<crate::chunk_routes::ChunkTiming> {
+        use crate::chunk_routes::{ChunkTiming, RoutineTiming};
+        let rows = rows.max(crate::linear::ROUTED_ROWS + 1);
+        let (mut linears, shapes) = self.linears_by_shape(false);
+        let mut out = Vec::new();
+        for (w, of) in &shapes {
+            let Some(t) = crate::kernels::time_chunk_routines(w, rows, reps) else {
+                continue;
+            };
+            let chosen = choose(t.burn_us, &t.routines);
+            for &i in of {
+                linears[i].set_chunk_route(chosen);
+            }
+            let [n, k] = w.dims();
+            out.push(ChunkTiming {
+                shape: format!("{n}x{k}"),
+                layers: of.len(),
+                rows,
+                burn_us: t.burn_us,
+                routines: t
+                    .routines
+                    .iter()
+                    .map(|&(r, us, agrees)| RoutineTiming {
+                        routine: r.name(),
+                        us,
+                        agrees,
+                    })
+                    .collect(),
+                route: chosen.map_or("burn", |r| r.name()),
+            });
+        }
+        out
+    }
+
+    /// The routine of a prompt chunk's product through each of the layers'
+    /// linear layers (seven a layer), for tests of the chunk tuning.
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn chunk_routes(&self) -> Vec<(String, Option<crate::chunk_routes::ChunkRoutine>)> {
+        let mut all = Vec::new();
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            all.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
+            all.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+        }
+        all.into_iter()
+            .filter_map(|l| {
+                let [n, k] = l.dense()?.dims();
+                Some((format!("{n}x{k}"), l.chunk_route()))
+            })
+            .collect()
     }
 
     /// The route of a `rows`-row product through each linear layer (the

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod budget;
 pub mod chat;
+mod chunk_routes;
 pub mod config;
 pub mod cpu;
 #[cfg(feature = "kernels")]
@@ -48,4 +49,5 @@ pub mod vision;
 pub mod weights;
 
 pub use burn;
+pub use chunk_routes::{ChunkRoutine, ChunkTiming, RoutineTiming, chunk_tuning_summary};
 pub use linear::{ProductRoute, ProductTiming, tuning_summary};

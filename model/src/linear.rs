@@ -14,6 +14,7 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::chunk_routes::ChunkRoutine;
 use crate::cpu::CpuMatrix;
 use crate::weights::{WeightSource, WeightsError};
 
@@ -61,6 +62,24 @@ impl Linear {
     pub(crate) fn set_route(&mut self, rows: usize, route: ProductRoute) {
         if let Self::Dense { routes, .. } = self {
             routes.set(rows, route);
+        }
+    }
+
+    /// Routes products of more than [`ROUTED_ROWS`] rows (prompt chunks)
+    /// through `routine`, or Burn's matmul for `None`; nothing on the CPU.
+    #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+    pub(crate) fn set_chunk_route(&mut self, routine: Option<ChunkRoutine>) {
+        if let Self::Dense { routes, .. } = self {
+            routes.chunk = routine;
+        }
+    }
+
+    /// The routine a prompt chunk's product takes (`None`: Burn's matmul).
+    #[cfg(all(test, feature = "cube-cpu"))]
+    pub(crate) fn chunk_route(&self) -> Option<ChunkRoutine> {
+        match self {
+            Self::Dense { routes, .. } => routes.chunk,
+            Self::Cpu { .. } => None,
         }
     }
 
@@ -276,9 +295,13 @@ pub enum ProductRoute {
 
 /// The route of a product per row bucket: 1, 2, 3–4, 5–8, 9–16 and 17–32
 /// rows (a count takes the bucket of its next power of two, which is
-/// where a tuning measures).
+/// where a tuning measures); past them (prompt chunks), Burn's matmul or
+/// the cubek routine a chunk tuning chose (`chunk_routes.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Routes([ProductRoute; ROW_BUCKETS]);
+pub(crate) struct Routes {
+    decode: [ProductRoute; ROW_BUCKETS],
+    chunk: Option<ChunkRoutine>,
+}
 
 /// Buckets of 1, 2, 4, 8, 16 and [`ROUTED_ROWS`] rows.
 const ROW_BUCKETS: usize = ROUTED_ROWS.trailing_zeros() as usize + 1;
@@ -294,14 +317,20 @@ impl Routes {
 
     /// The route of `rows` rows: [`ProductRoute::Skinny`] outside the buckets.
     pub(crate) fn of(&self, rows: usize) -> ProductRoute {
-        Self::bucket(rows).map_or(ProductRoute::Skinny, |b| self.0[b])
+        Self::bucket(rows).map_or(ProductRoute::Skinny, |b| self.decode[b])
     }
 
     /// Sets the route of `rows`' bucket (nothing outside the buckets).
     pub(crate) fn set(&mut self, rows: usize, route: ProductRoute) {
         if let Some(b) = Self::bucket(rows) {
-            self.0[b] = route;
+            self.decode[b] = route;
         }
+    }
+
+    /// The routine of a product of `rows` rows past the buckets, when a
+    /// chunk tuning chose one; `None` inside them and for Burn's matmul.
+    pub(crate) fn chunk(&self, rows: usize) -> Option<ChunkRoutine> {
+        self.chunk.filter(|_| rows > ROUTED_ROWS)
     }
 }
 
@@ -398,15 +427,18 @@ thread_local! {
     /// Burn's matmul, for the tests of the routing (a thread's own count:
     /// tests run side by side).
     pub(crate) static ROUTED: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+    /// Prompt-chunk products this thread ran through a tuned routine.
+    pub(crate) static CHUNK_ROUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// `x · Wᵀ` on a CubeCL device (the GPU; with the `kernels` feature): up to
 /// [`ROUTED_ROWS`] rows (decode steps) by `routes` (our skinny matmul
 /// kernel, which streams `W` once at close to the memory bandwidth, unless
 /// a tuning found our tiled kernel or Burn's matmul faster for that many
-/// rows); more rows in f32
-/// through the matmul without TF32 (`kernels::matmul`), in bf16 through
-/// Burn's tensor-core matmul. Anywhere else `plain(w, x)`.
+/// rows); more rows (prompt chunks) through the cubek routine a chunk
+/// tuning chose for this weight (`chunk_routes.rs`), else in f32 through
+/// the matmul without TF32 (`kernels::matmul`), in bf16 through Burn's
+/// tensor-core matmul. Anywhere else `plain(w, x)`.
 fn gpu_product(
     w: &Tensor<2>,
     x: Tensor<2>,
@@ -427,6 +459,13 @@ fn gpu_product(
                 let tiled = routes.of(x.dims()[0]) == ProductRoute::Tiled;
                 n.set((t + usize::from(tiled), b + usize::from(!tiled)));
             });
+            return y;
+        }
+        if let Some(r) = routes.chunk(x.dims()[0])
+            && let Some(y) = crate::kernels::routine_product(w, &x, r)
+        {
+            #[cfg(test)]
+            CHUNK_ROUTED.with(|n| n.set(n.get() + 1));
             return y;
         }
         if let Some(y) = crate::kernels::skinny_matmul(w, &x) {

@@ -61,6 +61,9 @@ pub struct ModelEngine {
     /// The last warm-up's timing of each decode product's routes (empty
     /// off a CubeCL device).
     products: Vec<medgemma_model::ProductTiming>,
+    /// The last warm-up's timing of each prompt-chunk product's routines
+    /// (empty off a CubeCL device).
+    chunk_products: Vec<medgemma_model::ChunkTiming>,
     /// Decode steps as one captured graph (CUDA): on only after the
     /// warm-up saw it answer as the launched steps do.
     graph: StepGraph,
@@ -112,6 +115,7 @@ impl ModelEngine {
             kept: KeptLedger::new(0),
             vision: None,
             products: Vec::new(),
+            chunk_products: Vec::new(),
             graph: StepGraph::default(),
             graph_allowed: true,
         })
@@ -226,6 +230,12 @@ impl ModelEngine {
         &self.products
     }
 
+    /// How the last warm-up routed each prompt-chunk product, as it timed
+    /// them.
+    pub fn chunk_tuning(&self) -> &[medgemma_model::ChunkTiming] {
+        &self.chunk_products
+    }
+
     /// Captures the engine let go so far because their ghost rows (ended
     /// turns' caches) would have pushed the caches past the budget.
     pub fn graph_ghosts_let_go(&self) -> usize {
@@ -280,7 +290,8 @@ impl ModelEngine {
     ///
     /// Before it, on a CubeCL device (CUDA), each decode product's routes
     /// (our skinny and tiled kernels, Burn's matmul) are timed on the card
-    /// and the fastest taken (`Gemma3::tune_products`).
+    /// and the fastest taken (`Gemma3::tune_products`), and so are a full
+    /// prompt chunk's matmul routines (`Gemma3::tune_chunk_products`).
     ///
     /// Then, where decode steps can run as one captured graph (a CubeCL
     /// device: CUDA), the same warm-up again through the graph: the graph
@@ -294,6 +305,15 @@ impl ModelEngine {
                 "decode products timed on the device in {:.2} s: {}",
                 t0.elapsed().as_secs_f64(),
                 medgemma_model::tuning_summary(&self.products)
+            ));
+        }
+        let t_chunk = std::time::Instant::now();
+        self.chunk_products = self.loaded.model.tune_chunk_products();
+        if !self.chunk_products.is_empty() {
+            log::info(format_args!(
+                "prompt-chunk products timed on the device in {:.2} s: {}",
+                t_chunk.elapsed().as_secs_f64(),
+                medgemma_model::chunk_tuning_summary(&self.chunk_products)
             ));
         }
         let launched = self.warm_up_pass()?;

@@ -20,10 +20,20 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::launch_ref;
+use cubek::matmul::multi_level::Strategy as Routine;
+use cubek::matmul::multi_level::components::tile::TileMatmulKind;
+use cubek::matmul::multi_level::routines::TileSizeSelection;
+use cubek::matmul::multi_level::routines::batch::{
+    double_buffering::DoubleBufferingArgs, double_unit::DoubleUnitSelectionArgs,
+    ordered_double_buffering::OrderedSelectionArgs, simple::SimpleArgs,
+    simple_unit::SimpleUnitSelectionArgs,
+};
+use cubek::matmul::routine::BlueprintStrategy;
 use cubek::matmul::strategy::Strategy;
 use cubek::std::InputBinding;
 
 use super::{contiguous, cube, float_elem, tensor};
+use crate::chunk_routes::ChunkRoutine;
 
 /// `lhs · rhs` (Burn's `matmul`), computed without TF32 when both are f32 on
 /// a CubeCL device with the same batch dimensions; Burn's own matmul
@@ -69,6 +79,85 @@ fn f32_unit_matmul<const D: usize>(lhs: &Tensor<D>, rhs: &Tensor<D>) -> Option<T
     Some(tensor(out))
 }
 
+/// cubek's routine for `r`, with the settings Burn's autotune gives it.
+fn routine(r: ChunkRoutine) -> Routine {
+    use BlueprintStrategy::Inferred;
+    let simple = |tile_matmul, multi_rows| {
+        Inferred(SimpleArgs {
+            tile_matmul,
+            multi_rows,
+        })
+    };
+    let double = |tile_matmul| {
+        Inferred(DoubleBufferingArgs {
+            tile_matmul,
+            specialized: false,
+        })
+    };
+    let ordered = |tile_matmul| {
+        Inferred(OrderedSelectionArgs {
+            tile_matmul,
+            partition_k: Some(2),
+            row_count: Some(8),
+            rows_per_plane: Some(2),
+        })
+    };
+    match r {
+        ChunkRoutine::UnitMaxTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
+            tile_size: TileSizeSelection::MaxTileSize,
+        })),
+        ChunkRoutine::UnitMinTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
+            tile_size: TileSizeSelection::MinTileSize,
+        })),
+        ChunkRoutine::DoubleUnitMaxTile => Routine::DoubleUnit(Inferred(DoubleUnitSelectionArgs {
+            tile_size: TileSizeSelection::MaxTileSize,
+        })),
+        ChunkRoutine::CyclicCmmaRows => {
+            Routine::SimpleCyclicCmma(simple(TileMatmulKind::Cmma, true))
+        }
+        ChunkRoutine::CyclicMma => Routine::SimpleCyclicMma(simple(TileMatmulKind::Mma, false)),
+        ChunkRoutine::DoubleCmma => Routine::DoubleCyclicCmma(double(TileMatmulKind::Cmma)),
+        ChunkRoutine::DoubleMma => Routine::DoubleCyclicMma(double(TileMatmulKind::Mma)),
+        ChunkRoutine::OrderedCmma => Routine::OrderedDoubleCmma(ordered(TileMatmulKind::Cmma)),
+        ChunkRoutine::OrderedMma => Routine::OrderedDoubleMma(ordered(TileMatmulKind::Mma)),
+        ChunkRoutine::SpecializedTmaMma => Routine::SpecializedTmaMma(Inferred(().into())),
+    }
+}
+
+/// `x · Wᵀ` (`x: [N, in]`, `W: [out, in]`) through cubek's routine `r`,
+/// reading `W` through its transposed view in place (a column-major
+/// operand to cubek: no copy), in `x`'s dtype. `None` off a CubeCL device,
+/// for a dtype pair we do not launch, or when the routine declines the
+/// problem (cubek's setup error: no tensor cores or TMA on the device, a
+/// layout or size it does not take). A routine that is set up but fails to
+/// compile on the card leaves its output failed: reading it reports that
+/// (`kernels::product` reads every candidate's result before timing it).
+pub(crate) fn routine_product(w: &Tensor<2>, x: &Tensor<2>, r: ChunkRoutine) -> Option<Tensor<2>> {
+    if !super::enabled() || w.dtype() != x.dtype() || w.dims()[1] != x.dims()[1] {
+        return None;
+    }
+    let elem = float_elem(x.dtype())?;
+    let lhs = contiguous(cube(x)?);
+    let rhs = cube(&w.clone().transpose())?;
+    let out = init_matmul_output(&lhs, &rhs, x.dtype());
+    let client = lhs.client.clone();
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: elem,
+        rhs: elem,
+        out: elem,
+    });
+    launch_ref(
+        &Strategy::MultiLevel(routine(r)),
+        &client,
+        InputBinding::new(lhs.binding(), elem),
+        InputBinding::new(rhs.binding(), elem),
+        out.clone().binding(),
+        &mut dtypes,
+    )
+    .ok()?;
+    Some(tensor(out))
+}
+
 #[cfg(all(test, feature = "cube-cpu"))]
 mod tests {
     use super::*;
@@ -89,5 +178,42 @@ mod tests {
         let b = random([64, 50], DType::F32, 4, &dev);
         let d = max_abs_diff(matmul(a.clone(), b.clone()), a.matmul(b));
         assert!(d <= 1e-5, "2-D product differs by {d}");
+    }
+
+    /// Each CUDA-core routine of a prompt chunk equals Burn's product on
+    /// the CPU runtime, reading the weight's transposed view in place (40
+    /// rows, past the decode kernels' 32); the tensor-core ones decline
+    /// there (no `cmma` on the CPU runtime), as they would on a card
+    /// without tensor cores, and so does a mismatched shape or dtype.
+    #[test]
+    fn chunk_routines_equal_burn_or_decline() {
+        let dev = device();
+        let w = random([48, 64], DType::F32, 5, &dev);
+        let x = random([40, 64], DType::F32, 6, &dev);
+        let want = x.clone().matmul(w.clone().transpose());
+        for &r in ChunkRoutine::candidates(DType::F32) {
+            let got = routine_product(&w, &x, r).unwrap_or_else(|| panic!("{r:?} runs here"));
+            assert_eq!(got.dims(), [40, 48]);
+            let d = max_abs_diff(got, want.clone());
+            assert!(d <= 1e-4, "{r:?} differs by {d}");
+        }
+        let (wb, xb) = (w.clone().cast(DType::BF16), x.clone().cast(DType::BF16));
+        for &r in ChunkRoutine::candidates(DType::BF16) {
+            assert!(
+                routine_product(&wb, &xb, r).is_none(),
+                "{r:?} needs tensor cores"
+            );
+        }
+        let r = ChunkRoutine::UnitMaxTile;
+        assert!(routine_product(&wb, &x, r).is_none(), "mixed dtypes");
+        let narrow = random([40, 32], DType::F32, 7, &dev);
+        assert!(routine_product(&w, &narrow, r).is_none(), "shapes differ");
+        let flex = burn::tensor::Device::flex();
+        let wf = random([4, 8], DType::F32, 2, &flex);
+        let xf = random([40, 8], DType::F32, 3, &flex);
+        assert!(
+            routine_product(&wf, &xf, r).is_none(),
+            "not a CubeCL device"
+        );
     }
 }

@@ -52,12 +52,12 @@ pub(crate) use batch_attention::{
 };
 pub(crate) use decode_attention::{DecodeTuning, decode_attention};
 pub(crate) use geglu::geglu;
-pub(crate) use matmul::matmul;
+pub(crate) use matmul::{matmul, routine_product};
 pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use prefill_attention::{
     KEYS_PER_STEP, KeyTable, key_table, prefill_attention, prefill_attention_stepping,
 };
-pub(crate) use product::{RouteTimes, burn_product, time_routes};
+pub(crate) use product::{RouteTimes, burn_product, time_chunk_routines, time_routes};
 pub(crate) use qk_rope::{QkNormRope, qk_norm_rope};
 pub(crate) use skinny::{SKINNY_MAX_ROWS, skinny_many, skinny_matmul, skinny_tiled};
 pub(crate) use skinny_geglu::skinny_geglu;

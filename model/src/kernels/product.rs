@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Tensor};
 
+use crate::chunk_routes::ChunkRoutine;
+
 /// Launches per timed sample: a sample's device sync is then shared by
 /// many products, as the products of a step (or its captured graph) run
 /// back to back.
@@ -69,20 +71,7 @@ pub(crate) fn time_routes(w: &Tensor<2>, rows: usize, reps: usize) -> Option<Rou
     let theirs = burn_product(w, &x)?;
     let tiled_agrees = agrees(&ours, &tiled, w.dtype());
     let burn_agrees = agrees(&ours, &theirs, w.dtype());
-    let sample = |f: &dyn Fn()| {
-        let mut v: Vec<f64> = (0..reps.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..LAUNCHES_PER_SAMPLE {
-                    f();
-                }
-                let _ = device.sync();
-                t.elapsed().as_secs_f64() * 1e6 / LAUNCHES_PER_SAMPLE as f64
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let sample = |f: &dyn Fn()| median_us(&device, reps, f);
     let _ = device.sync();
     let skinny_us = sample(&|| {
         let _ = super::skinny_matmul(w, &x);
@@ -102,26 +91,89 @@ pub(crate) fn time_routes(w: &Tensor<2>, rows: usize, reps: usize) -> Option<Rou
     })
 }
 
+/// Median microseconds per call of `f` over `reps` samples (at least one),
+/// each of [`LAUNCHES_PER_SAMPLE`] calls and one device sync.
+fn median_us(device: &burn::tensor::Device, reps: usize, f: &dyn Fn()) -> f64 {
+    let mut v: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..LAUNCHES_PER_SAMPLE {
+                f();
+            }
+            let _ = device.sync();
+            t.elapsed().as_secs_f64() * 1e6 / LAUNCHES_PER_SAMPLE as f64
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Burn's product and each of `dtype`'s cubek routines
+/// ([`ChunkRoutine::candidates`]) for a prompt chunk of `rows` rows against
+/// `w`, timed on its device.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkTimes {
+    /// Burn's matmul, median microseconds per product.
+    pub(crate) burn_us: f64,
+    /// Per routine: its median microseconds (`None`: it declined the
+    /// problem, or its result could not be read), and whether its result
+    /// equals Burn's within the dtype's rounding.
+    pub(crate) routines: Vec<(ChunkRoutine, Option<f64>, bool)>,
+}
+
+/// Times a prompt chunk's product `x · Wᵀ` (`rows` rows of a fixed pattern,
+/// no patient text) through Burn's matmul and each cubek routine of `w`'s
+/// dtype, `reps` samples each. Each routine's result is read and compared
+/// with Burn's before it is timed: one that declines, fails or disagrees
+/// is reported, never timed. `None` off a CubeCL device or with the
+/// kernels turned off.
+pub(crate) fn time_chunk_routines(w: &Tensor<2>, rows: usize, reps: usize) -> Option<ChunkTimes> {
+    let [_, k] = w.dims();
+    let device = w.device();
+    let x = super::bench::filled([rows, k], w.dtype(), &device, 11 + rows as u32);
+    let reference = burn_product(w, &x)?;
+    let _ = device.sync();
+    let burn_us = median_us(&device, reps, &|| {
+        let _ = burn_product(w, &x);
+    });
+    let routines = ChunkRoutine::candidates(w.dtype())
+        .iter()
+        .map(|&r| {
+            let Some(y) = super::routine_product(w, &x, r) else {
+                return (r, None, false);
+            };
+            if !agrees(&reference, &y, w.dtype()) {
+                return (r, None, false);
+            }
+            let us = median_us(&device, reps, &|| {
+                let _ = super::routine_product(w, &x, r);
+            });
+            (r, Some(us), true)
+        })
+        .collect();
+    Some(ChunkTimes { burn_us, routines })
+}
+
 /// `|a − b| ≤ tol · max|a|` everywhere, `tol` a few roundings of the dtype
 /// (bf16 keeps 8 bits: 2⁻⁸ of the largest output is one rounding), with no
-/// NaN on either side.
+/// NaN on either side and both readable.
 fn agrees(a: &Tensor<2>, b: &Tensor<2>, dtype: DType) -> bool {
     let tol = match dtype {
         DType::F32 => 1e-4,
         _ => 2e-2,
     };
-    let a: Vec<f32> = a
-        .clone()
-        .cast(DType::F32)
-        .into_data()
-        .iter::<f32>()
-        .collect();
-    let b: Vec<f32> = b
-        .clone()
-        .cast(DType::F32)
-        .into_data()
-        .iter::<f32>()
-        .collect();
+    // A result whose launch failed on the card cannot be read: it agrees
+    // with nothing.
+    let read = |t: &Tensor<2>| {
+        t.clone()
+            .cast(DType::F32)
+            .try_into_data()
+            .ok()
+            .map(|d| d.iter::<f32>().collect::<Vec<f32>>())
+    };
+    let (Some(a), Some(b)) = (read(a), read(b)) else {
+        return false;
+    };
     let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     a.len() == b.len()
         && a.iter().chain(&b).all(|v| v.is_finite())
@@ -164,6 +216,34 @@ mod tests {
             time_routes(&w, 33, 1).is_none(),
             "more rows than the kernel takes"
         );
+    }
+
+    /// A prompt chunk's timing on the CPU runtime: in f32 each CUDA-core
+    /// routine runs, agrees with Burn's product and is timed; in bf16 every
+    /// candidate needs tensor cores, which the CPU runtime lacks, so each is
+    /// reported as declined and never timed; off a CubeCL device nothing is
+    /// timed.
+    #[test]
+    fn chunk_routines_are_timed_where_they_run_and_agree() {
+        let dev = device();
+        let w = random([48, 64], DType::F32, 50, &dev);
+        let t = time_chunk_routines(&w, 40, 2).expect("a CubeCL device");
+        assert!(t.burn_us > 0.0, "{t:?}");
+        assert_eq!(t.routines.len(), ChunkRoutine::candidates(DType::F32).len());
+        for (r, us, agrees) in &t.routines {
+            assert!(*agrees && us.is_some_and(|us| us > 0.0), "{r:?}: {t:?}");
+        }
+        let t = time_chunk_routines(&w.cast(DType::BF16), 40, 1).expect("a CubeCL device");
+        assert!(t.burn_us > 0.0, "{t:?}");
+        assert!(
+            t.routines
+                .iter()
+                .all(|(_, us, agrees)| us.is_none() && !agrees),
+            "{t:?}"
+        );
+        let flex = burn::tensor::Device::flex();
+        let w = random([4, 8], DType::F32, 2, &flex);
+        assert!(time_chunk_routines(&w, 40, 1).is_none());
     }
 
     /// The choice (`linear::choose`) from a timing, here beside the
