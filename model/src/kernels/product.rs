@@ -11,9 +11,14 @@
 //! takes the FMAs off the CUDA cores. Where they cross depends on the card,
 //! the shape and Burn's tile choice, none of which this machine has.
 //!
-//! Owns: the Burn route and the timing (the choice is `linear.rs`'s).
-//! Must never: call a result that differs from the skinny kernel's beyond
-//! the dtype's rounding one that agrees.
+//! The same for a prompt chunk's product (hundreds of rows: tensor-core
+//! work), where Burn's matmul is timed against a few of cubek's other
+//! routines (`Gemma3::tune_chunk_products`; `chunk_routes.rs` picks).
+//!
+//! Owns: the Burn route and the timings (the choices are `linear.rs`'s and
+//! `chunk_routes.rs`'s). Must never: call a result that differs from the
+//! reference (the skinny kernel's; Burn's for a chunk) beyond the dtype's
+//! rounding one that agrees.
 
 use std::time::Instant;
 
@@ -124,8 +129,8 @@ pub(crate) struct ChunkTimes {
 /// Times a prompt chunk's product `x · Wᵀ` (`rows` rows of a fixed pattern,
 /// no patient text) through Burn's matmul and each cubek routine of `w`'s
 /// dtype, `reps` samples each. Each routine's result is read and compared
-/// with Burn's before it is timed: one that declines, fails or disagrees
-/// is reported, never timed. `None` off a CubeCL device or with the
+/// with Burn's before it is timed: one that declines, panics, fails or
+/// disagrees is reported, never timed. `None` off a CubeCL device or with the
 /// kernels turned off.
 pub(crate) fn time_chunk_routines(w: &Tensor<2>, rows: usize, reps: usize) -> Option<ChunkTimes> {
     let [_, k] = w.dims();
@@ -139,7 +144,13 @@ pub(crate) fn time_chunk_routines(w: &Tensor<2>, rows: usize, reps: usize) -> Op
     let routines = ChunkRoutine::candidates(w.dtype())
         .iter()
         .map(|&r| {
-            let Some(y) = super::routine_product(w, &x, r) else {
+            // A routine that panics while it sets up (cubek asserts on
+            // problems it never meant to take) is one that declined: the
+            // daemon's warm-up must not fail for a candidate.
+            let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                super::routine_product(w, &x, r)
+            }));
+            let Ok(Some(y)) = tried else {
                 return (r, None, false);
             };
             if !agrees(&reference, &y, w.dtype()) {
