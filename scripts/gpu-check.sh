@@ -493,14 +493,20 @@ for r in (last_json("serve") or {}).get("serve") or []:
           f"({r.get('ghosts_let_go')} let go for ghost memory), {r.get('products_off_skinny')} product routes off the skinny kernel, graph {r.get('decode_graph')} "
           f"(hardware {r.get('hardware_graph')}); target: within 10% of the bench")
 # How the bench's warm-up routed each decode product (skinny or tiled
-# kernel, or Burn's matmul), with their times and the weights' bandwidth floor.
+# kernel, Burn's matmul, or from 16 rows one of cubek's other routines),
+# with their times and the weights' bandwidth floor.
 bw = (bench or {}).get("bandwidth_bytes_per_s") or 0
 for t in (bench or {}).get("products") or []:
     n, k = (int(v) for v in t["shape"].split("x"))
     floor = n * k * 2 / bw * 1e6 if bw else float("nan")
+    route = t["route"]
+    if isinstance(route, dict):  # {"cubek": name}: one of cubek's other routines
+        route = "cubek " + str(route.get("cubek"))
+    others = "".join(f", {r['routine']} " + ("declined" if r["us"] is None else f"{r['us']:8.1f} us")
+                     for r in t.get("routines") or [])
     print(f"product {t['shape']:>12} ({t['layers']:>2} layers) x{t['rows']:<2}: skinny {t['skinny_us']:8.1f} us, "
           f"tiled {t['tiled_us']:8.1f} us (agrees {t['tiled_agrees']}), burn {t['burn_us']:8.1f} us "
-          f"(agrees {t['burn_agrees']}), floor {floor:7.1f} us: {t['route']}")
+          f"(agrees {t['burn_agrees']}){others}, floor {floor:7.1f} us: {route}")
 # How the bench's warm-up routed each prompt-chunk product (Burn's matmul
 # or one of cubek's routines), each routine's time and its TFLOP/s.
 for t in (bench or {}).get("chunk_products") or []:

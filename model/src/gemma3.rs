@@ -479,6 +479,7 @@ impl Gemma3 {
                     burn_us: t.burn_us,
                     tiled_agrees: t.tiled_agrees,
                     burn_agrees: t.burn_agrees,
+                    routines: crate::routines::timings(&t.routines),
                     route,
                 });
             }
@@ -527,15 +528,15 @@ impl Gemma3 {
     /// ([`crate::generate::PREFILL_CHUNK`] rows) against every distinct
     /// weight shape of the decoder's layers, and routes every chunk
     /// product of that shape through the fastest that computes the same
-    /// product (`chunk_routes.rs`). The tied embedding is left out: a
+    /// product (`routines.rs`). The tied embedding is left out: a
     /// prompt's LM head runs on its last row only, a decode-sized product.
     /// Empty, and nothing changed, on the CPU or without our kernels.
-    pub fn tune_chunk_products(&mut self) -> Vec<crate::chunk_routes::ChunkTiming> {
+    pub fn tune_chunk_products(&mut self) -> Vec<crate::routines::ChunkTiming> {
         #[cfg(feature = "kernels")]
         return self.tune_chunk_products_with(
             TUNE_REPS,
             crate::generate::PREFILL_CHUNK.min(self.cfg.max_position_embeddings),
-            crate::chunk_routes::choose_chunk,
+            crate::routines::choose_chunk,
         );
         #[cfg(not(feature = "kernels"))]
         Vec::new()
@@ -551,10 +552,10 @@ impl Gemma3 {
         rows: usize,
         choose: impl Fn(
             f64,
-            &[(crate::chunk_routes::ChunkRoutine, Option<f64>, bool)],
-        ) -> Option<crate::chunk_routes::ChunkRoutine>,
-    ) -> Vec<crate::chunk_routes::ChunkTiming> {
-        use crate::chunk_routes::{ChunkTiming, RoutineTiming};
+            &[(crate::routines::MatmulRoutine, Option<f64>, bool)],
+        ) -> Option<crate::routines::MatmulRoutine>,
+    ) -> Vec<crate::routines::ChunkTiming> {
+        use crate::routines::ChunkTiming;
         let rows = rows.max(crate::linear::ROUTED_ROWS + 1);
         let (mut linears, shapes) = self.linears_by_shape(false);
         let mut out = Vec::new();
@@ -572,15 +573,7 @@ impl Gemma3 {
                 layers: of.len(),
                 rows,
                 burn_us: t.burn_us,
-                routines: t
-                    .routines
-                    .iter()
-                    .map(|&(r, us, agrees)| RoutineTiming {
-                        routine: r.name(),
-                        us,
-                        agrees,
-                    })
-                    .collect(),
+                routines: crate::routines::timings(&t.routines),
                 route: chosen.map_or("burn", |r| r.name()),
             });
         }
@@ -590,7 +583,7 @@ impl Gemma3 {
     /// The routine of a prompt chunk's product through each of the layers'
     /// linear layers (seven a layer), for tests of the chunk tuning.
     #[cfg(all(test, feature = "cube-cpu"))]
-    pub(crate) fn chunk_routes(&self) -> Vec<(String, Option<crate::chunk_routes::ChunkRoutine>)> {
+    pub(crate) fn routines(&self) -> Vec<(String, Option<crate::routines::MatmulRoutine>)> {
         let mut all = Vec::new();
         for l in &self.layers {
             let (a, m) = (&l.self_attn, &l.mlp);

@@ -22,7 +22,6 @@
 pub mod backend;
 pub mod budget;
 pub mod chat;
-mod chunk_routes;
 pub mod config;
 pub mod cpu;
 #[cfg(feature = "kernels")]
@@ -41,6 +40,7 @@ mod mmap;
 pub mod probe;
 pub mod quant;
 pub mod random;
+mod routines;
 pub mod sampling;
 pub mod thinking;
 pub mod tokenizer;
@@ -49,5 +49,5 @@ pub mod vision;
 pub mod weights;
 
 pub use burn;
-pub use chunk_routes::{ChunkRoutine, ChunkTiming, RoutineTiming, chunk_tuning_summary};
 pub use linear::{ProductRoute, ProductTiming, tuning_summary};
+pub use routines::{ChunkTiming, MatmulRoutine, RoutineTiming, chunk_tuning_summary};

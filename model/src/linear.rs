@@ -14,8 +14,8 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::chunk_routes::ChunkRoutine;
 use crate::cpu::CpuMatrix;
+use crate::routines::MatmulRoutine;
 use crate::weights::{WeightSource, WeightsError};
 
 /// A linear layer stored as the checkpoint stores it, `[out, in]`.
@@ -68,7 +68,7 @@ impl Linear {
     /// Routes products of more than [`ROUTED_ROWS`] rows (prompt chunks)
     /// through `routine`, or Burn's matmul for `None`; nothing on the CPU.
     #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-    pub(crate) fn set_chunk_route(&mut self, routine: Option<ChunkRoutine>) {
+    pub(crate) fn set_chunk_route(&mut self, routine: Option<MatmulRoutine>) {
         if let Self::Dense { routes, .. } = self {
             routes.chunk = routine;
         }
@@ -76,7 +76,7 @@ impl Linear {
 
     /// The routine a prompt chunk's product takes (`None`: Burn's matmul).
     #[cfg(all(test, feature = "cube-cpu"))]
-    pub(crate) fn chunk_route(&self) -> Option<ChunkRoutine> {
+    pub(crate) fn chunk_route(&self) -> Option<MatmulRoutine> {
         match self {
             Self::Dense { routes, .. } => routes.chunk,
             Self::Cpu { .. } => None,
@@ -291,16 +291,19 @@ pub enum ProductRoute {
     /// Burn's own matmul: its tensor-core routine for bf16 on a GPU, the
     /// f32 one without TF32 (`kernels::matmul`) for f32.
     Burn,
+    /// One of cubek's other routines (`routines.rs`; serialised as
+    /// `{"cubek": name}`).
+    Cubek(MatmulRoutine),
 }
 
 /// The route of a product per row bucket: 1, 2, 3–4, 5–8, 9–16 and 17–32
 /// rows (a count takes the bucket of its next power of two, which is
 /// where a tuning measures); past them (prompt chunks), Burn's matmul or
-/// the cubek routine a chunk tuning chose (`chunk_routes.rs`).
+/// the cubek routine a chunk tuning chose (`routines.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Routes {
     decode: [ProductRoute; ROW_BUCKETS],
-    chunk: Option<ChunkRoutine>,
+    chunk: Option<MatmulRoutine>,
 }
 
 /// Buckets of 1, 2, 4, 8, 16 and [`ROUTED_ROWS`] rows.
@@ -329,7 +332,7 @@ impl Routes {
 
     /// The routine of a product of `rows` rows past the buckets, when a
     /// chunk tuning chose one; `None` inside them and for Burn's matmul.
-    pub(crate) fn chunk(&self, rows: usize) -> Option<ChunkRoutine> {
+    pub(crate) fn chunk(&self, rows: usize) -> Option<MatmulRoutine> {
         self.chunk.filter(|_| rows > ROUTED_ROWS)
     }
 }
@@ -353,10 +356,17 @@ const ROUTE_MARGIN: f64 = 0.9;
 #[cfg(feature = "kernels")]
 pub(crate) fn choose(t: &crate::kernels::RouteTimes) -> ProductRoute {
     let mut best = (ProductRoute::Skinny, t.skinny_us * ROUTE_MARGIN);
+    let routines = t
+        .routines
+        .iter()
+        .filter_map(|&(r, us, agrees)| Some((ProductRoute::Cubek(r), us?, agrees)));
     for (route, us, agrees) in [
         (ProductRoute::Tiled, t.tiled_us, t.tiled_agrees),
         (ProductRoute::Burn, t.burn_us, t.burn_agrees),
-    ] {
+    ]
+    .into_iter()
+    .chain(routines)
+    {
         if agrees && us < best.1 {
             best = (route, us);
         }
@@ -385,6 +395,9 @@ pub struct ProductTiming {
     pub tiled_agrees: bool,
     /// Whether Burn's did.
     pub burn_agrees: bool,
+    /// cubek's other routines, at [`crate::routines::DECODE_ROUTINE_ROWS`]
+    /// rows and more in bf16 or f16 (empty otherwise).
+    pub routines: Vec<crate::routines::RoutineTiming>,
     /// The route chosen.
     pub route: ProductRoute,
 }
@@ -399,6 +412,14 @@ pub fn tuning_summary(timings: &[ProductTiming]) -> String {
                 ProductRoute::Skinny => return None,
                 ProductRoute::Tiled => ("tiled", t.tiled_us),
                 ProductRoute::Burn => ("Burn's", t.burn_us),
+                ProductRoute::Cubek(r) => (
+                    r.name(),
+                    t.routines
+                        .iter()
+                        .find(|x| x.routine == r.name())
+                        .and_then(|x| x.us)
+                        .unwrap_or(f64::NAN),
+                ),
             };
             Some(format!(
                 "{} at {} rows {name} ({us:.0} µs against {:.0})",
@@ -427,16 +448,17 @@ thread_local! {
     /// Burn's matmul, for the tests of the routing (a thread's own count:
     /// tests run side by side).
     pub(crate) static ROUTED: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
-    /// Prompt-chunk products this thread ran through a tuned routine.
-    pub(crate) static CHUNK_ROUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Products (decode-sized or prompt chunks) this thread ran through
+    /// one of cubek's other routines.
+    pub(crate) static CUBEK_ROUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// `x · Wᵀ` on a CubeCL device (the GPU; with the `kernels` feature): up to
 /// [`ROUTED_ROWS`] rows (decode steps) by `routes` (our skinny matmul
 /// kernel, which streams `W` once at close to the memory bandwidth, unless
-/// a tuning found our tiled kernel or Burn's matmul faster for that many
-/// rows); more rows (prompt chunks) through the cubek routine a chunk
-/// tuning chose for this weight (`chunk_routes.rs`), else in f32 through
+/// a tuning found our tiled kernel, Burn's matmul or another cubek routine
+/// faster for that many rows); more rows (prompt chunks) through the cubek routine a chunk
+/// tuning chose for this weight (`routines.rs`), else in f32 through
 /// the matmul without TF32 (`kernels::matmul`), in bf16 through Burn's
 /// tensor-core matmul. Anywhere else `plain(w, x)`.
 fn gpu_product(
@@ -451,21 +473,25 @@ fn gpu_product(
             ProductRoute::Skinny => None,
             ProductRoute::Tiled => crate::kernels::skinny_tiled(w, &x),
             ProductRoute::Burn => crate::kernels::burn_product(w, &x),
+            ProductRoute::Cubek(r) => crate::kernels::routine_product(w, &x, r),
         };
         if let Some(y) = routed {
             #[cfg(test)]
-            ROUTED.with(|n| {
-                let (t, b) = n.get();
-                let tiled = routes.of(x.dims()[0]) == ProductRoute::Tiled;
-                n.set((t + usize::from(tiled), b + usize::from(!tiled)));
-            });
+            match routes.of(x.dims()[0]) {
+                ProductRoute::Cubek(_) => CUBEK_ROUTED.with(|n| n.set(n.get() + 1)),
+                route => ROUTED.with(|n| {
+                    let (t, b) = n.get();
+                    let tiled = route == ProductRoute::Tiled;
+                    n.set((t + usize::from(tiled), b + usize::from(!tiled)));
+                }),
+            }
             return y;
         }
         if let Some(r) = routes.chunk(x.dims()[0])
             && let Some(y) = crate::kernels::routine_product(w, &x, r)
         {
             #[cfg(test)]
-            CHUNK_ROUTED.with(|n| n.set(n.get() + 1));
+            CUBEK_ROUTED.with(|n| n.set(n.get() + 1));
             return y;
         }
         if let Some(y) = crate::kernels::skinny_matmul(w, &x) {
@@ -606,6 +632,11 @@ mod tests {
             burn_us: 20.0,
             tiled_agrees: true,
             burn_agrees: true,
+            routines: vec![crate::routines::RoutineTiming {
+                routine: "double_mma",
+                us: Some(12.0),
+                agrees: true,
+            }],
             route,
         };
         assert_eq!(
@@ -616,10 +647,11 @@ mod tests {
             t("8x4", 1, ProductRoute::Skinny),
             t("8x4", 8, ProductRoute::Tiled),
             t("8x4", 32, ProductRoute::Burn),
+            t("8x4", 16, ProductRoute::Cubek(MatmulRoutine::DoubleMma)),
         ]);
         assert_eq!(
             s,
-            "2 of 3 shape and row pairs off the skinny kernel: 8x4 at 8 rows tiled (25 µs against 30), 8x4 at 32 rows Burn's (20 µs against 30)"
+            "3 of 4 shape and row pairs off the skinny kernel: 8x4 at 8 rows tiled (25 µs against 30), 8x4 at 32 rows Burn's (20 µs against 30), 8x4 at 16 rows double_mma (12 µs against 30)"
         );
     }
 }

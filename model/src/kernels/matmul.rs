@@ -33,7 +33,7 @@ use cubek::matmul::strategy::Strategy;
 use cubek::std::InputBinding;
 
 use super::{contiguous, cube, float_elem, tensor};
-use crate::chunk_routes::ChunkRoutine;
+use crate::routines::MatmulRoutine;
 
 /// `lhs · rhs` (Burn's `matmul`), computed without TF32 when both are f32 on
 /// a CubeCL device with the same batch dimensions; Burn's own matmul
@@ -80,7 +80,7 @@ fn f32_unit_matmul<const D: usize>(lhs: &Tensor<D>, rhs: &Tensor<D>) -> Option<T
 }
 
 /// cubek's routine for `r`, with the settings Burn's autotune gives it.
-fn routine(r: ChunkRoutine) -> Routine {
+fn routine(r: MatmulRoutine) -> Routine {
     use BlueprintStrategy::Inferred;
     let simple = |tile_matmul, multi_rows| {
         Inferred(SimpleArgs {
@@ -103,24 +103,26 @@ fn routine(r: ChunkRoutine) -> Routine {
         })
     };
     match r {
-        ChunkRoutine::UnitMaxTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
+        MatmulRoutine::UnitMaxTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
             tile_size: TileSizeSelection::MaxTileSize,
         })),
-        ChunkRoutine::UnitMinTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
+        MatmulRoutine::UnitMinTile => Routine::SimpleUnit(Inferred(SimpleUnitSelectionArgs {
             tile_size: TileSizeSelection::MinTileSize,
         })),
-        ChunkRoutine::DoubleUnitMaxTile => Routine::DoubleUnit(Inferred(DoubleUnitSelectionArgs {
-            tile_size: TileSizeSelection::MaxTileSize,
-        })),
-        ChunkRoutine::CyclicCmmaRows => {
+        MatmulRoutine::DoubleUnitMaxTile => {
+            Routine::DoubleUnit(Inferred(DoubleUnitSelectionArgs {
+                tile_size: TileSizeSelection::MaxTileSize,
+            }))
+        }
+        MatmulRoutine::CyclicCmmaRows => {
             Routine::SimpleCyclicCmma(simple(TileMatmulKind::Cmma, true))
         }
-        ChunkRoutine::CyclicMma => Routine::SimpleCyclicMma(simple(TileMatmulKind::Mma, false)),
-        ChunkRoutine::DoubleCmma => Routine::DoubleCyclicCmma(double(TileMatmulKind::Cmma)),
-        ChunkRoutine::DoubleMma => Routine::DoubleCyclicMma(double(TileMatmulKind::Mma)),
-        ChunkRoutine::OrderedCmma => Routine::OrderedDoubleCmma(ordered(TileMatmulKind::Cmma)),
-        ChunkRoutine::OrderedMma => Routine::OrderedDoubleMma(ordered(TileMatmulKind::Mma)),
-        ChunkRoutine::SpecializedTmaMma => Routine::SpecializedTmaMma(Inferred(().into())),
+        MatmulRoutine::CyclicMma => Routine::SimpleCyclicMma(simple(TileMatmulKind::Mma, false)),
+        MatmulRoutine::DoubleCmma => Routine::DoubleCyclicCmma(double(TileMatmulKind::Cmma)),
+        MatmulRoutine::DoubleMma => Routine::DoubleCyclicMma(double(TileMatmulKind::Mma)),
+        MatmulRoutine::OrderedCmma => Routine::OrderedDoubleCmma(ordered(TileMatmulKind::Cmma)),
+        MatmulRoutine::OrderedMma => Routine::OrderedDoubleMma(ordered(TileMatmulKind::Mma)),
+        MatmulRoutine::SpecializedTmaMma => Routine::SpecializedTmaMma(Inferred(().into())),
     }
 }
 
@@ -132,7 +134,7 @@ fn routine(r: ChunkRoutine) -> Routine {
 /// layout or size it does not take). A routine that is set up but fails to
 /// compile on the card leaves its output failed: reading it reports that
 /// (`kernels::product` reads every candidate's result before timing it).
-pub(crate) fn routine_product(w: &Tensor<2>, x: &Tensor<2>, r: ChunkRoutine) -> Option<Tensor<2>> {
+pub(crate) fn routine_product(w: &Tensor<2>, x: &Tensor<2>, r: MatmulRoutine) -> Option<Tensor<2>> {
     if !super::enabled() || w.dtype() != x.dtype() || w.dims()[1] != x.dims()[1] {
         return None;
     }
@@ -191,20 +193,20 @@ mod tests {
         let w = random([48, 64], DType::F32, 5, &dev);
         let x = random([40, 64], DType::F32, 6, &dev);
         let want = x.clone().matmul(w.clone().transpose());
-        for &r in ChunkRoutine::candidates(DType::F32) {
+        for &r in MatmulRoutine::candidates(DType::F32) {
             let got = routine_product(&w, &x, r).unwrap_or_else(|| panic!("{r:?} runs here"));
             assert_eq!(got.dims(), [40, 48]);
             let d = max_abs_diff(got, want.clone());
             assert!(d <= 1e-4, "{r:?} differs by {d}");
         }
         let (wb, xb) = (w.clone().cast(DType::BF16), x.clone().cast(DType::BF16));
-        for &r in ChunkRoutine::candidates(DType::BF16) {
+        for &r in MatmulRoutine::candidates(DType::BF16) {
             assert!(
                 routine_product(&wb, &xb, r).is_none(),
                 "{r:?} needs tensor cores"
             );
         }
-        let r = ChunkRoutine::UnitMaxTile;
+        let r = MatmulRoutine::UnitMaxTile;
         assert!(routine_product(&wb, &x, r).is_none(), "mixed dtypes");
         let narrow = random([40, 32], DType::F32, 7, &dev);
         assert!(routine_product(&w, &narrow, r).is_none(), "shapes differ");

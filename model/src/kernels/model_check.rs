@@ -825,19 +825,20 @@ fn a_tuned_decoder_routes_each_shape_as_timed_and_computes_the_same() {
 /// shape, and a prompt through the routed products computes what the flex
 /// decoder does. Forced onto one CUDA-core routine, every chunk product of
 /// a 40-token prompt (past the decode kernels' 32 rows) takes it: 7 per
-/// layer; a 7-token prompt and the decode steps after it take none. With
+/// layer; a 7-token prompt and the decode steps after it take none (until
+/// a decode bucket is forced onto a routine too). With
 /// the real choice, each layer's routine is the one its shape's timing
 /// chose (on the CPU runtime only the f32 CUDA-core routines run, so any
 /// choice is one of them).
 #[test]
 fn a_chunk_tuning_routes_each_shape_as_timed_and_computes_the_same() {
-    use crate::chunk_routes::ChunkRoutine;
-    use crate::linear::CHUNK_ROUTED;
+    use crate::linear::CUBEK_ROUTED;
+    use crate::routines::MatmulRoutine;
 
     let (cube, flex) = (device(), Device::flex());
     let mut mc = model(&cube);
     let mf = model(&flex);
-    let forced = mc.tune_chunk_products_with(1, 40, |_, _| Some(ChunkRoutine::UnitMinTile));
+    let forced = mc.tune_chunk_products_with(1, 40, |_, _| Some(MatmulRoutine::UnitMinTile));
     // q 128x64; k and v 64x64; o 64x128; gate and up 96x64; down 64x96.
     assert_eq!(forced.len(), 5, "{forced:?}");
     assert!(
@@ -848,32 +849,54 @@ fn a_chunk_tuning_routes_each_shape_as_timed_and_computes_the_same() {
     let layers: usize = forced.iter().map(|t| t.layers).sum();
     assert_eq!(layers, 2 * 7, "every layer's seven, no embedding");
     assert!(
-        mc.chunk_routes()
+        mc.routines()
             .iter()
-            .all(|(_, r)| *r == Some(ChunkRoutine::UnitMinTile))
+            .all(|(_, r)| *r == Some(MatmulRoutine::UnitMinTile))
     );
     let prompt: Vec<u32> = (0..40).map(|i| (i * 53 + 5) % 300).collect();
     let prefill = |m: &Gemma3, ids: &[u32]| {
         let mut cache = KvCache::new(m.config());
         m.forward(ids, &mut cache, Logits::All)
     };
-    let before = CHUNK_ROUTED.with(std::cell::Cell::get);
+    let before = CUBEK_ROUTED.with(std::cell::Cell::get);
     let got = prefill(&mc, &prompt);
-    let routed = CHUNK_ROUTED.with(std::cell::Cell::get) - before;
+    let routed = CUBEK_ROUTED.with(std::cell::Cell::get) - before;
     assert_eq!(routed, 2 * 7, "each layer's seven products of the prompt");
     let d = max_abs_diff(got, prefill(&mf, &prompt));
     assert!(d < 1e-3, "40-token prompt, routed: logits differ by {d}");
-    let before = CHUNK_ROUTED.with(std::cell::Cell::get);
+    let before = CUBEK_ROUTED.with(std::cell::Cell::get);
     let _ = run(&mc);
     assert_eq!(
-        CHUNK_ROUTED.with(std::cell::Cell::get),
+        CUBEK_ROUTED.with(std::cell::Cell::get),
         before,
         "short prompts and decode steps keep their own routes"
     );
 
-    let timed = mc.tune_chunk_products_with(2, 40, crate::chunk_routes::choose_chunk);
+    // A decode bucket forced onto a cubek routine: each one-token step's
+    // 15 products (7 in each of 2 layers, and the LM head) take it, and so
+    // does the 3-token prompt's LM head (its last row only).
+    let forced = mc.tune_products_with(1, &[1], |_| {
+        crate::linear::ProductRoute::Cubek(MatmulRoutine::UnitMinTile)
+    });
+    assert_eq!(forced.len(), 6, "{forced:?}");
+    let before = CUBEK_ROUTED.with(std::cell::Cell::get);
+    let got = run(&mc);
+    assert_eq!(
+        CUBEK_ROUTED.with(std::cell::Cell::get) - before,
+        1 + 6 * 15,
+        "the six one-token steps and a prompt's LM head"
+    );
+    for (i, (g, w)) in got.into_iter().zip(run(&mf)).enumerate() {
+        let d = max_abs_diff(g, w);
+        assert!(
+            d < 1e-3,
+            "step {i}, decode on a cubek routine: logits differ by {d}"
+        );
+    }
+
+    let timed = mc.tune_chunk_products_with(2, 40, crate::routines::choose_chunk);
     assert_eq!(timed.len(), 5);
-    let routes = mc.chunk_routes();
+    let routes = mc.routines();
     for t in &timed {
         assert!(t.burn_us > 0.0, "{t:?}");
         let of_shape: Vec<_> = routes.iter().filter(|(s, _)| *s == t.shape).collect();
@@ -881,7 +904,7 @@ fn a_chunk_tuning_routes_each_shape_as_timed_and_computes_the_same() {
         assert!(
             of_shape
                 .iter()
-                .all(|(_, r)| r.map_or("burn", ChunkRoutine::name) == t.route),
+                .all(|(_, r)| r.map_or("burn", MatmulRoutine::name) == t.route),
             "{t:?}: {of_shape:?}"
         );
     }

@@ -13,10 +13,10 @@
 //!
 //! The same for a prompt chunk's product (hundreds of rows: tensor-core
 //! work), where Burn's matmul is timed against a few of cubek's other
-//! routines (`Gemma3::tune_chunk_products`; `chunk_routes.rs` picks).
+//! routines (`Gemma3::tune_chunk_products`; `routines.rs` picks).
 //!
 //! Owns: the Burn route and the timings (the choices are `linear.rs`'s and
-//! `chunk_routes.rs`'s). Must never: call a result that differs from the
+//! `routines.rs`'s). Must never: call a result that differs from the
 //! reference (the skinny kernel's; Burn's for a chunk) beyond the dtype's
 //! rounding one that agrees.
 
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Tensor};
 
-use crate::chunk_routes::ChunkRoutine;
+use crate::routines::MatmulRoutine;
 
 /// Launches per timed sample: a sample's device sync is then shared by
 /// many products, as the products of a step (or its captured graph) run
@@ -47,7 +47,7 @@ pub(crate) fn burn_product(w: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
 }
 
 /// The routes timed at one shape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RouteTimes {
     /// Our skinny kernel, median microseconds per product.
     pub(crate) skinny_us: f64,
@@ -60,6 +60,11 @@ pub(crate) struct RouteTimes {
     pub(crate) tiled_agrees: bool,
     /// Whether Burn's does.
     pub(crate) burn_agrees: bool,
+    /// cubek's other routines ([`MatmulRoutine::decode_candidates`], from
+    /// [`crate::routines::DECODE_ROUTINE_ROWS`] rows on): each one's
+    /// median microseconds (`None`: declined, failed or disagreed) and
+    /// whether it agrees with the skinny kernel.
+    pub(crate) routines: Vec<(MatmulRoutine, Option<f64>, bool)>,
 }
 
 /// Times the routes for `rows` rows against `w` on its device (`reps`
@@ -87,12 +92,19 @@ pub(crate) fn time_routes(w: &Tensor<2>, rows: usize, reps: usize) -> Option<Rou
     let burn_us = sample(&|| {
         let _ = burn_product(w, &x);
     });
+    let candidates = if rows >= crate::routines::DECODE_ROUTINE_ROWS {
+        MatmulRoutine::decode_candidates(w.dtype())
+    } else {
+        &[]
+    };
+    let routines = time_candidates(w, &x, &ours, candidates, reps);
     Some(RouteTimes {
         skinny_us,
         tiled_us,
         burn_us,
         tiled_agrees,
         burn_agrees,
+        routines,
     })
 }
 
@@ -114,7 +126,7 @@ fn median_us(device: &burn::tensor::Device, reps: usize, f: &dyn Fn()) -> f64 {
 }
 
 /// Burn's product and each of `dtype`'s cubek routines
-/// ([`ChunkRoutine::candidates`]) for a prompt chunk of `rows` rows against
+/// ([`MatmulRoutine::candidates`]) for a prompt chunk of `rows` rows against
 /// `w`, timed on its device.
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkTimes {
@@ -123,7 +135,7 @@ pub(crate) struct ChunkTimes {
     /// Per routine: its median microseconds (`None`: it declined the
     /// problem, or its result could not be read), and whether its result
     /// equals Burn's within the dtype's rounding.
-    pub(crate) routines: Vec<(ChunkRoutine, Option<f64>, bool)>,
+    pub(crate) routines: Vec<(MatmulRoutine, Option<f64>, bool)>,
 }
 
 /// Times a prompt chunk's product `x · Wᵀ` (`rows` rows of a fixed pattern,
@@ -141,28 +153,49 @@ pub(crate) fn time_chunk_routines(w: &Tensor<2>, rows: usize, reps: usize) -> Op
     let burn_us = median_us(&device, reps, &|| {
         let _ = burn_product(w, &x);
     });
-    let routines = ChunkRoutine::candidates(w.dtype())
+    let routines = time_candidates(
+        w,
+        &x,
+        &reference,
+        MatmulRoutine::candidates(w.dtype()),
+        reps,
+    );
+    Some(ChunkTimes { burn_us, routines })
+}
+
+/// `x · Wᵀ` through each of `candidates`, its result read and compared
+/// with `reference` before it is timed (`reps` samples): one that
+/// declines, panics, fails or disagrees is reported as `(r, None, false)`
+/// and never timed.
+fn time_candidates(
+    w: &Tensor<2>,
+    x: &Tensor<2>,
+    reference: &Tensor<2>,
+    candidates: &[MatmulRoutine],
+    reps: usize,
+) -> Vec<(MatmulRoutine, Option<f64>, bool)> {
+    let device = w.device();
+    candidates
         .iter()
         .map(|&r| {
             // A routine that panics while it sets up (cubek asserts on
             // problems it never meant to take) is one that declined: the
             // daemon's warm-up must not fail for a candidate.
             let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                super::routine_product(w, &x, r)
+                super::routine_product(w, x, r)
             }));
             let Ok(Some(y)) = tried else {
                 return (r, None, false);
             };
-            if !agrees(&reference, &y, w.dtype()) {
+            if !agrees(reference, &y, w.dtype()) {
                 return (r, None, false);
             }
             let us = median_us(&device, reps, &|| {
-                let _ = super::routine_product(w, &x, r);
+                let _ = super::routine_product(w, x, r);
             });
             (r, Some(us), true)
         })
-        .collect();
-    Some(ChunkTimes { burn_us, routines })
+        .collect()
 }
 
 /// `|a − b| ≤ tol · max|a|` everywhere, `tol` a few roundings of the dtype
@@ -218,6 +251,17 @@ mod tests {
                 t.skinny_us > 0.0 && t.tiled_us > 0.0 && t.burn_us > 0.0,
                 "{t:?}"
             );
+            assert!(t.routines.is_empty(), "5 rows: no cubek routine timed");
+            // From 16 rows cubek's tensor-core routines are tried in bf16
+            // (and decline on the CPU runtime); never in f32.
+            let t = time_routes(&w, 16, 1).expect("timed on a CubeCL device");
+            let tried = MatmulRoutine::decode_candidates(dtype);
+            assert_eq!(t.routines.len(), tried.len(), "{dtype:?}: {t:?}");
+            assert_eq!(tried.is_empty(), dtype == DType::F32);
+            assert!(
+                t.routines.iter().all(|(_, us, ok)| us.is_none() && !ok),
+                "{t:?}"
+            );
         }
         let flex = burn::tensor::Device::flex();
         let w = random([4, 8], DType::F32, 2, &flex);
@@ -240,7 +284,10 @@ mod tests {
         let w = random([48, 64], DType::F32, 50, &dev);
         let t = time_chunk_routines(&w, 40, 2).expect("a CubeCL device");
         assert!(t.burn_us > 0.0, "{t:?}");
-        assert_eq!(t.routines.len(), ChunkRoutine::candidates(DType::F32).len());
+        assert_eq!(
+            t.routines.len(),
+            MatmulRoutine::candidates(DType::F32).len()
+        );
         for (r, us, agrees) in &t.routines {
             assert!(*agrees && us.is_some_and(|us| us > 0.0), "{r:?}: {t:?}");
         }
@@ -267,6 +314,7 @@ mod tests {
             burn_us,
             tiled_agrees,
             burn_agrees,
+            routines: Vec::new(),
         };
         use crate::linear::ProductRoute::{Burn, Skinny, Tiled};
         use crate::linear::choose;
@@ -280,6 +328,24 @@ mod tests {
             "within the margin"
         );
         assert_eq!(choose(&t(120.0, 130.0, true, true)), Skinny);
+        use crate::routines::MatmulRoutine::{CyclicMma, DoubleMma, OrderedMma};
+        let with = |routines| RouteTimes {
+            routines,
+            ..t(80.0, 50.0, true, true)
+        };
+        assert_eq!(
+            choose(&with(vec![
+                (CyclicMma, Some(45.0), true),
+                (DoubleMma, Some(30.0), true),
+                (OrderedMma, None, false),
+            ])),
+            crate::linear::ProductRoute::Cubek(DoubleMma)
+        );
+        assert_eq!(
+            choose(&with(vec![(DoubleMma, Some(30.0), false)])),
+            Burn,
+            "a faster routine that disagrees is passed over"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Which matmul routine a prompt chunk's products take on a CubeCL device.
+//! cubek's matmul routines that a product may take on a CubeCL device
+//! instead of Burn's default, and which one a prompt chunk's products take.
 //!
 //! A prompt chunk (up to [`crate::generate::PREFILL_CHUNK`] tokens) multiplies
 //! hundreds of rows by each weight: work for the tensor cores, and the bulk
@@ -12,14 +13,18 @@
 //! and a shape takes the fastest that computes the same product as Burn's
 //! ([`choose_chunk`]).
 //!
-//! Owns: the candidates, the choice and its report. Must never: take a
-//! routine whose result was not compared with Burn's on the card, or one
-//! that declined the problem.
+//! A decode batch of 16 or 32 rows is timed against a few of them too
+//! ([`MatmulRoutine::decode_candidates`]; `linear::choose` picks among
+//! them, our kernels and Burn's).
+//!
+//! Owns: the candidates, the chunk choice and its report. Must never: take
+//! a routine whose result was not compared on the card, or one that
+//! declined the problem.
 
-/// A cubek matmul routine for a prompt chunk's product `x · Wᵀ`
-/// (launched by `kernels::routine_product`).
+/// A cubek matmul routine for a product `x · Wᵀ` (launched by
+/// `kernels::routine_product`). Serialised as its [`MatmulRoutine::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkRoutine {
+pub enum MatmulRoutine {
     /// CUDA-core routine, largest tiles (f32, no TF32).
     UnitMaxTile,
     /// CUDA-core routine, smallest tiles (f32, no TF32).
@@ -37,19 +42,19 @@ pub enum ChunkRoutine {
     /// Tensor cores (`wmma`), double-buffered with ordered rows (8 rows
     /// of planes, 2 per plane, k split in 2: Burn's autotune's setting).
     OrderedCmma,
-    /// [`ChunkRoutine::OrderedCmma`] on `mma.sync`.
+    /// [`MatmulRoutine::OrderedCmma`] on `mma.sync`.
     OrderedMma,
     /// Tensor cores (`mma.sync`), warp-specialised loading through the
     /// tensor-memory accelerator (sm_90).
     SpecializedTmaMma,
 }
 
-impl ChunkRoutine {
+impl MatmulRoutine {
     /// The routines timed for a product in `dtype`. f32 never leaves the
     /// CUDA cores: cubek's tensor-core routines would promote it to TF32
     /// (`kernels/matmul.rs`).
-    pub fn candidates(dtype: burn::tensor::DType) -> &'static [ChunkRoutine] {
-        use ChunkRoutine::*;
+    pub fn candidates(dtype: burn::tensor::DType) -> &'static [MatmulRoutine] {
+        use MatmulRoutine::*;
         match dtype {
             burn::tensor::DType::F32 => &[UnitMaxTile, UnitMinTile, DoubleUnitMaxTile],
             _ => &[
@@ -61,6 +66,18 @@ impl ChunkRoutine {
                 OrderedMma,
                 SpecializedTmaMma,
             ],
+        }
+    }
+
+    /// The routines timed for a decode batch of at least
+    /// `DECODE_ROUTINE_ROWS` (16) rows in `dtype`, beside our kernels and
+    /// Burn's matmul: `mma.sync` tiles, cyclic, double-buffered and
+    /// ordered. None in f32 (the fidelity tests' mode: no tensor cores).
+    pub fn decode_candidates(dtype: burn::tensor::DType) -> &'static [MatmulRoutine] {
+        use MatmulRoutine::*;
+        match dtype {
+            burn::tensor::DType::F32 => &[],
+            _ => &[CyclicMma, DoubleMma, OrderedMma],
         }
     }
 
@@ -81,10 +98,23 @@ impl ChunkRoutine {
     }
 }
 
+impl serde::Serialize for MatmulRoutine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Decode batches of at least this many rows also time
+/// [`MatmulRoutine::decode_candidates`]: below it the product is a read of
+/// the weights, which our kernels stream; from it on the FMAs start to
+/// weigh on the CUDA cores, and tensor-core tiles may win.
+#[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+pub(crate) const DECODE_ROUTINE_ROWS: usize = 16;
+
 /// One routine as a tuning timed it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RoutineTiming {
-    /// [`ChunkRoutine::name`].
+    /// [`MatmulRoutine::name`].
     pub routine: &'static str,
     /// Median microseconds per product; `None` when the routine declined
     /// the problem on this device (no tensor cores, no TMA, a layout it
@@ -92,6 +122,19 @@ pub struct RoutineTiming {
     pub us: Option<f64>,
     /// Whether its result equalled Burn's within the dtype's rounding.
     pub agrees: bool,
+}
+
+/// The report of a tuning's `(routine, µs, agrees)` triples.
+#[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+pub(crate) fn timings(timed: &[(MatmulRoutine, Option<f64>, bool)]) -> Vec<RoutineTiming> {
+    timed
+        .iter()
+        .map(|&(r, us, agrees)| RoutineTiming {
+            routine: r.name(),
+            us,
+            agrees,
+        })
+        .collect()
 }
 
 /// One weight shape's prompt-chunk products as a tuning timed them.
@@ -122,8 +165,8 @@ pub(crate) const CHUNK_MARGIN: f64 = 0.9;
 #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
 pub(crate) fn choose_chunk(
     burn_us: f64,
-    timed: &[(ChunkRoutine, Option<f64>, bool)],
-) -> Option<ChunkRoutine> {
+    timed: &[(MatmulRoutine, Option<f64>, bool)],
+) -> Option<MatmulRoutine> {
     let mut best = (None, burn_us * CHUNK_MARGIN);
     for &(routine, us, agrees) in timed {
         if let Some(us) = us
@@ -177,7 +220,7 @@ pub fn chunk_tuning_summary(timings: &[ChunkTiming]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ChunkRoutine::*;
+    use MatmulRoutine::*;
 
     #[test]
     fn a_routine_takes_the_chunk_only_when_it_agrees_and_is_clearly_faster() {
@@ -215,9 +258,9 @@ mod tests {
     #[test]
     fn f32_candidates_never_use_tensor_cores() {
         use burn::tensor::DType;
-        let f32s = ChunkRoutine::candidates(DType::F32);
+        let f32s = MatmulRoutine::candidates(DType::F32);
         assert!(f32s.iter().all(|r| r.name().contains("unit")), "{f32s:?}");
-        let bf16 = ChunkRoutine::candidates(DType::BF16);
+        let bf16 = MatmulRoutine::candidates(DType::BF16);
         assert!(bf16.iter().all(|r| r.name().contains("mma")), "{bf16:?}");
         let mut names: Vec<_> = f32s.iter().chain(bf16).map(|r| r.name()).collect();
         names.sort_unstable();
