@@ -395,7 +395,7 @@ pub struct ProductTiming {
     pub tiled_agrees: bool,
     /// Whether Burn's did.
     pub burn_agrees: bool,
-    /// cubek's other routines, at [`crate::routines::DECODE_ROUTINE_ROWS`]
+    /// cubek's other routines, at 16 (`routines::DECODE_ROUTINE_ROWS`)
     /// rows and more in bf16 or f16 (empty otherwise).
     pub routines: Vec<crate::routines::RoutineTiming>,
     /// The route chosen.
