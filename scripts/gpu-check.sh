@@ -46,6 +46,10 @@
 #             512-row prompt-chunk product (Burn's matmul against cubek's
 #             faster routines, TFLOP/s each); after the extras
 #             MEDGEMMA_PLAIN_BURN=1 (Burn ops only)
+#   serve     medgemmad bench --serve 8,32: the engine as `serve` drives it
+#             (warm-up, turns of staggered lengths, a new one joining as each
+#             ends, taking over its row of the decode graph) against the bench's
+#             lockstep batch 8 and 32 of the same run: tokens/s, captures
 #   kcache    the on-disk kernel cache: `medgemmad serve` (sandbox enforced,
 #             as the sandbox step) started twice on one sandbox.cache_dir;
 #             the GPU warm-up of each start (the daemon's "warm-up N s" line),
@@ -54,10 +58,6 @@
 #             and whether the warm-up turned the decode graph on
 #   hf        scripts/bench/hf_random_4b.py (transformers, same shapes), when
 #             python3 imports torch and transformers with CUDA
-#   serve     medgemmad bench --serve 8,32: the engine as `serve` drives it
-#             (warm-up, turns of staggered lengths, a new one joining as each
-#             ends, taking over its row of the decode graph) against the bench's
-#             lockstep batch 8 and 32 of the same run: tokens/s, captures
 #   table     one table of all the above, with ratios
 # Every step that runs medgemmad or a test binary does so with CUDA_PATH set
 # to an empty folder (medgemmad replaces it with its own libdevice folder;
@@ -67,7 +67,8 @@
 # Environment: OUT (results only, a few hundred kB; default /tmp/gpu-check),
 # GPU_CHECK_WORK (unpacked payload, ~0.5 GB; default /tmp/gpu-check-work),
 # GPU_CHECK_BUDGET_S,
-# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,kcache,hf,serve,table).
+# GPU_CHECK_STEPS (default info,sandbox,kernels,fidelity,bench,kcache,hf,serve,table;
+# they run in the order above: serve right after bench).
 # Exit: 0 every step that ran passed; 1 a step failed; 2 usage/prerequisite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -299,6 +300,16 @@ if want bench; then
   step bench 210 "$bin/medgemmad" bench --random-4b --backend cuda --batch 1,8,32 --image --json || failed=1
 fi
 
+# ---- serve: the engine's own path (continuous batching, a new turn joining
+# as each ends and taking over its row of the decode graph) against the
+# bench's lockstep batch of the same size, in one run (right after the
+# bench: it measures a target, so the budget must not skip it)
+if want serve; then
+  step serve 120 "$bin/medgemmad" bench --random-4b --backend cuda --batch 8,32 --serve 8,32 \
+    --new-tokens 32 --prompt-tokens 64 --bandwidth-mib 256 \
+    --tokenizer "$pay/assets/tokenizer.json" --json || true
+fi
+
 # ---- extras: batched = alone on the GPU, the window mutant (must fail),
 # the bench with Burn's ops only
 if want fidelity; then
@@ -354,7 +365,7 @@ TOML
   local t0=$SECONDS
   "$bin/medgemmad" serve --config "$w/medgemmad-$run.toml" 2>"$out/kcache-$run.log" &
   pid=$!
-  for _ in $(seq 1 325); do
+  for _ in $(seq 1 600); do
     grep -q "medgemmad: ready:" "$out/kcache-$run.log" && { ready=1; break; }
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
@@ -377,7 +388,7 @@ if want kcache; then
     note "kcache: skipped (needs root and the sandbox step's model)"
   else
     rm -rf "$work/kcache"
-    step kcache 150 bash -c "$(declare -f kcache_serve); work='$work' pay='$pay' bin='$bin' out='$out'; \
+    step kcache 260 bash -c "$(declare -f kcache_serve); work='$work' pay='$pay' bin='$bin' out='$out'; \
       kcache_serve first && kcache_serve second" || failed=1
     cat "$out/kcache.out" | tee -a "$summary" >&2
     python3 - "$out/kcache.out" <<'PY' | tee -a "$summary" >&2
@@ -399,15 +410,6 @@ if want hf; then
   else
     note "hf: skipped (python3 cannot import torch and transformers with CUDA)"
   fi
-fi
-
-# ---- serve: the engine's own path (continuous batching, a new turn joining
-# as each ends and taking over its row of the decode graph) against the
-# bench's lockstep batch of the same size, in one run
-if want serve; then
-  step serve 120 "$bin/medgemmad" bench --random-4b --backend cuda --batch 8,32 --serve 8,32 \
-    --new-tokens 32 --prompt-tokens 64 --bandwidth-mib 256 \
-    --tokenizer "$pay/assets/tokenizer.json" --json || true
 fi
 
 # ---- table
