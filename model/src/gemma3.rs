@@ -583,8 +583,18 @@ impl Gemma3 {
     /// The routine of a prompt chunk's product through each of the layers'
     /// linear layers (seven a layer), for tests of the chunk tuning.
     #[cfg(all(test, feature = "cube-cpu"))]
-    pub(crate) fn routines(&self) -> Vec<(String, Option<crate::routines::MatmulRoutine>)> {
+    pub(crate) fn chunk_routes(&self) -> Vec<(String, Option<crate::routines::MatmulRoutine>)> {
+        self.each_linear(false, Linear::chunk_route)
+    }
+
+    /// `f` of each dense linear layer with its shape `out×in` (the tied
+    /// embedding first when `embedding`, then each layer's seven).
+    #[cfg(all(test, feature = "cube-cpu"))]
+    fn each_linear<T>(&self, embedding: bool, f: impl Fn(&Linear) -> T) -> Vec<(String, T)> {
         let mut all = Vec::new();
+        if embedding {
+            all.push(&self.embed_tokens);
+        }
         for l in &self.layers {
             let (a, m) = (&l.self_attn, &l.mlp);
             all.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
@@ -593,7 +603,7 @@ impl Gemma3 {
         all.into_iter()
             .filter_map(|l| {
                 let [n, k] = l.dense()?.dims();
-                Some((format!("{n}x{k}"), l.chunk_route()))
+                Some((format!("{n}x{k}"), f(l)))
             })
             .collect()
     }
@@ -602,18 +612,7 @@ impl Gemma3 {
     /// embedding first, then each layer's seven), for tests of the tuning.
     #[cfg(all(test, feature = "cube-cpu"))]
     pub(crate) fn product_routes(&self, rows: usize) -> Vec<(String, crate::linear::ProductRoute)> {
-        let mut all = vec![&self.embed_tokens];
-        for l in &self.layers {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            all.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
-            all.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
-        }
-        all.into_iter()
-            .filter_map(|l| {
-                let [n, k] = l.dense()?.dims();
-                Some((format!("{n}x{k}"), l.route(rows)))
-            })
-            .collect()
+        self.each_linear(true, |l| l.route(rows))
     }
 
     /// A fresh, empty cache for this model.

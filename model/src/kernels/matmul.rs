@@ -13,11 +13,17 @@
 //! `medgemmad bench --kernels` compares both f32 products with an f64 one
 //! (`bench.rs`), and the f32 fidelity tests hold logits to 1e-3.
 //!
-//! Owns: which routine an f32 product takes. Must never: change the
-//! product's shape or dtype.
+//! It also launches the cubek routines a tuned product may take instead of
+//! Burn's default (`routines.rs`: prompt chunks, and decode batches of 16
+//! rows and more).
+//!
+//! Owns: which routine an f32 product takes, and launching a named cubek
+//! routine. Must never: change the product's shape or dtype.
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::kernel::matmul::init_matmul_output;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::ElemType;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::launch_ref;
 use cubek::matmul::multi_level::Strategy as Routine;
@@ -57,26 +63,7 @@ fn f32_unit_matmul<const D: usize>(lhs: &Tensor<D>, rhs: &Tensor<D>) -> Option<T
     // Copies a transposed operand (a weight used as `Wᵀ`): f32 on a GPU is
     // the fidelity tests' mode, not the serving one (bf16).
     let (lc, rc) = (contiguous(cube(lhs)?), contiguous(cube(rhs)?));
-    let out = init_matmul_output(&lc, &rc, DType::F32);
-    let client = lc.client.clone();
-    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
-        lhs: elem,
-        rhs: elem,
-        out: elem,
-    });
-    let strategy = Strategy::MultiLevel(cubek::matmul::multi_level::Strategy::SimpleUnit(
-        Default::default(),
-    ));
-    launch_ref(
-        &strategy,
-        &client,
-        InputBinding::new(lc.binding(), elem),
-        InputBinding::new(rc.binding(), elem),
-        out.clone().binding(),
-        &mut dtypes,
-    )
-    .ok()?;
-    Some(tensor(out))
+    launch(lc, rc, elem, Routine::SimpleUnit(Default::default()))
 }
 
 /// cubek's routine for `r`, with the settings Burn's autotune gives it.
@@ -141,7 +128,18 @@ pub(crate) fn routine_product(w: &Tensor<2>, x: &Tensor<2>, r: MatmulRoutine) ->
     let elem = float_elem(x.dtype())?;
     let lhs = contiguous(cube(x)?);
     let rhs = cube(&w.clone().transpose())?;
-    let out = init_matmul_output(&lhs, &rhs, x.dtype());
+    launch(lhs, rhs, elem, routine(r))
+}
+
+/// `lhs · rhs` through cubek's `routine`, with `elem` for both operands
+/// and the output; `None` when the routine declines the problem.
+fn launch<const D: usize>(
+    lhs: CubeTensor,
+    rhs: CubeTensor,
+    elem: ElemType,
+    routine: Routine,
+) -> Option<Tensor<D>> {
+    let out = init_matmul_output(&lhs, &rhs, lhs.dtype);
     let client = lhs.client.clone();
     let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
         lhs: elem,
@@ -149,7 +147,7 @@ pub(crate) fn routine_product(w: &Tensor<2>, x: &Tensor<2>, r: MatmulRoutine) ->
         out: elem,
     });
     launch_ref(
-        &Strategy::MultiLevel(routine(r)),
+        &Strategy::MultiLevel(routine),
         &client,
         InputBinding::new(lhs.binding(), elem),
         InputBinding::new(rhs.binding(), elem),

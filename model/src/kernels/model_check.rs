@@ -849,7 +849,7 @@ fn a_chunk_tuning_routes_each_shape_as_timed_and_computes_the_same() {
     let layers: usize = forced.iter().map(|t| t.layers).sum();
     assert_eq!(layers, 2 * 7, "every layer's seven, no embedding");
     assert!(
-        mc.routines()
+        mc.chunk_routes()
             .iter()
             .all(|(_, r)| *r == Some(MatmulRoutine::UnitMinTile))
     );
@@ -896,7 +896,7 @@ fn a_chunk_tuning_routes_each_shape_as_timed_and_computes_the_same() {
 
     let timed = mc.tune_chunk_products_with(2, 40, crate::routines::choose_chunk);
     assert_eq!(timed.len(), 5);
-    let routes = mc.routines();
+    let routes = mc.chunk_routes();
     for t in &timed {
         assert!(t.burn_us > 0.0, "{t:?}");
         let of_shape: Vec<_> = routes.iter().filter(|(s, _)| *s == t.shape).collect();
