@@ -145,6 +145,8 @@ pub(crate) struct ChunkTimes {
 /// disagrees is reported, never timed. `None` off a CubeCL device or with the
 /// kernels turned off.
 pub(crate) fn time_chunk_routines(w: &Tensor<2>, rows: usize, reps: usize) -> Option<ChunkTimes> {
+    // Off a CubeCL device, before a prompt-sized input is made for nothing.
+    super::cube(w).filter(|_| super::enabled())?;
     let [_, k] = w.dims();
     let device = w.device();
     let x = super::bench::filled([rows, k], w.dtype(), &device, 11 + rows as u32);
