@@ -343,35 +343,22 @@ pub(crate) fn tuned_rows() -> impl Iterator<Item = usize> {
     (0..ROW_BUCKETS).map(|b| 1usize << b)
 }
 
-/// Another route must be this much faster than the skinny kernel (its time
-/// below this share of the skinny kernel's) to take a product: the skinny
-/// kernel is the route the bench has always measured, and timing noise must
-/// not flip a route.
-#[cfg(feature = "kernels")]
-const ROUTE_MARGIN: f64 = 0.9;
-
 /// The route to take from a timing: the fastest route that agrees with the
-/// skinny kernel, where it beats the skinny kernel by [`ROUTE_MARGIN`];
-/// else the skinny kernel.
+/// skinny kernel, where it beats the skinny kernel by
+/// [`crate::routines::ROUTE_MARGIN`] (the skinny kernel is the route the
+/// bench has always measured); else the skinny kernel.
 #[cfg(feature = "kernels")]
 pub(crate) fn choose(t: &crate::kernels::RouteTimes) -> ProductRoute {
-    let mut best = (ProductRoute::Skinny, t.skinny_us * ROUTE_MARGIN);
+    let ours = [
+        (ProductRoute::Tiled, Some(t.tiled_us), t.tiled_agrees),
+        (ProductRoute::Burn, Some(t.burn_us), t.burn_agrees),
+    ];
     let routines = t
         .routines
         .iter()
-        .filter_map(|&(r, us, agrees)| Some((ProductRoute::Cubek(r), us?, agrees)));
-    for (route, us, agrees) in [
-        (ProductRoute::Tiled, t.tiled_us, t.tiled_agrees),
-        (ProductRoute::Burn, t.burn_us, t.burn_agrees),
-    ]
-    .into_iter()
-    .chain(routines)
-    {
-        if agrees && us < best.1 {
-            best = (route, us);
-        }
-    }
-    best.0
+        .map(|&(r, us, agrees)| (ProductRoute::Cubek(r), us, agrees));
+    crate::routines::fastest(t.skinny_us, ours.into_iter().chain(routines))
+        .unwrap_or(ProductRoute::Skinny)
 }
 
 /// One measured (weight shape, rows) pair of a product tuning
@@ -457,10 +444,10 @@ thread_local! {
 /// [`ROUTED_ROWS`] rows (decode steps) by `routes` (our skinny matmul
 /// kernel, which streams `W` once at close to the memory bandwidth, unless
 /// a tuning found our tiled kernel, Burn's matmul or another cubek routine
-/// faster for that many rows); more rows (prompt chunks) through the cubek routine a chunk
-/// tuning chose for this weight (`routines.rs`), else in f32 through
-/// the matmul without TF32 (`kernels::matmul`), in bf16 through Burn's
-/// tensor-core matmul. Anywhere else `plain(w, x)`.
+/// faster for that many rows); more rows (prompt chunks) through the cubek
+/// routine a chunk tuning chose for this weight (`routines.rs`), else in
+/// f32 through the matmul without TF32 (`kernels::matmul`), in bf16
+/// through Burn's tensor-core matmul. Anywhere else `plain(w, x)`.
 fn gpu_product(
     w: &Tensor<2>,
     x: Tensor<2>,

@@ -154,29 +154,42 @@ pub struct ChunkTiming {
     pub route: &'static str,
 }
 
-/// A routine must take less than this share of Burn's time to replace it:
-/// timing noise must not move a product off the route every fidelity test
-/// has run.
+/// Another route must take less than this share of the incumbent's time
+/// (the skinny kernel's for a decode product, Burn's for a chunk) to
+/// replace it: timing noise must not move a product off the route every
+/// fidelity test has run.
 #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
-pub(crate) const CHUNK_MARGIN: f64 = 0.9;
+pub(crate) const ROUTE_MARGIN: f64 = 0.9;
+
+/// The fastest of `timed` (route, median µs, agrees) that agrees with the
+/// incumbent's result and takes less than [`ROUTE_MARGIN`] of
+/// `incumbent_us`; `None` keeps the incumbent. An untimed route (`None`
+/// µs: declined, failed or disagreed) never wins.
+#[cfg_attr(not(feature = "kernels"), allow(dead_code))]
+pub(crate) fn fastest<T>(
+    incumbent_us: f64,
+    timed: impl IntoIterator<Item = (T, Option<f64>, bool)>,
+) -> Option<T> {
+    let mut best = (None, incumbent_us * ROUTE_MARGIN);
+    for (route, us, agrees) in timed {
+        if let Some(us) = us
+            && agrees
+            && us < best.1
+        {
+            best = (Some(route), us);
+        }
+    }
+    best.0
+}
 
 /// The fastest routine that agreed with Burn's product, where it beats
-/// Burn's by [`CHUNK_MARGIN`]; `None` (Burn's) otherwise.
+/// Burn's by [`ROUTE_MARGIN`]; `None` (Burn's) otherwise.
 #[cfg_attr(not(feature = "kernels"), allow(dead_code))]
 pub(crate) fn choose_chunk(
     burn_us: f64,
     timed: &[(MatmulRoutine, Option<f64>, bool)],
 ) -> Option<MatmulRoutine> {
-    let mut best = (None, burn_us * CHUNK_MARGIN);
-    for &(routine, us, agrees) in timed {
-        if let Some(us) = us
-            && agrees
-            && us < best.1
-        {
-            best = (Some(routine), us);
-        }
-    }
-    best.0
+    fastest(burn_us, timed.iter().copied())
 }
 
 /// One line for a log: the routine each shape took, and what a chunk's
